@@ -1,0 +1,1 @@
+"""Backend health checking (active probes and passive ejection)."""

@@ -1,0 +1,61 @@
+"""Runtime state of the configured backends: the one place strategies and health read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from proxy.config import BackendConfig
+
+
+class Backend:
+    """A configured backend and its live counters."""
+
+    __slots__ = (
+        "available",
+        "config",
+        "host",
+        "host_header",
+        "in_flight",
+        "name",
+        "path_prefix",
+        "port",
+        "sessions",
+        "streams",
+        "weight",
+    )
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.host = config.host
+        self.port = config.port
+        self.weight = config.weight
+        default_port = 443 if config.scheme == "https" else 80
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        authority = host if config.port == default_port else f"{host}:{config.port}"
+        self.host_header = authority.encode("ascii")
+        self.path_prefix = config.path_prefix.encode("ascii")
+        self.in_flight = 0  # requests sent and not yet fully answered
+        self.streams = 0  # of which: open event streams (text/event-stream responses)
+        self.sessions = 0  # MCP sessions bound here by this process
+        self.available = True  # false while unhealthy, ejected or draining
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, in_flight={self.in_flight}, available={self.available})"
+
+
+class BackendSet:
+    """The backends in config order, addressable by name."""
+
+    def __init__(self, configs: Sequence[BackendConfig]) -> None:
+        self.backends: list[Backend] = [Backend(c) for c in configs]
+        self.by_name: dict[str, Backend] = {b.name: b for b in self.backends}
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(self.backends)
+
+    def __len__(self) -> int:
+        return len(self.backends)
+
+    def get(self, name: str) -> Backend | None:
+        return self.by_name.get(name)

@@ -1,0 +1,100 @@
+"""HTTP/1.1 message pieces the relay writes: pure functions over bytes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+
+Headers = list[tuple[bytes, bytes]]
+
+# Never forwarded: they describe one hop, not the message (RFC 9110 section 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+SESSION_NOT_FOUND = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
+)
+
+
+def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Lower-cased tokens of every Connection header (names it declares hop-by-hop)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def end_to_end(
+    headers: Iterable[tuple[bytes, bytes]], extra_hop: frozenset[bytes] = frozenset()
+) -> Headers:
+    """Headers minus hop-by-hop ones and those named by Connection."""
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in extra_hop]
+
+
+def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+
+
+def status_line(status: int, reason: bytes | None = None) -> bytes:
+    if not reason:
+        try:
+            reason = HTTPStatus(status).phrase.encode("ascii")
+        except ValueError:
+            reason = b"Unknown"
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    close: bool,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    """A complete response with a short JSON body: {"error": code, "message": message}."""
+    body = json.dumps({"error": code, "message": message}).encode()
+    return json_response(status, body, close=close, extra_headers=extra_headers)
+
+
+def json_response(
+    status: int,
+    body: bytes,
+    *,
+    close: bool,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
+) -> bytes:
+    head = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    if close:
+        head.append((b"connection", b"close"))
+    return status_line(status) + serialize_headers(head) + b"\r\n" + body
+
+
+def no_body_expected(method: bytes, status: int) -> bool:
+    """True when a response carries no body whatever its headers say (RFC 9112 section 6.3)."""
+    return method == b"HEAD" or status < 200 or status in (204, 304)

@@ -1,0 +1,821 @@
+"""The client side of the HTTP/1.1 relay: one protocol object per client connection.
+
+Requests are parsed with llhttp (httptools) and forwarded as their bytes arrive; the
+response comes back through the UpstreamConnection that the request was sent on and is
+written to the client as it arrives. One exchange runs at a time per client connection:
+pipelined requests wait in order, with reading paused, until the one before is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, cast
+from typing import TYPE_CHECKING
+
+import httptools
+
+from proxy import http11
+from proxy.http11 import LAST_CHUNK, Headers, chunk
+from proxy.pool import UpstreamConnection
+from strategies.base import RequestFacts
+
+if TYPE_CHECKING:
+    from proxy.backends import Backend
+    from proxy.runtime import Runtime
+
+log = logging.getLogger("mcplb.relay")
+
+SESSION_HEADER = b"mcp-session-id"
+
+# Request body bytes kept per request while no connection is ready (or while queued
+# behind a pipelined request); past this, reading from the client pauses.
+BODY_BUFFER_LIMIT = 256 * 1024
+# Request body bytes kept for a replay when a reused connection turns out closed.
+REPLAY_LIMIT = 64 * 1024
+
+# Reasons to stop reading from the client; reading resumes when none is left.
+_PAUSE_PIPELINE = 1
+_PAUSE_UPSTREAM_FULL = 2
+_PAUSE_BUFFER_FULL = 4
+
+# Reasons to stop reading from the backend.
+_UP_PAUSE_CLIENT_FULL = 1
+_UP_PAUSE_HOLD = 2
+
+# What the connection is waiting for; the timeout sweep reads it.
+IDLE, HEAD, ROUTING, WAIT_RESPONSE, STREAMING, TUNNEL, CLOSED = range(7)
+
+# How the response body is framed towards the client.
+_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _TUNNEL = range(5)
+
+
+class _RequestRejected(Exception):
+    """Raised inside parser callbacks after an error answer was sent."""
+
+
+class Request:
+    """One parsed request; its body is buffered only until a backend connection takes it."""
+
+    __slots__ = (
+        "body",
+        "body_size",
+        "buffered",
+        "chunked",
+        "complete",
+        "content_length",
+        "host",
+        "keep_alive",
+        "method",
+        "replay",
+        "session_id",
+        "target",
+        "upgrade",
+        "version",
+        "headers",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: Headers = []
+        self.host: bytes | None = None
+        self.session_id: str | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.complete = False
+        self.body: list[bytes] = []  # framed chunks not yet sent upstream
+        self.buffered = 0
+        self.body_size = 0
+        self.replay: list[bytes] | None = []  # framed bytes sent upstream, for a replay
+
+
+class ClientConnection(asyncio.Protocol):
+    """Relays requests from one client connection to the backends."""
+
+    def __init__(self, runtime: Runtime, connections: set[ClientConnection]) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        self.connections = connections
+        self.sticky = runtime.config.sticky.mcp_sessions
+        self.max_header_bytes = runtime.config.limits.max_header_bytes
+        self.max_body_bytes = runtime.config.limits.max_body_bytes
+        self.loop = asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.client_ip_bytes = b""
+        self.state = IDLE
+        self.requests_seen = 0
+        self.closing = False  # answer the current request, then close (shutdown)
+        self.reading: Request | None = None  # the request the parser is filling
+        self.current: Request | None = None  # the request being answered
+        self.queue: deque[Request] = deque()
+        self.head_size = 0  # bytes of the request line and headers parsed so far
+        self.head_bytes = 0  # bytes received since the last request head completed
+        self.read_pauses = 0
+        self.up_pauses = 0
+        self.write_paused = False
+        self.upgrade_leftover = b""
+        # per exchange
+        self.backend: Backend | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.attempted: set[str] = set()
+        self.bound_backend: str | None = None  # backend a session id routed to
+        self.response_started = False
+        self.framing = _NO_BODY
+        self.upstream_keep_alive = False
+        self.upstream_until_close = False  # the response body ends when the backend closes
+        self.client_keep_alive = True
+        self.streaming_sse = False
+        self.held: list[bytes] | None = None
+        self.complete_pending = False
+        self.task: asyncio.Task[None] | None = None
+        # timeout sweep marks
+        self.active = False
+        self.mark_state = IDLE
+        self.mark: tuple[int, int] | None = None
+        self.mark_time = 0.0
+
+    # -- asyncio callbacks: client side ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+        self.client_ip_bytes = self.client_ip.encode()
+        self.mark_time = self.loop.time()
+        self.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        if self.state == TUNNEL:
+            if self.upstream is not None:
+                self.upstream.send(data)
+            return
+        parser = self.parser
+        if self.current is None:
+            self.head_bytes += len(data)
+        if parser is None:
+            if self.current is not None and self.current.upgrade:
+                self.upgrade_leftover += data  # early bytes of a protocol being switched to
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.parser = None
+            self.upgrade_leftover = data[exc.args[0] :]
+        except _RequestRejected:
+            pass
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _RequestRejected):
+                return
+            log.exception("relay error")
+            self.reject(500, "internal_error", "internal proxy error")
+        except httptools.HttpParserError as exc:
+            self.reject(400, "bad_request", f"malformed request: {exc}")
+        else:
+            # A head still incomplete after this many bytes is too large, even if no
+            # header in it has ended yet.
+            if self.current is None and self.head_bytes > self.max_header_bytes:
+                self.reject(431, "headers_too_large", "request head exceeds max_header_bytes")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.parser = None
+        self.connections.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        upstream = self.upstream
+        if upstream is not None:
+            # The client left mid-exchange: the connection is in an unknown state.
+            self._end_exchange()
+            upstream.abort()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_upstream(_UP_PAUSE_CLIENT_FULL)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume_upstream(_UP_PAUSE_CLIENT_FULL)
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.reading = Request()
+        self.head_size = 0
+        self.requests_seen += 1
+        if self.current is None:
+            self.state = HEAD
+
+    def on_url(self, url: bytes) -> None:
+        assert self.reading is not None
+        self.reading.target += url
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.reading
+        assert request is not None
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.max_header_bytes:
+            self.reject(431, "headers_too_large", "request head exceeds max_header_bytes")
+            raise _RequestRejected
+        name = name.lower()
+        request.headers.append((name, value))
+        if name == b"host":
+            request.host = value
+        elif name == SESSION_HEADER and self.sticky:
+            request.session_id = value.decode("latin-1")
+        elif name == b"content-length":
+            request.content_length = int(value)
+        elif name == b"transfer-encoding":
+            request.chunked = value.lower().rstrip().endswith(b"chunked")
+
+    def on_headers_complete(self) -> None:
+        request = self.reading
+        parser = self.parser
+        assert request is not None and parser is not None
+        request.method = parser.get_method()
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        self.head_bytes = 0
+        if self.current is None:
+            self.current = request
+            self._start(request)
+        else:
+            self.queue.append(request)
+            self._pause_reading(_PAUSE_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        request = self.reading
+        assert request is not None
+        request.body_size += len(data)
+        if self.max_body_bytes and request.body_size > self.max_body_bytes:
+            self.reject(413, "body_too_large", "request body exceeds max_body_bytes")
+            raise _RequestRejected
+        self._forward_body(request, chunk(data) if request.chunked else data)
+
+    def on_message_complete(self) -> None:
+        request = self.reading
+        assert request is not None
+        request.complete = True
+        self.reading = None
+        if request.chunked:
+            self._forward_body(request, LAST_CHUNK)
+
+    # -- routing ------------------------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        """Route the current request: session binding first, then the strategy."""
+        self.state = ROUTING
+        self.attempted = set()
+        self.bound_backend = None
+        self.response_started = False
+        if (
+            self.max_body_bytes
+            and request.content_length is not None
+            and request.content_length > self.max_body_bytes
+        ):
+            self.reject(413, "body_too_large", "request body exceeds max_body_bytes")
+            return
+        if request.session_id is not None:
+            self.task = self.loop.create_task(self._route_session(request))
+            return
+        backend = self._pick(request)
+        if backend is None:
+            self._answer_error(503, "no_backend", "no backend available", retry_after=True)
+            return
+        self._dispatch(request, backend)
+
+    def _pick(self, request: Request) -> Backend | None:
+        candidates = self.runtime.backends.backends
+        if self.attempted:
+            candidates = [b for b in candidates if b.name not in self.attempted]
+        facts = RequestFacts(
+            self.client_ip,
+            request.method.decode("ascii", "replace"),
+            request.target.decode("latin-1"),
+            request.headers,
+            request.session_id,
+        )
+        return self.runtime.strategy.pick(candidates, facts)
+
+    async def _route_session(self, request: Request) -> None:
+        session_id = request.session_id
+        assert session_id is not None
+        name = await self.runtime.sessions.get(session_id)
+        self.task = None
+        if request is not self.current or self.state == CLOSED:
+            return
+        backend = self.runtime.backends.get(name) if name is not None else None
+        if backend is None:
+            self._answer_session_not_found()
+            return
+        self.bound_backend = backend.name
+        self._dispatch(request, backend)
+
+    def _dispatch(self, request: Request, backend: Backend) -> None:
+        pool = self.runtime.pool(backend)
+        conn = pool.take()
+        if conn is not None:
+            self._attach(request, backend, conn)
+        else:
+            self.task = self.loop.create_task(self._connect(request, backend))
+
+    async def _connect(self, request: Request, backend: Backend | None) -> None:
+        """Open a connection, moving on to other backends while nothing was sent."""
+        while backend is not None:
+            try:
+                conn = await self.runtime.pool(backend).connect()
+            except (OSError, TimeoutError) as exc:
+                reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+                log.warning("connect to backend %s failed: %s", backend.name, reason)
+                if self.bound_backend is not None:
+                    # Its sessions died with it; the client must initialize elsewhere.
+                    await self._forget_session(request)
+                    self.task = None
+                    self._answer_session_not_found()
+                    return
+                self.attempted.add(backend.name)
+                backend = self._pick(request)
+                continue
+            self.task = None
+            if request is not self.current or self.state == CLOSED:
+                self.runtime.pool(backend).release(conn, self.loop.time())
+                return
+            self._attach(request, backend, conn)
+            return
+        self.task = None
+        self._answer_error(502, "bad_gateway", "no backend could be reached")
+
+    def _attach(self, request: Request, backend: Backend, conn: UpstreamConnection) -> None:
+        """Send the request head (and any buffered body) on ``conn``."""
+        self.backend = backend
+        self.upstream = conn
+        conn.sink = self
+        conn.requests += 1
+        conn.expect_no_body = request.method == b"HEAD"
+        backend.in_flight += 1
+        self.state = WAIT_RESPONSE
+        self.mark = None
+        head = self._request_head(request, backend)
+        body = b""
+        if request.body:
+            body = b"".join(request.body)
+            request.body.clear()
+            request.buffered = 0
+            self._resume_reading(_PAUSE_BUFFER_FULL)
+        replay = request.replay
+        if replay is not None:
+            replay.clear()
+            if body:
+                replay.append(body)
+            if len(body) > REPLAY_LIMIT:
+                request.replay = None
+        conn.send(head + body if body else head)
+        if self.write_paused:
+            self._pause_upstream(_UP_PAUSE_CLIENT_FULL)
+
+    def _request_head(self, request: Request, backend: Backend) -> bytes:
+        target = request.target
+        if not target.startswith(b"/"):
+            target = _origin_form(target)
+        if backend.path_prefix and target != b"*":
+            target = backend.path_prefix + target
+        hop = http11.connection_tokens(request.headers)
+        forwarded_for = self.client_ip_bytes
+        lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in request.headers:
+            if name in http11.HOP_BY_HOP or name in hop:
+                continue
+            if name == b"host":
+                if not self.config.preserve_host:
+                    continue
+            elif name == b"x-forwarded-for":
+                forwarded_for = value + b", " + forwarded_for
+                continue
+            elif name == b"x-forwarded-proto" or name == b"x-forwarded-host":
+                continue
+            lines += (name, b": ", value, b"\r\n")
+        if not self.config.preserve_host or request.host is None:
+            lines += (b"host: ", backend.host_header, b"\r\n")
+        lines += (b"x-forwarded-for: ", forwarded_for, b"\r\nx-forwarded-proto: http\r\n")
+        if request.host is not None:
+            lines += (b"x-forwarded-host: ", request.host, b"\r\n")
+        if request.chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        if request.upgrade:
+            for name, value in request.headers:
+                if name == b"upgrade":
+                    lines += (b"connection: upgrade\r\nupgrade: ", value, b"\r\n")
+                    break
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _forward_body(self, request: Request, data: bytes) -> None:
+        upstream = self.upstream
+        if request is self.current and upstream is not None:
+            upstream.send(data)
+            replay = request.replay
+            if replay is not None and not upstream.received:
+                replay.append(data)
+                if sum(map(len, replay)) > REPLAY_LIMIT:
+                    request.replay = None
+            return
+        request.body.append(data)
+        request.buffered += len(data)
+        if request.buffered > BODY_BUFFER_LIMIT:
+            self._pause_reading(_PAUSE_BUFFER_FULL)
+
+    # -- upstream callbacks (ResponseSink) ----------------------------------------------
+
+    def upstream_head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
+        request = self.current
+        assert request is not None and self.transport is not None
+        self.active = True
+        if status < 200 and status != 101:
+            if request.version != "1.0":
+                hop = http11.connection_tokens(headers)
+                self.transport.write(
+                    http11.status_line(status, reason)
+                    + http11.serialize_headers(http11.end_to_end(headers, hop))
+                    + b"\r\n"
+                )
+            return
+        self.state = STREAMING
+        self.response_started = True
+        self.upstream_keep_alive = keep_alive
+        hop = http11.connection_tokens(headers)
+        out = http11.end_to_end(headers, hop)
+        has_length = chunked = False
+        session_id: bytes | None = None
+        content_type = b""
+        for name, value in headers:
+            if name == b"content-length":
+                has_length = True
+            elif name == SESSION_HEADER:
+                session_id = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if chunked:
+            has_length = False
+        client_keep_alive = request.keep_alive and not self.closing
+        if status == 101 and request.upgrade:
+            self.framing = _TUNNEL
+            for name, value in headers:
+                if name == b"upgrade":
+                    out += [(b"connection", b"upgrade"), (b"upgrade", value)]
+                    break
+            client_keep_alive = True
+        elif http11.no_body_expected(request.method, status):
+            self.framing = _NO_BODY
+        elif has_length:
+            self.framing = _LENGTH
+        else:
+            # Re-frame a chunked or close-delimited body; chunked keeps the client alive.
+            self.upstream_until_close = not chunked
+            if request.version == "1.1":
+                self.framing = _CHUNKED
+                out = [(n, v) for n, v in out if n != b"content-length"]
+                out.append((b"transfer-encoding", b"chunked"))
+            else:
+                self.framing = _UNTIL_CLOSE
+                client_keep_alive = False
+        if self.parser is None and self.framing != _TUNNEL:
+            client_keep_alive = False  # the parser stopped at an upgrade the backend refused
+        self.client_keep_alive = client_keep_alive
+        if self.framing != _TUNNEL:
+            if not client_keep_alive:
+                out.append((b"connection", b"close"))
+            elif request.version == "1.0":
+                out.append((b"connection", b"keep-alive"))
+        if content_type.startswith(b"text/event-stream") and self.backend is not None:
+            self.streaming_sse = True
+            self.backend.streams += 1
+        head = http11.status_line(status, reason) + http11.serialize_headers(out) + b"\r\n"
+        if self.sticky:
+            if request.session_id is None:
+                if session_id is not None and 200 <= status < 300 and self.backend is not None:
+                    self._hold_for(self._bind_session(session_id.decode("latin-1"), self.backend))
+            elif status == 404 or (request.method == b"DELETE" and 200 <= status < 300):
+                self._hold_for(self._forget_session(request))
+        self._send(head)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.active = True
+        if self.framing == _CHUNKED:
+            self._send(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._send(data)
+
+    def upstream_complete(self) -> None:
+        if self.framing == _TUNNEL:
+            return
+        if self.held is not None:
+            self.complete_pending = True
+            return
+        if self.framing == _CHUNKED:
+            self._send(LAST_CHUNK)
+        request = self.current
+        assert request is not None
+        upstream = self.upstream
+        reusable = self.upstream_keep_alive and request.complete
+        self._end_exchange()
+        if upstream is not None:
+            if reusable:
+                self.runtime.pool(upstream.backend).release(upstream, self.loop.time())
+            else:
+                upstream.close()
+        self._next_request(request)
+
+    def upstream_tunnel(self, data: bytes) -> None:
+        if self.state != TUNNEL:
+            upstream = self.upstream
+            if self.framing != _TUNNEL or upstream is None:
+                self._close()
+                return
+            self.state = TUNNEL
+            if self.upgrade_leftover:
+                upstream.send(self.upgrade_leftover)
+                self.upgrade_leftover = b""
+        self.active = True
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def upstream_lost(self, error: BaseException | None) -> None:
+        upstream = self.upstream
+        request = self.current
+        if upstream is None or request is None:
+            return
+        if self.state == TUNNEL:
+            self._end_exchange()
+            self._close()
+            return
+        if not self.response_started:
+            backend = self.backend
+            self._end_exchange()
+            if (
+                upstream.requests > 1
+                and not upstream.received
+                and request.replay is not None
+                and backend is not None
+                and self.state != CLOSED
+            ):
+                # A pooled connection the backend closed while idle: replay on a fresh one.
+                log.debug("pooled connection to %s was closed; retrying", backend.name)
+                request.body = request.replay + request.body
+                request.buffered = sum(map(len, request.body))
+                self.task = self.loop.create_task(self._connect(request, backend))
+                return
+            if isinstance(error, httptools.HttpParserError):
+                self._answer_error(502, "bad_gateway", "backend sent an invalid response")
+            else:
+                self._answer_error(502, "bad_gateway", "backend closed the connection")
+            return
+        if self.upstream_until_close:
+            self.upstream_keep_alive = False
+            self.upstream_complete()
+            return
+        # Mid-body: the client must see the response as truncated.
+        self._end_exchange()
+        self._close()
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause_reading(_PAUSE_UPSTREAM_FULL)
+        else:
+            self._resume_reading(_PAUSE_UPSTREAM_FULL)
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def _hold_for(self, job: Coroutine[Any, Any, None]) -> None:
+        """Hold the response while ``job`` (a store update) runs, then release it."""
+        self.held = []
+        self._pause_upstream(_UP_PAUSE_HOLD)
+        self.loop.create_task(self._release_after(job))
+
+    async def _release_after(self, job: Coroutine[Any, Any, None]) -> None:
+        try:
+            await job
+        except Exception:
+            log.exception("session store update failed")
+        held, self.held = self.held, None
+        if held and self.transport is not None and self.state != CLOSED:
+            self.transport.write(b"".join(held))
+        self._resume_upstream(_UP_PAUSE_HOLD)
+        if self.complete_pending:
+            self.complete_pending = False
+            self.upstream_complete()
+
+    async def _bind_session(self, session_id: str, backend: Backend) -> None:
+        await self.runtime.sessions.bind(session_id, backend.name)
+        self.runtime.session_bound(backend.name)
+
+    async def _forget_session(self, request: Request) -> None:
+        if request.session_id is None:
+            return
+        name = await self.runtime.sessions.forget(request.session_id)
+        if name is not None:
+            self.runtime.session_ended(name)
+
+    # -- answers and teardown -----------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            held.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def _answer_session_not_found(self) -> None:
+        request = self.current
+        keep = request is not None and request.complete and request.keep_alive
+        self._write_answer(
+            http11.json_response(404, http11.SESSION_NOT_FOUND, close=not keep), keep
+        )
+
+    def _answer_error(
+        self, status: int, code: str, message: str, *, retry_after: bool = False
+    ) -> None:
+        """Answer the current request with an error (only if no response byte was sent)."""
+        request = self.current
+        if self.response_started or request is None:
+            self._close()
+            return
+        keep = request.complete and request.keep_alive and not self.closing
+        extra = [(b"retry-after", b"1")] if retry_after else []
+        if status >= 500:
+            log.warning("%d %s: %s %s", status, code, request.method.decode(), message)
+        self._write_answer(
+            http11.error_response(status, code, message, close=not keep, extra_headers=extra),
+            keep,
+        )
+
+    def _write_answer(self, data: bytes, keep_alive: bool) -> None:
+        request = self.current
+        if self.transport is None or request is None or self.state == CLOSED:
+            return
+        self.response_started = True
+        self.transport.write(data)
+        if keep_alive:
+            self._next_request(request)
+        else:
+            self._close()
+
+    def reject(self, status: int, code: str, message: str) -> None:
+        """Answer a request that could not be parsed or accepted, then close."""
+        if self.state == CLOSED:
+            return
+        upstream = self.upstream
+        if upstream is not None:
+            self._end_exchange()
+            upstream.abort()
+        if not self.response_started and self.transport is not None:
+            self.transport.write(http11.error_response(status, code, message, close=True))
+        self._close()
+
+    def _next_request(self, finished: Request) -> None:
+        """After an answer: close, start the next pipelined request, or wait for one."""
+        keep = (
+            self.client_keep_alive
+            and finished.keep_alive
+            and finished.complete
+            and not self.closing
+            and self.parser is not None
+        )
+        self.current = None
+        self.framing = _NO_BODY
+        self.upstream_until_close = False
+        self.client_keep_alive = True
+        if not keep:
+            self._close()
+            return
+        if self.queue:
+            request = self.queue.popleft()
+            if not self.queue:
+                self._resume_reading(_PAUSE_PIPELINE)
+            self.current = request
+            self._start(request)
+        else:
+            self.state = HEAD if self.reading is not None else IDLE
+            self.mark = None
+
+    def _end_exchange(self) -> None:
+        """Detach from the upstream connection and settle the backend's counters."""
+        upstream = self.upstream
+        backend = self.backend
+        self.upstream = None
+        self.backend = None
+        if backend is not None:
+            backend.in_flight -= 1
+            if self.streaming_sse:
+                backend.streams -= 1
+        self.streaming_sse = False
+        if upstream is not None:
+            upstream.sink = None
+            if self.up_pauses:
+                self.up_pauses = 0
+                upstream.resume_reading()
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self.parser = None
+        upstream = self.upstream
+        if upstream is not None:
+            self._end_exchange()
+            upstream.abort()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Stop after the current exchange; close now if there is none."""
+        self.closing = True
+        if self.current is None and self.state in (IDLE, HEAD):
+            self._close()
+
+    # -- flow control -------------------------------------------------------------------
+
+    def _pause_reading(self, reason: int) -> None:
+        if not self.read_pauses and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+        self.read_pauses |= reason
+
+    def _resume_reading(self, reason: int) -> None:
+        if not self.read_pauses & reason:
+            return
+        self.read_pauses &= ~reason
+        if not self.read_pauses and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _pause_upstream(self, reason: int) -> None:
+        if not self.up_pauses and self.upstream is not None:
+            self.upstream.pause_reading()
+        self.up_pauses |= reason
+
+    def _resume_upstream(self, reason: int) -> None:
+        if not self.up_pauses & reason:
+            return
+        self.up_pauses &= ~reason
+        if not self.up_pauses and self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # -- timeouts -----------------------------------------------------------------------
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the server's sweep about twice a second."""
+        state = self.state
+        timeouts = self.config.timeouts
+        if state in (HEAD, WAIT_RESPONSE) or (state == IDLE and self.requests_seen == 0):
+            key = (state, self.requests_seen)
+            if self.mark != key:
+                self.mark = key
+                self.mark_time = now
+                return
+            elapsed = now - self.mark_time
+            if state == WAIT_RESPONSE:
+                if elapsed > timeouts.upstream_header:
+                    self._answer_timeout()
+            elif elapsed > timeouts.header:
+                self.reject(408, "request_timeout", "request head not received in time")
+            return
+        if self.active:
+            self.active = False
+            self.mark_time = now
+            self.mark = None
+        elif now - self.mark_time > timeouts.idle and state != CLOSED:
+            self._close()
+
+    def _answer_timeout(self) -> None:
+        upstream = self.upstream
+        if upstream is not None:
+            self._end_exchange()
+            upstream.abort()
+        self._answer_error(504, "gateway_timeout", "backend did not answer in time")
+
+
+def _origin_form(target: bytes) -> bytes:
+    """The path and query of an absolute-form target; the authority never steers routing."""
+    if target == b"*":
+        return target
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return b"/"
+    path: bytes = url.path or b"/"
+    if url.query:
+        path += b"?" + url.query
+    return path
+
+

@@ -1,0 +1,91 @@
+"""Where MCP session bindings (session id -> backend name) live.
+
+The store interface is async so that shared stores (Redis) fit behind it;
+the in-memory store answers without suspending.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable
+
+
+class SessionStore(ABC):
+    """Maps MCP session ids to the name of the backend that minted them."""
+
+    @abstractmethod
+    async def get(self, session_id: str) -> str | None:
+        """The bound backend's name, refreshing the binding's idle timer; None if unknown."""
+
+    @abstractmethod
+    async def bind(self, session_id: str, backend: str) -> None:
+        """Record that ``backend`` owns ``session_id``."""
+
+    @abstractmethod
+    async def forget(self, session_id: str) -> str | None:
+        """Drop the binding; return the backend it pointed to, if any."""
+
+    async def close(self) -> None:
+        """Release resources held by the store."""
+
+
+class MemorySessionStore(SessionStore):
+    """One process's table, with idle expiry and a size cap (least recently used goes)."""
+
+    def __init__(
+        self,
+        ttl: float,
+        max_sessions: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_expire: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._ttl = ttl
+        self._max = max_sessions
+        self._clock = clock
+        self._on_expire = on_expire
+        # Ordered by last use, so expiry and eviction only ever look at the front.
+        self._bindings: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+    async def get(self, session_id: str) -> str | None:
+        entry = self._bindings.get(session_id)
+        if entry is None:
+            return None
+        now = self._clock()
+        backend, expires = entry
+        if expires <= now:
+            self._drop(session_id)
+            return None
+        self._bindings[session_id] = (backend, now + self._ttl)
+        self._bindings.move_to_end(session_id)
+        return backend
+
+    async def bind(self, session_id: str, backend: str) -> None:
+        self._bindings[session_id] = (backend, self._clock() + self._ttl)
+        self._bindings.move_to_end(session_id)
+        while len(self._bindings) > self._max:
+            self._drop(next(iter(self._bindings)))
+
+    async def forget(self, session_id: str) -> str | None:
+        entry = self._bindings.pop(session_id, None)
+        return None if entry is None else entry[0]
+
+    def expire(self) -> int:
+        """Drop every binding idle past the TTL; return how many went."""
+        now = self._clock()
+        dropped = 0
+        for session_id, (_, expires) in list(self._bindings.items()):
+            if expires > now:
+                break
+            self._drop(session_id)
+            dropped += 1
+        return dropped
+
+    def _drop(self, session_id: str) -> None:
+        backend, _ = self._bindings.pop(session_id)
+        if self._on_expire is not None:
+            self._on_expire(session_id, backend)

@@ -1,0 +1,117 @@
+"""Runs several worker processes on one port (SO_REUSEPORT) and restarts crashed ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from types import FrameType
+
+from proxy.config import Config
+
+log = logging.getLogger("mcplb.supervisor")
+
+RESTART_BACKOFF = 1.0  # seconds before restarting a worker that died right after starting
+
+
+class Supervisor:
+    """The parent process: forks workers, forwards signals, replaces workers that die."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.workers: dict[int, int] = {}  # pid -> worker index
+        self.started: dict[int, float] = {}
+        self.stopping = False
+
+    def run(self) -> int:
+        try:
+            reservation = _reserve_port(self.config.listen_host, self.config.listen_port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", self.config.listen_host, self.config.listen_port, exc)
+            return 1
+        # Keep the port (and a port 0 choice) ours while workers come and go.
+        self.config = dataclasses.replace(self.config, listen_port=reservation.getsockname()[1])
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        for index in range(self.config.workers):
+            self._spawn(index)
+        log.info("supervisor: %d workers on port %d", self.config.workers, self.config.listen_port)
+        deadline: float | None = None
+        while self.workers:
+            if self.stopping and deadline is None:
+                deadline = time.monotonic() + self.config.timeouts.grace + 5
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG if deadline else 0)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                if deadline is not None and time.monotonic() > deadline:
+                    for child in self.workers:
+                        _signal(child, signal.SIGKILL)
+                time.sleep(0.05)
+                continue
+            index = self.workers.pop(pid)
+            lived = time.monotonic() - self.started.pop(pid)
+            if self.stopping:
+                continue
+            log.error(
+                "worker %d (pid %d) exited with %s; restarting", index, pid, _describe(status)
+            )
+            if lived < RESTART_BACKOFF:
+                time.sleep(RESTART_BACKOFF)
+            if not self.stopping:
+                self._spawn(index)
+        reservation.close()
+        return 0
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                from proxy.server import bind_socket, run_worker
+
+                sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
+                code = run_worker(self.config, sock)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        self.workers[pid] = index
+        self.started[pid] = time.monotonic()
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for pid in self.workers:
+            _signal(pid, signal.SIGTERM)
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"code {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,1 @@
+"""Balancing strategies: pure objects that pick a backend for a request."""

@@ -1,0 +1,71 @@
+"""The strategy interface: a pure object that picks one backend for a request."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+
+class BackendView(Protocol):
+    """What a strategy may read of a backend's runtime state."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def weight(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def available(self) -> bool: ...
+
+
+B = TypeVar("B", bound=BackendView)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """The facts of a request that a strategy may route on."""
+
+    client_address: str
+    method: str
+    path: str
+    headers: Sequence[tuple[bytes, bytes]]  # names lower-cased, in arrival order
+    session_id: str | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header (``name`` lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class StrategyOptionError(ValueError):
+    """An option passed to a strategy is invalid; the message names the option."""
+
+
+class Strategy(ABC):
+    """Picks among backends; never does I/O and never reads a clock it was not given."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            unknown = ", ".join(sorted(options))
+            raise StrategyOptionError(f"unknown option(s): {unknown}")
+
+    @abstractmethod
+    def pick(self, backends: Sequence[B], request: RequestFacts) -> B | None:
+        """Return an available backend for ``request``, or None when none is available."""
+
+
+def check_options(options: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    """Raise StrategyOptionError for any option outside ``allowed``."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise StrategyOptionError(f"unknown option(s): {', '.join(unknown)}")

@@ -1,0 +1,70 @@
+"""Finds a strategy class by built-in name, entry point, or "package.module:Class" path."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from strategies.base import Strategy, StrategyOptionError
+from strategies.round_robin import RoundRobin
+
+BUILTIN: Mapping[str, type[Strategy]] = {RoundRobin.name: RoundRobin}
+ENTRY_POINT_GROUP = "mcplb.strategies"
+
+
+class StrategyLoadError(Exception):
+    """The strategy named in the config cannot be loaded or built."""
+
+
+def resolve(spec: str) -> type[Strategy]:
+    """Return the class named by ``spec``; raise StrategyLoadError saying why not."""
+    if ":" in spec:
+        cls = _import_class(spec)
+    elif spec in BUILTIN:
+        cls = BUILTIN[spec]
+    else:
+        cls = _from_entry_point(spec)
+    if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
+        raise StrategyLoadError(f"{spec!r} is not a subclass of strategies.base.Strategy")
+    if inspect.isabstract(cls):
+        raise StrategyLoadError(f"{spec!r} does not implement pick()")
+    return cls
+
+
+def build(spec: str, options: Mapping[str, Any]) -> Strategy:
+    """Resolve ``spec`` and instantiate it with ``options``."""
+    cls = resolve(spec)
+    try:
+        return cls(**options)
+    except StrategyOptionError as exc:
+        raise StrategyLoadError(f"{spec}: {exc}") from None
+    except TypeError as exc:
+        raise StrategyLoadError(f"{spec}: bad options: {exc}") from None
+
+
+def _import_class(spec: str) -> object:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise StrategyLoadError(f"{spec!r}: expected 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StrategyLoadError(f"cannot import module {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise StrategyLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _from_entry_point(name: str) -> object:
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name == name:
+            try:
+                return entry.load()
+            except Exception as exc:  # a broken plugin must not crash config checking
+                raise StrategyLoadError(f"entry point {name!r} failed to load: {exc}") from None
+    known = ", ".join(sorted(BUILTIN))
+    raise StrategyLoadError(f"unknown strategy {name!r} (built-in: {known})")
