@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from decimal import Decimal
+from typing import Any, Final, NamedTuple, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.reader import ReaderError
+from yaml.resolver import Resolver
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +67,790 @@ class Config:
     preserve_host: bool = False
     source: str | None = None  # path of the file it was loaded from
     lines: Mapping[str, int] = field(default_factory=dict)  # "backends[1].url" -> 12
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+class ConfigIssue(NamedTuple):
+    """One problem in a config: where it is (dotted path, 1-based line) and what is wrong."""
+
+    path: str  # "backends[1].url", "timeouts.connect", "" for the document root
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return text if self.line is None else f"{text} (line {self.line})"
+
+
+class ConfigError(Exception):
+    """Every problem found in a config; ``str()`` lists them one per line."""
+
+    def __init__(self, issues: Iterable[ConfigIssue], source: str | None = None) -> None:
+        self.issues = list(issues)
+        self.source = source
+        # Passing both to Exception keeps the error picklable (e.g. across worker processes).
+        super().__init__(self.issues, source)
+
+    def __str__(self) -> str:
+        return "\n".join(str(issue) for issue in self.issues)
+
+
+# ---------------------------------------------------------------------------
+# Durations and sizes
+
+_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)", re.ASCII)
+_DURATION_RE = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h)\s*)+", re.ASCII)
+_DURATION_HINT = (
+    'expected seconds or a number with unit ms, s, m or h (e.g. "250ms", "2s", "1m30s")'
+)
+
+_KILO, _KIBI = 1000, 1024
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    **{f"{p}{s}": _KILO**n for n, p in enumerate("kmgt", 1) for s in ("", "b")},
+    **{f"{p}{s}": _KIBI**n for n, p in enumerate("kmgt", 1) for s in ("i", "ib")},
+}
+_SIZE_RE = re.compile(rf"({_NUMBER})\s*([a-z]*)", re.ASCII | re.IGNORECASE)
+_SIZE_HINT = (
+    "expected bytes, optionally with a unit: B, KB/MB/GB (powers of 1000) "
+    'or KiB/MiB/GiB (powers of 1024), e.g. "64KiB"'
+)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a string like "250ms", "2s", "5m", "1h", "1h30m"."""
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(_NUMBER, text, re.ASCII):
+            seconds = Decimal(text)
+        elif _DURATION_RE.fullmatch(text):
+            parts = _DURATION_PART.findall(text)
+            seconds = sum((Decimal(n) * _DURATION_UNITS[unit] for n, unit in parts), Decimal(0))
+        else:
+            raise ValueError(f'invalid duration "{value}": {_DURATION_HINT}')
+        result = float(seconds)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            result = float(value)
+        except OverflowError:
+            result = math.inf
+        if result < 0:
+            raise ValueError(f"invalid duration {value}: must not be negative")
+    else:
+        raise ValueError(f"invalid duration: {_DURATION_HINT}, got {_kind(value)}")
+    if not math.isfinite(result):
+        raise ValueError("invalid duration: must be a finite number of seconds")
+    return result
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string like "512B", "1k", "10MB", "64KiB", "10MiB", "1GiB".
+
+    KB/MB/GB (and k/M/G) are powers of 1000, KiB/MiB/GiB (and Ki/Mi/Gi) powers of 1024.
+    """
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip())
+        unit = _SIZE_UNITS.get(match[2].lower()) if match else None
+        if match is None or unit is None:
+            raise ValueError(f'invalid size "{value}": {_SIZE_HINT}')
+        size = Decimal(match[1]) * unit
+        if size != size.to_integral_value():
+            raise ValueError(f'invalid size "{value}": not a whole number of bytes')
+        return int(size)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"invalid size: {_SIZE_HINT}, got {_kind(value)}")
+    if value < 0:
+        raise ValueError(f"invalid size {value}: must not be negative")
+    return value
+
+
+def _kind(value: object) -> str:
+    """The YAML-ish name of a value's type, for messages."""
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "list"}
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "mapping"
+    return names.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------------------
+# Environment variables
+
+_ENV_REF = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<body>[^}]*)\}|(?P<open>\{))?")
+_ENV_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+
+def _expand_env(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``$$``; return the text and any errors.
+
+    As in the shell, ``:-`` also applies when VAR is set but empty. A ``$`` followed by
+    anything else is kept literally.
+    """
+    errors: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        if match["dollar"]:
+            return "$"
+        if match["open"]:
+            errors.append('unterminated "${" (write "$$" for a literal "$")')
+            return match[0]
+        body = match["body"]
+        if body is None:
+            return "$"
+        ref = _ENV_BODY.fullmatch(body)
+        if ref is None:
+            errors.append(f'invalid variable reference "${{{body}}}"')
+            return match[0]
+        name, default = ref["name"], ref["default"]
+        value = environ.get(name)
+        if default is not None and not value:
+            return str(default)
+        if value is None:
+            errors.append(
+                f'environment variable "{name}" is not set (use ${{{name}:-default}} for a default)'
+            )
+            return ""
+        return value
+
+    if "$" not in text:
+        return text, errors
+    return _ENV_REF.sub(replace, text), errors
+
+
+# ---------------------------------------------------------------------------
+# Phase 1: YAML nodes -> values with lines (env expanded, duplicates and aliases handled)
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+# PyYAML resolves plain "=" to this tag but has no constructor for it; it is just text to us.
+_VALUE_TAG = "tag:yaml.org,2002:value"
+_INVALID: Final = object()  # stands for a value already reported as an issue
+
+
+@dataclass(frozen=True, slots=True)
+class _Val:
+    """A YAML value after env expansion: a scalar, list[_Val], dict[key, _Entry] or _INVALID."""
+
+    value: object
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One key of a mapping: the key as written (for paths), its line, and its value."""
+
+    key: str
+    line: int
+    val: _Val
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _tag_name(tag: str) -> str:
+    return "!!" + tag.removeprefix("tag:yaml.org,2002:") if tag.startswith("tag:yaml.org") else tag
+
+
+def _has_explicit_tag(text: str, node: yaml.Node) -> bool:
+    """Whether a plain scalar was written with a tag, e.g. ``!!str ${PORT}``."""
+    # The composed node does not say whether its tag was explicit. A plain scalar cannot start
+    # with "!" or "&", so leading tokens starting with those are its properties (tag, anchor).
+    source = text[node.start_mark.index : node.end_mark.index]
+    for token in source.split(maxsplit=2)[:2]:
+        if token.startswith("!"):
+            return True
+        if not token.startswith("&"):
+            return False
+    return False
+
+
+def _implicit_tag(text: str) -> str:
+    """The tag the YAML loader gives a plain scalar with this text (int, bool, null, ...)."""
+    resolvers = Resolver.yaml_implicit_resolvers
+    for tag, regexp in [*resolvers.get(text[:1], []), *resolvers.get(None, [])]:
+        if regexp.match(text):
+            return str(tag)
+    return _STR_TAG
+
+
+class _Walker:
+    """Turns a composed node tree into a _Val tree, recording issues and the line of each path."""
+
+    def __init__(
+        self,
+        text: str,
+        environ: Mapping[str, str],
+        issues: list[ConfigIssue],
+        lines: dict[str, int],
+    ) -> None:
+        self._text = text
+        self._environ = environ
+        self._issues = issues
+        self._lines = lines
+        self._constructor = SafeConstructor()
+        # Aliases make the tree a graph: convert each node once (so "billion laughs" stays
+        # linear) and detect an alias used inside its own anchor.
+        self._done: dict[int, _Val] = {}
+        self._active: set[int] = set()
+
+    def walk(self, node: yaml.Node, path: str) -> _Val:
+        key = id(node)
+        if key in self._active:
+            self._issue(path, "recursive alias (an anchor used inside itself)", _line(node))
+            return _Val(_INVALID, _line(node))
+        done = self._done.get(key)
+        if done is not None:
+            return done
+        self._active.add(key)
+        try:
+            if isinstance(node, yaml.MappingNode):
+                val = self._mapping(node, path)
+            elif isinstance(node, yaml.SequenceNode):
+                val = self._sequence(node, path)
+            elif isinstance(node, yaml.ScalarNode):
+                val = self._scalar(node, path)
+            else:  # pragma: no cover - the composer makes only these three
+                raise TypeError(f"unexpected YAML node {node!r}")
+        finally:
+            self._active.discard(key)
+        self._done[key] = val
+        return val
+
+    def _issue(self, path: str, message: str, line: int | None) -> None:
+        self._issues.append(ConfigIssue(path, message, line))
+
+    def _mapping(self, node: yaml.MappingNode, path: str) -> _Val:
+        if node.tag != _MAP_TAG:
+            self._issue(path, f'unsupported YAML tag "{_tag_name(node.tag)}"', _line(node))
+            return _Val(_INVALID, _line(node))
+        entries: dict[object, _Entry] = {}
+        merged: dict[object, _Entry] = {}
+        for key_node, value_node in node.value:
+            key_line = _line(key_node)
+            if key_node.tag == _MERGE_TAG:
+                self._merge(merged, value_node, _join(path, "<<"))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._issue(path, "a key must be a scalar, not a list or mapping", key_line)
+                continue
+            key_path = _join(path, key_node.value)
+            key = self._construct(key_node.tag, key_node.value, key_path, key_line)
+            if key is _INVALID:
+                continue
+            first = entries.get(key)
+            if first is not None:
+                self._issue(
+                    key_path, f"duplicate key (first defined on line {first.line})", key_line
+                )
+                continue
+            self._lines[key_path] = key_line
+            entries[key] = _Entry(key_node.value, key_line, self.walk(value_node, key_path))
+        for key, entry in merged.items():
+            if key not in entries:
+                entries[key] = entry
+                self._lines.setdefault(_join(path, entry.key), entry.line)
+        return _Val(entries, _line(node))
+
+    def _merge(self, merged: dict[object, _Entry], node: yaml.Node, path: str) -> None:
+        """Apply a ``<<`` merge key: earlier sources win, explicit keys win over all."""
+        source = self.walk(node, path)
+        sources = source.value if isinstance(source.value, list) else [source]
+        for item in sources:
+            if isinstance(item.value, dict):
+                for key, entry in item.value.items():
+                    merged.setdefault(key, entry)
+            elif item.value is not _INVALID:
+                self._issue(path, "a merge (<<) needs a mapping or a list of mappings", item.line)
+
+    def _sequence(self, node: yaml.SequenceNode, path: str) -> _Val:
+        if node.tag != _SEQ_TAG:
+            self._issue(path, f'unsupported YAML tag "{_tag_name(node.tag)}"', _line(node))
+            return _Val(_INVALID, _line(node))
+        items = []
+        for index, item in enumerate(node.value):
+            item_path = f"{path}[{index}]"
+            self._lines[item_path] = _line(item)
+            items.append(self.walk(item, item_path))
+        return _Val(items, _line(node))
+
+    def _scalar(self, node: yaml.ScalarNode, path: str) -> _Val:
+        line = _line(node)
+        tag, text = node.tag, str(node.value)
+        # Expansion runs after composing so that line numbers refer to the file as written.
+        if tag == _STR_TAG and "$" in text:
+            text, errors = _expand_env(text, self._environ)
+            for message in errors:
+                self._issue(path, message, line)
+            if errors:
+                return _Val(_INVALID, line)
+            if node.style is None and not _has_explicit_tag(self._text, node):
+                tag = _implicit_tag(text)
+        return _Val(self._construct(tag, text, path, line), line)
+
+    def _construct(self, tag: str, text: str, path: str, line: int) -> object:
+        """The Python value of a scalar, or _INVALID (reported) if its tag cannot take it."""
+        if tag in (_STR_TAG, _MERGE_TAG, _VALUE_TAG):
+            return text
+        if tag not in SafeConstructor.yaml_constructors:
+            self._issue(path, f'unsupported YAML tag "{_tag_name(tag)}"', line)
+            return _INVALID
+        try:
+            value: object = self._constructor.construct_object(yaml.ScalarNode(tag, text), True)
+        except Exception:  # the constructors raise assorted errors on malformed tagged values
+            self._issue(path, f'"{text}" is not a valid {_tag_name(tag)}', line)
+            return _INVALID
+        return value
+
+
+# ---------------------------------------------------------------------------
+# Phase 2: schema validation
+
+_T = TypeVar("_T")
+_TOP_KEYS = (
+    "listen",
+    "workers",
+    "strategy",
+    "strategy_options",
+    "preserve_host",
+    "backends",
+    "sticky",
+    "timeouts",
+    "limits",
+)
+_BACKEND_KEYS = ("name", "url", "weight")
+_STICKY_KEYS = ("mcp_sessions", "session_ttl", "max_sessions")
+_TIMEOUT_KEYS = ("connect", "header", "upstream_header", "idle", "upstream_keepalive", "grace")
+_LIMIT_KEYS = ("max_header_bytes", "max_body_bytes")
+
+_MAX_WORKERS = 256
+_LISTEN_HINT = 'must be "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"'
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?", re.ASCII)
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
+_STRATEGY_NAME_RE = re.compile(r"[a-z0-9_]+", re.ASCII)
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_STRATEGY_PATH_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}", re.ASCII)
+
+
+class _Section:
+    """One mapping of the schema: rejects unknown keys, then hands out validated values."""
+
+    def __init__(
+        self,
+        val: _Val | None,
+        path: str,
+        keys: tuple[str, ...],
+        issues: list[ConfigIssue],
+        required: tuple[str, ...] = (),
+    ) -> None:
+        self._path = path
+        self._issues = issues
+        self.entries: dict[str, _Entry] = {}
+        # A section whose keys are all commented out is null in YAML; treat it as empty.
+        if val is None or val.value is _INVALID or (val.value is None and not required):
+            return
+        if not isinstance(val.value, dict):
+            issues.append(ConfigIssue(path, "must be a mapping", val.line))
+            return
+        for key, entry in val.value.items():
+            if isinstance(key, str) and key in keys:
+                self.entries[key] = entry
+            else:
+                issues.append(
+                    ConfigIssue(_join(path, entry.key), _unknown_key(entry.key, keys), entry.line)
+                )
+        for key in required:
+            if key not in val.value:
+                issues.append(ConfigIssue(path, f'missing required key "{key}"', val.line))
+
+    def val(self, key: str) -> _Val | None:
+        entry = self.entries.get(key)
+        return None if entry is None else entry.val
+
+    def get(self, key: str, check: Callable[[object], _T], default: _T) -> _T:
+        """The checked value of ``key``; its default if absent or invalid (invalid is reported)."""
+        entry = self.entries.get(key)
+        if entry is None or entry.val.value is _INVALID:
+            return default
+        try:
+            return check(entry.val.value)
+        except ValueError as exc:
+            self._issues.append(ConfigIssue(_join(self._path, key), str(exc), entry.val.line))
+            return default
+
+
+def _unknown_key(key: str, keys: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, keys, n=1)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    return f"unknown key (expected one of: {', '.join(keys)})"
+
+
+def _valid_host(host: str) -> bool:
+    """A DNS name (underscores allowed, as in container names) or an IPv4 address."""
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    return _HOSTNAME_RE.fullmatch(host) is not None
+
+
+def _valid_port(text: str, low: int) -> bool:
+    return text.isascii() and text.isdigit() and low <= int(text) <= 65535
+
+
+def _check_listen(value: object) -> tuple[str, int]:
+    if isinstance(value, list):
+        # An unquoted [::1]:8080 is read by YAML as a flow list.
+        raise ValueError(f"{_LISTEN_HINT} (quote IPv6 addresses)")
+    if not isinstance(value, str):
+        raise ValueError(_LISTEN_HINT)
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep:
+            raise ValueError(_LISTEN_HINT)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'invalid IPv6 address "{host}"') from None
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError(_LISTEN_HINT)
+        if ":" in host:
+            raise ValueError('IPv6 addresses must be in brackets, e.g. "[::1]:8080"')
+        if not host:
+            raise ValueError('host is missing (use "0.0.0.0:PORT" for all interfaces)')
+        if not _valid_host(host):
+            raise ValueError(f'invalid host "{host}"')
+    if not _valid_port(port, 0):
+        raise ValueError("port must be a number between 0 and 65535")
+    return host, int(port)
+
+
+def _check_workers(value: object) -> int:
+    if value == "auto":
+        return min(os.cpu_count() or 1, _MAX_WORKERS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError('must be an integer >= 1 or "auto"')
+    if value > _MAX_WORKERS:
+        raise ValueError(f"must be at most {_MAX_WORKERS}")
+    return value
+
+
+def _check_strategy(value: object) -> str:
+    if isinstance(value, str) and (
+        _STRATEGY_NAME_RE.fullmatch(value) or _STRATEGY_PATH_RE.fullmatch(value)
+    ):
+        return value
+    raise ValueError('must be a built-in strategy name ([a-z0-9_]+) or "package.module:ClassName"')
+
+
+def _check_bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be a boolean (true or false, unquoted)")
+    return value
+
+
+def _int_range(low: int, high: int | None, message: str) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(message)
+        if value < low or (high is not None and value > high):
+            raise ValueError(message)
+        return value
+
+    return check
+
+
+def _check_positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than 0")
+    return seconds
+
+
+def _check_header_size(value: object) -> int:
+    size = parse_size(value)
+    if not _KIBI <= size <= _KIBI**2:
+        raise ValueError("must be between 1KiB and 1MiB (1024 to 1048576 bytes)")
+    return size
+
+
+def _check_name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be a string of 1 to 64 letters, digits, _ . or -, starting with a letter or digit"
+        )
+    return value
+
+
+class _Url(NamedTuple):
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str
+
+
+def _check_url(value: object) -> _Url:
+    if not isinstance(value, str) or not value:
+        raise ValueError('must be a URL string such as "http://127.0.0.1:9001"')
+    # urlsplit silently drops tabs and newlines, so reject them (and other blanks) up front.
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot be parsed ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("scheme must be http or https")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain user info (user:password@)")
+    if "?" in value:
+        raise ValueError("must not have a query string")
+    if "#" in value:
+        raise ValueError("must not have a fragment")
+    host = parts.hostname
+    if not host:
+        raise ValueError("host is missing")
+    if parts.netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'invalid IPv6 address "{host}"') from None
+    elif not _valid_host(host):
+        raise ValueError(f'invalid host "{host}"')
+    _, colon, port = parts.netloc.rpartition("]")[2].rpartition(":")
+    if colon and port and not _valid_port(port, 1):
+        raise ValueError("port must be a number between 1 and 65535")
+    prefix = parts.path.rstrip("/")
+    return _Url(
+        url=f"{parts.scheme}://{parts.netloc}{prefix}",
+        scheme=parts.scheme,
+        host=host,
+        port=int(port) if port else (443 if parts.scheme == "https" else 80),
+        path_prefix=prefix,
+    )
+
+
+def _to_python(val: _Val, memo: dict[int, Any]) -> Any:
+    """Plain data from a _Val tree; values shared through YAML aliases stay shared."""
+    if id(val) in memo:
+        return memo[id(val)]
+    result: Any
+    if isinstance(val.value, dict):
+        result = {key: _to_python(entry.val, memo) for key, entry in val.value.items()}
+    elif isinstance(val.value, list):
+        result = [_to_python(item, memo) for item in val.value]
+    else:
+        result = val.value
+    memo[id(val)] = result
+    return result
+
+
+def _strategy_options(val: _Val | None, issues: list[ConfigIssue]) -> dict[str, Any]:
+    if val is None or val.value is None or val.value is _INVALID:
+        return {}
+    if not isinstance(val.value, dict):
+        issues.append(ConfigIssue("strategy_options", "must be a mapping", val.line))
+        return {}
+    options: dict[str, Any] = {}
+    memo: dict[int, Any] = {}
+    for key, entry in val.value.items():
+        if isinstance(key, str):
+            options[key] = _to_python(entry.val, memo)
+        else:
+            path = f"strategy_options.{entry.key}"
+            issues.append(ConfigIssue(path, "keys must be strings", entry.line))
+    return options
+
+
+def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfig, ...]:
+    if val is None or val.value is _INVALID:
+        return ()  # a missing "backends" is reported by the top-level section
+    if not isinstance(val.value, list) or not val.value:
+        issues.append(ConfigIssue("backends", "must be a non-empty list of backends", val.line))
+        return ()
+    default_weight = BackendConfig(name="", url="", scheme="", host="", port=0).weight
+    check_weight = _int_range(0, 1000, "must be an integer between 0 and 1000")
+    backends: list[BackendConfig] = []
+    first_index: dict[str, int] = {}
+    for index, item in enumerate(val.value):
+        path = f"backends[{index}]"
+        section = _Section(item, path, _BACKEND_KEYS, issues, required=("name", "url"))
+        name = section.get("name", _check_name, "")
+        url = section.get("url", _check_url, None)
+        weight = section.get("weight", check_weight, default_weight)
+        if name in first_index:
+            message = (
+                f'duplicate backend name "{name}" (already used by backends[{first_index[name]}])'
+            )
+            issues.append(ConfigIssue(f"{path}.name", message, section.entries["name"].val.line))
+        elif name:
+            first_index[name] = index
+        if name and url:
+            backends.append(
+                BackendConfig(
+                    name, url.url, url.scheme, url.host, url.port, url.path_prefix, weight
+                )
+            )
+    return tuple(backends)
+
+
+def _sticky(val: _Val | None, issues: list[ConfigIssue]) -> StickyConfig:
+    section = _Section(val, "sticky", _STICKY_KEYS, issues)
+    default = StickyConfig()
+    return StickyConfig(
+        mcp_sessions=section.get("mcp_sessions", _check_bool, default.mcp_sessions),
+        session_ttl=section.get("session_ttl", _check_positive_duration, default.session_ttl),
+        max_sessions=section.get(
+            "max_sessions", _int_range(1, None, "must be an integer >= 1"), default.max_sessions
+        ),
+    )
+
+
+def _timeouts(val: _Val | None, issues: list[ConfigIssue]) -> TimeoutsConfig:
+    section = _Section(val, "timeouts", _TIMEOUT_KEYS, issues)
+    default = TimeoutsConfig()
+    seconds = {
+        key: section.get(key, _check_positive_duration, float(getattr(default, key)))
+        for key in _TIMEOUT_KEYS
+    }
+    return TimeoutsConfig(**seconds)
+
+
+def _limits(val: _Val | None, issues: list[ConfigIssue]) -> LimitsConfig:
+    section = _Section(val, "limits", _LIMIT_KEYS, issues)
+    default = LimitsConfig()
+    return LimitsConfig(
+        max_header_bytes=section.get(
+            "max_header_bytes", _check_header_size, default.max_header_bytes
+        ),
+        max_body_bytes=section.get("max_body_bytes", parse_size, default.max_body_bytes),
+    )
+
+
+def _build(
+    root: _Val, issues: list[ConfigIssue], lines: dict[str, int], source: str | None
+) -> Config:
+    """The Config for a root mapping; only meaningful if no issues were added."""
+    top = _Section(root, "", _TOP_KEYS, issues, required=("backends",))
+    default = Config()
+    host, port = top.get("listen", _check_listen, (default.listen_host, default.listen_port))
+    return Config(
+        listen_host=host,
+        listen_port=port,
+        workers=top.get("workers", _check_workers, default.workers),
+        strategy=top.get("strategy", _check_strategy, default.strategy),
+        strategy_options=_strategy_options(top.val("strategy_options"), issues),
+        backends=_backends(top.val("backends"), issues),
+        sticky=_sticky(top.val("sticky"), issues),
+        timeouts=_timeouts(top.val("timeouts"), issues),
+        limits=_limits(top.val("limits"), issues),
+        preserve_host=top.get("preserve_host", _check_bool, default.preserve_host),
+        source=source,
+        lines=lines,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+
+
+def _yaml_issue(exc: yaml.YAMLError, text: str) -> ConfigIssue:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "syntax error"
+        if exc.context and problem.startswith("but "):  # "expected X" + "but found Y"
+            problem = f"{exc.context} {problem}"
+        if mark is None:
+            return ConfigIssue("", f"invalid YAML: {problem}")
+        return ConfigIssue(
+            "", f"invalid YAML at column {mark.column + 1}: {problem}", mark.line + 1
+        )
+    if isinstance(exc, ReaderError):
+        position = int(exc.position)
+        line = text.count("\n", 0, position) + 1
+        column = position - text.rfind("\n", 0, position)
+        char = exc.character
+        code = ord(char) if isinstance(char, str) else int(char)
+        message = f"invalid YAML at column {column}: character #x{code:04x}: {exc.reason}"
+        return ConfigIssue("", message, line)
+    return ConfigIssue("", f"invalid YAML: {exc}")
+
+
+def _parse(
+    text: str,
+    source: str | None,
+    environ: Mapping[str, str],
+    issues: list[ConfigIssue],
+    lines: dict[str, int],
+) -> Config | None:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        issues.append(_yaml_issue(exc, text))
+        return None
+    if node is None:
+        issues.append(ConfigIssue("", 'the config is empty (at least "backends" is required)'))
+        return None
+    root = _Walker(text, environ, issues, lines).walk(node, "")
+    if not isinstance(root.value, dict):
+        if root.value is not _INVALID:
+            message = f"the top level must be a mapping of settings, not a {_kind(root.value)}"
+            issues.append(ConfigIssue("", message, root.line))
+        return None
+    return _build(root, issues, lines, source)
+
+
+def parse_config(
+    text: str, source: str | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Parse and validate YAML config text; raise ConfigError listing every problem found.
+
+    ``source`` is the file name kept in ``Config.source``; ``environ`` (default ``os.environ``)
+    supplies ``${VAR}`` expansions.
+    """
+    issues: list[ConfigIssue] = []
+    lines: dict[str, int] = {}
+    try:
+        config = _parse(text, source, os.environ if environ is None else environ, issues, lines)
+    except RecursionError:
+        issues.append(ConfigIssue("", "the document is nested too deeply"))
+        config = None
+    if issues or config is None:
+        issues.sort(key=lambda issue: issue.line or 0)
+        raise ConfigError(issues, source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and parse a config file; an unreadable file is reported as a ConfigError too."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigIssue("", f"cannot read {source}: {reason}")], source) from exc
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError([ConfigIssue("", f"cannot read {source}: {reason}")], source) from exc
+    return parse_config(text, source, environ)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from proxy.config import BackendConfig, Config, TimeoutsConfig
 
@@ -67,9 +68,18 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
+def _child_env() -> dict[str, str]:
+    # Make `-m proxy.demo_backend` importable from any working directory, installed or not.
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def start_backends(names: Sequence[str], ports: Sequence[int]) -> list[subprocess.Popen[bytes]]:
     """Spawn ``python -m proxy.demo_backend`` for each name/port (not yet waited for)."""
     procs: list[subprocess.Popen[bytes]] = []
+    env = _child_env()
     for name, port in zip(names, ports, strict=True):
         argv = [sys.executable, "-m", "proxy.demo_backend", "--name", name]
         argv += ["--host", BACKEND_HOST, "--port", str(port), "--parent-pid", str(os.getpid())]
@@ -78,6 +88,7 @@ def start_backends(names: Sequence[str], ports: Sequence[int]) -> list[subproces
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                env=env,
                 # Own session: Ctrl-C reaches only the proxy, which drains in-flight
                 # requests against live backends before we stop them.
                 start_new_session=True,

@@ -788,7 +788,10 @@ class ClientConnection(asyncio.Protocol):
                 if elapsed > timeouts.upstream_header:
                     self._answer_timeout()
             elif elapsed > timeouts.header:
-                self.reject(408, "request_timeout", "request head not received in time")
+                if state == HEAD:
+                    self.reject(408, "request_timeout", "request head not received in time")
+                else:
+                    self._close()  # not a byte sent: nothing to answer
             return
         if self.active:
             self.active = False

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,15 +21,18 @@ try:
         mcp_session,
         result_text,
         start_mcp_backend,
+        start_mcp_backend_sync,
     )
-except ModuleNotFoundError:  # tests/ is not a package and the repo root is not on sys.path
-    from peers import (  # type: ignore[no-redef]
+except ModuleNotFoundError:  # the repo root is not on sys.path (no pytest `pythonpath`)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.peers import (
         McpBackend,
         Peers,
         mcp_call,
         mcp_session,
         result_text,
         start_mcp_backend,
+        start_mcp_backend_sync,
     )
 
 ACCEPT_BOTH = "application/json, text/event-stream"
@@ -49,9 +54,12 @@ async def peers() -> AsyncIterator[Peers]:
         yield p
 
 
-@pytest.fixture
-async def backend(peers: Peers) -> McpBackend:
-    return await peers.backend("mcp-a")
+@pytest.fixture(scope="module")
+def backend() -> Iterator[McpBackend]:
+    """One stateful backend shared by the read-only tests of this module."""
+    b = start_mcp_backend_sync("mcp-a")
+    yield b
+    b.stop_sync()
 
 
 async def post_initialize(url: str) -> tuple[int, dict[str, str], str]:

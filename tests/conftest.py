@@ -1,0 +1,113 @@
+"""Shared fixtures: uvloop for every async test, in-process proxies and HTTP backends."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+from aiohttp import web
+
+from proxy.config import BackendConfig, Config, LimitsConfig, TimeoutsConfig
+from proxy.server import ProxyServer
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    # The proxy runs on uvloop in production, so the tests do too.
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def backend_config(name: str, port: int, weight: int = 1, prefix: str = "") -> BackendConfig:
+    url = f"http://127.0.0.1:{port}{prefix}"
+    return BackendConfig(name, url, "http", "127.0.0.1", port, prefix, weight)
+
+
+ProxyFactory = Callable[..., Awaitable[ProxyServer]]
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[ProxyFactory]:
+    """Start in-process proxies: start_proxy([BackendConfig...], timeouts=..., ...)."""
+    servers: list[ProxyServer] = []
+
+    async def factory(
+        backends: list[BackendConfig],
+        *,
+        timeouts: dict[str, float] | None = None,
+        limits: dict[str, int] | None = None,
+        **fields: Any,
+    ) -> ProxyServer:
+        config = Config(
+            listen_host="127.0.0.1",
+            listen_port=0,
+            backends=tuple(backends),
+            timeouts=dataclasses.replace(TimeoutsConfig(), **(timeouts or {})),
+            limits=dataclasses.replace(LimitsConfig(), **(limits or {})),
+            **fields,
+        )
+        server = ProxyServer(config)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.shutdown(grace=0)
+
+
+AppFactory = Callable[[web.Application], Awaitable[int]]
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[AppFactory]:
+    """Run aiohttp applications on loopback; returns each one's port."""
+    runners: list[web.AppRunner] = []
+
+    async def factory(app: web.Application) -> int:
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        server = site._server
+        assert server is not None
+        port: int = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return port
+
+    yield factory
+    for runner in runners:
+        await runner.cleanup()
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def serve_raw() -> AsyncIterator[Callable[[RawHandler], Awaitable[int]]]:
+    """Run a raw TCP server whose handler scripts exactly what the backend sends."""
+    servers: list[asyncio.Server] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def factory(handler: RawHandler) -> int:
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            try:
+                await handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass  # scripted peers may be cut off by the proxy; that is the point
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+        servers.append(server)
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    yield factory
+    for server in servers:
+        server.close()
+    for writer in writers:
+        writer.close()
