@@ -43,7 +43,9 @@ def validated(path: str) -> Config:
     try:
         registry.build(config.strategy, config.strategy_options)
     except registry.StrategyLoadError as exc:
-        raise ConfigError([ConfigIssue("strategy", str(exc), config.lines.get("strategy"))]) from None
+        raise ConfigError(
+            [ConfigIssue("strategy", str(exc), config.lines.get("strategy"))]
+        ) from None
     return config
 
 

@@ -230,6 +230,7 @@ def _expand_env(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
 _STR_TAG = "tag:yaml.org,2002:str"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MAP_TAG = "tag:yaml.org,2002:map"
+_NULL_TAG = "tag:yaml.org,2002:null"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 # PyYAML resolves plain "=" to this tag but has no constructor for it; it is just text to us.
 _VALUE_TAG = "tag:yaml.org,2002:value"
@@ -512,7 +513,7 @@ def _valid_host(host: str) -> bool:
 
 
 def _valid_port(text: str, low: int) -> bool:
-    return text.isascii() and text.isdigit() and low <= int(text) <= 65535
+    return len(text) <= 5 and text.isascii() and text.isdigit() and low <= int(text) <= 65535
 
 
 def _check_listen(value: object) -> tuple[str, int]:
@@ -638,11 +639,13 @@ def _check_url(value: object) -> _Url:
     elif not _valid_host(host):
         raise ValueError(f'invalid host "{host}"')
     _, colon, port = parts.netloc.rpartition("]")[2].rpartition(":")
-    if colon and port and not _valid_port(port, 1):
+    port = port if colon else ""
+    if port and not _valid_port(port, 1):
         raise ValueError("port must be a number between 1 and 65535")
     prefix = parts.path.rstrip("/")
+    netloc = parts.netloc.removesuffix(":")  # "http://h:" means the default port
     return _Url(
-        url=f"{parts.scheme}://{parts.netloc}{prefix}",
+        url=f"{parts.scheme}://{netloc}{prefix}",
         scheme=parts.scheme,
         host=host,
         port=int(port) if port else (443 if parts.scheme == "https" else 80),
@@ -808,7 +811,7 @@ def _parse(
     except yaml.YAMLError as exc:
         issues.append(_yaml_issue(exc, text))
         return None
-    if node is None:
+    if node is None or (node.tag == _NULL_TAG and node.value == ""):  # blank, or just "---"
         issues.append(ConfigIssue("", 'the config is empty (at least "backends" is required)'))
         return None
     root = _Walker(text, environ, issues, lines).walk(node, "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -232,10 +233,8 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Drop a connection that closed (no-op if it was not idle)."""
-        try:
+        with contextlib.suppress(ValueError):
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def expire(self, now: float) -> None:
         """Close idle connections older than the keep-alive timeout."""

@@ -12,8 +12,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, cast
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -66,6 +65,7 @@ class Request:
         "chunked",
         "complete",
         "content_length",
+        "headers",
         "host",
         "keep_alive",
         "method",
@@ -74,7 +74,6 @@ class Request:
         "target",
         "upgrade",
         "version",
-        "headers",
     )
 
     def __init__(self) -> None:
@@ -746,18 +745,18 @@ class ClientConnection(asyncio.Protocol):
     # -- flow control -------------------------------------------------------------------
 
     def _pause_reading(self, reason: int) -> None:
-        if not self.read_pauses and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.pause_reading()
+        transport = self.transport
+        if not self.read_pauses and transport is not None and not transport.is_closing():
+            transport.pause_reading()
         self.read_pauses |= reason
 
     def _resume_reading(self, reason: int) -> None:
         if not self.read_pauses & reason:
             return
         self.read_pauses &= ~reason
-        if not self.read_pauses and self.transport is not None:
-            if not self.transport.is_closing():
-                self.transport.resume_reading()
+        transport = self.transport
+        if not self.read_pauses and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def _pause_upstream(self, reason: int) -> None:
         if not self.up_pauses and self.upstream is not None:
@@ -820,5 +819,3 @@ def _origin_form(target: bytes) -> bytes:
     if url.query:
         path += b"?" + url.query
     return path
-
-

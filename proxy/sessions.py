@@ -27,7 +27,7 @@ class SessionStore(ABC):
     async def forget(self, session_id: str) -> str | None:
         """Drop the binding; return the backend it pointed to, if any."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional: most stores hold nothing)
         """Release resources held by the store."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -30,7 +31,9 @@ class Supervisor:
         try:
             reservation = _reserve_port(self.config.listen_host, self.config.listen_port)
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", self.config.listen_host, self.config.listen_port, exc)
+            log.error(
+                "cannot listen on %s:%d: %s", self.config.listen_host, self.config.listen_port, exc
+            )
             return 1
         # Keep the port (and a port 0 choice) ours while workers come and go.
         self.config = dataclasses.replace(self.config, listen_port=reservation.getsockname()[1])
@@ -105,10 +108,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _describe(status: int) -> str:

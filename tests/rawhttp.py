@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import httptools
@@ -71,7 +72,9 @@ class RawClient:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def responses(self, count: int, *, head: bool = False, timeout: float = 5.0) -> list[Response]:
+    async def responses(
+        self, count: int, *, head: bool = False, timeout: float = 5.0
+    ) -> list[Response]:
         """Read until ``count`` complete responses arrived (``head``: HEAD responses)."""
         collector = self._collector
         collector.head_only = head
@@ -104,10 +107,8 @@ class RawClient:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 async def request(port: int, data: bytes, **kwargs: object) -> Response:

@@ -407,11 +407,17 @@ async def test_connect_failure_everywhere_is_502(
     start_proxy: ProxyFactory, unused_tcp_port_factory: Callable[[], int]
 ) -> None:
     proxy = await start_proxy(
-        [backend_config("d1", unused_tcp_port_factory()), backend_config("d2", unused_tcp_port_factory())]
+        [
+            backend_config("d1", unused_tcp_port_factory()),
+            backend_config("d2", unused_tcp_port_factory()),
+        ]
     )
     resp = await request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert resp.status == 502
-    assert json.loads(resp.body) == {"error": "bad_gateway", "message": "no backend could be reached"}
+    assert json.loads(resp.body) == {
+        "error": "bad_gateway",
+        "message": "no backend could be reached",
+    }
 
 
 async def test_upstream_header_timeout_is_504(

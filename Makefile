@@ -1,0 +1,48 @@
+# `make demo` and `make test` work on a fresh machine: they create the virtualenv,
+# install the project, and install the system tools they need when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck unit bench bench-tools clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mcplb demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check proxy strategies healthcheck tests bench
+	$(VENV)/bin/ruff format --check proxy strategies healthcheck tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict proxy strategies healthcheck
+
+unit: $(STAMP)
+	$(PY) -m pytest -q
+
+test: lint typecheck unit
+
+# Load generator and reference proxies for the benchmark (Debian packages).
+bench-tools:
+	@missing=""; \
+	for tool in wrk:wrk haproxy:haproxy nginx:nginx-light; do \
+		command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+			&& (service nginx stop; service haproxy stop) >/dev/null 2>&1 || true; \
+		else echo "install:$$missing (HAProxy/nginx are skipped when absent)"; fi; \
+	fi
+
+bench: $(STAMP) bench-tools
+	$(PY) bench/http_bench.py --duration 10
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
