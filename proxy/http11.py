@@ -58,8 +58,8 @@ def status_line(status: int, reason: bytes | None = None) -> bytes:
 
 
 def chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body."""
-    return b"%x\r\n%b\r\n" % (len(data), data)
+    """One chunk of a chunked body; nothing for empty data (a zero-size chunk ends the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
 LAST_CHUNK = b"0\r\n\r\n"

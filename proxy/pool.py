@@ -36,6 +36,9 @@ class ResponseSink(Protocol):
 
     def upstream_write_paused(self, paused: bool) -> None: ...
 
+    def flush(self) -> None:
+        """Write out what the last read produced."""
+
 
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to a backend; parses responses and hands them to its sink."""
@@ -97,6 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink = None
             self.close()
             sink.upstream_lost(exc)
+        sink.flush()
         if self._stale_parser:
             self._stale_parser = False
             self.parser = httptools.HttpResponseParser(self)

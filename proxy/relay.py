@@ -19,7 +19,7 @@ import httptools
 from proxy import http11
 from proxy.http11 import LAST_CHUNK, Headers, chunk
 from proxy.pool import UpstreamConnection
-from strategies.base import RequestFacts
+from strategies.base import NO_FACTS, RequestFacts
 
 if TYPE_CHECKING:
     from proxy.backends import Backend
@@ -64,6 +64,7 @@ class Request:
         "buffered",
         "chunked",
         "complete",
+        "connection",
         "content_length",
         "headers",
         "host",
@@ -82,6 +83,7 @@ class Request:
         self.version = "1.1"
         self.headers: Headers = []
         self.host: bytes | None = None
+        self.connection = False  # a Connection header was sent (it may name more hop headers)
         self.session_id: str | None = None
         self.content_length: int | None = None
         self.chunked = False
@@ -132,7 +134,8 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_until_close = False  # the response body ends when the backend closes
         self.client_keep_alive = True
         self.streaming_sse = False
-        self.held: list[bytes] | None = None
+        self.out: list[bytes] = []  # response bytes not yet written (see flush)
+        self.holding = False  # a session store update must land before the response goes out
         self.complete_pending = False
         self.task: asyncio.Task[None] | None = None
         # timeout sweep marks
@@ -230,6 +233,8 @@ class ClientConnection(asyncio.Protocol):
         request.headers.append((name, value))
         if name == b"host":
             request.host = value
+        elif name == b"connection":
+            request.connection = True
         elif name == SESSION_HEADER and self.sticky:
             request.session_id = value.decode("latin-1")
         elif name == b"content-length":
@@ -298,6 +303,9 @@ class ClientConnection(asyncio.Protocol):
         candidates = self.runtime.backends.backends
         if self.attempted:
             candidates = [b for b in candidates if b.name not in self.attempted]
+        strategy = self.runtime.strategy
+        if not strategy.uses_request:
+            return strategy.pick(candidates, NO_FACTS)
         facts = RequestFacts(
             self.client_ip,
             request.method.decode("ascii", "replace"),
@@ -305,7 +313,7 @@ class ClientConnection(asyncio.Protocol):
             request.headers,
             request.session_id,
         )
-        return self.runtime.strategy.pick(candidates, facts)
+        return strategy.pick(candidates, facts)
 
     async def _route_session(self, request: Request) -> None:
         session_id = request.session_id
@@ -389,7 +397,7 @@ class ClientConnection(asyncio.Protocol):
             target = _origin_form(target)
         if backend.path_prefix and target != b"*":
             target = backend.path_prefix + target
-        hop = http11.connection_tokens(request.headers)
+        hop = http11.connection_tokens(request.headers) if request.connection else frozenset()
         forwarded_for = self.client_ip_bytes
         lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
         for name, value in request.headers:
@@ -452,20 +460,26 @@ class ClientConnection(asyncio.Protocol):
         self.state = STREAMING
         self.response_started = True
         self.upstream_keep_alive = keep_alive
-        hop = http11.connection_tokens(headers)
-        out = http11.end_to_end(headers, hop)
-        has_length = chunked = False
+        out: Headers = []
+        has_length = chunked = named_hops = False
         session_id: bytes | None = None
         content_type = b""
         for name, value in headers:
+            if name in http11.HOP_BY_HOP:
+                if name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+                    named_hops = True
+                continue
             if name == b"content-length":
                 has_length = True
             elif name == SESSION_HEADER:
                 session_id = value
             elif name == b"content-type":
                 content_type = value
-            elif name == b"transfer-encoding":
-                chunked = True
+            out.append((name, value))
+        if named_hops:
+            out = http11.end_to_end(out, http11.connection_tokens(headers))
         if chunked:
             has_length = False
         client_keep_alive = request.keep_alive and not self.closing
@@ -520,11 +534,12 @@ class ClientConnection(asyncio.Protocol):
     def upstream_complete(self) -> None:
         if self.framing == _TUNNEL:
             return
-        if self.held is not None:
+        if self.holding:
             self.complete_pending = True
             return
         if self.framing == _CHUNKED:
             self._send(LAST_CHUNK)
+        self.flush()
         request = self.current
         assert request is not None
         upstream = self.upstream
@@ -599,7 +614,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _hold_for(self, job: Coroutine[Any, Any, None]) -> None:
         """Hold the response while ``job`` (a store update) runs, then release it."""
-        self.held = []
+        self.holding = True
         self._pause_upstream(_UP_PAUSE_HOLD)
         self.loop.create_task(self._release_after(job))
 
@@ -608,16 +623,17 @@ class ClientConnection(asyncio.Protocol):
             await job
         except Exception:
             log.exception("session store update failed")
-        held, self.held = self.held, None
-        if held and self.transport is not None and self.state != CLOSED:
-            self.transport.write(b"".join(held))
+        self.holding = False
+        self.flush()
         self._resume_upstream(_UP_PAUSE_HOLD)
         if self.complete_pending:
             self.complete_pending = False
             self.upstream_complete()
 
     async def _bind_session(self, session_id: str, backend: Backend) -> None:
-        await self.runtime.sessions.bind(session_id, backend.name)
+        previous = await self.runtime.sessions.bind(session_id, backend.name)
+        if previous is not None:
+            self.runtime.session_ended(previous)
         self.runtime.session_bound(backend.name)
 
     async def _forget_session(self, request: Request) -> None:
@@ -630,11 +646,17 @@ class ClientConnection(asyncio.Protocol):
     # -- answers and teardown -----------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        held = self.held
-        if held is not None:
-            held.append(data)
-        elif self.transport is not None:
-            self.transport.write(data)
+        self.out.append(data)
+
+    def flush(self) -> None:
+        """Write what the last upstream read produced in one call (one syscall, not one
+        per piece of the response)."""
+        out = self.out
+        if not out or self.holding:
+            return
+        self.out = []
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _answer_session_not_found(self) -> None:
         request = self.current
@@ -727,6 +749,8 @@ class ClientConnection(asyncio.Protocol):
                 upstream.resume_reading()
 
     def _close(self) -> None:
+        self.holding = False
+        self.flush()
         self.state = CLOSED
         self.parser = None
         upstream = self.upstream

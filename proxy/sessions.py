@@ -20,8 +20,8 @@ class SessionStore(ABC):
         """The bound backend's name, refreshing the binding's idle timer; None if unknown."""
 
     @abstractmethod
-    async def bind(self, session_id: str, backend: str) -> None:
-        """Record that ``backend`` owns ``session_id``."""
+    async def bind(self, session_id: str, backend: str) -> str | None:
+        """Record that ``backend`` owns ``session_id``; return the previous owner, if any."""
 
     @abstractmethod
     async def forget(self, session_id: str) -> str | None:
@@ -64,11 +64,13 @@ class MemorySessionStore(SessionStore):
         self._bindings.move_to_end(session_id)
         return backend
 
-    async def bind(self, session_id: str, backend: str) -> None:
+    async def bind(self, session_id: str, backend: str) -> str | None:
+        previous = self._bindings.get(session_id)
         self._bindings[session_id] = (backend, self._clock() + self._ttl)
         self._bindings.move_to_end(session_id)
         while len(self._bindings) > self._max:
             self._drop(next(iter(self._bindings)))
+        return None if previous is None else previous[0]
 
     async def forget(self, session_id: str) -> str | None:
         entry = self._bindings.pop(session_id, None)

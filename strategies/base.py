@@ -45,6 +45,9 @@ class RequestFacts:
         return None
 
 
+NO_FACTS = RequestFacts("", "", "", ())
+
+
 class StrategyOptionError(ValueError):
     """An option passed to a strategy is invalid; the message names the option."""
 
@@ -53,6 +56,9 @@ class Strategy(ABC):
     """Picks among backends; never does I/O and never reads a clock it was not given."""
 
     name: ClassVar[str] = ""
+    # False for strategies that never look at the request: the relay then skips
+    # building RequestFacts on its hot path and passes NO_FACTS.
+    uses_request: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         if options:

@@ -51,7 +51,7 @@ def _import_class(spec: str) -> object:
         raise StrategyLoadError(f"{spec!r}: expected 'package.module:ClassName'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # a broken plugin must not crash config checking
         raise StrategyLoadError(f"cannot import module {module_name!r}: {exc}") from None
     try:
         return getattr(module, attr)

@@ -17,6 +17,7 @@ class RoundRobin(Strategy):
     """
 
     name: ClassVar[str] = "round_robin"
+    uses_request: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -5,35 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-try:
-    from tests.peers import (
-        McpBackend,
-        Peers,
-        mcp_call,
-        mcp_session,
-        result_text,
-        start_mcp_backend,
-        start_mcp_backend_sync,
-    )
-except ModuleNotFoundError:  # the repo root is not on sys.path (no pytest `pythonpath`)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.peers import (
-        McpBackend,
-        Peers,
-        mcp_call,
-        mcp_session,
-        result_text,
-        start_mcp_backend,
-        start_mcp_backend_sync,
-    )
+from tests.peers import (
+    McpBackend,
+    Peers,
+    mcp_call,
+    mcp_session,
+    result_text,
+    start_mcp_backend,
+    start_mcp_backend_sync,
+)
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 INITIALIZE = {
