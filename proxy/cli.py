@@ -59,12 +59,19 @@ def validated(path: str) -> Config:
     return config
 
 
-def _check(path: str) -> int:
+def _load_or_report(path: str) -> Config | None:
+    """The validated config, or None after printing every issue to stderr."""
     try:
-        config = validated(path)
+        return validated(path)
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"{path}: {issue}", file=sys.stderr)
+        return None
+
+
+def _check(path: str) -> int:
+    config = _load_or_report(path)
+    if config is None:
         return 1
     print(
         f"{path}: ok ({len(config.backends)} backends, strategy {config.strategy}, "
@@ -77,13 +84,8 @@ def _run(path: str, log_level: str) -> int:
     from proxy.server import serve, setup_logging
 
     setup_logging(log_level)
-    try:
-        config = validated(path)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"{path}: {issue}", file=sys.stderr)
-        return 1
-    return serve(config)
+    config = _load_or_report(path)
+    return 1 if config is None else serve(config)
 
 
 def _demo(backends: int, port: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ async def test_sigterm_lets_in_flight_requests_finish(
         in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/"))
         await asyncio.wait_for(arrived.wait(), 10)
         proxy.send_signal(signal.SIGTERM)
-        await until_refused(port)
+        await until(lambda: accepts_connections(port), lambda accepting: not accepting)
         release.set()
         resp = await asyncio.wait_for(in_flight, 10)
         assert resp.status == 200
@@ -128,18 +129,9 @@ async def test_sigterm_lets_in_flight_requests_finish(
         assert "Traceback" not in proxy.output()
 
 
-async def until_refused(port: int, limit: float = 10.0) -> None:
-    """Poll until the port stops accepting connections."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while loop.time() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except ConnectionRefusedError:
-            return
-        writer.close()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"port {port} still accepts connections")
+def accepts_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def children_of(pid: int) -> set[int]:

@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 
 from tests.peers import (
+    INITIALIZE,
+    MCP_HEADERS,
     McpBackend,
     Peers,
     mcp_call,
@@ -20,18 +22,6 @@ from tests.peers import (
     start_mcp_backend,
     start_mcp_backend_sync,
 )
-
-ACCEPT_BOTH = "application/json, text/event-stream"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-test", "version": "0"},
-    },
-}
 
 
 @pytest.fixture
@@ -49,7 +39,7 @@ def backend() -> Iterator[McpBackend]:
 
 
 async def post_initialize(url: str) -> tuple[int, dict[str, str], str]:
-    headers = {"Accept": ACCEPT_BOTH, "Content-Type": "application/json"}
+    headers = MCP_HEADERS
     timeout = aiohttp.ClientTimeout(total=10)
     async with (
         aiohttp.ClientSession(timeout=timeout) as http,

@@ -12,19 +12,15 @@ import pytest
 from proxy.server import ProxyServer
 from proxy.sessions import MemorySessionStore
 from tests.conftest import ProxyFactory, backend_config
-from tests.peers import McpBackend, Peers, mcp_call, mcp_session, result_text
-
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "raw-test", "version": "0"},
-    },
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+from tests.peers import (
+    INITIALIZE,
+    MCP_HEADERS,
+    McpBackend,
+    Peers,
+    mcp_call,
+    mcp_session,
+    result_text,
+)
 
 
 @pytest.fixture
