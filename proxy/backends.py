@@ -13,9 +13,11 @@ class Backend:
     __slots__ = (
         "available",
         "config",
+        "draining",
         "host",
         "host_header",
         "in_flight",
+        "max_sessions",
         "name",
         "path_prefix",
         "port",
@@ -38,6 +40,8 @@ class Backend:
         self.in_flight = 0  # requests sent and not yet fully answered
         self.streams = 0  # of which: open event streams (text/event-stream responses)
         self.sessions = 0  # MCP sessions bound here by this process
+        self.max_sessions = config.max_sessions
+        self.draining = False  # no new work; existing sessions still served (admin drain)
         self.available = True  # false while unhealthy, ejected or draining
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +28,7 @@ class BackendConfig:
     port: int  # explicit, or 80/443 from the scheme
     path_prefix: str = ""  # "" or "/prefix", never a trailing slash
     weight: int = 1  # 0 = no new traffic
+    max_sessions: int | None = None  # MCP sessions this backend may hold (least_sessions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,57 @@ class LimitsConfig:
     max_body_bytes: int = 10_485_760  # 0 = unlimited
 
 
+HealthInitial = Literal["healthy", "unhealthy"]
+HealthPanic = Literal["fail_closed", "fail_open"]
+ProbeType = Literal["http", "mcp"]
+ProbeMethod = Literal["GET", "HEAD"]
+DEFAULT_PROBE_PATHS: Final[Mapping[str, str]] = {"http": "/", "mcp": "/mcp"}
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveHealthConfig:
+    """Active probes: one request (http) or one MCP handshake (mcp) per backend per interval."""
+
+    enabled: bool = False  # False when the "active" key is absent
+    type: ProbeType = "http"
+    path: str = ""  # joined after the backend's path prefix; "" = "/" for http, "/mcp" for mcp
+    method: ProbeMethod = "GET"  # http only
+    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)  # inclusive ranges, http only
+    expect_tools: tuple[str, ...] = ()  # mcp only: tools that tools/list must include
+    interval: float = 2.0
+    timeout: float = 1.0  # < interval
+    rise: int = 2  # consecutive successes to become healthy
+    fall: int = 3  # consecutive failures to become unhealthy
+    fast_interval: float | None = None  # while counting toward a change of state
+    down_interval: float | None = None  # while unhealthy
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", DEFAULT_PROBE_PATHS[self.type])
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveHealthConfig:
+    """Outlier ejection from the failures the relay sees on real traffic."""
+
+    enabled: bool = True
+    consecutive_failures: int = 5  # connect failures / timeouts (and 5xx if on_5xx) in a row
+    on_5xx: bool = False
+    ejection_time: float = 30.0  # times the ejections within ejection_memory, capped
+    max_ejection_time: float = 300.0
+    ejection_memory: float = 600.0
+    max_ejection_percent: int = 50  # floor(backends * pct / 100) may be ejected at once
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    initial: HealthInitial = "healthy"  # state before the first active verdict
+    panic: HealthPanic = "fail_closed"  # when every backend is down
+    slow_start: float = 0.0  # seconds over which a readmitted backend's weight ramps up; 0 = off
+    active: ActiveHealthConfig = field(default_factory=ActiveHealthConfig)
+    passive: PassiveHealthConfig = field(default_factory=PassiveHealthConfig)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     listen_host: str = "127.0.0.1"
@@ -67,6 +119,7 @@ class Config:
     preserve_host: bool = False
     source: str | None = None  # path of the file it was loaded from
     lines: Mapping[str, int] = field(default_factory=dict)  # "backends[1].url" -> 12
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -431,11 +484,36 @@ _TOP_KEYS = (
     "sticky",
     "timeouts",
     "limits",
+    "health",
 )
-_BACKEND_KEYS = ("name", "url", "weight")
+_BACKEND_KEYS = ("name", "url", "weight", "max_sessions")
 _STICKY_KEYS = ("mcp_sessions", "session_ttl", "max_sessions")
 _TIMEOUT_KEYS = ("connect", "header", "upstream_header", "idle", "upstream_keepalive", "grace")
 _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes")
+_HEALTH_KEYS = ("initial", "panic", "slow_start", "active", "passive")
+_ACTIVE_KEYS = (
+    "enabled",
+    "type",
+    "path",
+    "method",
+    "expect_status",
+    "expect_tools",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "fast_interval",
+    "down_interval",
+)
+_PASSIVE_KEYS = (
+    "enabled",
+    "consecutive_failures",
+    "on_5xx",
+    "ejection_time",
+    "max_ejection_time",
+    "ejection_memory",
+    "max_ejection_percent",
+)
 
 _MAX_WORKERS = 256
 _LISTEN_HINT = 'must be "host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"'
@@ -701,6 +779,9 @@ def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfi
         name = section.get("name", _check_name, "")
         url = section.get("url", _check_url, None)
         weight = section.get("weight", check_weight, default_weight)
+        max_sessions = section.get(
+            "max_sessions", _int_range(1, None, "must be an integer >= 1"), None
+        )
         if name in first_index:
             message = (
                 f'duplicate backend name "{name}" (already used by backends[{first_index[name]}])'
@@ -711,7 +792,14 @@ def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfi
         if name and url:
             backends.append(
                 BackendConfig(
-                    name, url.url, url.scheme, url.host, url.port, url.path_prefix, weight
+                    name,
+                    url.url,
+                    url.scheme,
+                    url.host,
+                    url.port,
+                    url.path_prefix,
+                    weight,
+                    max_sessions,
                 )
             )
     return tuple(backends)
@@ -750,6 +838,247 @@ def _limits(val: _Val | None, issues: list[ConfigIssue]) -> LimitsConfig:
     )
 
 
+def _choice(*options: str) -> Callable[[object], str]:
+    quoted = [f'"{option}"' for option in options]
+    message = "must be " + (
+        " or ".join(quoted) if len(quoted) == 2 else "one of " + ", ".join(quoted)
+    )
+
+    def check(value: object) -> str:
+        if isinstance(value, str) and value in options:
+            return value
+        raise ValueError(message)
+
+    return check
+
+
+def _check_method(value: object) -> str:
+    if isinstance(value, str) and value.upper() in ("GET", "HEAD"):
+        return value.upper()
+    raise ValueError("must be GET or HEAD")
+
+
+def _optional(check: Callable[[object], _T]) -> Callable[[object], _T | None]:
+    """``check``, but null is accepted and means None."""
+
+    def optional(value: object) -> _T | None:
+        return None if value is None else check(value)
+
+    return optional
+
+
+def _check_probe_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError('must be a path starting with "/", e.g. "/healthz"')
+    if not value.isascii() or any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError(
+            "must be ASCII without whitespace or control characters (percent-encode others)"
+        )
+    if "#" in value:
+        raise ValueError("must not have a fragment")
+    return value
+
+
+_STATUS_HINT = 'must be a status code or a range of them, e.g. 200 or "200-399"'
+_STATUS_RE = re.compile(r"\s*(\d{1,3})\s*(?:-\s*(\d{1,3})\s*)?", re.ASCII)
+
+
+def _check_status_range(value: object) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and (match := _STATUS_RE.fullmatch(value)):
+        low = int(match[1])
+        high = int(match[2]) if match[2] else low
+    else:
+        raise ValueError(_STATUS_HINT)
+    if not (100 <= low <= 599 and 100 <= high <= 599):
+        raise ValueError("status codes must be between 100 and 599")
+    if low > high:
+        raise ValueError(f'invalid range "{value}": {low} is greater than {high}')
+    return low, high
+
+
+def _check_tool_name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a tool name (a non-empty string)")
+    return value
+
+
+def _list_of(
+    val: _Val | None,
+    path: str,
+    issues: list[ConfigIssue],
+    check: Callable[[object], _T],
+    message: str,
+    *,
+    scalar_ok: bool = False,
+    empty_ok: bool = False,
+) -> tuple[_T, ...] | None:
+    """The checked items of a list value (each bad item reported); None if absent or invalid."""
+    if val is None or val.value is _INVALID:
+        return None
+    if isinstance(val.value, list):
+        items = val.value
+    elif scalar_ok and val.value is not None and not isinstance(val.value, dict):
+        items = [val]  # a single item written without brackets
+    else:
+        issues.append(ConfigIssue(path, message, val.line))
+        return None
+    if not items and not empty_ok:
+        issues.append(ConfigIssue(path, "must not be empty", val.line))
+        return None
+    result: list[_T] = []
+    ok = True
+    for index, item in enumerate(items):
+        if item.value is _INVALID:
+            ok = False
+            continue
+        try:
+            result.append(check(item.value))
+        except ValueError as exc:
+            issues.append(ConfigIssue(f"{path}[{index}]", str(exc), item.line))
+            ok = False
+    return tuple(result) if ok else None
+
+
+def _seconds(value: float) -> str:
+    """A duration for messages: 2 -> "2s", 0.25 -> "0.25s"."""
+    return format(Decimal(repr(value)).normalize(), "f") + "s"
+
+
+def _active_health(val: _Val | None, issues: list[ConfigIssue]) -> ActiveHealthConfig:
+    if val is None:
+        return ActiveHealthConfig()  # no "active" key: no probes
+    path = "health.active"
+    section = _Section(val, path, _ACTIVE_KEYS, issues)
+    default = ActiveHealthConfig()
+    given_type = section.get("type", _choice("http", "mcp"), None)
+    probe_type = cast(ProbeType, given_type or default.type)
+    method: str = section.get("method", _check_method, str(default.method))
+    expect_status = _list_of(
+        section.val("expect_status"),
+        _join(path, "expect_status"),
+        issues,
+        _check_status_range,
+        "must be a list of status codes or ranges, e.g. [200-399] or [200, 204]",
+        scalar_ok=True,
+    )
+    tools = _list_of(
+        section.val("expect_tools"),
+        _join(path, "expect_tools"),
+        issues,
+        _check_tool_name,
+        "must be a list of tool names",
+        empty_ok=True,
+    )
+    if _valid(section, "type", given_type):
+        # A setting that only the other probe type reads would be silently ignored: refuse it
+        # (unless it is just the default, as when a whole commented example is uncommented).
+        ignored = (
+            ("method", "http", method != default.method),
+            ("expect_status", "http", expect_status not in (None, default.expect_status)),
+            ("expect_tools", "mcp", bool(tools)),
+        )
+        for key, owner, is_set in ignored:
+            if is_set and probe_type != owner:
+                message = f'only used when type is "{owner}"'
+                issues.append(ConfigIssue(_join(path, key), message, _entry_line(section, key)))
+    given_interval = section.get("interval", _check_positive_duration, None)
+    given_timeout = section.get("timeout", _check_positive_duration, None)
+    interval = default.interval if given_interval is None else given_interval
+    timeout = default.timeout if given_timeout is None else given_timeout
+    # Cross-checks compare only valid values (or defaults): a bad value is reported already.
+    timeout_ok = _valid(section, "timeout", given_timeout)
+    if timeout_ok and _valid(section, "interval", given_interval) and timeout >= interval:
+        if "timeout" in section.entries:
+            key, message = "timeout", f"must be less than interval ({_seconds(interval)})"
+        else:
+            key, message = "interval", f"must be greater than timeout ({_seconds(timeout)})"
+        issues.append(ConfigIssue(_join(path, key), message, _entry_line(section, key)))
+    optional: dict[str, float | None] = {}
+    for key in ("fast_interval", "down_interval"):
+        seconds = section.get(key, _optional(_check_positive_duration), None)
+        if seconds is not None and timeout_ok and seconds <= timeout:
+            message = f"must be greater than timeout ({_seconds(timeout)})"
+            issues.append(ConfigIssue(_join(path, key), message, _entry_line(section, key)))
+        optional[key] = seconds
+    check_count = _int_range(1, None, "must be an integer >= 1")
+    return ActiveHealthConfig(
+        enabled=section.get("enabled", _check_bool, True),  # "active:" given: on by default
+        type=probe_type,
+        path=section.get("path", _check_probe_path, ""),
+        method=cast(ProbeMethod, method),
+        expect_status=default.expect_status if expect_status is None else expect_status,
+        expect_tools=() if tools is None else tuple(dict.fromkeys(tools)),
+        interval=interval,
+        timeout=timeout,
+        rise=section.get("rise", check_count, default.rise),
+        fall=section.get("fall", check_count, default.fall),
+        fast_interval=optional["fast_interval"],
+        down_interval=optional["down_interval"],
+    )
+
+
+def _valid(section: _Section, key: str, value: object) -> bool:
+    """Whether ``key`` is absent (its default applies) or was read as a valid ``value``."""
+    return key not in section.entries or value is not None
+
+
+def _entry_line(section: _Section, key: str) -> int | None:
+    entry = section.entries.get(key)
+    return None if entry is None else entry.line
+
+
+def _passive_health(val: _Val | None, issues: list[ConfigIssue]) -> PassiveHealthConfig:
+    path = "health.passive"
+    section = _Section(val, path, _PASSIVE_KEYS, issues)
+    default = PassiveHealthConfig()
+    given_base = section.get("ejection_time", _check_positive_duration, None)
+    given_cap = section.get("max_ejection_time", _check_positive_duration, None)
+    base = default.ejection_time if given_base is None else given_base
+    cap = default.max_ejection_time if given_cap is None else given_cap
+    valid = _valid(section, "ejection_time", given_base)
+    if valid and _valid(section, "max_ejection_time", given_cap) and base > cap:
+        if "max_ejection_time" in section.entries:
+            key = "max_ejection_time"
+            message = f"must not be less than ejection_time ({_seconds(base)})"
+        else:
+            key = "ejection_time"
+            message = f"must not be greater than max_ejection_time ({_seconds(cap)})"
+        issues.append(ConfigIssue(_join(path, key), message, _entry_line(section, key)))
+    return PassiveHealthConfig(
+        enabled=section.get("enabled", _check_bool, default.enabled),
+        consecutive_failures=section.get(
+            "consecutive_failures",
+            _int_range(1, None, "must be an integer >= 1"),
+            default.consecutive_failures,
+        ),
+        on_5xx=section.get("on_5xx", _check_bool, default.on_5xx),
+        ejection_time=base,
+        max_ejection_time=cap,
+        ejection_memory=section.get("ejection_memory", parse_duration, default.ejection_memory),
+        max_ejection_percent=section.get(
+            "max_ejection_percent",
+            _int_range(0, 100, "must be an integer between 0 and 100"),
+            default.max_ejection_percent,
+        ),
+    )
+
+
+def _health(val: _Val | None, issues: list[ConfigIssue]) -> HealthConfig:
+    section = _Section(val, "health", _HEALTH_KEYS, issues)
+    default = HealthConfig()
+    initial: str = section.get("initial", _choice("healthy", "unhealthy"), str(default.initial))
+    panic: str = section.get("panic", _choice("fail_closed", "fail_open"), str(default.panic))
+    return HealthConfig(
+        initial=cast(HealthInitial, initial),
+        panic=cast(HealthPanic, panic),
+        slow_start=section.get("slow_start", parse_duration, default.slow_start),
+        active=_active_health(section.val("active"), issues),
+        passive=_passive_health(section.val("passive"), issues),
+    )
+
+
 def _build(
     root: _Val, issues: list[ConfigIssue], lines: dict[str, int], source: str | None
 ) -> Config:
@@ -770,6 +1099,7 @@ def _build(
         preserve_host=top.get("preserve_host", _check_bool, default.preserve_host),
         source=source,
         lines=lines,
+        health=_health(top.val("health"), issues),
     )
 
 

@@ -13,6 +13,9 @@ Tools:
 
 Streamable HTTP is served at ``/mcp`` (stateful sessions unless ``--stateless``);
 ``--transport sse`` serves the 2024-11-05 HTTP+SSE transport at ``/sse`` instead.
+
+For tests: ``--without-tool NAME`` (repeatable) leaves a tool out, and with Streamable HTTP
+``GET /debug/sessions`` answers ``{"sessions": N}``, the number of live MCP sessions.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 Transport = Literal["streamable-http", "sse"]
@@ -152,6 +158,21 @@ class _QuietServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def add_debug_routes(app: Starlette, server: MCPServer) -> None:
+    """Add ``GET /debug/sessions`` -> ``{"sessions": N}``: live Streamable HTTP sessions."""
+
+    async def debug_sessions(request: Request) -> Response:
+        try:
+            manager = server.session_manager
+        except RuntimeError:  # no Streamable HTTP app (the SSE transport)
+            return JSONResponse({"sessions": None})
+        # The SDK keeps no public count; its session table is the source of truth.
+        sessions: dict[str, Any] = getattr(manager, "_server_instances", {})
+        return JSONResponse({"sessions": len(sessions)})
+
+    app.router.routes.append(Route("/debug/sessions", debug_sessions, methods=["GET"]))
+
+
 def make_app(
     server: MCPServer,
     *,
@@ -183,6 +204,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--transport", choices=("streamable-http", "sse"), default="streamable-http"
     )
     parser.add_argument(
+        "--without-tool",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave this demo tool out (repeatable; e.g. to fail a health check's expect_tools)",
+    )
+    parser.add_argument(
         "--parent-pid",
         type=int,
         default=None,
@@ -195,6 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     server = build_server(args.name)
+    for tool in args.without_tool:
+        try:
+            server.remove_tool(tool)
+        except ToolError:
+            print(f"--without-tool: no tool named {tool!r}", file=sys.stderr)
+            return 2
     app = make_app(
         server,
         host=args.host,
@@ -202,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stateless=args.stateless,
         json_response=args.json_response,
     )
+    add_debug_routes(app, server)
     closer = _StreamCloser(app)
     config = uvicorn.Config(
         closer,

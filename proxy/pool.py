@@ -221,6 +221,9 @@ class UpstreamPool:
             ),
             self.connect_timeout,
         )
+        if conn.transport is None or conn.transport.is_closing():
+            # Accepted, then closed before we could write (the backend is going away).
+            raise ConnectionResetError("connection closed by the backend right after connect")
         return conn
 
     def release(self, conn: UpstreamConnection, now: float) -> None:

@@ -172,11 +172,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as exc:
             self.parser = None
             self.upgrade_leftover = data[exc.args[0] :]
-        except _RequestRejected:
-            pass
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _RequestRejected):
-                return
+                return  # already answered
             log.exception("relay error")
             self.reject(500, "internal_error", "internal proxy error")
         except httptools.HttpParserError as exc:
@@ -291,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
             self.reject(413, "body_too_large", "request body exceeds max_body_bytes")
             return
         if request.session_id is not None:
-            self.task = self.loop.create_task(self._route_session(request))
+            self.task = self._spawn(self._route_session(request))
             return
         backend = self._pick(request)
         if backend is None:
@@ -305,7 +303,8 @@ class ClientConnection(asyncio.Protocol):
             candidates = [b for b in candidates if b.name not in self.attempted]
         strategy = self.runtime.strategy
         if not strategy.uses_request:
-            return strategy.pick(candidates, NO_FACTS)
+            backend = strategy.pick(candidates, NO_FACTS)
+            return backend if backend is not None else self._panic_pick(candidates)
         facts = RequestFacts(
             self.client_ip,
             request.method.decode("ascii", "replace"),
@@ -313,7 +312,15 @@ class ClientConnection(asyncio.Protocol):
             request.headers,
             request.session_id,
         )
-        return strategy.pick(candidates, facts)
+        backend = strategy.pick(candidates, facts)
+        return backend if backend is not None else self._panic_pick(candidates)
+
+    def _panic_pick(self, candidates: list[Backend]) -> Backend | None:
+        """With panic: fail_open and every backend down, spread over all of them anyway."""
+        if not self.runtime.health.panic_open():
+            return None
+        weighted = [b for b in candidates if b.config.weight > 0]
+        return min(weighted, key=lambda b: b.in_flight, default=None)
 
     async def _route_session(self, request: Request) -> None:
         session_id = request.session_id
@@ -323,7 +330,8 @@ class ClientConnection(asyncio.Protocol):
         if request is not self.current or self.state == CLOSED:
             return
         backend = self.runtime.backends.get(name) if name is not None else None
-        if backend is None:
+        if backend is None or self.runtime.health.down(backend):
+            # Keep the binding: when the backend comes back, its live sessions route again.
             self._answer_session_not_found()
             return
         self.bound_backend = backend.name
@@ -335,7 +343,7 @@ class ClientConnection(asyncio.Protocol):
         if conn is not None:
             self._attach(request, backend, conn)
         else:
-            self.task = self.loop.create_task(self._connect(request, backend))
+            self.task = self._spawn(self._connect(request, backend))
 
     async def _connect(self, request: Request, backend: Backend | None) -> None:
         """Open a connection, moving on to other backends while nothing was sent."""
@@ -345,6 +353,7 @@ class ClientConnection(asyncio.Protocol):
             except (OSError, TimeoutError) as exc:
                 reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
                 log.warning("connect to backend %s failed: %s", backend.name, reason)
+                self.runtime.health.connect_failed(backend, reason)
                 if self.bound_backend is not None:
                     # Its sessions died with it; the client must initialize elsewhere.
                     await self._forget_session(request)
@@ -460,6 +469,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = STREAMING
         self.response_started = True
         self.upstream_keep_alive = keep_alive
+        if self.backend is not None:
+            self.runtime.health.responded(self.backend, status)
         out: Headers = []
         has_length = chunked = named_hops = False
         session_id: bytes | None = None
@@ -589,7 +600,7 @@ class ClientConnection(asyncio.Protocol):
                 log.debug("pooled connection to %s was closed; retrying", backend.name)
                 request.body = request.replay + request.body
                 request.buffered = sum(map(len, request.body))
-                self.task = self.loop.create_task(self._connect(request, backend))
+                self.task = self._spawn(self._connect(request, backend))
                 return
             if isinstance(error, httptools.HttpParserError):
                 self._answer_error(502, "bad_gateway", "backend sent an invalid response")
@@ -616,7 +627,7 @@ class ClientConnection(asyncio.Protocol):
         """Hold the response while ``job`` (a store update) runs, then release it."""
         self.holding = True
         self._pause_upstream(_UP_PAUSE_HOLD)
-        self.loop.create_task(self._release_after(job))
+        self._spawn(self._release_after(job))
 
     async def _release_after(self, job: Coroutine[Any, Any, None]) -> None:
         try:
@@ -644,6 +655,20 @@ class ClientConnection(asyncio.Protocol):
             self.runtime.session_ended(name)
 
     # -- answers and teardown -----------------------------------------------------------
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``job`` as a task whose unexpected failure ends this connection, loudly."""
+        task = self.loop.create_task(job)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("relay task failed", exc_info=error)
+            self._answer_error(500, "internal_error", "internal proxy error")
 
     def _send(self, data: bytes) -> None:
         self.out.append(data)
@@ -825,6 +850,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer_timeout(self) -> None:
         upstream = self.upstream
+        if self.backend is not None:
+            self.runtime.health.timed_out(self.backend)
         if upstream is not None:
             self._end_exchange()
             upstream.abort()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 
+from healthcheck.monitor import HealthMonitor
 from proxy.backends import Backend, BackendSet
 from proxy.config import Config
 from proxy.pool import UpstreamPool
@@ -31,6 +32,7 @@ class Runtime:
             )
             for b in self.backends
         }
+        self.health = HealthMonitor(config.health, self.backends.backends)
         self.sessions: SessionStore = MemorySessionStore(
             config.sticky.session_ttl,
             config.sticky.max_sessions,

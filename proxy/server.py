@@ -57,6 +57,7 @@ class ProxyServer:
             lambda: ClientConnection(self.runtime, self.connections), sock=self._sock
         )
         self._sweeper = loop.create_task(self._sweep())
+        await self.runtime.health.start()
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -89,6 +90,7 @@ class ProxyServer:
                 conn.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.runtime.health.stop()
         for pool in self.runtime.pools.values():
             pool.close_all()
         await self.runtime.sessions.close()

@@ -18,7 +18,20 @@ class BackendView(Protocol):
     def weight(self) -> int: ...
 
     @property
-    def in_flight(self) -> int: ...
+    def in_flight(self) -> int:
+        """Requests sent to it and not yet fully answered, open event streams included."""
+
+    @property
+    def streams(self) -> int:
+        """Of ``in_flight``: open event streams (long-lived, mostly idle)."""
+
+    @property
+    def sessions(self) -> int:
+        """MCP sessions bound to it."""
+
+    @property
+    def max_sessions(self) -> int | None:
+        """MCP sessions it may hold; None for no limit."""
 
     @property
     def available(self) -> bool: ...

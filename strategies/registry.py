@@ -9,9 +9,17 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from strategies.base import Strategy, StrategyOptionError
+from strategies.ip_hash import IpHash
+from strategies.least_connections import LeastConnections
+from strategies.least_sessions import LeastSessions
+from strategies.power_of_two import PowerOfTwo
+from strategies.random_choice import RandomChoice
 from strategies.round_robin import RoundRobin
 
-BUILTIN: Mapping[str, type[Strategy]] = {RoundRobin.name: RoundRobin}
+BUILTIN: Mapping[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (RoundRobin, LeastConnections, PowerOfTwo, RandomChoice, LeastSessions, IpHash)
+}
 ENTRY_POINT_GROUP = "mcplb.strategies"
 
 

@@ -1,0 +1,255 @@
+"""The health monitor: the one object the relay talks to about backend health.
+
+It runs the active probes, takes the relay's passive reports, and writes the outcome onto
+the :class:`~proxy.backends.Backend` objects that strategies read:
+
+- ``backend.available = up and not ejected and not draining``;
+- ``backend.weight`` ramps from ~0 to ``backend.config.weight`` during slow start.
+
+Every state change is logged once on the ``mcplb.health`` logger: WARNING when a backend
+goes down (unhealthy or ejected), INFO when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final
+
+import aiohttp
+
+from healthcheck.probes import http_probe, mcp_probe
+from healthcheck.state import ActiveState, OutlierDetector, SlowStart, Transition
+from proxy.backends import Backend
+from proxy.config import ActiveHealthConfig, HealthConfig
+
+logger = logging.getLogger("mcplb.health")
+
+TICK: Final = 0.5  # seconds between ejection-expiry and slow-start weight updates
+Probe = Callable[[aiohttp.ClientSession, Backend, ActiveHealthConfig], Awaitable[tuple[bool, str]]]
+PROBES: Final[dict[str, Probe]] = {"http": http_probe, "mcp": mcp_probe}
+
+
+class HealthMonitor:
+    """Active probes, passive outlier ejection, slow start and panic mode for a backend set."""
+
+    def __init__(
+        self,
+        config: HealthConfig,
+        backends: Iterable[Backend],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.backends: list[Backend] = list(backends)
+        self._by_name: dict[str, Backend] = {b.name: b for b in self.backends}
+        self._clock = clock
+        self._rng = rng or random.Random()
+        active = config.active
+        self._active: dict[str, ActiveState] = (
+            {b.name: ActiveState(b.name, active, config.initial) for b in self.backends}
+            if active.enabled
+            else {}
+        )
+        self._outliers = OutlierDetector(config.passive, (b.name for b in self.backends))
+        self._passive = config.passive.enabled
+        self._on_5xx = config.passive.on_5xx
+        self._slow = SlowStart(config.slow_start)
+        self._last_probe: dict[str, tuple[bool, str, float]] = {}  # name -> (ok, detail, when)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        for backend in self.backends:
+            self.refresh(backend)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start one probe task per backend (if active checks are on) and the ticker."""
+        if self._tasks:
+            return
+        self._stopping.clear()
+        if self._active:
+            self._session = aiohttp.ClientSession(
+                # A fresh connection per probe: a pooled one could hide a dead listener.
+                connector=aiohttp.TCPConnector(force_close=True, limit=0),
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=False,
+                trust_env=False,
+            )
+            probe = PROBES[self.config.active.type]
+            for backend in self.backends:
+                task = asyncio.create_task(
+                    self._probe_loop(backend, probe), name=f"health-probe-{backend.name}"
+                )
+                self._tasks.append(task)
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="health-ticker"))
+
+    async def stop(self) -> None:
+        """Stop probing. Probes in flight may finish (they are bounded by the timeout) so that
+        an MCP probe still ends its session; anything left after that is cancelled."""
+        tasks, self._tasks = self._tasks, []
+        self._stopping.set()
+        if tasks:
+            bound = 2 * self.config.active.timeout + 1.0 if self._active else 1.0
+            _, pending = await asyncio.wait(tasks, timeout=bound)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def _sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds; False if stopping meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), max(delay, 0.0))
+        return not self._stopping.is_set()
+
+    async def _probe_loop(self, backend: Backend, probe: Probe) -> None:
+        state = self._active[backend.name]
+        cfg = self.config.active
+        loop = asyncio.get_running_loop()
+        # Spread the first probes of all backends (and all workers) over one interval.
+        if not await self._sleep(self._rng.uniform(0, cfg.interval)):
+            return
+        while True:
+            started = loop.time()
+            assert self._session is not None
+            try:
+                ok, detail = await probe(self._session, backend, cfg)
+            except Exception as exc:  # probes do not raise; stay alive if one does anyway
+                logger.exception("health probe of %s crashed", backend.name)
+                ok, detail = False, f"probe error: {type(exc).__name__}"
+            self.record_probe(backend, ok, detail)
+            if not await self._sleep(state.next_interval(self._rng) - (loop.time() - started)):
+                return
+
+    async def _tick_loop(self) -> None:
+        while await self._sleep(TICK):
+            try:
+                self.tick()
+            except Exception:  # pragma: no cover - tick is pure bookkeeping
+                logger.exception("health ticker failed")
+
+    # --- inputs -----------------------------------------------------------------------
+
+    def record_probe(self, backend: Backend, ok: bool, detail: str) -> None:
+        """Count one active probe result (called by the probe loop; public for tests)."""
+        now = self._clock()
+        self._last_probe[backend.name] = (ok, detail, now)
+        self._apply(backend, self._active[backend.name].record(ok, detail), now)
+
+    def connect_failed(self, backend: Backend, reason: str) -> None:
+        """The relay could not connect to ``backend`` (refused, unreachable, connect timeout)."""
+        if self._passive:
+            now = self._clock()
+            self._apply(backend, self._outliers.failure(backend.name, reason, now), now)
+
+    def timed_out(self, backend: Backend) -> None:
+        """``backend`` did not send its response head in time."""
+        if self._passive:
+            now = self._clock()
+            self._apply(backend, self._outliers.failure(backend.name, "timeout", now), now)
+
+    def responded(self, backend: Backend, status: int) -> None:
+        """``backend`` sent a response head: a 5xx is a failure if on_5xx, anything else (and
+        any status when on_5xx is off) resets the failure count."""
+        if not self._passive:
+            return
+        if status >= 500 and self._on_5xx:
+            now = self._clock()
+            reason = f"HTTP {status}"
+            self._apply(backend, self._outliers.failure(backend.name, reason, now), now)
+        else:
+            self._outliers.success(backend.name)
+
+    def tick(self) -> None:
+        """Readmit backends whose ejection is over and move slow-start weights along
+        (every 0.5 s once started; public for tests that drive the clock)."""
+        now = self._clock()
+        for transition in self._outliers.expire(now):
+            backend = self._by_name.get(transition.backend)
+            active = self._active.get(transition.backend)
+            if active is not None and not active.up:
+                # The ejection is over but active checks still fail: it stays out.
+                transition = dataclasses.replace(transition, new="unhealthy")
+            if backend is not None:
+                self._apply(backend, transition, now)
+        for name in self._slow.ramping():
+            backend = self._by_name.get(name)
+            if backend is not None:
+                self._set_weight(backend, now)
+
+    # --- queries ----------------------------------------------------------------------
+
+    def panic_open(self) -> bool:
+        """True when panic is fail_open and no backend is available: send to all of them."""
+        return self.config.panic == "fail_open" and not any(b.available for b in self.backends)
+
+    def down(self, backend: Backend) -> bool:
+        """Unhealthy or ejected (its sessions get 404); never while panic_open()."""
+        state = self._active.get(backend.name)
+        is_down = (state is not None and not state.up) or self._outliers.ejected(backend.name)
+        return is_down and not self.panic_open()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per-backend health, for an admin API (JSON-serialisable)."""
+        now = self._clock()
+        result: dict[str, dict[str, Any]] = {}
+        for backend in self.backends:
+            state = self._active.get(backend.name)
+            until = self._outliers.ejected_until(backend.name)
+            probe = self._last_probe.get(backend.name)
+            result[backend.name] = {
+                "state": "unchecked" if state is None else state.label,
+                "available": backend.available,
+                "ejected": until is not None,
+                "ejected_for": None if until is None else round(max(until - now, 0.0), 3),
+                "consecutive_failures": self._outliers.failures(backend.name),
+                "probe_successes": 0 if state is None else state.successes,
+                "probe_failures": 0 if state is None else state.failures,
+                "last_probe_ok": None if probe is None else probe[0],
+                "last_probe": None if probe is None else probe[1],
+                "last_probe_age": None if probe is None else round(now - probe[2], 3),
+                "weight": backend.weight,
+                "slow_start_factor": round(self._slow.factor(backend.name, now), 3),
+            }
+        return result
+
+    # --- applying state ---------------------------------------------------------------
+
+    def _serving(self, name: str) -> bool:
+        state = self._active.get(name)
+        return (state is None or state.up) and not self._outliers.ejected(name)
+
+    def _apply(self, backend: Backend, transition: Transition | None, now: float) -> None:
+        if transition is None:
+            return
+        if transition.down:
+            logger.warning("%s", transition)
+        else:
+            logger.info("%s", transition)
+        if self._serving(backend.name):
+            if transition.old in ("unhealthy", "ejected"):
+                self._slow.start(backend.name, now)  # back in service: ramp its weight up
+        else:
+            self._slow.stop(backend.name)
+        self.refresh(backend, now)
+
+    def refresh(self, backend: Backend, now: float | None = None) -> None:
+        """Write ``available`` and ``weight`` onto ``backend`` (call after changing its
+        ``draining`` flag)."""
+        backend.available = self._serving(backend.name) and not getattr(backend, "draining", False)
+        self._set_weight(backend, self._clock() if now is None else now)
+
+    def _set_weight(self, backend: Backend, now: float) -> None:
+        full = backend.config.weight
+        factor = self._slow.factor(backend.name, now)
+        backend.weight = full if factor >= 1.0 or full <= 0 else max(1, round(full * factor))

@@ -1,0 +1,42 @@
+"""Weighted random choice."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from strategies._options import seeded_rng
+from strategies.base import B, RequestFacts, Strategy
+
+
+class RandomChoice(Strategy):
+    """Picks an available backend at random, with probability weight / total weight.
+
+    Option ``seed`` (int) makes the sequence of picks reproducible.
+    """
+
+    name: ClassVar[str] = "random"
+    uses_request: ClassVar[bool] = False
+
+    def __init__(self, *, seed: int | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._random = seeded_rng(seed).random
+
+    def pick(self, backends: Sequence[B], request: RequestFacts) -> B | None:
+        total = 0
+        for backend in backends:
+            if backend.weight > 0 and backend.available:
+                total += backend.weight
+        if total == 0:
+            return None
+        # Two passes over the list rather than building a cumulative-weight list per pick.
+        point = self._random() * total
+        last: B | None = None
+        for backend in backends:
+            weight = backend.weight
+            if weight > 0 and backend.available:
+                point -= weight
+                if point < 0:
+                    return backend
+                last = backend
+        return last  # only reached through float rounding at the very top of the range
