@@ -11,7 +11,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.config import BackendConfig, Config, TimeoutsConfig
+from proxy.config import (
+    ActiveHealthConfig,
+    BackendConfig,
+    Config,
+    HealthConfig,
+    TimeoutsConfig,
+)
 
 BACKEND_HOST = "127.0.0.1"
 FIRST_BACKEND_PORT = 9001
@@ -219,6 +225,11 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
             ),
             # Open GET streams never end by themselves: keep Ctrl-C snappy.
             timeouts=TimeoutsConfig(grace=5.0),
+            # Kill a demo backend to watch it leave and come back.
+            health=HealthConfig(
+                slow_start=10.0,
+                active=ActiveHealthConfig(enabled=True, type="mcp", expect_tools=("whoami",)),
+            ),
         )
         url = f"http://{_url_host(host)}:{port}/mcp"
         lines = [
@@ -226,7 +237,10 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
         ]
         print(f"mcplb demo: {backends} MCP backend(s) up (tools: whoami, add, countdown):")
         print("\n".join(lines))
-        print(f"mcplb demo: proxy on {host}:{port}, round robin with session affinity\n")
+        print(
+            f"mcplb demo: proxy on {host}:{port}, round robin with session affinity,"
+            " MCP health probes every 2s\n"
+        )
         print(connection_help(url))
         print("Press Ctrl-C to stop.", flush=True)
 
