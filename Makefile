@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench bench-tools clean
+.PHONY: demo test lint typecheck unit bench bench-tools system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict proxy strategies healthcheck
 
-unit: $(STAMP)
+# Real peers the tests start on their own ports: redis-server (Debian package).
+system-deps:
+	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
+			&& (service redis-server stop >/dev/null 2>&1 || true); \
+		else echo "the tests need redis-server: apt-get install redis-server"; exit 1; fi; \
+	fi
+
+unit: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 test: lint typecheck unit

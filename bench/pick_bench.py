@@ -87,6 +87,10 @@ class FakeBackend:
         self.max_sessions: int | None = None
         self.available = True
 
+    @property
+    def base_weight(self) -> int:
+        return self.weight
+
 
 def make_backends(n: int, rng: random.Random) -> list[FakeBackend]:
     backends = []

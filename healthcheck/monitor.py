@@ -145,6 +145,11 @@ class HealthMonitor:
         now = self._clock()
         self._last_probe[backend.name] = (ok, detail, now)
         self._apply(backend, self._active[backend.name].record(ok, detail), now)
+        if ok and self._active[backend.name].up:
+            # A passing active check ends a passive ejection (Envoy's default): the probe
+            # sees the backend serving again sooner than the ejection timer would.
+            reason = f"active {self.config.active.type} check passed: {detail}"
+            self._apply(backend, self._outliers.release(backend.name, reason), now)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
         """The relay could not connect to ``backend`` (refused, unreachable, connect timeout)."""
@@ -250,6 +255,6 @@ class HealthMonitor:
         self._set_weight(backend, self._clock() if now is None else now)
 
     def _set_weight(self, backend: Backend, now: float) -> None:
-        full = backend.config.weight
+        full = backend.base_weight
         factor = self._slow.factor(backend.name, now)
         backend.weight = full if factor >= 1.0 or full <= 0 else max(1, round(full * factor))

@@ -205,6 +205,14 @@ class OutlierDetector:
         )
         return Transition(name, HEALTHY, EJECTED, reason)
 
+    def release(self, name: str, reason: str) -> Transition | None:
+        """End ``name``'s ejection early (an active check passed, as in Envoy)."""
+        if name not in self._until:
+            return None
+        del self._until[name]
+        self._length.pop(name)
+        return Transition(name, EJECTED, HEALTHY, reason)
+
     def expire(self, now: float) -> list[Transition]:
         """Readmit every backend whose ejection is over."""
         over = [name for name, until in self._until.items() if until <= now]

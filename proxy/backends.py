@@ -6,12 +6,17 @@ from collections.abc import Iterator, Sequence
 
 from proxy.config import BackendConfig
 
+# Effective weights are the configured ones times this, so that slow start can ramp a
+# weight-1 backend in 1% steps; strategies only ever compare weights with each other.
+WEIGHT_SCALE = 100
+
 
 class Backend:
     """A configured backend and its live counters."""
 
     __slots__ = (
         "available",
+        "base_weight",
         "config",
         "draining",
         "host",
@@ -31,7 +36,8 @@ class Backend:
         self.name = config.name
         self.host = config.host
         self.port = config.port
-        self.weight = config.weight
+        self.base_weight = config.weight * WEIGHT_SCALE
+        self.weight = self.base_weight
         default_port = 443 if config.scheme == "https" else 80
         host = f"[{config.host}]" if ":" in config.host else config.host
         authority = host if config.port == default_port else f"{host}:{config.port}"

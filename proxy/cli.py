@@ -38,24 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def validated(path: str) -> Config:
-    """Load a config, then check what spans sections or needs code (the strategy plugin)."""
+    """Load a config, then check what needs code to run: the strategy plugin."""
     config = load_config(path)
-    issues = []
     try:
         registry.build(config.strategy, config.strategy_options)
     except registry.StrategyLoadError as exc:
-        issues.append(ConfigIssue("strategy", str(exc), config.lines.get("strategy")))
-    if config.workers > 1 and config.sticky.mcp_sessions:
-        # Bindings live in each worker's memory while the kernel spreads a client's
-        # connections over all workers: most workers would not know a session.
-        message = (
-            "more than one worker needs session bindings shared by all workers, which the "
-            "in-memory store cannot do: use workers: 1, or sticky.mcp_sessions: false for "
-            "backends without MCP sessions"
-        )
-        issues.append(ConfigIssue("workers", message, config.lines.get("workers")))
-    if issues:
-        raise ConfigError(issues, config.source)
+        issue = ConfigIssue("strategy", str(exc), config.lines.get("strategy"))
+        raise ConfigError([issue], config.source) from None
     return config
 
 

@@ -31,11 +31,43 @@ class BackendConfig:
     max_sessions: int | None = None  # MCP sessions this backend may hold (least_sessions)
 
 
+SessionStoreKind = Literal["memory", "signed", "redis"]
+CookieSameSite = Literal["Lax", "Strict", "None"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Where ``sticky.store: redis`` keeps session bindings."""
+
+    # redis://, rediss:// (TLS) or unix://; may hold a password (messages never repeat it)
+    url: str = "redis://127.0.0.1:6379/0"
+    timeout: float = 0.25  # seconds per Redis command; > 0 and <= 5
+    prefix: str = "mcplb:session:"  # prepended to every key; non-empty
+
+
+@dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """``sticky.cookie``: pin clients that keep cookies to a backend (a signed cookie)."""
+
+    name: str = "mcplb_backend"  # RFC 6265 token characters
+    ttl: float | None = None  # Max-Age in seconds; None = a browser-session cookie
+    secure: bool = False
+    http_only: bool = True
+    same_site: CookieSameSite = "Lax"  # "None" only with secure
+
+
 @dataclass(frozen=True, slots=True)
 class StickyConfig:
     mcp_sessions: bool = True
     session_ttl: float = 1800.0  # seconds a binding lives without use
     max_sessions: int = 1_000_000  # bindings kept per process; oldest evicted past this
+    # Where session bindings live. The loader resolves an absent "store" to "signed" when
+    # workers > 1 and mcp_sessions is true, else "memory"; a loaded "signed" always has keys.
+    store: SessionStoreKind = "memory"
+    keys: tuple[str, ...] = field(default=(), repr=False)  # first signs, all verify; secret
+    redis: RedisConfig = field(default_factory=RedisConfig)  # read only with store "redis"
+    cookie: CookieConfig | None = None  # None = no sticky cookie
+    header: str | None = None  # lower-case header name whose value is hashed to a backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,7 +519,18 @@ _TOP_KEYS = (
     "health",
 )
 _BACKEND_KEYS = ("name", "url", "weight", "max_sessions")
-_STICKY_KEYS = ("mcp_sessions", "session_ttl", "max_sessions")
+_STICKY_KEYS = (
+    "mcp_sessions",
+    "session_ttl",
+    "max_sessions",
+    "store",
+    "keys",
+    "redis",
+    "cookie",
+    "header",
+)
+_REDIS_KEYS = ("url", "timeout", "prefix")
+_COOKIE_KEYS = ("name", "ttl", "secure", "http_only", "same_site")
 _TIMEOUT_KEYS = ("connect", "header", "upstream_header", "idle", "upstream_keepalive", "grace")
 _LIMIT_KEYS = ("max_header_bytes", "max_body_bytes")
 _HEALTH_KEYS = ("initial", "panic", "slow_start", "active", "passive")
@@ -805,15 +848,256 @@ def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfi
     return tuple(backends)
 
 
-def _sticky(val: _Val | None, issues: list[ConfigIssue]) -> StickyConfig:
-    section = _Section(val, "sticky", _STICKY_KEYS, issues)
+_MIN_KEY_LENGTH = 32  # proxy.session_ids.MIN_KEY_LENGTH
+_MAX_REDIS_TIMEOUT = 5.0
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)  # RFC 9110 token
+_TOKEN_CHARS = "letters, digits and !#$%&'*+-.^_`|~"
+_KEYS_EXAMPLE = 'e.g. keys: ["${MCPLB_SESSION_KEY}"] with a random secret of at least 32 characters'
+
+
+def _check_key(value: object) -> str:
+    # Never put the value in a message: it is a secret.
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string (quote it), at least {_MIN_KEY_LENGTH} characters")
+    if len(value) < _MIN_KEY_LENGTH:
+        raise ValueError(
+            f"must be at least {_MIN_KEY_LENGTH} characters long (this one has {len(value)})"
+        )
+    return value
+
+
+def _check_cookie_name(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"must be a cookie name: {_TOKEN_CHARS}")
+    return value
+
+
+def _check_same_site(value: object) -> CookieSameSite:
+    # Case-insensitive like the Set-Cookie attribute; kept in its usual spelling.
+    options: dict[str, CookieSameSite] = {"lax": "Lax", "strict": "Strict", "none": "None"}
+    if isinstance(value, str) and value.lower() in options:
+        return options[value.lower()]
+    raise ValueError('must be "Lax", "Strict" or "None"')
+
+
+def _check_header_name(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f'must be a header name ({_TOKEN_CHARS}), e.g. "X-Tenant-Id"')
+    name = value.lower()
+    if name == "mcp-session-id":
+        raise ValueError(
+            "cannot be Mcp-Session-Id: a backend mints it after the routing decision "
+            "(mcp_sessions routes requests that carry it)"
+        )
+    return name
+
+
+def _check_redis_url(value: object) -> str:
+    # The URL may hold a password: messages never repeat it.
+    if not isinstance(value, str) or not value:
+        raise ValueError(
+            'must be a Redis URL: "redis://HOST[:PORT][/DB]", "rediss://..." (TLS) '
+            'or "unix:///PATH/TO/SOCKET"'
+        )
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ValueError("cannot be parsed as a URL") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("scheme must be redis, rediss or unix")
+    if "#" in value:
+        raise ValueError("must not have a fragment")
+    if parts.scheme == "unix":
+        if parts.netloc.rpartition("@")[2] or not parts.path.startswith("/"):
+            raise ValueError(
+                'must be "unix://" then the socket\'s absolute path, e.g. "unix:///run/redis.sock"'
+            )
+        return value
+    host = parts.hostname
+    if not host:
+        raise ValueError("host is missing")
+    host_port = parts.netloc.rpartition("@")[2]
+    if host_port.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'invalid IPv6 address "{host}"') from None
+    elif not _valid_host(host):
+        raise ValueError(f'invalid host "{host}"')
+    _, colon, port = host_port.rpartition("]")[2].rpartition(":")
+    if colon and port and not _valid_port(port, 1):
+        raise ValueError("port must be a number between 1 and 65535")
+    database = parts.path.removeprefix("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError('the path must be a database number, e.g. "redis://127.0.0.1:6379/0"')
+    return value
+
+
+def _check_redis_timeout(value: object) -> float:
+    seconds = _check_positive_duration(value)
+    if seconds > _MAX_REDIS_TIMEOUT:
+        raise ValueError(
+            f"must be at most {_seconds(_MAX_REDIS_TIMEOUT)} (every request that carries "
+            "a session may wait this long for Redis)"
+        )
+    return seconds
+
+
+def _check_prefix(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError('must be a non-empty string, e.g. "mcplb:session:"')
+    return value
+
+
+def _keys(val: _Val | None, issues: list[ConfigIssue]) -> tuple[str, ...] | None:
+    """The checked keys (each error on its own item); None if invalid, () if absent."""
+    path = "sticky.keys"
+    if val is None:
+        return ()
+    keys = _list_of(
+        val,
+        path,
+        issues,
+        _check_key,
+        f"must be a list of secrets, {_KEYS_EXAMPLE}",
+        scalar_ok=True,
+        empty_ok=True,
+    )
+    if keys is None:
+        return None
+    items = val.value if isinstance(val.value, list) else [val]
+    first: dict[str, int] = {}
+    duplicate = False
+    for index, (key, item) in enumerate(zip(keys, items, strict=True)):
+        if key in first:
+            message = f"duplicate of keys[{first[key]}] (each key must be different)"
+            issues.append(ConfigIssue(f"{path}[{index}]", message, item.line))
+            duplicate = True
+        else:
+            first[key] = index
+    return None if duplicate else keys
+
+
+def _redis(val: _Val | None, issues: list[ConfigIssue], store: str | None) -> RedisConfig:
+    """``sticky.redis``; ``store`` is the resolved store, None if it is invalid."""
+    path = "sticky.redis"
+    section = _Section(val, path, _REDIS_KEYS, issues)
+    default = RedisConfig()
+    config = RedisConfig(
+        url=section.get("url", _check_redis_url, default.url),
+        timeout=section.get("timeout", _check_redis_timeout, default.timeout),
+        prefix=section.get("prefix", _check_prefix, default.prefix),
+    )
+    if store is not None and store != "redis":
+        # Settings the chosen store never reads would be silently ignored: refuse them
+        # (unless they are just the defaults, as when a commented example is uncommented).
+        for key in _REDIS_KEYS:
+            if key in section.entries and getattr(config, key) != getattr(default, key):
+                message = f'only used when store is "redis" (the store is "{store}")'
+                issues.append(ConfigIssue(_join(path, key), message, _entry_line(section, key)))
+    return config
+
+
+def _cookie(val: _Val | None, issues: list[ConfigIssue]) -> CookieConfig | None:
+    if val is None:
+        return None  # no "cookie" key: no cookie ("cookie:" alone turns it on)
+    path = "sticky.cookie"
+    section = _Section(val, path, _COOKIE_KEYS, issues)
+    if val.value is not None and not isinstance(val.value, dict):
+        return None  # reported (not a mapping, or already invalid): no knock-on errors
+    default = CookieConfig()
+    given_secure = section.get("secure", _check_bool, None)
+    secure = default.secure if given_secure is None else given_secure
+    name = section.get("name", _check_cookie_name, default.name)
+    same_site = section.get("same_site", _check_same_site, default.same_site)
+    if _valid(section, "secure", given_secure) and not secure:
+        if same_site == "None":
+            message = 'SameSite "None" requires secure: true (browsers drop such cookies)'
+            issues.append(
+                ConfigIssue(_join(path, "same_site"), message, _entry_line(section, "same_site"))
+            )
+        prefix = next((p for p in ("__Secure-", "__Host-") if name.startswith(p)), None)
+        if prefix is not None:
+            message = f'a name starting with "{prefix}" requires secure: true'
+            issues.append(ConfigIssue(_join(path, "name"), message, _entry_line(section, "name")))
+    return CookieConfig(
+        name=name,
+        ttl=section.get("ttl", _optional(_check_positive_duration), default.ttl),
+        secure=secure,
+        http_only=section.get("http_only", _check_bool, default.http_only),
+        same_site=same_site,
+    )
+
+
+def _sticky(
+    val: _Val | None, issues: list[ConfigIssue], workers: int, workers_line: int | None
+) -> StickyConfig:
+    """``sticky``; ``workers`` is the resolved worker count (1 if it was invalid).
+
+    Where a binding lives only matters with mcp_sessions: true. An absent store is "signed"
+    when several workers share the port (each has its own memory) and "memory" otherwise;
+    with mcp_sessions: false it stays "memory", so no keys are demanded for a store that is
+    never used. "signed" (explicit or default) and a cookie need keys.
+    """
+    path = "sticky"
+    section = _Section(val, path, _STICKY_KEYS, issues)
     default = StickyConfig()
+    given_sessions = section.get("mcp_sessions", _check_bool, None)
+    mcp_sessions = default.mcp_sessions if given_sessions is None else given_sessions
+    check_store = _choice("memory", "signed", "redis")
+    given_store = cast(SessionStoreKind | None, section.get("store", check_store, None))
+    by_workers = given_store is None and mcp_sessions and workers > 1
+    store: SessionStoreKind = given_store or ("signed" if by_workers else "memory")
+    # Cross-checks use only valid values: a bad one is reported already.
+    store_ok = _valid(section, "store", given_store)
+    sessions_ok = _valid(section, "mcp_sessions", given_sessions)
+    keys = _keys(section.val("keys"), issues)
+    cookie = _cookie(section.val("cookie"), issues)
+    redis = _redis(section.val("redis"), issues, store if store_ok else None)
+    if store_ok and sessions_ok and mcp_sessions and store == "memory" and workers > 1:
+        message = (
+            f'"memory" cannot serve {workers} workers: each worker process has its own memory '
+            "and a client's connections spread over all workers, so most workers would not "
+            "know its session; use store: signed (session ids carry their backend, signed "
+            "with keys) or store: redis (shared)"
+        )
+        issues.append(ConfigIssue(_join(path, "store"), message, _entry_line(section, "store")))
+    needed_by = []
+    if store_ok and sessions_ok and store == "signed":
+        needed_by.append(
+            "store: signed, the default with workers > 1" if by_workers else "store: signed"
+        )
+    if cookie is not None:
+        needed_by.append("cookie")
+    if needed_by and keys == ():
+        message = f"required by {' and by '.join(needed_by)} ({_KEYS_EXAMPLE})"
+        if by_workers:
+            message += (
+                "; or use store: redis, or mcp_sessions: false for backends without MCP sessions"
+            )
+        # The line of "keys: []", else of what needs keys, else of workers (default store).
+        if "keys" in section.entries:
+            line = _entry_line(section, "keys")
+        elif given_store == "signed":
+            line = _entry_line(section, "store")
+        elif cookie is not None:
+            line = _entry_line(section, "cookie")
+        else:
+            line = workers_line
+        issues.append(ConfigIssue(_join(path, "keys"), message, line))
     return StickyConfig(
-        mcp_sessions=section.get("mcp_sessions", _check_bool, default.mcp_sessions),
+        mcp_sessions=mcp_sessions,
         session_ttl=section.get("session_ttl", _check_positive_duration, default.session_ttl),
         max_sessions=section.get(
             "max_sessions", _int_range(1, None, "must be an integer >= 1"), default.max_sessions
         ),
+        store=store,
+        keys=keys or (),
+        redis=redis,
+        cookie=cookie,
+        header=section.get("header", _optional(_check_header_name), default.header),
     )
 
 
@@ -1086,14 +1370,15 @@ def _build(
     top = _Section(root, "", _TOP_KEYS, issues, required=("backends",))
     default = Config()
     host, port = top.get("listen", _check_listen, (default.listen_host, default.listen_port))
+    workers = top.get("workers", _check_workers, default.workers)
     return Config(
         listen_host=host,
         listen_port=port,
-        workers=top.get("workers", _check_workers, default.workers),
+        workers=workers,
         strategy=top.get("strategy", _check_strategy, default.strategy),
         strategy_options=_strategy_options(top.val("strategy_options"), issues),
         backends=_backends(top.val("backends"), issues),
-        sticky=_sticky(top.val("sticky"), issues),
+        sticky=_sticky(top.val("sticky"), issues, workers, _entry_line(top, "workers")),
         timeouts=_timeouts(top.val("timeouts"), issues),
         limits=_limits(top.val("limits"), issues),
         preserve_host=top.get("preserve_host", _check_bool, default.preserve_host),

@@ -12,13 +12,15 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from proxy import http11
+from proxy import affinity, http11
 from proxy.http11 import LAST_CHUNK, Headers, chunk
 from proxy.pool import UpstreamConnection
+from proxy.session_ids import TokenCodec
 from strategies.base import NO_FACTS, RequestFacts
 
 if TYPE_CHECKING:
@@ -72,8 +74,10 @@ class Request:
         "method",
         "replay",
         "session_id",
+        "session_in_query",
         "target",
         "upgrade",
+        "upstream_session_id",
         "version",
     )
 
@@ -84,7 +88,9 @@ class Request:
         self.headers: Headers = []
         self.host: bytes | None = None
         self.connection = False  # a Connection header was sent (it may name more hop headers)
-        self.session_id: str | None = None
+        self.session_id: str | None = None  # as the client sent it
+        self.session_in_query = False  # legacy SSE transport: ?session_id= on the target
+        self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -134,6 +140,10 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_until_close = False  # the response body ends when the backend closes
         self.client_keep_alive = True
         self.streaming_sse = False
+        self.scanner: affinity.EndpointScanner | None = None  # legacy SSE: endpoint event
+        self.legacy_session: str | None = None  # legacy SSE session bound for this stream
+        cookie = runtime.config.sticky.cookie
+        self.cookie_name = b"" if cookie is None else cookie.name.encode("latin-1")
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
         self.holding = False  # a session store update must land before the response goes out
         self.complete_pending = False
@@ -288,10 +298,17 @@ class ClientConnection(asyncio.Protocol):
         ):
             self.reject(413, "body_too_large", "request body exceeds max_body_bytes")
             return
+        if self.sticky and request.session_id is None and b"session_id=" in request.target:
+            request.session_id = affinity.query_session_id(request.target)
+            request.session_in_query = request.session_id is not None
         if request.session_id is not None:
-            self.task = self._spawn(self._route_session(request))
+            codec = self.runtime.session_codec
+            if codec is None:
+                self.task = self._spawn(self._route_session(request))
+            else:
+                self._route_signed_session(request, codec.open(request.session_id))
             return
-        backend = self._pick(request)
+        backend = self._pinned(request) or self._pick(request)
         if backend is None:
             self._answer_error(503, "no_backend", "no backend available", retry_after=True)
             return
@@ -302,7 +319,10 @@ class ClientConnection(asyncio.Protocol):
         if self.attempted:
             candidates = [b for b in candidates if b.name not in self.attempted]
         strategy = self.runtime.strategy
-        if not strategy.uses_request:
+        header_hash = self.runtime.header_hash
+        if header_hash is not None and header_hash.applies(request.headers):
+            strategy = header_hash.strategy
+        elif not strategy.uses_request:
             backend = strategy.pick(candidates, NO_FACTS)
             return backend if backend is not None else self._panic_pick(candidates)
         facts = RequestFacts(
@@ -319,8 +339,31 @@ class ClientConnection(asyncio.Protocol):
         """With panic: fail_open and every backend down, spread over all of them anyway."""
         if not self.runtime.health.panic_open():
             return None
-        weighted = [b for b in candidates if b.config.weight > 0]
+        weighted = [b for b in candidates if b.base_weight > 0]
         return min(weighted, key=lambda b: b.in_flight, default=None)
+
+    def _route_signed_session(self, request: Request, opened: tuple[str, str] | None) -> None:
+        """A signed id names its backend: no lookup. Tampered or foreign ids open to None."""
+        backend = self.runtime.backends.get(opened[0]) if opened is not None else None
+        if opened is None or backend is None or self.runtime.health.down(backend):
+            self._answer_session_not_found()
+            return
+        request.upstream_session_id = opened[1]
+        self.bound_backend = backend.name
+        self._dispatch(request, backend)
+
+    def _pinned(self, request: Request) -> Backend | None:
+        """The backend a sticky cookie names, if it can take the request."""
+        codec = self.runtime.cookie_codec
+        cookie = self.config.sticky.cookie
+        if codec is None or cookie is None:
+            return None
+        value = affinity.cookie_value(request.headers, self.cookie_name)
+        opened = codec.open(value) if value else None
+        if opened is None:
+            return None
+        backend = self.runtime.backends.get(opened[0])
+        return backend if backend is not None and backend.available else None
 
     async def _route_session(self, request: Request) -> None:
         session_id = request.session_id
@@ -356,7 +399,8 @@ class ClientConnection(asyncio.Protocol):
                 self.runtime.health.connect_failed(backend, reason)
                 if self.bound_backend is not None:
                     # Its sessions died with it; the client must initialize elsewhere.
-                    await self._forget_session(request)
+                    if request.session_id is not None and self.runtime.session_codec is None:
+                        await self._forget(request.session_id)
                     self.task = None
                     self._answer_session_not_found()
                     return
@@ -404,6 +448,10 @@ class ClientConnection(asyncio.Protocol):
         target = request.target
         if not target.startswith(b"/"):
             target = _origin_form(target)
+        upstream_session_id = request.upstream_session_id
+        if upstream_session_id is not None and request.session_in_query:
+            target = affinity.replace_query_session_id(target, upstream_session_id)
+            upstream_session_id = None
         if backend.path_prefix and target != b"*":
             target = backend.path_prefix + target
         hop = http11.connection_tokens(request.headers) if request.connection else frozenset()
@@ -420,6 +468,8 @@ class ClientConnection(asyncio.Protocol):
                 continue
             elif name == b"x-forwarded-proto" or name == b"x-forwarded-host":
                 continue
+            elif name == SESSION_HEADER and upstream_session_id is not None:
+                value = upstream_session_id.encode("latin-1")
             lines += (name, b": ", value, b"\r\n")
         if not self.config.preserve_host or request.host is None:
             lines += (b"host: ", backend.host_header, b"\r\n")
@@ -526,17 +576,36 @@ class ClientConnection(asyncio.Protocol):
         if content_type.startswith(b"text/event-stream") and self.backend is not None:
             self.streaming_sse = True
             self.backend.streams += 1
-        head = http11.status_line(status, reason) + http11.serialize_headers(out) + b"\r\n"
-        if self.sticky:
+        backend = self.backend
+        if self.sticky and backend is not None:
             if request.session_id is None:
-                if session_id is not None and 200 <= status < 300 and self.backend is not None:
-                    self._hold_for(self._bind_session(session_id.decode("latin-1"), self.backend))
+                if session_id is not None and 200 <= status < 300:
+                    out = self._learn_session(out, session_id.decode("latin-1"), backend)
+                elif request.method == b"GET" and content_type.startswith(b"text/event-stream"):
+                    codec = self.runtime.session_codec
+                    self.scanner = affinity.EndpointScanner(
+                        None if codec is None else partial(_seal_or_keep, codec, backend.name)
+                    )
             elif status == 404 or (request.method == b"DELETE" and 200 <= status < 300):
-                self._hold_for(self._forget_session(request))
+                self._end_session(request.session_id)
+        if self.runtime.cookie_codec is not None and backend is not None:
+            set_cookie = self._cookie_for(request, backend)
+            if set_cookie is not None:
+                out.append((b"set-cookie", set_cookie))
+        head = http11.status_line(status, reason) + http11.serialize_headers(out) + b"\r\n"
         self._send(head)
 
     def upstream_body(self, data: bytes) -> None:
         self.active = True
+        scanner = self.scanner
+        if scanner is not None:
+            data = scanner.feed(data)
+            if scanner.done:
+                self.scanner = None
+                if scanner.session_id is not None and self.backend is not None:
+                    self._learn_legacy_session(scanner.session_id, self.backend)
+            if not data:
+                return
         if self.framing == _CHUNKED:
             self._send(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -548,6 +617,10 @@ class ClientConnection(asyncio.Protocol):
         if self.holding:
             self.complete_pending = True
             return
+        if self.scanner is not None:
+            rest, self.scanner = self.scanner.flush(), None
+            if rest:
+                self._send(chunk(rest) if self.framing == _CHUNKED else rest)
         if self.framing == _CHUNKED:
             self._send(LAST_CHUNK)
         self.flush()
@@ -641,16 +714,53 @@ class ClientConnection(asyncio.Protocol):
             self.complete_pending = False
             self.upstream_complete()
 
+    def _learn_session(self, out: Headers, session_id: str, backend: Backend) -> Headers:
+        """A backend minted a session: sign it into the id the client sees, or store it."""
+        codec = self.runtime.session_codec
+        if codec is None:
+            self._hold_for(self._bind_session(session_id, backend))
+            return out
+        try:
+            token = codec.seal(backend.name, session_id).encode("latin-1")
+        except ValueError:  # not visible ASCII, or too long to carry: the client gets 404s
+            log.warning("backend %s minted a session id that cannot be signed", backend.name)
+            return out
+        self.runtime.session_bound(backend.name)
+        return [(n, token if n == SESSION_HEADER else v) for n, v in out]
+
+    def _learn_legacy_session(self, session_id: str, backend: Backend) -> None:
+        if self.runtime.session_codec is None:
+            self._hold_for(self._bind_session(session_id, backend))
+            self.legacy_session = session_id
+        else:
+            self.runtime.session_bound(backend.name)
+
+    def _end_session(self, session_id: str) -> None:
+        """The backend ended (DELETE) or does not know (404) a session."""
+        if self.runtime.session_codec is None:
+            self._hold_for(self._forget(session_id))
+        elif self.bound_backend is not None:
+            self.runtime.session_ended(self.bound_backend)
+
+    def _cookie_for(self, request: Request, backend: Backend) -> bytes | None:
+        """A Set-Cookie pinning the client to ``backend``, unless its cookie already does."""
+        codec = self.runtime.cookie_codec
+        cookie = self.config.sticky.cookie
+        assert codec is not None and cookie is not None
+        value = affinity.cookie_value(request.headers, self.cookie_name)
+        opened = codec.open(value) if value else None
+        if opened is not None and opened[0] == backend.name:
+            return None
+        return affinity.set_cookie(cookie, codec.seal(backend.name, ""))
+
     async def _bind_session(self, session_id: str, backend: Backend) -> None:
         previous = await self.runtime.sessions.bind(session_id, backend.name)
         if previous is not None:
             self.runtime.session_ended(previous)
         self.runtime.session_bound(backend.name)
 
-    async def _forget_session(self, request: Request) -> None:
-        if request.session_id is None:
-            return
-        name = await self.runtime.sessions.forget(request.session_id)
+    async def _forget(self, session_id: str) -> None:
+        name = await self.runtime.sessions.forget(session_id)
         if name is not None:
             self.runtime.session_ended(name)
 
@@ -767,6 +877,11 @@ class ClientConnection(asyncio.Protocol):
             if self.streaming_sse:
                 backend.streams -= 1
         self.streaming_sse = False
+        self.scanner = None
+        if self.legacy_session is not None:
+            # The legacy transport's session lives as long as its GET stream.
+            self._spawn(self._forget(self.legacy_session))
+            self.legacy_session = None
         if upstream is not None:
             upstream.sink = None
             if self.up_pauses:
@@ -870,3 +985,13 @@ def _origin_form(target: bytes) -> bytes:
     if url.query:
         path += b"?" + url.query
     return path
+
+
+def _seal_or_keep(codec: TokenCodec, backend: str, session_id: str) -> str:
+    """The signed id, or the backend's own when it cannot be signed (the client will get
+    404 for it and start over)."""
+    try:
+        return codec.seal(backend, session_id)
+    except ValueError:
+        log.warning("backend %s minted a session id that cannot be signed", backend)
+        return session_id

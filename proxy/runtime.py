@@ -6,9 +6,12 @@ import logging
 import ssl
 
 from healthcheck.monitor import HealthMonitor
+from proxy.affinity import HeaderAffinity
 from proxy.backends import Backend, BackendSet
 from proxy.config import Config
 from proxy.pool import UpstreamPool
+from proxy.redis_store import RedisSessionStore
+from proxy.session_ids import TokenCodec
 from proxy.sessions import MemorySessionStore, SessionStore
 from strategies import registry
 from strategies.base import Strategy
@@ -33,11 +36,27 @@ class Runtime:
             for b in self.backends
         }
         self.health = HealthMonitor(config.health, self.backends.backends)
-        self.sessions: SessionStore = MemorySessionStore(
-            config.sticky.session_ttl,
-            config.sticky.max_sessions,
-            on_expire=self._session_expired,
+        sticky = config.sticky
+        self.sessions: SessionStore = (
+            RedisSessionStore(
+                sticky.redis.url,
+                ttl=sticky.session_ttl,
+                timeout=sticky.redis.timeout,
+                prefix=sticky.redis.prefix,
+                max_local=sticky.max_sessions,
+                on_expire=self._session_expired,
+            )
+            if sticky.store == "redis"
+            else MemorySessionStore(
+                sticky.session_ttl, sticky.max_sessions, on_expire=self._session_expired
+            )
         )
+        # Signed ids name their backend: no table to consult (store "signed").
+        self.session_codec = (
+            TokenCodec(sticky.keys, "session") if sticky.store == "signed" else None
+        )
+        self.cookie_codec = TokenCodec(sticky.keys, "cookie") if sticky.cookie else None
+        self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
 
     def pool(self, backend: Backend) -> UpstreamPool:
         return self.pools[backend.name]

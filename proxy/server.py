@@ -11,7 +11,6 @@ import sys
 from proxy.config import Config
 from proxy.relay import ClientConnection
 from proxy.runtime import Runtime
-from proxy.sessions import MemorySessionStore
 
 log = logging.getLogger("mcplb")
 
@@ -70,9 +69,8 @@ class ProxyServer:
             for pool in self.runtime.pools.values():
                 pool.expire(now)
             ticks += 1
-            store = self.runtime.sessions
-            if ticks % 20 == 0 and isinstance(store, MemorySessionStore):
-                store.expire()
+            if ticks % 20 == 0:
+                self.runtime.sessions.expire()
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let exchanges finish for up to ``grace`` seconds, then close."""

@@ -30,6 +30,10 @@ class SessionStore(ABC):
     async def close(self) -> None:  # noqa: B027 (optional: most stores hold nothing)
         """Release resources held by the store."""
 
+    def expire(self) -> int:
+        """Drop bindings idle past the TTL that the store keeps itself; return how many."""
+        return 0
+
 
 class MemorySessionStore(SessionStore):
     """One process's table, with idle expiry and a size cap (least recently used goes)."""

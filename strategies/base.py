@@ -15,7 +15,13 @@ class BackendView(Protocol):
     def name(self) -> str: ...
 
     @property
-    def weight(self) -> int: ...
+    def weight(self) -> int:
+        """Effective weight: lowered while a readmitted backend ramps up (slow start)."""
+
+    @property
+    def base_weight(self) -> int:
+        """The configured weight on the same scale, unaffected by slow start (for
+        consistent hashing, whose table must not be rebuilt as a ramp progresses)."""
 
     @property
     def in_flight(self) -> int:

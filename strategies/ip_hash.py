@@ -81,7 +81,7 @@ class IpHash(Strategy):
             # An allocation-free check that the list still has the names and weights
             # the current table was built for.
             for backend, name, weight in zip(backends, self._names, self._weights, strict=True):
-                if backend.name != name or backend.weight != weight:
+                if backend.name != name or backend.base_weight != weight:
                     self._relayout(backends)
                     break
         table = self._table
@@ -149,7 +149,7 @@ class IpHash(Strategy):
 
     def _relayout(self, backends: Sequence[B]) -> None:
         names = [backend.name for backend in backends]
-        weights = [backend.weight for backend in backends]
+        weights = [backend.base_weight for backend in backends]
         # Sorted by name: the table must not depend on the order of the config.
         order = sorted(
             (index for index, weight in enumerate(weights) if weight > 0),

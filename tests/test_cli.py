@@ -201,5 +201,5 @@ def test_check_refuses_workers_without_a_shared_session_store(tmp_path: Path) ->
     config.write_text("workers: 2\nbackends:\n  - {name: a, url: 'http://127.0.0.1:9001'}\n")
     result = mcplb("check", "--config", str(config))
     assert result.returncode == 1
-    assert f"{config}: workers: more than one worker needs session bindings" in result.stderr
+    assert f"{config}: sticky.keys: required by store: signed" in result.stderr
     assert result.stderr.rstrip().endswith("(line 1)")

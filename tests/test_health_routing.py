@@ -107,8 +107,8 @@ async def test_evicted_backend_gets_no_traffic_and_its_sessions_404_until_readmi
         took = await until(lambda: backend_a.available, INTERVAL * RISE + SLACK)
         assert took <= INTERVAL * RISE + SLACK
         # Slow start: readmitted with a reduced weight that ramps back to the configured one.
-        assert backend_a.weight < backend_a.config.weight == 10
-        await until(lambda: backend_a.weight == backend_a.config.weight, 3.0)
+        assert backend_a.weight < backend_a.base_weight
+        await until(lambda: backend_a.weight == backend_a.base_weight, 3.0)
         # The binding survived the outage: the session works again where it lives.
         status, _, body = await post(http, proxy, session)
         assert status == 200

@@ -10,7 +10,7 @@ import pytest
 
 from healthcheck.monitor import HealthMonitor
 from healthcheck.state import ActiveState, OutlierDetector, SlowStart, Transition
-from proxy.backends import Backend
+from proxy.backends import WEIGHT_SCALE, Backend
 from proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from tests.conftest import backend_config
 
@@ -478,7 +478,7 @@ def test_monitor_active_results(caplog: pytest.LogCaptureFixture) -> None:
         "last_probe_ok": False,
         "last_probe": "connect refused",
         "last_probe_age": 0.0,
-        "weight": 1,
+        "weight": WEIGHT_SCALE,
         "slow_start_factor": 1.0,
     }
     assert status["b1"]["state"] == "unknown"
@@ -502,21 +502,21 @@ def test_monitor_slow_start_ramps_weight(caplog: pytest.LogCaptureFixture) -> No
     cfg = health(slow_start=10.0, active=active(rise=1, fall=1))
     monitor = HealthMonitor(cfg, [a, b, zero], clock=clock)
     monitor.record_probe(a, True, "ok")  # unknown -> healthy: not a comeback, no ramp
-    assert a.weight == 10
+    assert a.weight == 10 * WEIGHT_SCALE
     monitor.record_probe(a, False, "down")
     monitor.record_probe(zero, False, "down")
     clock.advance(5)
     monitor.record_probe(a, True, "ok")
     monitor.record_probe(zero, True, "ok")
-    assert a.available and a.weight == 1  # ~0, at least 1
+    assert a.available and a.weight == 10  # 1% of 10 x WEIGHT_SCALE
     assert zero.weight == 0  # weight 0 stays 0
     weights = []
     for _ in range(12):
         clock.advance(1)
         monitor.tick()
         weights.append(a.weight)
-    assert weights == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10]
-    assert b.weight == 10 and zero.weight == 0
+    assert weights == [w * WEIGHT_SCALE for w in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10)]
+    assert b.weight == 10 * WEIGHT_SCALE and zero.weight == 0
     assert monitor.status()["b0"]["slow_start_factor"] == 1.0
 
 
@@ -528,17 +528,17 @@ def test_monitor_slow_start_after_ejection_and_stop_when_down_again() -> None:
         monitor.connect_failed(a, "refused")
     clock.advance(30)
     monitor.tick()  # readmitted: ramp starts
-    assert a.available and a.weight == 1
+    assert a.available and a.weight == 4  # 1% of 4 x WEIGHT_SCALE
     clock.advance(4)
     monitor.tick()
-    assert a.weight == 2
+    assert a.weight == 2 * WEIGHT_SCALE
     for _ in range(5):
         monitor.connect_failed(a, "refused")  # ejected again (60s this time)
     assert not a.available
-    assert a.weight == 4  # no ramp while out of service
+    assert a.weight == 4 * WEIGHT_SCALE  # no ramp while out of service
     clock.advance(60)
     monitor.tick()
-    assert a.available and a.weight == 1  # a fresh ramp
+    assert a.available and a.weight == 4  # a fresh ramp
 
 
 def test_monitor_keeps_draining() -> None:
@@ -632,3 +632,22 @@ def test_ejection_ending_while_active_checks_fail_is_logged_as_unhealthy(
     monitor.tick()
     assert backend.available is False
     assert records(caplog)[-1][1].startswith("backend b0: ejected -> unhealthy")
+
+
+def test_passing_active_check_ends_a_passive_ejection(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    clock = FakeClock()
+    backend, _ = make_backends(1, 1)
+    monitor = HealthMonitor(
+        health(active=active(rise=2, fall=2), passive=PassiveHealthConfig(consecutive_failures=2)),
+        [backend, _],
+        clock=clock,
+    )
+    monitor.connect_failed(backend, "refused")
+    monitor.connect_failed(backend, "refused")
+    assert not backend.available
+    monitor.record_probe(backend, True, "HTTP 200")
+    assert backend.available  # long before the 30 s ejection would have ended
+    assert records(caplog)[-1][1] == (
+        "backend b0: ejected -> healthy (active http check passed: HTTP 200)"
+    )

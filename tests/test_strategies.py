@@ -41,6 +41,10 @@ class FakeBackend:
     sessions: int = 0
     max_sessions: int | None = None
 
+    @property
+    def base_weight(self) -> int:
+        return self.weight
+
 
 def _as_view(backend: FakeBackend) -> BackendView:
     return backend  # type-checks only if FakeBackend satisfies the protocol
