@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 import dataclasses
 import logging
 import random
@@ -62,6 +63,7 @@ class HealthMonitor:
         self._on_5xx = config.passive.on_5xx
         self._slow = SlowStart(config.slow_start)
         self._last_probe: dict[str, tuple[bool, str, float]] = {}  # name -> (ok, detail, when)
+        self._counts: Counter[tuple[str, str, str]] = Counter()  # (kind, backend, label)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -144,6 +146,7 @@ class HealthMonitor:
         """Count one active probe result (called by the probe loop; public for tests)."""
         now = self._clock()
         self._last_probe[backend.name] = (ok, detail, now)
+        self._counts[("probe", backend.name, "success" if ok else "failure")] += 1
         self._apply(backend, self._active[backend.name].record(ok, detail), now)
         if ok and self._active[backend.name].up:
             # A passing active check ends a passive ejection (Envoy's default): the probe
@@ -204,6 +207,18 @@ class HealthMonitor:
         is_down = (state is not None and not state.up) or self._outliers.ejected(backend.name)
         return is_down and not self.panic_open()
 
+    def unhealthy(self, backend: Backend) -> bool:
+        """Active checks say it is down."""
+        state = self._active.get(backend.name)
+        return state is not None and not state.up
+
+    def ejected(self, backend: Backend) -> bool:
+        return self._outliers.ejected(backend.name)
+
+    def counters(self) -> dict[str, Any]:
+        """Probe results and transitions so far, for metrics (JSON-serialisable)."""
+        return {"counts": [[*key, count] for key, count in self._counts.items()]}
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Per-backend health, for an admin API (JSON-serialisable)."""
         now = self._clock()
@@ -237,6 +252,7 @@ class HealthMonitor:
     def _apply(self, backend: Backend, transition: Transition | None, now: float) -> None:
         if transition is None:
             return
+        self._counts[("transition", backend.name, transition.new)] += 1
         if transition.down:
             logger.warning("%s", transition)
         else:

@@ -20,7 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run the proxy")
     run.add_argument("--config", "-c", required=True, help="YAML config file")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="application log level (default: log.level of the config, info)",
+    )
 
     check = commands.add_parser("check", help="validate a config file")
     check.add_argument("--config", "-c", required=True, help="YAML config file")
@@ -29,11 +33,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--backends", type=int, default=3, help="number of demo backends (1-26)")
     demo.add_argument("--port", type=int, default=8080, help="proxy port")
 
+    top = commands.add_parser("top", help="live view of a running proxy (from its admin API)")
+    top.add_argument("--admin", default="http://127.0.0.1:9901", help="admin API URL")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.config)
     if args.command == "run":
         return _run(args.config, args.log_level)
+    if args.command == "top":
+        from proxy.top import run_top
+
+        return run_top(args.admin, once=args.once, interval=args.interval)
     return _demo(args.backends, args.port)
 
 
@@ -69,12 +82,14 @@ def _check(path: str) -> int:
     return 0
 
 
-def _run(path: str, log_level: str) -> int:
+def _run(path: str, log_level: str | None) -> int:
     from proxy.server import serve, setup_logging
 
-    setup_logging(log_level)
     config = _load_or_report(path)
-    return 1 if config is None else serve(config)
+    if config is None:
+        return 1
+    setup_logging(log_level or config.log.level)
+    return serve(config)
 
 
 def _demo(backends: int, port: int) -> int:

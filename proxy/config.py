@@ -138,6 +138,23 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API listener (metrics, status, drain)."""
+
+    enabled: bool = True
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9901
+    token: str | None = field(default=None, repr=False)  # Bearer token for mutating calls
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: Literal["text", "json"] = "text"  # access log line format
+    access: bool = True  # one line per request on stdout
+    level: Literal["debug", "info", "warning", "error"] = "info"  # application log
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
@@ -152,6 +169,8 @@ class Config:
     source: str | None = None  # path of the file it was loaded from
     lines: Mapping[str, int] = field(default_factory=dict)  # "backends[1].url" -> 12
     health: HealthConfig = field(default_factory=HealthConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -517,7 +536,11 @@ _TOP_KEYS = (
     "timeouts",
     "limits",
     "health",
+    "admin",
+    "log",
 )
+_ADMIN_KEYS = ("enabled", "listen", "token")
+_LOG_KEYS = ("format", "access", "level")
 _BACKEND_KEYS = ("name", "url", "weight", "max_sessions")
 _STICKY_KEYS = (
     "mcp_sessions",
@@ -1122,6 +1145,51 @@ def _limits(val: _Val | None, issues: list[ConfigIssue]) -> LimitsConfig:
     )
 
 
+def _admin(val: _Val | None, issues: list[ConfigIssue]) -> AdminConfig:
+    section = _Section(val, "admin", _ADMIN_KEYS, issues)
+    default = AdminConfig()
+    host, port = section.get("listen", _check_listen, (default.listen_host, default.listen_port))
+    token = section.get("token", _check_token, None)
+    enabled = section.get("enabled", _check_bool, default.enabled)
+    if enabled and token is None and not _is_loopback(host):
+        line = _entry_line(section, "listen")
+        message = (
+            f"the admin API on {host} (not loopback) needs admin.token: its drain/undrain "
+            "calls would be open to the network"
+        )
+        issues.append(ConfigIssue("admin.listen", message, line))
+    return AdminConfig(enabled=enabled, listen_host=host, listen_port=port, token=token)
+
+
+def _check_token(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) < 16:
+        raise ValueError("must be a string of at least 16 characters")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _log(val: _Val | None, issues: list[ConfigIssue]) -> LogConfig:
+    section = _Section(val, "log", _LOG_KEYS, issues)
+    default = LogConfig()
+    log_format = section.get("format", _choice("text", "json"), str(default.format))
+    level = section.get("level", _choice("debug", "info", "warning", "error"), str(default.level))
+    return LogConfig(
+        format=cast(Literal["text", "json"], log_format),
+        access=section.get("access", _check_bool, default.access),
+        level=cast(Literal["debug", "info", "warning", "error"], level),
+    )
+
+
 def _choice(*options: str) -> Callable[[object], str]:
     quoted = [f'"{option}"' for option in options]
     message = "must be " + (
@@ -1385,6 +1453,8 @@ def _build(
         source=source,
         lines=lines,
         health=_health(top.val("health"), issues),
+        admin=_admin(top.val("admin"), issues),
+        log=_log(top.val("log"), issues),
     )
 
 

@@ -9,7 +9,11 @@ pipelined requests wait in order, with reading paused, until the one before is a
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import os
+import time
 from collections import deque
 from collections.abc import Coroutine
 from functools import partial
@@ -28,12 +32,15 @@ if TYPE_CHECKING:
     from proxy.runtime import Runtime
 
 log = logging.getLogger("mcplb.relay")
+access_log = logging.getLogger("mcplb.access")
 
 SESSION_HEADER = b"mcp-session-id"
 
 # Request body bytes kept per request while no connection is ready (or while queued
 # behind a pipelined request); past this, reading from the client pauses.
 BODY_BUFFER_LIMIT = 256 * 1024
+# JSON-RPC bodies up to this size are read for their method (metrics by MCP method).
+SNIFF_LIMIT = 16 * 1024
 # Request body bytes kept for a replay when a reused connection turns out closed.
 REPLAY_LIMIT = 64 * 1024
 
@@ -71,10 +78,13 @@ class Request:
         "headers",
         "host",
         "keep_alive",
+        "logged",
         "method",
         "replay",
+        "request_id",
         "session_id",
         "session_in_query",
+        "sniff",
         "target",
         "upgrade",
         "upstream_session_id",
@@ -91,6 +101,9 @@ class Request:
         self.session_id: str | None = None  # as the client sent it
         self.session_in_query = False  # legacy SSE transport: ?session_id= on the target
         self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
+        self.request_id: bytes | None = None
+        self.sniff: list[bytes] | None = None  # a small JSON-RPC body, read for its method
+        self.logged = False
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = True
@@ -144,6 +157,12 @@ class ClientConnection(asyncio.Protocol):
         self.legacy_session: str | None = None  # legacy SSE session bound for this stream
         cookie = runtime.config.sticky.cookie
         self.cookie_name = b"" if cookie is None else cookie.name.encode("latin-1")
+        self.stats = runtime.stats
+        self.access_log = runtime.config.log.access and access_log.isEnabledFor(logging.INFO)
+        self.started = 0.0  # when the current exchange began (loop time)
+        self.status = 0  # of the current answer, for metrics and the access log
+        self.response_bytes = 0
+        self.served_by = ""  # backend name of the current answer
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
         self.holding = False  # a session store update must land before the response goes out
         self.complete_pending = False
@@ -243,6 +262,8 @@ class ClientConnection(asyncio.Protocol):
             request.host = value
         elif name == b"connection":
             request.connection = True
+        elif name == b"x-request-id":
+            request.request_id = value
         elif name == SESSION_HEADER and self.sticky:
             request.session_id = value.decode("latin-1")
         elif name == b"content-length":
@@ -259,6 +280,8 @@ class ClientConnection(asyncio.Protocol):
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
         self.head_bytes = 0
+        if request.method == b"POST" and (request.content_length or 0) <= SNIFF_LIMIT:
+            self._count_mcp(request)
         if self.current is None:
             self.current = request
             self._start(request)
@@ -273,6 +296,8 @@ class ClientConnection(asyncio.Protocol):
         if self.max_body_bytes and request.body_size > self.max_body_bytes:
             self.reject(413, "body_too_large", "request body exceeds max_body_bytes")
             raise _RequestRejected
+        if request.sniff is not None:
+            request.sniff.append(data)
         self._forward_body(request, chunk(data) if request.chunked else data)
 
     def on_message_complete(self) -> None:
@@ -280,14 +305,77 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         request.complete = True
         self.reading = None
+        if request.sniff is not None:
+            method, tool = _jsonrpc_method(b"".join(request.sniff))
+            request.sniff = None
+            if method:
+                self.stats.count_mcp(method, tool)
         if request.chunked:
             self._forward_body(request, LAST_CHUNK)
+
+    # -- observing ----------------------------------------------------------------------
+
+    def _count_mcp(self, request: Request) -> None:
+        """Count an MCP POST by method and tool: from the 2026-07-28 routing headers when
+        present, else from its (small) JSON-RPC body once it is complete."""
+        method = tool = None
+        json_body = False
+        for name, value in request.headers:
+            if name == b"mcp-method":
+                method = value
+            elif name == b"mcp-name":
+                tool = value
+            elif name == b"content-type":
+                json_body = value.startswith(b"application/json")
+        if method is not None:
+            self.stats.count_mcp(method.decode("latin-1"), (tool or b"").decode("latin-1"))
+        elif json_body:
+            request.sniff = []
+
+    def _log_access(self, request: Request) -> None:
+        request.logged = True
+        duration = round(self.loop.time() - self.started, 6)
+        session = request.session_id
+        # Never the raw id: it is a bearer credential for the session.
+        hashed = hashlib.sha256(session.encode()).hexdigest()[:12] if session else "-"
+        rid = (request.request_id or b"-").decode("latin-1")
+        target = request.target.decode("latin-1")
+        method = request.method.decode("latin-1")
+        backend = self.served_by or "-"
+        if self.config.log.format == "json":
+            line = json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "client": self.client_ip,
+                    "method": method,
+                    "path": target,
+                    "status": self.status,
+                    "backend": backend,
+                    "duration": duration,
+                    "bytes_in": request.body_size,
+                    "bytes_out": self.response_bytes,
+                    "session": hashed,
+                    "request_id": rid,
+                }
+            )
+        else:
+            line = (
+                f"{self.client_ip} - - [{time.strftime('%d/%b/%Y:%H:%M:%S %z')}] "
+                f'"{method} {target} HTTP/{request.version}" {self.status} '
+                f"{self.response_bytes} backend={backend} duration={duration} "
+                f"session={hashed} request_id={rid}"
+            )
+        access_log.info(line)
 
     # -- routing ------------------------------------------------------------------------
 
     def _start(self, request: Request) -> None:
         """Route the current request: session binding first, then the strategy."""
         self.state = ROUTING
+        self.started = self.loop.time()
+        self.status = 0
+        self.response_bytes = 0
+        self.served_by = ""
         self.attempted = set()
         self.bound_backend = None
         self.response_started = False
@@ -397,6 +485,7 @@ class ClientConnection(asyncio.Protocol):
                 reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
                 log.warning("connect to backend %s failed: %s", backend.name, reason)
                 self.runtime.health.connect_failed(backend, reason)
+                self.stats.backends[backend.name].connect_failures += 1
                 if self.bound_backend is not None:
                     # Its sessions died with it; the client must initialize elsewhere.
                     if request.session_id is not None and self.runtime.session_codec is None:
@@ -406,6 +495,8 @@ class ClientConnection(asyncio.Protocol):
                     return
                 self.attempted.add(backend.name)
                 backend = self._pick(request)
+                if backend is not None:
+                    self.stats.backends[backend.name].retries += 1
                 continue
             self.task = None
             if request is not self.current or self.state == CLOSED:
@@ -419,6 +510,7 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, request: Request, backend: Backend, conn: UpstreamConnection) -> None:
         """Send the request head (and any buffered body) on ``conn``."""
         self.backend = backend
+        self.served_by = backend.name
         self.upstream = conn
         conn.sink = self
         conn.requests += 1
@@ -476,6 +568,9 @@ class ClientConnection(asyncio.Protocol):
         lines += (b"x-forwarded-for: ", forwarded_for, b"\r\nx-forwarded-proto: http\r\n")
         if request.host is not None:
             lines += (b"x-forwarded-host: ", request.host, b"\r\n")
+        if request.request_id is None:
+            request.request_id = os.urandom(8).hex().encode()
+            lines += (b"x-request-id: ", request.request_id, b"\r\n")
         if request.chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         if request.upgrade:
@@ -519,8 +614,12 @@ class ClientConnection(asyncio.Protocol):
         self.state = STREAMING
         self.response_started = True
         self.upstream_keep_alive = keep_alive
+        self.status = status
         if self.backend is not None:
             self.runtime.health.responded(self.backend, status)
+            backend_stats = self.stats.backends[self.backend.name]
+            backend_stats.requests[(request.method, status // 100)] += 1
+            backend_stats.first_byte.observe(self.loop.time() - self.started)
         out: Headers = []
         has_length = chunked = named_hops = False
         session_id: bytes | None = None
@@ -597,6 +696,7 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_body(self, data: bytes) -> None:
         self.active = True
+        self.response_bytes += len(data)
         scanner = self.scanner
         if scanner is not None:
             data = scanner.feed(data)
@@ -671,6 +771,7 @@ class ClientConnection(asyncio.Protocol):
             ):
                 # A pooled connection the backend closed while idle: replay on a fresh one.
                 log.debug("pooled connection to %s was closed; retrying", backend.name)
+                self.stats.backends[backend.name].retries += 1
                 request.body = request.replay + request.body
                 request.buffered = sum(map(len, request.body))
                 self.task = self._spawn(self._connect(request, backend))
@@ -794,6 +895,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _answer_session_not_found(self) -> None:
+        self.stats.session_not_found += 1
+        self.status = 404
         request = self.current
         keep = request is not None and request.complete and request.keep_alive
         self._write_answer(
@@ -810,6 +913,8 @@ class ClientConnection(asyncio.Protocol):
             return
         keep = request.complete and request.keep_alive and not self.closing
         extra = [(b"retry-after", b"1")] if retry_after else []
+        self.status = status
+        self.stats.proxy_errors[str(status)] += 1
         if status >= 500:
             log.warning("%d %s: %s %s", status, code, request.method.decode(), message)
         self._write_answer(
@@ -838,10 +943,14 @@ class ClientConnection(asyncio.Protocol):
             upstream.abort()
         if not self.response_started and self.transport is not None:
             self.transport.write(http11.error_response(status, code, message, close=True))
+            self.status = status
+            self.stats.proxy_errors[str(status)] += 1
         self._close()
 
     def _next_request(self, finished: Request) -> None:
         """After an answer: close, start the next pipelined request, or wait for one."""
+        if self.access_log and not finished.logged:
+            self._log_access(finished)
         keep = (
             self.client_keep_alive
             and finished.keep_alive
@@ -874,6 +983,11 @@ class ClientConnection(asyncio.Protocol):
         self.backend = None
         if backend is not None:
             backend.in_flight -= 1
+            backend_stats = self.stats.backends[backend.name]
+            backend_stats.duration.observe(self.loop.time() - self.started)
+            backend_stats.bytes_out += self.response_bytes
+            if self.current is not None:
+                backend_stats.bytes_in += self.current.body_size
             if self.streaming_sse:
                 backend.streams -= 1
         self.streaming_sse = False
@@ -891,6 +1005,9 @@ class ClientConnection(asyncio.Protocol):
     def _close(self) -> None:
         self.holding = False
         self.flush()
+        request = self.current
+        if self.access_log and request is not None and not request.logged and self.status:
+            self._log_access(request)
         self.state = CLOSED
         self.parser = None
         upstream = self.upstream
@@ -967,6 +1084,7 @@ class ClientConnection(asyncio.Protocol):
         upstream = self.upstream
         if self.backend is not None:
             self.runtime.health.timed_out(self.backend)
+            self.stats.backends[self.backend.name].timeouts += 1
         if upstream is not None:
             self._end_exchange()
             upstream.abort()
@@ -995,3 +1113,21 @@ def _seal_or_keep(codec: TokenCodec, backend: str, session_id: str) -> str:
     except ValueError:
         log.warning("backend %s minted a session id that cannot be signed", backend)
         return session_id
+
+
+def _jsonrpc_method(body: bytes) -> tuple[str, str]:
+    """The method of a JSON-RPC request (and the tool of a tools/call), or ("", "")."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return "", ""
+    if isinstance(message, list):  # a batch: count its first request
+        message = message[0] if message else None
+    if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+        return "", ""
+    method: str = message["method"][:64]
+    params = message.get("params")
+    tool = ""
+    if method == "tools/call" and isinstance(params, dict) and isinstance(params.get("name"), str):
+        tool = params["name"][:64]
+    return method, tool

@@ -13,6 +13,7 @@ from proxy.pool import UpstreamPool
 from proxy.redis_store import RedisSessionStore
 from proxy.session_ids import TokenCodec
 from proxy.sessions import MemorySessionStore, SessionStore
+from proxy.stats import Stats
 from strategies import registry
 from strategies.base import Strategy
 
@@ -36,6 +37,7 @@ class Runtime:
             for b in self.backends
         }
         self.health = HealthMonitor(config.health, self.backends.backends)
+        self.stats = Stats([b.name for b in self.backends])
         sticky = config.sticky
         self.sessions: SessionStore = (
             RedisSessionStore(
@@ -65,11 +67,17 @@ class Runtime:
         backend = self.backends.get(backend_name)
         if backend is not None:
             backend.sessions += 1
+            self.stats.backends[backend_name].sessions_created += 1
 
     def session_ended(self, backend_name: str) -> None:
         backend = self.backends.get(backend_name)
         if backend is not None and backend.sessions > 0:
             backend.sessions -= 1
+            self.stats.backends[backend_name].sessions_ended += 1
+
+    def store_errors(self) -> int:
+        errors: int = getattr(self.sessions, "errors", 0)
+        return errors
 
     def _session_expired(self, session_id: str, backend_name: str) -> None:
         self.session_ended(backend_name)

@@ -7,7 +7,12 @@ import logging
 import signal
 import socket
 import sys
+import time
+from pathlib import Path
 
+from aiohttp import web
+
+from proxy.admin import WorkerState, create_admin_app
 from proxy.config import Config
 from proxy.relay import ClientConnection
 from proxy.runtime import Runtime
@@ -38,14 +43,25 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 class ProxyServer:
     """One process's proxy: usable in-process (tests) or through ``serve``."""
 
-    def __init__(self, config: Config, sock: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sock: socket.socket | None = None,
+        *,
+        worker: int = 0,
+        state_dir: Path | None = None,
+    ) -> None:
         self.config = config
         self.runtime = Runtime(config)
         self.connections: set[ClientConnection] = set()
+        self.state = WorkerState(self.runtime, worker, state_dir)
+        self.worker = worker
         self._sock = sock
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._admin: web.AppRunner | None = None
         self.port = config.listen_port
+        self.admin_port: int | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,13 +73,30 @@ class ProxyServer:
         )
         self._sweeper = loop.create_task(self._sweep())
         await self.runtime.health.start()
+        if self.config.admin.enabled and self.worker == 0:
+            await self._start_admin()
+
+    async def _start_admin(self) -> None:
+        admin = self.config.admin
+        app = create_admin_app(self.runtime, self.state, time.monotonic())
+        self._admin = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._admin.setup()
+        site = web.TCPSite(self._admin, admin.listen_host, admin.listen_port, reuse_address=True)
+        await site.start()
+        self.admin_port = self._admin.addresses[0][1]
+        log.info("admin API on %s:%d", admin.listen_host, self.admin_port)
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         ticks = 0
         while True:
+            expected = loop.time() + SWEEP_INTERVAL
             await asyncio.sleep(SWEEP_INTERVAL)
             now = loop.time()
+            self.runtime.stats.loop_lag = max(0.0, now - expected)
+            if ticks % 2 == 0:
+                self.state.publish()
+                self.state.apply_control()
             for conn in list(self.connections):
                 conn.check_timeouts(now)
             for pool in self.runtime.pools.values():
@@ -89,6 +122,8 @@ class ProxyServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.runtime.health.stop()
+        if self._admin is not None:
+            await self._admin.cleanup()
         for pool in self.runtime.pools.values():
             pool.close_all()
         await self.runtime.sessions.close()
@@ -96,14 +131,31 @@ class ProxyServer:
             await self._server.wait_closed()
 
 
-async def run_until_signalled(config: Config, sock: socket.socket | None = None) -> int:
+async def run_until_signalled(
+    config: Config,
+    sock: socket.socket | None = None,
+    worker: int = 0,
+    state_dir: Path | None = None,
+) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = ProxyServer(config, sock)
-    await server.start()
+    setup_access_log(config)
+    server = ProxyServer(config, sock, worker=worker, state_dir=state_dir)
+    try:
+        await server.start()
+    except OSError as exc:
+        admin = config.admin
+        log.error(
+            "cannot listen for the admin API on %s:%d: %s",
+            admin.listen_host,
+            admin.listen_port,
+            exc,
+        )
+        await server.shutdown(grace=0)
+        return 1
     log.info(
         "listening on %s:%d (%d backends, strategy %s)",
         config.listen_host,
@@ -117,11 +169,16 @@ async def run_until_signalled(config: Config, sock: socket.socket | None = None)
     return 0
 
 
-def run_worker(config: Config, sock: socket.socket | None = None) -> int:
+def run_worker(
+    config: Config,
+    sock: socket.socket | None = None,
+    worker: int = 0,
+    state_dir: Path | None = None,
+) -> int:
     """Run one proxy process on uvloop."""
     import uvloop
 
-    return uvloop.run(run_until_signalled(config, sock))
+    return uvloop.run(run_until_signalled(config, sock, worker, state_dir))
 
 
 def serve(config: Config) -> int:
@@ -144,3 +201,17 @@ def setup_logging(level: str = "info") -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
+
+
+def setup_access_log(config: Config) -> None:
+    """Access lines go to stdout, one per request, apart from the application log."""
+    logger = logging.getLogger("mcplb.access")
+    logger.propagate = False
+    logger.handlers.clear()
+    if config.log.access:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    else:
+        logger.disabled = True

@@ -6,9 +6,12 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 
 from proxy.config import Config
@@ -24,6 +27,8 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.workers: dict[int, int] = {}  # pid -> worker index
+        # Workers publish counters and read drain decisions here (see proxy.admin).
+        self.state_dir = Path(tempfile.mkdtemp(prefix="mcplb-state-"))
         self.started: dict[int, float] = {}
         self.stopping = False
 
@@ -68,6 +73,7 @@ class Supervisor:
             if not self.stopping:
                 self._spawn(index)
         reservation.close()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         return 0
 
     def _spawn(self, index: int) -> None:
@@ -80,7 +86,7 @@ class Supervisor:
                 from proxy.server import bind_socket, run_worker
 
                 sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
-                code = run_worker(self.config, sock)
+                code = run_worker(self.config, sock, index, self.state_dir)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:

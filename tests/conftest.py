@@ -11,7 +11,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from proxy.config import BackendConfig, Config, LimitsConfig, TimeoutsConfig
+from proxy.config import AdminConfig, BackendConfig, Config, LimitsConfig, TimeoutsConfig
 from proxy.server import ProxyServer
 
 
@@ -40,6 +40,8 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
         limits: dict[str, int] | None = None,
         **fields: Any,
     ) -> ProxyServer:
+        # No admin listener unless a test asks: many proxies run side by side.
+        fields.setdefault("admin", AdminConfig(enabled=False))
         config = Config(
             listen_host="127.0.0.1",
             listen_port=0,

@@ -486,6 +486,9 @@ async def start_proxy_process(
     ``tmp_path/NAME.stdout.log`` and ``NAME.stderr.log`` (see ``ProxyProcess.output()``).
     """
     config_path = Path(tmp_path) / f"{name}.yaml"
+    if "\nadmin:" not in "\n" + config_text:
+        # Proxies run side by side in tests: an ephemeral admin port unless one is asked for.
+        config_text += "\nadmin: {listen: '127.0.0.1:0'}\n"
     config_path.write_text(config_text)
     proxy = ProxyProcess(config_path, port, host=host, args=args, env=env)
     try:

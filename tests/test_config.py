@@ -341,7 +341,7 @@ def test_unknown_top_level_key_with_hint() -> None:
 def test_unknown_top_level_key_without_close_match() -> None:
     assert error(with_top("zzz: 1")) == (
         "zzz: unknown key (expected one of: listen, workers, strategy, strategy_options, "
-        "preserve_host, backends, sticky, timeouts, limits, health) (line 1)"
+        "preserve_host, backends, sticky, timeouts, limits, health, admin, log) (line 1)"
     )
 
 
@@ -2012,3 +2012,24 @@ def test_health_section_must_be_a_mapping() -> None:
 def test_health_env_expansion() -> None:
     config = parse(health_doc("active:\n  interval: ${INTERVAL:-3s}\n  fall: ${FALL}\n"), FALL="4")
     assert (config.health.active.interval, config.health.active.fall) == (3.0, 4)
+
+
+def test_admin_and_log_sections() -> None:
+    config = parse(BACKEND + "admin: {listen: '127.0.0.1:9911'}\nlog: {format: json, access: false}\n")
+    assert (config.admin.listen_host, config.admin.listen_port, config.admin.enabled) == (
+        "127.0.0.1",
+        9911,
+        True,
+    )
+    assert (config.log.format, config.log.access, config.log.level) == ("json", False, "info")
+    assert parse(BACKEND).admin.listen_port == 9901
+    assert error(BACKEND + "admin: {listen: '0.0.0.0:9901'}\n") == (
+        "admin.listen: the admin API on 0.0.0.0 (not loopback) needs admin.token: its"
+        " drain/undrain calls would be open to the network (line 4)"
+    )
+    token = "t" * 20
+    assert parse(BACKEND + f"admin: {{listen: '0.0.0.0:9901', token: {token}}}\n").admin.token == token
+    assert error(BACKEND + "admin: {token: short}\n") == (
+        "admin.token: must be a string of at least 16 characters (line 4)"
+    )
+    assert error(BACKEND + "log: {format: xml}\n") == 'log.format: must be "text" or "json" (line 4)'

@@ -1,0 +1,206 @@
+"""The admin API (aiohttp, its own listener): metrics, health, status, drain.
+
+With several workers, worker 0 serves it: it merges the snapshots the other workers write
+every second into the shared state directory, and publishes drain decisions there for
+them to apply (see WorkerState).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from proxy import __version__
+from proxy.metrics import render, worker_snapshot
+
+if TYPE_CHECKING:
+    from proxy.runtime import Runtime
+
+SNAPSHOT_MAX_AGE = 5.0  # seconds; older worker files belong to dead workers
+
+
+class WorkerState:
+    """Files through which workers share counters and drain state."""
+
+    def __init__(self, runtime: Runtime, worker: int, directory: Path | None) -> None:
+        self.runtime = runtime
+        self.worker = worker
+        self.directory = directory
+        self._control_seen = 0.0
+
+    def publish(self) -> None:
+        """Write this worker's snapshot (others read it when they serve the admin API)."""
+        if self.directory is None:
+            return
+        path = self.directory / f"worker-{self.worker}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(worker_snapshot(self.runtime, self.worker)))
+        os.replace(tmp, path)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        own = worker_snapshot(self.runtime, self.worker)
+        if self.directory is None:
+            return [own]
+        found = [own]
+        now = time.time()
+        for path in self.directory.glob("worker-*.json"):
+            if path.name == f"worker-{self.worker}.json":
+                continue
+            try:
+                snapshot = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced right now, or gone
+            if now - snapshot["time"] <= SNAPSHOT_MAX_AGE:
+                found.append(snapshot)
+        return found
+
+    def set_draining(self, name: str, draining: bool) -> None:
+        backend = self.runtime.backends.get(name)
+        assert backend is not None
+        backend.draining = draining
+        self.runtime.health.refresh(backend)
+        if self.directory is not None:
+            names = sorted(b.name for b in self.runtime.backends if b.draining)
+            control = self.directory / "control.json"
+            tmp = control.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"draining": names}))
+            os.replace(tmp, control)
+
+    def apply_control(self) -> None:
+        """Take over drain decisions made by the worker serving the admin API."""
+        if self.directory is None:
+            return
+        control = self.directory / "control.json"
+        try:
+            mtime = control.stat().st_mtime
+            if mtime == self._control_seen:
+                return
+            draining = set(json.loads(control.read_text())["draining"])
+        except (OSError, ValueError, KeyError):
+            return
+        self._control_seen = mtime
+        for backend in self.runtime.backends:
+            if backend.draining != (backend.name in draining):
+                backend.draining = backend.name in draining
+                self.runtime.health.refresh(backend)
+
+
+def create_admin_app(runtime: Runtime, state: WorkerState, started: float) -> web.Application:
+    config = runtime.config
+    token = config.admin.token
+    config_hash = _config_hash(config.source)
+
+    def authorized(request: web.Request) -> web.Response | None:
+        if token is None:
+            return None  # only reachable on loopback: the loader refuses anything else
+        sent = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            return web.json_response(
+                {"error": "unauthorized", "message": "send Authorization: Bearer <admin.token>"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = render(state.snapshots())
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        available = sum(1 for b in runtime.backends if b.available)
+        status = "ready" if available else "unavailable"
+        body = {"status": status, "available_backends": available}
+        return web.json_response(body, status=200 if available else 503)
+
+    async def status(request: web.Request) -> web.Response:
+        snapshots = state.snapshots()
+        health = runtime.health.status()
+        stats = [s["stats"]["backends"] for s in snapshots]
+        backends = []
+        for backend in runtime.backends:
+            views = [s["backends"][backend.name] for s in snapshots]
+            requests = sum(n for s in stats for _, _, n in s[backend.name]["requests"])
+            errors = sum(
+                n for s in stats for _, code, n in s[backend.name]["requests"] if code == "5xx"
+            )
+            backends.append(
+                {
+                    "name": backend.name,
+                    "url": backend.config.url,
+                    "state": _state(backend.draining, health[backend.name]),
+                    "available": backend.available,
+                    "draining": backend.draining,
+                    "weight": backend.config.weight,
+                    "effective_weight": backend.weight,
+                    "in_flight": sum(v["in_flight"] for v in views),
+                    "streams": sum(v["streams"] for v in views),
+                    "sessions": sum(v["sessions"] for v in views),
+                    "requests_total": requests,
+                    "errors_total": errors,
+                }
+            )
+        return web.json_response(
+            {
+                "version": __version__,
+                "uptime_seconds": round(time.monotonic() - started, 3),
+                "workers": config.workers,
+                "config": {"path": config.source, "sha256": config_hash},
+                "strategy": config.strategy,
+                "backends": backends,
+            }
+        )
+
+    async def drain(request: web.Request) -> web.Response:
+        return _set_draining(request, True)
+
+    async def undrain(request: web.Request) -> web.Response:
+        return _set_draining(request, False)
+
+    def _set_draining(request: web.Request, draining: bool) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        if runtime.backends.get(name) is None:
+            return web.json_response(
+                {"error": "not_found", "message": f"no backend named {name!r}"}, status=404
+            )
+        state.set_draining(name, draining)
+        return web.json_response({"name": name, "draining": draining})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_post("/backends/{name}/drain", drain)
+    app.router.add_post("/backends/{name}/undrain", undrain)
+    return app
+
+
+def _state(draining: bool, health: dict[str, Any]) -> str:
+    if draining:
+        return "draining"
+    if health["ejected"]:
+        return "ejected"
+    label: str = health["state"]
+    return "healthy" if label == "unchecked" else label
+
+
+def _config_hash(source: str | None) -> str | None:
+    if source is None:
+        return None
+    try:
+        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -1,0 +1,164 @@
+"""Traffic counters of one worker process: plain integers on the hot path (sans-IO).
+
+The relay bumps these; the admin API turns snapshots of every worker into Prometheus
+metrics at scrape time, so a request costs a few integer additions, not a metrics library
+call per label set.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from typing import Any
+
+# Seconds; the last bucket is +Inf.
+BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+MCP_LABEL_CAP = 100  # distinct (method, tool) pairs before the rest count as "other"
+
+
+class Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "sum": self.sum}
+
+
+class BackendStats:
+    """Counters of one backend."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "connect_failures",
+        "duration",
+        "first_byte",
+        "requests",
+        "retries",
+        "sessions_created",
+        "sessions_ended",
+        "timeouts",
+    )
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[bytes, int]] = Counter()  # (method, status // 100)
+        self.first_byte = Histogram()
+        self.duration = Histogram()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.connect_failures = 0
+        self.timeouts = 0
+        self.retries = 0
+        self.sessions_created = 0
+        self.sessions_ended = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": [[m.decode("latin-1"), f"{c}xx", n] for (m, c), n in self.requests.items()],
+            "first_byte": self.first_byte.snapshot(),
+            "duration": self.duration.snapshot(),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "connect_failures": self.connect_failures,
+            "timeouts": self.timeouts,
+            "retries": self.retries,
+            "sessions_created": self.sessions_created,
+            "sessions_ended": self.sessions_ended,
+        }
+
+
+class Stats:
+    """Everything one worker counts."""
+
+    def __init__(self, backend_names: list[str]) -> None:
+        self.backends: dict[str, BackendStats] = {name: BackendStats() for name in backend_names}
+        self.proxy_errors: Counter[str] = Counter()  # status code -> answers made by the proxy
+        self.session_not_found = 0
+        self.mcp: Counter[tuple[str, str]] = Counter()  # (method, tool)
+        self.loop_lag = 0.0
+
+    def count_mcp(self, method: str, tool: str) -> None:
+        key = (method, tool)
+        if key not in self.mcp and len(self.mcp) >= MCP_LABEL_CAP:
+            key = ("other", "")
+        self.mcp[key] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "backends": {name: b.snapshot() for name, b in self.backends.items()},
+            "proxy_errors": dict(self.proxy_errors),
+            "session_not_found": self.session_not_found,
+            "mcp": [[m, t, n] for (m, t), n in self.mcp.items()],
+            "loop_lag": self.loop_lag,
+        }
+
+
+def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum several workers' snapshots (counters and histograms add; loop lag takes the max)."""
+    total: dict[str, Any] = {
+        "backends": {},
+        "proxy_errors": Counter(),
+        "session_not_found": 0,
+        "mcp": Counter(),
+        "loop_lag": 0.0,
+    }
+    for snap in snapshots:
+        for name, backend in snap["backends"].items():
+            into = total["backends"].setdefault(name, _empty_backend())
+            for method, code, count in backend["requests"]:
+                into["requests"][(method, code)] += count
+            for key in ("first_byte", "duration"):
+                histogram = into[key]
+                for i, count in enumerate(backend[key]["counts"]):
+                    histogram["counts"][i] += count
+                histogram["sum"] += backend[key]["sum"]
+            for key in _SCALARS:
+                into[key] += backend[key]
+        total["proxy_errors"].update(snap["proxy_errors"])
+        total["session_not_found"] += snap["session_not_found"]
+        for method, tool, count in snap["mcp"]:
+            total["mcp"][(method, tool)] += count
+        total["loop_lag"] = max(total["loop_lag"], snap["loop_lag"])
+    return total
+
+
+_SCALARS = (
+    "bytes_in",
+    "bytes_out",
+    "connect_failures",
+    "timeouts",
+    "retries",
+    "sessions_created",
+    "sessions_ended",
+)
+
+
+def _empty_backend() -> dict[str, Any]:
+    empty: dict[str, Any] = {key: 0 for key in _SCALARS}
+    empty["requests"] = Counter()
+    for key in ("first_byte", "duration"):
+        empty[key] = {"counts": [0] * (len(BUCKETS) + 1), "sum": 0.0}
+    return empty
