@@ -382,6 +382,11 @@ def mcplb_conf(tmp: Path, port: int, backend_ports: list[int], workers: int) -> 
         f"listen: {HOST}:{port}",
         f"workers: {workers}",
         "strategy: round_robin",
+        # Like the HAProxy and nginx configs: no access log. The admin API (metrics) stays on.
+        "log: {access: false}",
+        f"admin: {{listen: '{HOST}:0'}}",
+        # Plain HTTP backends: with several workers, no MCP session store is needed.
+        f"sticky: {{mcp_sessions: {'false' if workers > 1 else 'true'}}}",
         "backends:",
     ]
     lines += [

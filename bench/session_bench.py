@@ -710,7 +710,8 @@ def format_table(summaries: list[StoreSummary], runs: list[StoreRun], rounds: in
 
     for s in summaries:
         if s.runs_ok == 0:
-            rows.append((s.store, "FAILED", *([""] * (len(head) - 2))))
+            label = "FAILED" if s.runs_failed else "not run"
+            rows.append((s.store, label, *([""] * (len(head) - 2))))
             continue
         non200 = str(s.non200) + (" FAIL" if s.non200 else "")
         row: tuple[str, ...] = (

@@ -242,6 +242,10 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
             " MCP health probes every 2s\n"
         )
         print(connection_help(url))
+        print(
+            "Watch it: mcplb top --admin http://127.0.0.1:9901   "
+            "(metrics: curl http://127.0.0.1:9901/metrics)"
+        )
         print("Press Ctrl-C to stop.", flush=True)
 
         from proxy.server import serve

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -569,7 +568,7 @@ class ClientConnection(asyncio.Protocol):
         if request.host is not None:
             lines += (b"x-forwarded-host: ", request.host, b"\r\n")
         if request.request_id is None:
-            request.request_id = os.urandom(8).hex().encode()
+            request.request_id = self.runtime.next_request_id()
             lines += (b"x-request-id: ", request.request_id, b"\r\n")
         if request.chunked:
             lines.append(b"transfer-encoding: chunked\r\n")

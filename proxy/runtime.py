@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import ssl
 
 from healthcheck.monitor import HealthMonitor
@@ -38,6 +40,9 @@ class Runtime:
         }
         self.health = HealthMonitor(config.health, self.backends.backends)
         self.stats = Stats([b.name for b in self.backends])
+        # Request ids: a random per-process prefix and a counter (no syscall per request).
+        self._request_prefix = os.urandom(3).hex()
+        self._request_numbers = itertools.count()
         sticky = config.sticky
         self.sessions: SessionStore = (
             RedisSessionStore(
@@ -74,6 +79,9 @@ class Runtime:
         if backend is not None and backend.sessions > 0:
             backend.sessions -= 1
             self.stats.backends[backend_name].sessions_ended += 1
+
+    def next_request_id(self) -> bytes:
+        return f"{self._request_prefix}{next(self._request_numbers):010x}".encode()
 
     def store_errors(self) -> int:
         errors: int = getattr(self.sessions, "errors", 0)

@@ -291,10 +291,16 @@ def render(
 
     requests_now = metrics_now.sum_by(REQUESTS, "backend")
     errors_now = metrics_now.sum_by(REQUESTS, "backend", code="5xx")
-    requests_before = metrics_before.sum_by(REQUESTS, "backend") if metrics_before else {}
-    errors_before = metrics_before.sum_by(REQUESTS, "backend", code="5xx") if metrics_before else {}
+    requests_before = (
+        metrics_before.sum_by(REQUESTS, "backend") if metrics_before is not None else {}
+    )
+    errors_before = (
+        metrics_before.sum_by(REQUESTS, "backend", code="5xx") if metrics_before is not None else {}
+    )
     buckets_now = metrics_now.buckets(FIRST_BYTE, "backend")
-    buckets_before = metrics_before.buckets(FIRST_BYTE, "backend") if metrics_before else {}
+    buckets_before = (
+        metrics_before.buckets(FIRST_BYTE, "backend") if metrics_before is not None else {}
+    )
     gauges = {key: metrics_now.sum_by(name, "backend") for key, name in GAUGES.items()}
 
     backends: list[Mapping[str, Any]] = [

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from strategies._options import seeded_rng
 from strategies.base import B, RequestFacts, Strategy
+from strategies.random_choice import eligible_weight, weighted_draw
 
 
 class PowerOfTwo(Strategy):
@@ -26,18 +27,15 @@ class PowerOfTwo(Strategy):
         self._random = seeded_rng(seed).random
 
     def pick(self, backends: Sequence[B], request: RequestFacts) -> B | None:
-        total = 0
-        for backend in backends:
-            if backend.weight > 0 and backend.available:
-                total += backend.weight
+        total = eligible_weight(backends)
         if total == 0:
             return None
-        first = self._draw(backends, total, None)
+        first = weighted_draw(backends, total, None, self._random)
         assert first is not None  # total > 0, so something was drawn
         first_weight = first.weight
         if first_weight == total:
             return first  # the only candidate
-        second = self._draw(backends, total - first_weight, first)
+        second = weighted_draw(backends, total - first_weight, first, self._random)
         if second is None:
             return first  # the same object listed twice: nothing distinct to compare
         second_weight = second.weight
@@ -47,17 +45,3 @@ class PowerOfTwo(Strategy):
         if second_active * first_weight < first_active * second_weight:
             return second
         return first
-
-    def _draw(self, backends: Sequence[B], total: int, skip: B | None) -> B | None:
-        """A weighted draw among the eligible backends other than ``skip``, whose weights
-        sum to ``total``; None if there is no such backend."""
-        point = self._random() * total
-        last: B | None = None
-        for backend in backends:
-            weight = backend.weight
-            if weight > 0 and backend.available and backend is not skip:
-                point -= weight
-                if point < 0:
-                    return backend
-                last = backend
-        return last  # only reached through float rounding at the very top of the range

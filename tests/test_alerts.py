@@ -206,19 +206,19 @@ def metric_labels_used(expr: str) -> set[str]:
 
 
 def test_contract_parser(contract: Contract) -> None:
-    assert contract.labels_of("mcplb_requests_total") == {
+    assert contract.metrics["mcplb_requests_total"] == {
         "backend",
         "method",
         "code",
         "job",
         "instance",
     }
-    assert contract.labels_of("mcplb_mcp_requests_total") == {"method", "tool", "job", "instance"}
+    assert contract.metrics["mcplb_mcp_requests_total"] == {"method", "tool", "job", "instance"}
     assert "le" in (contract.labels_of("mcplb_response_first_byte_seconds_bucket") or ())
     assert contract.known("mcplb_response_bytes_total")
     assert contract.known("mcplb_request_bytes_total")
     assert contract.known("process_resident_memory_bytes")
-    assert contract.labels_of("mcplb_session_not_found_total") == {"job", "instance"}
+    assert contract.metrics["mcplb_session_not_found_total"] == {"job", "instance"}
     assert not contract.known("mcplb_response_first_byte_seconds")  # only its series exist
 
 

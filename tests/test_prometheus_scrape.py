@@ -211,7 +211,8 @@ async def test_alert_rules_and_dashboard_queries_run_on_real_series(
     # Every rule was evaluated on the scraped series, without error.
     def rule_health(data: dict[str, Any]) -> dict[str, str]:
         return {
-            rule["name"]: rule["health"] + (f": {rule['lastError']}" if rule["lastError"] else "")
+            rule["name"]: rule["health"]
+            + (f": {rule['lastError']}" if rule.get("lastError") else "")
             for group in data["groups"]
             for rule in group["rules"]
         }
