@@ -23,13 +23,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict proxy strategies healthcheck
 
-# Real peers the tests start on their own ports: redis-server (Debian package).
+# Real peers the tests start on their own ports: redis-server, and prometheus with
+# promtool for the metrics and alert-rule tests (Debian packages; services stay stopped).
 system-deps:
 	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
 			&& (service redis-server stop >/dev/null 2>&1 || true); \
 		else echo "the tests need redis-server: apt-get install redis-server"; exit 1; fi; \
+	fi
+	@if ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1 \
+		&& ! { [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; }; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+			&& (service prometheus stop >/dev/null 2>&1 || true) \
+			&& (service prometheus-node-exporter stop >/dev/null 2>&1 || true) \
+			&& (update-rc.d prometheus disable >/dev/null 2>&1 || true); \
+		else echo "the tests need prometheus and promtool: apt-get install prometheus"; exit 1; fi; \
 	fi
 
 unit: $(STAMP) system-deps

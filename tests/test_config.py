@@ -2015,7 +2015,9 @@ def test_health_env_expansion() -> None:
 
 
 def test_admin_and_log_sections() -> None:
-    config = parse(BACKEND + "admin: {listen: '127.0.0.1:9911'}\nlog: {format: json, access: false}\n")
+    config = parse(
+        BACKEND + "admin: {listen: '127.0.0.1:9911'}\nlog: {format: json, access: false}\n"
+    )
     assert (config.admin.listen_host, config.admin.listen_port, config.admin.enabled) == (
         "127.0.0.1",
         9911,
@@ -2028,8 +2030,12 @@ def test_admin_and_log_sections() -> None:
         " drain/undrain calls would be open to the network (line 4)"
     )
     token = "t" * 20
-    assert parse(BACKEND + f"admin: {{listen: '0.0.0.0:9901', token: {token}}}\n").admin.token == token
+    assert (
+        parse(BACKEND + f"admin: {{listen: '0.0.0.0:9901', token: {token}}}\n").admin.token == token
+    )
     assert error(BACKEND + "admin: {token: short}\n") == (
         "admin.token: must be a string of at least 16 characters (line 4)"
     )
-    assert error(BACKEND + "log: {format: xml}\n") == 'log.format: must be "text" or "json" (line 4)'
+    assert (
+        error(BACKEND + "log: {format: xml}\n") == 'log.format: must be "text" or "json" (line 4)'
+    )

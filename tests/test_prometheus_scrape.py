@@ -224,9 +224,16 @@ async def test_alert_rules_and_dashboard_queries_run_on_real_series(
     )
     assert set(rule_health(health).values()) == {"ok"}, rule_health(health)
 
-    # Nothing is wrong, so nothing is firing or pending.
-    alerts = await prometheus.api("alerts")
-    assert alerts["alerts"] == []
+    # Nothing is wrong, so nothing is firing or pending (once the rules were evaluated on
+    # scraped data: before the first scrape MCPLBMetricsAbsent is rightly pending), and it
+    # stays that way over a few more evaluations.
+    await eventually(
+        "alerts",
+        lambda: prometheus.api("alerts"),
+        lambda data: data["alerts"] == [],
+    )
+    await asyncio.sleep(3.0)  # evaluation_interval is 1 s
+    assert (await prometheus.api("alerts"))["alerts"] == []
 
     # Each dashboard query (Grafana's variables filled in) runs on the real series.
     failures = {}
