@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy import __version__
+from proxy.config import parse_duration
 from proxy.metrics import render, worker_snapshot
 
 if TYPE_CHECKING:
@@ -61,16 +62,18 @@ class WorkerState:
                 found.append(snapshot)
         return found
 
-    def set_draining(self, name: str, draining: bool) -> None:
+    def set_draining(self, name: str, draining: bool, until: float | None = None) -> None:
+        """Drain (or undrain) a backend; after ``until`` (wall clock) its sessions end."""
         backend = self.runtime.backends.get(name)
         assert backend is not None
         backend.draining = draining
+        backend.drain_until = until if draining else None
         self.runtime.health.refresh(backend)
         if self.directory is not None:
-            names = sorted(b.name for b in self.runtime.backends if b.draining)
+            state = {b.name: b.drain_until for b in self.runtime.backends if b.draining}
             control = self.directory / "control.json"
             tmp = control.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"draining": names}))
+            tmp.write_text(json.dumps({"draining": state}))
             os.replace(tmp, control)
 
     def apply_control(self) -> None:
@@ -82,11 +85,12 @@ class WorkerState:
             mtime = control.stat().st_mtime
             if mtime == self._control_seen:
                 return
-            draining = set(json.loads(control.read_text())["draining"])
+            draining: dict[str, float | None] = json.loads(control.read_text())["draining"]
         except (OSError, ValueError, KeyError):
             return
         self._control_seen = mtime
         for backend in self.runtime.backends:
+            backend.drain_until = draining.get(backend.name)
             if backend.draining != (backend.name in draining):
                 backend.draining = backend.name in draining
                 self.runtime.health.refresh(backend)
@@ -175,8 +179,14 @@ def create_admin_app(runtime: Runtime, state: WorkerState, started: float) -> we
             return web.json_response(
                 {"error": "not_found", "message": f"no backend named {name!r}"}, status=404
             )
-        state.set_draining(name, draining)
-        return web.json_response({"name": name, "draining": draining})
+        until = None
+        if draining and "deadline" in request.query:
+            try:
+                until = time.time() + parse_duration(request.query["deadline"])
+            except ValueError as exc:
+                return web.json_response({"error": "bad_request", "message": str(exc)}, status=400)
+        state.set_draining(name, draining, until)
+        return web.json_response({"name": name, "draining": draining, "deadline": until})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 from proxy.config import BackendConfig
@@ -18,6 +19,7 @@ class Backend:
         "available",
         "base_weight",
         "config",
+        "drain_until",
         "draining",
         "host",
         "host_header",
@@ -48,7 +50,12 @@ class Backend:
         self.sessions = 0  # MCP sessions bound here by this process
         self.max_sessions = config.max_sessions
         self.draining = False  # no new work; existing sessions still served (admin drain)
+        self.drain_until: float | None = None  # wall clock; then its sessions end too
         self.available = True  # false while unhealthy, ejected or draining
+
+    def drain_over(self) -> bool:
+        """Draining, and its deadline for existing sessions has passed."""
+        return self.drain_until is not None and time.time() > self.drain_until
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, in_flight={self.in_flight}, available={self.available})"

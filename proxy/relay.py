@@ -432,7 +432,12 @@ class ClientConnection(asyncio.Protocol):
     def _route_signed_session(self, request: Request, opened: tuple[str, str] | None) -> None:
         """A signed id names its backend: no lookup. Tampered or foreign ids open to None."""
         backend = self.runtime.backends.get(opened[0]) if opened is not None else None
-        if opened is None or backend is None or self.runtime.health.down(backend):
+        if (
+            opened is None
+            or backend is None
+            or self.runtime.health.down(backend)
+            or backend.drain_over()
+        ):
             self._answer_session_not_found()
             return
         request.upstream_session_id = opened[1]
@@ -460,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
         if request is not self.current or self.state == CLOSED:
             return
         backend = self.runtime.backends.get(name) if name is not None else None
-        if backend is None or self.runtime.health.down(backend):
+        if backend is None or self.runtime.health.down(backend) or backend.drain_over():
             # Keep the binding: when the backend comes back, its live sessions route again.
             self._answer_session_not_found()
             return

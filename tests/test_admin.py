@@ -179,7 +179,10 @@ async def test_mutating_calls_need_the_token(admin_proxy: ProxyServer) -> None:
         async with http.post(url.replace("/a/", "/zz/"), headers=auth) as resp:
             assert resp.status == 404
         async with http.post(url, headers=auth) as resp:
-            assert (resp.status, await resp.json()) == (200, {"name": "a", "draining": True})
+            assert (resp.status, await resp.json()) == (
+                200,
+                {"name": "a", "draining": True, "deadline": None},
+            )
         assert admin_proxy.runtime.backends.by_name["a"].available is False
 
 
@@ -273,3 +276,32 @@ async def test_access_log_hashes_session_ids(
     assert f"session={hashlib.sha256(session.encode()).hexdigest()[:12]}" in last
     assert session not in last
     assert "request_id=req-42" in last
+
+
+async def test_drain_deadline_ends_remaining_sessions(admin_proxy: ProxyServer) -> None:
+    base = f"http://127.0.0.1:{admin_proxy.port}"
+    admin = f"http://127.0.0.1:{admin_proxy.admin_port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/mcp", json=INITIALIZE, headers=MCP_HEADERS) as resp:
+            session = resp.headers["Mcp-Session-Id"]
+            owner = (await resp.json())["name"]
+        headers = {**MCP_HEADERS, "Mcp-Session-Id": session}
+        async with http.post(f"{admin}/backends/{owner}/drain?deadline=0.5s", headers=auth) as resp:
+            assert resp.status == 200
+        async with http.post(f"{base}/mcp", json={}, headers=headers) as resp:
+            assert resp.status == 200  # before the deadline the session still works
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        status = 200
+        while status == 200 and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+            async with http.post(f"{base}/mcp", json={}, headers=headers) as resp:
+                status = resp.status
+        assert status == 404  # after it, the client is told to start over elsewhere
+        async with http.post(f"{admin}/backends/{owner}/drain?deadline=soon", headers=auth) as resp:
+            assert resp.status == 400
+        async with http.post(f"{admin}/backends/{owner}/undrain", headers=auth) as resp:
+            assert resp.status == 200
+        async with http.post(f"{base}/mcp", json={}, headers=headers) as resp:
+            assert resp.status == 200  # the binding was kept; undrained, it routes again
