@@ -24,6 +24,10 @@ load disturbed the run, which is flagged). mcplb also gets ``admin: {enabled: fa
 ``log: {access: false}`` when this checkout's config loader knows those keys (checked at
 start): the fixed-port admin listener and per-request logging are not what is measured.
 
+mcplb runs from a copy of proxy/, strategies/ and healthcheck/ taken at start (its cwd, which
+comes first on sys.path; checked), so every run measures the same code even while the working
+tree is being edited; the copy's sha256 is printed.
+
 Stores (the ``sticky`` section of mcplb's config):
   none    mcp_sessions: false (no affinity: the baseline; session ids are passed through)
   memory  store: memory (bindings in the worker)
@@ -49,6 +53,7 @@ the temp dir removed, also on Ctrl-C / SIGTERM. Every wait is bounded.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -117,6 +122,7 @@ EXTRA_SECTIONS = (
     ("log: {access: false}", "access log off"),
 )
 OTHER_CPU_WARN = 0.1  # CPUs used by processes outside the benchmark before a run is flagged
+SOURCE_DIRS = ("proxy", "strategies", "healthcheck")  # copied once; every mcplb runs that copy
 KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 # --------------------------------------------------------------------------- wrk Lua script
@@ -530,6 +536,7 @@ class Setup:
     backend_port: int
     redis_port: int | None
     signing_key: str
+    src: Path  # the snapshot of SOURCE_DIRS mcplb runs from (its cwd)
     extras: list[str]
     procs: list[subprocess.Popen[bytes]]
     watched: dict[str, subprocess.Popen[bytes]]  # processes that must stay up
@@ -546,7 +553,7 @@ def bench_run(store: str, rnd: int, port: int, setup: Setup) -> StoreRun:
     res.server_cmd = [mcplb_python(), "-m", "proxy.cli", "run", "--config", str(conf)]
     log = setup.tmp / f"mcplb-{store}-{rnd}.log"
     log_step(tag, f"starting: {shlex.join(res.server_cmd)}")
-    proc = spawn(res.server_cmd, log, procs, cwd=REPO_ROOT)
+    proc = spawn(res.server_cmd, log, procs, cwd=setup.src)
     try:
         try:
             wait_ready(proc, port, args.start_timeout, log)
@@ -801,6 +808,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def snapshot_source(dest: Path, timeout: float) -> str:
+    """Copy SOURCE_DIRS into dest, check that mcplb's python imports them from there (it runs
+    with dest as its cwd, which comes first on sys.path), and return a fingerprint. So every
+    run uses the same code even while the working tree is being edited."""
+    dest.mkdir()
+    for name in SOURCE_DIRS:
+        if (REPO_ROOT / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+            shutil.copytree(REPO_ROOT / name, dest / name, ignore=ignore)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in dest.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(dest)).encode() + b"\0" + path.read_bytes() + b"\0")
+    check = [mcplb_python(), "-c", "import proxy.cli; print(proxy.cli.__file__)"]
+    try:
+        out = subprocess.run(
+            check, cwd=dest, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StartError(f"cannot import the source snapshot: {exc}") from exc
+    where = Path(out.stdout.strip() or "?").resolve()
+    if out.returncode != 0 or not where.is_relative_to(dest.resolve()):
+        detail = (out.stderr.strip().splitlines() or [str(where)])[-1]
+        raise StartError(f"mcplb's python does not import the source snapshot in {dest}: {detail}")
+    return digest.hexdigest()[:16]
+
+
 def start_servers(setup: Setup, redis_cmd: list[str]) -> None:
     """The nginx backend and (if redis_cmd) redis-server; raises StartError."""
     args, tmp = setup.args, setup.tmp
@@ -829,7 +862,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     command = shlex.join([sys.executable, *sys.argv])
     machine = bench_machine_info()
-    extras = supported_extras()
+    extras: list[tuple[str, str]] = []
+    fingerprint = ""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-session-"))
@@ -846,7 +880,8 @@ def main(argv: list[str] | None = None) -> int:
         backend_port=backend_port,
         redis_port=redis_port if redis_cmd else None,
         signing_key="".join(secrets.choice(KEY_CHARS) for _ in range(40)),
-        extras=[line for line, _ in extras],
+        src=tmp / "src",
+        extras=[],
         procs=[],
         watched={},
     )
@@ -854,6 +889,11 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = failed_setup = False
     try:
         setup.lua.write_text(SESSION_LUA)
+        fingerprint = snapshot_source(setup.src, args.start_timeout)
+        sys.path.insert(0, str(setup.src))  # check the config keys against the snapshot too
+        extras = supported_extras()
+        setup.extras = [line for line, _ in extras]
+        log_step("source", f"mcplb runs from a copy of {', '.join(SOURCE_DIRS)} ({fingerprint})")
         start_servers(setup, redis_cmd)
         ports = iter(proxy_ports)
         for rnd in range(1, args.rounds + 1):
@@ -893,6 +933,10 @@ def main(argv: list[str] | None = None) -> int:
         f"mcplb: {mcplb_python()} -m proxy.cli run --config FILE  (workers 1, round_robin,"
         f" one backend; extra settings: {extra_text})"
     )
+    print(
+        f"mcplb source: a copy of {'/, '.join(SOURCE_DIRS)}/ taken at start (sha256"
+        f" {fingerprint or 'n/a'}), run as the cwd, so all runs use the same code"
+    )
     for s in summaries:
         print(f"  {s.store}: sticky: {s.sticky}")
     print(
@@ -928,6 +972,7 @@ def main(argv: list[str] | None = None) -> int:
                 "stores": args.stores,
                 "redis_cmd": redis_cmd,
                 "mcplb_extra_settings": [line for line, _ in extras],
+                "mcplb_source_sha256_16": fingerprint,
                 "sessions": "one per wrk thread, shared by its connections",
             },
             "machine": machine,

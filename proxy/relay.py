@@ -163,6 +163,8 @@ class ClientConnection(asyncio.Protocol):
         self.response_bytes = 0
         self.served_by = ""  # backend name of the current answer
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
+        self.up_out: list[bytes] = []  # request bytes not yet written (see _send_up)
+        self.feeding = False  # inside data_received: upstream writes wait for its end
         self.holding = False  # a session store update must land before the response goes out
         self.complete_pending = False
         self.task: asyncio.Task[None] | None = None
@@ -195,6 +197,7 @@ class ClientConnection(asyncio.Protocol):
             if self.current is not None and self.current.upgrade:
                 self.upgrade_leftover += data  # early bytes of a protocol being switched to
             return
+        self.feeding = True
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -212,6 +215,10 @@ class ClientConnection(asyncio.Protocol):
             # header in it has ended yet.
             if self.current is None and self.head_bytes > self.max_header_bytes:
                 self.reject(431, "headers_too_large", "request head exceeds max_header_bytes")
+        finally:
+            self.feeding = False
+            if self.up_out:
+                self._flush_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -536,7 +543,7 @@ class ClientConnection(asyncio.Protocol):
                 replay.append(body)
             if len(body) > REPLAY_LIMIT:
                 request.replay = None
-        conn.send(head + body if body else head)
+        self._send_up(head + body if body else head)
         if self.write_paused:
             self._pause_upstream(_UP_PAUSE_CLIENT_FULL)
 
@@ -588,7 +595,7 @@ class ClientConnection(asyncio.Protocol):
     def _forward_body(self, request: Request, data: bytes) -> None:
         upstream = self.upstream
         if request is self.current and upstream is not None:
-            upstream.send(data)
+            self._send_up(data)
             replay = request.replay
             if replay is not None and not upstream.received:
                 replay.append(data)
@@ -888,6 +895,19 @@ class ClientConnection(asyncio.Protocol):
     def _send(self, data: bytes) -> None:
         self.out.append(data)
 
+    def _send_up(self, data: bytes) -> None:
+        """Write towards the backend; what one client read produces (a request head and
+        the body that came with it) goes out in one write."""
+        if self.feeding:
+            self.up_out.append(data)
+        elif self.upstream is not None:
+            self.upstream.send(data)
+
+    def _flush_up(self) -> None:
+        out, self.up_out = self.up_out, []
+        if self.upstream is not None:
+            self.upstream.send(out[0] if len(out) == 1 else b"".join(out))
+
     def flush(self) -> None:
         """Write what the last upstream read produced in one call (one syscall, not one
         per piece of the response)."""
@@ -996,6 +1016,7 @@ class ClientConnection(asyncio.Protocol):
                 backend.streams -= 1
         self.streaming_sse = False
         self.scanner = None
+        self.up_out = []  # bytes for a connection that is being let go
         if self.legacy_session is not None:
             # The legacy transport's session lives as long as its GET stream.
             self._spawn(self._forget(self.legacy_session))

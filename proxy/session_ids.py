@@ -59,6 +59,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+VERIFIED_CACHE: Final = 4096  # verified tokens remembered per codec
 MAX_TOKEN: Final = 1024  # characters; longer strings never open, and seal never makes one
 MIN_KEY_LENGTH: Final = 32  # characters of a str key, bytes of a bytes key
 PURPOSE_SESSION: Final = "session"  # rewritten Mcp-Session-Id / legacy session_id values
@@ -104,7 +105,7 @@ class TokenCodec:
     PURPOSE_COOKIE); a token sealed for one purpose never opens for another.
     """
 
-    __slots__ = ("_signer", "_verifiers")
+    __slots__ = ("_signer", "_verified", "_verifiers")
 
     def __init__(self, keys: Sequence[str | bytes], purpose: str) -> None:
         if isinstance(keys, str | bytes):
@@ -130,6 +131,9 @@ class TokenCodec:
             verifiers.append(hmac.new(secret, prefix, hashlib.sha256))
         self._verifiers: tuple[hmac.HMAC, ...] = tuple(verifiers)
         self._signer = verifiers[0]
+        # Tokens already verified: a session sends the same token on every request, and
+        # a verified token stays valid for this codec's lifetime (its keys do not change).
+        self._verified: dict[str, tuple[str, str]] = {}
 
     def seal(self, backend: str, value: str) -> str:
         """A token for ``backend`` (1-255 visible ASCII characters) and ``value`` (visible
@@ -156,6 +160,9 @@ class TokenCodec:
         another purpose, or longer than MAX_TOKEN. Never raises."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN:
             return None
+        known = self._verified.get(token)
+        if known is not None:
+            return known
         match = _TOKEN_RE.fullmatch(token)
         if match is None:
             return None
@@ -167,7 +174,12 @@ class TokenCodec:
             mac = verifier.copy()
             mac.update(payload)
             if hmac.compare_digest(mac.digest(), tag):
-                return _unpack(payload)
+                opened = _unpack(payload)
+                if opened is not None:
+                    if len(self._verified) >= VERIFIED_CACHE:
+                        self._verified.pop(next(iter(self._verified)))  # oldest first
+                    self._verified[token] = opened
+                return opened
         return None
 
 

@@ -13,6 +13,7 @@ from proxy.session_ids import (
     MIN_KEY_LENGTH,
     PURPOSE_COOKIE,
     PURPOSE_SESSION,
+    VERIFIED_CACHE,
     TokenCodec,
 )
 
@@ -215,3 +216,12 @@ def test_constructor_checks() -> None:
     with pytest.raises(ValueError):
         TokenCodec([KEY_OLD], "")
     TokenCodec(["x" * MIN_KEY_LENGTH, b"y" * MIN_KEY_LENGTH], PURPOSE_COOKIE)
+
+
+def test_verified_tokens_are_remembered_but_bounded() -> None:
+    codec = TokenCodec(["k" * 40], "session")
+    tokens = [codec.seal("a", f"s{i}") for i in range(VERIFIED_CACHE + 10)]
+    assert [codec.open(t) for t in tokens] == [("a", f"s{i}") for i in range(len(tokens))]
+    assert len(codec._verified) == VERIFIED_CACHE
+    assert codec.open(tokens[0]) == ("a", "s0")  # evicted, verified again
+    assert codec.open(tokens[0][:-1] + "x") is None
