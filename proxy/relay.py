@@ -303,7 +303,10 @@ class ClientConnection(asyncio.Protocol):
             self.reject(413, "body_too_large", "request body exceeds max_body_bytes")
             raise _RequestRejected
         if request.sniff is not None:
-            request.sniff.append(data)
+            if request.body_size > SNIFF_LIMIT:
+                request.sniff = None  # too large to be a JSON-RPC message worth reading
+            else:
+                request.sniff.append(data)
         self._forward_body(request, chunk(data) if request.chunked else data)
 
     def on_message_complete(self) -> None:

@@ -305,3 +305,33 @@ async def test_drain_deadline_ends_remaining_sessions(admin_proxy: ProxyServer) 
             assert resp.status == 200
         async with http.post(f"{base}/mcp", json={}, headers=headers) as resp:
             assert resp.status == 200  # the binding was kept; undrained, it routes again
+
+
+async def test_large_chunked_json_bodies_are_not_kept_for_method_counting(
+    start_proxy: ProxyFactory, serve_raw: Any
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # takes the request, never answers
+
+    proxy = await start_proxy([backend_config("a", await serve_raw(silent))])
+    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    piece = b'{"pad": "' + b"x" * 60000 + b'"}'
+    writer.write(
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    for _ in range(4):
+        writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+    await writer.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    request = None
+    while loop.time() < deadline:
+        connection = next(iter(proxy.connections), None)
+        request = connection.current if connection is not None else None
+        if request is not None and request.body_size >= 4 * len(piece):
+            break
+        await asyncio.sleep(0.01)
+    assert request is not None and request.body_size >= 4 * len(piece)
+    assert request.sniff is None  # dropped once past the limit, not grown with the body
+    writer.close()
