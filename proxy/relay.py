@@ -196,6 +196,8 @@ class ClientConnection(asyncio.Protocol):
         if parser is None:
             if self.current is not None and self.current.upgrade:
                 self.upgrade_leftover += data  # early bytes of a protocol being switched to
+                if len(self.upgrade_leftover) > BODY_BUFFER_LIMIT:
+                    self._pause_reading(_PAUSE_BUFFER_FULL)  # until the switch is answered
             return
         self.feeding = True
         try:
@@ -760,6 +762,7 @@ class ClientConnection(asyncio.Protocol):
             if self.upgrade_leftover:
                 upstream.send(self.upgrade_leftover)
                 self.upgrade_leftover = b""
+            self._resume_reading(_PAUSE_BUFFER_FULL)
         self.active = True
         if data and self.transport is not None:
             self.transport.write(data)
