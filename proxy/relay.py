@@ -9,9 +9,12 @@ pipelined requests wait in order, with reading paused, until the one before is a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -40,6 +43,8 @@ SESSION_HEADER = b"mcp-session-id"
 BODY_BUFFER_LIMIT = 256 * 1024
 # JSON-RPC bodies up to this size are read for their method (metrics by MCP method).
 SNIFF_LIMIT = 16 * 1024
+# After an error answer, input is discarded this long before the socket closes.
+LINGER_SECONDS = 2.0
 # Request body bytes kept for a replay when a reused connection turns out closed.
 REPLAY_LIMIT = 64 * 1024
 
@@ -251,15 +256,24 @@ class ClientConnection(asyncio.Protocol):
         self.requests_seen += 1
         if self.current is None:
             self.state = HEAD
+        else:
+            # A pipelined request: read no further until the one before is answered, so
+            # its head cannot grow unchecked (at most one read's worth is parsed now).
+            self._pause_reading(_PAUSE_PIPELINE)
 
     def on_url(self, url: bytes) -> None:
         assert self.reading is not None
-        self.reading.target += url
         self.head_size += len(url)
+        if self.head_size > self.max_header_bytes:
+            self.reject(431, "headers_too_large", "request head exceeds max_header_bytes")
+            raise _RequestRejected
+        self.reading.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self.reading
         assert request is not None
+        if request.method:
+            return  # a trailer field of a chunked body: never a header of the request
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.max_header_bytes:
             self.reject(431, "headers_too_large", "request head exceeds max_header_bytes")
@@ -396,6 +410,10 @@ class ClientConnection(asyncio.Protocol):
             and request.content_length > self.max_body_bytes
         ):
             self.reject(413, "body_too_large", "request body exceeds max_body_bytes")
+            return
+        if request.method == b"CONNECT":
+            # A reverse proxy tunnels nowhere: only configured backends are ever reached.
+            self._answer_error(405, "method_not_allowed", "CONNECT is not supported")
             return
         if self.sticky and request.session_id is None and b"session_id=" in request.target:
             request.session_id = affinity.query_session_id(request.target)
@@ -971,11 +989,13 @@ class ClientConnection(asyncio.Protocol):
         if upstream is not None:
             self._end_exchange()
             upstream.abort()
+        lingering = False
         if not self.response_started and self.transport is not None:
             self.transport.write(http11.error_response(status, code, message, close=True))
             self.status = status
             self.stats.proxy_errors[str(status)] += 1
-        self._close()
+            lingering = True
+        self._close(linger=lingering)
 
     def _next_request(self, finished: Request) -> None:
         """After an answer: close, start the next pipelined request, or wait for one."""
@@ -989,6 +1009,7 @@ class ClientConnection(asyncio.Protocol):
             and self.parser is not None
         )
         self.current = None
+        self.response_started = False
         self.framing = _NO_BODY
         self.upstream_until_close = False
         self.client_keep_alive = True
@@ -1002,6 +1023,7 @@ class ClientConnection(asyncio.Protocol):
             self.current = request
             self._start(request)
         else:
+            self._resume_reading(_PAUSE_PIPELINE)
             self.state = HEAD if self.reading is not None else IDLE
             self.mark = None
 
@@ -1033,7 +1055,7 @@ class ClientConnection(asyncio.Protocol):
                 self.up_pauses = 0
                 upstream.resume_reading()
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
         self.holding = False
         self.flush()
         request = self.current
@@ -1045,8 +1067,34 @@ class ClientConnection(asyncio.Protocol):
         if upstream is not None:
             self._end_exchange()
             upstream.abort()
-        if self.transport is not None:
+        if linger:
+            self._linger_close()
+        elif self.transport is not None:
             self.transport.close()
+
+    def _reset(self) -> None:
+        """Drop the connection at once: RST, nothing more sent, nothing kept in the kernel."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+
+    def _linger_close(self) -> None:
+        """Close after an error answer without losing it: stop sending, discard what the
+        client still sends for a moment (closing with unread input would reset the
+        connection, and the client could lose the answer), then close (nginx's lingering
+        close)."""
+        transport = self.transport
+        if transport is None:
+            return
+        with contextlib.suppress(RuntimeError, OSError):
+            transport.write_eof()
+        self._resume_reading(self.read_pauses)
+        self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def shutdown(self) -> None:
         """Stop after the current exchange; close now if there is none."""
@@ -1088,6 +1136,13 @@ class ClientConnection(asyncio.Protocol):
         """Called by the server's sweep about twice a second."""
         state = self.state
         timeouts = self.config.timeouts
+        uploading = (
+            state == WAIT_RESPONSE and self.current is not None and not self.current.complete
+        )
+        if uploading:
+            # Still receiving the request body: the client's pace, judged by the idle
+            # timeout below; the backend's upstream_header clock starts once it has it all.
+            state = STREAMING
         if state in (HEAD, WAIT_RESPONSE) or (state == IDLE and self.requests_seen == 0):
             key = (state, self.requests_seen)
             if self.mark != key:
@@ -1109,7 +1164,12 @@ class ClientConnection(asyncio.Protocol):
             self.mark_time = now
             self.mark = None
         elif now - self.mark_time > timeouts.idle and state != CLOSED:
+            unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
             self._close()
+            if unsent:
+                # A client that stopped reading would keep a graceful close (and the
+                # kernel's buffers) waiting for a drain that never comes: reset instead.
+                self._reset()
 
     def _answer_timeout(self) -> None:
         upstream = self.upstream
