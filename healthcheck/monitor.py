@@ -108,6 +108,38 @@ class HealthMonitor:
             session, self._session = self._session, None
             await session.close()
 
+    async def reconfigure(self, config: HealthConfig, backends: Iterable[Backend]) -> None:
+        """Watch a reloaded backend set with reloaded settings. Backends that stay keep
+        their state (probe verdict, ejection, slow start); new ones start as ``initial``."""
+        running = bool(self._tasks)
+        await self.stop()
+        old_active, old_outliers, old_slow = self._active, self._outliers, self._slow
+        self.config = config
+        self.backends = list(backends)
+        self._by_name = {b.name: b for b in self.backends}
+        active = config.active
+        self._active = {}
+        if active.enabled:
+            for backend in self.backends:
+                previous = old_active.get(backend.name)
+                self._active[backend.name] = (
+                    ActiveState(backend.name, active, config.initial)
+                    if previous is None
+                    else previous.with_config(active)
+                )
+        self._outliers = OutlierDetector(config.passive, (b.name for b in self.backends))
+        self._outliers.carry_over(old_outliers)
+        self._passive = config.passive.enabled
+        self._on_5xx = config.passive.on_5xx
+        self._slow = SlowStart(config.slow_start)
+        self._slow.carry_over(old_slow)
+        names = set(self._by_name)
+        self._last_probe = {k: v for k, v in self._last_probe.items() if k in names}
+        for backend in self.backends:
+            self.refresh(backend)
+        if running:
+            await self.start()
+
     async def _sleep(self, delay: float) -> bool:
         """Wait ``delay`` seconds; False if stopping meanwhile."""
         with contextlib.suppress(TimeoutError):

@@ -19,7 +19,8 @@ from yarl import URL
 
 from healthcheck.state import seconds
 from proxy.backends import Backend
-from proxy.config import ActiveHealthConfig
+from proxy.config import ActiveHealthConfig, BackendConfig
+from proxy.tls import TlsError, backend_context
 
 PROTOCOL_VERSION: Final = "2025-11-25"
 USER_AGENT: Final = "mcplb-health"
@@ -42,6 +43,25 @@ def probe_url(backend: Backend, path: str) -> URL:
     return URL(f"{backend.config.scheme}://{host}:{backend.port}{prefix}{path}", encoded=True)
 
 
+_tls_contexts: dict[BackendConfig, ssl.SSLContext] = {}
+
+
+def probe_tls(backend: Backend) -> ssl.SSLContext | bool:
+    """The ``ssl=`` of a probe request: for an https backend, its own client context (the
+    same verification settings as the relay's connections), built once; True (aiohttp's
+    default, unused for http) otherwise. Raises TlsError if the backend's ``ca`` is bad."""
+    if backend.config.scheme != "https":
+        return True
+    context = _tls_contexts.get(backend.config)
+    if context is None:
+        context = backend_context(backend.config)
+        assert context is not None
+        if len(_tls_contexts) >= 1024:  # configs replaced by many reloads
+            _tls_contexts.clear()
+        _tls_contexts[backend.config] = context
+    return context
+
+
 def _base_headers(backend: Backend) -> dict[str, str]:
     return {"Host": backend.host_header.decode("ascii"), "User-Agent": USER_AGENT}
 
@@ -57,6 +77,8 @@ def describe_error(exc: BaseException) -> str:
         return f"connect failed: {os_error.strerror or os_error}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, TlsError):
+        return f"TLS setup failed: {exc}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection closed by the backend"
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
@@ -86,6 +108,7 @@ async def http_probe(
                 probe_url(backend, cfg.path),
                 headers=_base_headers(backend),
                 allow_redirects=False,
+                ssl=probe_tls(backend),
             ) as response,
         ):
             status = response.status  # the body is not read: the connection is not reused
@@ -106,6 +129,7 @@ class _McpClient:
 
     def __init__(self, session: aiohttp.ClientSession, backend: Backend, cfg: ActiveHealthConfig):
         self.session = session
+        self.backend = backend
         self.url = probe_url(backend, cfg.path)
         self.headers = {
             **_base_headers(backend),
@@ -123,7 +147,9 @@ class _McpClient:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
         if params is not None:
             message["params"] = params
-        async with self.session.post(self.url, data=json.dumps(message), headers=self.headers) as r:
+        async with self.session.post(
+            self.url, data=json.dumps(message), headers=self.headers, ssl=probe_tls(self.backend)
+        ) as r:
             if method == "initialize" and 200 <= r.status < 300:
                 # Bound only from a successful initialize (a stateful SDK server also sets a
                 # fresh, unused id on some 400s).
@@ -143,7 +169,9 @@ class _McpClient:
     async def notify(self, method: str) -> None:
         self.step = method
         message = {"jsonrpc": "2.0", "method": method}
-        async with self.session.post(self.url, data=json.dumps(message), headers=self.headers) as r:
+        async with self.session.post(
+            self.url, data=json.dumps(message), headers=self.headers, ssl=probe_tls(self.backend)
+        ) as r:
             if not 200 <= r.status < 300:  # 202 Accepted per the spec
                 raise ProbeFailed(f"{method}: HTTP {r.status}{await _error_suffix(r)}")
 
@@ -156,7 +184,9 @@ class _McpClient:
     async def delete_session(self) -> str | None:
         """End the probe's own session; a detail if that failed (405: stateless, fine)."""
         try:
-            async with self.session.delete(self.url, headers=self.headers) as r:
+            async with self.session.delete(
+                self.url, headers=self.headers, ssl=probe_tls(self.backend)
+            ) as r:
                 if 200 <= r.status < 300 or r.status in (404, 405):
                     return None
                 return f"HTTP {r.status}"

@@ -75,6 +75,14 @@ class ActiveState:
         self.successes = 0  # consecutive, since the last result of the other kind
         self.failures = 0
 
+    def with_config(self, cfg: ActiveHealthConfig) -> ActiveState:
+        """This state under reloaded settings: the verdict stays, counting restarts."""
+        if cfg == self._cfg:
+            return self
+        state = ActiveState(self.name, cfg, "healthy" if self._initial_up else "unhealthy")
+        state.healthy = self.healthy
+        return state
+
     @property
     def up(self) -> bool:
         """Whether the backend should get traffic as far as active checks are concerned."""
@@ -156,6 +164,19 @@ class OutlierDetector:
         }
         self.refused = 0  # ejections refused by max_ejection_percent (for status/metrics)
 
+    def carry_over(self, old: OutlierDetector) -> None:
+        """Take the failure counts, ejections and history of backends that stay."""
+        for name in self._names:
+            if name in old._failures:
+                self._failures[name] = old._failures[name]
+                self._history[name] = old._history[name]
+                if name in old._until:
+                    self._until[name] = old._until[name]
+                    self._length[name] = old._length[name]
+                if name in old._last_reason:
+                    self._last_reason[name] = old._last_reason[name]
+        self.refused = old.refused
+
     def ejected(self, name: str) -> bool:
         return name in self._until
 
@@ -236,6 +257,11 @@ class SlowStart:
     def start(self, name: str, now: float) -> None:
         if self.duration > 0:
             self._started[name] = now
+
+    def carry_over(self, old: SlowStart) -> None:
+        """Continue the ramps in progress (when slow start is still on)."""
+        if self.duration > 0:
+            self._started.update(old._started)
 
     def stop(self, name: str) -> None:
         """Forget a ramp (the backend went down again)."""

@@ -29,6 +29,10 @@ class BackendConfig:
     path_prefix: str = ""  # "" or "/prefix", never a trailing slash
     weight: int = 1  # 0 = no new traffic
     max_sessions: int | None = None  # MCP sessions this backend may hold (least_sessions)
+    max_connections: int | None = None  # concurrent requests (not streams); excess queues
+    max_streams: int | None = None  # concurrent event streams; excess gets 503 at once
+    ca: str | None = None  # https only: CA bundle to verify it with (None = system CAs)
+    verify: bool = True  # https only: False skips certificate checks (logged loudly)
 
 
 SessionStoreKind = Literal["memory", "signed", "redis"]
@@ -84,6 +88,44 @@ class TimeoutsConfig:
 class LimitsConfig:
     max_header_bytes: int = 65536
     max_body_bytes: int = 10_485_760  # 0 = unlimited
+    max_in_flight: int | None = None  # requests (not streams) per worker; excess queues
+    max_streams: int | None = None  # event streams per worker; excess gets 503 at once
+    max_queue: int = 1000  # requests waiting for a slot per worker; past it, 503 at once
+    queue_timeout: float = 5.0  # a queued request waits this long, then gets 503
+
+
+RetryCondition = Literal["connect_failure", "reset", "502", "503", "504"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetriesConfig:
+    """Sending a failed request again, on another backend where it has no session."""
+
+    attempts: int = 2  # retries after the first try; 0 = never retry
+    budget_percent: float = 20.0  # retries may add this share of the request rate
+    on: frozenset[RetryCondition] = frozenset({"connect_failure", "reset"})
+    non_idempotent: bool = False  # also retry POST/PATCH (MCP calls) once they were sent
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """A token bucket per client: ``rate`` tokens a second, holding at most ``burst``."""
+
+    rate: float = 10.0
+    burst: int = 20
+    header: str | None = None  # lower-case header whose value is the key; None = address
+    store: Literal["memory", "redis"] = "memory"
+    redis: RedisConfig = field(
+        default_factory=lambda: RedisConfig(prefix="mcplb:ratelimit:")
+    )  # read only with store "redis"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenTlsConfig:
+    """TLS on the client listener."""
+
+    cert: str  # PEM certificate chain
+    key: str  # PEM private key
 
 
 HealthInitial = Literal["healthy", "unhealthy"]
@@ -171,6 +213,10 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    retries: RetriesConfig = field(default_factory=RetriesConfig)
+    rate_limit: RateLimitConfig | None = None  # None = no rate limiting
+    listen_tls: ListenTlsConfig | None = None  # None = plain HTTP
+    watch_config: bool = False  # reload when the config file changes
 
 
 # ---------------------------------------------------------------------------
@@ -538,10 +584,26 @@ _TOP_KEYS = (
     "health",
     "admin",
     "log",
+    "retries",
+    "rate_limit",
+    "listen_tls",
+    "watch_config",
 )
+_RETRY_KEYS = ("attempts", "budget_percent", "on", "non_idempotent")
+_RATE_LIMIT_KEYS = ("rate", "burst", "key", "store", "redis")
+_LISTEN_TLS_KEYS = ("cert", "key")
 _ADMIN_KEYS = ("enabled", "listen", "token")
 _LOG_KEYS = ("format", "access", "level")
-_BACKEND_KEYS = ("name", "url", "weight", "max_sessions")
+_BACKEND_KEYS = (
+    "name",
+    "url",
+    "weight",
+    "max_sessions",
+    "max_connections",
+    "max_streams",
+    "ca",
+    "verify",
+)
 _STICKY_KEYS = (
     "mcp_sessions",
     "session_ttl",
@@ -555,7 +617,14 @@ _STICKY_KEYS = (
 _REDIS_KEYS = ("url", "timeout", "prefix")
 _COOKIE_KEYS = ("name", "ttl", "secure", "http_only", "same_site")
 _TIMEOUT_KEYS = ("connect", "header", "upstream_header", "idle", "upstream_keepalive", "grace")
-_LIMIT_KEYS = ("max_header_bytes", "max_body_bytes")
+_LIMIT_KEYS = (
+    "max_header_bytes",
+    "max_body_bytes",
+    "max_in_flight",
+    "max_streams",
+    "max_queue",
+    "queue_timeout",
+)
 _HEALTH_KEYS = ("initial", "panic", "slow_start", "active", "passive")
 _ACTIVE_KEYS = (
     "enabled",
@@ -612,6 +681,8 @@ class _Section:
             issues.append(ConfigIssue(path, "must be a mapping", val.line))
             return
         for key, entry in val.value.items():
+            if isinstance(key, bool) and entry.key in keys:
+                key = entry.key  # YAML 1.1 reads a plain on/off/yes/no key as a boolean
             if isinstance(key, str) and key in keys:
                 self.entries[key] = entry
             else:
@@ -845,9 +916,20 @@ def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfi
         name = section.get("name", _check_name, "")
         url = section.get("url", _check_url, None)
         weight = section.get("weight", check_weight, default_weight)
-        max_sessions = section.get(
-            "max_sessions", _int_range(1, None, "must be an integer >= 1"), None
-        )
+        at_least_one = _int_range(1, None, "must be an integer >= 1")
+        max_sessions = section.get("max_sessions", at_least_one, None)
+        max_connections = section.get("max_connections", at_least_one, None)
+        max_streams = section.get("max_streams", at_least_one, None)
+        ca = section.get("ca", _check_file, None)
+        verify = section.get("verify", _check_bool, True)
+        if ca is not None and not verify and url is not None and url.scheme == "https":
+            message = "is not used with verify: false (remove one of them)"
+            issues.append(ConfigIssue(f"{path}.ca", message, _entry_line(section, "ca")))
+        if url is not None and url.scheme != "https":
+            for key, is_set in (("ca", ca is not None), ("verify", not verify)):
+                if is_set:
+                    message = "only used with https:// backend urls"
+                    issues.append(ConfigIssue(f"{path}.{key}", message, _entry_line(section, key)))
         if name in first_index:
             message = (
                 f'duplicate backend name "{name}" (already used by backends[{first_index[name]}])'
@@ -866,6 +948,10 @@ def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfi
                     url.path_prefix,
                     weight,
                     max_sessions,
+                    max_connections,
+                    max_streams,
+                    ca,
+                    verify,
                 )
             )
     return tuple(backends)
@@ -1003,11 +1089,16 @@ def _keys(val: _Val | None, issues: list[ConfigIssue]) -> tuple[str, ...] | None
     return None if duplicate else keys
 
 
-def _redis(val: _Val | None, issues: list[ConfigIssue], store: str | None) -> RedisConfig:
-    """``sticky.redis``; ``store`` is the resolved store, None if it is invalid."""
-    path = "sticky.redis"
+def _redis(
+    val: _Val | None,
+    issues: list[ConfigIssue],
+    store: str | None,
+    path: str = "sticky.redis",
+    default: RedisConfig | None = None,
+) -> RedisConfig:
+    """A ``redis`` section; ``store`` is the resolved store, None if it is invalid."""
     section = _Section(val, path, _REDIS_KEYS, issues)
-    default = RedisConfig()
+    default = RedisConfig() if default is None else default
     config = RedisConfig(
         url=section.get("url", _check_redis_url, default.url),
         timeout=section.get("timeout", _check_redis_timeout, default.timeout),
@@ -1137,12 +1228,126 @@ def _timeouts(val: _Val | None, issues: list[ConfigIssue]) -> TimeoutsConfig:
 def _limits(val: _Val | None, issues: list[ConfigIssue]) -> LimitsConfig:
     section = _Section(val, "limits", _LIMIT_KEYS, issues)
     default = LimitsConfig()
+    at_least_one = _optional(_int_range(1, None, "must be an integer >= 1"))
     return LimitsConfig(
         max_header_bytes=section.get(
             "max_header_bytes", _check_header_size, default.max_header_bytes
         ),
         max_body_bytes=section.get("max_body_bytes", parse_size, default.max_body_bytes),
+        max_in_flight=section.get("max_in_flight", at_least_one, None),
+        max_streams=section.get("max_streams", at_least_one, None),
+        max_queue=section.get(
+            "max_queue", _int_range(0, None, "must be an integer >= 0"), default.max_queue
+        ),
+        queue_timeout=section.get("queue_timeout", _check_positive_duration, default.queue_timeout),
     )
+
+
+_RETRY_CONDITIONS = ("connect_failure", "reset", "502", "503", "504")
+
+
+def _check_retry_condition(value: object) -> str:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str) and text in _RETRY_CONDITIONS:
+        return text
+    raise ValueError("must be one of " + ", ".join(_RETRY_CONDITIONS))
+
+
+def _retries(val: _Val | None, issues: list[ConfigIssue]) -> RetriesConfig:
+    section = _Section(val, "retries", _RETRY_KEYS, issues)
+    default = RetriesConfig()
+    on = _list_of(
+        section.val("on"),
+        "retries.on",
+        issues,
+        _check_retry_condition,
+        "must be a list, e.g. [connect_failure, reset, 502, 503]",
+        scalar_ok=True,
+        empty_ok=True,
+    )
+    return RetriesConfig(
+        attempts=section.get(
+            "attempts", _int_range(0, 10, "must be an integer from 0 to 10"), default.attempts
+        ),
+        budget_percent=section.get("budget_percent", _check_percent, default.budget_percent),
+        on=default.on if on is None else cast(frozenset[RetryCondition], frozenset(on)),
+        non_idempotent=section.get("non_idempotent", _check_bool, default.non_idempotent),
+    )
+
+
+def _check_percent(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise ValueError("must be a number from 0 to 100")
+    return float(value)
+
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*([smh]))?\s*", re.ASCII)
+
+
+def _check_rate(value: object) -> float:
+    """Tokens per second: a number, or "N/s", "N/m", "N/h"."""
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            rate = float(value)
+        elif isinstance(value, str) and (match := _RATE_RE.fullmatch(value)):
+            rate = float(match[1]) / _RATE_UNITS[match[2] or "s"]
+        else:
+            raise ValueError('must be requests per second, or a string such as "600/m" or "5/s"')
+    except OverflowError:
+        raise ValueError("must be a finite number") from None
+    if not math.isfinite(rate):
+        raise ValueError("must be a finite number")
+    if rate <= 0:
+        raise ValueError("must be greater than 0")
+    return rate
+
+
+def _rate_key(value: object) -> str | None:
+    if value == "address":
+        return None
+    if isinstance(value, str) and value.startswith("header:"):
+        return _check_header_name(value.removeprefix("header:"))
+    raise ValueError('must be "address" or "header:NAME", e.g. "header:X-Api-Key"')
+
+
+def _rate_limit(val: _Val | None, issues: list[ConfigIssue]) -> RateLimitConfig | None:
+    if val is None or val.value is None:
+        return None
+    section = _Section(val, "rate_limit", _RATE_LIMIT_KEYS, issues, required=("rate",))
+    default = RateLimitConfig()
+    store = section.get("store", _choice("memory", "redis"), None)
+    resolved = store or default.store
+    return RateLimitConfig(
+        rate=section.get("rate", _check_rate, default.rate),
+        burst=section.get("burst", _int_range(1, None, "must be an integer >= 1"), default.burst),
+        header=section.get("key", _rate_key, None),
+        store=cast(Literal["memory", "redis"], resolved),
+        redis=_redis(
+            section.val("redis"),
+            issues,
+            resolved if _valid(section, "store", store) else None,
+            "rate_limit.redis",
+            default.redis,
+        ),
+    )
+
+
+def _check_file(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a file path")
+    if not os.path.isfile(value):
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+def _listen_tls(val: _Val | None, issues: list[ConfigIssue]) -> ListenTlsConfig | None:
+    if val is None or val.value is None:
+        return None
+    section = _Section(val, "listen_tls", _LISTEN_TLS_KEYS, issues, required=("cert", "key"))
+    cert = section.get("cert", _check_file, "")
+    key = section.get("key", _check_file, "")
+    return ListenTlsConfig(cert, key) if cert and key else None
 
 
 def _admin(val: _Val | None, issues: list[ConfigIssue]) -> AdminConfig:
@@ -1455,6 +1660,10 @@ def _build(
         health=_health(top.val("health"), issues),
         admin=_admin(top.val("admin"), issues),
         log=_log(top.val("log"), issues),
+        retries=_retries(top.val("retries"), issues),
+        rate_limit=_rate_limit(top.val("rate_limit"), issues),
+        listen_tls=_listen_tls(top.val("listen_tls"), issues),
+        watch_config=top.get("watch_config", _check_bool, default.watch_config),
     )
 
 

@@ -42,6 +42,9 @@ def worker_snapshot(runtime: Runtime, worker: int) -> dict[str, Any]:
         "backends": backends,
         "health": runtime.health.counters(),
         "store_errors": runtime.store_errors(),
+        "rate_limit_errors": 0 if runtime.rate_limiter is None else runtime.rate_limiter.errors,
+        "queue_length": len(runtime.admission.queue),
+        "generation": runtime.generation,
     }
 
 
@@ -74,6 +77,41 @@ class _SnapshotCollector:
         workers = GaugeMetricFamily("mcplb_workers", "Worker processes reporting.")
         workers.add_metric([], len(self.snapshots))
         yield workers
+        yield from _protection(stats, self.snapshots)
+
+
+def _protection(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Iterable[Metric]:
+    """Admission queue, refusals, retry budget, rate limiting and reloads."""
+    rejected = CounterMetricFamily(
+        "mcplb_rejected", "Requests refused by the proxy's protections.", labels=["reason"]
+    )
+    for reason, count in sorted(stats["rejected"].items()):
+        rejected.add_metric([reason], count)
+    queued = CounterMetricFamily("mcplb_queued", "Requests that waited for a slot.")
+    queued.add_metric([], stats["queued"])
+    wait = HistogramMetricFamily("mcplb_queue_wait_seconds", "Time spent waiting for a slot.")
+    wait.add_metric([], _buckets(stats["queue_wait"]["counts"]), stats["queue_wait"]["sum"])
+    length = GaugeMetricFamily("mcplb_queue_length", "Requests waiting for a slot now.")
+    length.add_metric([], sum(s["queue_length"] for s in snapshots))
+    budget = CounterMetricFamily(
+        "mcplb_retry_budget_exhausted", "Retries not made because the budget was spent."
+    )
+    budget.add_metric([], stats["retry_budget_exhausted"])
+    limiter = CounterMetricFamily(
+        "mcplb_rate_limit_store_errors", "Rate limit store (Redis) failures (failed open)."
+    )
+    limiter.add_metric([], sum(s["rate_limit_errors"] for s in snapshots))
+    reloads = CounterMetricFamily(
+        "mcplb_config_reloads", "Config reloads by result.", labels=["result"]
+    )
+    for result in ("success", "failure"):
+        reloads.add_metric([result], stats["reloads"].get(result, 0))
+    generation = GaugeMetricFamily(
+        "mcplb_config_generation", "Successful reloads applied, per worker.", labels=["worker"]
+    )
+    for snapshot in snapshots:
+        generation.add_metric([str(snapshot["worker"])], snapshot["generation"])
+    return [rejected, queued, wait, length, budget, limiter, reloads, generation]
 
 
 def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:

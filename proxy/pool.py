@@ -196,6 +196,7 @@ class UpstreamPool:
         self.keepalive_timeout = keepalive_timeout
         self.ssl_context = ssl_context
         self.idle: list[UpstreamConnection] = []
+        self.closed = False  # its backend was removed: connections are not kept
 
     def take(self) -> UpstreamConnection | None:
         """An idle connection that still looks open, or None."""
@@ -231,7 +232,7 @@ class UpstreamPool:
         conn.sink = None
         conn.received = False
         conn.expect_no_body = False
-        if len(self.idle) >= MAX_IDLE_PER_BACKEND:
+        if self.closed or len(self.idle) >= MAX_IDLE_PER_BACKEND:
             conn.close()
             return
         conn.idle_since = now
@@ -252,6 +253,7 @@ class UpstreamPool:
             conn.close()
 
     def close_all(self) -> None:
+        self.closed = True
         for conn in self.idle:
             conn.close()
         self.idle.clear()

@@ -26,6 +26,8 @@ import httptools
 from proxy import affinity, http11
 from proxy.http11 import LAST_CHUNK, Headers, chunk
 from proxy.pool import UpstreamConnection
+from proxy.rate_limit import MemoryRateLimiter, RateDecision, RedisRateLimiter, rate_limit_headers
+from proxy.retries import may_retry
 from proxy.session_ids import TokenCodec
 from strategies.base import NO_FACTS, RequestFacts
 
@@ -93,6 +95,7 @@ class Request:
         "upgrade",
         "upstream_session_id",
         "version",
+        "wants_stream",
     )
 
     def __init__(self) -> None:
@@ -112,6 +115,7 @@ class Request:
         self.chunked = False
         self.keep_alive = True
         self.upgrade = False
+        self.wants_stream = False  # a GET asking for text/event-stream: a stream slot
         self.complete = False
         self.body: list[bytes] = []  # framed chunks not yet sent upstream
         self.buffered = 0
@@ -150,13 +154,18 @@ class ClientConnection(asyncio.Protocol):
         self.backend: Backend | None = None
         self.upstream: UpstreamConnection | None = None
         self.attempted: set[str] = set()
+        self.retries = 0
+        self.slot_stream = False  # the slot held on self.backend is a stream's
+        self.waiting_for: Backend | None = None  # queued for a slot on this (None: any)
+        self.queue_timer: asyncio.TimerHandle | None = None
+        self.queued_at = 0.0
+        self.forwarded_proto = b"http"
         self.bound_backend: str | None = None  # backend a session id routed to
         self.response_started = False
         self.framing = _NO_BODY
         self.upstream_keep_alive = False
         self.upstream_until_close = False  # the response body ends when the backend closes
         self.client_keep_alive = True
-        self.streaming_sse = False
         self.scanner: affinity.EndpointScanner | None = None  # legacy SSE: endpoint event
         self.legacy_session: str | None = None  # legacy SSE session bound for this stream
         cookie = runtime.config.sticky.cookie
@@ -186,6 +195,8 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
         self.client_ip_bytes = self.client_ip.encode()
+        if transport.get_extra_info("ssl_object") is not None:
+            self.forwarded_proto = b"https"
         self.mark_time = self.loop.time()
         self.connections.add(self)
 
@@ -231,14 +242,16 @@ class ClientConnection(asyncio.Protocol):
         self.state = CLOSED
         self.parser = None
         self.connections.discard(self)
+        self._leave_queue()
         if self.task is not None:
             self.task.cancel()
             self.task = None
         upstream = self.upstream
-        if upstream is not None:
+        if upstream is not None or self.backend is not None:
             # The client left mid-exchange: the connection is in an unknown state.
             self._end_exchange()
-            upstream.abort()
+            if upstream is not None:
+                upstream.abort()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -292,6 +305,8 @@ class ClientConnection(asyncio.Protocol):
             request.content_length = int(value)
         elif name == b"transfer-encoding":
             request.chunked = value.lower().rstrip().endswith(b"chunked")
+        elif name == b"accept":
+            request.wants_stream = b"text/event-stream" in value
 
     def on_headers_complete(self) -> None:
         request = self.reading
@@ -301,6 +316,8 @@ class ClientConnection(asyncio.Protocol):
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
+        if request.wants_stream and request.method != b"GET":
+            request.wants_stream = False  # a POST may answer with a stream; it starts as a request
         self.head_bytes = 0
         if request.method == b"POST" and (request.content_length or 0) <= SNIFF_LIMIT:
             self._count_mcp(request)
@@ -402,8 +419,10 @@ class ClientConnection(asyncio.Protocol):
         self.response_bytes = 0
         self.served_by = ""
         self.attempted = set()
+        self.retries = 0
         self.bound_backend = None
         self.response_started = False
+        self.runtime.retry_budget.record_request(self.started)
         if (
             self.max_body_bytes
             and request.content_length is not None
@@ -415,6 +434,20 @@ class ClientConnection(asyncio.Protocol):
             # A reverse proxy tunnels nowhere: only configured backends are ever reached.
             self._answer_error(405, "method_not_allowed", "CONNECT is not supported")
             return
+        limiter = self.runtime.rate_limiter
+        if limiter is not None:
+            key = self._rate_key(request)
+            if isinstance(limiter, MemoryRateLimiter):
+                decision = limiter.take(key, self.started)
+                if not decision.allowed:
+                    self._answer_rate_limited(decision)
+                    return
+            else:
+                self.task = self._spawn(self._route_after_rate_limit(request, limiter, key))
+                return
+        self._route(request)
+
+    def _route(self, request: Request) -> None:
         if self.sticky and request.session_id is None and b"session_id=" in request.target:
             request.session_id = affinity.query_session_id(request.target)
             request.session_in_query = request.session_id is not None
@@ -427,14 +460,137 @@ class ClientConnection(asyncio.Protocol):
             return
         backend = self._pinned(request) or self._pick(request)
         if backend is None:
+            if self.runtime.admission.any_full(self.runtime.backends):
+                self._wait_for_slot(request, None)
+                return
             self._answer_error(503, "no_backend", "no backend available", retry_after=True)
             return
         self._dispatch(request, backend)
 
+    # -- rate limiting ------------------------------------------------------------------
+
+    def _rate_key(self, request: Request) -> str:
+        """The client's bucket: the configured header's value, else its address."""
+        rate_limit = self.runtime.config.rate_limit
+        header = None if rate_limit is None else rate_limit.header
+        if header is not None:
+            wanted = header.encode("latin-1")
+            for name, value in request.headers:
+                if name == wanted:
+                    return "h:" + value.decode("latin-1")
+        return "a:" + self.client_ip
+
+    async def _route_after_rate_limit(
+        self, request: Request, limiter: RedisRateLimiter, key: str
+    ) -> None:
+        decision = await limiter.take(key)
+        self.task = None
+        if request is not self.current or self.state == CLOSED:
+            return
+        if decision.allowed:
+            self._route(request)
+        else:
+            self._answer_rate_limited(decision)
+
+    def _answer_rate_limited(self, decision: RateDecision) -> None:
+        rate_limit = self.runtime.config.rate_limit
+        assert rate_limit is not None
+        self.stats.rejected["rate_limited"] += 1
+        self._answer_error(
+            429,
+            "rate_limited",
+            "too many requests from this client; retry later",
+            headers=rate_limit_headers(rate_limit, decision),
+        )
+
+    # -- admission: request slots and the queue ----------------------------------------
+
+    def _wait_for_slot(self, request: Request, target: Backend | None) -> None:
+        """Queue until a slot frees up (on ``target``, or anywhere), or 503 after the
+        queue timeout; 503 at once when the queue is full."""
+        admission = self.runtime.admission
+        if not admission.enqueue(self):
+            self.stats.rejected["queue_full"] += 1
+            self._answer_error(503, "overloaded", "too many requests queued", retry_after=True)
+            return
+        self.stats.queued += 1
+        self.waiting_for = target
+        self.queued_at = self.loop.time()
+        self.queue_timer = self.loop.call_later(admission.queue_timeout, self._queue_timed_out)
+
+    def _leave_queue(self) -> None:
+        if self.queue_timer is not None:
+            self.queue_timer.cancel()
+            self.queue_timer = None
+            self.runtime.admission.leave(self)
+            self.stats.queue_wait.observe(self.loop.time() - self.queued_at)
+
+    def _queue_timed_out(self) -> None:
+        self.queue_timer = None
+        self.runtime.admission.leave(self)
+        self.stats.queue_wait.observe(self.loop.time() - self.queued_at)
+        self.stats.rejected["queue_timeout"] += 1
+        self._answer_error(
+            503, "overloaded", "no backend slot freed up within queue_timeout", retry_after=True
+        )
+
+    def retry_admission(self) -> bool:
+        """Called by Admission when a slot frees up while this connection waits."""
+        request = self.current
+        admission = self.runtime.admission
+        if request is None or self.state == CLOSED:
+            self._leave_queue()
+            return False
+        target = self.waiting_for
+        if target is not None:
+            if not admission.can_hold(target):
+                return False
+        elif admission.worker_full():
+            return False
+        else:
+            target = self._pick(request)
+            if target is None:
+                return False
+        self._leave_queue()
+        self._dispatch(request, target)
+        return True
+
+    # -- retries ------------------------------------------------------------------------
+
+    def _retry_target(self, request: Request, condition: str, sent: bool) -> Backend | None:
+        """Another backend to send a failed request to, if the retry policy and the
+        budget allow one (``sent``: the request may have reached the failed backend)."""
+        config = self.runtime.config.retries
+        if self.retries >= config.attempts or not may_retry(
+            config, condition, request.method, sent
+        ):
+            return None
+        backend = self._pick(request)
+        if backend is None:
+            return None
+        if not self.runtime.retry_budget.try_retry(self.loop.time()):
+            self.stats.retry_budget_exhausted += 1
+            log.warning("retry budget exhausted: not retrying %s", request.method.decode())
+            return None
+        self.retries += 1
+        self.stats.backends[backend.name].retries += 1
+        return backend
+
+    def _resend(self, request: Request, backend: Backend) -> None:
+        """Send ``request`` again from its replay buffer."""
+        assert request.replay is not None
+        request.body = request.replay + request.body
+        request.buffered = sum(map(len, request.body))
+        self._dispatch(request, backend)
+
     def _pick(self, request: Request) -> Backend | None:
         candidates = self.runtime.backends.backends
-        if self.attempted:
-            candidates = [b for b in candidates if b.name not in self.attempted]
+        admission = self.runtime.admission
+        if self.attempted or admission.per_backend:
+            attempted = self.attempted
+            candidates = [
+                b for b in candidates if b.name not in attempted and not admission.backend_full(b)
+            ]
         strategy = self.runtime.strategy
         header_hash = self.runtime.header_hash
         if header_hash is not None and header_hash.applies(request.headers):
@@ -503,43 +659,57 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch(request, backend)
 
     def _dispatch(self, request: Request, backend: Backend) -> None:
-        pool = self.runtime.pool(backend)
-        conn = pool.take()
+        """Take a slot on ``backend`` (or queue for one), then a connection to it."""
+        admission = self.runtime.admission
+        stream = request.wants_stream
+        if stream:
+            if admission.streams_full(backend):
+                self.stats.rejected["max_streams"] += 1
+                self._answer_error(
+                    503, "too_many_streams", "event stream limit reached", retry_after=True
+                )
+                return
+        elif admission.limited and not admission.can_hold(backend):
+            self._wait_for_slot(request, backend if self.bound_backend is not None else None)
+            return
+        admission.hold(backend, stream)
+        self.backend = backend
+        self.slot_stream = stream
+        conn = self.runtime.pool(backend).take()
         if conn is not None:
             self._attach(request, backend, conn)
         else:
             self.task = self._spawn(self._connect(request, backend))
 
-    async def _connect(self, request: Request, backend: Backend | None) -> None:
-        """Open a connection, moving on to other backends while nothing was sent."""
-        while backend is not None:
-            try:
-                conn = await self.runtime.pool(backend).connect()
-            except (OSError, TimeoutError) as exc:
-                reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-                log.warning("connect to backend %s failed: %s", backend.name, reason)
-                self.runtime.health.connect_failed(backend, reason)
-                self.stats.backends[backend.name].connect_failures += 1
-                if self.bound_backend is not None:
-                    # Its sessions died with it; the client must initialize elsewhere.
-                    if request.session_id is not None and self.runtime.session_codec is None:
-                        await self._forget(request.session_id)
-                    self.task = None
-                    self._answer_session_not_found()
-                    return
-                self.attempted.add(backend.name)
-                backend = self._pick(request)
-                if backend is not None:
-                    self.stats.backends[backend.name].retries += 1
-                continue
+    async def _connect(self, request: Request, backend: Backend) -> None:
+        """Open a connection; while nothing was sent, failures may move to another backend."""
+        try:
+            conn = await self.runtime.pool(backend).connect()
+        except (OSError, TimeoutError) as exc:
             self.task = None
-            if request is not self.current or self.state == CLOSED:
-                self.runtime.pool(backend).release(conn, self.loop.time())
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("connect to backend %s failed: %s", backend.name, reason)
+            self.runtime.health.connect_failed(backend, reason)
+            self.stats.backends[backend.name].connect_failures += 1
+            self._end_exchange()
+            if self.bound_backend is not None:
+                # Its sessions died with it; the client must initialize elsewhere.
+                if request.session_id is not None and self.runtime.session_codec is None:
+                    await self._forget(request.session_id)
+                self._answer_session_not_found()
                 return
-            self._attach(request, backend, conn)
+            self.attempted.add(backend.name)
+            retry = self._retry_target(request, "connect_failure", sent=False)
+            if retry is None:
+                self._answer_error(502, "bad_gateway", "no backend could be reached")
+            else:
+                self._dispatch(request, retry)
             return
         self.task = None
-        self._answer_error(502, "bad_gateway", "no backend could be reached")
+        if request is not self.current or self.state == CLOSED:
+            conn.pool.release(conn, self.loop.time())
+            return
+        self._attach(request, backend, conn)
 
     def _attach(self, request: Request, backend: Backend, conn: UpstreamConnection) -> None:
         """Send the request head (and any buffered body) on ``conn``."""
@@ -549,7 +719,6 @@ class ClientConnection(asyncio.Protocol):
         conn.sink = self
         conn.requests += 1
         conn.expect_no_body = request.method == b"HEAD"
-        backend.in_flight += 1
         self.state = WAIT_RESPONSE
         self.mark = None
         head = self._request_head(request, backend)
@@ -599,7 +768,8 @@ class ClientConnection(asyncio.Protocol):
             lines += (name, b": ", value, b"\r\n")
         if not self.config.preserve_host or request.host is None:
             lines += (b"host: ", backend.host_header, b"\r\n")
-        lines += (b"x-forwarded-for: ", forwarded_for, b"\r\nx-forwarded-proto: http\r\n")
+        lines += (b"x-forwarded-for: ", forwarded_for, b"\r\nx-forwarded-proto: ")
+        lines += (self.forwarded_proto, b"\r\n")
         if request.host is not None:
             lines += (b"x-forwarded-host: ", request.host, b"\r\n")
         if request.request_id is None:
@@ -644,6 +814,8 @@ class ClientConnection(asyncio.Protocol):
                     + http11.serialize_headers(http11.end_to_end(headers, hop))
                     + b"\r\n"
                 )
+            return
+        if 502 <= status <= 504 and self._retry_after_status(request, status):
             return
         self.state = STREAMING
         self.response_started = True
@@ -706,10 +878,14 @@ class ClientConnection(asyncio.Protocol):
                 out.append((b"connection", b"close"))
             elif request.version == "1.0":
                 out.append((b"connection", b"keep-alive"))
-        if content_type.startswith(b"text/event-stream") and self.backend is not None:
-            self.streaming_sse = True
-            self.backend.streams += 1
         backend = self.backend
+        if (
+            content_type.startswith(b"text/event-stream")
+            and backend is not None
+            and not self.slot_stream
+        ):
+            self.slot_stream = True
+            self.runtime.admission.became_stream(backend)
         if self.sticky and backend is not None:
             if request.session_id is None:
                 if session_id is not None and 200 <= status < 300:
@@ -762,12 +938,14 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         upstream = self.upstream
         reusable = self.upstream_keep_alive and request.complete
-        self._end_exchange()
         if upstream is not None:
+            # Pooled first: a request woken by the slot this frees can take the connection.
+            self._detach_upstream(upstream)
             if reusable:
-                self.runtime.pool(upstream.backend).release(upstream, self.loop.time())
+                upstream.pool.release(upstream, self.loop.time())
             else:
                 upstream.close()
+        self._end_exchange()
         self._next_request(request)
 
     def upstream_tunnel(self, data: bytes) -> None:
@@ -797,19 +975,16 @@ class ClientConnection(asyncio.Protocol):
         if not self.response_started:
             backend = self.backend
             self._end_exchange()
+            retry = None
             if (
-                upstream.requests > 1
-                and not upstream.received
+                not upstream.received
                 and request.replay is not None
                 and backend is not None
                 and self.state != CLOSED
             ):
-                # A pooled connection the backend closed while idle: replay on a fresh one.
-                log.debug("pooled connection to %s was closed; retrying", backend.name)
-                self.stats.backends[backend.name].retries += 1
-                request.body = request.replay + request.body
-                request.buffered = sum(map(len, request.body))
-                self.task = self._spawn(self._connect(request, backend))
+                retry = self._retry_after_reset(request, backend, reused=upstream.requests > 1)
+            if retry is not None:
+                self._resend(request, retry)
                 return
             if isinstance(error, httptools.HttpParserError):
                 self._answer_error(502, "bad_gateway", "backend sent an invalid response")
@@ -823,6 +998,46 @@ class ClientConnection(asyncio.Protocol):
         # Mid-body: the client must see the response as truncated.
         self._end_exchange()
         self._close()
+
+    def _retry_after_reset(
+        self, request: Request, backend: Backend, reused: bool
+    ) -> Backend | None:
+        """Where to resend a request whose connection died before any response byte."""
+        if reused and may_retry(self.runtime.config.retries, "reset", request.method, True):
+            # Most likely the backend closed the idle pooled connection as we wrote:
+            # a fresh connection to the same backend.
+            log.debug("pooled connection to %s was closed; retrying", backend.name)
+            self.stats.backends[backend.name].retries += 1
+            return backend
+        if self.bound_backend is not None:
+            return None
+        self.attempted.add(backend.name)
+        return self._retry_target(request, "reset", sent=True)
+
+    def _retry_after_status(self, request: Request, status: int) -> bool:
+        """Resend a request the backend answered 502/503/504, if configured; True if so."""
+        backend = self.backend
+        upstream = self.upstream
+        if (
+            backend is None
+            or upstream is None
+            or self.bound_backend is not None
+            or not request.complete
+            or request.replay is None
+            or str(status) not in self.runtime.config.retries.on
+        ):
+            return False
+        self.attempted.add(backend.name)
+        retry = self._retry_target(request, str(status), sent=True)
+        if retry is None:
+            return False
+        self.runtime.health.responded(backend, status)
+        self.stats.backends[backend.name].requests[(request.method, status // 100)] += 1
+        self._detach_upstream(upstream)
+        upstream.abort()  # its body is not wanted: not worth reading to reuse the connection
+        self._end_exchange()
+        self._resend(request, retry)
+        return True
 
     def upstream_write_paused(self, paused: bool) -> None:
         if paused:
@@ -952,7 +1167,13 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _answer_error(
-        self, status: int, code: str, message: str, *, retry_after: bool = False
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: bool = False,
+        headers: Headers | None = None,
     ) -> None:
         """Answer the current request with an error (only if no response byte was sent)."""
         request = self.current
@@ -961,6 +1182,8 @@ class ClientConnection(asyncio.Protocol):
             return
         keep = request.complete and request.keep_alive and not self.closing
         extra = [(b"retry-after", b"1")] if retry_after else []
+        if headers:
+            extra += headers
         self.status = status
         self.stats.proxy_errors[str(status)] += 1
         if status >= 500:
@@ -1001,6 +1224,11 @@ class ClientConnection(asyncio.Protocol):
         """After an answer: close, start the next pipelined request, or wait for one."""
         if self.access_log and not finished.logged:
             self._log_access(finished)
+        if self.upstream is not None or self.backend is not None:
+            upstream = self.upstream  # an error answer ended the exchange early
+            self._end_exchange()
+            if upstream is not None:
+                upstream.abort()
         keep = (
             self.client_keep_alive
             and finished.keep_alive
@@ -1027,22 +1255,28 @@ class ClientConnection(asyncio.Protocol):
             self.state = HEAD if self.reading is not None else IDLE
             self.mark = None
 
+    def _detach_upstream(self, upstream: UpstreamConnection) -> None:
+        self.upstream = None
+        self.up_out = []
+        upstream.sink = None
+        if self.up_pauses:
+            self.up_pauses = 0
+            upstream.resume_reading()
+
     def _end_exchange(self) -> None:
-        """Detach from the upstream connection and settle the backend's counters."""
+        """Detach from the upstream connection and free the slot held on the backend."""
         upstream = self.upstream
         backend = self.backend
         self.upstream = None
         self.backend = None
         if backend is not None:
-            backend.in_flight -= 1
+            self.runtime.admission.release(backend, self.slot_stream)
             backend_stats = self.stats.backends[backend.name]
             backend_stats.duration.observe(self.loop.time() - self.started)
             backend_stats.bytes_out += self.response_bytes
             if self.current is not None:
                 backend_stats.bytes_in += self.current.body_size
-            if self.streaming_sse:
-                backend.streams -= 1
-        self.streaming_sse = False
+        self.slot_stream = False
         self.scanner = None
         self.up_out = []  # bytes for a connection that is being let go
         if self.legacy_session is not None:
@@ -1050,10 +1284,7 @@ class ClientConnection(asyncio.Protocol):
             self._spawn(self._forget(self.legacy_session))
             self.legacy_session = None
         if upstream is not None:
-            upstream.sink = None
-            if self.up_pauses:
-                self.up_pauses = 0
-                upstream.resume_reading()
+            self._detach_upstream(upstream)
 
     def _close(self, linger: bool = False) -> None:
         self.holding = False
@@ -1063,10 +1294,12 @@ class ClientConnection(asyncio.Protocol):
             self._log_access(request)
         self.state = CLOSED
         self.parser = None
+        self._leave_queue()
         upstream = self.upstream
-        if upstream is not None:
+        if upstream is not None or self.backend is not None:
             self._end_exchange()
-            upstream.abort()
+            if upstream is not None:
+                upstream.abort()
         if linger:
             self._linger_close()
         elif self.transport is not None:
@@ -1135,7 +1368,7 @@ class ClientConnection(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         """Called by the server's sweep about twice a second."""
         state = self.state
-        timeouts = self.config.timeouts
+        timeouts = self.runtime.config.timeouts
         uploading = (
             state == WAIT_RESPONSE and self.current is not None and not self.current.complete
         )

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 import ssl
+import time
 
 from healthcheck.monitor import HealthMonitor
+from proxy.admission import Admission
 from proxy.affinity import HeaderAffinity
 from proxy.backends import Backend, BackendSet
 from proxy.config import Config
 from proxy.pool import UpstreamPool
+from proxy.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
 from proxy.redis_store import RedisSessionStore
+from proxy.retries import RetryBudget
 from proxy.session_ids import TokenCodec
 from proxy.sessions import MemorySessionStore, SessionStore
 from proxy.stats import Stats
+from proxy.tls import backend_context
 from strategies import registry
 from strategies.base import Strategy
+
+# Settings a running process cannot take over: a reload keeps the old value and says so.
+RESTART_ONLY = (
+    "listen_host",
+    "listen_port",
+    "workers",
+    "admin",
+    "log",
+    ("sticky", "store"),
+    ("sticky", "redis"),
+    ("sticky", "max_sessions"),
+)
 
 log = logging.getLogger("mcplb")
 
@@ -27,19 +45,19 @@ class Runtime:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.generation = 0  # successful reloads
         self.backends = BackendSet(config.backends)
         self.strategy: Strategy = registry.build(config.strategy, config.strategy_options)
-        self.pools: dict[str, UpstreamPool] = {
-            b.name: UpstreamPool(
-                b,
-                config.timeouts.connect,
-                config.timeouts.upstream_keepalive,
-                _client_tls() if b.config.scheme == "https" else None,
-            )
-            for b in self.backends
+        self.pools: dict[Backend, UpstreamPool] = {
+            b: self._new_pool(b, backend_context(b.config)) for b in self.backends
         }
         self.health = HealthMonitor(config.health, self.backends.backends)
         self.stats = Stats([b.name for b in self.backends])
+        self.admission = Admission(config.limits, self.backends)
+        self.retry_budget = RetryBudget(config.retries.budget_percent)
+        self.rate_limiter: MemoryRateLimiter | RedisRateLimiter | None = build_rate_limiter(
+            config.rate_limit
+        )
         # Request ids: a random per-process prefix and a counter (no syscall per request).
         self._request_prefix = os.urandom(3).hex()
         self._request_numbers = itertools.count()
@@ -58,6 +76,10 @@ class Runtime:
                 sticky.session_ttl, sticky.max_sessions, on_expire=self._session_expired
             )
         )
+        self._set_affinity(config)
+
+    def _set_affinity(self, config: Config) -> None:
+        sticky = config.sticky
         # Signed ids name their backend: no table to consult (store "signed").
         self.session_codec = (
             TokenCodec(sticky.keys, "session") if sticky.store == "signed" else None
@@ -65,8 +87,75 @@ class Runtime:
         self.cookie_codec = TokenCodec(sticky.keys, "cookie") if sticky.cookie else None
         self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
 
+    def _new_pool(self, backend: Backend, context: ssl.SSLContext | None) -> UpstreamPool:
+        timeouts = self.config.timeouts
+        return UpstreamPool(backend, timeouts.connect, timeouts.upstream_keepalive, context)
+
     def pool(self, backend: Backend) -> UpstreamPool:
-        return self.pools[backend.name]
+        return self.pools[backend]
+
+    async def reload(self, config: Config) -> list[str]:
+        """Switch to a reloaded config without dropping anything: backends that stay keep
+        their connections, sessions and health; removed ones drain until ``timeouts.grace``
+        from now. Returns what changed, one line each (restart-only settings are kept and
+        listed as such). Raises ValueError (TLS files, strategy) before changing anything."""
+        old = self.config
+        strategy = registry.build(config.strategy, config.strategy_options)
+        contexts = {b.name: backend_context(b) for b in config.backends}
+        config = _keep_restart_only(old, config)
+        changes = [f"{name} changed: needs a restart (kept)" for name in _restart_only(old, config)]
+        self.config = config
+        current = {b.name: b for b in self.backends}
+        staying: list[Backend] = []
+        for backend_config in config.backends:
+            backend = current.pop(backend_config.name, None)
+            if backend is not None and backend.same_endpoint(backend_config):
+                if backend.config != backend_config:
+                    changes.append(f"backend {backend.name} reconfigured")
+                backend.reconfigure(backend_config)
+                pool = self.pools[backend]
+                pool.connect_timeout = config.timeouts.connect
+                pool.keepalive_timeout = config.timeouts.upstream_keepalive
+            else:
+                if backend is not None:
+                    current[backend.name] = backend  # same name, new endpoint: old one drains
+                backend = Backend(backend_config)
+                self.pools[backend] = self._new_pool(backend, contexts[backend.name])
+                self.stats.add_backend(backend.name)
+                changes.append(f"backend {backend.name} added")
+            staying.append(backend)
+        deadline = time.time() + config.timeouts.grace
+        retired = list(current.values())
+        for backend in retired:
+            backend.draining = True
+            backend.available = False
+            backend.drain_until = deadline
+            changes.append(f"backend {backend.name} removed (draining)")
+        self.backends.replace(staying, retired)
+        self.strategy = strategy
+        await self.health.reconfigure(config.health, staying)
+        self.admission.configure(config.limits, staying)
+        self.retry_budget.percent = config.retries.budget_percent
+        if config.rate_limit != old.rate_limit:
+            limiter, self.rate_limiter = self.rate_limiter, build_rate_limiter(config.rate_limit)
+            if isinstance(limiter, RedisRateLimiter):
+                await limiter.close()
+            changes.append("rate_limit changed")
+        self._set_affinity(config)
+        for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
+            if getattr(old, key) != getattr(config, key):
+                changes.append(f"{key} changed")
+        self.generation += 1
+        return changes
+
+    def retire_over(self) -> list[Backend]:
+        """Removed backends whose drain deadline passed: gone now (their pools closed)."""
+        done = self.backends.retire_over()
+        for backend in done:
+            pool = self.pools.pop(backend, None)
+            if pool is not None:
+                pool.close_all()
+        return done
 
     def session_bound(self, backend_name: str) -> None:
         backend = self.backends.get(backend_name)
@@ -91,5 +180,32 @@ class Runtime:
         self.session_ended(backend_name)
 
 
-def _client_tls() -> ssl.SSLContext:
-    return ssl.create_default_context()
+def _restart_only(old: Config, new: Config) -> list[str]:
+    changed = []
+    for key in RESTART_ONLY:
+        if isinstance(key, tuple):
+            section, field = key
+            if getattr(getattr(old, section), field) != getattr(getattr(new, section), field):
+                changed.append(f"{section}.{field}")
+        elif getattr(old, key) != getattr(new, key):
+            changed.append(key)
+    return changed
+
+
+def _keep_restart_only(old: Config, new: Config) -> Config:
+    """``new`` with the settings that need a restart taken from ``old``."""
+    sticky = dataclasses.replace(
+        new.sticky,
+        store=old.sticky.store,
+        redis=old.sticky.redis,
+        max_sessions=old.sticky.max_sessions,
+    )
+    return dataclasses.replace(
+        new,
+        listen_host=old.listen_host,
+        listen_port=old.listen_port,
+        workers=old.workers,
+        admin=old.admin,
+        log=old.log,
+        sticky=sticky,
+    )

@@ -99,6 +99,16 @@ class Stats:
         self.session_not_found = 0
         self.mcp: Counter[tuple[str, str]] = Counter()  # (method, tool)
         self.loop_lag = 0.0
+        # reason (queue_full, queue_timeout, max_streams, rate_limited) -> refused requests
+        self.rejected: Counter[str] = Counter()
+        self.queued = 0  # requests that waited for a slot
+        self.queue_wait = Histogram()
+        self.retry_budget_exhausted = 0
+        self.reloads: Counter[str] = Counter()  # "success" / "failure"
+
+    def add_backend(self, name: str) -> None:
+        """Count a backend added by a reload (a re-added name keeps its counters)."""
+        self.backends.setdefault(name, BackendStats())
 
     def count_mcp(self, method: str, tool: str) -> None:
         key = (method, tool)
@@ -113,6 +123,11 @@ class Stats:
             "session_not_found": self.session_not_found,
             "mcp": [[m, t, n] for (m, t), n in self.mcp.items()],
             "loop_lag": self.loop_lag,
+            "rejected": dict(self.rejected),
+            "queued": self.queued,
+            "queue_wait": self.queue_wait.snapshot(),
+            "retry_budget_exhausted": self.retry_budget_exhausted,
+            "reloads": dict(self.reloads),
         }
 
 
@@ -124,6 +139,11 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "session_not_found": 0,
         "mcp": Counter(),
         "loop_lag": 0.0,
+        "rejected": Counter(),
+        "queued": 0,
+        "queue_wait": {"counts": [0] * (len(BUCKETS) + 1), "sum": 0.0},
+        "retry_budget_exhausted": 0,
+        "reloads": Counter(),
     }
     for snap in snapshots:
         for name, backend in snap["backends"].items():
@@ -142,6 +162,13 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         for method, tool, count in snap["mcp"]:
             total["mcp"][(method, tool)] += count
         total["loop_lag"] = max(total["loop_lag"], snap["loop_lag"])
+        total["rejected"].update(snap["rejected"])
+        total["reloads"].update(snap["reloads"])
+        total["queued"] += snap["queued"]
+        total["retry_budget_exhausted"] += snap["retry_budget_exhausted"]
+        for i, count in enumerate(snap["queue_wait"]["counts"]):
+            total["queue_wait"]["counts"][i] += count
+        total["queue_wait"]["sum"] += snap["queue_wait"]["sum"]
     return total
 
 

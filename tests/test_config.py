@@ -21,8 +21,11 @@ from proxy.config import (
     CookieConfig,
     HealthConfig,
     LimitsConfig,
+    ListenTlsConfig,
     PassiveHealthConfig,
+    RateLimitConfig,
     RedisConfig,
+    RetriesConfig,
     StickyConfig,
     TimeoutsConfig,
     load_config,
@@ -205,6 +208,11 @@ def test_example_file_loads_with_defaults() -> None:
     assert config.timeouts == TimeoutsConfig()
     assert config.limits == LimitsConfig()
     assert config.health == HealthConfig()
+    assert config.retries == RetriesConfig()
+    assert (config.rate_limit, config.listen_tls, config.watch_config) == (None, None, False)
+    for backend in config.backends:
+        assert (backend.max_connections, backend.max_streams) == (None, None)
+        assert (backend.ca, backend.verify) == (None, True)
 
 
 def test_example_file_mentions_every_key() -> None:
@@ -220,6 +228,9 @@ def test_example_file_mentions_every_key() -> None:
         "method", "expect_status", "expect_tools", "interval", "timeout", "rise", "fall",
         "fast_interval", "down_interval", "passive", "consecutive_failures", "on_5xx",
         "ejection_time", "max_ejection_time", "ejection_memory", "max_ejection_percent",
+        "max_connections", "max_streams", "ca", "verify", "max_in_flight", "max_queue",
+        "queue_timeout", "retries", "attempts", "budget_percent", '"on"', "non_idempotent",
+        "rate_limit", "rate", "burst", "key", "listen_tls", "cert", "watch_config",
     ]  # fmt: skip
     for key in keys:
         assert f"{key}:" in text, key
@@ -341,7 +352,8 @@ def test_unknown_top_level_key_with_hint() -> None:
 def test_unknown_top_level_key_without_close_match() -> None:
     assert error(with_top("zzz: 1")) == (
         "zzz: unknown key (expected one of: listen, workers, strategy, strategy_options, "
-        "preserve_host, backends, sticky, timeouts, limits, health, admin, log) (line 1)"
+        "preserve_host, backends, sticky, timeouts, limits, health, admin, log, retries, "
+        "rate_limit, listen_tls, watch_config) (line 1)"
     )
 
 
@@ -366,13 +378,13 @@ def test_unknown_top_level_key_without_close_match() -> None:
         ),
         (
             with_backend("    zzz: 2\n"),
-            "backends[0].zzz: unknown key (expected one of: name, url, weight, max_sessions)"
-            " (line 4)",
+            "backends[0].zzz: unknown key (expected one of: name, url, weight, max_sessions,"
+            " max_connections, max_streams, ca, verify) (line 4)",
         ),
         (
             with_backend("    1: 2\n"),
-            "backends[0].1: unknown key (expected one of: name, url, weight, max_sessions)"
-            " (line 4)",
+            "backends[0].1: unknown key (expected one of: name, url, weight, max_sessions,"
+            " max_connections, max_streams, ca, verify) (line 4)",
         ),
     ],
 )
@@ -1169,7 +1181,7 @@ def test_example_sticky_section_uncommented_loads() -> None:
 
 @pytest.mark.parametrize("value", ["[]", "true", "on"])
 def test_sections_must_be_mappings(value: str) -> None:
-    for section in ("sticky", "timeouts", "limits"):
+    for section in ("sticky", "timeouts", "limits", "retries", "rate_limit", "listen_tls"):
         assert error(with_top(f"{section}: {value}")) == f"{section}: must be a mapping (line 1)"
 
 
@@ -1616,7 +1628,8 @@ FRAGMENTS = [
     "listen: ", "workers: ", "backends:\n", "  - name: a\n", "    url: http://h:1\n", "sticky:",
     "timeouts: {", "}", "[", "]", "${X}", "${Y:-2}", "$$", "&a ", "*a", "<<: ", "!!int ", "!x ",
     "'", '"', "\n", "  ", "- ", ": ", "auto", "1", "-1", "1.5", "2s", "64KiB", "true", "~", "#",
-    "---\n", "? ", ",", "|\n", "\t", "\x00", "é",
+    "---\n", "? ", ",", "|\n", "\t", "\x00", "é", "retries: {", "'on': ", "rate_limit: {",
+    "rate: ", "600/m", "listen_tls: {", "cert: ", "watch_config: ", "max_in_flight: ", "[502]",
 ]  # fmt: skip
 
 
@@ -2039,3 +2052,609 @@ def test_admin_and_log_sections() -> None:
     assert (
         error(BACKEND + "log: {format: xml}\n") == 'log.format: must be "text" or "json" (line 4)'
     )
+
+
+# --- backend limits and TLS ---------------------------------------------------
+
+
+def https_backend(extra: str) -> str:
+    """One https backend whose entry gets ``extra`` lines appended (from line 4)."""
+    return "backends:\n  - name: a\n    url: https://mcp.example.com\n" + extra
+
+
+def pem_file(tmp_path: Path, name: str = "ca.pem") -> Path:
+    """An existing file (the loader checks only that it exists)."""
+    path = tmp_path / name
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return path
+
+
+def test_backend_limits_and_tls_defaults() -> None:
+    backend = parse(BACKEND).backends[0]
+    assert (backend.max_connections, backend.max_streams) == (None, None)
+    assert (backend.ca, backend.verify) == (None, True)
+
+
+@pytest.mark.parametrize("key", ["max_connections", "max_streams"])
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("64", 64), ("100000", 100000)])
+def test_backend_connection_limits_valid(key: str, value: str, expected: int) -> None:
+    backend = parse(with_backend(f"    {key}: {value}\n")).backends[0]
+    assert getattr(backend, key) == expected
+
+
+@pytest.mark.parametrize("key", ["max_connections", "max_streams"])
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "'5'", "true", "~", "many"])
+def test_backend_connection_limits_invalid(key: str, value: str) -> None:
+    assert error(with_backend(f"    {key}: {value}\n")) == (
+        f"backends[0].{key}: must be an integer >= 1 (line 4)"
+    )
+
+
+def test_backend_ca_and_verify_with_https(tmp_path: Path) -> None:
+    ca = pem_file(tmp_path)
+    backend = parse(https_backend(f"    ca: '{ca}'\n")).backends[0]
+    assert (backend.ca, backend.verify) == (str(ca), True)
+    backend = parse(https_backend("    verify: false\n")).backends[0]
+    assert (backend.ca, backend.verify) == (None, False)
+    backend = parse(https_backend(f"    ca: '{ca}'\n    verify: true\n")).backends[0]
+    assert (backend.ca, backend.verify) == (str(ca), True)
+
+
+def test_backend_ca_and_verify_only_with_https(tmp_path: Path) -> None:
+    ca = pem_file(tmp_path)
+    assert error(with_backend(f"    ca: '{ca}'\n")) == (
+        "backends[0].ca: only used with https:// backend urls (line 4)"
+    )
+    assert error(with_backend("    verify: false\n")) == (
+        "backends[0].verify: only used with https:// backend urls (line 4)"
+    )
+    assert errors(with_backend(f"    ca: '{ca}'\n    verify: false\n")) == [
+        "backends[0].ca: only used with https:// backend urls (line 4)",
+        "backends[0].verify: only used with https:// backend urls (line 5)",
+    ]
+    # verify: true is the default written out: not refused.
+    assert parse(with_backend("    verify: true\n")).backends[0].verify is True
+    # A bad url or a bad value is reported alone, without a knock-on https error.
+    bad_url = "backends:\n  - name: a\n    url: ftp://h\n    verify: false\n"
+    assert error(bad_url) == "backends[0].url: scheme must be http or https (line 3)"
+    assert error(with_backend("    ca: 5\n")) == "backends[0].ca: must be a file path (line 4)"
+
+
+def test_backend_ca_invalid(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    cases = {
+        "5": "must be a file path",
+        "''": "must be a file path",
+        "~": "must be a file path",
+        "[a.pem]": "must be a file path",
+        f"'{missing}'": f"no such file: {missing}",
+        f"'{tmp_path}'": f"no such file: {tmp_path}",  # a directory
+    }
+    for value, message in cases.items():
+        assert error(https_backend(f"    ca: {value}\n")) == f"backends[0].ca: {message} (line 4)"
+
+
+@pytest.mark.parametrize("value", ['"false"', "0", "~", "never"])
+def test_backend_verify_must_be_a_boolean(value: str) -> None:
+    assert error(https_backend(f"    verify: {value}\n")) == (
+        "backends[0].verify: must be a boolean (true or false, unquoted) (line 4)"
+    )
+
+
+def test_backend_ca_from_environment(tmp_path: Path) -> None:
+    ca = pem_file(tmp_path)
+    backend = parse(https_backend("    ca: ${CA}\n"), CA=str(ca)).backends[0]
+    assert backend.ca == str(ca)
+
+
+# --- concurrency limits -------------------------------------------------------
+
+
+def section_doc(section: str, body: str) -> str:
+    """BACKEND (lines 1-3) then "``section``:" on line 4 and ``body`` from line 5."""
+    return BACKEND + f"{section}:\n" + textwrap.indent(doc(body), "  ")
+
+
+def test_limits_concurrency_defaults() -> None:
+    limits = parse(BACKEND).limits
+    assert (limits.max_in_flight, limits.max_streams) == (None, None)
+    assert (limits.max_queue, limits.queue_timeout) == (1000, 5.0)
+    assert parse(section_doc("limits", "max_in_flight: null\nmax_streams: ~")).limits == (
+        LimitsConfig()
+    )
+
+
+def test_limits_concurrency_values() -> None:
+    body = "max_in_flight: 100\nmax_streams: 1\nmax_queue: 0\nqueue_timeout: 250ms"
+    assert parse(section_doc("limits", body)).limits == LimitsConfig(
+        max_in_flight=100, max_streams=1, max_queue=0, queue_timeout=0.25
+    )
+    assert parse(section_doc("limits", "queue_timeout: 1m30s")).limits.queue_timeout == 90.0
+    assert parse(section_doc("limits", "max_queue: 50000")).limits.max_queue == 50000
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("max_in_flight: 0", "limits.max_in_flight: must be an integer >= 1 (line 5)"),
+        ("max_in_flight: '10'", "limits.max_in_flight: must be an integer >= 1 (line 5)"),
+        ("max_in_flight: 1.5", "limits.max_in_flight: must be an integer >= 1 (line 5)"),
+        ("max_streams: -1", "limits.max_streams: must be an integer >= 1 (line 5)"),
+        ("max_streams: true", "limits.max_streams: must be an integer >= 1 (line 5)"),
+        ("max_queue: -1", "limits.max_queue: must be an integer >= 0 (line 5)"),
+        ("max_queue: ~", "limits.max_queue: must be an integer >= 0 (line 5)"),
+        ("max_queue: 1k", "limits.max_queue: must be an integer >= 0 (line 5)"),
+        ("queue_timeout: 0", "limits.queue_timeout: must be greater than 0 (line 5)"),
+        ("queue_timeout: 0ms", "limits.queue_timeout: must be greater than 0 (line 5)"),
+        (
+            "queue_timeout: -1",
+            "limits.queue_timeout: invalid duration -1: must not be negative (line 5)",
+        ),
+        (
+            "queue_timeout: soon",
+            f'limits.queue_timeout: invalid duration "soon": {DURATION_HINT} (line 5)',
+        ),
+        (
+            "max_inflight: 5",
+            'limits.max_inflight: unknown key (did you mean "max_in_flight"?) (line 5)',
+        ),
+        (
+            "zzz: 5",
+            "limits.zzz: unknown key (expected one of: max_header_bytes, max_body_bytes,"
+            " max_in_flight, max_streams, max_queue, queue_timeout) (line 5)",
+        ),
+    ],
+)
+def test_limits_concurrency_invalid(body: str, message: str) -> None:
+    assert error(section_doc("limits", body)) == message
+
+
+# --- retries ------------------------------------------------------------------
+
+ALL_RETRY_CONDITIONS = frozenset({"connect_failure", "reset", "502", "503", "504"})
+RETRY_CONDITION_HINT = "must be one of connect_failure, reset, 502, 503, 504"
+RETRY_ON_HINT = "must be a list, e.g. [connect_failure, reset, 502, 503]"
+
+
+def test_retries_defaults() -> None:
+    default = RetriesConfig(2, 20.0, frozenset({"connect_failure", "reset"}), False)
+    assert parse(BACKEND).retries == RetriesConfig() == default
+    assert parse(with_top("retries:")).retries == default
+    assert parse(with_top("retries: {}")).retries == default
+
+
+def test_retries_full() -> None:
+    body = """
+        attempts: 10
+        budget_percent: 12.5
+        "on": [connect_failure, reset, 502, 503, 504]
+        non_idempotent: true
+        """
+    assert parse(section_doc("retries", body)).retries == RetriesConfig(
+        10, 12.5, ALL_RETRY_CONDITIONS, True
+    )
+    body = "attempts: 0\nbudget_percent: 0\nnon_idempotent: false"
+    assert parse(section_doc("retries", body)).retries == RetriesConfig(
+        attempts=0, budget_percent=0
+    )
+    assert parse(section_doc("retries", "budget_percent: 100")).retries.budget_percent == 100.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("[connect_failure, reset, 502, 503, 504]", ALL_RETRY_CONDITIONS),
+        ("[502, '503']", {"502", "503"}),
+        ("[reset, reset]", {"reset"}),
+        ("reset", {"reset"}),  # a single value without brackets
+        ("504", {"504"}),
+        ("'503'", {"503"}),
+        ("[]", set()),  # never retry
+        ("\n  - connect_failure\n  - 503", {"connect_failure", "503"}),
+    ],
+)
+def test_retries_on_valid(value: str, expected: set[str]) -> None:
+    # "on" is quoted: YAML 1.1 reads a plain on as the boolean true.
+    assert parse(section_doc("retries", f'"on": {value}')).retries.on == frozenset(expected)
+
+
+def test_retries_on_unquoted_key() -> None:
+    assert parse(section_doc("retries", "on: [reset, 502]")).retries.on == {"reset", "502"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('"on": [reset, 5xx]', f"retries.on[1]: {RETRY_CONDITION_HINT} (line 5)"),
+        ('"on":\n  - reset\n  - 500', f"retries.on[1]: {RETRY_CONDITION_HINT} (line 7)"),
+        ('"on": [true]', f"retries.on[0]: {RETRY_CONDITION_HINT} (line 5)"),
+        ('"on": [Reset]', f"retries.on[0]: {RETRY_CONDITION_HINT} (line 5)"),
+        ('"on": timeout', f"retries.on[0]: {RETRY_CONDITION_HINT} (line 5)"),
+        ('"on": {reset: true}', f"retries.on: {RETRY_ON_HINT} (line 5)"),
+        ('"on":', f"retries.on: {RETRY_ON_HINT} (line 5)"),
+        ("attempts: 11", "retries.attempts: must be an integer from 0 to 10 (line 5)"),
+        ("attempts: -1", "retries.attempts: must be an integer from 0 to 10 (line 5)"),
+        ("attempts: 1.5", "retries.attempts: must be an integer from 0 to 10 (line 5)"),
+        ("attempts: '2'", "retries.attempts: must be an integer from 0 to 10 (line 5)"),
+        ("attempts: true", "retries.attempts: must be an integer from 0 to 10 (line 5)"),
+        ("budget_percent: 101", "retries.budget_percent: must be a number from 0 to 100 (line 5)"),
+        ("budget_percent: -1", "retries.budget_percent: must be a number from 0 to 100 (line 5)"),
+        ("budget_percent: 20%", "retries.budget_percent: must be a number from 0 to 100 (line 5)"),
+        ("budget_percent: .nan", "retries.budget_percent: must be a number from 0 to 100 (line 5)"),
+        ("budget_percent: true", "retries.budget_percent: must be a number from 0 to 100 (line 5)"),
+        (
+            "non_idempotent: 'yes'",
+            "retries.non_idempotent: must be a boolean (true or false, unquoted) (line 5)",
+        ),
+        ("attemps: 3", 'retries.attemps: unknown key (did you mean "attempts"?) (line 5)'),
+        (
+            "zzz: 3",
+            "retries.zzz: unknown key (expected one of: attempts, budget_percent, on,"
+            " non_idempotent) (line 5)",
+        ),
+    ],
+)
+def test_retries_invalid(body: str, message: str) -> None:
+    assert "\n".join(errors(section_doc("retries", body))) == message
+
+
+# --- rate limiting ------------------------------------------------------------
+
+RATE_HINT = 'must be requests per second, or a string such as "600/m" or "5/s"'
+RATE_KEY_HINT = 'must be "address" or "header:NAME", e.g. "header:X-Api-Key"'
+RATE_LIMIT_REDIS = RedisConfig(prefix="mcplb:ratelimit:")
+
+
+def test_rate_limit_is_off_unless_configured() -> None:
+    assert parse(BACKEND).rate_limit is None
+    assert parse(with_top("rate_limit:")).rate_limit is None
+    assert parse(with_top("rate_limit: ~")).rate_limit is None
+
+
+def test_rate_limit_defaults() -> None:
+    config = parse(with_top("rate_limit: {rate: 5}"))
+    assert config.rate_limit == RateLimitConfig(5.0, 20, None, "memory", RATE_LIMIT_REDIS)
+    assert RateLimitConfig().redis == RATE_LIMIT_REDIS
+
+
+def test_rate_limit_full() -> None:
+    body = """
+        rate: 600/m
+        burst: 1
+        key: header:X-Api-Key
+        store: redis
+        redis:
+          url: rediss://:pw@redis.example.com:6380/2
+          timeout: 100ms
+          prefix: "rl:"
+        """
+    assert parse(section_doc("rate_limit", body)).rate_limit == RateLimitConfig(
+        10.0,
+        1,
+        "x-api-key",
+        "redis",
+        RedisConfig("rediss://:pw@redis.example.com:6380/2", 0.1, "rl:"),
+    )
+    rate_limit = parse(section_doc("rate_limit", "rate: 1\nstore: redis")).rate_limit
+    assert rate_limit is not None
+    assert (rate_limit.store, rate_limit.redis) == ("redis", RATE_LIMIT_REDIS)
+
+
+@pytest.mark.parametrize(
+    ("value", "rate"),
+    [
+        ("5", 5.0),
+        ("0.5", 0.5),
+        ("1000000", 1e6),
+        ("600/m", 10.0),
+        ("'600/m'", 10.0),
+        ("5/s", 5.0),
+        ("3600/h", 1.0),
+        ("90/h", 0.025),
+        ("'1.5 / m'", 0.025),
+        ("' 2/s '", 2.0),
+        (".5/s", 0.5),
+        ("'7'", 7.0),
+    ],
+)
+def test_rate_limit_rate_valid(value: str, rate: float) -> None:
+    config = parse(section_doc("rate_limit", f"rate: {value}"))
+    assert config.rate_limit is not None
+    assert config.rate_limit.rate == rate
+
+
+def test_rate_limit_rate_from_environment() -> None:
+    text = section_doc("rate_limit", "rate: ${RATE:-600/m}")
+    assert (rate_limit := parse(text).rate_limit) is not None
+    assert rate_limit.rate == 10.0
+    assert (rate_limit := parse(text, RATE="2").rate_limit) is not None
+    assert rate_limit.rate == 2.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "must be greater than 0"),
+        ("-1", "must be greater than 0"),
+        ("0.0", "must be greater than 0"),
+        ("0/s", "must be greater than 0"),
+        ("5/d", RATE_HINT),
+        ("5/min", RATE_HINT),
+        ("'5 per second'", RATE_HINT),
+        ("'/m'", RATE_HINT),
+        ("'-1/s'", RATE_HINT),
+        ("true", RATE_HINT),
+        ("~", RATE_HINT),
+        ("[5]", RATE_HINT),
+    ],
+)
+def test_rate_limit_rate_invalid(value: str, message: str) -> None:
+    assert error(section_doc("rate_limit", f"rate: {value}")) == (
+        f"rate_limit.rate: {message} (line 5)"
+    )
+
+
+def test_rate_limit_huge_integer_rate_is_a_config_error() -> None:
+    found = errors(section_doc("rate_limit", "rate: 1" + "0" * 400))
+    assert len(found) == 1
+    assert found[0].startswith("rate_limit.rate: must be a finite number")
+
+
+def test_rate_limit_rate_is_required() -> None:
+    assert error(with_top("rate_limit: {}")) == 'rate_limit: missing required key "rate" (line 1)'
+    assert error(with_top("rate_limit: {burst: 5}")) == (
+        'rate_limit: missing required key "rate" (line 1)'
+    )
+
+
+@pytest.mark.parametrize(("value", "burst"), [("1", 1), ("20", 20), ("5000", 5000)])
+def test_rate_limit_burst_valid(value: str, burst: int) -> None:
+    config = parse(section_doc("rate_limit", f"rate: 1\nburst: {value}"))
+    assert config.rate_limit is not None
+    assert config.rate_limit.burst == burst
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "'5'", "~", "true"])
+def test_rate_limit_burst_invalid(value: str) -> None:
+    assert error(section_doc("rate_limit", f"rate: 1\nburst: {value}")) == (
+        "rate_limit.burst: must be an integer >= 1 (line 6)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "header"),
+    [
+        ("address", None),
+        ("header:X-Api-Key", "x-api-key"),
+        ("'header:Authorization'", "authorization"),
+        ("header:x_tenant.id", "x_tenant.id"),
+    ],
+)
+def test_rate_limit_key_valid(value: str, header: str | None) -> None:
+    config = parse(section_doc("rate_limit", f"rate: 1\nkey: {value}"))
+    assert config.rate_limit is not None
+    assert config.rate_limit.header == header
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("Address", RATE_KEY_HINT),
+        ("ip", RATE_KEY_HINT),
+        ("X-Api-Key", RATE_KEY_HINT),
+        ("5", RATE_KEY_HINT),
+        ("~", RATE_KEY_HINT),
+        (
+            "'header:'",
+            'must be a header name (letters, digits and !#$%&\'*+-.^_`|~), e.g. "X-Tenant-Id"',
+        ),
+        (
+            "'header:X Api'",
+            'must be a header name (letters, digits and !#$%&\'*+-.^_`|~), e.g. "X-Tenant-Id"',
+        ),
+    ],
+)
+def test_rate_limit_key_invalid(value: str, message: str) -> None:
+    assert error(section_doc("rate_limit", f"rate: 1\nkey: {value}")) == (
+        f"rate_limit.key: {message} (line 6)"
+    )
+
+
+def test_rate_limit_key_cannot_be_the_session_header() -> None:
+    found = error(section_doc("rate_limit", "rate: 1\nkey: header:Mcp-Session-Id"))
+    assert found.startswith("rate_limit.key: cannot be Mcp-Session-Id")
+    assert found.endswith("(line 6)")
+
+
+def test_rate_limit_store() -> None:
+    for store in ("memory", "redis"):
+        config = parse(section_doc("rate_limit", f"rate: 1\nstore: {store}"))
+        assert config.rate_limit is not None
+        assert config.rate_limit.store == store
+    assert error(section_doc("rate_limit", "rate: 1\nstore: signed")) == (
+        'rate_limit.store: must be "memory" or "redis" (line 6)'
+    )
+
+
+def test_rate_limit_redis_refused_with_memory_store() -> None:
+    body = "rate: 1\nredis:\n  url: redis://r:6379/0\n  timeout: 1s\n  prefix: 'lb:'"
+    expected = [
+        f'rate_limit.redis.{key}: only used when store is "redis" (the store is "memory")'
+        f" (line {n})"
+        for n, key in enumerate(("url", "timeout", "prefix"), 7)
+    ]
+    assert errors(section_doc("rate_limit", body)) == expected
+    assert errors(section_doc("rate_limit", "store: memory\n" + body)) == [
+        message.replace(f"(line {n})", f"(line {n + 1})") for n, message in enumerate(expected, 7)
+    ]
+    # The sticky store's default prefix is not this one's.
+    assert error(section_doc("rate_limit", "rate: 1\nredis: {prefix: 'mcplb:session:'}")) == (
+        'rate_limit.redis.prefix: only used when store is "redis" (the store is "memory") (line 6)'
+    )
+    # The defaults written out (an uncommented example) are not refused.
+    body = (
+        "rate: 1\nredis:\n  url: redis://127.0.0.1:6379/0\n  timeout: 250ms\n"
+        "  prefix: 'mcplb:ratelimit:'"
+    )
+    assert (rate_limit := parse(section_doc("rate_limit", body)).rate_limit) is not None
+    assert rate_limit.redis == RATE_LIMIT_REDIS
+    # An invalid store is reported alone, without knock-on redis errors.
+    assert error(section_doc("rate_limit", "rate: 1\nstore: file\nredis: {prefix: 'x:'}")) == (
+        'rate_limit.store: must be "memory" or "redis" (line 6)'
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("url: http://r:6379", "rate_limit.redis.url: scheme must be redis, rediss or unix"),
+        ("timeout: 0", "rate_limit.redis.timeout: must be greater than 0"),
+        (
+            "prefix: ''",
+            'rate_limit.redis.prefix: must be a non-empty string, e.g. "mcplb:session:"',
+        ),
+        ("prefx: a", 'rate_limit.redis.prefx: unknown key (did you mean "prefix"?)'),
+    ],
+)
+def test_rate_limit_redis_invalid(line: str, message: str) -> None:
+    body = f"rate: 1\nstore: redis\nredis:\n  {line}"
+    assert error(section_doc("rate_limit", body)) == f"{message} (line 8)"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("rate: 1\nrat: 2", 'rate_limit.rat: unknown key (did you mean "rate"?) (line 6)'),
+        (
+            "rate: 1\nzzz: 2",
+            "rate_limit.zzz: unknown key (expected one of: rate, burst, key, store, redis)"
+            " (line 6)",
+        ),
+    ],
+)
+def test_rate_limit_unknown_keys(body: str, message: str) -> None:
+    assert error(section_doc("rate_limit", body)) == message
+
+
+# --- listener TLS and reloading -----------------------------------------------
+
+
+def test_listen_tls_off_unless_configured() -> None:
+    assert parse(BACKEND).listen_tls is None
+    assert parse(with_top("listen_tls:")).listen_tls is None
+    assert parse(with_top("listen_tls: ~")).listen_tls is None
+
+
+def test_listen_tls(tmp_path: Path) -> None:
+    cert, key = pem_file(tmp_path, "cert.pem"), pem_file(tmp_path, "key.pem")
+    config = parse(section_doc("listen_tls", f"cert: '{cert}'\nkey: '{key}'"))
+    assert config.listen_tls == ListenTlsConfig(str(cert), str(key))
+    flow = parse(with_top(f"listen_tls: {{cert: '{cert}', key: '{key}'}}"))
+    assert flow.listen_tls == config.listen_tls
+    env = parse(
+        section_doc("listen_tls", "cert: ${CERT}\nkey: ${KEY}"), CERT=str(cert), KEY=str(key)
+    )
+    assert env.listen_tls == config.listen_tls
+
+
+def test_listen_tls_needs_cert_and_key(tmp_path: Path) -> None:
+    cert = pem_file(tmp_path, "cert.pem")
+    assert error(with_top(f"listen_tls: {{cert: '{cert}'}}")) == (
+        'listen_tls: missing required key "key" (line 1)'
+    )
+    assert error(with_top(f"listen_tls: {{key: '{cert}'}}")) == (
+        'listen_tls: missing required key "cert" (line 1)'
+    )
+    assert errors(with_top("listen_tls: {}")) == [
+        'listen_tls: missing required key "cert" (line 1)',
+        'listen_tls: missing required key "key" (line 1)',
+    ]
+
+
+def test_listen_tls_files_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pem"
+    body = f"cert: '{missing}'\nkey: '{tmp_path}'"
+    assert errors(section_doc("listen_tls", body)) == [
+        f"listen_tls.cert: no such file: {missing} (line 5)",
+        f"listen_tls.key: no such file: {tmp_path} (line 6)",  # a directory
+    ]
+    assert errors(section_doc("listen_tls", "cert: 5\nkey: ''")) == [
+        "listen_tls.cert: must be a file path (line 5)",
+        "listen_tls.key: must be a file path (line 6)",
+    ]
+
+
+def test_listen_tls_unknown_key(tmp_path: Path) -> None:
+    cert = pem_file(tmp_path)
+    body = f"cert: '{cert}'\nkey: '{cert}'\ncrt: '{cert}'"
+    assert error(section_doc("listen_tls", body)) == (
+        'listen_tls.crt: unknown key (did you mean "cert"?) (line 7)'
+    )
+    body = f"cert: '{cert}'\nkey: '{cert}'\nca: '{cert}'"
+    assert error(section_doc("listen_tls", body)) == (
+        "listen_tls.ca: unknown key (expected one of: cert, key) (line 7)"
+    )
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("false", False)])
+def test_watch_config_valid(value: str, expected: bool) -> None:
+    assert parse(with_top(f"watch_config: {value}")).watch_config is expected
+    assert parse(BACKEND).watch_config is False
+
+
+@pytest.mark.parametrize("value", ['"true"', "1", "~", "always"])
+def test_watch_config_must_be_a_boolean(value: str) -> None:
+    assert error(with_top(f"watch_config: {value}")) == (
+        "watch_config: must be a boolean (true or false, unquoted) (line 1)"
+    )
+
+
+def test_new_sections_issues_reported_together_in_line_order() -> None:
+    text = """
+        backends:
+          - name: a
+            url: http://127.0.0.1:9001
+            max_connections: 0
+            verify: false
+        limits:
+          max_queue: -1
+        retries:
+          attempts: 11
+          "on": [reset, 500]
+        rate_limit:
+          rate: 5/d
+          key: ip
+        listen_tls:
+          cert: /nonexistent/mcplb/cert.pem
+        watch_config: "yes"
+        """
+    assert errors(text) == [
+        "backends[0].max_connections: must be an integer >= 1 (line 4)",
+        "backends[0].verify: only used with https:// backend urls (line 5)",
+        "limits.max_queue: must be an integer >= 0 (line 7)",
+        "retries.attempts: must be an integer from 0 to 10 (line 9)",
+        f"retries.on[1]: {RETRY_CONDITION_HINT} (line 10)",
+        f"rate_limit.rate: {RATE_HINT} (line 12)",
+        f"rate_limit.key: {RATE_KEY_HINT} (line 13)",
+        'listen_tls: missing required key "key" (line 15)',  # the mapping's first line
+        "listen_tls.cert: no such file: /nonexistent/mcplb/cert.pem (line 15)",
+        "watch_config: must be a boolean (true or false, unquoted) (line 16)",
+    ]
+
+
+def test_example_commented_blocks_uncommented(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    # limits: the commented-out concurrency caps.
+    text = re.sub(r"^  # (max_in_flight|max_streams): (\d+)$", r"  \1: \2", text, flags=re.M)
+    # listen_tls and rate_limit: whole commented-out sections.
+    for first, last in (("# listen_tls:\n", "\n\n"), ("# rate_limit:\n", "\n\n# Backend health")):
+        start = text.index(first)
+        end = text.index(last, start)
+        text = text[:start] + re.sub(r"^# ", "", text[start:end], flags=re.M) + text[end:]
+    cert, key = pem_file(tmp_path, "tls.crt"), pem_file(tmp_path, "tls.key")
+    text = text.replace("/etc/mcplb/tls.crt", str(cert)).replace("/etc/mcplb/tls.key", str(key))
+    config = parse_config(text, environ={})
+    assert config.limits == LimitsConfig(max_in_flight=1000, max_streams=1000)
+    assert config.listen_tls == ListenTlsConfig(str(cert), str(key))
+    assert config.rate_limit == RateLimitConfig(rate=10.0)
+    assert config.retries == RetriesConfig()

@@ -211,7 +211,7 @@ async def test_smuggling_attempt_is_400_closed_and_never_reaches_the_backend(
     if warm:
         # A pooled connection is ready: the request head would be written at once.
         await still_serves(proxy, recorder, b"/warm")
-        assert len(proxy.runtime.pools["a"].idle) == 1
+        assert len(proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle) == 1
         expected.append(b"/warm")
     client = await RawClient.connect(proxy.port)
     await client.send(raw + SMUGGLED)

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.config import RetriesConfig
 from tests.conftest import AppFactory, ProxyFactory, RawHandler, backend_config
 from tests.rawhttp import RawClient, request
 
@@ -143,7 +144,7 @@ async def test_head_has_no_body_and_connection_is_reused(
     assert after.body == b"a"
     await client.close()
     # One upstream connection served both: HEAD left it in a clean state.
-    assert len(proxy.runtime.pools["a"].idle) == 1
+    assert len(proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle) == 1
 
 
 @pytest.mark.parametrize("code", [204, 304])
@@ -280,7 +281,7 @@ async def test_client_gone_mid_stream_closes_upstream(
     await client.close()
     await asyncio.wait_for(backend_saw_close.wait(), 5)
     backend = proxy.runtime.backends.by_name["a"]
-    assert proxy.runtime.pools["a"].idle == []
+    assert proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle == []
     assert backend.in_flight == 0 and backend.streams == 0
 
 
@@ -302,9 +303,16 @@ async def test_upstream_gone_mid_response_closes_client(
     assert proxy.runtime.backends.by_name["a"].in_flight == 0
 
 
-async def test_pooled_connection_closed_by_backend_is_retried(
-    start_proxy: ProxyFactory, serve_raw: RawServe
+@pytest.mark.parametrize(
+    ("method", "non_idempotent", "retried"),
+    [("GET", False, True), ("POST", False, False), ("POST", True, True)],
+)
+async def test_pooled_connection_closed_by_backend(
+    start_proxy: ProxyFactory, serve_raw: RawServe, method: str, non_idempotent: bool, retried: bool
 ) -> None:
+    """A pooled connection that dies before any response byte: idempotent requests go
+    again on a fresh connection; a POST (an MCP call) only with retries.non_idempotent,
+    since the backend may have run it."""
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -319,13 +327,23 @@ async def test_pooled_connection_closed_by_backend_is_retried(
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
 
-    proxy = await start_proxy([backend_config("a", await serve_raw(handler))])
+    proxy = await start_proxy(
+        [backend_config("a", await serve_raw(handler))],
+        retries=RetriesConfig(non_idempotent=non_idempotent),
+    )
     client = await RawClient.connect(proxy.port)
     await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await client.response()).body == b"answer 1"
-    await client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
-    assert (await client.response()).body == b"answer 2"
-    assert connections == 2
+    length = b"Content-Length: 2\r\n\r\nhi" if method == "POST" else b"\r\n"
+    await client.send(method.encode() + b" / HTTP/1.1\r\nHost: x\r\n" + length)
+    response = await client.response()
+    if retried:
+        assert response.body == b"answer 2"
+        assert connections == 2
+    else:
+        assert response.status == 502
+        assert connections == 1
+    assert proxy.runtime.backends.by_name["a"].in_flight == 0
     await client.close()
 
 

@@ -1,0 +1,1466 @@
+"""Soak test: bounded mixed MCP/SSE/HTTP load through a real mcplb while faults are injected.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/soak.py [--duration 150] [--clients 16] [--down 10]
+        [--seed 1] [--json out.json] [--keep-tmp]
+
+Started here, all on 127.0.0.1 free ports, logs in a temp dir:
+  - ``redis-server`` (no persistence; found as tests/redis_server.py does, ``make system-deps``
+    installs it): mcplb's session store;
+  - four demo MCP backends, ``python -m proxy.demo_backend --name mcp-X --port P`` (official MCP
+    SDK servers, tools whoami/add/countdown, ``GET /debug/sessions``). mcp-a, mcp-b and mcp-c
+    are in the config from the start; mcp-d runs all along but is only added by a reload;
+  - mcplb: ``python -m proxy.cli run --config FILE --log-level info`` with ``workers: 2``,
+    round_robin, ``sticky.store: redis``, active MCP health checks, passive ejection, the admin
+    API on a loopback port and the access log off. Its TMPDIR is the temp dir, so its state
+    directory goes away with it even if the master dies.
+
+Load (``--clients`` asyncio tasks in this process, default 16, every loop bounded):
+  short   MCP sessions with the official SDK client (Streamable HTTP): initialize, tools/call
+          whoami, add, countdown (3 progress notifications, all must arrive), then DELETE;
+          again and again. The SDK also opens the session's GET stream (counted as an op).
+  long    SDK sessions that live 8-15 s, across the faults: whoami/add every 0.5 s; every
+          whoami must name the session's first backend; then DELETE.
+  sse     by hand (aiohttp): initialize, notifications/initialized, whoami, then the
+          standalone stream (GET /mcp, Accept: text/event-stream) held open 5-10 s, during
+          which a countdown(10 x 0.3 s) on the same session streams its progress over its POST
+          (all 10 must arrive); the GET stream must stay open for the whole hold; DELETE.
+  http    plain ``GET /debug/sessions`` (every demo backend answers 200 JSON) in a loop.
+  admin   one task: the admin API's ``GET /status`` every second.
+
+Faults, at fixed fractions of ``--duration`` D (t = seconds since the load started):
+  0.20 D  SIGKILL mcp-b; restarted on the same port ``--down`` s later (at most 0.2 D);
+  0.45 D  reload 1: the config file is rewritten (mcp-a weight 1 -> 3, mcp-d added) and the
+          mcplb master gets SIGHUP; the admin API's /status must show the new backends and
+          weights within 10 s;
+  0.60 D  reload 2: mcp-a back to weight 1, mcp-d removed, SIGHUP;
+  0.75 D  redis-server SIGKILLed, started again (empty) on the same port 3 s later.
+A master that exits on SIGHUP (no reload support) is detected and reported; the reload is
+then "not applied" and the second one is skipped (its orphaned workers keep serving).
+
+Every operation (initialize, one tools/call, a GET stream, a DELETE, one HTTP request) is
+counted with its start/end time. Failures are grouped by reason (HTTP status and who answered
+it: mcplb or the backend (uvicorn), MCP error, exception class) and classified:
+  EXPECTED    the session (known from whoami) lived on mcp-b when it was killed and fails at
+              or after the kill (404 "Session not found": the client must re-initialize; a
+              stream or call cut); or lived on mcp-d and fails after mcp-d was removed; or the
+              operation's backend is unknown and it was in flight at the kill;
+  UNEXPECTED  everything else, plus the faults' own checks (mcplb master exited, a reload
+              not applied, mcplb group empty).
+Also reported: per-phase counts (before / during / after each fault) with the backend of the
+new sessions, the RSS of mcplb (sum of VmRSS of its process group: master and workers) after
+the warm-up and at the end, sessions left on the backends, and warnings/errors in mcplb's log.
+
+Exit status: 0 no unexpected failure; 1 setup failed (a server did not start); 2 unexpected
+failures (the report says which); 130 interrupted. Every process started here is stopped
+(SIGTERM, then SIGKILL of its whole process group) and the temp dirs removed, also on Ctrl-C,
+SIGTERM and exceptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import aiohttp  # noqa: E402
+import anyio  # noqa: E402
+import httpx2  # noqa: E402
+from mcp import ClientSession  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    HOST,
+    NotReady,
+    group_pids,
+    group_rss,
+    interruptible,
+    table,
+    wait_http,
+)
+from bench.http_bench import (  # noqa: E402
+    _interrupt,
+    free_ports,
+    log_step,
+    machine_info,
+    mcplb_python,
+    spawn,
+    stop_process,
+    tail,
+)
+from tests.redis_server import RedisServer, RedisServerMissing, start_redis  # noqa: E402
+
+BACKENDS = ("mcp-a", "mcp-b", "mcp-c")
+VICTIM = "mcp-b"  # SIGKILLed and restarted
+EXTRA = "mcp-d"  # added by reload 1, removed by reload 2
+REWEIGHTED = "mcp-a"  # weight 1 -> 3 (reload 1) -> 1 (reload 2)
+ALL_BACKENDS = (*BACKENDS, EXTRA)
+
+# Fault times as fractions of --duration.
+F_WARMUP = 0.10
+F_KILL = 0.20
+F_RELOAD_ADD = 0.45
+F_RELOAD_REMOVE = 0.60
+F_REDIS = 0.75
+REDIS_DOWN = 3.0  # seconds redis-server stays down
+MIN_WARMUP = 5.0
+
+MCP_PATH = "/mcp"
+PLAIN_PATH = "/debug/sessions"
+PROTOCOL_VERSION = "2025-11-25"
+MCP_ACCEPT = "application/json, text/event-stream"
+SESSION_NOT_FOUND = "Session not found"
+
+REQUEST_TIMEOUT = 10.0  # one MCP request / HTTP request
+SHORT_SESSION_LIMIT = 30.0  # whole short session (initialize .. last call)
+CONTROL_STEP = 0.1  # seconds between checks of the fault controller
+RELOAD_CHECK = 10.0  # seconds for /status to show a reload
+RSS_EVERY = 5.0  # seconds between RSS samples
+STOP_GRACE = 20.0  # seconds the load gets to finish its current operation at the end
+ERROR_BACKOFF = 0.2  # a client pauses this long after an unexpected failure
+HTTP_PAUSE = 0.01  # plain HTTP clients pause this long between requests
+SHORT_CALLS = (("whoami", {}), ("add", {"a": 2, "b": 3}), ("countdown", {"n": 3, "delay": 0.1}))
+LONG_HOLD = (8.0, 15.0)
+LONG_STEP = 0.5
+SSE_HOLD = (5.0, 10.0)
+SSE_COUNTDOWN = {"n": 10, "delay": 0.3}
+START_TIMEOUT = 20.0
+LOG_LINE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
+    r"\[(?P<pid>\d+)\]: (?P<msg>.*)$"
+)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(slots=True)
+class Op:
+    """One operation: times in seconds since the load started."""
+
+    kind: str
+    start: float
+    end: float
+    error: str | None  # None: success
+    session: int | None  # index into Soak.sessions
+    backend: str | None  # the session's backend when the op ended (whoami), if known
+    expected: str | None = None  # set by classify() for failures
+
+
+@dataclass(slots=True)
+class SessionRec:
+    kind: str  # short | long | sse
+    start: float
+    backend: str | None = None
+    lost: bool = False  # a request got 404 (the session is gone: no DELETE)
+
+
+@dataclass
+class Timeline:
+    warm: float | None = None
+    kill: float | None = None
+    restart: float | None = None
+    restart_ready: float | None = None
+    reload_add: float | None = None
+    reload_remove: float | None = None
+    redis_kill: float | None = None
+    redis_up: float | None = None
+    end: float | None = None
+    end_reason: str = ""
+    master_exit: float | None = None
+    master_rc: int | None = None
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+
+@dataclass
+class Reload:
+    name: str
+    t: float
+    change: str
+    sighup_sent: bool = False
+    master_alive_after: bool | None = None
+    master_rc: int | None = None
+    workers_after: int | None = None
+    applied: bool = False
+    applied_after_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Finding:
+    """An unexpected problem that is not one operation's failure (a fault check)."""
+
+    t: float | None
+    what: str
+
+
+class SdkLogCounter(logging.Handler):
+    """Counts the client libraries' warnings and errors instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        self.counts[f"{record.levelname} {record.name}: {msg[:100]}"] += 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def describe_exc(exc: BaseException) -> str:
+    """A short reason: the innermost leaf of an exception group, MCP error code and message."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return f"MCPError {exc.code}: {exc.message[:80]}"
+    if isinstance(exc, TimeoutError):
+        return "TimeoutError"
+    text = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
+    name = f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}"
+    name = name.removeprefix("builtins.")
+    return f"{name}: {text}" if text else name
+
+
+def origin_of(server_header: str | None) -> str:
+    """Who made an HTTP answer: the demo backends run uvicorn; mcplb sends no Server header."""
+    return "backend" if server_header and "uvicorn" in server_header.lower() else "mcplb"
+
+
+def result_text(result: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in getattr(result, "content", []))
+
+
+def parse_sse_json(body: str) -> list[dict[str, Any]]:
+    """The JSON messages of an SSE body (data: lines; one message per event)."""
+    messages: list[dict[str, Any]] = []
+    for block in re.split(r"\r?\n\r?\n", body):
+        data = "\n".join(
+            line[5:].lstrip() for line in block.splitlines() if line.startswith("data:")
+        )
+        if data:
+            with contextlib.suppress(ValueError):
+                messages.append(json.loads(data))
+    return messages
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
+
+
+def fmt_ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 1000:.1f}"
+
+
+def mib(kib: int | None) -> str:
+    return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+# --------------------------------------------------------------------------- config
+
+
+def mcplb_config(
+    port: int,
+    admin_port: int,
+    redis_url: str,
+    ports: dict[str, int],
+    names: tuple[str, ...],
+    weights: dict[str, int],
+) -> str:
+    lines = [
+        f"listen: {HOST}:{port}",
+        "workers: 2",
+        "strategy: round_robin",
+        "backends:",
+        *(
+            f'  - {{name: {n}, url: "http://{HOST}:{ports[n]}", weight: {weights.get(n, 1)}}}'
+            for n in names
+        ),
+        "sticky:",
+        "  mcp_sessions: true",
+        "  store: redis",
+        "  redis:",
+        f'    url: "{redis_url}"',
+        "health:",
+        "  active:",
+        "    type: mcp",
+        "    interval: 1s",
+        "    timeout: 500ms",
+        "    rise: 2",
+        "    fall: 2",
+        "  passive:",
+        "    consecutive_failures: 3",
+        "    ejection_time: 5s",
+        "timeouts:",
+        "  grace: 5s",
+        "admin:",
+        f'  listen: "{HOST}:{admin_port}"',
+        "log:",
+        "  access: false",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Soak:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        tmp: Path,
+        procs: list[subprocess.Popen[bytes]],
+        backend_procs: dict[str, subprocess.Popen[bytes]],
+        ports: dict[str, int],
+        proxy_port: int,
+        admin_port: int,
+        mcplb: subprocess.Popen[bytes],
+        redis: RedisServer,
+        conf_path: Path,
+    ) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.procs = procs
+        self.backend_procs = backend_procs
+        self.ports = ports
+        self.proxy_port = proxy_port
+        self.admin_port = admin_port
+        self.mcplb = mcplb
+        self.redis = redis
+        self.conf_path = conf_path
+        self.url = f"http://{HOST}:{proxy_port}{MCP_PATH}"
+        self.admin_url = f"http://{HOST}:{admin_port}"
+        self.rng = random.Random(args.seed)
+        self.ops: list[Op] = []
+        self.sessions: list[SessionRec] = []
+        self.tl = Timeline()
+        self.reloads: list[Reload] = []
+        self.findings: list[Finding] = []
+        self.rss: list[tuple[float, int, dict[int, int]]] = []  # (t, total KiB, pid -> KiB)
+        self.rss_start: tuple[float, int, dict[int, int]] | None = None
+        self.rss_end: tuple[float, int, dict[int, int]] | None = None
+        self.last_status: dict[str, Any] | None = None
+        self.stop = asyncio.Event()
+        self.origin = time.perf_counter()
+        self.workers_seen: set[int] = set()
+        self.mix: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def now(self) -> float:
+        return time.perf_counter() - self.origin
+
+    def event(self, msg: str) -> None:
+        t = self.now()
+        self.tl.events.append((t, msg))
+        log_step("soak", f"t={t:7.2f}s  {msg}")
+
+    def new_session(self, kind: str) -> int:
+        self.sessions.append(SessionRec(kind, self.now()))
+        return len(self.sessions) - 1
+
+    def record(self, kind: str, start: float, error: str | None, sess: int | None) -> None:
+        backend = self.sessions[sess].backend if sess is not None else None
+        self.ops.append(Op(kind, start, self.now(), error, sess, backend))
+        if error and sess is not None and ("404" in error or SESSION_NOT_FOUND in error):
+            self.sessions[sess].lost = True  # the client must re-initialize
+
+    def set_backend(self, sess: int, name: str) -> str | None:
+        """Note the backend whoami named; an error if the session had another one."""
+        rec = self.sessions[sess]
+        if rec.backend is None:
+            rec.backend = name
+            return None
+        if rec.backend != name:
+            return f"session moved: whoami said {name}, it was on {rec.backend}"
+        return None
+
+    def mcplb_alive(self) -> bool:
+        return bool(group_pids(self.mcplb.pid))
+
+    def sample_rss(self) -> tuple[float, int, dict[int, int]]:
+        sizes = group_rss(self.mcplb.pid)
+        sample = (self.now(), sum(sizes.values()), sizes)
+        self.rss.append(sample)
+        return sample
+
+    # ----------------------------------------------------------------- SDK sessions
+
+    async def sdk_worker(self, long: bool) -> None:
+        """MCP sessions with the official SDK client over one httpx client (its own pool)."""
+        current: list[int | None] = [None]  # the session the hooks report for
+        headers: dict[str, str] = {}
+
+        async def on_request(request: httpx2.Request) -> None:
+            sid = request.headers.get("mcp-session-id")
+            if sid:
+                headers["mcp-session-id"] = sid
+            version = request.headers.get("mcp-protocol-version")
+            if version:
+                headers["mcp-protocol-version"] = version
+
+        async def on_response(response: httpx2.Response) -> None:
+            sid = response.headers.get("mcp-session-id")
+            if sid and response.request.method == "POST" and "mcp-session-id" not in headers:
+                headers["mcp-session-id"] = sid
+            if response.request.method == "GET" and current[0] is not None:
+                # The SDK's standalone GET stream of the session (opened after initialized).
+                error = None
+                if response.status_code != 200:
+                    who = origin_of(response.headers.get("server"))
+                    error = f"HTTP {response.status_code} on GET stream ({who})"
+                self.record("sdk.GET stream", self.now(), error, current[0])
+
+        timeout = httpx2.Timeout(REQUEST_TIMEOUT, read=300.0)
+        async with httpx2.AsyncClient(
+            timeout=timeout,
+            trust_env=False,
+            event_hooks={"request": [on_request], "response": [on_response]},
+        ) as client:
+            while not self.stop.is_set():
+                headers.clear()
+                sess = self.new_session("long" if long else "short")
+                current[0] = sess
+                ok = await self.sdk_session(client, sess, long)
+                current[0] = None
+                ok = await self.sdk_delete(client, sess, headers) and ok
+                if not ok:
+                    await asyncio.sleep(ERROR_BACKOFF)
+
+    async def sdk_session(self, client: httpx2.AsyncClient, sess: int, long: bool) -> bool:
+        prefix = "long" if long else "short"
+        cur: list[Any] = [None, 0.0]  # the op in progress: kind, start
+        failed = False
+
+        def begin(kind: str) -> None:
+            cur[0], cur[1] = f"{prefix}.{kind}", self.now()
+
+        def done(error: str | None = None) -> None:
+            nonlocal failed
+            self.record(cur[0], cur[1], error, sess)
+            failed = failed or error is not None
+            cur[0] = None
+
+        async def call(session: ClientSession, tool: str, args: dict[str, Any]) -> bool:
+            begin(f"call {tool}")
+            progress: list[float] = []
+
+            async def on_progress(p: float, total: float | None, message: str | None) -> None:
+                progress.append(p)
+
+            result = await session.call_tool(
+                tool, args, progress_callback=on_progress if tool == "countdown" else None
+            )
+            error: str | None = None
+            text = result_text(result)
+            if getattr(result, "is_error", False):
+                error = f"tool error: {text[:80]}"
+            elif tool == "whoami":
+                error = self.set_backend(sess, text)
+            elif tool == "add" and text != str(args["a"] + args["b"]):
+                error = f"add answered {text[:40]!r}"
+            elif tool == "countdown":
+                if text != "liftoff":
+                    error = f"countdown answered {text[:40]!r}"
+                elif len(progress) != args["n"]:
+                    error = f"countdown: {len(progress)} of {args['n']} progress notifications"
+            done(error)
+            return error is None
+
+        t_session = self.now()
+        limit = self.rng.uniform(*LONG_HOLD) if long else 0.0
+        try:
+            with anyio.fail_after(limit + SHORT_SESSION_LIMIT):
+                async with (
+                    streamable_http_client(
+                        self.url, http_client=client, terminate_on_close=False
+                    ) as (read, write),
+                    ClientSession(read, write, read_timeout_seconds=REQUEST_TIMEOUT) as session,
+                ):
+                    begin("initialize")
+                    await session.initialize()
+                    done()
+                    if not long:
+                        for tool, args in SHORT_CALLS:
+                            if not await call(session, tool, args):
+                                break
+                    else:
+                        deadline = self.now() + limit
+                        step = 0
+                        while self.now() < deadline and not self.stop.is_set():
+                            tool, args = ("whoami", {}) if step % 2 == 0 else SHORT_CALLS[1]
+                            if not await call(session, tool, args):
+                                break
+                            step += 1
+                            await asyncio.sleep(LONG_STEP)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, by reason
+            reason = describe_exc(exc)
+            if cur[0] is not None:
+                done(reason)
+            else:
+                self.record(f"{prefix}.session", t_session, reason, sess)
+                failed = True
+        return not failed
+
+    async def sdk_delete(
+        self, client: httpx2.AsyncClient, sess: int, headers: dict[str, str]
+    ) -> bool:
+        """DELETE the session as the SDK would on close (done here to see the answer)."""
+        if "mcp-session-id" not in headers or self.sessions[sess].lost:
+            return True  # never opened, or answered 404 already: the client just re-initializes
+        kind = f"{self.sessions[sess].kind}.DELETE"
+        t = self.now()
+        error: str | None = None
+        try:
+            resp = await client.delete(self.url, headers=headers, timeout=REQUEST_TIMEOUT)
+            if resp.status_code not in (200, 204):
+                who = origin_of(resp.headers.get("server"))
+                error = f"HTTP {resp.status_code} on DELETE ({who})"
+        except Exception as exc:  # noqa: BLE001
+            error = describe_exc(exc)
+        self.record(kind, t, error, sess)
+        return error is None
+
+    # ----------------------------------------------------------------- raw SSE sessions
+
+    async def sse_worker(self, http: aiohttp.ClientSession) -> None:
+        while not self.stop.is_set():
+            sess = self.new_session("sse")
+            ok = await self.sse_session(http, sess)
+            if not ok:
+                await asyncio.sleep(ERROR_BACKOFF)
+
+    async def rpc(
+        self,
+        http: aiohttp.ClientSession,
+        body: dict[str, Any],
+        headers: dict[str, str],
+    ) -> tuple[int, str | None, str, dict[str, Any] | None, int]:
+        """POST one JSON-RPC message: (status, session id, origin, reply to it, progress seen)."""
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT + 10)
+        async with http.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+            text = await resp.text()
+            sid = resp.headers.get("mcp-session-id")
+            who = origin_of(resp.headers.get("server"))
+            if "id" not in body or resp.status >= 300:
+                return resp.status, sid, who, None, 0
+            if resp.content_type == "application/json":
+                messages = [json.loads(text)] if text.strip() else []
+            else:
+                messages = parse_sse_json(text)
+            reply = next((m for m in messages if m.get("id") == body["id"]), None)
+            progress = sum(1 for m in messages if m.get("method") == "notifications/progress")
+            return resp.status, sid, who, reply, progress
+
+    async def sse_session(self, http: aiohttp.ClientSession, sess: int) -> bool:
+        base = {"Accept": MCP_ACCEPT, "Content-Type": "application/json"}
+        failed = False
+
+        def fail_reason(status: int, who: str, reply: dict[str, Any] | None, what: str) -> str:
+            if status >= 300:
+                return f"HTTP {status} on {what} ({who})"
+            if reply is None:
+                return f"no JSON-RPC reply to {what}"
+            if "error" in reply:
+                return f"JSON-RPC error {reply['error'].get('code')} on {what}: " + str(
+                    reply["error"].get("message")
+                )[:60]
+            return ""
+
+        async def step(kind: str, job: Callable[[], Awaitable[str | None]]) -> bool:
+            nonlocal failed
+            t = self.now()
+            try:
+                error = await job()
+            except Exception as exc:  # noqa: BLE001
+                error = describe_exc(exc)
+            self.record(f"sse.{kind}", t, error, sess)
+            failed = failed or error is not None
+            return error is None
+
+        state: dict[str, Any] = {}
+
+        async def initialize() -> str | None:
+            body = {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "capabilities": {},
+                    "clientInfo": {"name": "soak-sse", "version": "0"},
+                },
+            }
+            status, sid, who, reply, _ = await self.rpc(http, body, base)
+            if status != 200 or reply is None or "result" not in reply or not sid:
+                return fail_reason(status, who, reply, "initialize") or "no session id"
+            state["headers"] = {
+                **base,
+                "Mcp-Session-Id": sid,
+                "MCP-Protocol-Version": reply["result"].get("protocolVersion", PROTOCOL_VERSION),
+            }
+            return None
+
+        async def initialized() -> str | None:
+            body = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            status, _, who, _, _ = await self.rpc(http, body, state["headers"])
+            return None if status == 202 else f"HTTP {status} on initialized ({who})"
+
+        async def tool(name: str, args: dict[str, Any], req_id: int) -> str | None:
+            body: dict[str, Any] = {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "method": "tools/call",
+                "params": {"name": name, "arguments": args},
+            }
+            if name == "countdown":
+                body["params"]["_meta"] = {"progressToken": f"p{req_id}"}
+            status, _, who, reply, progress = await self.rpc(http, body, state["headers"])
+            reason = fail_reason(status, who, reply, f"tools/call {name}")
+            if reason:
+                return reason
+            assert reply is not None
+            result = reply["result"]
+            text = "".join(c.get("text", "") for c in result.get("content", []))
+            if result.get("isError"):
+                return f"tool error: {text[:80]}"
+            if name == "whoami":
+                return self.set_backend(sess, text)
+            if text != "liftoff":
+                return f"countdown answered {text[:40]!r}"
+            if progress != args["n"]:
+                return f"countdown: {progress} of {args['n']} progress notifications"
+            return None
+
+        async def hold_stream() -> str | None:
+            hold = self.rng.uniform(*SSE_HOLD)
+            headers = {k: v for k, v in state["headers"].items() if k != "Content-Type"}
+            headers["Accept"] = "text/event-stream"
+            timeout = aiohttp.ClientTimeout(total=None, connect=REQUEST_TIMEOUT, sock_read=None)
+            countdown: asyncio.Task[bool] | None = None
+            async with http.get(self.url, headers=headers, timeout=timeout) as resp:
+                if resp.status != 200 or resp.content_type != "text/event-stream":
+                    who = origin_of(resp.headers.get("server"))
+                    return f"HTTP {resp.status} {resp.content_type} on GET stream ({who})"
+                opened = self.now()
+                until = opened + hold
+                error: str | None = None
+                try:
+                    while (left := until - self.now()) > 0 and not self.stop.is_set():
+                        if countdown is None and self.now() - opened >= 1.0:
+                            countdown = asyncio.create_task(
+                                step("call countdown", lambda: tool("countdown", SSE_COUNTDOWN, 3))
+                            )
+                        try:
+                            chunk = await asyncio.wait_for(resp.content.readany(), min(0.5, left))
+                        except TimeoutError:
+                            continue
+                        if not chunk:
+                            error = f"GET stream ended after {self.now() - opened:.1f} s (EOF)"
+                            break
+                except (aiohttp.ClientError, OSError) as exc:
+                    error = f"GET stream cut after {self.now() - opened:.1f} s: " + describe_exc(
+                        exc
+                    )
+                finally:
+                    if countdown is not None:
+                        await countdown
+            return error
+
+        async def delete() -> str | None:
+            timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+            async with http.delete(self.url, headers=state["headers"], timeout=timeout) as resp:
+                await resp.read()
+                if resp.status in (200, 204):
+                    return None
+                return f"HTTP {resp.status} on DELETE ({origin_of(resp.headers.get('server'))})"
+
+        if not await step("initialize", initialize):
+            return False
+        if (
+            await step("initialized", initialized)
+            and await step("call whoami", lambda: tool("whoami", {}, 2))
+            and await step("GET stream", hold_stream)
+        ):
+            pass
+        if not self.sessions[sess].lost:
+            await step("DELETE", delete)
+        return not failed
+
+    # ----------------------------------------------------------------- plain HTTP, admin
+
+    async def http_worker(self, http: aiohttp.ClientSession) -> None:
+        url = f"http://{HOST}:{self.proxy_port}{PLAIN_PATH}"
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        while not self.stop.is_set():
+            t = self.now()
+            error: str | None = None
+            try:
+                async with http.get(url, timeout=timeout) as resp:
+                    text = await resp.text()
+                    if resp.status != 200:
+                        who = origin_of(resp.headers.get("server"))
+                        error = f"HTTP {resp.status} ({who}): {text.strip()[:60]}"
+                    elif "sessions" not in text:
+                        error = f"unexpected body {text[:40]!r}"
+            except Exception as exc:  # noqa: BLE001
+                error = describe_exc(exc)
+            self.record(f"http.GET {PLAIN_PATH}", t, error, None)
+            await asyncio.sleep(ERROR_BACKOFF if error else HTTP_PAUSE)
+
+    async def admin_status(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        async with http.get(f"{self.admin_url}/status", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}")
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    async def admin_worker(self, http: aiohttp.ClientSession) -> None:
+        next_rss = 0.0
+        while not self.stop.is_set():
+            t = self.now()
+            error: str | None = None
+            try:
+                self.last_status = await self.admin_status(http)
+            except Exception as exc:  # noqa: BLE001
+                error = describe_exc(exc)
+            self.record("admin.GET /status", t, error, None)
+            if self.now() >= next_rss:
+                self.sample_rss()
+                next_rss = self.now() + RSS_EVERY
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+
+    # ----------------------------------------------------------------- faults
+
+    async def sleep_until(self, t: float) -> None:
+        while (left := t - self.now()) > 0:
+            self.watch_mcplb()
+            await asyncio.sleep(min(left, CONTROL_STEP))
+        self.watch_mcplb()
+
+    def watch_mcplb(self) -> None:
+        if self.tl.master_exit is None and self.mcplb.poll() is not None:
+            self.tl.master_exit = self.now()
+            self.tl.master_rc = self.mcplb.returncode
+            workers = [p for p in group_pids(self.mcplb.pid) if p != self.mcplb.pid]
+            self.event(
+                f"mcplb master (pid {self.mcplb.pid}) exited with {describe_rc(self.mcplb.returncode)};"
+                f" {len(workers)} worker(s) still running: {workers}"
+            )
+
+    async def controller(self, http: aiohttp.ClientSession) -> None:
+        d = self.args.duration
+        down = min(self.args.down, 0.2 * d)
+        await self.sleep_until(max(MIN_WARMUP, F_WARMUP * d))
+        self.tl.warm = self.now()
+        self.rss_start = self.sample_rss()
+        self.workers_seen = set(self.rss_start[2]) - {self.mcplb.pid}
+        self.event(
+            f"warm-up over; mcplb RSS {mib(self.rss_start[1])} over pids {sorted(self.rss_start[2])}"
+        )
+
+        # (1) SIGKILL a backend, restart it on the same port.
+        await self.sleep_until(F_KILL * d)
+        victim = self.backend_procs[VICTIM]
+        self.tl.kill = self.now()
+        victim.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            victim.wait(5)
+        self.event(f"SIGKILL {VICTIM} (pid {victim.pid}); restart in {down:g} s")
+        await self.sleep_until(self.tl.kill + down)
+        self.tl.restart = self.now()
+        restarted = spawn(
+            backend_cmd(VICTIM, self.ports[VICTIM]),
+            self.tmp / f"{VICTIM}-restarted.log",
+            self.procs,
+            cwd=REPO_ROOT,
+        )
+        self.backend_procs[VICTIM] = restarted
+        try:
+            await asyncio.to_thread(
+                wait_http,
+                restarted,
+                self.ports[VICTIM],
+                PLAIN_PATH,
+                START_TIMEOUT,
+                self.tmp / f"{VICTIM}-restarted.log",
+            )
+            self.tl.restart_ready = self.now()
+            self.event(f"{VICTIM} restarted (pid {restarted.pid}) and answering")
+        except NotReady as exc:
+            self.findings.append(Finding(self.now(), f"{VICTIM} did not come back: {exc}"))
+            self.event(f"{VICTIM} did not come back")
+
+        # (2) Reloads: change a weight and add a backend, then undo both.
+        await self.sleep_until(F_RELOAD_ADD * d)
+        await self.reload(
+            http,
+            "reload 1",
+            f"{REWEIGHTED} weight 1 -> 3, {EXTRA} added",
+            (*BACKENDS, EXTRA),
+            {REWEIGHTED: 3},
+        )
+        await self.sleep_until(F_RELOAD_REMOVE * d)
+        await self.reload(
+            http, "reload 2", f"{REWEIGHTED} weight 3 -> 1, {EXTRA} removed", BACKENDS, {}
+        )
+
+        # (3) Restart redis-server (empty) on the same port.
+        await self.sleep_until(F_REDIS * d)
+        self.tl.redis_kill = self.now()
+        await self.redis.kill()
+        self.event(f"SIGKILL redis-server (port {self.redis.port})")
+        await self.sleep_until(self.tl.redis_kill + REDIS_DOWN)
+        try:
+            await self.redis.restart()
+            self.tl.redis_up = self.now()
+            self.event(f"redis-server restarted on port {self.redis.port} (empty)")
+        except RuntimeError as exc:
+            self.findings.append(Finding(self.now(), f"redis-server did not restart: {exc}"))
+
+        await self.sleep_until(d)
+        self.tl.end = self.now()
+        self.tl.end_reason = f"duration ({d:g} s) reached"
+
+    async def reload(
+        self,
+        http: aiohttp.ClientSession,
+        name: str,
+        change: str,
+        names: tuple[str, ...],
+        weights: dict[str, int],
+    ) -> None:
+        rec = Reload(name, self.now(), change)
+        self.reloads.append(rec)
+        if name == "reload 1":
+            self.tl.reload_add = rec.t
+        else:
+            self.tl.reload_remove = rec.t
+        self.watch_mcplb()
+        if self.mcplb.poll() is not None:
+            rec.note = "skipped: the mcplb master is gone"
+            self.event(f"{name} skipped: the mcplb master is gone")
+            return
+        text = mcplb_config(
+            self.proxy_port,
+            self.admin_port,
+            self.redis.url,
+            self.ports,
+            names,
+            weights,
+        )
+        write_atomic(self.conf_path, text)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.mcplb.pid, signal.SIGHUP)
+            rec.sighup_sent = True
+        self.event(f"{name}: config rewritten ({change}); SIGHUP to the master {self.mcplb.pid}")
+        want = {n: weights.get(n, 1) for n in names}
+        deadline = self.now() + RELOAD_CHECK
+        seen: dict[str, int] = {}
+        while self.now() < deadline:
+            await asyncio.sleep(0.25)
+            self.watch_mcplb()
+            try:
+                status = await self.admin_status(http)
+            except Exception:  # noqa: BLE001, S112 - the poller counts admin failures
+                continue
+            seen = {b["name"]: b["weight"] for b in status.get("backends", [])}
+            if seen == want:
+                rec.applied = True
+                rec.applied_after_s = self.now() - rec.t
+                break
+        await self.sleep_until(rec.t + 1.0)
+        rec.master_alive_after = self.mcplb.poll() is None
+        rec.master_rc = self.mcplb.returncode
+        rec.workers_after = len([p for p in group_pids(self.mcplb.pid) if p != self.mcplb.pid])
+        if not rec.master_alive_after:
+            self.findings.append(
+                Finding(
+                    rec.t,
+                    f"{name}: the mcplb master exited on SIGHUP"
+                    f" ({describe_rc(rec.master_rc)}); {rec.workers_after} orphaned worker(s)"
+                    " kept serving the old config",
+                )
+            )
+        if rec.applied:
+            self.event(f"{name} applied after {rec.applied_after_s:.2f} s (admin /status)")
+        else:
+            rec.note = f"/status still shows {seen or 'nothing'} after {RELOAD_CHECK:g} s"
+            self.findings.append(Finding(rec.t, f"{name} not applied: {rec.note}, want {want}"))
+            self.event(f"{name} NOT applied: {rec.note}")
+
+    # ----------------------------------------------------------------- all of it
+
+    async def run(self) -> None:
+        n = self.args.clients
+        n_long = max(1, n // 8)
+        n_sse = max(1, 3 * n // 16)
+        n_http = max(1, n // 4)
+        n_short = max(1, n - 1 - n_long - n_sse - n_http)
+        self.mix = {"short": n_short, "long": n_long, "sse": n_sse, "http": n_http, "admin": 1}
+        log_step("soak", "load: " + ", ".join(f"{v} {k}" for k, v in self.mix.items()))
+        connector = aiohttp.TCPConnector(limit=0)
+        async with (
+            aiohttp.ClientSession(connector=connector, trust_env=False) as http,
+            aiohttp.ClientSession(trust_env=False) as control,
+        ):
+            self.origin = time.perf_counter()
+            tasks = [
+                *(asyncio.create_task(self.sdk_worker(False)) for _ in range(n_short)),
+                *(asyncio.create_task(self.sdk_worker(True)) for _ in range(n_long)),
+                *(asyncio.create_task(self.sse_worker(http)) for _ in range(n_sse)),
+                *(asyncio.create_task(self.http_worker(http)) for _ in range(n_http)),
+                asyncio.create_task(self.admin_worker(control)),
+            ]
+            try:
+                await self.controller(control)
+                self.watch_mcplb()
+                self.rss_end = self.sample_rss()
+                self.event(f"load stopping; mcplb RSS {mib(self.rss_end[1])}")
+            finally:
+                self.stop.set()
+                done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        exc = task.exception()
+                        assert exc is not None
+                        self.findings.append(
+                            Finding(None, f"a load task crashed: {describe_exc(exc)}")
+                        )
+                if pending:
+                    self.findings.append(
+                        Finding(None, f"{len(pending)} load task(s) did not stop in time")
+                    )
+
+    async def leftovers(self, http: aiohttp.ClientSession) -> dict[str, int | None]:
+        """Live MCP sessions on each backend after the load (asked directly)."""
+        found: dict[str, int | None] = {}
+        for name in ALL_BACKENDS:
+            try:
+                url = f"http://{HOST}:{self.ports[name]}{PLAIN_PATH}"
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                    found[name] = (await resp.json()).get("sessions")
+            except Exception:  # noqa: BLE001
+                found[name] = None
+        return found
+
+
+def describe_rc(rc: int | None) -> str:
+    if rc is None:
+        return "no exit"
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-rc).name}"
+    return f"status {rc}"
+
+
+def backend_cmd(name: str, port: int) -> list[str]:
+    return [
+        mcplb_python(),
+        "-m",
+        "proxy.demo_backend",
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--parent-pid",
+        str(os.getpid()),
+    ]
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def classify(op: Op, soak: Soak) -> str | None:
+    """Why a failure was to be expected, or None (unexpected)."""
+    tl = soak.tl
+    sess = soak.sessions[op.session] if op.session is not None else None
+    backend = sess.backend if sess is not None else op.backend
+    if tl.kill is not None and op.end >= tl.kill:
+        ready = tl.restart_ready if tl.restart_ready is not None else float("inf")
+        if backend == VICTIM and sess is not None and sess.start < ready:
+            return f"session lived on {VICTIM}, which was killed"
+        if backend is None and op.start <= tl.kill + 0.5 and op.end >= tl.kill:
+            return "in flight at the backend kill (backend unknown)"
+    if tl.reload_remove is not None and backend == EXTRA and op.end >= tl.reload_remove:
+        return f"session lived on {EXTRA}, which reload 2 removed"
+    return None
+
+
+def phases(tl: Timeline) -> list[tuple[str, float, float]]:
+    marks = [
+        ("warm-up", 0.0),
+        ("steady", tl.warm),
+        (f"{VICTIM} down", tl.kill),
+        (f"{VICTIM} back", tl.restart_ready or tl.restart),
+        (f"reload 1 (+{EXTRA})", tl.reload_add),
+        (f"reload 2 (-{EXTRA})", tl.reload_remove),
+        ("redis down", tl.redis_kill),
+        ("redis back", tl.redis_up),
+    ]
+    known = [(name, t) for name, t in marks if t is not None]
+    end = tl.end if tl.end is not None else float("inf")
+    out = []
+    for i, (name, t) in enumerate(known):
+        hi = known[i + 1][1] if i + 1 < len(known) else end
+        out.append((name, t, hi))
+    return out
+
+
+def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> dict[str, Any]:
+    ops = soak.ops
+    for op in ops:
+        if op.error is not None:
+            op.expected = classify(op, soak)
+    failed = [op for op in ops if op.error is not None]
+    expected = [op for op in failed if op.expected is not None]
+    unexpected = [op for op in failed if op.expected is None]
+
+    by_kind: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        groups[op.kind].append(op)
+    for kind in sorted(groups):
+        items = groups[kind]
+        ok_times = [o.end - o.start for o in items if o.error is None]
+        by_kind[kind] = {
+            "sent": len(items),
+            "ok": len(ok_times),
+            "expected_failures": sum(1 for o in items if o.error and o.expected),
+            "unexpected_failures": sum(1 for o in items if o.error and not o.expected),
+            "p50_s": pct(ok_times, 50),
+            "p99_s": pct(ok_times, 99),
+            "max_s": max(ok_times, default=None),
+        }
+
+    def reasons(items: list[Op], with_expected: bool) -> list[dict[str, Any]]:
+        counter: Counter[tuple[str, str]] = Counter()
+        examples: dict[tuple[str, str], Op] = {}
+        for op in items:
+            assert op.error is not None
+            key = (op.expected or "", f"{op.kind}: {op.error}")
+            counter[key] += 1
+            examples.setdefault(key, op)
+        out = []
+        for (why, reason), n in counter.most_common():
+            ex = examples[(why, reason)]
+            item: dict[str, Any] = {"count": n, "reason": reason, "first_at_s": round(ex.start, 3)}
+            item["backend"] = ex.backend
+            if with_expected:
+                item["why_expected"] = why
+            out.append(item)
+        return out
+
+    phase_rows = []
+    for name, lo, hi in phases(soak.tl):
+        items = [op for op in ops if lo <= op.start < hi]
+        new = Counter(
+            s.backend or "?"
+            for s in soak.sessions
+            if lo <= s.start < hi and s.kind != "admin" and s.backend is not None
+        )
+        phase_rows.append(
+            {
+                "phase": name,
+                "from_s": round(lo, 3),
+                "to_s": round(hi, 3),
+                "sent": len(items),
+                "ok": sum(1 for o in items if o.error is None),
+                "expected_failures": sum(1 for o in items if o.error and o.expected),
+                "unexpected_failures": sum(1 for o in items if o.error and not o.expected),
+                "new_sessions_by_backend": dict(sorted(new.items())),
+            }
+        )
+
+    log_levels: Counter[str] = Counter()
+    log_messages: Counter[str] = Counter()
+    tracebacks = 0
+    with contextlib.suppress(OSError):
+        for line in mcplb_log.read_text(errors="replace").splitlines():
+            m = LOG_LINE.match(line)
+            if m is None:
+                tracebacks += line.startswith("Traceback")
+                continue
+            log_levels[m["level"]] += 1
+            if m["level"] in ("WARNING", "ERROR", "CRITICAL"):
+                msg = re.sub(r"\d+", "N", m["msg"])[:140]
+                log_messages[f"{m['level']} {m['logger']}: {msg}"] += 1
+
+    def rss(sample: tuple[float, int, dict[int, int]] | None) -> dict[str, Any] | None:
+        if sample is None:
+            return None
+        t, total, sizes = sample
+        return {"t_s": round(t, 3), "kib": total, "pids": {str(p): k for p, k in sizes.items()}}
+
+    peak = max(soak.rss, key=lambda s: s[1], default=None)
+    return {
+        "requests": {
+            "sent": len(ops),
+            "succeeded": len(ops) - len(failed),
+            "failed": len(failed),
+            "failed_expected": len(expected),
+            "failed_unexpected": len(unexpected),
+        },
+        "sessions": {
+            "started": Counter(s.kind for s in soak.sessions),
+            "by_backend": Counter(s.backend or "unknown" for s in soak.sessions),
+        },
+        "by_kind": by_kind,
+        "expected_failures": reasons(expected, True),
+        "unexpected_failures": reasons(unexpected, False),
+        "findings": [asdict(f) for f in soak.findings],
+        "phases": phase_rows,
+        "reloads": [asdict(r) for r in soak.reloads],
+        "rss": {
+            "start": rss(soak.rss_start),
+            "end": rss(soak.rss_end),
+            "peak": rss(peak),
+            "samples": [(round(t, 1), kib) for t, kib, _ in soak.rss],
+        },
+        "backend_sessions_left": leftovers,
+        "mcplb_log": {
+            "lines_by_level": dict(log_levels),
+            "tracebacks": tracebacks,
+            "warnings_and_errors": dict(log_messages.most_common(15)),
+        },
+        "client_library_log": dict(SDK_LOG.counts.most_common(10)),
+    }
+
+
+def print_report(soak: Soak, r: dict[str, Any]) -> None:
+    tl = soak.tl
+    req = r["requests"]
+    print()
+    print("timeline (s since the load started):")
+    for t, msg in tl.events:
+        print(f"  {t:7.2f}  {msg}")
+    print()
+    print(
+        f"requests: sent {req['sent']:,}, succeeded {req['succeeded']:,}, failed"
+        f" {req['failed']:,} (expected {req['failed_expected']:,},"
+        f" UNEXPECTED {req['failed_unexpected']:,})"
+    )
+    sessions = r["sessions"]
+    print(
+        "sessions started: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(sessions["started"].items()))
+        + "; by backend: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(sessions["by_backend"].items()))
+    )
+    print()
+    rows = [
+        [
+            kind,
+            f"{v['sent']:,}",
+            f"{v['ok']:,}",
+            f"{v['expected_failures']:,}",
+            f"{v['unexpected_failures']:,}",
+            fmt_ms(v["p50_s"]),
+            fmt_ms(v["p99_s"]),
+            fmt_ms(v["max_s"]),
+        ]
+        for kind, v in r["by_kind"].items()
+    ]
+    head = ["operation", "sent", "ok", "expected", "UNEXPECTED", "p50 ms", "p99 ms", "max ms"]
+    print(table(head, rows))
+    print()
+    print("expected failures, by reason:" if r["expected_failures"] else "expected failures: none")
+    for f in r["expected_failures"]:
+        print(f"  {f['count']:>5}  {f['reason']}  [{f['why_expected']}]")
+    print(
+        "UNEXPECTED failures, by reason:"
+        if r["unexpected_failures"]
+        else "unexpected failures: none"
+    )
+    for f in r["unexpected_failures"]:
+        print(
+            f"  {f['count']:>5}  {f['reason']}  (first at t={f['first_at_s']:.2f} s,"
+            f" backend {f['backend'] or 'unknown'})"
+        )
+    if r["findings"]:
+        print("UNEXPECTED fault-check findings:")
+        for f in r["findings"]:
+            when = "" if f["t"] is None else f"t={f['t']:.2f} s: "
+            print(f"  - {when}{f['what']}")
+    print()
+    print("phases (operations by start time; new sessions by the backend whoami named):")
+    rows = [
+        [
+            p["phase"],
+            f"{p['from_s']:.1f}-{p['to_s']:.1f}",
+            f"{p['sent']:,}",
+            f"{p['ok']:,}",
+            f"{p['expected_failures']:,}",
+            f"{p['unexpected_failures']:,}",
+            " ".join(f"{k[-1]}:{v}" for k, v in p["new_sessions_by_backend"].items()),
+        ]
+        for p in r["phases"]
+    ]
+    print(table(["phase", "t (s)", "sent", "ok", "expected", "UNEXPECTED", "new sessions"], rows))
+    print()
+    for rl in r["reloads"]:
+        state = "applied" if rl["applied"] else "NOT applied"
+        after = f" after {rl['applied_after_s']:.2f} s" if rl["applied_after_s"] else ""
+        master = (
+            "master alive"
+            if rl["master_alive_after"]
+            else f"master gone ({describe_rc(rl['master_rc'])})"
+            if rl["master_alive_after"] is False
+            else "master not checked"
+        )
+        print(
+            f"{rl['name']} at t={rl['t']:.2f} s ({rl['change']}): SIGHUP"
+            f" {'sent' if rl['sighup_sent'] else 'not sent'}, {state}{after}, {master},"
+            f" workers {rl['workers_after']}" + (f"; {rl['note']}" if rl["note"] else "")
+        )
+    rss = r["rss"]
+
+    def rss_line(label: str, s: dict[str, Any] | None) -> str:
+        if s is None:
+            return f"  {label}: n/a"
+        pids = ", ".join(f"{p}: {mib(k)}" for p, k in s["pids"].items())
+        return f"  {label} (t={s['t_s']:.1f} s): {mib(s['kib'])}  ({pids})"
+
+    print()
+    print("mcplb RSS (VmRSS summed over its process group: master + workers):")
+    print(rss_line("after warm-up", rss["start"]))
+    print(rss_line("at the end   ", rss["end"]))
+    print(rss_line("peak sample  ", rss["peak"]))
+    if rss["start"] and rss["end"]:
+        print(f"  change: {(rss['end']['kib'] - rss['start']['kib']) / 1024:+.1f} MiB")
+    print()
+    print(
+        "MCP sessions left on the backends after the load: "
+        + ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in r["backend_sessions_left"].items())
+    )
+    lg = r["mcplb_log"]
+    print(
+        "mcplb log lines by level: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(lg["lines_by_level"].items()))
+        + f"; tracebacks {lg['tracebacks']}"
+    )
+    for msg, n in lg["warnings_and_errors"].items():
+        print(f"  {n:>5}  {msg}")
+    if r["client_library_log"]:
+        print("client libraries' warnings (mcp SDK / httpx2), counted, not printed:")
+        for msg, n in r["client_library_log"].items():
+            print(f"  {n:>5}  {msg}")
+
+
+# --------------------------------------------------------------------------- main
+
+SDK_LOG = SdkLogCounter()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--duration", type=float, default=150.0, help="seconds of load (>= 30)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent load tasks (>= 6)")
+    p.add_argument(
+        "--down", type=float, default=10.0, help="seconds mcp-b stays dead (at most 0.2 x duration)"
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the hold times")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    args = p.parse_args(argv)
+    if args.duration < 30:
+        p.error("--duration must be at least 30 (the faults need room)")
+    if args.clients < 6:
+        p.error("--clients must be at least 6 (one task of each kind)")
+    if args.down <= 0:
+        p.error("--down must be > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join([sys.executable, *sys.argv])
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
+    root = logging.getLogger()
+    root.addHandler(SDK_LOG)
+    root.setLevel(logging.WARNING)
+    machine = machine_info()
+    for key in ("wrk", "haproxy", "nginx"):
+        machine.pop(key, None)
+    tmp = Path(tempfile.mkdtemp(prefix="mcplb-soak-"))
+    # mcplb's supervisor makes its state directory with tempfile: keep it inside ours.
+    os.environ["TMPDIR"] = str(tmp)
+    procs: list[subprocess.Popen[bytes]] = []
+    redis: RedisServer | None = None
+    soak: Soak | None = None
+    report: dict[str, Any] | None = None
+    setup_error = ""
+    interrupted = False
+    conf_text = ""
+    commands: dict[str, list[str]] = {}
+    mcplb_log = tmp / "mcplb.log"
+    try:
+        redis = asyncio.run(start_redis())
+        log_step("redis", f"redis-server on port {redis.port}")
+        ports_list = free_ports(len(ALL_BACKENDS) + 2)
+        ports = dict(zip(ALL_BACKENDS, ports_list, strict=False))
+        proxy_port, admin_port = ports_list[-2:]
+        backend_procs: dict[str, subprocess.Popen[bytes]] = {}
+        for name in ALL_BACKENDS:
+            commands[name] = backend_cmd(name, ports[name])
+            backend_procs[name] = spawn(
+                commands[name], tmp / f"{name}.log", procs, cwd=REPO_ROOT
+            )
+        for name in ALL_BACKENDS:
+            wait_http(
+                backend_procs[name], ports[name], PLAIN_PATH, START_TIMEOUT, tmp / f"{name}.log"
+            )
+        log_step("backends", ", ".join(f"{n} :{ports[n]}" for n in ALL_BACKENDS))
+        conf = tmp / "mcplb.yaml"
+        conf_text = mcplb_config(proxy_port, admin_port, redis.url, ports, BACKENDS, {})
+        conf.write_text(conf_text)
+        commands["mcplb"] = [
+            mcplb_python(),
+            "-m",
+            "proxy.cli",
+            "run",
+            "--config",
+            str(conf),
+            "--log-level",
+            "info",
+        ]
+        mcplb = spawn(commands["mcplb"], mcplb_log, procs, cwd=REPO_ROOT)
+        wait_http(mcplb, proxy_port, PLAIN_PATH, START_TIMEOUT, mcplb_log)
+        wait_http(mcplb, admin_port, "/status", START_TIMEOUT, mcplb_log)
+        log_step("mcplb", f"pid {mcplb.pid}, port {proxy_port}, admin {admin_port}")
+        soak = Soak(
+            args, tmp, procs, backend_procs, ports, proxy_port, admin_port, mcplb, redis, conf
+        )
+        interrupted = asyncio.run(interruptible(soak.run(), restore=_interrupt))
+
+        async def after() -> dict[str, int | None]:
+            assert soak is not None
+            async with aiohttp.ClientSession(trust_env=False) as http:
+                await asyncio.sleep(1.0)  # let the last DELETEs land
+                return await soak.leftovers(http)
+
+        leftovers = {} if interrupted else asyncio.run(after())
+        report = analyse(soak, leftovers, mcplb_log)
+    except (NotReady, RedisServerMissing, RuntimeError) as exc:
+        setup_error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, RedisServerMissing):
+            setup_error += "\n(install it: `make system-deps` or apt-get install redis-server)"
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # let the bounded cleanup finish
+        for proc in reversed(procs):
+            how = stop_process(proc, term_timeout=8.0)
+            if how not in ("terminated", "already exited"):
+                print(f"cleanup: pid {proc.pid} ({proc.args!r}): {how}", file=sys.stderr)
+        if soak is not None:
+            left = group_pids(soak.mcplb.pid)
+            if left:
+                print(f"cleanup: mcplb processes still alive: {left}", file=sys.stderr)
+        if redis is not None:
+            asyncio.run(redis.stop())
+        if report is not None or setup_error:
+            log_tail = tail(mcplb_log, 30)
+        else:
+            log_tail = ""
+        if args.keep_tmp:
+            print(f"kept temp dir {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print()
+    print(f"command: {command}")
+    if "mcplb" in commands:
+        print(f"mcplb: {shlex.join(commands['mcplb'])}  (cwd {REPO_ROOT})")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
+    if soak is not None:
+        print(
+            f"load: {args.clients} tasks ("
+            + ", ".join(f"{v} {k}" for k, v in soak.mix.items())
+            + f"), {args.duration:g} s; faults at"
+            f" {F_KILL:.2f}/{F_RELOAD_ADD:.2f}/{F_RELOAD_REMOVE:.2f}/{F_REDIS:.2f} of it"
+        )
+    if conf_text:
+        print("initial config:\n" + "\n".join(f"  {line}" for line in conf_text.splitlines()))
+    if setup_error:
+        print(f"\nerror: {setup_error}")
+        if log_tail:
+            print("mcplb log (last lines):\n" + log_tail)
+    if interrupted:
+        print("\ninterrupted: no report")
+    if soak is not None and report is not None:
+        print_report(soak, report)
+    unexpected = 0
+    if report is not None:
+        unexpected = report["requests"]["failed_unexpected"] + len(report["findings"])
+        verdict = "OK" if unexpected == 0 else "FAIL"
+        print(
+            f"\nverdict: {verdict}: {report['requests']['failed_unexpected']} unexpected request"
+            f" failure(s), {len(report['findings'])} fault-check finding(s)"
+        )
+    if args.json:
+        data = {
+            "command": command,
+            "commands": commands,
+            "config": conf_text,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "machine": machine,
+            "timeline": asdict(soak.tl) if soak is not None else None,
+            "results": report,
+            "setup_error": setup_error,
+            "interrupted": interrupted,
+        }
+        args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        print(f"\nJSON written to {args.json}")
+    if interrupted:
+        return 130
+    if setup_error:
+        return 1
+    return 2 if unexpected else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
