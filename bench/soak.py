@@ -148,6 +148,7 @@ LONG_STEP = 0.5
 SSE_HOLD = (5.0, 10.0)
 SSE_COUNTDOWN = {"n": 10, "delay": 0.3}
 START_TIMEOUT = 20.0
+EXAMPLES = 200  # unexpected failures listed one by one in the JSON report
 LOG_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
     r"\[(?P<pid>\d+)\]: (?P<msg>.*)$"
@@ -176,6 +177,7 @@ class SessionRec:
     start: float
     backend: str | None = None
     lost: bool = False  # a request got 404 (the session is gone: no DELETE)
+    sid: str | None = None  # the Mcp-Session-Id (with the redis store: the backend's own)
 
 
 @dataclass
@@ -436,6 +438,8 @@ class Soak:
             sid = response.headers.get("mcp-session-id")
             if sid and response.request.method == "POST" and "mcp-session-id" not in headers:
                 headers["mcp-session-id"] = sid
+                if current[0] is not None:
+                    self.sessions[current[0]].sid = sid
             if response.request.method == "GET" and current[0] is not None:
                 # The SDK's standalone GET stream of the session (opened after initialized).
                 error = None
@@ -526,7 +530,7 @@ class Soak:
                                 break
                             step += 1
                             await asyncio.sleep(LONG_STEP)
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded, by reason
+        except Exception as exc:
             reason = describe_exc(exc)
             if cur[0] is not None:
                 done(reason)
@@ -549,7 +553,7 @@ class Soak:
             if resp.status_code not in (200, 204):
                 who = origin_of(resp.headers.get("server"))
                 error = f"HTTP {resp.status_code} on DELETE ({who})"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             error = describe_exc(exc)
         self.record(kind, t, error, sess)
         return error is None
@@ -595,9 +599,10 @@ class Soak:
             if reply is None:
                 return f"no JSON-RPC reply to {what}"
             if "error" in reply:
-                return f"JSON-RPC error {reply['error'].get('code')} on {what}: " + str(
-                    reply["error"].get("message")
-                )[:60]
+                return (
+                    f"JSON-RPC error {reply['error'].get('code')} on {what}: "
+                    + str(reply["error"].get("message"))[:60]
+                )
             return ""
 
         async def step(kind: str, job: Callable[[], Awaitable[str | None]]) -> bool:
@@ -605,7 +610,7 @@ class Soak:
             t = self.now()
             try:
                 error = await job()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 error = describe_exc(exc)
             self.record(f"sse.{kind}", t, error, sess)
             failed = failed or error is not None
@@ -627,6 +632,7 @@ class Soak:
             status, sid, who, reply, _ = await self.rpc(http, body, base)
             if status != 200 or reply is None or "result" not in reply or not sid:
                 return fail_reason(status, who, reply, "initialize") or "no session id"
+            self.sessions[sess].sid = sid
             state["headers"] = {
                 **base,
                 "Mcp-Session-Id": sid,
@@ -736,7 +742,7 @@ class Soak:
                         error = f"HTTP {resp.status} ({who}): {text.strip()[:60]}"
                     elif "sessions" not in text:
                         error = f"unexpected body {text[:40]!r}"
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 error = describe_exc(exc)
             self.record(f"http.GET {PLAIN_PATH}", t, error, None)
             await asyncio.sleep(ERROR_BACKOFF if error else HTTP_PAUSE)
@@ -756,7 +762,7 @@ class Soak:
             error: str | None = None
             try:
                 self.last_status = await self.admin_status(http)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 error = describe_exc(exc)
             self.record("admin.GET /status", t, error, None)
             if self.now() >= next_rss:
@@ -779,8 +785,9 @@ class Soak:
             self.tl.master_rc = self.mcplb.returncode
             workers = [p for p in group_pids(self.mcplb.pid) if p != self.mcplb.pid]
             self.event(
-                f"mcplb master (pid {self.mcplb.pid}) exited with {describe_rc(self.mcplb.returncode)};"
-                f" {len(workers)} worker(s) still running: {workers}"
+                f"mcplb master (pid {self.mcplb.pid}) exited with"
+                f" {describe_rc(self.mcplb.returncode)}; {len(workers)} worker(s) still running:"
+                f" {workers}"
             )
 
     async def controller(self, http: aiohttp.ClientSession) -> None:
@@ -791,7 +798,8 @@ class Soak:
         self.rss_start = self.sample_rss()
         self.workers_seen = set(self.rss_start[2]) - {self.mcplb.pid}
         self.event(
-            f"warm-up over; mcplb RSS {mib(self.rss_start[1])} over pids {sorted(self.rss_start[2])}"
+            f"warm-up over; mcplb RSS {mib(self.rss_start[1])}"
+            f" over pids {sorted(self.rss_start[2])}"
         )
 
         # (1) SIGKILL a backend, restart it on the same port.
@@ -897,7 +905,7 @@ class Soak:
             self.watch_mcplb()
             try:
                 status = await self.admin_status(http)
-            except Exception:  # noqa: BLE001, S112 - the poller counts admin failures
+            except Exception:
                 continue
             seen = {b["name"]: b["weight"] for b in status.get("backends", [])}
             if seen == want:
@@ -978,7 +986,7 @@ class Soak:
                 url = f"http://{HOST}:{self.ports[name]}{PLAIN_PATH}"
                 async with http.get(url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
                     found[name] = (await resp.json()).get("sessions")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 found[name] = None
         return found
 
@@ -1023,6 +1031,21 @@ def classify(op: Op, soak: Soak) -> str | None:
     if tl.reload_remove is not None and backend == EXTRA and op.end >= tl.reload_remove:
         return f"session lived on {EXTRA}, which reload 2 removed"
     return None
+
+
+def example(op: Op, soak: Soak) -> dict[str, Any]:
+    """One failed operation with its session, for the JSON report."""
+    item: dict[str, Any] = {
+        "kind": op.kind,
+        "start_s": round(op.start, 3),
+        "end_s": round(op.end, 3),
+        "error": op.error,
+        "backend": op.backend,
+    }
+    if op.session is not None:
+        rec = soak.sessions[op.session]
+        item["session"] = {"start_s": round(rec.start, 3), "backend": rec.backend, "id": rec.sid}
+    return item
 
 
 def phases(tl: Timeline) -> list[tuple[str, float, float]]:
@@ -1147,6 +1170,7 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
         "expected_failures": reasons(expected, True),
         "unexpected_failures": reasons(unexpected, False),
         "findings": [asdict(f) for f in soak.findings],
+        "unexpected_examples": [example(op, soak) for op in unexpected[:EXAMPLES]],
         "phases": phase_rows,
         "reloads": [asdict(r) for r in soak.reloads],
         "rss": {
@@ -1269,7 +1293,9 @@ def print_report(soak: Soak, r: dict[str, Any]) -> None:
     print()
     print(
         "MCP sessions left on the backends after the load: "
-        + ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in r["backend_sessions_left"].items())
+        + ", ".join(
+            f"{k} {'n/a' if v is None else v}" for k, v in r["backend_sessions_left"].items()
+        )
     )
     lg = r["mcplb_log"]
     print(
@@ -1344,9 +1370,7 @@ def main(argv: list[str] | None = None) -> int:
         backend_procs: dict[str, subprocess.Popen[bytes]] = {}
         for name in ALL_BACKENDS:
             commands[name] = backend_cmd(name, ports[name])
-            backend_procs[name] = spawn(
-                commands[name], tmp / f"{name}.log", procs, cwd=REPO_ROOT
-            )
+            backend_procs[name] = spawn(commands[name], tmp / f"{name}.log", procs, cwd=REPO_ROOT)
         for name in ALL_BACKENDS:
             wait_http(
                 backend_procs[name], ports[name], PLAIN_PATH, START_TIMEOUT, tmp / f"{name}.log"
@@ -1402,10 +1426,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"cleanup: mcplb processes still alive: {left}", file=sys.stderr)
         if redis is not None:
             asyncio.run(redis.stop())
-        if report is not None or setup_error:
-            log_tail = tail(mcplb_log, 30)
-        else:
-            log_tail = ""
+        log_tail = tail(mcplb_log, 30) if report is not None or setup_error else ""
         if args.keep_tmp:
             print(f"kept temp dir {tmp}", file=sys.stderr)
         else:

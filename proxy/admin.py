@@ -12,6 +12,8 @@ import hmac
 import json
 import os
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,14 @@ if TYPE_CHECKING:
     from proxy.runtime import Runtime
 
 SNAPSHOT_MAX_AGE = 5.0  # seconds; older worker files belong to dead workers
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    messages: list[str]  # what changed, or why the new config was refused
+    generation: int | None = None
+    pending: bool = field(default=False)  # handed to the supervisor for every worker
 
 
 class WorkerState:
@@ -96,10 +106,14 @@ class WorkerState:
                 self.runtime.health.refresh(backend)
 
 
-def create_admin_app(runtime: Runtime, state: WorkerState, started: float) -> web.Application:
-    config = runtime.config
-    token = config.admin.token
-    config_hash = _config_hash(config.source)
+def create_admin_app(
+    runtime: Runtime,
+    state: WorkerState,
+    started: float,
+    reload: Callable[[], Awaitable[ReloadResult]] | None = None,
+) -> web.Application:
+    token = runtime.config.admin.token  # admin settings need a restart to change
+    hashes: dict[int, str | None] = {}  # config generation -> sha256 of its file
 
     def authorized(request: web.Request) -> web.Response | None:
         if token is None:
@@ -132,11 +146,13 @@ def create_admin_app(runtime: Runtime, state: WorkerState, started: float) -> we
         stats = [s["stats"]["backends"] for s in snapshots]
         backends = []
         for backend in runtime.backends:
-            views = [s["backends"][backend.name] for s in snapshots]
-            requests = sum(n for s in stats for _, _, n in s[backend.name]["requests"])
-            errors = sum(
-                n for s in stats for _, code, n in s[backend.name]["requests"] if code == "5xx"
-            )
+            # Right after a reload, other workers may not know a new backend yet.
+            views = [
+                s["backends"][backend.name] for s in snapshots if backend.name in s["backends"]
+            ]
+            counted = [s[backend.name]["requests"] for s in stats if backend.name in s]
+            requests = sum(n for rows in counted for _, _, n in rows)
+            errors = sum(n for rows in counted for _, code, n in rows if code == "5xx")
             backends.append(
                 {
                     "name": backend.name,
@@ -153,16 +169,49 @@ def create_admin_app(runtime: Runtime, state: WorkerState, started: float) -> we
                     "errors_total": errors,
                 }
             )
+        config = runtime.config
+        if runtime.generation not in hashes:
+            hashes[runtime.generation] = _config_hash(config.source)
         return web.json_response(
             {
                 "version": __version__,
                 "uptime_seconds": round(time.monotonic() - started, 3),
                 "workers": config.workers,
-                "config": {"path": config.source, "sha256": config_hash},
+                "config": {
+                    "path": config.source,
+                    "sha256": hashes[runtime.generation],
+                    "generation": runtime.generation,
+                    "worker_generations": {
+                        str(s["worker"]): s.get("generation", 0) for s in snapshots
+                    },
+                },
                 "strategy": config.strategy,
                 "backends": backends,
             }
         )
+
+    async def reload_config(request: web.Request) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        if reload is None:
+            return web.json_response(
+                {"error": "not_supported", "message": "this proxy cannot reload"}, status=501
+            )
+        result = await reload()
+        if not result.ok:
+            return web.json_response(
+                {
+                    "error": "invalid_config",
+                    "message": "the new config was refused; the running one stays",
+                    "issues": result.messages,
+                },
+                status=400,
+            )
+        body = {"reloaded": not result.pending, "changes": result.messages}
+        if result.generation is not None:
+            body["generation"] = result.generation
+        return web.json_response(body, status=202 if result.pending else 200)
 
     async def drain(request: web.Request) -> web.Response:
         return _set_draining(request, True)
@@ -195,6 +244,7 @@ def create_admin_app(runtime: Runtime, state: WorkerState, started: float) -> we
     app.router.add_get("/status", status)
     app.router.add_post("/backends/{name}/drain", drain)
     app.router.add_post("/backends/{name}/undrain", undrain)
+    app.router.add_post("/reload", reload_config)
     return app
 
 

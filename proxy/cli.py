@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, ConfigIssue, load_config
+from proxy.tls import TlsError, backend_context, server_context
 from strategies import registry
 
 
@@ -58,6 +59,20 @@ def validated(path: str) -> Config:
     except registry.StrategyLoadError as exc:
         issue = ConfigIssue("strategy", str(exc), config.lines.get("strategy"))
         raise ConfigError([issue], config.source) from None
+    issues = []
+    if config.listen_tls is not None:
+        try:
+            server_context(config.listen_tls)
+        except TlsError as exc:
+            issues.append(ConfigIssue("listen_tls", str(exc), config.lines.get("listen_tls")))
+    for index, backend in enumerate(config.backends):
+        try:
+            backend_context(backend)
+        except TlsError as exc:
+            path = f"backends[{index}].ca"
+            issues.append(ConfigIssue(path, str(exc), config.lines.get(path)))
+    if issues:
+        raise ConfigError(issues, config.source)
     return config
 
 

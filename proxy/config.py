@@ -1738,6 +1738,16 @@ def parse_config(
     return config
 
 
+def file_mtime(path: str | None) -> float | None:
+    """When the config file last changed (None if there is none), to notice edits."""
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Read and parse a config file; an unreadable file is reported as a ConfigError too."""
     source = os.fspath(path)

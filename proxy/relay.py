@@ -1329,6 +1329,10 @@ class ClientConnection(asyncio.Protocol):
         self._resume_reading(self.read_pauses)
         self.loop.call_later(LINGER_SECONDS, transport.close)
 
+    def cut(self, reason: str) -> None:
+        """End the current exchange now: 502 if nothing was answered yet, else close."""
+        self._answer_error(502, "bad_gateway", reason)
+
     def shutdown(self) -> None:
         """Stop after the current exchange; close now if there is none."""
         self.closing = True

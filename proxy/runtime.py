@@ -107,6 +107,7 @@ class Runtime:
         self.config = config
         current = {b.name: b for b in self.backends}
         staying: list[Backend] = []
+        moved: list[Backend] = []
         for backend_config in config.backends:
             backend = current.pop(backend_config.name, None)
             if backend is not None and backend.same_endpoint(backend_config):
@@ -118,19 +119,22 @@ class Runtime:
                 pool.keepalive_timeout = config.timeouts.upstream_keepalive
             else:
                 if backend is not None:
-                    current[backend.name] = backend  # same name, new endpoint: old one drains
+                    moved.append(backend)  # same name, new endpoint: the old one drains
+                    changes.append(f"backend {backend.name} now at {backend_config.url}")
+                else:
+                    changes.append(f"backend {backend_config.name} added")
                 backend = Backend(backend_config)
                 self.pools[backend] = self._new_pool(backend, contexts[backend.name])
                 self.stats.add_backend(backend.name)
-                changes.append(f"backend {backend.name} added")
             staying.append(backend)
         deadline = time.time() + config.timeouts.grace
-        retired = list(current.values())
+        for backend in current.values():
+            changes.append(f"backend {backend.name} removed (draining)")
+        retired = [*current.values(), *moved]
         for backend in retired:
             backend.draining = True
             backend.available = False
             backend.drain_until = deadline
-            changes.append(f"backend {backend.name} removed (draining)")
         self.backends.replace(staying, retired)
         self.strategy = strategy
         await self.health.reconfigure(config.health, staying)

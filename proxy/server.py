@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
 
 from aiohttp import web
 
-from proxy.admin import WorkerState, create_admin_app
-from proxy.config import Config
+from proxy.admin import ReloadResult, WorkerState, create_admin_app
+from proxy.config import Config, ConfigError, file_mtime, load_config
+from proxy.rate_limit import RedisRateLimiter
 from proxy.relay import ClientConnection
 from proxy.runtime import Runtime
+from proxy.tls import TlsError, reload_server_context, server_context
+from strategies.registry import StrategyLoadError
 
 log = logging.getLogger("mcplb")
 
@@ -52,6 +57,10 @@ class ProxyServer:
         state_dir: Path | None = None,
     ) -> None:
         self.config = config
+        # Raises TlsError for unusable certificate files: the caller reports it.
+        self.tls: ssl.SSLContext | None = (
+            None if config.listen_tls is None else server_context(config.listen_tls)
+        )
         self.runtime = Runtime(config)
         self.connections: set[ClientConnection] = set()
         self.state = WorkerState(self.runtime, worker, state_dir)
@@ -62,6 +71,11 @@ class ProxyServer:
         self._admin: web.AppRunner | None = None
         self.port = config.listen_port
         self.admin_port: int | None = None
+        self._reloading = asyncio.Lock()
+        # Watch the file only where no supervisor does it for every worker.
+        self._watched = (
+            file_mtime(config.source) if config.watch_config and state_dir is None else None
+        )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -69,7 +83,7 @@ class ProxyServer:
             self._sock = bind_socket(self.config.listen_host, self.config.listen_port, False)
         self.port = self._sock.getsockname()[1]
         self._server = await loop.create_server(
-            lambda: ClientConnection(self.runtime, self.connections), sock=self._sock
+            lambda: ClientConnection(self.runtime, self.connections), sock=self._sock, ssl=self.tls
         )
         self._sweeper = loop.create_task(self._sweep())
         await self.runtime.health.start()
@@ -78,7 +92,7 @@ class ProxyServer:
 
     async def _start_admin(self) -> None:
         admin = self.config.admin
-        app = create_admin_app(self.runtime, self.state, time.monotonic())
+        app = create_admin_app(self.runtime, self.state, time.monotonic(), self._admin_reload)
         self._admin = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, admin.listen_host, admin.listen_port, reuse_address=True)
@@ -97,13 +111,72 @@ class ProxyServer:
             if ticks % 2 == 0:
                 self.state.publish()
                 self.state.apply_control()
+                self._check_watched_file()
+            retired = self.runtime.retire_over()
             for conn in list(self.connections):
+                if retired and conn.backend in retired:
+                    conn.cut("its backend was removed and its drain deadline passed")
                 conn.check_timeouts(now)
             for pool in self.runtime.pools.values():
                 pool.expire(now)
             ticks += 1
             if ticks % 20 == 0:
                 self.runtime.sessions.expire()
+
+    async def reload(self) -> ReloadResult:
+        """Re-read the config file and apply it; an invalid file changes nothing."""
+        source = self.runtime.config.source
+        if source is None:
+            return ReloadResult(False, ["started without a config file: nothing to reload"])
+        async with self._reloading:
+            try:
+                config = load_config(source)
+                if config.listen_tls is not None and self.tls is not None:
+                    reload_server_context(self.tls, config.listen_tls)
+                changes = await self.runtime.reload(config)
+            except ConfigError as exc:
+                problems = [str(issue) for issue in exc.issues]
+            except (TlsError, StrategyLoadError) as exc:
+                problems = [str(exc)]
+            else:
+                if (config.listen_tls is None) != (self.tls is None):
+                    changes.append("listen_tls switched on or off: needs a restart (kept)")
+                self.config = self.runtime.config
+                self.runtime.stats.reloads["success"] += 1
+                log.info(
+                    "config reloaded from %s (generation %d): %s",
+                    source,
+                    self.runtime.generation,
+                    "; ".join(changes) or "no changes",
+                )
+                return ReloadResult(True, changes, self.runtime.generation)
+        self.runtime.stats.reloads["failure"] += 1
+        for problem in problems:
+            log.error("reload rejected, the running config stays: %s: %s", source, problem)
+        return ReloadResult(False, problems)
+
+    async def _admin_reload(self) -> ReloadResult:
+        if self.state.directory is None:
+            return await self.reload()
+        # Several workers: check the file here, then the supervisor re-reads it and has
+        # every worker (this one included) reload.
+        source = self.runtime.config.source
+        try:
+            load_config(source or "")
+        except ConfigError as exc:
+            self.runtime.stats.reloads["failure"] += 1
+            return ReloadResult(False, [str(issue) for issue in exc.issues])
+        os.kill(os.getppid(), signal.SIGHUP)
+        return ReloadResult(True, ["every worker reloads"], pending=True)
+
+    def _check_watched_file(self) -> None:
+        if self._watched is None:
+            return
+        mtime = file_mtime(self.runtime.config.source)
+        if mtime != self._watched:
+            self._watched = mtime
+            log.info("config file changed: reloading")
+            asyncio.get_running_loop().create_task(self.reload())
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let exchanges finish for up to ``grace`` seconds, then close."""
@@ -127,6 +200,8 @@ class ProxyServer:
         for pool in self.runtime.pools.values():
             pool.close_all()
         await self.runtime.sessions.close()
+        if isinstance(self.runtime.rate_limiter, RedisRateLimiter):
+            await self.runtime.rate_limiter.close()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -143,7 +218,19 @@ async def run_until_signalled(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     setup_access_log(config)
-    server = ProxyServer(config, sock, worker=worker, state_dir=state_dir)
+    try:
+        server = ProxyServer(config, sock, worker=worker, state_dir=state_dir)
+    except TlsError as exc:
+        log.error("%s", exc)
+        return 1
+    reloads: set[asyncio.Task[ReloadResult]] = set()
+
+    def reload_now() -> None:
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_now)
     try:
         await server.start()
     except OSError as exc:

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from proxy.config import Config
+from proxy.config import Config, ConfigError, file_mtime, load_config
 
 log = logging.getLogger("mcplb.supervisor")
 
 RESTART_BACKOFF = 1.0  # seconds before restarting a worker that died right after starting
+POLL_INTERVAL = 0.2  # seconds between checks for dead workers, reloads and file changes
 
 
 class Supervisor:
@@ -31,6 +32,8 @@ class Supervisor:
         self.state_dir = Path(tempfile.mkdtemp(prefix="mcplb-state-"))
         self.started: dict[int, float] = {}
         self.stopping = False
+        self.reload_requested = False
+        self.watched = file_mtime(config.source) if config.watch_config else None
 
     def run(self) -> int:
         try:
@@ -44,6 +47,7 @@ class Supervisor:
         self.config = dataclasses.replace(self.config, listen_port=reservation.getsockname()[1])
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
         for index in range(self.config.workers):
             self._spawn(index)
         log.info("supervisor: %d workers on port %d", self.config.workers, self.config.listen_port)
@@ -52,14 +56,19 @@ class Supervisor:
             if self.stopping and deadline is None:
                 deadline = time.monotonic() + self.config.timeouts.grace + 5
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG if deadline else 0)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 if deadline is not None and time.monotonic() > deadline:
                     for child in self.workers:
                         _signal(child, signal.SIGKILL)
-                time.sleep(0.05)
+                if not self.stopping:
+                    self._check_watched_file()
+                    if self.reload_requested:
+                        self.reload_requested = False
+                        self._reload()
+                time.sleep(0.05 if deadline else POLL_INTERVAL)
                 continue
             index = self.workers.pop(pid)
             lived = time.monotonic() - self.started.pop(pid)
@@ -81,6 +90,7 @@ class Supervisor:
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its event loop handles it
             code = 1
             try:
                 from proxy.server import bind_socket, run_worker
@@ -93,6 +103,38 @@ class Supervisor:
                 os._exit(code)
         self.workers[pid] = index
         self.started[pid] = time.monotonic()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+
+    def _check_watched_file(self) -> None:
+        if self.watched is None:
+            return
+        mtime = file_mtime(self.config.source)
+        if mtime != self.watched:
+            self.watched = mtime
+            log.info("config file changed: reloading")
+            self._reload()
+
+    def _reload(self) -> None:
+        """Check the file, keep it for workers started later, and have every worker
+        reload it (each re-reads it and logs what changed)."""
+        try:
+            config = load_config(self.config.source or "")
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("reload rejected, the running config stays: %s", issue)
+            return
+        # Where and how many: fixed for the supervisor's life.
+        self.config = dataclasses.replace(
+            config,
+            listen_host=self.config.listen_host,
+            listen_port=self.config.listen_port,
+            workers=self.config.workers,
+        )
+        log.info("reloading %d workers", len(self.workers))
+        for pid in self.workers:
+            _signal(pid, signal.SIGHUP)
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True

@@ -568,7 +568,7 @@ async def test_probes_use_the_backend_tls_settings(
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = STEP) -> None:
-    """Poll ``condition`` every 10 ms; AssertionError after ``limit`` seconds."""
+    """Poll ``condition`` every 10 ms; TimeoutError after ``limit`` seconds."""
     async with asyncio.timeout(limit):
         while not condition():
             await asyncio.sleep(0.01)
@@ -587,11 +587,16 @@ async def test_monitor_https_backend_health_follows_verification(
     monitor = HealthMonitor(HealthConfig(initial=initial, active=active), [good, bad])
     await monitor.start()
     try:
-        await wait_until(lambda: good.available and monitor.status()["bad"]["last_probe"])
-        await wait_until(lambda: not bad.available)
+        # Both start "unknown" (treated as ``initial``) until their first verdict.
+        await wait_until(
+            lambda: (
+                [monitor.status()[name]["state"] for name in ("good", "bad")]
+                == ["healthy", "unhealthy"]
+            )
+        )
+        assert good.available and not bad.available
         status = monitor.status()
-        assert status["good"]["state"] == "healthy" and status["good"]["last_probe"] == "HTTP 200"
-        assert status["bad"]["state"] == "unhealthy"
+        assert status["good"]["last_probe"] == "HTTP 200"
         assert "certificate verify failed" in status["bad"]["last_probe"]
     finally:
         await monitor.stop()
