@@ -43,6 +43,9 @@ def worker_snapshot(runtime: Runtime, worker: int) -> dict[str, Any]:
         "health": runtime.health.counters(),
         "store_errors": runtime.store_errors(),
         "rate_limit_errors": 0 if runtime.rate_limiter is None else runtime.rate_limiter.errors,
+        "rate_limit_fail_open": (
+            0 if runtime.rate_limiter is None else runtime.rate_limiter.fail_open
+        ),
         "queue_length": len(runtime.admission.queue),
         "generation": runtime.generation,
     }
@@ -101,6 +104,11 @@ def _protection(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Itera
         "mcplb_rate_limit_store_errors", "Rate limit store (Redis) failures (failed open)."
     )
     limiter.add_metric([], sum(s["rate_limit_errors"] for s in snapshots))
+    unlimited = CounterMetricFamily(
+        "mcplb_rate_limit_fail_open",
+        "Requests let through unchecked because the rate limit store was unreachable.",
+    )
+    unlimited.add_metric([], sum(s["rate_limit_fail_open"] for s in snapshots))
     reloads = CounterMetricFamily(
         "mcplb_config_reloads", "Config reloads by result.", labels=["result"]
     )
@@ -111,7 +119,7 @@ def _protection(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Itera
     )
     for snapshot in snapshots:
         generation.add_metric([str(snapshot["worker"])], snapshot["generation"])
-    return [rejected, queued, wait, length, budget, limiter, reloads, generation]
+    return [rejected, queued, wait, length, budget, limiter, unlimited, reloads, generation]
 
 
 def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:

@@ -83,7 +83,11 @@ class ProxyServer:
             self._sock = bind_socket(self.config.listen_host, self.config.listen_port, False)
         self.port = self._sock.getsockname()[1]
         self._server = await loop.create_server(
-            lambda: ClientConnection(self.runtime, self.connections), sock=self._sock, ssl=self.tls
+            lambda: ClientConnection(self.runtime, self.connections),
+            sock=self._sock,
+            ssl=self.tls,
+            # The relay's header timeout starts after the handshake: bound the handshake too.
+            ssl_handshake_timeout=self.config.timeouts.header if self.tls else None,
         )
         self._sweeper = loop.create_task(self._sweep())
         await self.runtime.health.start()
