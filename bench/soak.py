@@ -126,6 +126,7 @@ F_RELOAD_ADD = 0.45
 F_RELOAD_REMOVE = 0.60
 F_REDIS = 0.75
 REDIS_DOWN = 3.0  # seconds redis-server stays down
+REDIS_RECONNECT = 5.0  # proxy/redis_store.py BACKOFF_MAX: the store may wait this long after
 MIN_WARMUP = 5.0
 
 MCP_PATH = "/mcp"
@@ -206,6 +207,8 @@ class Reload:
     master_alive_after: bool | None = None
     master_rc: int | None = None
     workers_after: int | None = None
+    reloaded_pids: dict[int, str] = field(default_factory=dict)  # worker pid -> changes logged
+    rejected: list[str] = field(default_factory=list)
     applied: bool = False
     applied_after_s: float | None = None
     note: str = ""
@@ -363,6 +366,7 @@ class Soak:
         self.mcplb = mcplb
         self.redis = redis
         self.conf_path = conf_path
+        self.mcplb_log = tmp / "mcplb.log"
         self.url = f"http://{HOST}:{proxy_port}{MCP_PATH}"
         self.admin_url = f"http://{HOST}:{admin_port}"
         self.rng = random.Random(args.seed)
@@ -426,7 +430,11 @@ class Soak:
         current: list[int | None] = [None]  # the session the hooks report for
         headers: dict[str, str] = {}
 
+        get_started: dict[int, float] = {}
+
         async def on_request(request: httpx2.Request) -> None:
+            if request.method == "GET":
+                get_started[id(request)] = self.now()
             sid = request.headers.get("mcp-session-id")
             if sid:
                 headers["mcp-session-id"] = sid
@@ -440,13 +448,16 @@ class Soak:
                 headers["mcp-session-id"] = sid
                 if current[0] is not None:
                     self.sessions[current[0]].sid = sid
+            started = get_started.pop(id(response.request), None)
             if response.request.method == "GET" and current[0] is not None:
-                # The SDK's standalone GET stream of the session (opened after initialized).
+                # The SDK's standalone GET stream of the session (opened after initialized):
+                # counted when its answer's head arrives.
                 error = None
                 if response.status_code != 200:
                     who = origin_of(response.headers.get("server"))
                     error = f"HTTP {response.status_code} on GET stream ({who})"
-                self.record("sdk.GET stream", self.now(), error, current[0])
+                start = self.now() if started is None else started
+                self.record("sdk.GET stream", start, error, current[0])
 
         timeout = httpx2.Timeout(REQUEST_TIMEOUT, read=300.0)
         async with httpx2.AsyncClient(
@@ -456,6 +467,7 @@ class Soak:
         ) as client:
             while not self.stop.is_set():
                 headers.clear()
+                get_started.clear()
                 sess = self.new_session("long" if long else "short")
                 current[0] = sess
                 ok = await self.sdk_session(client, sess, long)
@@ -873,6 +885,7 @@ class Soak:
         names: tuple[str, ...],
         weights: dict[str, int],
     ) -> None:
+        """Rewrite the config, SIGHUP the master, check /status and the workers' log lines."""
         rec = Reload(name, self.now(), change)
         self.reloads.append(rec)
         if name == "reload 1":
@@ -885,34 +898,36 @@ class Soak:
             self.event(f"{name} skipped: the mcplb master is gone")
             return
         text = mcplb_config(
-            self.proxy_port,
-            self.admin_port,
-            self.redis.url,
-            self.ports,
-            names,
-            weights,
+            self.proxy_port, self.admin_port, self.redis.url, self.ports, names, weights
         )
         write_atomic(self.conf_path, text)
+        log_offset = self.mcplb_log.stat().st_size
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.mcplb.pid, signal.SIGHUP)
             rec.sighup_sent = True
         self.event(f"{name}: config rewritten ({change}); SIGHUP to the master {self.mcplb.pid}")
         want = {n: weights.get(n, 1) for n in names}
+        workers = set(self.workers_seen)
         deadline = self.now() + RELOAD_CHECK
         seen: dict[str, int] = {}
         while self.now() < deadline:
             await asyncio.sleep(0.25)
             self.watch_mcplb()
+            self.read_reload_log(rec, log_offset)
+            if rec.rejected:
+                break
             try:
                 status = await self.admin_status(http)
             except Exception:
                 continue
             seen = {b["name"]: b["weight"] for b in status.get("backends", [])}
-            if seen == want:
+            if seen == want and not rec.applied:
                 rec.applied = True
                 rec.applied_after_s = self.now() - rec.t
+            if rec.applied and workers <= set(rec.reloaded_pids):
                 break
         await self.sleep_until(rec.t + 1.0)
+        self.read_reload_log(rec, log_offset)
         rec.master_alive_after = self.mcplb.poll() is None
         rec.master_rc = self.mcplb.returncode
         rec.workers_after = len([p for p in group_pids(self.mcplb.pid) if p != self.mcplb.pid])
@@ -925,12 +940,39 @@ class Soak:
                     " kept serving the old config",
                 )
             )
+        missing = sorted(workers - set(rec.reloaded_pids))
+        if rec.rejected:
+            self.findings.append(Finding(rec.t, f"{name} rejected: {rec.rejected[0]}"))
+        elif missing and rec.master_alive_after:
+            self.findings.append(
+                Finding(rec.t, f"{name}: workers {missing} logged no 'config reloaded' line")
+            )
         if rec.applied:
-            self.event(f"{name} applied after {rec.applied_after_s:.2f} s (admin /status)")
+            self.event(
+                f"{name} applied after {rec.applied_after_s:.2f} s (admin /status); workers"
+                f" that logged it: {sorted(rec.reloaded_pids)}"
+            )
         else:
             rec.note = f"/status still shows {seen or 'nothing'} after {RELOAD_CHECK:g} s"
             self.findings.append(Finding(rec.t, f"{name} not applied: {rec.note}, want {want}"))
             self.event(f"{name} NOT applied: {rec.note}")
+
+    def read_reload_log(self, rec: Reload, offset: int) -> None:
+        """The "config reloaded" / "reload rejected" lines mcplb logged since ``offset``."""
+        try:
+            with open(self.mcplb_log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return
+        for line in text.splitlines():
+            m = LOG_LINE.match(line)
+            if m is None:
+                continue
+            if m["msg"].startswith("config reloaded from"):
+                rec.reloaded_pids[int(m["pid"])] = m["msg"].split(": ", 1)[-1][:300]
+            elif m["msg"].startswith("reload rejected") and m["msg"] not in rec.rejected:
+                rec.rejected.append(m["msg"][:300])
 
     # ----------------------------------------------------------------- all of it
 
@@ -1030,7 +1072,32 @@ def classify(op: Op, soak: Soak) -> str | None:
             return "in flight at the backend kill (backend unknown)"
     if tl.reload_remove is not None and backend == EXTRA and op.end >= tl.reload_remove:
         return f"session lived on {EXTRA}, which reload 2 removed"
+    if soak.args.redis_outage_expected and redis_outage_404(op, tl):
+        return "unknown to the worker asked while Redis was down (--redis-outage-expected)"
     return None
+
+
+def redis_outage_404(op: Op, tl: Timeline) -> bool:
+    """A 404 for a session between the Redis kill and the end of the store's reconnect backoff."""
+    if op.error is None or not ("404" in op.error or SESSION_NOT_FOUND in op.error):
+        return False
+    if tl.redis_kill is None or op.end < tl.redis_kill:
+        return False
+    up = tl.redis_up if tl.redis_up is not None else float("inf")
+    return op.start <= up + REDIS_RECONNECT
+
+
+def context(op: Op, soak: Soak) -> str:
+    """Where an unexpected failure happened, to group it (empty: nothing special)."""
+    tl = soak.tl
+    if redis_outage_404(op, tl):
+        return "Redis down or the store still backing off: the binding lives in one worker only"
+    for rl in soak.reloads:
+        if rl.t <= op.end and op.start <= rl.t + 2.0:
+            return f"around {rl.name}"
+    if tl.kill is not None and tl.kill <= op.end and op.start <= (tl.restart_ready or tl.kill) + 2:
+        return f"while {VICTIM} was down"
+    return ""
 
 
 def example(op: Op, soak: Soak) -> dict[str, Any]:
@@ -1099,7 +1166,8 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
         examples: dict[tuple[str, str], Op] = {}
         for op in items:
             assert op.error is not None
-            key = (op.expected or "", f"{op.kind}: {op.error}")
+            why = op.expected if with_expected else context(op, soak)
+            key = (why or "", f"{op.kind}: {op.error}")
             counter[key] += 1
             examples.setdefault(key, op)
         out = []
@@ -1107,8 +1175,7 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
             ex = examples[(why, reason)]
             item: dict[str, Any] = {"count": n, "reason": reason, "first_at_s": round(ex.start, 3)}
             item["backend"] = ex.backend
-            if with_expected:
-                item["why_expected"] = why
+            item["why_expected" if with_expected else "context"] = why
             out.append(item)
         return out
 
@@ -1235,8 +1302,9 @@ def print_report(soak: Soak, r: dict[str, Any]) -> None:
         else "unexpected failures: none"
     )
     for f in r["unexpected_failures"]:
+        where = f" [{f['context']}]" if f["context"] else ""
         print(
-            f"  {f['count']:>5}  {f['reason']}  (first at t={f['first_at_s']:.2f} s,"
+            f"  {f['count']:>5}  {f['reason']}{where}  (first at t={f['first_at_s']:.2f} s,"
             f" backend {f['backend'] or 'unknown'})"
         )
     if r["findings"]:
@@ -1275,6 +1343,8 @@ def print_report(soak: Soak, r: dict[str, Any]) -> None:
             f" {'sent' if rl['sighup_sent'] else 'not sent'}, {state}{after}, {master},"
             f" workers {rl['workers_after']}" + (f"; {rl['note']}" if rl["note"] else "")
         )
+        for pid, changes in rl["reloaded_pids"].items():
+            print(f"    worker {pid} logged: {changes}")
     rss = r["rss"]
 
     def rss_line(label: str, s: dict[str, Any] | None) -> str:
@@ -1326,6 +1396,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--down", type=float, default=10.0, help="seconds mcp-b stays dead (at most 0.2 x duration)"
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the hold times")
+    p.add_argument(
+        "--redis-outage-expected",
+        action="store_true",
+        help="count 404s for sessions while Redis is down (and for 5 s after) as expected",
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
     args = p.parse_args(argv)
