@@ -126,6 +126,8 @@ F_RELOAD_ADD = 0.45
 F_RELOAD_REMOVE = 0.60
 F_REDIS = 0.75
 REDIS_DOWN = 3.0  # seconds redis-server stays down
+GRACE = 5.0  # timeouts.grace: also how long a backend removed by a reload drains
+DRAIN_SLACK = 0.6  # the drain deadline is enforced by a 0.5 s sweep
 REDIS_RECONNECT = 5.0  # proxy/redis_store.py BACKOFF_MAX: the store may wait this long after
 MIN_WARMUP = 5.0
 
@@ -324,7 +326,7 @@ def mcplb_config(
         "    consecutive_failures: 3",
         "    ejection_time: 5s",
         "timeouts:",
-        "  grace: 5s",
+        f"  grace: {GRACE:g}s",
         "admin:",
         f'  listen: "{HOST}:{admin_port}"',
         "log:",
@@ -1070,8 +1072,12 @@ def classify(op: Op, soak: Soak) -> str | None:
             return f"session lived on {VICTIM}, which was killed"
         if backend is None and op.start <= tl.kill + 0.5 and op.end >= tl.kill:
             return "in flight at the backend kill (backend unknown)"
-    if tl.reload_remove is not None and backend == EXTRA and op.end >= tl.reload_remove:
-        return f"session lived on {EXTRA}, which reload 2 removed"
+    if (
+        tl.reload_remove is not None
+        and backend == EXTRA
+        and op.end >= tl.reload_remove + GRACE - DRAIN_SLACK
+    ):
+        return f"session lived on {EXTRA}: removed by reload 2, its {GRACE:g} s drain over"
     if soak.args.redis_outage_expected and redis_outage_404(op, tl):
         return "unknown to the worker asked while Redis was down (--redis-outage-expected)"
     return None

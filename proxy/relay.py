@@ -691,7 +691,7 @@ class ClientConnection(asyncio.Protocol):
             log.warning("connect to backend %s failed: %s", backend.name, reason)
             self.runtime.health.connect_failed(backend, reason)
             self.stats.backends[backend.name].connect_failures += 1
-            self._end_exchange()
+            self._release_slot()
             if self.bound_backend is not None:
                 # Its sessions died with it; the client must initialize elsewhere.
                 if request.session_id is not None and self.runtime.session_codec is None:
@@ -1254,6 +1254,14 @@ class ClientConnection(asyncio.Protocol):
             self._resume_reading(_PAUSE_PIPELINE)
             self.state = HEAD if self.reading is not None else IDLE
             self.mark = None
+
+    def _release_slot(self) -> None:
+        """Give back the slot of an exchange that never reached its backend."""
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            self.runtime.admission.release(backend, self.slot_stream)
+            self.slot_stream = False
 
     def _detach_upstream(self, upstream: UpstreamConnection) -> None:
         self.upstream = None
