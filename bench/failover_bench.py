@@ -64,7 +64,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -76,6 +76,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
+from bench.common import SIGNALS, interruptible, table  # noqa: E402
 from bench.http_bench import (  # noqa: E402
     HOST,
     StartError,
@@ -99,7 +100,6 @@ ERROR_BACKOFF = 0.01  # a client pauses this long after a failed request (bounds
 CONTROL_STEP = 0.1  # seconds between checks of the timeline controller
 SETTLE = 0.1  # the share check ignores the last SETTLE s (requests still in flight)
 REAP_TIMEOUT = 5.0
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 LOG_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
@@ -218,30 +218,6 @@ class ShareTracker:
             total += self.total[i]
             victim += self.victim[i]
         return victim / total if total else None
-
-
-async def interruptible(job: Coroutine[Any, Any, None], timeline: Timeline) -> None:
-    """Run ``job``; SIGINT/SIGTERM/SIGHUP cancel it (its cleanup runs) and set
-    ``timeline.interrupted``. A KeyboardInterrupt raised from a plain signal handler could land
-    inside a library's ``except`` and be lost, so inside the event loop signals go through it."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(job)
-
-    def on_signal() -> None:
-        timeline.interrupted = True
-        task.cancel()
-
-    for sig in SIGNALS:
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        await task
-    except asyncio.CancelledError:
-        if not timeline.interrupted:
-            raise
-    finally:
-        for sig in SIGNALS:
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, _interrupt)
 
 
 async def run_scenario(
@@ -654,20 +630,6 @@ def analyse(
 # --------------------------------------------------------------------------- report
 
 
-def table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    all_rows = [list(head), *(list(row) for row in rows)]
-    widths = [max(len(row[i]) for row in all_rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in all_rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
 def opt_ms(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
@@ -935,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
             samples,
             timeline,
         )
-        asyncio.run(interruptible(scenario, timeline))
+        timeline.interrupted = asyncio.run(interruptible(scenario, restore=_interrupt))
         if timeline.interrupted:
             raise KeyboardInterrupt
         log_step("scenario", f"load stopped: {timeline.end_reason}")

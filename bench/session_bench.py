@@ -78,6 +78,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.balance_bench import run_wrk  # noqa: E402
+from bench.common import table  # noqa: E402
 from bench.http_bench import (  # noqa: E402
     HOST,
     WARMUP_SECONDS,
@@ -709,7 +710,7 @@ def format_table(summaries: list[StoreSummary], runs: list[StoreRun], rounds: in
     )
     if rounds > 1:
         head += tuple(f"r{n} req/s" for n in range(1, rounds + 1))
-    rows: list[tuple[str, ...]] = [head]
+    rows: list[tuple[str, ...]] = []
     notes: list[str] = []
 
     def num(x: float | None, fmt: str) -> str:
@@ -753,16 +754,7 @@ def format_table(summaries: list[StoreSummary], runs: list[StoreRun], rounds: in
                 f"  {tag}: Redis processed {r.redis_commands_during_run} commands during the"
                 f" measured run; {r.redis_keys_after} keys after it"
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines + notes)
+    return "\n".join([table(head, rows), *notes])
 
 
 def bench_machine_info() -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python bench/soak.py [--duration 150] [--clients 16] [--down 10]
-        [--seed 1] [--json out.json] [--keep-tmp]
+        [--workers 2] [--seed 1] [--redis-outage-expected] [--json out.json] [--keep-tmp]
 
 Started here, all on 127.0.0.1 free ports, logs in a temp dir:
   - ``redis-server`` (no persistence; found as tests/redis_server.py does, ``make system-deps``
@@ -11,10 +11,10 @@ Started here, all on 127.0.0.1 free ports, logs in a temp dir:
   - four demo MCP backends, ``python -m proxy.demo_backend --name mcp-X --port P`` (official MCP
     SDK servers, tools whoami/add/countdown, ``GET /debug/sessions``). mcp-a, mcp-b and mcp-c
     are in the config from the start; mcp-d runs all along but is only added by a reload;
-  - mcplb: ``python -m proxy.cli run --config FILE --log-level info`` with ``workers: 2``,
-    round_robin, ``sticky.store: redis``, active MCP health checks, passive ejection, the admin
-    API on a loopback port and the access log off. Its TMPDIR is the temp dir, so its state
-    directory goes away with it even if the master dies.
+  - mcplb: ``python -m proxy.cli run --config FILE --log-level info`` with ``workers: 2``
+    (``--workers``), round_robin, ``sticky.store: redis``, active MCP health checks, passive
+    ejection, the admin API on a loopback port and the access log off. Its TMPDIR is the temp
+    dir, so its state directory goes away with it even if the master dies.
 
 Load (``--clients`` asyncio tasks in this process, default 16, every loop bounded):
   short   MCP sessions with the official SDK client (Streamable HTTP): initialize, tools/call
@@ -34,7 +34,9 @@ Faults, at fixed fractions of ``--duration`` D (t = seconds since the load start
   0.45 D  reload 1: the config file is rewritten (mcp-a weight 1 -> 3, mcp-d added) and the
           mcplb master gets SIGHUP; the admin API's /status must show the new backends and
           weights within 10 s;
-  0.60 D  reload 2: mcp-a back to weight 1, mcp-d removed, SIGHUP;
+  0.60 D  reload 2: mcp-a back to weight 1, mcp-d removed (it drains for timeouts.grace,
+          5 s), SIGHUP;
+  (each reload must also be logged as "config reloaded" by every worker, and not rejected)
   0.75 D  redis-server SIGKILLed, started again (empty) on the same port 3 s later.
 A master that exits on SIGHUP (no reload support) is detected and reported; the reload is
 then "not applied" and the second one is skipped (its orphaned workers keep serving).
@@ -44,10 +46,14 @@ counted with its start/end time. Failures are grouped by reason (HTTP status and
 it: mcplb or the backend (uvicorn), MCP error, exception class) and classified:
   EXPECTED    the session (known from whoami) lived on mcp-b when it was killed and fails at
               or after the kill (404 "Session not found": the client must re-initialize; a
-              stream or call cut); or lived on mcp-d and fails after mcp-d was removed; or the
-              operation's backend is unknown and it was in flight at the kill;
-  UNEXPECTED  everything else, plus the faults' own checks (mcplb master exited, a reload
-              not applied, mcplb group empty).
+              stream or call cut); or lived on mcp-d and fails once its drain after reload 2 is
+              over; or the operation's backend is unknown and it was in flight at the kill;
+              with ``--redis-outage-expected`` also a 404 for a session from the Redis kill
+              until 5 s after its restart (the store's reconnect backoff);
+  UNEXPECTED  everything else (grouped with where it happened: Redis outage, around a
+              reload, while mcp-b was down), plus the faults' own checks (mcplb master
+              exited, a reload not applied, rejected or not logged by every worker, no mcplb
+              process left: the run then ends early).
 Also reported: per-phase counts (before / during / after each fault) with the backend of the
 new sessions, the RSS of mcplb (sum of VmRSS of its process group: master and workers) after
 the warm-up and at the end, sessions left on the backends, and warnings/errors in mcplb's log.
@@ -94,6 +100,7 @@ from mcp.shared.exceptions import MCPError  # noqa: E402
 
 from bench.common import (  # noqa: E402
     HOST,
+    SIGNALS,
     NotReady,
     group_pids,
     group_rss,
@@ -145,7 +152,11 @@ RSS_EVERY = 5.0  # seconds between RSS samples
 STOP_GRACE = 20.0  # seconds the load gets to finish its current operation at the end
 ERROR_BACKOFF = 0.2  # a client pauses this long after an unexpected failure
 HTTP_PAUSE = 0.01  # plain HTTP clients pause this long between requests
-SHORT_CALLS = (("whoami", {}), ("add", {"a": 2, "b": 3}), ("countdown", {"n": 3, "delay": 0.1}))
+SHORT_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("whoami", {}),
+    ("add", {"a": 2, "b": 3}),
+    ("countdown", {"n": 3, "delay": 0.1}),
+)
 LONG_HOLD = (8.0, 15.0)
 LONG_STEP = 0.5
 SSE_HOLD = (5.0, 10.0)
@@ -224,6 +235,10 @@ class Finding:
     what: str
 
 
+class McplbGone(Exception):
+    """Every mcplb process exited: the load cannot go on."""
+
+
 class SdkLogCounter(logging.Handler):
     """Counts the client libraries' warnings and errors instead of printing them."""
 
@@ -294,6 +309,7 @@ def mib(kib: int | None) -> str:
 
 
 def mcplb_config(
+    workers: int,
     port: int,
     admin_port: int,
     redis_url: str,
@@ -303,7 +319,7 @@ def mcplb_config(
 ) -> str:
     lines = [
         f"listen: {HOST}:{port}",
-        "workers: 2",
+        f"workers: {workers}",
         "strategy: round_robin",
         "backends:",
         *(
@@ -433,6 +449,7 @@ class Soak:
         headers: dict[str, str] = {}
 
         get_started: dict[int, float] = {}
+        http_errors: list[str] = []
 
         async def on_request(request: httpx2.Request) -> None:
             if request.method == "GET":
@@ -451,6 +468,10 @@ class Soak:
                 if current[0] is not None:
                     self.sessions[current[0]].sid = sid
             started = get_started.pop(id(response.request), None)
+            if response.request.method == "POST" and response.status_code >= 400:
+                # The SDK turns some error answers into a stand-in MCP error: keep the status.
+                who = origin_of(response.headers.get("server"))
+                http_errors.append(f"HTTP {response.status_code} ({who})")
             if response.request.method == "GET" and current[0] is not None:
                 # The SDK's standalone GET stream of the session (opened after initialized):
                 # counted when its answer's head arrives.
@@ -470,15 +491,18 @@ class Soak:
             while not self.stop.is_set():
                 headers.clear()
                 get_started.clear()
+                http_errors.clear()
                 sess = self.new_session("long" if long else "short")
                 current[0] = sess
-                ok = await self.sdk_session(client, sess, long)
+                ok = await self.sdk_session(client, sess, long, http_errors)
                 current[0] = None
                 ok = await self.sdk_delete(client, sess, headers) and ok
                 if not ok:
                     await asyncio.sleep(ERROR_BACKOFF)
 
-    async def sdk_session(self, client: httpx2.AsyncClient, sess: int, long: bool) -> bool:
+    async def sdk_session(
+        self, client: httpx2.AsyncClient, sess: int, long: bool, http_errors: list[str]
+    ) -> bool:
         prefix = "long" if long else "short"
         cur: list[Any] = [None, 0.0]  # the op in progress: kind, start
         failed = False
@@ -494,10 +518,12 @@ class Soak:
 
         async def call(session: ClientSession, tool: str, args: dict[str, Any]) -> bool:
             begin(f"call {tool}")
-            progress: list[float] = []
+            seen: list[float] = []
 
-            async def on_progress(p: float, total: float | None, message: str | None) -> None:
-                progress.append(p)
+            async def on_progress(
+                progress: float, total: float | None, message: str | None
+            ) -> None:
+                seen.append(progress)
 
             result = await session.call_tool(
                 tool, args, progress_callback=on_progress if tool == "countdown" else None
@@ -513,8 +539,8 @@ class Soak:
             elif tool == "countdown":
                 if text != "liftoff":
                     error = f"countdown answered {text[:40]!r}"
-                elif len(progress) != args["n"]:
-                    error = f"countdown: {len(progress)} of {args['n']} progress notifications"
+                elif len(seen) != args["n"]:
+                    error = f"countdown: {len(seen)} of {args['n']} progress notifications"
             done(error)
             return error is None
 
@@ -546,6 +572,8 @@ class Soak:
                             await asyncio.sleep(LONG_STEP)
         except Exception as exc:
             reason = describe_exc(exc)
+            if "Server returned an error response" in reason and http_errors:
+                reason += f" [{http_errors[-1]}]"
             if cur[0] is not None:
                 done(reason)
             else:
@@ -794,6 +822,10 @@ class Soak:
         self.watch_mcplb()
 
     def watch_mcplb(self) -> None:
+        """Note the master's exit (once); end the run if no mcplb process is left."""
+        if self.tl.master_exit is not None and not group_pids(self.mcplb.pid):
+            self.findings.append(Finding(self.now(), "no mcplb process left: the run ends"))
+            raise McplbGone
         if self.tl.master_exit is None and self.mcplb.poll() is not None:
             self.tl.master_exit = self.now()
             self.tl.master_rc = self.mcplb.returncode
@@ -810,7 +842,9 @@ class Soak:
         await self.sleep_until(max(MIN_WARMUP, F_WARMUP * d))
         self.tl.warm = self.now()
         self.rss_start = self.sample_rss()
-        self.workers_seen = set(self.rss_start[2]) - {self.mcplb.pid}
+        self.workers_seen = set(self.rss_start[2])
+        if self.args.workers > 1:  # else the master serves (and reloads) itself
+            self.workers_seen.discard(self.mcplb.pid)
         self.event(
             f"warm-up over; mcplb RSS {mib(self.rss_start[1])}"
             f" over pids {sorted(self.rss_start[2])}"
@@ -900,7 +934,13 @@ class Soak:
             self.event(f"{name} skipped: the mcplb master is gone")
             return
         text = mcplb_config(
-            self.proxy_port, self.admin_port, self.redis.url, self.ports, names, weights
+            self.args.workers,
+            self.proxy_port,
+            self.admin_port,
+            self.redis.url,
+            self.ports,
+            names,
+            weights,
         )
         write_atomic(self.conf_path, text)
         log_offset = self.mcplb_log.stat().st_size
@@ -1000,8 +1040,13 @@ class Soak:
                 asyncio.create_task(self.admin_worker(control)),
             ]
             try:
-                await self.controller(control)
-                self.watch_mcplb()
+                try:
+                    await self.controller(control)
+                    self.watch_mcplb()
+                except McplbGone:
+                    self.tl.end = self.now()
+                    self.tl.end_reason = "no mcplb process left"
+                    self.event("no mcplb process left: stopping the load")
                 self.rss_end = self.sample_rss()
                 self.event(f"load stopping; mcplb RSS {mib(self.rss_end[1])}")
             finally:
@@ -1402,6 +1447,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--down", type=float, default=10.0, help="seconds mcp-b stays dead (at most 0.2 x duration)"
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the hold times")
+    p.add_argument("--workers", type=int, default=2, help="mcplb workers (1-8)")
     p.add_argument(
         "--redis-outage-expected",
         action="store_true",
@@ -1414,6 +1460,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--duration must be at least 30 (the faults need room)")
     if args.clients < 6:
         p.error("--clients must be at least 6 (one task of each kind)")
+    if not 1 <= args.workers <= 8:
+        p.error("--workers must be between 1 and 8")
     if args.down <= 0:
         p.error("--down must be > 0")
     return args
@@ -1422,7 +1470,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv])
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in SIGNALS:
         signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
     root = logging.getLogger()
     root.addHandler(SDK_LOG)
@@ -1458,7 +1506,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         log_step("backends", ", ".join(f"{n} :{ports[n]}" for n in ALL_BACKENDS))
         conf = tmp / "mcplb.yaml"
-        conf_text = mcplb_config(proxy_port, admin_port, redis.url, ports, BACKENDS, {})
+        conf_text = mcplb_config(
+            args.workers, proxy_port, admin_port, redis.url, ports, BACKENDS, {}
+        )
         conf.write_text(conf_text)
         commands["mcplb"] = [
             mcplb_python(),
@@ -1495,7 +1545,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("\ninterrupted; cleaning up", file=sys.stderr)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in SIGNALS:
             signal.signal(sig, signal.SIG_IGN)  # let the bounded cleanup finish
         for proc in reversed(procs):
             how = stop_process(proc, term_timeout=8.0)
@@ -1532,13 +1582,15 @@ def main(argv: list[str] | None = None) -> int:
         if log_tail:
             print("mcplb log (last lines):\n" + log_tail)
     if interrupted:
-        print("\ninterrupted: no report")
+        print("\ninterrupted: " + ("partial results" if report is not None else "no report"))
     if soak is not None and report is not None:
         print_report(soak, report)
     unexpected = 0
     if report is not None:
         unexpected = report["requests"]["failed_unexpected"] + len(report["findings"])
         verdict = "OK" if unexpected == 0 else "FAIL"
+        if interrupted:
+            verdict = f"INTERRUPTED (partial, would be {verdict})"
         print(
             f"\nverdict: {verdict}: {report['requests']['failed_unexpected']} unexpected request"
             f" failure(s), {len(report['findings'])} fault-check finding(s)"

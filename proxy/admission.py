@@ -118,7 +118,7 @@ class Admission:
             if self.worker_full():
                 return
             target = waiter.waiting_for
-            if freed is not None and target is not None and target is not freed:
+            if target is not None and target is not freed and self.backend_full(target):
                 continue
             if waiter.retry_admission() and freed is not None:
                 return

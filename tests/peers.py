@@ -53,6 +53,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -497,6 +498,42 @@ async def start_proxy_process(
         await proxy.kill()
         raise
     return proxy
+
+
+async def wait_for_output(
+    process: _ManagedProcess, text: str, *, count: int = 1, timeout: float = 15.0
+) -> str:
+    """Poll ``process.output()`` until ``text`` occurs ``count`` times; returns the output.
+
+    ``TimeoutError`` (with the output) past ``timeout``; ``RuntimeError`` if it exits first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        output = process.output()
+        if output.count(text) >= count:
+            return output
+        if process.returncode is not None:
+            raise RuntimeError(f"{process.describe()} exited before logging {text!r}\n{output}")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"{process.describe()} logged {text!r} {output.count(text)} times, not {count}, "
+                f"within {timeout:.1f} s\n{output}"
+            )
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+_ADMIN_LOGGED = re.compile(r"admin API on (?:\[[^\]]*\]|[^\s:]+):(\d+)")
+
+
+async def proxy_admin_port(proxy: ProxyProcess, timeout: float = 15.0) -> int:
+    """The admin API port of a proxy (the ``127.0.0.1:0`` listener that
+    :func:`start_proxy_process` injects picks one): read from the line it logs once the
+    admin API listens (with several workers, worker 0 serves it)."""
+    output = await wait_for_output(proxy, "admin API on ", timeout=timeout)
+    found = _ADMIN_LOGGED.search(output)
+    if found is None:
+        raise AssertionError(f"no admin port in the admin API line of {proxy.describe()}")
+    return int(found.group(1))
 
 
 class Peers:

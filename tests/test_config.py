@@ -229,7 +229,7 @@ def test_example_file_mentions_every_key() -> None:
         "fast_interval", "down_interval", "passive", "consecutive_failures", "on_5xx",
         "ejection_time", "max_ejection_time", "ejection_memory", "max_ejection_percent",
         "max_connections", "max_streams", "ca", "verify", "max_in_flight", "max_queue",
-        "queue_timeout", "retries", "attempts", "budget_percent", '"on"', "non_idempotent",
+        "queue_timeout", "retries", "attempts", "budget_percent", "on", "non_idempotent",
         "rate_limit", "rate", "burst", "key", "listen_tls", "cert", "watch_config",
     ]  # fmt: skip
     for key in keys:
