@@ -56,7 +56,10 @@ it: mcplb or the backend (uvicorn), MCP error, exception class) and classified:
               process left: the run then ends early).
 Also reported: per-phase counts (before / during / after each fault) with the backend of the
 new sessions, the RSS of mcplb (sum of VmRSS of its process group: master and workers) after
-the warm-up and at the end, sessions left on the backends, and warnings/errors in mcplb's log.
+the warm-up and at the end, sessions left on the backends, warnings/errors in mcplb's log, and
+the periods in which a worker's Redis store answered from its local table only (rebuilt from
+that log). The JSON (``--json``) also lists up to 200 unexpected failures one by one, with the
+session id and times (``timeline.origin_wall`` maps them to mcplb's log timestamps).
 
 Exit status: 0 no unexpected failure; 1 setup failed (a server did not start); 2 unexpected
 failures (the report says which); 130 interrupted. Every process started here is stopped
@@ -84,6 +87,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +167,9 @@ SSE_HOLD = (5.0, 10.0)
 SSE_COUNTDOWN = {"n": 10, "delay": 0.3}
 START_TIMEOUT = 20.0
 EXAMPLES = 200  # unexpected failures listed one by one in the JSON report
+STORE_LOG_PREFIX = "Redis session store: "  # proxy/redis_store.py's warnings
+STORE_BACK = "Redis answers again"
+BACKOFF_MIN = 0.5  # proxy/redis_store.py: the first backoff after a Redis failure
 LOG_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
     r"\[(?P<pid>\d+)\]: (?P<msg>.*)$"
@@ -206,6 +213,7 @@ class Timeline:
     redis_up: float | None = None
     end: float | None = None
     end_reason: str = ""
+    origin_wall: float = 0.0  # time.time() at t = 0, to match mcplb's log timestamps
     master_exit: float | None = None
     master_rc: int | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
@@ -235,6 +243,17 @@ class Finding:
     what: str
 
 
+@dataclass
+class StoreWindow:
+    """A period in which one worker's Redis session store answered from its local table only
+    (rebuilt from mcplb's log; times in seconds since the load started)."""
+
+    pid: int
+    start: float
+    end: float  # inf: not over when the log ends
+    why: str
+
+
 class McplbGone(Exception):
     """Every mcplb process exited: the load cannot go on."""
 
@@ -262,6 +281,8 @@ def describe_exc(exc: BaseException) -> str:
         return f"MCPError {exc.code}: {exc.message[:80]}"
     if isinstance(exc, TimeoutError):
         return "TimeoutError"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "aiohttp.ClientPayloadError: response body cut short"
     text = str(exc).strip().splitlines()[0][:80] if str(exc).strip() else ""
     name = f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}"
     name = name.removeprefix("builtins.")
@@ -401,6 +422,7 @@ class Soak:
         self.origin = time.perf_counter()
         self.workers_seen: set[int] = set()
         self.mix: dict[str, int] = {}
+        self.store_windows: list[StoreWindow] = []
 
     # ----------------------------------------------------------------- bookkeeping
 
@@ -737,12 +759,10 @@ class Soak:
                         except TimeoutError:
                             continue
                         if not chunk:
-                            error = f"GET stream ended after {self.now() - opened:.1f} s (EOF)"
+                            error = "GET stream ended before the hold was over (EOF)"
                             break
                 except (aiohttp.ClientError, OSError) as exc:
-                    error = f"GET stream cut after {self.now() - opened:.1f} s: " + describe_exc(
-                        exc
-                    )
+                    error = "GET stream cut: " + describe_exc(exc)
                 finally:
                     if countdown is not None:
                         await countdown
@@ -1032,6 +1052,7 @@ class Soak:
             aiohttp.ClientSession(trust_env=False) as control,
         ):
             self.origin = time.perf_counter()
+            self.tl.origin_wall = time.time()
             tasks = [
                 *(asyncio.create_task(self.sdk_worker(False)) for _ in range(n_short)),
                 *(asyncio.create_task(self.sdk_worker(True)) for _ in range(n_long)),
@@ -1123,32 +1144,91 @@ def classify(op: Op, soak: Soak) -> str | None:
         and op.end >= tl.reload_remove + GRACE - DRAIN_SLACK
     ):
         return f"session lived on {EXTRA}: removed by reload 2, its {GRACE:g} s drain over"
-    if soak.args.redis_outage_expected and redis_outage_404(op, tl):
+    if soak.args.redis_outage_expected and redis_outage_404(op, soak):
         return "unknown to the worker asked while Redis was down (--redis-outage-expected)"
     return None
 
 
-def redis_outage_404(op: Op, tl: Timeline) -> bool:
-    """A 404 for a session between the Redis kill and the end of the store's reconnect backoff."""
-    if op.error is None or not ("404" in op.error or SESSION_NOT_FOUND in op.error):
+def is_404(op: Op) -> bool:
+    return op.error is not None and ("404" in op.error or SESSION_NOT_FOUND in op.error)
+
+
+def redis_outage_404(op: Op, soak: Soak) -> bool:
+    """A 404 for a session from the Redis kill until every worker's store used Redis again
+    (its first "Redis answers again" line after the kill; without one, 5 s after the restart)."""
+    tl = soak.tl
+    if not is_404(op) or tl.redis_kill is None or op.end < tl.redis_kill:
         return False
-    if tl.redis_kill is None or op.end < tl.redis_kill:
-        return False
-    up = tl.redis_up if tl.redis_up is not None else float("inf")
-    return op.start <= up + REDIS_RECONNECT
+    return op.start <= redis_reconnected(soak)
+
+
+def redis_reconnected(soak: Soak) -> float:
+    """When the last worker's store went back to Redis after the Redis restart."""
+    tl = soak.tl
+    if tl.redis_kill is None:
+        return float("inf")
+    fallback = (tl.redis_up if tl.redis_up is not None else float("inf")) + REDIS_RECONNECT
+    firsts: dict[int, float] = {}
+    for w in soak.store_windows:
+        if w.end >= tl.redis_kill and w.pid not in firsts:
+            firsts[w.pid] = w.end
+    return max(firsts.values()) if firsts else fallback
+
+
+def store_flap(op: Op, soak: Soak) -> StoreWindow | None:
+    """The local-only period of a worker's store (from mcplb's log) a 404 falls into."""
+    if not is_404(op):
+        return None
+    for w in soak.store_windows:
+        if w.start - 0.2 <= op.end and op.start <= w.end + 0.2:
+            return w
+    return None
 
 
 def context(op: Op, soak: Soak) -> str:
     """Where an unexpected failure happened, to group it (empty: nothing special)."""
     tl = soak.tl
-    if redis_outage_404(op, tl):
-        return "Redis down or the store still backing off: the binding lives in one worker only"
+    if redis_outage_404(op, soak):
+        return "Redis down or the store not yet back on it: the binding lives in one worker only"
+    flap = store_flap(op, soak)
+    if flap is not None:
+        return (
+            "Redis was up: a worker's store went local-only again after a Redis error"
+            " (see the store periods below)"
+        )
     for rl in soak.reloads:
         if rl.t <= op.end and op.start <= rl.t + 2.0:
             return f"around {rl.name}"
     if tl.kill is not None and tl.kill <= op.end and op.start <= (tl.restart_ready or tl.kill) + 2:
         return f"while {VICTIM} was down"
     return ""
+
+
+def parse_store_windows(log: Path, origin_wall: float) -> list[StoreWindow]:
+    """Periods in which a worker's Redis store answered from its local table only.
+
+    Each "Redis answers again" line ends one; it began at the worker's first logged Redis
+    error since its previous recovery or, when that error's line was rate-limited away,
+    ``BACKOFF_MIN`` before the recovery (the shortest backoff)."""
+    windows: list[StoreWindow] = []
+    began: dict[int, tuple[float, str]] = {}
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return windows
+    for line in lines:
+        m = LOG_LINE.match(line)
+        if m is None or not m["msg"].startswith(STORE_LOG_PREFIX):
+            continue
+        wall = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        t, pid, msg = wall - origin_wall, int(m["pid"]), m["msg"][len(STORE_LOG_PREFIX) :]
+        if msg.startswith(STORE_BACK):
+            start, why = began.pop(pid, (t - BACKOFF_MIN, "error line rate-limited away"))
+            windows.append(StoreWindow(pid, start, t, why))
+        elif " error: " in msg and pid not in began:
+            began[pid] = (t, msg.split("; answering")[0][:120])
+    windows += [StoreWindow(pid, t, float("inf"), why) for pid, (t, why) in began.items()]
+    return sorted(windows, key=lambda w: w.start)
 
 
 def example(op: Op, soak: Soak) -> dict[str, Any]:
@@ -1188,6 +1268,7 @@ def phases(tl: Timeline) -> list[tuple[str, float, float]]:
 
 def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> dict[str, Any]:
     ops = soak.ops
+    soak.store_windows = parse_store_windows(mcplb_log, soak.tl.origin_wall)
     for op in ops:
         if op.error is not None:
             op.expected = classify(op, soak)
@@ -1291,6 +1372,18 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
         "unexpected_examples": [example(op, soak) for op in unexpected[:EXAMPLES]],
         "phases": phase_rows,
         "reloads": [asdict(r) for r in soak.reloads],
+        "redis_store_local_only": [
+            {
+                "pid": w.pid,
+                "from_s": round(w.start, 3),
+                "to_s": None if w.end == float("inf") else round(w.end, 3),
+                "why": w.why,
+                "after_redis_back": bool(
+                    soak.tl.redis_up is not None and w.start > redis_reconnected(soak)
+                ),
+            }
+            for w in soak.store_windows
+        ],
         "rss": {
             "start": rss(soak.rss_start),
             "end": rss(soak.rss_end),
@@ -1396,6 +1489,16 @@ def print_report(soak: Soak, r: dict[str, Any]) -> None:
         )
         for pid, changes in rl["reloaded_pids"].items():
             print(f"    worker {pid} logged: {changes}")
+    if r["redis_store_local_only"]:
+        print()
+        print(
+            "Redis session store: periods a worker answered from its local table only"
+            " (from mcplb's log):"
+        )
+        for w in r["redis_store_local_only"]:
+            to = "end" if w["to_s"] is None else f"{w['to_s']:.2f}"
+            late = "  <- after every store was back on Redis" if w["after_redis_back"] else ""
+            print(f"  worker {w['pid']}: {w['from_s']:7.2f} - {to:>7} s  ({w['why']}){late}")
     rss = r["rss"]
 
     def rss_line(label: str, s: dict[str, Any] | None) -> str:
@@ -1413,7 +1516,8 @@ def print_report(soak: Soak, r: dict[str, Any]) -> None:
         print(f"  change: {(rss['end']['kib'] - rss['start']['kib']) / 1024:+.1f} MiB")
     print()
     print(
-        "MCP sessions left on the backends after the load: "
+        "MCP sessions left on the backends after the load (a session mcplb answered 404 for"
+        " is not DELETEd by its client; the killed mcp-b took its own with it): "
         + ", ".join(
             f"{k} {'n/a' if v is None else v}" for k, v in r["backend_sessions_left"].items()
         )

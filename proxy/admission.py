@@ -117,6 +117,8 @@ class Admission:
         for waiter in list(self.queue):
             if self.worker_full():
                 return
+            if waiter not in self.queue:
+                continue  # admitted or gone meanwhile
             target = waiter.waiting_for
             if target is not None and target is not freed and self.backend_full(target):
                 continue

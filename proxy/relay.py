@@ -460,10 +460,13 @@ class ClientConnection(asyncio.Protocol):
             return
         backend = self._pinned(request) or self._pick(request)
         if backend is None:
-            if self.runtime.admission.any_full(self.runtime.backends):
+            backends = self.runtime.backends.backends
+            if request.wants_stream and any(b.available for b in backends):
+                self._answer_too_many_streams()  # the backends that are up are at their cap
+            elif not request.wants_stream and self.runtime.admission.any_full(backends):
                 self._wait_for_slot(request, None)
-                return
-            self._answer_error(503, "no_backend", "no backend available", retry_after=True)
+            else:
+                self._answer_error(503, "no_backend", "no backend available", retry_after=True)
             return
         self._dispatch(request, backend)
 
@@ -517,6 +520,10 @@ class ClientConnection(asyncio.Protocol):
         self.waiting_for = target
         self.queued_at = self.loop.time()
         self.queue_timer = self.loop.call_later(admission.queue_timeout, self._queue_timed_out)
+
+    def _answer_too_many_streams(self) -> None:
+        self.stats.rejected["max_streams"] += 1
+        self._answer_error(503, "too_many_streams", "event stream limit reached", retry_after=True)
 
     def _leave_queue(self) -> None:
         if self.queue_timer is not None:
@@ -588,9 +595,9 @@ class ClientConnection(asyncio.Protocol):
         admission = self.runtime.admission
         if self.attempted or admission.per_backend:
             attempted = self.attempted
-            candidates = [
-                b for b in candidates if b.name not in attempted and not admission.backend_full(b)
-            ]
+            # A stream takes a stream slot, not a request slot: full request slots don't matter.
+            full = admission.streams_full if request.wants_stream else admission.backend_full
+            candidates = [b for b in candidates if b.name not in attempted and not full(b)]
         strategy = self.runtime.strategy
         header_hash = self.runtime.header_hash
         if header_hash is not None and header_hash.applies(request.headers):
@@ -664,10 +671,7 @@ class ClientConnection(asyncio.Protocol):
         stream = request.wants_stream
         if stream:
             if admission.streams_full(backend):
-                self.stats.rejected["max_streams"] += 1
-                self._answer_error(
-                    503, "too_many_streams", "event stream limit reached", retry_after=True
-                )
+                self._answer_too_many_streams()
                 return
         elif admission.limited and not admission.can_hold(backend):
             self._wait_for_slot(request, backend if self.bound_backend is not None else None)

@@ -82,9 +82,10 @@ class Gate:
                 return web.json_response({"backend": name}, headers={"Mcp-Session-Id": name})
             try:
                 await self._enter(name, label)
-                if request.path == "/stream" or "text/event-stream" in request.headers.get(
-                    "Accept", ""
-                ).split(",")[0]:
+                if (
+                    request.path == "/stream"
+                    or "text/event-stream" in request.headers.get("Accept", "").split(",")[0]
+                ):
                     return await self._stream(request, name, label)
             finally:
                 self.active -= 1
@@ -145,6 +146,10 @@ def queued(proxy: ProxyServer) -> int:
     return len(proxy.runtime.admission.queue)
 
 
+def queue_holds(proxy: ProxyServer, count: int) -> Callable[[], bool]:
+    return lambda: queued(proxy) == count
+
+
 class Client:
     """Labelled requests to one proxy, each on its own connection."""
 
@@ -198,7 +203,7 @@ async def test_excess_requests_queue_and_proceed_in_arrival_order(
     await gate.arrived(2)
     for n in (2, 3, 4):  # one at a time, so that the queue order is known
         tasks.append(client.start(f"r{n}"))
-        await until(lambda n=n: queued(proxy) == n - 1)
+        await until(queue_holds(proxy, n - 1))
     stats = proxy.runtime.stats
     assert stats.queued == 3 and queued(proxy) == 3
     assert proxy.runtime.backends.get("a").in_flight == 2  # type: ignore[union-attr]
@@ -328,7 +333,7 @@ async def test_max_in_flight_spans_backends(
     assert {name for name, _ in gate.arrivals} == {"a", "b"}  # round robin spread them
     for n in (2, 3, 4):
         tasks.append(client.start(f"r{n}"))
-        await until(lambda n=n: queued(proxy) == n - 1)
+        await until(queue_holds(proxy, n - 1))
     assert len(gate.arrivals) == 2 and gate.peak == 2
     gate.release("r1")
     await gate.arrived(3)
@@ -423,9 +428,7 @@ async def test_streams_have_their_own_cap_and_never_queue(
     start_proxy: ProxyFactory, serve_app: AppFactory, gate: Gate, http: aiohttp.ClientSession
 ) -> None:
     gate.open()
-    proxy = await start_proxy(
-        [await serve(serve_app, gate, "a", max_connections=1, max_streams=2)]
-    )
+    proxy = await start_proxy([await serve(serve_app, gate, "a", max_connections=1, max_streams=2)])
     backend = proxy.runtime.backends.get("a")
     assert backend is not None
     streams = [await open_stream(http, proxy, f"s{n}") for n in range(2)]
@@ -479,11 +482,6 @@ async def test_worker_stream_cap(
     await no_leak(proxy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ClientConnection._pick drops backends full of requests for stream GETs too, "
-    "so an unbound event stream waits in the request queue",
-)
 async def test_a_stream_does_not_wait_for_a_request_slot(
     start_proxy: ProxyFactory, serve_app: AppFactory, gate: Gate, http: aiohttp.ClientSession
 ) -> None:
@@ -687,10 +685,12 @@ limits:
         proxy = await peers.proxy(config, tmp_path, port=port)
         await wait_for_port("127.0.0.1", admin_port, process=proxy)
         await asyncio.gather(*(one_client(n) for n in range(clients)))
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{admin_port}/metrics") as resp:
-                assert resp.status == 200
-                metrics = metric_samples(await resp.text())
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{admin_port}/metrics") as resp,
+        ):
+            assert resp.status == 200
+            metrics = metric_samples(await resp.text())
 
     assert not failures, failures[:10]
     assert outcomes["ok"] + outcomes["overloaded"] == clients * rounds

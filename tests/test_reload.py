@@ -272,21 +272,30 @@ class Lb:
             assert resp.status == 200, await resp.text()
             return await resp.json()
 
-    async def metric(self, name: str, **labels: str) -> float:
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         async with self.http.get(f"{self.admin}/metrics") as resp:
             assert resp.status == 200
-            found = samples(await resp.text())
-        return found.get((name, tuple(sorted(labels.items()))), 0.0)
+            return samples(await resp.text())
+
+    async def metric(self, name: str, **labels: str) -> float:
+        return (await self.metrics()).get((name, tuple(sorted(labels.items()))), 0.0)
 
     async def wait_generation(self, generation: int) -> None:
         """Until every worker has applied ``generation`` reloads (workers publish it about
-        once a second)."""
+        once a second); then /status says so too."""
         wanted = {str(worker): generation for worker in range(self.workers)}
 
         async def reached() -> bool:
-            return bool((await self.status())["config"]["worker_generations"] == wanted)
+            # /metrics, not /status, while a reload may be under way: see
+            # test_admin_api_answers_while_a_reload_is_under_way.
+            found = await self.metrics()
+            return all(
+                found.get(("mcplb_config_generation", (("worker", worker),))) == generation
+                for worker in wanted
+            )
 
         await eventually(reached, f"every worker at config generation {generation}")
+        assert (await self.status())["config"]["worker_generations"] == wanted
 
     async def get(self, path: str = "/") -> str:
         """One request through the proxy: the name of the backend that answered."""
@@ -607,6 +616,36 @@ async def test_health_state_is_kept_across_a_reload(
     )
 
 
+async def test_admin_api_answers_while_a_reload_is_under_way(
+    peers: Peers, counting: BackendsFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    a, b = await counting("a", "b")
+    port = free_port()
+    # a's health probe hangs (until its timeout): a reload waits for the probe in flight.
+    health = (
+        "health:\n  active:\n    path: /slow/probe\n"
+        "    interval: 3s\n    timeout: 2s\n    fall: 3\n"
+    )
+    lb = await start_lb(peers, tmp_path, http, config_text(port, [(a, 1)], extra=health), port)
+    await a.arrived("probe")
+
+    lb.rewrite(config_text(port, [(a, 1), (b, 1)], extra=health))
+    reload = asyncio.create_task(lb.reload())
+    answers: list[tuple[str, int]] = []
+    deadline = time.monotonic() + WAIT
+    while not reload.done() and time.monotonic() < deadline:
+        for path in ("/status", "/metrics", "/readyz"):
+            async with http.get(f"{lb.admin}{path}") as resp:
+                answers.append((path, resp.status))
+        async with http.get(f"{lb.url}/traffic") as resp:
+            answers.append(("proxy", resp.status))
+    status, body = await asyncio.wait_for(reload, WAIT)
+    assert (status, body["changes"]) == (200, ["backend b added"])
+    failed = Counter(f"{path} {code}" for path, code in answers if code != 200)
+    assert failed == {}, f"{len(answers)} answers during the reload"
+    assert "Traceback" not in lb.proxy.output()
+
+
 # --- MCP sessions -------------------------------------------------------------------------
 
 
@@ -665,7 +704,7 @@ async def test_mcp_sessions_survive_a_reload(
                 for i in range(3):
                     assert result_text(await session.call_tool("whoami", {})) == owner
                     added = await session.call_tool("add", {"a": i, "b": 40})
-                    assert not added.isError and result_text(added) == str(i + 40)
+                    assert not added.is_error and result_text(added) == str(i + 40)
     rows = {row["name"]: row for row in (await lb.status())["backends"]}
     assert set(rows) == {"mcp-a", "mcp-b", "mcp-c"}
     assert rows["mcp-a"]["weight"] == 3

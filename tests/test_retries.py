@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from mcp.shared.exceptions import MCPError
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import HealthConfig, PassiveHealthConfig, RetriesConfig
 from proxy.server import ProxyServer
@@ -174,13 +176,12 @@ async def test_attempts_limit_tries_in_order(
     assert total_retries == min(attempts, len(dead))
 
 
-@pytest.mark.parametrize(("attempts", "all_succeed"), [(1, False), (4, True)])
+@pytest.mark.parametrize("attempts", [1, 4])
 async def test_attempts_limit_under_round_robin(
     start_proxy: ProxyFactory,
     serve_app: AppFactory,
     refused_port: Callable[[], int],
     attempts: int,
-    all_succeed: bool,
 ) -> None:
     good = Recorder("good")
     backends = [backend_config(f"dead-{i}", refused_port()) for i in range(4)]
@@ -197,12 +198,18 @@ async def test_attempts_limit_under_round_robin(
     # failed ends on a failed try.
     assert failures == retries + len(failed)
     assert len(good.seen) == len(responses) - len(failed)
-    if all_succeed:
-        assert failed == []
-    else:
-        # With 4 of 5 dead, two tries miss the good one for some requests, not for all.
+    exhausted = proxy.runtime.stats.retry_budget_exhausted
+    if attempts == 1:
+        # One retry per request always fits a 100% budget; with 4 of 5 dead, two tries
+        # miss the good backend for some requests, not for all.
+        assert exhausted == 0
         assert 0 < len(failed) < len(responses)
-        assert proxy.runtime.stats.retry_budget_exhausted == 0
+    else:
+        # Five tries reach every backend: a request fails only when the budget (retries
+        # <= requests here, ~2 needed per request) stops it, never for the attempt limit.
+        assert len(failed) == exhausted
+        assert [r.status for r in responses[:2]] == [200, 200]  # within the floor of 10
+        assert retries <= max(10, len(responses))
 
 
 # -- the budget ----------------------------------------------------------------------------
@@ -388,12 +395,14 @@ async def test_chunked_post_is_replayed_with_its_framing(
 
 
 @pytest.mark.parametrize(
-    ("method", "retries", "moved"),
+    ("method", "size", "retries", "moved"),
     [
-        ("GET", RetriesConfig(), True),
-        ("POST", RetriesConfig(), False),  # an MCP call may have run: never twice
-        ("POST", RetriesConfig(non_idempotent=True), True),
-        ("GET", RetriesConfig(on=frozenset({"connect_failure"})), False),
+        ("GET", 0, RetriesConfig(), True),
+        ("POST", 50, RetriesConfig(), False),  # an MCP call may have run: never twice
+        ("POST", 50, RetriesConfig(non_idempotent=True), True),
+        ("POST", REPLAY_LIMIT, RetriesConfig(non_idempotent=True), True),
+        ("POST", REPLAY_LIMIT + 1, RetriesConfig(non_idempotent=True), False),  # not kept
+        ("GET", 0, RetriesConfig(on=frozenset({"connect_failure"})), False),
     ],
 )
 async def test_reset_on_a_fresh_connection(
@@ -401,6 +410,7 @@ async def test_reset_on_a_fresh_connection(
     serve_app: AppFactory,
     serve_raw: RawServe,
     method: str,
+    size: int,
     retries: RetriesConfig,
     moved: bool,
 ) -> None:
@@ -415,13 +425,13 @@ async def test_reset_on_a_fresh_connection(
         backend_config("b", await b.serve(serve_app)),
     ]
     proxy = await start_proxy(backends, strategy=FIRST, retries=retries)
-    body = b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call"}'
+    body = bytes(i % 251 for i in range(size))
     resp = await request(proxy.port, post(body) if method == "POST" else get())
     assert len(heads) == 1
     assert heads[0].startswith(method.encode() + b" / HTTP/1.1\r\n")
     if moved:
         assert (resp.status, resp.body) == (200, b"b:200")
-        assert b.seen == [(method, body if method == "POST" else b"")]
+        assert b.seen == [(method, body)]
         assert stats(proxy, "b") == (0, 1)
     else:
         assert bad_gateway(resp)
@@ -683,6 +693,21 @@ async def load(port: int, method: str, kill_now: asyncio.Event) -> list[Outcome]
     return outcomes
 
 
+async def backend_counters(admin_port: int) -> dict[tuple[str, str], float]:
+    """(metric, backend) -> value of the per-backend counters, from the admin API."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{admin_port}/metrics") as resp,
+    ):
+        text = await resp.text()
+    return {
+        (sample.name, sample.labels["backend"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "backend" in sample.labels
+    }
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_backend_killed_under_load_loses_only_its_in_flight_requests(
     latency_backends: Callable[[list[str]], Awaitable[list[LatencyBackend]]],
@@ -694,7 +719,7 @@ async def test_backend_killed_under_load_loses_only_its_in_flight_requests(
     lost. POSTs it held may have run, so they fail, and they are the only failures: every
     request that started after the kill succeeds (connect failures move elsewhere)."""
     backends = await latency_backends(["a", "b", "c"])
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     lines = [f'  - {{name: {b.name}, url: "http://127.0.0.1:{b.port}"}}' for b in backends]
     config = "\n".join(
         [
@@ -703,6 +728,7 @@ async def test_backend_killed_under_load_loses_only_its_in_flight_requests(
             *lines,
             "retries: {on: [connect_failure, reset]}",
             "log: {access: false}",
+            f"admin: {{listen: '127.0.0.1:{admin_port}'}}",
             "",
         ]
     )
@@ -721,6 +747,7 @@ async def test_backend_killed_under_load_loses_only_its_in_flight_requests(
         killing = asyncio.create_task(killer())
         outcomes = await load(port, method, kill_now)
         await killing
+        counters = await backend_counters(admin_port)
     kill, dead = marks["kill"], marks["dead"]
     assert len(outcomes) == CLIENTS * REQUESTS_PER_CLIENT
     failures = [o for o in outcomes if o.status != 200]
@@ -734,8 +761,19 @@ async def test_backend_killed_under_load_loses_only_its_in_flight_requests(
         # Only requests that were in flight when the victim died, answered by a 502.
         assert o.started < dead and o.ended > kill, (o, kill, dead)
         assert o.status == 502 and json.loads(o.body)["error"] == "bad_gateway", o
+    refused = counters["mcplb_upstream_connect_failures_total", victim.name]
+    resent_to_victim = counters["mcplb_retries_total", victim.name]
+    moved = sum(counters["mcplb_retries_total", b.name] for b in backends if b is not victim)
+    assert refused >= 1  # requests kept coming to the victim until it was ejected
     if method == "GET":
         assert failures == []
+        # GETs in flight on the victim's pooled connections were sent again (to the victim
+        # on a fresh connection, which was refused, then elsewhere).
+        assert resent_to_victim >= 1
+        assert moved >= refused
     else:
         # At any moment about a third of the clients wait on the victim; at most all.
         assert 0 < len(failures) <= CLIENTS
+        # No POST was sent twice: the only retries are refused connects moved elsewhere.
+        assert resent_to_victim == 0
+        assert moved == refused
