@@ -423,6 +423,7 @@ class Soak:
         self.workers_seen: set[int] = set()
         self.mix: dict[str, int] = {}
         self.store_windows: list[StoreWindow] = []
+        self.readmitted: dict[int, float] = {}  # worker pid -> victim healthy again (its log)
 
     # ----------------------------------------------------------------- bookkeeping
 
@@ -594,7 +595,8 @@ class Soak:
                             await asyncio.sleep(LONG_STEP)
         except Exception as exc:
             reason = describe_exc(exc)
-            if "Server returned an error response" in reason and http_errors:
+            if reason.startswith("MCPError") and http_errors:
+                # The SDK hides the HTTP answer behind the JSON-RPC error: name it.
                 reason += f" [{http_errors[-1]}]"
             if cur[0] is not None:
                 done(reason)
@@ -1190,6 +1192,13 @@ def context(op: Op, soak: Soak) -> str:
     tl = soak.tl
     if redis_outage_404(op, soak):
         return "Redis down or the store not yet back on it: the binding lives in one worker only"
+    if is_404(op) and len(soak.readmitted) > 1:
+        lo, hi = min(soak.readmitted.values()), max(soak.readmitted.values())
+        if lo - 0.2 <= op.end and op.start <= hi + 0.2:
+            return (
+                f"{VICTIM} back in one worker, still down in another (health is per worker):"
+                f" readmitted {lo:.2f}-{hi:.2f} s"
+            )
     flap = store_flap(op, soak)
     if flap is not None:
         return (
@@ -1202,6 +1211,24 @@ def context(op: Op, soak: Soak) -> str:
     if tl.kill is not None and tl.kill <= op.end and op.start <= (tl.restart_ready or tl.kill) + 2:
         return f"while {VICTIM} was down"
     return ""
+
+
+def parse_readmissions(log: Path, origin_wall: float, after: float | None) -> dict[int, float]:
+    """Worker pid -> when its log first says the victim is healthy again after ``after``."""
+    found: dict[int, float] = {}
+    if after is None:
+        return found
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            m = LOG_LINE.match(line)
+            if m is None or not m["msg"].startswith(f"backend {VICTIM}: "):
+                continue
+            if "-> healthy" not in m["msg"]:
+                continue
+            t = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp() - origin_wall
+            if t >= after:
+                found.setdefault(int(m["pid"]), t)
+    return found
 
 
 def parse_store_windows(log: Path, origin_wall: float) -> list[StoreWindow]:
@@ -1269,6 +1296,7 @@ def phases(tl: Timeline) -> list[tuple[str, float, float]]:
 def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> dict[str, Any]:
     ops = soak.ops
     soak.store_windows = parse_store_windows(mcplb_log, soak.tl.origin_wall)
+    soak.readmitted = parse_readmissions(mcplb_log, soak.tl.origin_wall, soak.tl.restart)
     for op in ops:
         if op.error is not None:
             op.expected = classify(op, soak)
@@ -1372,6 +1400,7 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
         "unexpected_examples": [example(op, soak) for op in unexpected[:EXAMPLES]],
         "phases": phase_rows,
         "reloads": [asdict(r) for r in soak.reloads],
+        "victim_readmitted_s": {str(p): round(t, 3) for p, t in soak.readmitted.items()},
         "redis_store_local_only": [
             {
                 "pid": w.pid,
@@ -1472,6 +1501,11 @@ def print_report(soak: Soak, r: dict[str, Any]) -> None:
     ]
     print(table(["phase", "t (s)", "sent", "ok", "expected", "UNEXPECTED", "new sessions"], rows))
     print()
+    if r["victim_readmitted_s"]:
+        print(
+            f"{VICTIM} healthy again (mcplb's log, per worker): "
+            + ", ".join(f"worker {p} at t={t:.2f} s" for p, t in r["victim_readmitted_s"].items())
+        )
     for rl in r["reloads"]:
         state = "applied" if rl["applied"] else "NOT applied"
         after = f" after {rl['applied_after_s']:.2f} s" if rl["applied_after_s"] else ""

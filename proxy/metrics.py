@@ -137,7 +137,7 @@ def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:
         "mcplb_upstream_timeouts", "Response heads not received in time.", labels=["backend"]
     )
     retries = CounterMetricFamily(
-        "mcplb_retries", "Requests sent again elsewhere.", labels=["backend"]
+        "mcplb_retries", "Requests sent again (to this backend).", labels=["backend"]
     )
     histograms = {
         "first_byte": HistogramMetricFamily(

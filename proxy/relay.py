@@ -564,15 +564,17 @@ class ClientConnection(asyncio.Protocol):
 
     # -- retries ------------------------------------------------------------------------
 
-    def _retry_target(self, request: Request, condition: str, sent: bool) -> Backend | None:
-        """Another backend to send a failed request to, if the retry policy and the
-        budget allow one (``sent``: the request may have reached the failed backend)."""
+    def _retry_target(
+        self, request: Request, condition: str, sent: bool, same: Backend | None = None
+    ) -> Backend | None:
+        """Another backend (or ``same``) to send a failed request to, if the retry policy
+        and the budget allow it (``sent``: the request may have reached the backend)."""
         config = self.runtime.config.retries
         if self.retries >= config.attempts or not may_retry(
             config, condition, request.method, sent
         ):
             return None
-        backend = self._pick(request)
+        backend = same or self._pick(request)
         if backend is None:
             return None
         if not self.runtime.retry_budget.try_retry(self.loop.time()):
@@ -696,6 +698,8 @@ class ClientConnection(asyncio.Protocol):
             self.runtime.health.connect_failed(backend, reason)
             self.stats.backends[backend.name].connect_failures += 1
             self._release_slot()
+            if request is not self.current or self.state == CLOSED:
+                return  # the client is gone
             if self.bound_backend is not None:
                 # Its sessions died with it; the client must initialize elsewhere.
                 if request.session_id is not None and self.runtime.session_codec is None:
@@ -1007,12 +1011,11 @@ class ClientConnection(asyncio.Protocol):
         self, request: Request, backend: Backend, reused: bool
     ) -> Backend | None:
         """Where to resend a request whose connection died before any response byte."""
-        if reused and may_retry(self.runtime.config.retries, "reset", request.method, True):
+        if reused:
             # Most likely the backend closed the idle pooled connection as we wrote:
             # a fresh connection to the same backend.
             log.debug("pooled connection to %s was closed; retrying", backend.name)
-            self.stats.backends[backend.name].retries += 1
-            return backend
+            return self._retry_target(request, "reset", sent=True, same=backend)
         if self.bound_backend is not None:
             return None
         self.attempted.add(backend.name)

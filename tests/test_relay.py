@@ -304,15 +304,25 @@ async def test_upstream_gone_mid_response_closes_client(
 
 
 @pytest.mark.parametrize(
-    ("method", "non_idempotent", "retried"),
-    [("GET", False, True), ("POST", False, False), ("POST", True, True)],
+    ("method", "non_idempotent", "attempts", "retried"),
+    [
+        ("GET", False, 2, True),
+        ("GET", False, 0, False),
+        ("POST", False, 2, False),
+        ("POST", True, 2, True),
+    ],
 )
 async def test_pooled_connection_closed_by_backend(
-    start_proxy: ProxyFactory, serve_raw: RawServe, method: str, non_idempotent: bool, retried: bool
+    start_proxy: ProxyFactory,
+    serve_raw: RawServe,
+    method: str,
+    non_idempotent: bool,
+    attempts: int,
+    retried: bool,
 ) -> None:
     """A pooled connection that dies before any response byte: idempotent requests go
     again on a fresh connection; a POST (an MCP call) only with retries.non_idempotent,
-    since the backend may have run it."""
+    since the backend may have run it; and never with retries.attempts 0."""
     connections = 0
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -329,7 +339,7 @@ async def test_pooled_connection_closed_by_backend(
 
     proxy = await start_proxy(
         [backend_config("a", await serve_raw(handler))],
-        retries=RetriesConfig(non_idempotent=non_idempotent),
+        retries=RetriesConfig(attempts=attempts, non_idempotent=non_idempotent),
     )
     client = await RawClient.connect(proxy.port)
     await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -34,6 +34,7 @@ from tests.peers import (
     result_text,
     start_mcp_backend_sync,
     wait_for_output,
+    wait_for_port_sync,
 )
 
 KEY = "reload-test-session-key-" + "k" * 32
@@ -162,10 +163,14 @@ async def peers(counting: BackendsFactory) -> AsyncIterator[Peers]:
 @pytest.fixture(scope="module")
 def mcp_backends() -> Iterator[list[McpBackend]]:
     """Three real MCP SDK servers, shared: each test opens its own sessions on them."""
-    backends: list[McpBackend] = []
+    # Started side by side (each takes a second or so to import the SDK and listen).
+    backends = [McpBackend(name, free_port()) for name in ("mcp-a", "mcp-b", "mcp-c")]
     try:
-        for name in ("mcp-a", "mcp-b", "mcp-c"):
-            backends.append(start_mcp_backend_sync(name))
+        for index, backend in enumerate(backends):
+            try:
+                wait_for_port_sync("127.0.0.1", backend.port, process=backend)
+            except RuntimeError:  # it exited: its port was taken meanwhile; once more
+                backends[index] = start_mcp_backend_sync(backend.name)
         yield backends
     finally:
         for backend in backends:
@@ -544,6 +549,42 @@ async def test_invalid_configs_are_rejected_and_the_old_one_stays(
     assert (await lb.status())["config"]["generation"] == 1
 
 
+async def test_moved_backend_keeps_serving_its_sessions_until_the_deadline(
+    peers: Peers, mcp_backends: list[McpBackend], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    mcp_a, _, mcp_c = mcp_backends
+    port = free_port()
+    lb = await start_lb(peers, tmp_path, http, config_text(port, [(mcp_a, 1)]), port)
+
+    class Moved:
+        name = "mcp-a"
+        url = mcp_c.url
+
+    with anyio.fail_after(30):
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(fresh_connections())
+            read, write = await stack.enter_async_context(
+                streamable_http_client(lb.proxy.mcp_url, http_client=client)
+            )
+            old = await stack.enter_async_context(ClientSession(read, write))
+            await old.initialize()
+            assert result_text(await old.call_tool("whoami", {})) == "mcp-a"
+
+            lb.rewrite(config_text(port, [(Moved, 1)]))
+            status, body = await lb.reload()
+            assert (status, body["changes"]) == (200, [f"backend mcp-a now at {mcp_c.url}"])
+            # New sessions start at the new endpoint...
+            async with (
+                fresh_connections() as other,
+                streamable_http_client(lb.proxy.mcp_url, http_client=other) as (r, w),
+                ClientSession(r, w) as new,
+            ):
+                await new.initialize()
+                assert result_text(await new.call_tool("whoami", {})) == "mcp-c"
+            # ...while the old endpoint drains: its session is still served there.
+            assert result_text(await old.call_tool("whoami", {})) == "mcp-a"
+
+
 async def test_restart_only_changes_are_reported_and_kept(
     peers: Peers, counting: BackendsFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -736,6 +777,32 @@ async def test_sighup_reaches_every_worker(
     assert len(c.workers) == 2, c.workers
     assert set(names) == {"a", "b", "c"}
     assert a.workers | b.workers | c.workers == c.workers
+
+
+async def test_rejected_reloads_are_counted_with_several_workers(
+    peers: Peers, counting: BackendsFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    a, b = await counting("a", "b")
+    port = free_port()
+    lb = await start_lb(peers, tmp_path, http, config_text(port, [(a, 1)], workers=2), port)
+    await lb.wait_generation(0)
+    invalid = config_text(port, [(a, 1), (b, 1)], workers=2) + "limits: {max_qeue: 6}\n"
+    lb.rewrite(invalid)
+    status, body = await lb.reload()
+    assert status == 400 and body["issues"][0].startswith("limits.max_qeue: unknown key")
+    lb.sighup()  # the supervisor checks the file and keeps every worker as it is
+    await wait_for_output(lb.proxy, "reload rejected")
+    # A reload never goes halfway: ask again for a valid one and see only it applied.
+    lb.rewrite(config_text(port, [(a, 1)], workers=2, strategy="least_connections"))
+    lb.sighup()
+    await lb.wait_generation(1)
+    status = await lb.status()
+    assert [row["name"] for row in status["backends"]] == ["a"]
+    assert status["strategy"] == "least_connections"
+    assert set(await fresh_connection_names(lb.url, 10)) == {"a"}
+    assert b.requests == 0
+    # Both rejections are counted, the supervisor's too (alerts watch this counter).
+    assert await lb.metric("mcplb_config_reloads_total", result="failure") == 2
 
 
 @pytest.mark.parametrize("workers", [1, 2])

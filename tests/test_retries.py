@@ -18,7 +18,7 @@ from aiohttp import web
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.config import HealthConfig, PassiveHealthConfig, RetriesConfig
+from proxy.config import HealthConfig, PassiveHealthConfig, RetriesConfig, RetryCondition
 from proxy.server import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, RawHandler, backend_config
 from tests.peers import INITIALIZE, Peers, free_port, mcp_call, mcp_session, result_text
@@ -28,7 +28,14 @@ RawServe = Callable[[RawHandler], Awaitable[int]]
 
 FIRST = "tests.plugin_strategies:FirstAvailable"  # list order: which backend is tried is known
 NO_EJECTION = HealthConfig(passive=PassiveHealthConfig(enabled=False))
-WITH_STATUSES = frozenset({"connect_failure", "reset", "502", "503", "504"})
+
+
+def only(*conditions: RetryCondition) -> frozenset[RetryCondition]:
+    """A ``retries.on`` set."""
+    return frozenset(conditions)
+
+
+WITH_STATUSES = only("connect_failure", "reset", "502", "503", "504")
 REPLAY_LIMIT = 64 * 1024
 
 
@@ -47,7 +54,7 @@ def bad_gateway(resp: Response) -> bool:
 
 @dataclass
 class Recorder:
-    """An aiohttp backend that answers ``status`` with a body naming itself and what it got."""
+    """An aiohttp backend that records each request and answers ``status``, "name:status"."""
 
     name: str
     status: int = 200
@@ -124,8 +131,12 @@ async def test_connect_failure_moves_the_request(
         assert len(good.seen) == len(bodies)
 
 
+@pytest.mark.parametrize("on", [only(), only("reset")])
 async def test_connect_failure_not_in_on_is_a_502(
-    start_proxy: ProxyFactory, serve_app: AppFactory, refused_port: Callable[[], int]
+    start_proxy: ProxyFactory,
+    serve_app: AppFactory,
+    refused_port: Callable[[], int],
+    on: frozenset[RetryCondition],
 ) -> None:
     good = Recorder("good")
     backends = [
@@ -133,7 +144,9 @@ async def test_connect_failure_not_in_on_is_a_502(
         backend_config("good", await good.serve(serve_app)),
     ]
     proxy = await start_proxy(
-        backends, health=NO_EJECTION, retries=RetriesConfig(on=frozenset({"reset"}))
+        backends,
+        health=NO_EJECTION,
+        retries=RetriesConfig(on=on),
     )
     responses = [await request(proxy.port, get()) for _ in range(8)]
     failed = [r for r in responses if r.status != 200]
@@ -304,18 +317,18 @@ async def test_listed_status_on_get_goes_to_another_backend(
 @pytest.mark.parametrize(
     ("on", "status"),
     [
-        (frozenset({"connect_failure", "reset"}), 503),  # the default: statuses are opt-in
-        (frozenset({"503"}), 502),
-        (frozenset({"503"}), 504),
+        (only("connect_failure", "reset"), 503),  # the default: statuses are opt-in
+        (only("503"), 502),
+        (only("503"), 504),
     ],
 )
 async def test_unlisted_status_reaches_the_client_intact(
-    start_proxy: ProxyFactory, serve_app: AppFactory, on: frozenset[str], status: int
+    start_proxy: ProxyFactory, serve_app: AppFactory, on: frozenset[RetryCondition], status: int
 ) -> None:
     proxy, a, b = await status_pair(
         start_proxy,
         serve_app,
-        RetriesConfig(on=on),  # type: ignore[arg-type]
+        RetriesConfig(on=on),
         status=status,
     )
     client = await RawClient.connect(proxy.port)
@@ -402,7 +415,7 @@ async def test_chunked_post_is_replayed_with_its_framing(
         ("POST", 50, RetriesConfig(non_idempotent=True), True),
         ("POST", REPLAY_LIMIT, RetriesConfig(non_idempotent=True), True),
         ("POST", REPLAY_LIMIT + 1, RetriesConfig(non_idempotent=True), False),  # not kept
-        ("GET", 0, RetriesConfig(on=frozenset({"connect_failure"})), False),
+        ("GET", 0, RetriesConfig(on=only("connect_failure")), False),
     ],
 )
 async def test_reset_on_a_fresh_connection(
@@ -530,9 +543,7 @@ async def test_session_bound_reset_is_not_moved(
 # -- real MCP SDK servers and clients ------------------------------------------------------
 
 
-async def test_mcp_session_on_a_killed_backend_is_not_moved(
-    start_proxy: ProxyFactory, tmp_path: Path
-) -> None:
+async def test_mcp_session_on_a_killed_backend_is_not_moved(start_proxy: ProxyFactory) -> None:
     async with Peers() as peers:
         backends = list(await asyncio.gather(peers.backend("mcp-a"), peers.backend("mcp-b")))
         proxy = await start_proxy([backend_config(b.name, b.port) for b in backends])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import RetriesConfig
+from proxy.config import RetriesConfig, RetryCondition
 from proxy.retries import BUDGET_FLOOR, BUDGET_WINDOW, RetryBudget, may_retry
 
 T0 = 1000.0  # a loop clock some way in; a whole second, so T0 + x falls in second 1000 + x
@@ -179,7 +179,7 @@ def test_budget_matches_a_model_and_bounds_every_window(
             window = range(second - BUDGET_WINDOW + 1, second + 1)
             made = sum(1 for s in granted if s in window)
             seen = sum(1 for s in requests if s in window)
-            expected = made < max(BUDGET_FLOOR, seen * share)
+            expected = made < max(Fraction(BUDGET_FLOOR), seen * share)
             assert budget.try_retry(now) is expected, (second, made, seen)
             if expected:
                 granted.append(second)
@@ -212,11 +212,18 @@ METHODS = (b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE", b"POST", b"
 # RFC 9110 section 9.2.2: a repeat has the same effect as one request. Not POST or PATCH
 # (an MCP JSON-RPC call is a POST: it may run a tool twice).
 SAFE_TO_REPEAT = {b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"}
+
+
+def only(*conditions: RetryCondition) -> frozenset[RetryCondition]:
+    """A ``retries.on`` set."""
+    return frozenset(conditions)
+
+
 ON_SETS = (
-    frozenset(),
-    frozenset({"connect_failure", "reset"}),  # the default
-    frozenset({"connect_failure", "reset", "502", "503", "504"}),
-    frozenset({"503"}),
+    only(),
+    only("connect_failure", "reset"),  # the default
+    only("connect_failure", "reset", "502", "503", "504"),
+    only("503"),
 )
 
 
@@ -225,9 +232,13 @@ ON_SETS = (
     list(itertools.product(ON_SETS, CONDITIONS, METHODS, (False, True), (False, True))),
 )
 def test_may_retry_matrix(
-    on: frozenset[str], condition: str, method: bytes, sent: bool, non_idempotent: bool
+    on: frozenset[RetryCondition],
+    condition: str,
+    method: bytes,
+    sent: bool,
+    non_idempotent: bool,
 ) -> None:
-    config = RetriesConfig(on=on, non_idempotent=non_idempotent)  # type: ignore[arg-type]
+    config = RetriesConfig(on=on, non_idempotent=non_idempotent)
     if condition not in on:
         expected = False  # only the configured conditions are ever retried
     elif not sent:
@@ -247,9 +258,9 @@ def test_may_retry_matrix(
         (RetriesConfig(), "reset", b"PATCH", True, False),
         (RetriesConfig(), "503", b"GET", True, False),  # statuses are opt-in
         (RetriesConfig(non_idempotent=True), "reset", b"POST", True, True),
-        (RetriesConfig(on=frozenset({"503"})), "503", b"GET", True, True),
-        (RetriesConfig(on=frozenset({"503"})), "504", b"GET", True, False),
-        (RetriesConfig(on=frozenset()), "connect_failure", b"GET", False, False),
+        (RetriesConfig(on=only("503")), "503", b"GET", True, True),
+        (RetriesConfig(on=only("503")), "504", b"GET", True, False),
+        (RetriesConfig(on=only()), "connect_failure", b"GET", False, False),
         # Lower-case is not a method the proxy sees (httptools upper-cases), so not safe.
         (RetriesConfig(), "reset", b"get", True, False),
     ],
