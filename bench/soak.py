@@ -139,7 +139,7 @@ F_REDIS = 0.75
 REDIS_DOWN = 3.0  # seconds redis-server stays down
 GRACE = 5.0  # timeouts.grace: also how long a backend removed by a reload drains
 DRAIN_SLACK = 0.6  # the drain deadline is enforced by a 0.5 s sweep
-REDIS_RECONNECT = 5.0  # proxy/redis_store.py BACKOFF_MAX: the store may wait this long after
+REDIS_RECONNECT = 5.0  # proxy/redis_store.py BACKOFF_MAX: longest wait before it retries Redis
 MIN_WARMUP = 5.0
 
 MCP_PATH = "/mcp"
@@ -154,7 +154,7 @@ CONTROL_STEP = 0.1  # seconds between checks of the fault controller
 RELOAD_CHECK = 10.0  # seconds for /status to show a reload
 RSS_EVERY = 5.0  # seconds between RSS samples
 STOP_GRACE = 20.0  # seconds the load gets to finish its current operation at the end
-ERROR_BACKOFF = 0.2  # a client pauses this long after an unexpected failure
+ERROR_BACKOFF = 0.2  # a client pauses this long after a failure
 HTTP_PAUSE = 0.01  # plain HTTP clients pause this long between requests
 SHORT_CALLS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("whoami", {}),
@@ -1420,6 +1420,7 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
             "samples": [(round(t, 1), kib) for t, kib, _ in soak.rss],
         },
         "backend_sessions_left": leftovers,
+        "admin_status_last": soak.last_status,
         "mcplb_log": {
             "lines_by_level": dict(log_levels),
             "tracebacks": tracebacks,

@@ -60,6 +60,14 @@ class WorkerState:
         if self.directory is None:
             return [own]
         found = [own]
+        try:
+            rejected = json.loads((self.directory / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            rejected = {}
+        if rejected.get("reload_failures"):  # SIGHUP reloads the supervisor refused
+            own["stats"]["reloads"]["failure"] = (
+                own["stats"]["reloads"].get("failure", 0) + rejected["reload_failures"]
+            )
         now = time.time()
         for path in self.directory.glob("worker-*.json"):
             if path.name == f"worker-{self.worker}.json":
@@ -157,7 +165,7 @@ def create_admin_app(
                 {
                     "name": backend.name,
                     "url": backend.config.url,
-                    "state": _state(backend.draining, health[backend.name]),
+                    "state": _state(backend.draining, health.get(backend.name)),
                     "available": backend.available,
                     "draining": backend.draining,
                     "weight": backend.config.weight,
@@ -248,9 +256,11 @@ def create_admin_app(
     return app
 
 
-def _state(draining: bool, health: dict[str, Any]) -> str:
+def _state(draining: bool, health: dict[str, Any] | None) -> str:
     if draining:
         return "draining"
+    if health is None:
+        return "unknown"  # being added by a reload right now
     if health["ejected"]:
         return "ejected"
     label: str = health["state"]

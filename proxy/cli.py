@@ -7,9 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from proxy import __version__
-from proxy.config import Config, ConfigError, ConfigIssue, load_config
-from proxy.tls import TlsError, backend_context, server_context
-from strategies import registry
+from proxy.config import Config, ConfigError
+from proxy.validate import validated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,31 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_top(args.admin, once=args.once, interval=args.interval)
     return _demo(args.backends, args.port)
-
-
-def validated(path: str) -> Config:
-    """Load a config, then check what needs code to run: the strategy plugin."""
-    config = load_config(path)
-    try:
-        registry.build(config.strategy, config.strategy_options)
-    except registry.StrategyLoadError as exc:
-        issue = ConfigIssue("strategy", str(exc), config.lines.get("strategy"))
-        raise ConfigError([issue], config.source) from None
-    issues = []
-    if config.listen_tls is not None:
-        try:
-            server_context(config.listen_tls)
-        except TlsError as exc:
-            issues.append(ConfigIssue("listen_tls", str(exc), config.lines.get("listen_tls")))
-    for index, backend in enumerate(config.backends):
-        try:
-            backend_context(backend)
-        except TlsError as exc:
-            path = f"backends[{index}].ca"
-            issues.append(ConfigIssue(path, str(exc), config.lines.get(path)))
-    if issues:
-        raise ConfigError(issues, config.source)
-    return config
 
 
 def _load_or_report(path: str) -> Config | None:

@@ -33,7 +33,8 @@ from proxy.redis_store import (
     BACKOFF_MIN,
     HEALTH_CHECK_INTERVAL,
     LOG_INTERVAL,
-    _kind,
+    drop_connections,
+    error_kind,
 )
 
 log = logging.getLogger("mcplb.ratelimit")
@@ -195,6 +196,8 @@ class RedisRateLimiter:
                 return self._open
             self._probing = True
         try:
+            if probe:
+                await drop_connections(self._redis)  # the others fail open meanwhile
             reply = await asyncio.wait_for(
                 self._script(keys=[self._prefix + bucket_key(key)], args=self._args),
                 self._timeout,
@@ -230,7 +233,7 @@ class RedisRateLimiter:
             self._healthy = False
             self._retry_at = self._clock() + self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-        self._warn(_kind(error), error)
+        self._warn(error_kind(error), error)
 
     def _warn(self, kind: str, error: Exception) -> None:
         now = self._clock()

@@ -210,7 +210,7 @@ class RedisSessionStore(SessionStore):
 
     def _failed(self, error: Exception) -> None:
         self.errors += 1
-        self._warn(_kind(error), error)
+        self._warn(error_kind(error), error)
         if self._healthy:
             self._healthy = False
             self._backoff = BACKOFF_MIN
@@ -285,6 +285,9 @@ class RedisSessionStore(SessionStore):
             try:
                 if not self._healthy:
                     await asyncio.sleep(self._backoff)
+                    # Connections from before the failure are likely dead (a restarted
+                    # Redis): each would fail once and send requests local again.
+                    await drop_connections(self._redis)
                     if isinstance(await self._command(self._redis.ping()), _Failed):
                         self._backoff = min(self._backoff * 2, BACKOFF_MAX)
                         continue
@@ -336,6 +339,13 @@ class RedisSessionStore(SessionStore):
             await self._command(pipe.execute())  # if lost, the next use refreshes again
 
 
+async def drop_connections(client: aioredis.Redis) -> None:
+    """Close every pooled connection (while no request uses Redis): new ones are opened
+    on demand."""
+    with contextlib.suppress(Exception):
+        await client.connection_pool.disconnect()
+
+
 def _text(value: str | bytes) -> str:
     return value if isinstance(value, str) else value.decode()
 
@@ -346,7 +356,7 @@ def _take(table: dict[str, T], count: int) -> list[tuple[str, T]]:
     return [(key, table.pop(key)) for key in keys]
 
 
-def _kind(error: Exception) -> str:
+def error_kind(error: Exception) -> str:
     if isinstance(error, TimeoutError | RedisTimeoutError):
         return "timeout"
     if isinstance(error, RedisConnectionError | OSError):

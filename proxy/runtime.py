@@ -102,8 +102,8 @@ class Runtime:
         old = self.config
         strategy = registry.build(config.strategy, config.strategy_options)
         contexts = {b.name: backend_context(b) for b in config.backends}
-        config = _keep_restart_only(old, config)
         changes = [f"{name} changed: needs a restart (kept)" for name in _restart_only(old, config)]
+        config = _keep_restart_only(old, config)
         self.config = config
         current = {b.name: b for b in self.backends}
         staying: list[Backend] = []
@@ -135,9 +135,10 @@ class Runtime:
             backend.draining = True
             backend.available = False
             backend.drain_until = deadline
+        # Health first: it knows the new backends before anything can look them up.
+        await self.health.reconfigure(config.health, staying)
         self.backends.replace(staying, retired)
         self.strategy = strategy
-        await self.health.reconfigure(config.health, staying)
         self.admission.configure(config.limits, staying)
         self.retry_budget.percent = config.retries.budget_percent
         if config.rate_limit != old.rate_limit:

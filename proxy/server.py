@@ -15,12 +15,12 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy.admin import ReloadResult, WorkerState, create_admin_app
-from proxy.config import Config, ConfigError, file_mtime, load_config
+from proxy.config import Config, ConfigError, file_mtime
 from proxy.rate_limit import RedisRateLimiter
 from proxy.relay import ClientConnection
 from proxy.runtime import Runtime
 from proxy.tls import TlsError, reload_server_context, server_context
-from strategies.registry import StrategyLoadError
+from proxy.validate import validated
 
 log = logging.getLogger("mcplb")
 
@@ -55,6 +55,7 @@ class ProxyServer:
         *,
         worker: int = 0,
         state_dir: Path | None = None,
+        generation: int = 0,
     ) -> None:
         self.config = config
         # Raises TlsError for unusable certificate files: the caller reports it.
@@ -62,6 +63,7 @@ class ProxyServer:
             None if config.listen_tls is None else server_context(config.listen_tls)
         )
         self.runtime = Runtime(config)
+        self.runtime.generation = generation  # a worker started after reloads
         self.connections: set[ClientConnection] = set()
         self.state = WorkerState(self.runtime, worker, state_dir)
         self.worker = worker
@@ -73,9 +75,8 @@ class ProxyServer:
         self.admin_port: int | None = None
         self._reloading = asyncio.Lock()
         # Watch the file only where no supervisor does it for every worker.
-        self._watched = (
-            file_mtime(config.source) if config.watch_config and state_dir is None else None
-        )
+        self._watch = state_dir is None
+        self._watched = file_mtime(config.source)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,13 +135,13 @@ class ProxyServer:
             return ReloadResult(False, ["started without a config file: nothing to reload"])
         async with self._reloading:
             try:
-                config = load_config(source)
+                config = validated(source)
+                changes = await self.runtime.reload(config)
                 if config.listen_tls is not None and self.tls is not None:
                     reload_server_context(self.tls, config.listen_tls)
-                changes = await self.runtime.reload(config)
             except ConfigError as exc:
                 problems = [str(issue) for issue in exc.issues]
-            except (TlsError, StrategyLoadError) as exc:
+            except TlsError as exc:  # the files changed again since validated() read them
                 problems = [str(exc)]
             else:
                 if (config.listen_tls is None) != (self.tls is None):
@@ -166,7 +167,7 @@ class ProxyServer:
         # every worker (this one included) reload.
         source = self.runtime.config.source
         try:
-            load_config(source or "")
+            validated(source or "")
         except ConfigError as exc:
             self.runtime.stats.reloads["failure"] += 1
             return ReloadResult(False, [str(issue) for issue in exc.issues])
@@ -174,11 +175,13 @@ class ProxyServer:
         return ReloadResult(True, ["every worker reloads"], pending=True)
 
     def _check_watched_file(self) -> None:
-        if self._watched is None:
+        if not self._watch:
             return
         mtime = file_mtime(self.runtime.config.source)
         if mtime != self._watched:
             self._watched = mtime
+            if not self.runtime.config.watch_config:
+                return
             log.info("config file changed: reloading")
             asyncio.get_running_loop().create_task(self.reload())
 
@@ -215,6 +218,7 @@ async def run_until_signalled(
     sock: socket.socket | None = None,
     worker: int = 0,
     state_dir: Path | None = None,
+    generation: int = 0,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     loop = asyncio.get_running_loop()
@@ -223,7 +227,9 @@ async def run_until_signalled(
         loop.add_signal_handler(signum, stop.set)
     setup_access_log(config)
     try:
-        server = ProxyServer(config, sock, worker=worker, state_dir=state_dir)
+        server = ProxyServer(
+            config, sock, worker=worker, state_dir=state_dir, generation=generation
+        )
     except TlsError as exc:
         log.error("%s", exc)
         return 1
@@ -265,11 +271,12 @@ def run_worker(
     sock: socket.socket | None = None,
     worker: int = 0,
     state_dir: Path | None = None,
+    generation: int = 0,
 ) -> int:
     """Run one proxy process on uvloop."""
     import uvloop
 
-    return uvloop.run(run_until_signalled(config, sock, worker, state_dir))
+    return uvloop.run(run_until_signalled(config, sock, worker, state_dir, generation))
 
 
 def serve(config: Config) -> int:

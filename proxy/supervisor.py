@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -14,7 +15,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from proxy.config import Config, ConfigError, file_mtime, load_config
+from proxy.config import Config, ConfigError, file_mtime
+from proxy.validate import validated
 
 log = logging.getLogger("mcplb.supervisor")
 
@@ -33,7 +35,9 @@ class Supervisor:
         self.started: dict[int, float] = {}
         self.stopping = False
         self.reload_requested = False
-        self.watched = file_mtime(config.source) if config.watch_config else None
+        self.watched = file_mtime(config.source)
+        self.generation = 0  # reloads handed to the workers
+        self.reload_failures = 0
 
     def run(self) -> int:
         try:
@@ -96,7 +100,7 @@ class Supervisor:
                 from proxy.server import bind_socket, run_worker
 
                 sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
-                code = run_worker(self.config, sock, index, self.state_dir)
+                code = run_worker(self.config, sock, index, self.state_dir, self.generation)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
@@ -108,11 +112,11 @@ class Supervisor:
         self.reload_requested = True
 
     def _check_watched_file(self) -> None:
-        if self.watched is None:
-            return
         mtime = file_mtime(self.config.source)
         if mtime != self.watched:
             self.watched = mtime
+            if not self.config.watch_config:
+                return
             log.info("config file changed: reloading")
             self._reload()
 
@@ -120,11 +124,17 @@ class Supervisor:
         """Check the file, keep it for workers started later, and have every worker
         reload it (each re-reads it and logs what changed)."""
         try:
-            config = load_config(self.config.source or "")
+            config = validated(self.config.source or "")
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("reload rejected, the running config stays: %s", issue)
+            self.reload_failures += 1
+            # Worker 0 adds this to mcplb_config_reloads_total{result="failure"}.
+            _write_json(
+                self.state_dir / "supervisor.json", {"reload_failures": self.reload_failures}
+            )
             return
+        self.generation += 1
         # Where and how many: fixed for the supervisor's life.
         self.config = dataclasses.replace(
             config,
@@ -164,3 +174,9 @@ def _describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
     return f"code {os.waitstatus_to_exitcode(status)}"
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

@@ -19,9 +19,11 @@ import aiohttp
 import anyio
 import httpx2
 import pytest
+import yaml
 from aiohttp import web
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AppFactory
@@ -314,7 +316,7 @@ async def start_lb(
     peers: Peers, tmp_path: Path, http: aiohttp.ClientSession, text: str, port: int
 ) -> Lb:
     proxy = await peers.proxy(text, tmp_path, port=port)
-    workers = int(text.split("workers: ", 1)[1].split("\n", 1)[0])
+    workers = int(yaml.safe_load(text)["workers"])
     return Lb(proxy, await proxy_admin_port(proxy), http, workers)
 
 
@@ -549,7 +551,7 @@ async def test_invalid_configs_are_rejected_and_the_old_one_stays(
     assert (await lb.status())["config"]["generation"] == 1
 
 
-async def test_moved_backend_keeps_serving_its_sessions_until_the_deadline(
+async def test_moved_backend_takes_its_name_and_sessions_to_the_new_endpoint(
     peers: Peers, mcp_backends: list[McpBackend], http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     mcp_a, _, mcp_c = mcp_backends
@@ -581,8 +583,12 @@ async def test_moved_backend_keeps_serving_its_sessions_until_the_deadline(
             ):
                 await new.initialize()
                 assert result_text(await new.call_tool("whoami", {})) == "mcp-c"
-            # ...while the old endpoint drains: its session is still served there.
-            assert result_text(await old.call_tool("whoami", {})) == "mcp-a"
+            # ...and sessions are bound to the backend's name, so they follow it: the
+            # new server does not know the old session (404), and its client must
+            # initialize again (documented: give a new endpoint a new name to drain).
+            with pytest.raises(MCPError) as failed:
+                await old.call_tool("whoami", {})
+            assert failed.value.error.message == "Session not found"
 
 
 async def test_restart_only_changes_are_reported_and_kept(
@@ -624,7 +630,7 @@ async def test_health_state_is_kept_across_a_reload(
         "health:\n  initial: healthy\n  active:\n    path: /debug/sessions\n"
         "    interval: 300ms\n    timeout: 200ms\n    fall: 1\n    rise: 1\n"
     )
-    pair = [(alive, 1), (doomed, 1)]
+    pair: list[tuple[Named, int]] = [(alive, 1), (doomed, 1)]
     lb = await start_lb(peers, tmp_path, http, config_text(port, pair, extra=health), port)
 
     async def probed_ok() -> bool:
@@ -635,15 +641,13 @@ async def test_health_state_is_kept_across_a_reload(
 
     async def marked_down() -> bool:
         states = {row["name"]: row["state"] for row in (await lb.status())["backends"]}
-        return states["doomed"] == "unhealthy"
+        return bool(states["doomed"] == "unhealthy")
 
     await eventually(marked_down, "the killed backend marked unhealthy")
     came_back = await lb.metric("mcplb_backend_transitions_total", backend="doomed", to="healthy")
 
     # Something else changes: alive's weight and the retries.
-    lb.rewrite(
-        config_text(port, [(alive, 2), (doomed, 1)], extra=health + "retries: {attempts: 1}\n")
-    )
+    lb.rewrite(config_text(port, [(alive, 2), pair[1]], extra=health + "retries: {attempts: 1}\n"))
     status, body = await lb.reload()
     assert status == 200, body
     rows = {row["name"]: row for row in (await lb.status())["backends"]}
