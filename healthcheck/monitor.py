@@ -239,6 +239,18 @@ class HealthMonitor:
         is_down = (state is not None and not state.up) or self._outliers.ejected(backend.name)
         return is_down and not self.panic_open()
 
+    def refuses_sessions(self, backend: Backend) -> bool:
+        """Whether requests of sessions bound to ``backend`` get 404 now: while it is down,
+        unless active checks already see it recovering (a passing probe counted toward
+        ``rise``). Workers judge health on their own, and one may readmit a backend a
+        moment before another; a recovering backend's sessions are tried, not dropped (a
+        refused connection still ends them)."""
+        if not self.down(backend):
+            return False
+        state = self._active.get(backend.name)
+        recovering = state is not None and not state.up and state.successes > 0
+        return not recovering or self._outliers.ejected(backend.name)
+
     def unhealthy(self, backend: Backend) -> bool:
         """Active checks say it is down."""
         state = self._active.get(backend.name)

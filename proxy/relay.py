@@ -630,7 +630,7 @@ class ClientConnection(asyncio.Protocol):
         if (
             opened is None
             or backend is None
-            or self.runtime.health.down(backend)
+            or self.runtime.health.refuses_sessions(backend)
             or backend.drain_over()
         ):
             self._answer_session_not_found()
@@ -660,7 +660,7 @@ class ClientConnection(asyncio.Protocol):
         if request is not self.current or self.state == CLOSED:
             return
         backend = self.runtime.backends.get(name) if name is not None else None
-        if backend is None or self.runtime.health.down(backend) or backend.drain_over():
+        if backend is None or self.runtime.health.refuses_sessions(backend) or backend.drain_over():
             # Keep the binding: when the backend comes back, its live sessions route again.
             self._answer_session_not_found()
             return

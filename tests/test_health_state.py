@@ -651,3 +651,33 @@ def test_passing_active_check_ends_a_passive_ejection(caplog: pytest.LogCaptureF
     assert records(caplog)[-1][1] == (
         "backend b0: ejected -> healthy (active http check passed: HTTP 200)"
     )
+
+
+def test_sessions_of_a_recovering_backend_are_tried() -> None:
+    """Workers judge health apart: one may readmit a backend a probe earlier than another.
+    Sessions get 404 while their backend is down, but not once a probe passed toward rise."""
+    a, b = make_backends(1, 1)
+    clock = FakeClock()
+    monitor = HealthMonitor(health(active=active(rise=2, fall=1)), [a, b], clock=clock)
+    assert not monitor.refuses_sessions(a)
+    monitor.record_probe(a, False, "refused")
+    assert monitor.down(a) and monitor.refuses_sessions(a)
+    monitor.record_probe(a, True, "200")  # 1 of rise 2: still down, but recovering
+    assert monitor.down(a) and not a.available
+    assert not monitor.refuses_sessions(a)
+    monitor.record_probe(a, False, "refused")  # the streak broke: down for good again
+    assert monitor.refuses_sessions(a)
+
+
+def test_sessions_of_an_ejected_backend_are_refused_even_while_recovering() -> None:
+    a, b, c = make_backends(1, 1, 1)
+    clock = FakeClock()
+    cfg = health(
+        active=active(rise=2, fall=1),
+        passive=PassiveHealthConfig(consecutive_failures=1, max_ejection_percent=100),
+    )
+    monitor = HealthMonitor(cfg, [a, b, c], clock=clock)
+    monitor.record_probe(a, False, "refused")
+    monitor.record_probe(a, True, "200")
+    monitor.connect_failed(a, "refused")
+    assert monitor.ejected(a) and monitor.refuses_sessions(a)
