@@ -46,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from proxy.outage_share import OutageShare
 from proxy.sessions import MemorySessionStore, SessionStore
 
 log = logging.getLogger("mcplb.sessions")
@@ -80,11 +81,13 @@ class RedisSessionStore(SessionStore):
         max_local: int,
         clock: Callable[[], float] = time.monotonic,
         on_expire: Callable[[str, str], None] | None = None,
+        outage_share: OutageShare | None = None,
     ) -> None:
         """``clock`` drives the local table's idle expiry and the refresh pacing; ``on_expire``
         (session id, backend) is called when a binding made by this instance's ``bind`` leaves
         the local table other than through ``bind``/``forget`` (idle expiry, size cap, or
-        another replica forgetting or re-binding it)."""
+        another replica forgetting or re-binding it); ``outage_share`` hands bindings to the other
+        workers of this host while Redis is down."""
         self.errors = 0  # Redis failures seen (connect, timeout, protocol), for metrics
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
         self._timeout = timeout
@@ -93,6 +96,8 @@ class RedisSessionStore(SessionStore):
         self._on_expire = on_expire
         self._refresh_every = ttl / 10
         self._max_dirty = max_local
+        self._outage_share = outage_share
+        self._shared: set[str] = set()  # shared during the current outage
         self._local = MemorySessionStore(ttl, max_local, clock, on_expire=self._local_dropped)
         self._redis = aioredis.Redis.from_url(
             url,
@@ -129,12 +134,23 @@ class RedisSessionStore(SessionStore):
         backend = await self._local.get(session_id)
         if backend is not None:
             self._schedule_refresh(session_id, backend)
+            if not self._healthy:
+                self._share(session_id, backend)
             return backend
-        if not self._usable():
-            return None
-        value = await self._command(self._redis.getex(self._prefix + session_id, px=self._ttl_ms))
-        if isinstance(value, _Failed) or not value:
-            return None
+        if self._usable():
+            key = self._prefix + session_id
+            value = await self._command(self._redis.getex(key, px=self._ttl_ms))
+            if not isinstance(value, _Failed):
+                return await self._cache(session_id, value) if value else None
+        # Redis is unreachable: another worker of this host may have shared the binding.
+        shared = None if self._outage_share is None else self._outage_share.get(session_id)
+        if shared is not None:
+            await self._local.bind(session_id, shared)
+            self._shared.add(session_id)
+        return shared
+
+    async def _cache(self, session_id: str, value: str | bytes) -> str:
+        """Keep a binding read from Redis in the local table."""
         backend = await self._local.get(session_id)
         if backend is not None:  # bound here while we asked: that is newer
             return backend
@@ -154,6 +170,8 @@ class RedisSessionStore(SessionStore):
                 self._dirty.pop(session_id, None)
                 return (_text(old) if isinstance(old, str | bytes) else None) or previous
         self._mark_dirty(session_id, backend)
+        self._shared.discard(session_id)
+        self._share(session_id, backend)
         return previous
 
     async def forget(self, session_id: str) -> str | None:
@@ -170,6 +188,8 @@ class RedisSessionStore(SessionStore):
                 self._dirty.pop(session_id, None)
                 return (_text(old) if isinstance(old, str | bytes) else None) or previous
         self._mark_dirty(session_id, None)
+        if self._outage_share is not None:
+            self._outage_share.drop(session_id)
         return previous
 
     async def close(self) -> None:
@@ -235,6 +255,12 @@ class RedisSessionStore(SessionStore):
 
     # -- local bookkeeping ----------------------------------------------------------------
 
+    def _share(self, session_id: str, backend: str) -> None:
+        """Hand a binding to the other workers of this host (once per outage)."""
+        if self._outage_share is not None and session_id not in self._shared:
+            self._shared.add(session_id)
+            self._outage_share.put(session_id, backend)
+
     def _schedule_refresh(self, session_id: str, backend: str) -> None:
         now = self._clock()
         last = self._synced.get(session_id)
@@ -293,6 +319,7 @@ class RedisSessionStore(SessionStore):
                         continue
                     self._healthy = True
                     self._backoff = BACKOFF_MIN
+                    self._shared.clear()  # the next outage shares afresh
                     log.warning(
                         "Redis session store: Redis answers again; writing back %d local changes",
                         len(self._dirty),

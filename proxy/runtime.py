@@ -8,12 +8,14 @@ import logging
 import os
 import ssl
 import time
+from pathlib import Path
 
 from healthcheck.monitor import HealthMonitor
 from proxy.admission import Admission
 from proxy.affinity import HeaderAffinity
 from proxy.backends import Backend, BackendSet
 from proxy.config import Config
+from proxy.outage_share import OutageShare
 from proxy.pool import UpstreamPool
 from proxy.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
 from proxy.redis_store import RedisSessionStore
@@ -43,7 +45,8 @@ log = logging.getLogger("mcplb")
 class Runtime:
     """Built once from a Config; the relay reads it, nothing here reads the relay."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, state_dir: Path | None = None) -> None:
+        """``state_dir``: the supervisor's directory shared by this host's workers."""
         self.config = config
         self.generation = 0  # successful reloads
         self.backends = BackendSet(config.backends)
@@ -70,6 +73,7 @@ class Runtime:
                 prefix=sticky.redis.prefix,
                 max_local=sticky.max_sessions,
                 on_expire=self._session_expired,
+                outage_share=None if state_dir is None else OutageShare(state_dir / "sessions"),
             )
             if sticky.store == "redis"
             else MemorySessionStore(

@@ -62,7 +62,7 @@ class ProxyServer:
         self.tls: ssl.SSLContext | None = (
             None if config.listen_tls is None else server_context(config.listen_tls)
         )
-        self.runtime = Runtime(config)
+        self.runtime = Runtime(config, state_dir)
         self.runtime.generation = generation  # a worker started after reloads
         self.connections: set[ClientConnection] = set()
         self.state = WorkerState(self.runtime, worker, state_dir)

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 
+from proxy.outage_share import OutageShare
 from proxy.redis_store import RedisSessionStore
 from tests.redis_server import (
     RedisServer,
@@ -431,3 +433,39 @@ async def test_failure_logs_are_rate_limited_with_a_count(
         assert "4 more since the last report" in second, second
     finally:
         await silent.close()
+
+
+async def test_workers_of_one_host_share_bindings_while_redis_is_down(
+    redis_server: RedisServer, make_store: StoreFactory, tmp_path: Path
+) -> None:
+    """Two workers (stores sharing an outage directory): a session bound or used on one
+    during an outage is found by the other, whose own table does not have it."""
+    one = make_store(redis_server.url, outage_share=OutageShare(tmp_path))
+    two = make_store(redis_server.url, outage_share=OutageShare(tmp_path))
+    lone = make_store(redis_server.url)  # a worker without the share: the old behaviour
+    await one.bind("before", "alpha")  # in Redis, but only in one's own table
+    await redis_server.kill()
+    await one.bind("during", "beta")  # fails over to the local table, and is shared
+    assert not one.healthy
+    assert await two.get("during") == "beta"
+    assert await lone.get("during") is None  # without the share: the 404 the share avoids
+    assert await one.get("before") == "alpha"  # used during the outage: shared too
+    assert await two.get("before") == "alpha"
+    assert await one.forget("during") == "beta"
+    assert (
+        await make_store(redis_server.url, outage_share=OutageShare(tmp_path)).get("during") is None
+    )  # forgotten everywhere
+    assert list(tmp_path.iterdir()) == [tmp_path / OutageShare(tmp_path)._path("before").name]
+
+
+async def test_outage_share_refuses_garbage(tmp_path: Path) -> None:
+    share = OutageShare(tmp_path)
+    share.put("s", "alpha")
+    assert share.get("s") == "alpha"
+    share._path("s").write_text("x" * 65)  # not a backend name
+    assert share.get("s") is None
+    share._path("s").write_text("")
+    assert share.get("s") is None
+    share.drop("s")
+    share.drop("s")  # twice is fine
+    assert share.get("s") is None
