@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench bench-tools system-deps clean
+.PHONY: demo test lint typecheck unit bench bench-tools soak system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench-tools:
 
 bench: $(STAMP) bench-tools
 	$(PY) bench/http_bench.py --duration 10
+
+# Mixed MCP load with a backend kill, two reloads and a Redis restart (about 3 minutes).
+soak: $(STAMP) system-deps
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
