@@ -32,7 +32,7 @@ from proxy.redis_store import (
     BACKOFF_MAX,
     BACKOFF_MIN,
     HEALTH_CHECK_INTERVAL,
-    LOG_INTERVAL,
+    LogThrottle,
     drop_connections,
     error_kind,
 )
@@ -177,7 +177,7 @@ class RedisRateLimiter:
         self._backoff = BACKOFF_MIN
         self._probing = False
         self._closed = False
-        self._log_state: dict[str, tuple[float, int]] = {}  # kind -> (last logged, suppressed)
+        self._log = LogThrottle(clock)
 
     @property
     def healthy(self) -> bool:
@@ -236,13 +236,9 @@ class RedisRateLimiter:
         self._warn(error_kind(error), error)
 
     def _warn(self, kind: str, error: Exception) -> None:
-        now = self._clock()
-        last, suppressed = self._log_state.get(kind, (-math.inf, 0))
-        if now - last < LOG_INTERVAL:
-            self._log_state[kind] = (last, suppressed + 1)
+        more = self._log.due(kind)
+        if more is None:
             return
-        self._log_state[kind] = (now, 0)
-        more = f" ({suppressed} more since the last report)" if suppressed else ""
         log.warning(
             "rate limit: Redis %s error: %s%s; letting requests through unlimited "
             "(%d Redis errors in all)",

@@ -117,7 +117,7 @@ class RedisSessionStore(SessionStore):
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
-        self._log_state: dict[str, tuple[float, int]] = {}  # kind -> (last logged, suppressed)
+        self._log = LogThrottle()
 
     @property
     def healthy(self) -> bool:
@@ -237,13 +237,9 @@ class RedisSessionStore(SessionStore):
             self._wake.set()
 
     def _warn(self, kind: str, error: Exception) -> None:
-        now = time.monotonic()
-        last, suppressed = self._log_state.get(kind, (-math.inf, 0))
-        if now - last < LOG_INTERVAL:
-            self._log_state[kind] = (last, suppressed + 1)
+        more = self._log.due(kind)
+        if more is None:
             return
-        self._log_state[kind] = (now, 0)
-        more = f" ({suppressed} more since the last report)" if suppressed else ""
         log.warning(
             "Redis session store: %s error: %s%s; answering from the local table "
             "(%d Redis errors in all)",
@@ -381,6 +377,25 @@ def _take(table: dict[str, T], count: int) -> list[tuple[str, T]]:
     """Remove and return up to ``count`` of the oldest entries."""
     keys = list(itertools.islice(table, count))
     return [(key, table.pop(key)) for key in keys]
+
+
+class LogThrottle:
+    """At most one log line per kind of error per LOG_INTERVAL; the lines left out are
+    counted into the next one."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._state: dict[str, tuple[float, int]] = {}  # kind -> (last logged, left out)
+
+    def due(self, kind: str) -> str | None:
+        """None to stay quiet now, else the text to add about the lines left out."""
+        now = self._clock()
+        last, suppressed = self._state.get(kind, (-math.inf, 0))
+        if now - last < LOG_INTERVAL:
+            self._state[kind] = (last, suppressed + 1)
+            return None
+        self._state[kind] = (now, 0)
+        return f" ({suppressed} more since the last report)" if suppressed else ""
 
 
 def error_kind(error: Exception) -> str:

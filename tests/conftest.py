@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
 from proxy.config import AdminConfig, BackendConfig, Config, LimitsConfig, TimeoutsConfig
 from proxy.server import ProxyServer
+from tests.redis_server import RedisServer, RedisServerMissing, start_redis
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
@@ -113,3 +115,35 @@ async def serve_raw() -> AsyncIterator[Callable[[RawHandler], Awaitable[int]]]:
         server.close()
     for writer in writers:
         writer.close()
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A real redis-server on a free loopback port."""
+    try:
+        server = await start_redis()
+    except RedisServerMissing as error:
+        pytest.fail(str(error), pytrace=False)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client to look at (and tamper with) what was written to Redis."""
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -12,20 +12,9 @@ from healthcheck.monitor import HealthMonitor
 from healthcheck.state import ActiveState, OutlierDetector, SlowStart, Transition
 from proxy.backends import WEIGHT_SCALE, Backend
 from proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
-from tests.conftest import backend_config
+from tests.conftest import FakeClock, backend_config
 
 LOGGER = "mcplb.health"
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def active(**fields: object) -> ActiveHealthConfig:

@@ -28,13 +28,11 @@ from proxy.rate_limit import (
     rate_limit_headers,
     take_token,
 )
-from tests.conftest import AppFactory, ProxyFactory, backend_config
+from tests.conftest import AppFactory, FakeClock, ProxyFactory, backend_config
 from tests.peers import Peers, free_port
 from tests.rawhttp import Response, request
 from tests.redis_server import (
     RedisServer,
-    RedisServerMissing,
-    start_redis,
     start_silent_server,
 )
 
@@ -56,19 +54,6 @@ RATE_LIMIT_HEADERS = {
 
 def limits(rate: float = PER_HOUR, burst: int = 3, **fields: Any) -> RateLimitConfig:
     return RateLimitConfig(rate=rate, burst=burst, **fields)
-
-
-class FakeClock:
-    """A clock that only moves when told to (drives the Redis limiter's backoff)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 async def timed(call: Awaitable[T]) -> tuple[T, float]:
@@ -271,24 +256,6 @@ async def test_build_rate_limiter_picks_the_store() -> None:
 
 
 # -- the Redis store -------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    try:
-        server = await start_redis()
-    except RedisServerMissing as error:
-        pytest.fail(str(error), pytrace=False)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client to look at (and tamper with) what the limiters wrote."""
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 LimiterFactory = Callable[..., RedisRateLimiter]

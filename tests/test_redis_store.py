@@ -19,11 +19,11 @@ import redis.asyncio as aioredis
 
 from proxy.outage_share import OutageShare
 from proxy.redis_store import RedisSessionStore
+from tests.conftest import FakeClock
 from tests.redis_server import (
     RedisServer,
     RedisServerMissing,
     find_redis_server,
-    start_redis,
     start_silent_server,
 )
 
@@ -34,38 +34,7 @@ TIMEOUT = 0.3  # the stores' Redis timeout in these tests
 SLACK = 0.25  # what a call may take beyond TIMEOUT (a loaded CI machine)
 
 
-class FakeClock:
-    """A clock that only moves when told to (drives local expiry and refresh pacing)."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 StoreFactory = Callable[..., RedisSessionStore]
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    try:
-        server = await start_redis()
-    except RedisServerMissing as error:
-        pytest.fail(str(error), pytrace=False)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client to look at what the stores wrote."""
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

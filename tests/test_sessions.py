@@ -5,19 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.sessions import MemorySessionStore, SessionStore
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.conftest import FakeClock
 
 
 class Expired:
