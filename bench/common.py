@@ -88,7 +88,7 @@ async def interruptible(
 # --------------------------------------------------------------------------- processes
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
@@ -116,7 +116,7 @@ def wait_http(
     while time.monotonic() < deadline:
         rc = proc.poll()
         if rc is not None:
-            raise NotReady(f"exited with status {rc} before becoming ready\n{_tail(log)}")
+            raise NotReady(f"exited with status {rc} before becoming ready\n{tail(log)}")
         try:
             status, body = http_status(port, path, timeout=1.0)
             if status == 200:
@@ -125,7 +125,7 @@ def wait_http(
         except (OSError, http.client.HTTPException) as exc:
             last = f"GET {path} failed: {exc!r}"
         time.sleep(0.1)
-    raise NotReady(f"not ready after {timeout:.0f}s ({last})\n{_tail(log)}")
+    raise NotReady(f"not ready after {timeout:.0f}s ({last})\n{tail(log)}")
 
 
 def group_pids(pgid: int) -> list[int]:

@@ -39,11 +39,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import NotReady, http_status, tail, wait_http  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_TARGETS = ("direct", "mcplb", "haproxy", "nginx")
@@ -56,8 +61,7 @@ VERSION_TIMEOUT = 10.0
 WRK_SLACK = 30.0  # wrk gets duration + this before it is killed
 
 
-class StartError(Exception):
-    """A server did not come up (or died)."""
+StartError = NotReady  # the name the other benchmarks import
 
 
 # --------------------------------------------------------------------------- wrk output parser
@@ -207,43 +211,9 @@ def stop_process(proc: subprocess.Popen[Any], term_timeout: float = STOP_TIMEOUT
     return how
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def http_get(port: int, timeout: float = 2.0) -> tuple[int, str]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"})
-        resp = conn.getresponse()
-        return resp.status, resp.read(4096).decode(errors="replace")
-    finally:
-        conn.close()
-
-
 def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float, log: Path) -> None:
     """Bounded wait until port accepts connections and ``GET /`` returns 200."""
-    deadline = time.monotonic() + timeout
-    last = "port never accepted a connection"
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            raise StartError(f"exited with status {rc} before becoming ready\n{tail(log)}")
-        try:
-            status, body = http_get(port, timeout=1.0)
-            if status == 200:
-                return
-            last = f"GET / answered {status}: {body.strip()[:200]}"
-        except OSError as exc:
-            last = f"GET / failed: {exc}"
-        except http.client.HTTPException as exc:
-            last = f"GET / failed: {exc!r}"
-        time.sleep(0.1)
-    raise StartError(f"not ready after {timeout:.0f}s ({last})\n{tail(log)}")
+    wait_http(proc, port, "/", timeout, log)
 
 
 def probe_backends(port: int, n: int = 4) -> list[str]:
@@ -251,7 +221,7 @@ def probe_backends(port: int, n: int = 4) -> list[str]:
     seen: list[str] = []
     for _ in range(n):
         try:
-            seen.append(http_get(port)[1].strip())
+            seen.append(http_status(port)[1].strip())
         except (OSError, http.client.HTTPException) as exc:
             seen.append(f"error: {exc!r}")
     return seen
