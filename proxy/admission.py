@@ -47,7 +47,7 @@ class Admission:
         self.queue_timeout = limits.queue_timeout
         self.per_backend = any(b.config.max_connections is not None for b in backends)
         self.limited = self.per_backend or self.max_in_flight is not None
-        self._wake(None)  # a raised limit frees slots for whoever waits
+        self.wake(None)  # a raised limit frees slots for whoever waits
 
     # -- checks -----------------------------------------------------------------------
 
@@ -89,7 +89,7 @@ class Admission:
         else:
             self.requests -= 1
             if self.queue:
-                self._wake(backend)
+                self.wake(backend)
 
     def became_stream(self, backend: Backend) -> None:
         """A request's response turned out to be an event stream: it frees its slot."""
@@ -97,7 +97,7 @@ class Admission:
         self.streams += 1
         self.requests -= 1
         if self.queue:
-            self._wake(backend)
+            self.wake(backend)
 
     # -- the queue --------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ class Admission:
     def leave(self, waiter: Waiter) -> None:
         self.queue.pop(waiter, None)
 
-    def _wake(self, freed: Backend | None) -> None:
+    def wake(self, freed: Backend | None = None) -> None:
         """A slot on ``freed`` (or anywhere, for None) opened: admit the oldest waiter that
         can use it. Waiters bound to other, still full backends are skipped, not blocking."""
         for waiter in list(self.queue):

@@ -117,6 +117,9 @@ class ProxyServer:
                 self.state.publish()
                 self.state.apply_control()
                 self._check_watched_file()
+            if self.runtime.admission.queue:
+                # A backend that came back (or was added) has free slots nobody released.
+                self.runtime.admission.wake()
             retired = self.runtime.retire_over()
             for conn in list(self.connections):
                 if retired and conn.backend in retired:

@@ -223,6 +223,28 @@ async def test_excess_requests_queue_and_proceed_in_arrival_order(
     await no_leak(proxy)
 
 
+async def test_a_backend_coming_back_takes_queued_requests(
+    start_proxy: ProxyFactory, serve_app: AppFactory, gate: Gate, http: aiohttp.ClientSession
+) -> None:
+    """Nobody releases a slot on a backend that returns (undrained here, or readmitted by
+    health): the sweep offers its free slots to the queue."""
+    a = await serve(serve_app, gate, "a", max_connections=1)
+    b = await serve(serve_app, gate, "b", max_connections=1)
+    proxy = await start_proxy([a, b])
+    proxy.state.set_draining("b", True)
+    client = Client(http, proxy)
+    first = client.start("r0")
+    await gate.arrived(1)
+    waiting = client.start("r1")
+    await until(queue_holds(proxy, 1))
+    proxy.state.set_draining("b", False)
+    await gate.arrived(2)  # well before queue_timeout (5 s), with r0 still parked at a
+    assert gate.arrivals == [("a", "r0"), ("b", "r1")]
+    gate.open()
+    assert [r[0] for r in await asyncio.gather(first, waiting)] == [200, 200]
+    await no_leak(proxy)
+
+
 async def test_queued_requests_time_out_with_503(
     start_proxy: ProxyFactory, serve_app: AppFactory, gate: Gate, http: aiohttp.ClientSession
 ) -> None:
