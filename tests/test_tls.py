@@ -628,3 +628,42 @@ async def test_mcp_sdk_client_over_tls(
             await session.initialize()
             assert result_text(await session.call_tool("whoami", {})) == "tls-mcp"
             assert result_text(await session.call_tool("add", {"a": 2, "b": 3})) == "5"
+
+
+async def test_config_reload_serves_a_renewed_certificate(
+    start_proxy: ProxyFactory,
+    serve_app_tls: ServeApp,
+    http: aiohttp.ClientSession,
+    pki: Pki,
+    other_pki: Pki,
+    tmp_path: Path,
+) -> None:
+    """A reload (SIGHUP, POST /reload) picks up renewed certificate files; a broken renewal
+    is refused and the running certificate keeps serving."""
+    backend_port = await serve_app_tls(echo_app("plain"))
+    tls = pki.listen(tmp_path)
+    source = tmp_path / "mcplb.yaml"
+    source.write_text(
+        "listen: 127.0.0.1:0\n"
+        f"backends:\n  - {{name: plain, url: 'http://{LOOPBACK}:{backend_port}'}}\n"
+        f"listen_tls: {{cert: '{tls.cert}', key: '{tls.key}'}}\n"
+    )
+    proxy = await start_proxy(
+        [backend_config("plain", backend_port)], listen_tls=tls, source=str(source)
+    )
+    url = f"https://{LOOPBACK}:{proxy.port}/echo"
+
+    other_pki.listen(tmp_path)  # renewed files at the same paths
+    result = await proxy.reload()
+    assert result.ok, result.messages
+    async with http.get(url, ssl=other_pki.client()) as response:
+        assert response.status == 200
+    with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        await http.get(url, ssl=pki.client())
+
+    Path(tls.cert).write_text("not a certificate\n")
+    result = await proxy.reload()
+    assert not result.ok
+    assert "listen_tls" in result.messages[0]
+    async with http.get(url, ssl=other_pki.client()) as response:
+        assert response.status == 200
