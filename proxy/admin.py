@@ -232,7 +232,8 @@ def create_admin_app(
         if denied is not None:
             return denied
         name = request.match_info["name"]
-        if runtime.backends.get(name) is None:
+        backend = runtime.backends.get(name)
+        if backend is None or backend not in runtime.backends.backends:  # unknown or removed
             return web.json_response(
                 {"error": "not_found", "message": f"no backend named {name!r}"}, status=404
             )
