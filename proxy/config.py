@@ -118,6 +118,8 @@ class RateLimitConfig:
     redis: RedisConfig = field(
         default_factory=lambda: RedisConfig(prefix="mcplb:ratelimit:")
     )  # read only with store "redis"
+    # CIDRs of proxies in front: behind them, the address is read from X-Forwarded-For
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -590,7 +592,7 @@ _TOP_KEYS = (
     "watch_config",
 )
 _RETRY_KEYS = ("attempts", "budget_percent", "on", "non_idempotent")
-_RATE_LIMIT_KEYS = ("rate", "burst", "key", "store", "redis")
+_RATE_LIMIT_KEYS = ("rate", "burst", "key", "trusted_proxies", "store", "redis")
 _LISTEN_TLS_KEYS = ("cert", "key")
 _ADMIN_KEYS = ("enabled", "listen", "token")
 _LOG_KEYS = ("format", "access", "level")
@@ -1303,6 +1305,16 @@ def _check_rate(value: object) -> float:
     return rate
 
 
+def _check_network(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError('must be a network in CIDR notation, e.g. "10.0.0.0/8"')
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f'"{value}" is not a network in CIDR notation') from None
+    return value.strip()
+
+
 def _rate_key(value: object) -> str | None:
     if value == "address":
         return None
@@ -1318,10 +1330,20 @@ def _rate_limit(val: _Val | None, issues: list[ConfigIssue]) -> RateLimitConfig 
     default = RateLimitConfig()
     store = section.get("store", _choice("memory", "redis"), None)
     resolved = store or default.store
+    trusted = _list_of(
+        section.val("trusted_proxies"),
+        "rate_limit.trusted_proxies",
+        issues,
+        _check_network,
+        'must be a list of networks, e.g. ["10.0.0.0/8", "127.0.0.1/32"]',
+        scalar_ok=True,
+        empty_ok=True,
+    )
     return RateLimitConfig(
         rate=section.get("rate", _check_rate, default.rate),
         burst=section.get("burst", _int_range(1, None, "must be an integer >= 1"), default.burst),
         header=section.get("key", _rate_key, None),
+        trusted_proxies=trusted or (),
         store=cast(Literal["memory", "redis"], resolved),
         redis=_redis(
             section.val("redis"),

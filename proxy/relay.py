@@ -481,6 +481,9 @@ class ClientConnection(asyncio.Protocol):
             for name, value in request.headers:
                 if name == wanted:
                     return "h:" + value.decode("latin-1")
+        forwarded = self.runtime.rate_limit_client
+        if forwarded is not None:
+            return "a:" + forwarded.client(self.client_ip, request.headers)
         return "a:" + self.client_ip
 
     async def _route_after_rate_limit(

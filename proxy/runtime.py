@@ -26,6 +26,7 @@ from proxy.stats import Stats
 from proxy.tls import backend_context
 from strategies import registry
 from strategies.base import Strategy
+from strategies.forwarded import ForwardedClient, parse_networks
 
 # Settings a running process cannot take over: a reload keeps the old value and says so.
 RESTART_ONLY = (
@@ -61,6 +62,7 @@ class Runtime:
         self.rate_limiter: MemoryRateLimiter | RedisRateLimiter | None = build_rate_limiter(
             config.rate_limit
         )
+        self.rate_limit_client = _forwarded_client(config)
         # Request ids: a random per-process prefix and a counter (no syscall per request).
         self._request_prefix = os.urandom(3).hex()
         self._request_numbers = itertools.count()
@@ -147,6 +149,7 @@ class Runtime:
         self.retry_budget.percent = config.retries.budget_percent
         if config.rate_limit != old.rate_limit:
             limiter, self.rate_limiter = self.rate_limiter, build_rate_limiter(config.rate_limit)
+            self.rate_limit_client = _forwarded_client(config)
             if isinstance(limiter, RedisRateLimiter):
                 await limiter.close()
             changes.append("rate_limit changed")
@@ -187,6 +190,14 @@ class Runtime:
 
     def _session_expired(self, session_id: str, backend_name: str) -> None:
         self.session_ended(backend_name)
+
+
+def _forwarded_client(config: Config) -> ForwardedClient | None:
+    """Who a rate-limited client is behind ``rate_limit.trusted_proxies`` (None: the peer)."""
+    rate_limit = config.rate_limit
+    if rate_limit is None or not rate_limit.trusted_proxies:
+        return None
+    return ForwardedClient(parse_networks(rate_limit.trusted_proxies))
 
 
 def _restart_only(old: Config, new: Config) -> list[str]:

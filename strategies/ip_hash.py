@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from array import array
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from strategies.base import B, RequestFacts, Strategy, StrategyOptionError
+from strategies.forwarded import ForwardedClient, Network, parse_networks
 from strategies.maglev import build_table, is_prime
 
 DEFAULT_TABLE_SIZE = 65537
@@ -17,10 +17,8 @@ MIN_TABLE_SIZE = 101
 # A build is pure Python on the event loop: ~35 ms at 65537 slots, ~0.7 s at this size.
 MAX_TABLE_SIZE = 1_000_003
 TABLE_CACHE = 16  # tables kept per strategy: enough for retry lists and a few flapping backends
-TRUST_CACHE = 4096  # parsed addresses kept; cleared when full
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 token)
 
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Entries = tuple[tuple[str, int], ...]
 
 
@@ -62,9 +60,9 @@ class IpHash(Strategy):
     ) -> None:
         super().__init__(**options)
         self._size = _check_table_size(table_size)
-        self._trusted = _check_networks(trusted_proxies)
+        trusted = _check_networks(trusted_proxies)
+        self._forwarded = ForwardedClient(trusted) if trusted else None
         self._header = _check_hash_key(hash_key)
-        self._addresses: dict[str, tuple[str, bool]] = {}  # text -> (canonical, trusted)
         self._tables: dict[_Entries, array[int]] = {}
         # The layout of the backend list last seen, rebuilt when a name or weight changes.
         self._names: list[str] = []
@@ -101,51 +99,13 @@ class IpHash(Strategy):
             if value:
                 return value
         address = request.client_address
-        if self._trusted:
-            address = self._forwarded_client(request)
+        if self._forwarded is not None:
+            address = self._forwarded.client(address, request.headers)
         return address.encode("utf-8", "surrogatepass")
 
     def _slot(self, request: RequestFacts) -> int:
         digest = hashlib.blake2b(self.key(request), digest_size=8).digest()
         return int.from_bytes(digest, "little") % self._size
-
-    def _forwarded_client(self, request: RequestFacts) -> str:
-        peer = request.client_address
-        client, trusted = self._address(peer)
-        if not trusted:
-            return peer  # as without trusted_proxies, so turning it on moves no direct client
-        # Every X-Forwarded-For field, in order, is one comma-separated list of hops.
-        hops: list[bytes] = []
-        for name, value in request.headers:
-            if name == b"x-forwarded-for":
-                hops.extend(value.split(b","))
-        for hop in reversed(hops):
-            text = hop.strip().decode("latin-1")
-            if not text:
-                continue
-            client, trusted = self._address(text)
-            if not trusted:
-                return client
-        return client  # every hop is trusted: the leftmost (the peer when there is none)
-
-    def _address(self, text: str) -> tuple[str, bool]:
-        """``text``'s canonical form (port stripped, IPv4-mapped IPv6 as IPv4) and whether
-        it lies in a trusted network; text that is not an address is kept and untrusted."""
-        found = self._addresses.get(text)
-        if found is not None:
-            return found
-        try:
-            ip = ipaddress.ip_address(_strip_port(text))
-        except ValueError:
-            found = (text, False)
-        else:
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            found = (str(ip), any(ip in network for network in self._trusted))
-        if len(self._addresses) >= TRUST_CACHE:
-            self._addresses.clear()
-        self._addresses[text] = found
-        return found
 
     def _relayout(self, backends: Sequence[B]) -> None:
         names = [backend.name for backend in backends]
@@ -196,16 +156,6 @@ class IpHash(Strategy):
         return table
 
 
-def _strip_port(text: str) -> str:
-    """``[v6]:port`` -> ``v6`` and ``v4:port`` -> ``v4``; anything else unchanged."""
-    if text.startswith("["):
-        end = text.find("]")
-        return text[1:end] if end > 0 else text
-    if text.count(":") == 1:
-        return text.partition(":")[0]
-    return text
-
-
 def _check_table_size(value: Any) -> int:
     if (
         isinstance(value, bool)
@@ -220,24 +170,17 @@ def _check_table_size(value: Any) -> int:
     return value
 
 
-def _check_networks(value: Any) -> tuple[_Network, ...]:
+def _check_networks(value: Any) -> tuple[Network, ...]:
     if value is None:
         return ()
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         raise StrategyOptionError(
             f"trusted_proxies must be a list of networks (CIDR), got {value!r}"
         )
-    networks = []
-    for index, entry in enumerate(value):
-        try:
-            if not isinstance(entry, str):
-                raise TypeError
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except (TypeError, ValueError):
-            raise StrategyOptionError(
-                f"trusted_proxies[{index}]: {entry!r} is not a valid network"
-            ) from None
-    return tuple(networks)
+    try:
+        return parse_networks(value)
+    except ValueError as exc:
+        raise StrategyOptionError(f"trusted_proxies{exc}") from None
 
 
 def _check_hash_key(value: Any) -> bytes | None:

@@ -230,7 +230,8 @@ def test_example_file_mentions_every_key() -> None:
         "ejection_time", "max_ejection_time", "ejection_memory", "max_ejection_percent",
         "max_connections", "max_streams", "ca", "verify", "max_in_flight", "max_queue",
         "queue_timeout", "retries", "attempts", "budget_percent", "on", "non_idempotent",
-        "rate_limit", "rate", "burst", "key", "listen_tls", "cert", "watch_config",
+        "rate_limit", "rate", "burst", "key", "trusted_proxies", "listen_tls", "cert",
+        "watch_config",
     ]  # fmt: skip
     for key in keys:
         assert f"{key}:" in text, key
@@ -2527,8 +2528,8 @@ def test_rate_limit_redis_invalid(line: str, message: str) -> None:
         ("rate: 1\nrat: 2", 'rate_limit.rat: unknown key (did you mean "rate"?) (line 6)'),
         (
             "rate: 1\nzzz: 2",
-            "rate_limit.zzz: unknown key (expected one of: rate, burst, key, store, redis)"
-            " (line 6)",
+            "rate_limit.zzz: unknown key (expected one of: rate, burst, key, trusted_proxies,"
+            " store, redis) (line 6)",
         ),
     ],
 )
@@ -2656,5 +2657,18 @@ def test_example_commented_blocks_uncommented(tmp_path: Path) -> None:
     config = parse_config(text, environ={})
     assert config.limits == LimitsConfig(max_in_flight=1000, max_streams=1000)
     assert config.listen_tls == ListenTlsConfig(str(cert), str(key))
-    assert config.rate_limit == RateLimitConfig(rate=10.0)
+    assert config.rate_limit == RateLimitConfig(rate=10.0, trusted_proxies=("10.0.0.0/8",))
     assert config.retries == RetriesConfig()
+
+
+def test_rate_limit_trusted_proxies() -> None:
+    doc = section_doc("rate_limit", 'rate: 5\ntrusted_proxies: ["10.0.0.0/8", " ::1 "]')
+    config = parse(doc).rate_limit
+    assert config is not None and config.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert parse(section_doc("rate_limit", "rate: 5")).rate_limit.trusted_proxies == ()  # type: ignore[union-attr]
+    bad = errors(
+        section_doc("rate_limit", 'rate: 5\ntrusted_proxies: ["10.0.0.0/8", "10.0.0.300/8"]')
+    )
+    assert bad == [
+        'rate_limit.trusted_proxies[1]: "10.0.0.300/8" is not a network in CIDR notation (line 6)'
+    ]

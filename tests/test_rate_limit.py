@@ -548,6 +548,25 @@ async def test_proxy_keys_buckets_by_header(start_proxy: ProxyFactory, backend_p
     assert_served(await get(proxy.port, {"X-Api-Key": "gamma"}))
 
 
+@pytest.mark.parametrize("trusted", [(), ("127.0.0.0/8",)])
+async def test_proxy_keys_buckets_by_forwarded_address_behind_trusted_proxies(
+    start_proxy: ProxyFactory, backend_port: int, trusted: tuple[str, ...]
+) -> None:
+    """Behind a trusted proxy (here: loopback) each X-Forwarded-For client has a bucket;
+    without trusted_proxies the header is ignored (it could be forged): one bucket."""
+    config = limits(burst=1, trusted_proxies=trusted)
+    proxy = await start_proxy([backend_config("a", backend_port)], rate_limit=config)
+    alice = {"X-Forwarded-For": "198.51.100.9, 203.0.113.1"}  # the last hop is the client
+    bob = {"X-Forwarded-For": "203.0.113.2"}
+    assert_served(await get(proxy.port, alice))
+    assert_limited(await get(proxy.port, alice), burst=1)
+    if trusted:
+        assert_served(await get(proxy.port, bob))
+        assert_limited(await get(proxy.port, {"X-Forwarded-For": "10.9.9.9, 203.0.113.2"}), 1)
+    else:
+        assert_limited(await get(proxy.port, bob), burst=1)
+
+
 @pytest.fixture
 async def peers() -> AsyncIterator[Peers]:
     async with Peers() as p:
