@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -46,8 +46,12 @@ class HealthMonitor:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        probing: bool = True,
     ) -> None:
+        """``probing`` False: run no probes, take the verdicts of the worker that does
+        (``adopt``); passive checks stay this process's own."""
         self.config = config
+        self.probing = probing
         self.backends: list[Backend] = list(backends)
         self._by_name: dict[str, Backend] = {b.name: b for b in self.backends}
         self._clock = clock
@@ -77,7 +81,7 @@ class HealthMonitor:
         if self._tasks:
             return
         self._stopping.clear()
-        if self._active:
+        if self._active and self.probing:
             self._session = aiohttp.ClientSession(
                 # A fresh connection per probe: a pooled one could hide a dead listener.
                 connector=aiohttp.TCPConnector(force_close=True, limit=0),
@@ -226,6 +230,29 @@ class HealthMonitor:
             backend = self._by_name.get(name)
             if backend is not None:
                 self._set_weight(backend, now)
+
+    def verdicts(self) -> dict[str, list[Any]]:
+        """The active checks' state per backend, for workers that do not probe:
+        name -> [healthy (None until known), consecutive successes, last probe detail]."""
+        return {
+            name: [state.healthy, state.successes, self._last_probe.get(name, (0, ""))[1]]
+            for name, state in self._active.items()
+        }
+
+    def adopt(self, verdicts: Mapping[str, list[Any]]) -> None:
+        """Take the verdicts of the probing worker (see ``verdicts``)."""
+        now = self._clock()
+        for name, (healthy, successes, detail) in verdicts.items():
+            state = self._active.get(name)
+            backend = self._by_name.get(name)
+            if state is None or backend is None:
+                continue
+            state.successes = successes  # a recovering backend's sessions are tried
+            if healthy is not None and healthy != state.healthy:
+                reason = f"active {self.config.active.type} check (probing worker): {detail}"
+                self._apply(backend, state.adopt(healthy, reason), now)
+                if healthy:
+                    self._apply(backend, self._outliers.release(name, reason), now)
 
     # --- queries ----------------------------------------------------------------------
 

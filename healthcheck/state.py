@@ -115,6 +115,13 @@ class ActiveState:
             return self._become(up, old, f"{check}: {verdict}, last: {detail}")
         return None
 
+    def adopt(self, healthy: bool, reason: str) -> Transition:
+        """Take a verdict reached elsewhere (by the worker that probes)."""
+        successes = self.successes
+        transition = self._become(healthy, self.label, reason)
+        self.successes = successes if not healthy else 0
+        return transition
+
     def _become(self, healthy: bool, old: str, reason: str) -> Transition:
         self.healthy = healthy
         self.successes = self.failures = 0

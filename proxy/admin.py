@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from aiohttp import web
 from proxy import __version__
 from proxy.config import parse_duration
 from proxy.metrics import render, worker_snapshot
+from proxy.state_dir import write_json
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
@@ -45,15 +45,39 @@ class WorkerState:
         self.worker = worker
         self.directory = directory
         self._control_seen = 0.0
+        self._health_seen: object = None  # verdicts last written, or file mtime last read
 
     def publish(self) -> None:
         """Write this worker's snapshot (others read it when they serve the admin API)."""
         if self.directory is None:
             return
-        path = self.directory / f"worker-{self.worker}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(worker_snapshot(self.runtime, self.worker)))
-        os.replace(tmp, path)
+        write_json(
+            self.directory / f"worker-{self.worker}.json",
+            worker_snapshot(self.runtime, self.worker),
+        )
+
+    def share_health(self) -> None:
+        """One worker probes; the others take its verdicts from a file (every sweep tick),
+        so that probes are not multiplied by the workers and all agree."""
+        health = self.runtime.health
+        if self.directory is None or not health.config.active.enabled:
+            return
+        path = self.directory / "health.json"
+        if health.probing:
+            verdicts = health.verdicts()
+            if verdicts != self._health_seen:
+                self._health_seen = verdicts
+                write_json(path, verdicts)
+            return
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime == self._health_seen:
+                return
+            verdicts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # not written yet, or being replaced right now
+        self._health_seen = mtime
+        health.adopt(verdicts)
 
     def snapshots(self) -> list[dict[str, Any]]:
         own = worker_snapshot(self.runtime, self.worker)
@@ -89,10 +113,7 @@ class WorkerState:
         self.runtime.health.refresh(backend)
         if self.directory is not None:
             state = {b.name: b.drain_until for b in self.runtime.backends if b.draining}
-            control = self.directory / "control.json"
-            tmp = control.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"draining": state}))
-            os.replace(tmp, control)
+            write_json(self.directory / "control.json", {"draining": state})
 
     def apply_control(self) -> None:
         """Take over drain decisions made by the worker serving the admin API."""

@@ -46,8 +46,11 @@ log = logging.getLogger("mcplb")
 class Runtime:
     """Built once from a Config; the relay reads it, nothing here reads the relay."""
 
-    def __init__(self, config: Config, state_dir: Path | None = None) -> None:
-        """``state_dir``: the supervisor's directory shared by this host's workers."""
+    def __init__(
+        self, config: Config, state_dir: Path | None = None, *, probing: bool = True
+    ) -> None:
+        """``state_dir``: the supervisor's directory shared by this host's workers;
+        ``probing``: whether this process runs the active health checks."""
         self.config = config
         self.generation = 0  # successful reloads
         self.backends = BackendSet(config.backends)
@@ -55,7 +58,7 @@ class Runtime:
         self.pools: dict[Backend, UpstreamPool] = {
             b: self._new_pool(b, backend_context(b.config)) for b in self.backends
         }
-        self.health = HealthMonitor(config.health, self.backends.backends)
+        self.health = HealthMonitor(config.health, self.backends.backends, probing=probing)
         self.stats = Stats([b.name for b in self.backends])
         self.admission = Admission(config.limits, self.backends)
         self.retry_budget = RetryBudget(config.retries.budget_percent)

@@ -62,7 +62,8 @@ class ProxyServer:
         self.tls: ssl.SSLContext | None = (
             None if config.listen_tls is None else server_context(config.listen_tls)
         )
-        self.runtime = Runtime(config, state_dir)
+        # With several workers only worker 0 probes; the others take its verdicts.
+        self.runtime = Runtime(config, state_dir, probing=worker == 0)
         self.runtime.generation = generation  # a worker started after reloads
         self.connections: set[ClientConnection] = set()
         self.state = WorkerState(self.runtime, worker, state_dir)
@@ -113,6 +114,7 @@ class ProxyServer:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = loop.time()
             self.runtime.stats.loop_lag = max(0.0, now - expected)
+            self.state.share_health()
             if ticks % 2 == 0:
                 self.state.publish()
                 self.state.apply_control()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from proxy.config import Config, ConfigError, file_mtime
+from proxy.state_dir import write_json
 from proxy.validate import validated
 
 log = logging.getLogger("mcplb.supervisor")
@@ -130,7 +130,7 @@ class Supervisor:
                 log.error("reload rejected, the running config stays: %s", issue)
             self.reload_failures += 1
             # Worker 0 adds this to mcplb_config_reloads_total{result="failure"}.
-            _write_json(
+            write_json(
                 self.state_dir / "supervisor.json", {"reload_failures": self.reload_failures}
             )
             return
@@ -174,9 +174,3 @@ def _describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
     return f"code {os.waitstatus_to_exitcode(status)}"
-
-
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)

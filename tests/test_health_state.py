@@ -670,3 +670,35 @@ def test_sessions_of_an_ejected_backend_are_refused_even_while_recovering() -> N
     monitor.record_probe(a, True, "200")
     monitor.connect_failed(a, "refused")
     assert monitor.ejected(a) and monitor.refuses_sessions(a)
+
+
+def test_a_worker_that_does_not_probe_adopts_the_probing_workers_verdicts() -> None:
+    clock = FakeClock()
+    cfg = health(active=active(rise=2, fall=1))
+    prober_backends, follower_backends = make_backends(1, 1), make_backends(1, 1)
+    prober = HealthMonitor(cfg, prober_backends, clock=clock)
+    follower = HealthMonitor(cfg, follower_backends, clock=clock, probing=False)
+    a, b = follower_backends
+    prober.record_probe(prober_backends[0], False, "connect refused")
+    follower.adopt(prober.verdicts())
+    assert follower.unhealthy(a) and not a.available and not follower.unhealthy(b)
+    assert follower.refuses_sessions(a)
+    prober.record_probe(prober_backends[0], True, "HTTP 200")  # 1 of rise 2: recovering
+    follower.adopt(prober.verdicts())
+    assert follower.unhealthy(a) and not follower.refuses_sessions(a)
+    prober.record_probe(prober_backends[0], True, "HTTP 200")
+    follower.adopt(prober.verdicts())
+    assert not follower.unhealthy(a) and a.available
+    assert follower.status()["b0"]["state"] == "healthy"
+    counts = follower.counters()["counts"]
+    assert ["transition", "b0", "unhealthy", 1] in counts
+    assert ["transition", "b0", "healthy", 1] in counts
+
+
+async def test_a_worker_that_does_not_probe_starts_no_probes() -> None:
+    monitor = HealthMonitor(health(active=active()), make_backends(1), probing=False)
+    await monitor.start()
+    try:
+        assert [t.get_name() for t in monitor._tasks] == ["health-ticker"]
+    finally:
+        await monitor.stop()
