@@ -588,12 +588,12 @@ class ClientConnection(asyncio.Protocol):
         self.stats.backends[backend.name].retries += 1
         return backend
 
-    def _resend(self, request: Request, backend: Backend) -> None:
-        """Send ``request`` again from its replay buffer."""
+    def _resend(self, request: Request, backend: Backend, fresh: bool = False) -> None:
+        """Send ``request`` again from its replay buffer (``fresh``: on a new connection)."""
         assert request.replay is not None
         request.body = request.replay + request.body
         request.buffered = sum(map(len, request.body))
-        self._dispatch(request, backend)
+        self._dispatch(request, backend, fresh)
 
     def _pick(self, request: Request) -> Backend | None:
         candidates = self.runtime.backends.backends
@@ -670,8 +670,9 @@ class ClientConnection(asyncio.Protocol):
         self.bound_backend = backend.name
         self._dispatch(request, backend)
 
-    def _dispatch(self, request: Request, backend: Backend) -> None:
-        """Take a slot on ``backend`` (or queue for one), then a connection to it."""
+    def _dispatch(self, request: Request, backend: Backend, fresh: bool = False) -> None:
+        """Take a slot on ``backend`` (or queue for one), then a connection to it (a new
+        one if ``fresh``)."""
         admission = self.runtime.admission
         stream = request.wants_stream
         if stream:
@@ -684,7 +685,7 @@ class ClientConnection(asyncio.Protocol):
         admission.hold(backend, stream)
         self.backend = backend
         self.slot_stream = stream
-        conn = self.runtime.pool(backend).take()
+        conn = None if fresh else self.runtime.pool(backend).take()
         if conn is not None:
             self._attach(request, backend, conn)
         else:
@@ -995,7 +996,8 @@ class ClientConnection(asyncio.Protocol):
             ):
                 retry = self._retry_after_reset(request, backend, reused=upstream.requests > 1)
             if retry is not None:
-                self._resend(request, retry)
+                # Not another pooled connection to the same backend: it may be as stale.
+                self._resend(request, retry, fresh=retry is backend)
                 return
             if isinstance(error, httptools.HttpParserError):
                 self._answer_error(502, "bad_gateway", "backend sent an invalid response")

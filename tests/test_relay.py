@@ -357,6 +357,38 @@ async def test_pooled_connection_closed_by_backend(
     await client.close()
 
 
+async def test_retry_after_a_dead_pooled_connection_uses_a_new_one(
+    start_proxy: ProxyFactory, serve_raw: RawServe
+) -> None:
+    """When one pooled connection turns out dead, the others to that backend may be as
+    stale (the backend restarted): the retry opens a new connection, so one retry is
+    enough."""
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections  # answers one request per connection, then drops it
+        connections += 1
+        body = b"answer %d" % connections
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    proxy = await start_proxy(
+        [backend_config("a", await serve_raw(handler))], retries=RetriesConfig(attempts=1)
+    )
+    clients = [await RawClient.connect(proxy.port) for _ in range(2)]
+    for client in clients:  # two requests at once: two pooled connections afterwards
+        await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sorted([(await c.response()).body for c in clients]) == [b"answer 1", b"answer 2"]
+    assert len(proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle) == 2
+    await clients[0].send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await clients[0].response()).body == b"answer 3"
+    for client in clients:
+        await client.close()
+
+
 async def test_hop_by_hop_headers_removed_both_ways(
     start_proxy: ProxyFactory, serve_raw: RawServe
 ) -> None:
