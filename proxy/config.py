@@ -827,6 +827,24 @@ class _Url(NamedTuple):
     path_prefix: str
 
 
+def _host_and_port(host_port: str, host: str | None) -> tuple[str, str]:
+    """The checked host and port text ("" if none) of a URL's ``host[:port]`` part."""
+    if not host:
+        raise ValueError("host is missing")
+    if host_port.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'invalid IPv6 address "{host}"') from None
+    elif not _valid_host(host):
+        raise ValueError(f'invalid host "{host}"')
+    _, colon, port = host_port.rpartition("]")[2].rpartition(":")
+    port = port if colon else ""
+    if port and not _valid_port(port, 1):
+        raise ValueError("port must be a number between 1 and 65535")
+    return host, port
+
+
 def _check_url(value: object) -> _Url:
     if not isinstance(value, str) or not value:
         raise ValueError('must be a URL string such as "http://127.0.0.1:9001"')
@@ -845,20 +863,7 @@ def _check_url(value: object) -> _Url:
         raise ValueError("must not have a query string")
     if "#" in value:
         raise ValueError("must not have a fragment")
-    host = parts.hostname
-    if not host:
-        raise ValueError("host is missing")
-    if parts.netloc.startswith("["):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f'invalid IPv6 address "{host}"') from None
-    elif not _valid_host(host):
-        raise ValueError(f'invalid host "{host}"')
-    _, colon, port = parts.netloc.rpartition("]")[2].rpartition(":")
-    port = port if colon else ""
-    if port and not _valid_port(port, 1):
-        raise ValueError("port must be a number between 1 and 65535")
+    host, port = _host_and_port(parts.netloc, parts.hostname)
     prefix = parts.path.rstrip("/")
     netloc = parts.netloc.removesuffix(":")  # "http://h:" means the default port
     return _Url(
@@ -1026,20 +1031,7 @@ def _check_redis_url(value: object) -> str:
                 'must be "unix://" then the socket\'s absolute path, e.g. "unix:///run/redis.sock"'
             )
         return value
-    host = parts.hostname
-    if not host:
-        raise ValueError("host is missing")
-    host_port = parts.netloc.rpartition("@")[2]
-    if host_port.startswith("["):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f'invalid IPv6 address "{host}"') from None
-    elif not _valid_host(host):
-        raise ValueError(f'invalid host "{host}"')
-    _, colon, port = host_port.rpartition("]")[2].rpartition(":")
-    if colon and port and not _valid_port(port, 1):
-        raise ValueError("port must be a number between 1 and 65535")
+    _host_and_port(parts.netloc.rpartition("@")[2], parts.hostname)
     database = parts.path.removeprefix("/")
     if database and not (database.isascii() and database.isdigit()):
         raise ValueError('the path must be a database number, e.g. "redis://127.0.0.1:6379/0"')
