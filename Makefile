@@ -10,18 +10,18 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mcplb demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check proxy strategies healthcheck tests bench
+	$(VENV)/bin/ruff check mcplb/__init__.py proxy strategies healthcheck tests bench
 	$(VENV)/bin/ruff format --check proxy strategies healthcheck tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict proxy strategies healthcheck
+	$(VENV)/bin/mypy --strict mcplb
 
 # Real peers the tests start on their own ports: redis-server, and prometheus with
 # promtool for the metrics and alert-rule tests (Debian packages; services stay stopped).

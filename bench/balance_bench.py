@@ -9,7 +9,7 @@ Usage (from the repository root)::
 It starts ONE subprocess (a small aiohttp app, embedded below, run with the venv python) that
 serves three backends on three free 127.0.0.1 ports: ``fast-1`` and ``fast-2`` answer at once,
 ``slow`` answers after ``await asyncio.sleep(0.2)``; each answers its own name as the body.
-Then, for every strategy, it starts mcplb (``python -m proxy.cli run --config FILE``, one
+Then, for every strategy, it starts mcplb (``python -m mcplb.proxy.cli run --config FILE``, one
 worker) in front of them, waits until it answers ``GET /`` with 200, runs an optional short
 warm-up, and applies a fixed closed-loop load with ``wrk -t1 -c30 -d10s --latency -s tally.lua``.
 The Lua script tallies each response body (the backend's name) per wrk thread and prints the
@@ -209,7 +209,7 @@ class StrategyResult:
 
 def strategy_options(name: str, seed: int) -> dict[str, Any]:
     """``{"seed": seed}`` if the strategy accepts a seed (random ones), else ``{}``."""
-    from strategies import registry
+    from mcplb.strategies import registry
 
     try:
         registry.build(name, {"seed": seed})
@@ -277,7 +277,7 @@ def bench_strategy(
     res = StrategyResult(strategy=name, status="ok", note=REFERENCE_NOTES.get(name, ""))
     res.strategy_options = strategy_options(name, args.seed)
     conf = mcplb_conf(tmp, port, name, res.strategy_options, backend_ports)
-    res.server_cmd = [mcplb_python(), "-m", "proxy.cli", "run", "--config", str(conf)]
+    res.server_cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
     log = tmp / f"mcplb-{name}.log"
     log_step(name, f"starting: {shlex.join(res.server_cmd)}")
     proc = spawn(res.server_cmd, log, procs, cwd=REPO_ROOT)
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"backends: {shlex.join(backend_cmd)}  (fast-1, fast-2 immediate; slow +{args.slow_delay}s)"
     )
-    print(f"mcplb: {mcplb_python()} -m proxy.cli run --config FILE  (workers 1)")
+    print(f"mcplb: {mcplb_python()} -m mcplb.proxy.cli run --config FILE  (workers 1)")
     print(
         f"wrk: {shlex.join(wrk_cmd) if wrk_cmd else '(not run)'}  (after a {args.warmup}s warm-up)"
     )

@@ -8,7 +8,7 @@ Usage (from the repository root)::
         [--consecutive-failures 3] [--ejection-time 10] [--weight 100] [--json out.json]
 
 It starts three plain HTTP backends (``python -m tests.name_server --name bN --port P``, each
-answering its name on ``GET /`` and ``GET /health``) and mcplb (``python -m proxy.cli run
+answering its name on ``GET /`` and ``GET /health``) and mcplb (``python -m mcplb.proxy.cli run
 --config FILE --log-level info``, round_robin, active http probes of ``/health``, passive
 ejection, slow start) on free 127.0.0.1 ports. Then an in-process asyncio/aiohttp load
 generator runs ``--clients`` concurrent clients, each doing ``GET /`` in a loop with a
@@ -877,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         conf_text = mcplb_conf(tmp, proxy_port, backend_ports, args)
         conf = tmp / "mcplb.yaml"
         conf.write_text(conf_text)
-        cmd = [mcplb_python(), "-m", "proxy.cli", "run", "--config", str(conf)]
+        cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
         commands["mcplb"] = [*cmd, "--log-level", "info"]
         log_step("mcplb", f"starting: {shlex.join(commands['mcplb'])}")
         mcplb = spawn(commands["mcplb"], mcplb_log, procs, cwd=REPO_ROOT)

@@ -13,7 +13,7 @@ runs a 2 s wrk warm-up and a measured wrk run, stops the proxy, and finally prin
 
 Targets:
   direct   wrk straight at backend 1 (the ceiling)
-  mcplb    ``python -m proxy.cli run --config FILE`` (round_robin over both backends)
+  mcplb    ``python -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends)
   haproxy  ``haproxy -f FILE -db``, nbthread 1, keep-alive, http-reuse always
   nginx    proxy nginx, 1 worker, upstream keepalive 64
 
@@ -423,7 +423,7 @@ def bench_target(
         log = tmp / "proxy.error.log"
     elif target == "mcplb":
         conf = mcplb_conf(tmp, port, backend_ports, args.mcplb_workers)
-        res.server_cmd = [mcplb_python(), "-m", "proxy.cli", "run", "--config", str(conf)]
+        res.server_cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
     try:
         if res.server_cmd:
             log_step(target, f"starting: {shlex.join(res.server_cmd)}")

@@ -48,8 +48,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from strategies import registry  # noqa: E402
-from strategies.base import NO_FACTS, RequestFacts  # noqa: E402
+from mcplb.strategies import registry  # noqa: E402
+from mcplb.strategies.base import NO_FACTS, RequestFacts  # noqa: E402
 
 DEFAULT_STRATEGIES = (
     "round_robin",

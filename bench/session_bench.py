@@ -9,7 +9,7 @@ Usage (from the repository root)::
 It starts one nginx backend (1 worker, named ``b1`` in mcplb's config) that answers every
 request with 200, a tiny JSON-RPC result and a fresh ``Mcp-Session-Id: $request_id`` header,
 and (for the redis store) its own ``redis-server`` (no persistence) on a free 127.0.0.1 port.
-Then, for every store, it starts mcplb (``python -m proxy.cli run --config FILE``, 1 worker,
+Then, for every store, it starts mcplb (``python -m mcplb.proxy.cli run --config FILE``, 1 worker,
 round_robin over b1) with that store, waits until it answers ``GET /`` with 200, checks one
 MCP-shaped exchange by hand (initialize without a session id, then a ping with the id it got
 back must answer 200), runs a warm-up and a measured ``wrk -t1 -c50 -d10s --latency -s
@@ -362,7 +362,7 @@ def mcplb_base_lines(port: int, backend_port: int) -> list[str]:
 
 def supported_extras() -> list[tuple[str, str]]:
     """Which of EXTRA_SECTIONS this checkout's config loader accepts: (yaml line, label)."""
-    from proxy.config import ConfigError, parse_config
+    from mcplb.proxy.config import ConfigError, parse_config
 
     ok: list[tuple[str, str]] = []
     for line, label in EXTRA_SECTIONS:
@@ -551,7 +551,7 @@ def bench_run(store: str, rnd: int, port: int, setup: Setup) -> StoreRun:
     conf = mcplb_conf(
         setup.tmp / f"mcplb-{store}-{rnd}.yaml", port, setup.backend_port, sticky, setup.extras
     )
-    res.server_cmd = [mcplb_python(), "-m", "proxy.cli", "run", "--config", str(conf)]
+    res.server_cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
     log = setup.tmp / f"mcplb-{store}-{rnd}.log"
     log_step(tag, f"starting: {shlex.join(res.server_cmd)}")
     proc = spawn(res.server_cmd, log, procs, cwd=setup.src)
@@ -922,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     if redis_cmd:
         print(f"redis: {shlex.join(redis_cmd)}")
     print(
-        f"mcplb: {mcplb_python()} -m proxy.cli run --config FILE  (workers 1, round_robin,"
+        f"mcplb: {mcplb_python()} -m mcplb.proxy.cli run --config FILE  (workers 1, round_robin,"
         f" one backend; extra settings: {extra_text})"
     )
     print(

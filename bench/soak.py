@@ -8,10 +8,11 @@ Usage (from the repository root)::
 Started here, all on 127.0.0.1 free ports, logs in a temp dir:
   - ``redis-server`` (no persistence; found as tests/redis_server.py does, ``make system-deps``
     installs it): mcplb's session store;
-  - four demo MCP backends, ``python -m proxy.demo_backend --name mcp-X --port P`` (official MCP
+  - four demo MCP backends, ``python -m mcplb.proxy.demo_backend --name mcp-X --port P``
+    (official MCP
     SDK servers, tools whoami/add/countdown, ``GET /debug/sessions``). mcp-a, mcp-b and mcp-c
     are in the config from the start; mcp-d runs all along but is only added by a reload;
-  - mcplb: ``python -m proxy.cli run --config FILE --log-level info`` with ``workers: 2``
+  - mcplb: ``python -m mcplb.proxy.cli run --config FILE --log-level info`` with ``workers: 2``
     (``--workers``), round_robin, ``sticky.store: redis``, active MCP health checks, passive
     ejection, the admin API on a loopback port and the access log off. Its TMPDIR is the temp
     dir, so its state directory goes away with it even if the master dies.
@@ -1116,7 +1117,7 @@ def backend_cmd(name: str, port: int) -> list[str]:
     return [
         mcplb_python(),
         "-m",
-        "proxy.demo_backend",
+        "mcplb.proxy.demo_backend",
         "--name",
         name,
         "--port",
@@ -1652,7 +1653,7 @@ def main(argv: list[str] | None = None) -> int:
         commands["mcplb"] = [
             mcplb_python(),
             "-m",
-            "proxy.cli",
+            "mcplb.proxy.cli",
             "run",
             "--config",
             str(conf),

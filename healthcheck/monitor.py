@@ -24,10 +24,10 @@ from typing import Any, Final
 
 import aiohttp
 
-from healthcheck.probes import http_probe, mcp_probe
-from healthcheck.state import ActiveState, OutlierDetector, SlowStart, Transition
-from proxy.backends import Backend
-from proxy.config import ActiveHealthConfig, HealthConfig
+from mcplb.healthcheck.probes import http_probe, mcp_probe
+from mcplb.healthcheck.state import ActiveState, OutlierDetector, SlowStart, Transition
+from mcplb.proxy.backends import Backend
+from mcplb.proxy.config import ActiveHealthConfig, HealthConfig
 
 logger = logging.getLogger("mcplb.health")
 

@@ -17,10 +17,10 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
-from healthcheck.state import seconds
-from proxy.backends import Backend
-from proxy.config import ActiveHealthConfig, BackendConfig
-from proxy.tls import TlsError, backend_context
+from mcplb.healthcheck.state import seconds
+from mcplb.proxy.backends import Backend
+from mcplb.proxy.config import ActiveHealthConfig, BackendConfig
+from mcplb.proxy.tls import TlsError, backend_context
 
 PROTOCOL_VERSION: Final = "2025-11-25"
 USER_AGENT: Final = "mcplb-health"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
-from proxy.config import ActiveHealthConfig, HealthInitial, PassiveHealthConfig
+from mcplb.proxy.config import ActiveHealthConfig, HealthInitial, PassiveHealthConfig
 
 HEALTHY: Final = "healthy"
 UNHEALTHY: Final = "unhealthy"

@@ -1,3 +1,1 @@
-"""mcplb: a load-balancing reverse proxy for MCP servers."""
-
-__version__ = "0.1.0"
+"""The proxy: listener, relay, pools, config, CLI and admin API (installed as ``mcplb.proxy``)."""

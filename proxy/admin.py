@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy import __version__
-from proxy.config import parse_duration
-from proxy.metrics import render, worker_snapshot
-from proxy.state_dir import write_json
+from mcplb import __version__
+from mcplb.proxy.config import parse_duration
+from mcplb.proxy.metrics import render, worker_snapshot
+from mcplb.proxy.state_dir import write_json
 
 if TYPE_CHECKING:
-    from proxy.runtime import Runtime
+    from mcplb.proxy.runtime import Runtime
 
 SNAPSHOT_MAX_AGE = 5.0  # seconds; older worker files belong to dead workers
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from proxy.config import LimitsConfig
+from mcplb.proxy.config import LimitsConfig
 
 if TYPE_CHECKING:
-    from proxy.backends import Backend
+    from mcplb.proxy.backends import Backend
 
 
 class Waiter(Protocol):

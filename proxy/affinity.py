@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
-from proxy.config import CookieConfig
-from strategies.ip_hash import IpHash
+from mcplb.proxy.config import CookieConfig
+from mcplb.strategies.ip_hash import IpHash
 
 QUERY_KEY = b"session_id="
 # An endpoint event is a few hundred bytes; a stream that has not produced one within

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 
-from proxy.config import BackendConfig
+from mcplb.proxy.config import BackendConfig
 
 # Effective weights are the configured ones times this, so that slow start can ramp a
 # weight-1 backend in 1% steps; strategies only ever compare weights with each other.

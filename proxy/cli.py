@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__
-from proxy.config import Config, ConfigError
-from proxy.validate import validated
+from mcplb import __version__
+from mcplb.proxy.config import Config, ConfigError
+from mcplb.proxy.validate import validated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config, args.log_level)
     if args.command == "top":
-        from proxy.top import run_top
+        from mcplb.proxy.top import run_top
 
         return run_top(args.admin, once=args.once, interval=args.interval)
     return _demo(args.backends, args.port)
@@ -72,7 +72,7 @@ def _check(path: str) -> int:
 
 
 def _run(path: str, log_level: str | None) -> int:
-    from proxy.server import serve, setup_logging
+    from mcplb.proxy.server import serve, setup_logging
 
     config = _load_or_report(path)
     if config is None:
@@ -85,8 +85,18 @@ def _demo(backends: int, port: int) -> int:
     if not 1 <= backends <= 26:
         print("mcplb demo: --backends must be between 1 and 26", file=sys.stderr)
         return 2
-    from proxy.demo import run_demo
-    from proxy.server import setup_logging
+    import importlib.util
+
+    if importlib.util.find_spec("mcp") is None:
+        # The MCP SDK is the demo's only user; `mcplb run` does not need it.
+        print(
+            "mcplb demo needs the MCP SDK, which is not installed here.\n"
+            "Install it with: pip install 'mcplb[demo]'   (from a checkout: pip install '.[demo]')",
+            file=sys.stderr,
+        )
+        return 2
+    from mcplb.proxy.demo import run_demo
+    from mcplb.proxy.server import setup_logging
 
     setup_logging("info")
     return run_demo(backends=backends, port=port)

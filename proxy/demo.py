@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from proxy.config import (
+from mcplb.proxy.config import (
     ActiveHealthConfig,
     BackendConfig,
     Config,
@@ -75,7 +75,7 @@ def _accepts(host: str, port: int) -> bool:
 
 
 def _child_env() -> dict[str, str]:
-    # Make `-m proxy.demo_backend` importable from any working directory, installed or not.
+    # Make `-m mcplb.proxy.demo_backend` importable from any working directory, installed or not.
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -83,11 +83,11 @@ def _child_env() -> dict[str, str]:
 
 
 def start_backends(names: Sequence[str], ports: Sequence[int]) -> list[subprocess.Popen[bytes]]:
-    """Spawn ``python -m proxy.demo_backend`` for each name/port (not yet waited for)."""
+    """Spawn ``python -m mcplb.proxy.demo_backend`` for each name/port (not yet waited for)."""
     procs: list[subprocess.Popen[bytes]] = []
     env = _child_env()
     for name, port in zip(names, ports, strict=True):
-        argv = [sys.executable, "-m", "proxy.demo_backend", "--name", name]
+        argv = [sys.executable, "-m", "mcplb.proxy.demo_backend", "--name", name]
         argv += ["--host", BACKEND_HOST, "--port", str(port), "--parent-pid", str(os.getpid())]
         procs.append(
             subprocess.Popen(
@@ -248,7 +248,7 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
         )
         print("Press Ctrl-C to stop.", flush=True)
 
-        from proxy.server import serve
+        from mcplb.proxy.server import serve
 
         return serve(config)
     except KeyboardInterrupt:  # Ctrl-C before the proxy took over the signals

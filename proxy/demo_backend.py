@@ -2,7 +2,7 @@
 
 Run one with::
 
-    python -m proxy.demo_backend --name mcp-a --port 9001
+    python -m mcplb.proxy.demo_backend --name mcp-a --port 9001
 
 Tools:
 
@@ -191,7 +191,7 @@ def make_app(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m proxy.demo_backend", description="Run a demo MCP server."
+        prog="python -m mcplb.proxy.demo_backend", description="Run a demo MCP server."
     )
     parser.add_argument("--name", required=True, help="backend name, returned by whoami")
     parser.add_argument("--port", type=int, required=True)

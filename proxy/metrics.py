@@ -14,10 +14,10 @@ from prometheus_client.core import (
     Metric,
 )
 
-from proxy.stats import BUCKETS, merge
+from mcplb.proxy.stats import BUCKETS, merge
 
 if TYPE_CHECKING:
-    from proxy.runtime import Runtime
+    from mcplb.proxy.runtime import Runtime
 
 
 def worker_snapshot(runtime: Runtime, worker: int) -> dict[str, Any]:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from proxy.http11 import Headers
+from mcplb.proxy.http11 import Headers
 
 if TYPE_CHECKING:
-    from proxy.backends import Backend
+    from mcplb.proxy.backends import Backend
 
 # Idle connections kept per backend; past this, released connections are closed.
 MAX_IDLE_PER_BACKEND = 512

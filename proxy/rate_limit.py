@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from proxy.config import RateLimitConfig
-from proxy.redis_store import (
+from mcplb.proxy.config import RateLimitConfig
+from mcplb.proxy.redis_store import (
     BACKOFF_MAX,
     BACKOFF_MIN,
     HEALTH_CHECK_INTERVAL,

@@ -46,8 +46,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from proxy.outage_share import OutageShare
-from proxy.sessions import MemorySessionStore, SessionStore
+from mcplb.proxy.outage_share import OutageShare
+from mcplb.proxy.sessions import MemorySessionStore, SessionStore
 
 log = logging.getLogger("mcplb.sessions")
 

@@ -23,17 +23,22 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from proxy import affinity, http11
-from proxy.http11 import LAST_CHUNK, Headers, chunk
-from proxy.pool import UpstreamConnection
-from proxy.rate_limit import MemoryRateLimiter, RateDecision, RedisRateLimiter, rate_limit_headers
-from proxy.retries import may_retry
-from proxy.session_ids import TokenCodec
-from strategies.base import NO_FACTS, RequestFacts
+from mcplb.proxy import affinity, http11
+from mcplb.proxy.http11 import LAST_CHUNK, Headers, chunk
+from mcplb.proxy.pool import UpstreamConnection
+from mcplb.proxy.rate_limit import (
+    MemoryRateLimiter,
+    RateDecision,
+    RedisRateLimiter,
+    rate_limit_headers,
+)
+from mcplb.proxy.retries import may_retry
+from mcplb.proxy.session_ids import TokenCodec
+from mcplb.strategies.base import NO_FACTS, RequestFacts
 
 if TYPE_CHECKING:
-    from proxy.backends import Backend
-    from proxy.runtime import Runtime
+    from mcplb.proxy.backends import Backend
+    from mcplb.proxy.runtime import Runtime
 
 log = logging.getLogger("mcplb.relay")
 access_log = logging.getLogger("mcplb.access")

@@ -9,7 +9,7 @@ multiple of it.
 
 from __future__ import annotations
 
-from proxy.config import RetriesConfig
+from mcplb.proxy.config import RetriesConfig
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # Seconds of history the budget looks at, and retries it always allows in that window

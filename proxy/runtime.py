@@ -10,23 +10,23 @@ import ssl
 import time
 from pathlib import Path
 
-from healthcheck.monitor import HealthMonitor
-from proxy.admission import Admission
-from proxy.affinity import HeaderAffinity
-from proxy.backends import Backend, BackendSet
-from proxy.config import Config
-from proxy.outage_share import OutageShare
-from proxy.pool import UpstreamPool
-from proxy.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
-from proxy.redis_store import RedisSessionStore
-from proxy.retries import RetryBudget
-from proxy.session_ids import TokenCodec
-from proxy.sessions import MemorySessionStore, SessionStore
-from proxy.stats import Stats
-from proxy.tls import backend_context
-from strategies import registry
-from strategies.base import Strategy
-from strategies.forwarded import ForwardedClient, parse_networks
+from mcplb.healthcheck.monitor import HealthMonitor
+from mcplb.proxy.admission import Admission
+from mcplb.proxy.affinity import HeaderAffinity
+from mcplb.proxy.backends import Backend, BackendSet
+from mcplb.proxy.config import Config
+from mcplb.proxy.outage_share import OutageShare
+from mcplb.proxy.pool import UpstreamPool
+from mcplb.proxy.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
+from mcplb.proxy.redis_store import RedisSessionStore
+from mcplb.proxy.retries import RetryBudget
+from mcplb.proxy.session_ids import TokenCodec
+from mcplb.proxy.sessions import MemorySessionStore, SessionStore
+from mcplb.proxy.stats import Stats
+from mcplb.proxy.tls import backend_context
+from mcplb.strategies import registry
+from mcplb.strategies.base import Strategy
+from mcplb.strategies.forwarded import ForwardedClient, parse_networks
 
 # Settings a running process cannot take over: a reload keeps the old value and says so.
 RESTART_ONLY = (

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.admin import ReloadResult, WorkerState, create_admin_app
-from proxy.config import Config, ConfigError, file_mtime
-from proxy.rate_limit import RedisRateLimiter
-from proxy.relay import ClientConnection
-from proxy.runtime import Runtime
-from proxy.tls import TlsError, reload_server_context, server_context
-from proxy.validate import validated
+from mcplb.proxy.admin import ReloadResult, WorkerState, create_admin_app
+from mcplb.proxy.config import Config, ConfigError, file_mtime
+from mcplb.proxy.rate_limit import RedisRateLimiter
+from mcplb.proxy.relay import ClientConnection
+from mcplb.proxy.runtime import Runtime
+from mcplb.proxy.tls import TlsError, reload_server_context, server_context
+from mcplb.proxy.validate import validated
 
 log = logging.getLogger("mcplb")
 
@@ -293,7 +293,7 @@ def serve(config: Config) -> int:
             log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
             return 1
         return run_worker(config, sock)
-    from proxy.supervisor import Supervisor
+    from mcplb.proxy.supervisor import Supervisor
 
     return Supervisor(config).run()
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from proxy.config import Config, ConfigError, file_mtime
-from proxy.state_dir import write_json
-from proxy.validate import validated
+from mcplb.proxy.config import Config, ConfigError, file_mtime
+from mcplb.proxy.state_dir import write_json
+from mcplb.proxy.validate import validated
 
 log = logging.getLogger("mcplb.supervisor")
 
@@ -97,7 +97,7 @@ class Supervisor:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its event loop handles it
             code = 1
             try:
-                from proxy.server import bind_socket, run_worker
+                from mcplb.proxy.server import bind_socket, run_worker
 
                 sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
                 code = run_worker(self.config, sock, index, self.state_dir, self.generation)

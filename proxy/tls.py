@@ -19,7 +19,7 @@ import re
 import ssl
 from typing import Final, NoReturn
 
-from proxy.config import BackendConfig, ListenTlsConfig
+from mcplb.proxy.config import BackendConfig, ListenTlsConfig
 
 log = logging.getLogger("mcplb")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.config import Config, ConfigError, ConfigIssue, load_config
-from proxy.tls import TlsError, backend_context, server_context
-from strategies import registry
+from mcplb.proxy.config import Config, ConfigError, ConfigIssue, load_config
+from mcplb.proxy.tls import TlsError, backend_context, server_context
+from mcplb.strategies import registry
 
 
 def validated(path: str) -> Config:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from strategies.base import StrategyOptionError
+from mcplb.strategies.base import StrategyOptionError
 
 
 def seeded_rng(seed: Any) -> random.Random:

@@ -8,9 +8,9 @@ from array import array
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from strategies.base import B, RequestFacts, Strategy, StrategyOptionError
-from strategies.forwarded import ForwardedClient, Network, parse_networks
-from strategies.maglev import build_table, is_prime
+from mcplb.strategies.base import B, RequestFacts, Strategy, StrategyOptionError
+from mcplb.strategies.forwarded import ForwardedClient, Network, parse_networks
+from mcplb.strategies.maglev import build_table, is_prime
 
 DEFAULT_TABLE_SIZE = 65537
 MIN_TABLE_SIZE = 101

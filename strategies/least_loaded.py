@@ -6,7 +6,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from strategies.base import B, BackendView, RequestFacts, Strategy
+from mcplb.strategies.base import B, BackendView, RequestFacts, Strategy
 
 
 class LeastLoaded(Strategy):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from strategies.base import BackendView
-from strategies.least_loaded import LeastLoaded
+from mcplb.strategies.base import BackendView
+from mcplb.strategies.least_loaded import LeastLoaded
 
 
 class LeastSessions(LeastLoaded):

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from strategies._options import seeded_rng
-from strategies.base import B, RequestFacts, Strategy
-from strategies.random_choice import eligible_weight, weighted_draw
+from mcplb.strategies._options import seeded_rng
+from mcplb.strategies.base import B, RequestFacts, Strategy
+from mcplb.strategies.random_choice import eligible_weight, weighted_draw
 
 
 class PowerOfTwo(Strategy):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from strategies._options import seeded_rng
-from strategies.base import B, RequestFacts, Strategy
+from mcplb.strategies._options import seeded_rng
+from mcplb.strategies.base import B, RequestFacts, Strategy
 
 
 class RandomChoice(Strategy):

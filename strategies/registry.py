@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from strategies.base import Strategy, StrategyOptionError
-from strategies.ip_hash import IpHash
-from strategies.least_connections import LeastConnections
-from strategies.least_sessions import LeastSessions
-from strategies.power_of_two import PowerOfTwo
-from strategies.random_choice import RandomChoice
-from strategies.round_robin import RoundRobin
+from mcplb.strategies.base import Strategy, StrategyOptionError
+from mcplb.strategies.ip_hash import IpHash
+from mcplb.strategies.least_connections import LeastConnections
+from mcplb.strategies.least_sessions import LeastSessions
+from mcplb.strategies.power_of_two import PowerOfTwo
+from mcplb.strategies.random_choice import RandomChoice
+from mcplb.strategies.round_robin import RoundRobin
 
 BUILTIN: Mapping[str, type[Strategy]] = {
     cls.name: cls

@@ -1,7 +1,7 @@
 """Real peers for integration tests: demo MCP backends and mcplb proxies as subprocesses.
 
-No mocks: every backend is ``python -m proxy.demo_backend`` (the official MCP SDK server
-under uvicorn) and every proxy is ``python -m proxy.cli run --config FILE``. Everything
+No mocks: every backend is ``python -m mcplb.proxy.demo_backend`` (the official MCP SDK server
+under uvicorn) and every proxy is ``python -m mcplb.proxy.cli run --config FILE``. Everything
 listens on 127.0.0.1 and every wait is bounded.
 
 Typical fixtures (pytest-asyncio, auto mode)::
@@ -322,7 +322,7 @@ class _ManagedProcess:
 
 
 class McpBackend(_ManagedProcess):
-    """A ``python -m proxy.demo_backend`` subprocess listening on 127.0.0.1:``port``."""
+    """A ``python -m mcplb.proxy.demo_backend`` subprocess listening on 127.0.0.1:``port``."""
 
     label = "MCP backend"
 
@@ -339,7 +339,7 @@ class McpBackend(_ManagedProcess):
         self.port = port
         self.transport: Transport = transport
         self.url = f"http://{LOOPBACK}:{port}"
-        argv = [sys.executable, "-m", "proxy.demo_backend", "--name", name]
+        argv = [sys.executable, "-m", "mcplb.proxy.demo_backend", "--name", name]
         argv += ["--host", LOOPBACK, "--port", str(port), "--transport", transport]
         argv += ["--parent-pid", str(os.getpid())]
         if stateless:
@@ -435,7 +435,7 @@ def start_mcp_backend_sync(
 
 
 class ProxyProcess(_ManagedProcess):
-    """An ``mcplb run --config FILE`` subprocess (``python -m proxy.cli``)."""
+    """An ``mcplb run --config FILE`` subprocess (``python -m mcplb.proxy.cli``)."""
 
     label = "mcplb proxy"
 
@@ -452,7 +452,7 @@ class ProxyProcess(_ManagedProcess):
         self.host = host
         self.port = port
         self.url = f"http://{host}:{port}"
-        argv = [sys.executable, "-m", "proxy.cli", "run", "--config", str(config_path), *args]
+        argv = [sys.executable, "-m", "mcplb.proxy.cli", "run", "--config", str(config_path), *args]
         stem = config_path.with_suffix("")
         super().__init__(
             argv,

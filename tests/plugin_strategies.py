@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from strategies.base import B, RequestFacts, Strategy
+from mcplb.strategies.base import B, RequestFacts, Strategy
 
 
 class FirstAvailable(Strategy):

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from proxy.admission import Admission
-from proxy.backends import Backend
-from proxy.config import BackendConfig, LimitsConfig
+from mcplb.proxy.admission import Admission
+from mcplb.proxy.backends import Backend
+from mcplb.proxy.config import BackendConfig, LimitsConfig
 
 
 def backend(

@@ -13,11 +13,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from proxy import __version__
+from mcplb import __version__
 from tests.conftest import AppFactory
 from tests.peers import Peers, free_port
 
-MCPLB = [sys.executable, "-m", "proxy.cli"]
+MCPLB = [sys.executable, "-m", "mcplb.proxy.cli"]
 
 
 def mcplb(*args: str) -> subprocess.CompletedProcess[str]:

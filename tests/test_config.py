@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import (
+from mcplb.proxy.config import (
     ActiveHealthConfig,
     BackendConfig,
     Config,

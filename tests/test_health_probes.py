@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from healthcheck.monitor import HealthMonitor
-from healthcheck.probes import http_probe, mcp_probe
-from proxy.backends import Backend
-from proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
+from mcplb.healthcheck.monitor import HealthMonitor
+from mcplb.healthcheck.probes import http_probe, mcp_probe
+from mcplb.proxy.backends import Backend
+from mcplb.proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from tests.conftest import AppFactory, RawHandler, backend_config
 from tests.peers import (
     LOOPBACK,

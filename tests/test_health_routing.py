@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
-from proxy.server import ProxyServer
+from mcplb.proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
+from mcplb.proxy.server import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.peers import LOOPBACK, _logs, _ManagedProcess, free_port, wait_for_port
 

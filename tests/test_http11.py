@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http11 import (
+from mcplb.proxy.http11 import (
     HOP_BY_HOP,
     LAST_CHUNK,
     SESSION_NOT_FOUND,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from strategies import ip_hash as ip_hash_module
-from strategies import maglev
-from strategies.base import RequestFacts
-from strategies.ip_hash import IpHash
-from strategies.maglev import build_table, is_prime, permutation
+from mcplb.strategies import ip_hash as ip_hash_module
+from mcplb.strategies import maglev
+from mcplb.strategies.base import RequestFacts
+from mcplb.strategies.ip_hash import IpHash
+from mcplb.strategies.maglev import build_table, is_prime, permutation
 from tests.test_strategies import FakeBackend
 
 M = 65537

@@ -18,8 +18,8 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.config import RateLimitConfig, RedisConfig
-from proxy.rate_limit import (
+from mcplb.proxy.config import RateLimitConfig, RedisConfig
+from mcplb.proxy.rate_limit import (
     MemoryRateLimiter,
     RateDecision,
     RedisRateLimiter,

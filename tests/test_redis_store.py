@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.outage_share import OutageShare
-from proxy.redis_store import RedisSessionStore
+from mcplb.proxy.outage_share import OutageShare
+from mcplb.proxy.redis_store import RedisSessionStore
 from tests.conftest import FakeClock
 from tests.redis_server import (
     RedisServer,
@@ -382,7 +382,7 @@ async def test_failure_logs_are_rate_limited_with_a_count(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("proxy.redis_store.LOG_INTERVAL", 0.4)
+    monkeypatch.setattr("mcplb.proxy.redis_store.LOG_INTERVAL", 0.4)
     caplog.set_level(logging.WARNING, logger="mcplb.sessions")
     silent = await start_silent_server()
     try:

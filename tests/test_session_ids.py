@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.session_ids import (
+from mcplb.proxy.session_ids import (
     MAX_TOKEN,
     MIN_KEY_LENGTH,
     PURPOSE_COOKIE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.sessions import MemorySessionStore, SessionStore
+from mcplb.proxy.sessions import MemorySessionStore, SessionStore
 from tests.conftest import FakeClock
 
 

@@ -15,15 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies import registry
-from strategies.base import NO_FACTS, BackendView, RequestFacts, Strategy, StrategyOptionError
-from strategies.ip_hash import IpHash
-from strategies.least_connections import LeastConnections
-from strategies.least_sessions import LeastSessions
-from strategies.power_of_two import PowerOfTwo
-from strategies.random_choice import RandomChoice
-from strategies.registry import StrategyLoadError, build, resolve
-from strategies.round_robin import RoundRobin
+from mcplb.strategies import registry
+from mcplb.strategies.base import NO_FACTS, BackendView, RequestFacts, Strategy, StrategyOptionError
+from mcplb.strategies.ip_hash import IpHash
+from mcplb.strategies.least_connections import LeastConnections
+from mcplb.strategies.least_sessions import LeastSessions
+from mcplb.strategies.power_of_two import PowerOfTwo
+from mcplb.strategies.random_choice import RandomChoice
+from mcplb.strategies.registry import StrategyLoadError, build, resolve
+from mcplb.strategies.round_robin import RoundRobin
 from tests import plugin_strategies
 
 REQUEST = RequestFacts(client_address="127.0.0.1", method="POST", path="/mcp", headers=[])

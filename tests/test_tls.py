@@ -19,17 +19,17 @@ from aiohttp import web
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from healthcheck.monitor import HealthMonitor
-from healthcheck.probes import http_probe, mcp_probe
-from proxy.backends import Backend
-from proxy.config import (
+from mcplb.healthcheck.monitor import HealthMonitor
+from mcplb.healthcheck.probes import http_probe, mcp_probe
+from mcplb.proxy.backends import Backend
+from mcplb.proxy.config import (
     ActiveHealthConfig,
     BackendConfig,
     HealthConfig,
     HealthInitial,
     ListenTlsConfig,
 )
-from proxy.tls import TlsError, backend_context, reload_server_context, server_context
+from mcplb.proxy.tls import TlsError, backend_context, reload_server_context, server_context
 from tests.conftest import ProxyFactory, backend_config
 from tests.peers import McpBackend, result_text, start_mcp_backend_sync
 

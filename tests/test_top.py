@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.top import (
+from mcplb.proxy.top import (
     CLEAR_SCREEN,
     HOME,
     Metrics,
@@ -458,7 +458,7 @@ backends:
         top = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "proxy.cli",
+            "mcplb.proxy.cli",
             "top",
             "--admin",
             f"http://127.0.0.1:{admin_port}",
