@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench bench-tools soak system-deps clean
+.PHONY: demo test lint typecheck unit compiled unit-compiled bench bench-tools bench-latency bench-scale soak system-deps node-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=77'
 	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
@@ -17,14 +17,15 @@ demo: $(STAMP)
 	$(VENV)/bin/mcplb demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mcplb/__init__.py proxy strategies healthcheck tests bench
-	$(VENV)/bin/ruff format --check proxy strategies healthcheck tests bench
+	$(VENV)/bin/ruff check setup.py mcplb/__init__.py proxy strategies healthcheck tests bench
+	$(VENV)/bin/ruff format --check setup.py proxy strategies healthcheck tests bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict mcplb
 
-# Real peers the tests start on their own ports: redis-server, and prometheus with
-# promtool for the metrics and alert-rule tests (Debian packages; services stay stopped).
+# Real peers the tests start on their own ports: redis-server, prometheus with promtool
+# for the metrics and alert-rule tests, and dnsmasq for DNS discovery (Debian packages;
+# services stay stopped).
 system-deps:
 	@if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -41,11 +42,52 @@ system-deps:
 			&& (update-rc.d prometheus disable >/dev/null 2>&1 || true); \
 		else echo "the tests need prometheus and promtool: apt-get install prometheus"; exit 1; fi; \
 	fi
+	@# dnsmasq for the DNS discovery tests: the binary only (dnsmasq-base), not the
+	@# "dnsmasq" package, whose service would take port 53 and the system's resolver.
+	@if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dnsmasq-base; \
+		else echo "the tests need dnsmasq: apt-get install dnsmasq-base"; exit 1; fi; \
+	fi
 
-unit: $(STAMP) system-deps
+# Node 22 (the npm package "node"), the MCP TypeScript SDK, the official conformance suite
+# and server-everything for the interop tests, pinned by tests/interop/package-lock.json.
+# Only npm itself comes from the system (Debian package), and only when missing.
+INTEROP := tests/interop
+NODE_STAMP := $(INTEROP)/node_modules/.installed-stamp
+
+$(NODE_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; \
+		else echo "the interop tests need npm: apt-get install npm"; exit 1; fi; \
+	fi
+	cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error
+	$(INTEROP)/node_modules/.bin/node --version
+	touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)
+
+unit: $(STAMP) system-deps node-deps
 	$(PY) -m pytest -q
 
-test: lint typecheck unit
+# The same suite on the compiled build: a copy of the tree whose request-path modules are
+# compiled with mypyc (setup.py) next to their sources, first on PYTHONPATH, so that the
+# tests and every process they start import the compiled ones. The sources stay pure
+# Python for everyone else. Needs a C compiler (gcc, present on these machines).
+COMPILED := build/compiled
+
+compiled: $(STAMP)
+	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
+	git ls-files -co --exclude-standard | grep -v '^build/' | tar cf - -T - | tar xf - -C $(COMPILED)
+	ln -sfn $(CURDIR)/$(INTEROP)/node_modules $(COMPILED)/$(INTEROP)/node_modules
+	cd $(COMPILED) && MCPLB_MYPYC=1 $(CURDIR)/$(PY) setup.py --quiet build_ext --inplace >build.log 2>&1 \
+		|| { tail -30 build.log; exit 1; }
+
+unit-compiled: compiled system-deps node-deps
+	cd $(COMPILED) && MCPLB_BUILD=compiled PYTHONPATH=$(CURDIR)/$(COMPILED) $(CURDIR)/$(PY) -m pytest -q
+
+test: lint typecheck unit unit-compiled
 
 # Load generator and reference proxies for the benchmark (Debian packages).
 bench-tools:
@@ -63,9 +105,21 @@ bench-tools:
 bench: $(STAMP) bench-tools
 	$(PY) bench/http_bench.py --duration 10
 
+# Open-loop latency at 5,000 req/s beside HAProxy (about 2 minutes).
+bench-latency: $(STAMP) bench-tools
+	$(PY) bench/latency_bench.py
+
+# Cost as the work grows: 2/100/1,000 backends per strategy, a million sessions, 9,500
+# event streams, 1,000 probed backends (about 10 minutes).
+bench-scale: $(STAMP)
+	$(PY) bench/scale_bench.py backends
+	$(PY) bench/scale_bench.py sessions
+	$(PY) bench/scale_bench.py streams --streams 9500
+	$(PY) bench/scale_bench.py health
+
 # Mixed MCP load with a backend kill, two reloads and a Redis restart (about 3 minutes).
 soak: $(STAMP) system-deps
 	$(PY) bench/soak.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache $(INTEROP)/node_modules

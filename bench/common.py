@@ -7,6 +7,8 @@
 - ``group_pids`` / ``vm_rss_kib`` / ``group_rss``: the processes of a process group (a master
   started with ``start_new_session=True`` and the workers it forks) and their resident memory,
   from /proc (Linux).
+- ``pin_proxies``: proxies on one CPU, backends and the in-process load generator on the
+  others, so that runs compare like with like.
 """
 
 from __future__ import annotations
@@ -159,3 +161,22 @@ def group_rss(pgid: int) -> dict[int, int]:
     """pid -> VmRSS KiB of every live process of the group."""
     sizes = {pid: vm_rss_kib(pid) for pid in group_pids(pgid)}
     return {pid: kib for pid, kib in sizes.items() if kib is not None}
+
+
+def pin_proxies(proxies: Sequence[int], others: Sequence[int]) -> set[int]:
+    """Proxies (pids) on the last CPU, ``others`` and this process on the rest (Linux).
+
+    Returns this process's affinity before, to give back with ``os.sched_setaffinity``.
+    Unpinned, where the scheduler puts four busy processes on two cores changes from run
+    to run, and with it the cost of every wake-up and each proxy's CPU per request; pinned,
+    each proxy also gets one core, as in the comparisons with HAProxy (``nbthread 1``).
+    """
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)
+    if len(cpus) < 2:
+        return before
+    for pid in proxies:
+        os.sched_setaffinity(pid, cpus[-1:])
+    for pid in [*others, 0]:
+        os.sched_setaffinity(pid, cpus[:-1])
+    return before

@@ -378,21 +378,14 @@ class Transition:
 
 
 def victim_transitions(events: Iterable[LogEvent]) -> list[Transition]:
-    """b2's state changes, with whether it is in service after each (rebuilt from the log)."""
-    active_up, ejected = True, False  # health.initial: healthy
+    """b2's state changes, with whether it is in service after each (read from the log:
+    each line is a change of the routing state, ejected before unhealthy)."""
     out: list[Transition] = []
     for e in events:
         m = TRANSITION.match(e.message)
         if m is None or m["name"] != VICTIM:
             continue
-        old, new = m["old"], m["new"]
-        if new == "ejected":
-            ejected = True
-        elif old == "ejected":
-            ejected = False  # "ejected -> unhealthy": the ejection ended, active still down
-        else:
-            active_up = new == "healthy"
-        out.append(Transition(e.t, old, new, m["why"], active_up and not ejected))
+        out.append(Transition(e.t, m["old"], m["new"], m["why"], m["new"] == "healthy"))
     return out
 
 

@@ -13,7 +13,10 @@ runs a 2 s wrk warm-up and a measured wrk run, stops the proxy, and finally prin
 
 Targets:
   direct   wrk straight at backend 1 (the ceiling)
-  mcplb    ``python -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends)
+  mcplb    ``python -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends),
+           access log off like the others
+  mcplb-log  the same with the access log on (the default), written to a file
+  reference  the minimal relay of bench/minimal.py (uvloop + httptools, keep-alive pool)
   haproxy  ``haproxy -f FILE -db``, nbthread 1, keep-alive, http-reuse always
   nginx    proxy nginx, 1 worker, upstream keepalive 64
 
@@ -51,8 +54,8 @@ if str(REPO_ROOT) not in sys.path:
 from bench.common import NotReady, http_status, tail, wait_http  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ALL_TARGETS = ("direct", "mcplb", "haproxy", "nginx")
-PROXY_TARGETS = ("mcplb", "haproxy", "nginx")
+ALL_TARGETS = ("direct", "mcplb", "mcplb-log", "reference", "haproxy", "nginx")
+PROXY_TARGETS = ("mcplb", "mcplb-log", "reference", "haproxy", "nginx")
 HOST = "127.0.0.1"
 WARMUP_SECONDS = 2
 STOP_TIMEOUT = 10.0  # SIGTERM -> exit
@@ -347,13 +350,16 @@ backend be
     return path
 
 
-def mcplb_conf(tmp: Path, port: int, backend_ports: list[int], workers: int) -> Path:
+def mcplb_conf(
+    tmp: Path, port: int, backend_ports: list[int], workers: int, access: bool = False
+) -> Path:
     lines = [
         f"listen: {HOST}:{port}",
         f"workers: {workers}",
         "strategy: round_robin",
-        # Like the HAProxy and nginx configs: no access log. The admin API (metrics) stays on.
-        "log: {access: false}",
+        # Like the HAProxy and nginx configs: no access log (unless asked for: mcplb-log).
+        # The admin API (metrics) stays on.
+        f"log: {{access: {'true' if access else 'false'}}}",
         f"admin: {{listen: '{HOST}:0'}}",
         # Plain HTTP backends: with several workers, no MCP session store is needed.
         f"sticky: {{mcp_sessions: {'false' if workers > 1 else 'true'}}}",
@@ -421,8 +427,12 @@ def bench_target(
         conf = nginx_conf(tmp, "proxy", True, proxy_nginx_body(port, backend_ports))
         res.server_cmd = nginx_cmd(tmp, "proxy", conf)
         log = tmp / "proxy.error.log"
-    elif target == "mcplb":
-        conf = mcplb_conf(tmp, port, backend_ports, args.mcplb_workers)
+    elif target == "reference":
+        relay = str(REPO_ROOT / "bench" / "minimal.py")
+        backends = ",".join(map(str, backend_ports))
+        res.server_cmd = [mcplb_python(), relay, "relay", str(port), backends]
+    elif target in ("mcplb", "mcplb-log"):
+        conf = mcplb_conf(tmp, port, backend_ports, args.mcplb_workers, target == "mcplb-log")
         res.server_cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
     try:
         if res.server_cmd:

@@ -6,8 +6,11 @@ the :class:`~proxy.backends.Backend` objects that strategies read:
 - ``backend.available = up and not ejected and not draining``;
 - ``backend.weight`` ramps from ~0 to ``backend.config.weight`` during slow start.
 
-Every state change is logged once on the ``mcplb.health`` logger: WARNING when a backend
-goes down (unhealthy or ejected), INFO when it comes back.
+Every change of a backend's routing state (:meth:`HealthMonitor.routing_state`, the state
+``/status`` shows) is logged once on the ``mcplb.health`` logger, with its reason and the URL
+probed or used: WARNING when a backend goes down (unhealthy or ejected), INFO otherwise.
+Changes inside the state machines that leave the routing state as it was (an ejected backend
+also failing its probes) are not logged again.
 """
 
 from __future__ import annotations
@@ -24,8 +27,16 @@ from typing import Any, Final
 
 import aiohttp
 
-from mcplb.healthcheck.probes import http_probe, mcp_probe
-from mcplb.healthcheck.state import ActiveState, OutlierDetector, SlowStart, Transition
+from mcplb.healthcheck.probes import http_probe, mcp_probe, probe_url
+from mcplb.healthcheck.state import (
+    DOWN_STATES,
+    EJECTED,
+    HEALTHY,
+    ActiveState,
+    OutlierDetector,
+    SlowStart,
+    Transition,
+)
 from mcplb.proxy.backends import Backend
 from mcplb.proxy.config import ActiveHealthConfig, HealthConfig
 
@@ -71,6 +82,7 @@ class HealthMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._logged: dict[str, str] = {b.name: self.routing_state(b.name) for b in self.backends}
         for backend in self.backends:
             self.refresh(backend)
 
@@ -118,6 +130,7 @@ class HealthMonitor:
         running = bool(self._tasks)
         await self.stop()
         old_active, old_outliers, old_slow = self._active, self._outliers, self._slow
+        old_names = set(self._by_name)
         self.config = config
         self.backends = list(backends)
         self._by_name = {b.name: b for b in self.backends}
@@ -139,8 +152,13 @@ class HealthMonitor:
         self._slow.carry_over(old_slow)
         names = set(self._by_name)
         self._last_probe = {k: v for k, v in self._last_probe.items() if k in names}
+        self._logged = {n: self._logged.get(n) or self.routing_state(n) for n in names}
+        now = self._clock()
         for backend in self.backends:
-            self.refresh(backend)
+            if backend.name not in old_names and self._serving(backend.name):
+                # Added (a reload, DNS discovery) and in service at once: ramp it up too.
+                self._slow.start(backend.name, now)
+            self.refresh(backend, now)
         if running:
             await self.start()
 
@@ -183,12 +201,13 @@ class HealthMonitor:
         now = self._clock()
         self._last_probe[backend.name] = (ok, detail, now)
         self._counts[("probe", backend.name, "success" if ok else "failure")] += 1
-        self._apply(backend, self._active[backend.name].record(ok, detail), now)
+        self._apply(backend, self._active[backend.name].record(ok, detail), now, probed=True)
         if ok and self._active[backend.name].up:
             # A passing active check ends a passive ejection (Envoy's default): the probe
             # sees the backend serving again sooner than the ejection timer would.
             reason = f"active {self.config.active.type} check passed: {detail}"
-            self._apply(backend, self._outliers.release(backend.name, reason), now)
+            release = self._outliers.release(backend.name, reason)
+            self._apply(backend, release, now, probed=True)
 
     def connect_failed(self, backend: Backend, reason: str) -> None:
         """The relay could not connect to ``backend`` (refused, unreachable, connect timeout)."""
@@ -249,10 +268,12 @@ class HealthMonitor:
                 continue
             state.successes = successes  # a recovering backend's sessions are tried
             if healthy is not None and healthy != state.healthy:
+                # The probing worker logged this change: here it is a debug line.
                 reason = f"active {self.config.active.type} check (probing worker): {detail}"
-                self._apply(backend, state.adopt(healthy, reason), now)
+                self._apply(backend, state.adopt(healthy, reason), now, probed=True, echo=True)
                 if healthy:
-                    self._apply(backend, self._outliers.release(name, reason), now)
+                    release = self._outliers.release(name, reason)
+                    self._apply(backend, release, now, probed=True, echo=True)
 
     # --- queries ----------------------------------------------------------------------
 
@@ -285,6 +306,14 @@ class HealthMonitor:
 
     def ejected(self, backend: Backend) -> bool:
         return self._outliers.ejected(backend.name)
+
+    def routing_state(self, name: str) -> str:
+        """What routing sees: ejected (first: it ends by itself or on a passing probe),
+        else the active checks' label (unknown, healthy, unhealthy), else healthy."""
+        if self._outliers.ejected(name):
+            return EJECTED
+        state = self._active.get(name)
+        return HEALTHY if state is None else state.label
 
     def counters(self) -> dict[str, Any]:
         """Probe results and transitions so far, for metrics (JSON-serialisable)."""
@@ -320,14 +349,37 @@ class HealthMonitor:
         state = self._active.get(name)
         return (state is None or state.up) and not self._outliers.ejected(name)
 
-    def _apply(self, backend: Backend, transition: Transition | None, now: float) -> None:
+    def _apply(
+        self,
+        backend: Backend,
+        transition: Transition | None,
+        now: float,
+        *,
+        probed: bool = False,
+        echo: bool = False,
+    ) -> None:
+        """Apply a state machine's transition; log it if the routing state changed.
+        ``probed``: caused by an active check; ``echo``: adopted from the probing worker."""
         if transition is None:
             return
         self._counts[("transition", backend.name, transition.new)] += 1
-        if transition.down:
-            logger.warning("%s", transition)
-        else:
-            logger.info("%s", transition)
+        old, new = self._logged.get(backend.name), self.routing_state(backend.name)
+        if new != old:
+            self._logged[backend.name] = new
+            if probed:
+                where = f"probed {probe_url(backend, self.config.active.path)}"
+            else:
+                where = f"backend {backend.config.url}"
+            level = logging.WARNING if new in DOWN_STATES else logging.INFO
+            logger.log(
+                logging.DEBUG if echo else level,
+                "backend %s: %s -> %s (%s; %s)",
+                backend.name,
+                old,
+                new,
+                transition.reason,
+                where,
+            )
         if self._serving(backend.name):
             if transition.old in ("unhealthy", "ejected"):
                 self._slow.start(backend.name, now)  # back in service: ramp its weight up

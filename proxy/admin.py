@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mcplb import __version__
+from mcplb.proxy.backends import WEIGHT_SCALE
 from mcplb.proxy.config import parse_duration
 from mcplb.proxy.metrics import render, worker_snapshot
 from mcplb.proxy.state_dir import write_json
@@ -142,13 +143,13 @@ def create_admin_app(
     reload: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
     token = runtime.config.admin.token  # admin settings need a restart to change
-    hashes: dict[int, str | None] = {}  # config generation -> sha256 of its file
+    protect_metrics = runtime.config.admin.protect_metrics
+    digests: dict[int, str | None] = {}  # config generation -> keyed digest of its file
 
     def authorized(request: web.Request) -> web.Response | None:
         if token is None:
             return None  # only reachable on loopback: the loader refuses anything else
-        sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        if not _token_matches(request.headers.get("Authorization", ""), token):
             return web.json_response(
                 {"error": "unauthorized", "message": "send Authorization: Bearer <admin.token>"},
                 status=401,
@@ -157,6 +158,9 @@ def create_admin_app(
         return None
 
     async def metrics(request: web.Request) -> web.Response:
+        denied = authorized(request) if protect_metrics else None
+        if denied is not None:
+            return denied
         body = render(state.snapshots())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
@@ -165,11 +169,17 @@ def create_admin_app(
 
     async def readyz(request: web.Request) -> web.Response:
         available = sum(1 for b in runtime.backends if b.available)
-        status = "ready" if available else "unavailable"
+        # After SIGTERM, "stopping": a load balancer in front must stop sending here.
+        status = "stopping" if runtime.stopping else "ready" if available else "unavailable"
         body = {"status": status, "available_backends": available}
-        return web.json_response(body, status=200 if available else 503)
+        return web.json_response(body, status=200 if status == "ready" else 503)
 
     async def status(request: web.Request) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        # Without a token nobody is known: leave out where backends and the file are.
+        private = token is not None
         snapshots = state.snapshots()
         health = runtime.health.status()
         stats = [s["stats"]["backends"] for s in snapshots]
@@ -182,15 +192,17 @@ def create_admin_app(
             counted = [s[backend.name]["requests"] for s in stats if backend.name in s]
             requests = sum(n for rows in counted for _, _, n in rows)
             errors = sum(n for rows in counted for _, code, n in rows if code == "5xx")
-            backends.append(
+            row: dict[str, Any] = {"name": backend.name}
+            if private:
+                row["url"] = backend.config.url
+            row.update(
                 {
-                    "name": backend.name,
-                    "url": backend.config.url,
                     "state": _state(backend.draining, health.get(backend.name)),
                     "available": backend.available,
                     "draining": backend.draining,
                     "weight": backend.config.weight,
-                    "effective_weight": backend.weight,
+                    # Lower than weight while slow start ramps a readmitted backend up.
+                    "ramped_weight": round(backend.weight / WEIGHT_SCALE, 2),
                     "in_flight": sum(v["in_flight"] for v in views),
                     "streams": sum(v["streams"] for v in views),
                     "sessions": sum(v["sessions"] for v in views),
@@ -198,17 +210,20 @@ def create_admin_app(
                     "errors_total": errors,
                 }
             )
+            backends.append(row)
         config = runtime.config
-        if runtime.generation not in hashes:
-            hashes[runtime.generation] = _config_hash(config.source)
+        about: dict[str, Any] = {}
+        if token is not None:
+            if runtime.generation not in digests:
+                digests[runtime.generation] = _config_digest(config.source, token)
+            about = {"path": config.source, "hmac_sha256": digests[runtime.generation]}
         return web.json_response(
             {
                 "version": __version__,
                 "uptime_seconds": round(time.monotonic() - started, 3),
                 "workers": config.workers,
                 "config": {
-                    "path": config.source,
-                    "sha256": hashes[runtime.generation],
+                    **about,
                     "generation": runtime.generation,
                     "worker_generations": {
                         str(s["worker"]): s.get("generation", 0) for s in snapshots
@@ -289,10 +304,23 @@ def _state(draining: bool, health: dict[str, Any] | None) -> str:
     return "healthy" if label == "unchecked" else label
 
 
-def _config_hash(source: str | None) -> str | None:
+def _token_matches(sent: str, token: str) -> bool:
+    """Whether an Authorization value is ``Bearer <token>``, in constant time."""
+    # Header bytes that are not UTF-8 arrive as surrogate escapes: compare the raw bytes
+    # (a bad header is a wrong token, not a server error).
+    raw = sent.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(raw, f"Bearer {token}".encode())
+
+
+def _config_digest(source: str | None, token: str) -> str | None:
+    """HMAC-SHA256 of the config file keyed with the admin token, to compare the files of
+    several instances (``openssl dgst -sha256 -hmac "$TOKEN" FILE``). Not a plain hash: the
+    file holds the token and the session keys, and a plain hash would let anyone who sees
+    it test guesses of them offline."""
     if source is None:
         return None
     try:
-        return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        data = Path(source).read_bytes()
     except OSError:
         return None
+    return hmac.new(token.encode(), data, hashlib.sha256).hexdigest()

@@ -6,8 +6,9 @@ The legacy HTTP+SSE transport opens a stream with ``GET /sse`` whose first event
     event: endpoint
     data: /messages/?session_id=<id>
 
-and the client then POSTs to that URL. The proxy must read (and, with signed ids, rewrite)
-that event before the client sees it.
+(the Python SDK's; TypeScript SDK servers send ``/message?sessionId=<id>``, others may use
+another key) and the client then POSTs to that URL. The proxy must read (and, with signed
+ids, rewrite) that event before the client sees it, and find the id again in the POSTs.
 """
 
 from __future__ import annotations
@@ -18,31 +19,47 @@ from urllib.parse import quote
 from mcplb.proxy.config import CookieConfig
 from mcplb.strategies.ip_hash import IpHash
 
-QUERY_KEY = b"session_id="
+# The query keys that name a legacy SSE session: the Python SDK's, the TypeScript SDK's.
+SESSION_KEYS = frozenset((b"session_id", b"sessionId"))
+# Another server's key is recognised when the query has that one parameter and its value
+# looks like a session id: at least this long, and only URL-safe characters.
+MIN_GUESSED_ID = 16
+_ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 # An endpoint event is a few hundred bytes; a stream that has not produced one within
 # this much is not the legacy transport and is passed through untouched.
 ENDPOINT_SCAN_LIMIT = 8192
 
 
-def query_session_id(target: bytes) -> str | None:
-    """The ``session_id`` query parameter of a request target, if any."""
+def query_session(target: bytes) -> tuple[str, bool] | None:
+    """The legacy SSE session a request target (or endpoint URL) names, as (id, named):
+    the value of a SESSION_KEYS parameter (named), else the value of the query's only
+    parameter when it looks like a session id (not named: a guess the caller confirms)."""
     query_at = target.find(b"?")
     if query_at < 0:
         return None
-    for part in target[query_at + 1 :].split(b"&"):
-        if part.startswith(QUERY_KEY):
-            value = part[len(QUERY_KEY) :]
-            return value.decode("latin-1") if value else None
+    parts = target[query_at + 1 :].split(b"&")
+    for part in parts:
+        key, _, value = part.partition(b"=")
+        if key in SESSION_KEYS:
+            return (value.decode("latin-1"), True) if value else None
+    if len(parts) == 1:
+        value = parts[0].partition(b"=")[2]
+        if len(value) >= MIN_GUESSED_ID and _ID_CHARS.issuperset(value):
+            return value.decode("ascii"), False
     return None
 
 
-def replace_query_session_id(target: bytes, value: str) -> bytes:
-    """``target`` with its ``session_id`` query parameter set to ``value``."""
+def replace_query_value(target: bytes, old: str, new: str) -> bytes:
+    """``target`` with the query parameter whose value is ``old`` set to ``new``."""
     path, _, query = target.partition(b"?")
-    encoded = quote(value, safe="").encode("ascii")
-    parts = [
-        QUERY_KEY + encoded if part.startswith(QUERY_KEY) else part for part in query.split(b"&")
-    ]
+    old_value = old.encode("latin-1")
+    encoded = quote(new, safe="").encode("ascii")
+    parts = query.split(b"&")
+    for index, part in enumerate(parts):
+        key, equals, value = part.partition(b"=")
+        if equals and value == old_value:
+            parts[index] = key + b"=" + encoded
+            break
     return path + b"?" + b"&".join(parts)
 
 
@@ -73,7 +90,7 @@ class EndpointScanner:
         event, rest = self._held[:end], self._held[end:]
         self.session_id = _endpoint_session_id(event)
         if self.session_id is not None and self._seal is not None:
-            event = _set_endpoint_session_id(event, self._seal(self.session_id))
+            event = _set_endpoint_session_id(event, self.session_id, self._seal(self.session_id))
         self._held = event + rest
         return self.flush()
 
@@ -95,22 +112,25 @@ def _event_lines(event: bytes) -> list[bytes]:
 
 
 def _endpoint_session_id(event: bytes) -> str | None:
+    """The session id in an endpoint event's URL, found by the same rule as in the POSTs
+    that follow (query_session), so what is bound here is found again there."""
     lines = _event_lines(event)
     if b"event: endpoint" not in lines and b"event:endpoint" not in lines:
         return None
     for line in lines:
         if line.startswith(b"data:"):
-            return query_session_id(line[5:].strip())
+            found = query_session(line[5:].strip())
+            return found[0] if found is not None else None
     return None
 
 
-def _set_endpoint_session_id(event: bytes, value: str) -> bytes:
+def _set_endpoint_session_id(event: bytes, old: str, new: str) -> bytes:
     out = []
     for line in event.split(b"\n"):
         stripped = line.rstrip(b"\r")
         if stripped.startswith(b"data:"):
             url = stripped[5:].strip()
-            line = b"data: " + replace_query_session_id(url, value) + line[len(stripped) :]
+            line = b"data: " + replace_query_value(url, old, new) + line[len(stripped) :]
         out.append(line)
     return b"\n".join(out)
 
@@ -151,3 +171,13 @@ class HeaderAffinity:
 
     def applies(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         return any(header == self.name for header, _ in headers)
+
+
+def repeated_session_parameter(target: bytes) -> bool:
+    """Whether a request target's query names a session key more than once: the proxy
+    and the backend could each read another one (the first, the last)."""
+    query_at = target.find(b"?")
+    if query_at < 0:
+        return False
+    keys = [part.partition(b"=")[0] for part in target[query_at + 1 :].split(b"&")]
+    return any(keys.count(key) > 1 for key in SESSION_KEYS)

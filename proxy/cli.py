@@ -7,15 +7,30 @@ import sys
 from collections.abc import Sequence
 
 from mcplb import __version__
-from mcplb.proxy.config import Config, ConfigError
+from mcplb.proxy.config import Config, ConfigError, ConfigIssue
 from mcplb.proxy.validate import validated
+
+
+def build() -> str:
+    """Which build is running: the request path compiled with mypyc (setup.py), or the
+    pure-Python modules, which are the reference and the fallback."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    from mcplb.proxy import framing, http11, pool, relay, request
+
+    compiled = [
+        module.__name__.rsplit(".", 1)[1]
+        for module in (http11, request, framing, pool, relay)
+        if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+    ]
+    return "compiled: " + ", ".join(compiled) if compiled else "pure Python"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mcplb", description="Load-balancing reverse proxy for MCP servers."
     )
-    parser.add_argument("--version", action="version", version=f"mcplb {__version__}")
+    parser.add_argument("--version", action="version", version=f"mcplb {__version__} ({build()})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the proxy")
@@ -51,21 +66,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_or_report(path: str) -> Config | None:
-    """The validated config, or None after printing every issue to stderr."""
+    """The validated config, or None; every issue and warning printed to stderr, by line."""
     try:
-        return validated(path)
+        config = validated(path)
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"{path}: {issue}", file=sys.stderr)
+        _report(path, exc.issues, exc.warnings)
         return None
+    _report(path, [], config.warnings)
+    return config
+
+
+def _report(path: str, issues: Sequence[ConfigIssue], warnings: Sequence[ConfigIssue]) -> None:
+    marked = [(issue, "") for issue in issues] + [(w, "warning: ") for w in warnings]
+    for issue, mark in sorted(marked, key=lambda item: item[0].line or 0):
+        print(f"{path}: {mark}{issue}", file=sys.stderr)
 
 
 def _check(path: str) -> int:
     config = _load_or_report(path)
     if config is None:
         return 1
+    # Discovered backends come at run time: say where from, not just "0 backends".
+    dns = None if config.discovery is None else config.discovery.dns
+    found = "" if dns is None else f" + DNS {dns.record} {dns.name}"
     print(
-        f"{path}: ok ({len(config.backends)} backends, strategy {config.strategy}, "
+        f"{path}: ok ({len(config.backends)} backends{found}, strategy {config.strategy}, "
         f"listen {config.listen_host}:{config.listen_port}, workers {config.workers})"
     )
     return 0

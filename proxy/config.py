@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, Literal, NamedTuple, TypeVar, cast
@@ -17,6 +18,9 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.reader import ReaderError
 from yaml.resolver import Resolver
+
+from mcplb.proxy.host_check import check_host_pattern
+from mcplb.strategies.registry import unknown_strategy
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,12 @@ class TimeoutsConfig:
     header: float = 10.0  # a client must send its complete request head within this
     upstream_header: float = 60.0  # a backend must send its response head within this
     idle: float = 300.0  # no byte either way on a connection or stream
+    body: float = 60.0  # a client must send its whole request body within this
     upstream_keepalive: float = 4.0  # pooled idle upstream connections are closed after this
     grace: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
+    # On SIGTERM, keep accepting (answering with Connection: close, /readyz 503) this
+    # long before the grace period: a load balancer in front needs time to stop sending.
+    shutdown_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,9 @@ class LimitsConfig:
     max_streams: int | None = None  # event streams per worker; excess gets 503 at once
     max_queue: int = 1000  # requests waiting for a slot per worker; past it, 503 at once
     queue_timeout: float = 5.0  # a queued request waits this long, then gets 503
+    # A request body slower than this (bytes a second, averaged from its start, judged
+    # after BODY_RATE_GRACE seconds) gets 408: a trickling upload holds a request slot.
+    min_body_rate: int = 1024  # 0 = no minimum
 
 
 RetryCondition = Literal["connect_failure", "reset", "502", "503", "504"]
@@ -188,7 +199,29 @@ class AdminConfig:
     enabled: bool = True
     listen_host: str = "127.0.0.1"
     listen_port: int = 9901
-    token: str | None = field(default=None, repr=False)  # Bearer token for mutating calls
+    token: str | None = field(default=None, repr=False)  # Bearer token for status and changes
+    protect_metrics: bool = False  # /metrics needs the token too (Prometheus can send it)
+
+
+DnsRecord = Literal["A", "AAAA", "SRV"]
+
+
+@dataclass(frozen=True, slots=True)
+class DnsDiscoveryConfig:
+    """``discovery.dns``: every address ``name`` resolves to is a backend (proxy/discovery.py)."""
+
+    name: str  # e.g. the headless Service of the MCP server pods
+    record: DnsRecord = "A"
+    port: int | None = None  # A/AAAA: the backends' port (required); SRV records carry theirs
+    scheme: Literal["http", "https"] = "http"
+    path_prefix: str = ""  # as in backends[].url: "" or "/prefix"
+    interval: float = 5.0  # seconds between resolutions
+    resolvers: tuple[tuple[str, int], ...] = ()  # (IP, port); () = the system's resolvers
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    dns: DnsDiscoveryConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +243,13 @@ class Config:
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     preserve_host: bool = False
+    # Host names (or "*.domain", "*") this listener serves; None: loopback names for a
+    # loopback listener, any host otherwise (see proxy/host_check.py).
+    allowed_hosts: tuple[str, ...] | None = None
     source: str | None = None  # path of the file it was loaded from
     lines: Mapping[str, int] = field(default_factory=dict)  # "backends[1].url" -> 12
+    # Valid but probably not meant (a backend URL ending in /mcp): shown by check and run.
+    warnings: tuple[ConfigIssue, ...] = ()
     health: HealthConfig = field(default_factory=HealthConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -219,6 +257,7 @@ class Config:
     rate_limit: RateLimitConfig | None = None  # None = no rate limiting
     listen_tls: ListenTlsConfig | None = None  # None = plain HTTP
     watch_config: bool = False  # reload when the config file changes
+    discovery: DiscoveryConfig | None = None  # None = the static backends only
 
 
 # ---------------------------------------------------------------------------
@@ -237,14 +276,32 @@ class ConfigIssue(NamedTuple):
         return text if self.line is None else f"{text} (line {self.line})"
 
 
+class ConfigWarning(ConfigIssue):
+    """A valid setting that is probably a mistake: reported, never refused. Builders add it
+    to the same list as the issues; parse_config sorts them apart."""
+
+    __slots__ = ()
+
+
+# Checks that need more than the file (the strategy's code, TLS files): they see the built
+# config, also when it has other errors (passed along), so that one run lists every problem.
+ExtraChecks = Callable[["Config", Sequence[ConfigIssue]], Iterable[ConfigIssue]]
+
+
 class ConfigError(Exception):
     """Every problem found in a config; ``str()`` lists them one per line."""
 
-    def __init__(self, issues: Iterable[ConfigIssue], source: str | None = None) -> None:
+    def __init__(
+        self,
+        issues: Iterable[ConfigIssue],
+        source: str | None = None,
+        warnings: Iterable[ConfigIssue] = (),
+    ) -> None:
         self.issues = list(issues)
         self.source = source
-        # Passing both to Exception keeps the error picklable (e.g. across worker processes).
-        super().__init__(self.issues, source)
+        self.warnings = list(warnings)
+        # Passing all to Exception keeps the error picklable (e.g. across worker processes).
+        super().__init__(self.issues, source, self.warnings)
 
     def __str__(self) -> str:
         return "\n".join(str(issue) for issue in self.issues)
@@ -579,6 +636,7 @@ _TOP_KEYS = (
     "strategy",
     "strategy_options",
     "preserve_host",
+    "allowed_hosts",
     "backends",
     "sticky",
     "timeouts",
@@ -590,11 +648,14 @@ _TOP_KEYS = (
     "rate_limit",
     "listen_tls",
     "watch_config",
+    "discovery",
 )
+_DISCOVERY_KEYS = ("dns",)
+_DNS_KEYS = ("name", "record", "port", "scheme", "path", "interval", "resolvers")
 _RETRY_KEYS = ("attempts", "budget_percent", "on", "non_idempotent")
 _RATE_LIMIT_KEYS = ("rate", "burst", "key", "trusted_proxies", "store", "redis")
 _LISTEN_TLS_KEYS = ("cert", "key")
-_ADMIN_KEYS = ("enabled", "listen", "token")
+_ADMIN_KEYS = ("enabled", "listen", "token", "protect_metrics")
 _LOG_KEYS = ("format", "access", "level")
 _BACKEND_KEYS = (
     "name",
@@ -618,7 +679,16 @@ _STICKY_KEYS = (
 )
 _REDIS_KEYS = ("url", "timeout", "prefix")
 _COOKIE_KEYS = ("name", "ttl", "secure", "http_only", "same_site")
-_TIMEOUT_KEYS = ("connect", "header", "upstream_header", "idle", "upstream_keepalive", "grace")
+_TIMEOUT_KEYS = (
+    "connect",
+    "header",
+    "upstream_header",
+    "idle",
+    "body",
+    "upstream_keepalive",
+    "grace",
+    "shutdown_delay",
+)
 _LIMIT_KEYS = (
     "max_header_bytes",
     "max_body_bytes",
@@ -626,6 +696,7 @@ _LIMIT_KEYS = (
     "max_streams",
     "max_queue",
     "queue_timeout",
+    "min_body_rate",
 )
 _HEALTH_KEYS = ("initial", "panic", "slow_start", "active", "passive")
 _ACTIVE_KEYS = (
@@ -777,6 +848,8 @@ def _check_strategy(value: object) -> str:
         _STRATEGY_NAME_RE.fullmatch(value) or _STRATEGY_PATH_RE.fullmatch(value)
     ):
         return value
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        raise ValueError(unknown_strategy(value))  # "round-robin": the names it may have meant
     raise ValueError('must be a built-in strategy name ([a-z0-9_]+) or "package.module:ClassName"')
 
 
@@ -855,6 +928,9 @@ def _check_url(value: object) -> _Url:
         parts = urlsplit(value)
     except ValueError as exc:
         raise ValueError(f"cannot be parsed ({exc})") from None
+    if "://" not in value and not value.startswith("/"):
+        # "127.0.0.1:9001" or "mcp-a:9001" would parse as a path or as scheme "mcp-a".
+        raise ValueError(f'needs a scheme: write "http://{value}" (or https://)')
     if parts.scheme not in ("http", "https"):
         raise ValueError("scheme must be http or https")
     if "@" in parts.netloc:
@@ -872,6 +948,14 @@ def _check_url(value: object) -> _Url:
         host=host,
         port=int(port) if port else (443 if parts.scheme == "https" else 80),
         path_prefix=prefix,
+    )
+
+
+def _mcp_suffix_warning(url: _Url) -> str:
+    parent, _, last = url.url.rpartition("/")
+    return (
+        f"ends in /{last}, but a backend URL's path is put before every request path: a "
+        f"client's POST /mcp is sent to {url.url}/mcp. Write {parent} to reach the server's /mcp"
     )
 
 
@@ -922,6 +1006,7 @@ def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfi
         section = _Section(item, path, _BACKEND_KEYS, issues, required=("name", "url"))
         name = section.get("name", _check_name, "")
         url = section.get("url", _check_url, None)
+        url_line = _entry_line(section, "url")
         weight = section.get("weight", check_weight, default_weight)
         at_least_one = _int_range(1, None, "must be an integer >= 1")
         max_sessions = section.get("max_sessions", at_least_one, None)
@@ -944,6 +1029,8 @@ def _backends(val: _Val | None, issues: list[ConfigIssue]) -> tuple[BackendConfi
             issues.append(ConfigIssue(f"{path}.name", message, section.entries["name"].val.line))
         elif name:
             first_index[name] = index
+        if url is not None and url.path_prefix.rsplit("/", 1)[-1].lower() == "mcp":
+            issues.append(ConfigWarning(f"{path}.url", _mcp_suffix_warning(url), url_line))
         if name and url:
             backends.append(
                 BackendConfig(
@@ -1213,7 +1300,12 @@ def _timeouts(val: _Val | None, issues: list[ConfigIssue]) -> TimeoutsConfig:
     section = _Section(val, "timeouts", _TIMEOUT_KEYS, issues)
     default = TimeoutsConfig()
     seconds = {
-        key: section.get(key, _check_positive_duration, float(getattr(default, key)))
+        key: section.get(
+            key,
+            # No delay is the default: only shutdown_delay may be 0.
+            parse_duration if key == "shutdown_delay" else _check_positive_duration,
+            float(getattr(default, key)),
+        )
         for key in _TIMEOUT_KEYS
     }
     return TimeoutsConfig(**seconds)
@@ -1234,6 +1326,7 @@ def _limits(val: _Val | None, issues: list[ConfigIssue]) -> LimitsConfig:
             "max_queue", _int_range(0, None, "must be an integer >= 0"), default.max_queue
         ),
         queue_timeout=section.get("queue_timeout", _check_positive_duration, default.queue_timeout),
+        min_body_rate=section.get("min_body_rate", parse_size, default.min_body_rate),
     )
 
 
@@ -1377,7 +1470,17 @@ def _admin(val: _Val | None, issues: list[ConfigIssue]) -> AdminConfig:
             "calls would be open to the network"
         )
         issues.append(ConfigIssue("admin.listen", message, line))
-    return AdminConfig(enabled=enabled, listen_host=host, listen_port=port, token=token)
+    protect_metrics = section.get("protect_metrics", _check_bool, default.protect_metrics)
+    if protect_metrics and token is None and "token" not in section.entries:
+        line = _entry_line(section, "protect_metrics")
+        issues.append(ConfigIssue("admin.protect_metrics", "needs admin.token", line))
+    return AdminConfig(
+        enabled=enabled,
+        listen_host=host,
+        listen_port=port,
+        token=token,
+        protect_metrics=protect_metrics,
+    )
 
 
 def _check_token(value: object) -> str | None:
@@ -1650,11 +1753,87 @@ def _health(val: _Val | None, issues: list[ConfigIssue]) -> HealthConfig:
     )
 
 
+def _check_dns_name(value: object) -> str:
+    if not isinstance(value, str) or not _HOSTNAME_RE.fullmatch(value) or _valid_ip(value):
+        raise ValueError('must be a DNS name, e.g. "mcp-headless.default.svc.cluster.local"')
+    return value
+
+
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_path_prefix(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError('must be a URL path such as "/api", or ""')
+    if value and (not value.startswith("/") or any(c in value for c in "?# \t\r\n")):
+        raise ValueError('must be a URL path starting with "/" (no query, fragment or blanks)')
+    return value.rstrip("/")
+
+
+def _check_resolver(value: object) -> tuple[str, int]:
+    host, port = _check_listen(value)
+    if not _valid_ip(host):
+        raise ValueError(f'must be an IP address and port, e.g. "10.96.0.10:53" (not "{host}")')
+    if port == 0:
+        raise ValueError("port must be a number between 1 and 65535")
+    return host, port
+
+
+def _discovery(val: _Val | None, issues: list[ConfigIssue]) -> DiscoveryConfig | None:
+    if val is None or val.value is _INVALID:
+        return None
+    section = _Section(val, "discovery", _DISCOVERY_KEYS, issues, required=("dns",))
+    dns_val = section.val("dns")
+    if dns_val is None:
+        return None
+    dns = _Section(dns_val, "discovery.dns", _DNS_KEYS, issues, required=("name",))
+    name = dns.get("name", _check_dns_name, "")
+    record = cast(DnsRecord, dns.get("record", _choice("A", "AAAA", "SRV"), "A"))
+    port = dns.get("port", _int_range(1, 65535, "must be a port between 1 and 65535"), None)
+    if record == "SRV" and port is not None:
+        message = "not used with record SRV (SRV records carry the port): remove it"
+        issues.append(ConfigIssue("discovery.dns.port", message, _entry_line(dns, "port")))
+    elif record != "SRV" and port is None and "port" not in dns.entries:
+        message = f"record {record} needs a port: the backends' port, e.g. port: 8000"
+        issues.append(ConfigIssue("discovery.dns", message, dns_val.line))
+    scheme = dns.get("scheme", _choice("http", "https"), "http")
+    resolvers = _list_of(
+        dns.val("resolvers"),
+        "discovery.dns.resolvers",
+        issues,
+        _check_resolver,
+        'must be a list of "IP:port", e.g. ["10.96.0.10:53"]',
+        empty_ok=True,
+    )
+    path_prefix = dns.get("path", _check_path_prefix, "")
+    interval = dns.get("interval", _check_positive_duration, 5.0)
+    if not name:
+        return None
+    return DiscoveryConfig(
+        DnsDiscoveryConfig(
+            name=name,
+            record=record,
+            port=port,
+            scheme=cast(Literal["http", "https"], scheme),
+            path_prefix=path_prefix,
+            interval=interval,
+            resolvers=resolvers or (),
+        )
+    )
+
+
 def _build(
     root: _Val, issues: list[ConfigIssue], lines: dict[str, int], source: str | None
 ) -> Config:
     """The Config for a root mapping; only meaningful if no issues were added."""
-    top = _Section(root, "", _TOP_KEYS, issues, required=("backends",))
+    # With DNS discovery the static backends are optional: discovery may find them all.
+    discovering = isinstance(root.value, dict) and "discovery" in root.value
+    top = _Section(root, "", _TOP_KEYS, issues, required=() if discovering else ("backends",))
     default = Config()
     host, port = top.get("listen", _check_listen, (default.listen_host, default.listen_port))
     workers = top.get("workers", _check_workers, default.workers)
@@ -1669,6 +1848,14 @@ def _build(
         timeouts=_timeouts(top.val("timeouts"), issues),
         limits=_limits(top.val("limits"), issues),
         preserve_host=top.get("preserve_host", _check_bool, default.preserve_host),
+        allowed_hosts=_list_of(
+            top.val("allowed_hosts"),
+            "allowed_hosts",
+            issues,
+            check_host_pattern,
+            'must be a list of host names, e.g. [mcp.example.com, "*.internal"]',
+            scalar_ok=True,
+        ),
         source=source,
         lines=lines,
         health=_health(top.val("health"), issues),
@@ -1678,6 +1865,7 @@ def _build(
         rate_limit=_rate_limit(top.val("rate_limit"), issues),
         listen_tls=_listen_tls(top.val("listen_tls"), issues),
         watch_config=top.get("watch_config", _check_bool, default.watch_config),
+        discovery=_discovery(top.val("discovery"), issues),
     )
 
 
@@ -1732,24 +1920,31 @@ def _parse(
 
 
 def parse_config(
-    text: str, source: str | None = None, environ: Mapping[str, str] | None = None
+    text: str,
+    source: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    checks: ExtraChecks | None = None,
 ) -> Config:
     """Parse and validate YAML config text; raise ConfigError listing every problem found.
 
     ``source`` is the file name kept in ``Config.source``; ``environ`` (default ``os.environ``)
-    supplies ``${VAR}`` expansions.
+    supplies ``${VAR}`` expansions; ``checks`` adds the issues of checks beyond the file.
     """
-    issues: list[ConfigIssue] = []
+    found: list[ConfigIssue] = []
     lines: dict[str, int] = {}
     try:
-        config = _parse(text, source, os.environ if environ is None else environ, issues, lines)
+        config = _parse(text, source, os.environ if environ is None else environ, found, lines)
     except RecursionError:
-        issues.append(ConfigIssue("", "the document is nested too deeply"))
+        found.append(ConfigIssue("", "the document is nested too deeply"))
         config = None
+    if config is not None and checks is not None:
+        found.extend(checks(config, list(found)))
+    found.sort(key=lambda issue: issue.line or 0)
+    warnings = [issue for issue in found if isinstance(issue, ConfigWarning)]
+    issues = [issue for issue in found if not isinstance(issue, ConfigWarning)]
     if issues or config is None:
-        issues.sort(key=lambda issue: issue.line or 0)
-        raise ConfigError(issues, source)
-    return config
+        raise ConfigError(issues, source, warnings)
+    return dataclasses.replace(config, warnings=tuple(warnings)) if warnings else config
 
 
 def file_mtime(path: str | None) -> float | None:
@@ -1762,7 +1957,11 @@ def file_mtime(path: str | None) -> float | None:
         return None
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    checks: ExtraChecks | None = None,
+) -> Config:
     """Read and parse a config file; an unreadable file is reported as a ConfigError too."""
     source = os.fspath(path)
     try:
@@ -1774,4 +1973,4 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     except UnicodeDecodeError as exc:
         reason = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise ConfigError([ConfigIssue("", f"cannot read {source}: {reason}")], source) from exc
-    return parse_config(text, source, environ)
+    return parse_config(text, source, environ, checks)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import socket
 import string
 import subprocess
@@ -13,14 +15,17 @@ from pathlib import Path
 
 from mcplb.proxy.config import (
     ActiveHealthConfig,
+    AdminConfig,
     BackendConfig,
     Config,
     HealthConfig,
+    LogConfig,
     TimeoutsConfig,
 )
 
 BACKEND_HOST = "127.0.0.1"
 FIRST_BACKEND_PORT = 9001
+ADMIN_PORT = AdminConfig().listen_port
 MAX_BACKENDS = 26
 STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
@@ -187,6 +192,74 @@ curl (initialize; note the Mcp-Session-Id response header):
 """
 
 
+def shown_path(path: str) -> str:
+    """``path`` as a command line from the current directory takes it: relative below it
+    ("./x" for a file right here), absolute elsewhere."""
+    full = os.path.abspath(path)
+    relative = os.path.relpath(full)
+    if relative.startswith(os.pardir):
+        return full
+    return relative if os.sep in relative else f".{os.sep}{relative}"
+
+
+def mcplb_command() -> str:
+    """How to run mcplb again, as this process was run: "mcplb" when that is on the PATH,
+    the script's path (".venv/bin/mcplb" after make demo), else ``python -m`` the CLI."""
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "mcplb" and os.path.isfile(script):
+        found = shutil.which("mcplb")
+        if found is not None and os.path.samefile(found, script):
+            return "mcplb"
+        return shlex.quote(shown_path(script))
+    return f"{shlex.quote(shown_path(sys.executable))} -m mcplb.proxy.cli"
+
+
+def restart_command(name: str, port: int) -> str:
+    """The command that starts demo backend ``name`` again on its port (after a kill)."""
+    argv = [shown_path(sys.executable), "-m", "mcplb.proxy.demo_backend", "--name", name]
+    return shlex.join([*argv, "--host", BACKEND_HOST, "--port", str(port)])
+
+
+def banner(
+    names: Sequence[str],
+    ports: Sequence[int],
+    pids: Sequence[int],
+    url: str,
+    listen: str,
+    admin_port: int,
+) -> str:
+    """What the demo prints once its backends are up: what runs, how to connect, how to
+    watch it, and how to fail a backend and bring it back (commands that work as printed)."""
+    mcplb = mcplb_command()
+    admin = f"http://127.0.0.1:{admin_port}"
+    rows = [
+        f"  {n:<8} http://{BACKEND_HOST}:{p}/mcp   pid {pid}"
+        for n, p, pid in zip(names, ports, pids, strict=True)
+    ]
+    victim = len(names) - 1
+    here = "" if mcplb == "mcplb" or os.path.isabs(mcplb) else f" (from {os.getcwd()})"
+    return "\n".join(
+        [
+            f"mcplb demo: {len(names)} MCP backend(s) up (tools: whoami, add, countdown):",
+            *rows,
+            f"mcplb demo: proxy on {listen}, round robin with session affinity,"
+            " MCP health probes every 2s",
+            "",
+            connection_help(url),
+            f"Watch it, in another terminal{here}:",
+            f"    {mcplb} top --admin {admin}",
+            f"    curl -s {admin}/status",
+            "",
+            f"Fail a backend and bring it back ({names[victim]}; health lines appear below):",
+            f"    kill {pids[victim]}",
+            f"    {restart_command(names[victim], ports[victim])}",
+            "",
+            "The access log is off here so that this stays readable (mcplb run writes a line",
+            "per request to stdout; log.access in the config). Press Ctrl-C to stop.",
+        ]
+    )
+
+
 def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> int:
     """Start ``backends`` demo MCP servers, then run the proxy in front of them.
 
@@ -201,6 +274,8 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
 
     names = [backend_name(i) for i in range(backends)]
     ports = pick_backend_ports(backends, avoid=(port,))
+    # 9901 if free: beside a running mcplb the demo takes another admin port, not an error.
+    admin_port = ADMIN_PORT if _port_free(BACKEND_HOST, ADMIN_PORT) else _ephemeral_port()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs = start_backends(names, ports)
@@ -230,23 +305,13 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
                 slow_start=10.0,
                 active=ActiveHealthConfig(enabled=True, type="mcp", expect_tools=("whoami",)),
             ),
+            admin=AdminConfig(listen_host=BACKEND_HOST, listen_port=admin_port),
+            # A line per request would scroll the instructions away within seconds.
+            log=LogConfig(access=False),
         )
         url = f"http://{_url_host(host)}:{port}/mcp"
-        lines = [
-            f"  {n:<8} http://{BACKEND_HOST}:{p}/mcp" for n, p in zip(names, ports, strict=True)
-        ]
-        print(f"mcplb demo: {backends} MCP backend(s) up (tools: whoami, add, countdown):")
-        print("\n".join(lines))
-        print(
-            f"mcplb demo: proxy on {host}:{port}, round robin with session affinity,"
-            " MCP health probes every 2s\n"
-        )
-        print(connection_help(url))
-        print(
-            "Watch it: mcplb top --admin http://127.0.0.1:9901   "
-            "(metrics: curl http://127.0.0.1:9901/metrics)"
-        )
-        print("Press Ctrl-C to stop.", flush=True)
+        pids = [proc.pid for proc in procs]
+        print(banner(names, ports, pids, url, f"{host}:{port}", admin_port), flush=True)
 
         from mcplb.proxy.server import serve
 

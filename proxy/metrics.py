@@ -119,7 +119,25 @@ def _protection(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Itera
     )
     for snapshot in snapshots:
         generation.add_metric([str(snapshot["worker"])], snapshot["generation"])
-    return [rejected, queued, wait, length, budget, limiter, unlimited, reloads, generation]
+    discovery = CounterMetricFamily(
+        "mcplb_discovery_lookups",
+        "DNS discovery lookups by result (failed and empty ones keep the last backend set).",
+        labels=["result"],
+    )
+    for result, count in sorted(stats["discovery"].items()):
+        discovery.add_metric([result], count)
+    return [
+        rejected,
+        queued,
+        wait,
+        length,
+        budget,
+        limiter,
+        unlimited,
+        reloads,
+        generation,
+        discovery,
+    ]
 
 
 def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:

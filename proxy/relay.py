@@ -15,7 +15,6 @@ import json
 import logging
 import socket
 import struct
-import time
 from collections import deque
 from collections.abc import Coroutine
 from functools import partial
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from mcplb.proxy import affinity, http11
+from mcplb.proxy import access_log, affinity, framing, http11, routing
 from mcplb.proxy.http11 import LAST_CHUNK, Headers, chunk
 from mcplb.proxy.pool import UpstreamConnection
 from mcplb.proxy.rate_limit import (
@@ -32,18 +31,17 @@ from mcplb.proxy.rate_limit import (
     RedisRateLimiter,
     rate_limit_headers,
 )
+from mcplb.proxy.request import Request
 from mcplb.proxy.retries import may_retry
 from mcplb.proxy.session_ids import TokenCodec
-from mcplb.strategies.base import NO_FACTS, RequestFacts
 
 if TYPE_CHECKING:
     from mcplb.proxy.backends import Backend
     from mcplb.proxy.runtime import Runtime
 
 log = logging.getLogger("mcplb.relay")
-access_log = logging.getLogger("mcplb.access")
 
-SESSION_HEADER = b"mcp-session-id"
+SESSION_HEADER = framing.SESSION_HEADER
 
 # Request body bytes kept per request while no connection is ready (or while queued
 # behind a pipelined request); past this, reading from the client pauses.
@@ -54,6 +52,9 @@ SNIFF_LIMIT = 16 * 1024
 LINGER_SECONDS = 2.0
 # Request body bytes kept for a replay when a reused connection turns out closed.
 REPLAY_LIMIT = 64 * 1024
+# limits.min_body_rate is judged once a body has been arriving this long (seconds during
+# which the proxy was not itself holding the client back).
+BODY_RATE_GRACE = 5.0
 
 # Reasons to stop reading from the client; reading resumes when none is left.
 _PAUSE_PIPELINE = 1
@@ -67,65 +68,9 @@ _UP_PAUSE_HOLD = 2
 # What the connection is waiting for; the timeout sweep reads it.
 IDLE, HEAD, ROUTING, WAIT_RESPONSE, STREAMING, TUNNEL, CLOSED = range(7)
 
-# How the response body is framed towards the client.
-_NO_BODY, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _TUNNEL = range(5)
-
 
 class _RequestRejected(Exception):
     """Raised inside parser callbacks after an error answer was sent."""
-
-
-class Request:
-    """One parsed request; its body is buffered only until a backend connection takes it."""
-
-    __slots__ = (
-        "body",
-        "body_size",
-        "buffered",
-        "chunked",
-        "complete",
-        "connection",
-        "content_length",
-        "headers",
-        "host",
-        "keep_alive",
-        "logged",
-        "method",
-        "replay",
-        "request_id",
-        "session_id",
-        "session_in_query",
-        "sniff",
-        "target",
-        "upgrade",
-        "upstream_session_id",
-        "version",
-        "wants_stream",
-    )
-
-    def __init__(self) -> None:
-        self.method = b""
-        self.target = b""
-        self.version = "1.1"
-        self.headers: Headers = []
-        self.host: bytes | None = None
-        self.connection = False  # a Connection header was sent (it may name more hop headers)
-        self.session_id: str | None = None  # as the client sent it
-        self.session_in_query = False  # legacy SSE transport: ?session_id= on the target
-        self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
-        self.request_id: bytes | None = None
-        self.sniff: list[bytes] | None = None  # a small JSON-RPC body, read for its method
-        self.logged = False
-        self.content_length: int | None = None
-        self.chunked = False
-        self.keep_alive = True
-        self.upgrade = False
-        self.wants_stream = False  # a GET asking for text/event-stream: a stream slot
-        self.complete = False
-        self.body: list[bytes] = []  # framed chunks not yet sent upstream
-        self.buffered = 0
-        self.body_size = 0
-        self.replay: list[bytes] | None = []  # framed bytes sent upstream, for a replay
 
 
 class ClientConnection(asyncio.Protocol):
@@ -145,13 +90,16 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip_bytes = b""
         self.state = IDLE
         self.requests_seen = 0
-        self.closing = False  # answer the current request, then close (shutdown)
+        # Answer the current request, then close (shutdown; from the start during its delay).
+        self.closing = runtime.stopping
         self.reading: Request | None = None  # the request the parser is filling
         self.current: Request | None = None  # the request being answered
         self.queue: deque[Request] = deque()
         self.head_size = 0  # bytes of the request line and headers parsed so far
         self.head_bytes = 0  # bytes received since the last request head completed
         self.read_pauses = 0
+        self.paused_at = 0.0  # when reading from the client last paused
+        self.body_paused = 0.0  # seconds this exchange's body was held back by the proxy
         self.up_pauses = 0
         self.write_paused = False
         self.upgrade_leftover = b""
@@ -167,7 +115,7 @@ class ClientConnection(asyncio.Protocol):
         self.forwarded_proto = b"http"
         self.bound_backend: str | None = None  # backend a session id routed to
         self.response_started = False
-        self.framing = _NO_BODY
+        self.framing = framing.NO_BODY
         self.upstream_keep_alive = False
         self.upstream_until_close = False  # the response body ends when the backend closes
         self.client_keep_alive = True
@@ -176,7 +124,7 @@ class ClientConnection(asyncio.Protocol):
         cookie = runtime.config.sticky.cookie
         self.cookie_name = b"" if cookie is None else cookie.name.encode("latin-1")
         self.stats = runtime.stats
-        self.access_log = runtime.config.log.access and access_log.isEnabledFor(logging.INFO)
+        self.access_log = access_log.for_config(runtime.config.log)
         self.started = 0.0  # when the current exchange began (loop time)
         self.status = 0  # of the current answer, for metrics and the access log
         self.response_bytes = 0
@@ -232,6 +180,12 @@ class ClientConnection(asyncio.Protocol):
             log.exception("relay error")
             self.reject(500, "internal_error", "internal proxy error")
         except httptools.HttpParserError as exc:
+            last = self.queue[-1] if self.queue else self.current
+            if self.reading is None and last is not None and last.complete and not last.keep_alive:
+                # Bytes after a request with Connection: close (llhttp refuses them): that
+                # request is answered, then the connection closes; the rest is ignored.
+                self.parser = None
+                return
             self.reject(400, "bad_request", f"malformed request: {exc}")
         else:
             # A head still incomplete after this many bytes is too large, even if no
@@ -244,6 +198,11 @@ class ClientConnection(asyncio.Protocol):
                 self._flush_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.access_log and self.state != CLOSED:
+            # Not closed by us: the client left. Its requests are logged all the same.
+            for request in (self.current, *self.queue):
+                if request is not None and not request.logged:
+                    self._log_access(request, client_left=True)
         self.state = CLOSED
         self.parser = None
         self.connections.discard(self)
@@ -299,13 +258,19 @@ class ClientConnection(asyncio.Protocol):
         name = name.lower()
         request.headers.append((name, value))
         if name == b"host":
+            if request.host is not None:
+                request.duplicate = name
             request.host = value
         elif name == b"connection":
             request.connection = True
         elif name == b"x-request-id":
             request.request_id = value
-        elif name == SESSION_HEADER and self.sticky:
-            request.session_id = value.decode("latin-1")
+        elif name == SESSION_HEADER:
+            # The backend would read the first of two, a router the last: one per request.
+            if request.session_id is not None:
+                request.duplicate = name
+            if self.sticky:
+                request.session_id = value.decode("latin-1")
         elif name == b"content-length":
             request.content_length = int(value)
         elif name == b"transfer-encoding":
@@ -324,6 +289,16 @@ class ClientConnection(asyncio.Protocol):
         if request.wants_stream and request.method != b"GET":
             request.wants_stream = False  # a POST may answer with a stream; it starts as a request
         self.head_bytes = 0
+        refusal = http11.head_refusal(request.version, request.host, request.duplicate)
+        if refusal is None and request.connection:
+            refusal = http11.connection_refusal(request.headers)
+        if refusal is None and request.upgrade and (request.chunked or request.content_length):
+            # Its body would be taken for the first bytes of the new protocol, or (refused
+            # switch) for the next request on the backend connection.
+            refusal = "an Upgrade request must not have a body"
+        if refusal is not None:
+            self._refuse_head(request, refusal)
+            raise _RequestRejected
         if request.method == b"POST" and (request.content_length or 0) <= SNIFF_LIMIT:
             self._count_mcp(request)
         if self.current is None:
@@ -360,6 +335,21 @@ class ClientConnection(asyncio.Protocol):
         if request.chunked:
             self._forward_body(request, LAST_CHUNK)
 
+    def _refuse_head(self, request: Request, reason: str) -> None:
+        """400 and close for a head whose framing or routing fields the backend could read
+        otherwise than the proxy. Nothing after it is parsed: the connection ends there."""
+        if self.current is None:
+            self.current = request
+            self.reject(400, "bad_request", reason)
+            return
+        # Pipelined behind an exchange in progress: answered in its turn, after that one.
+        request.refusal = reason
+        request.complete = True
+        self.reading = None
+        self.parser = None
+        self.queue.append(request)
+        self._pause_reading(_PAUSE_PIPELINE)
+
     # -- observing ----------------------------------------------------------------------
 
     def _count_mcp(self, request: Request) -> None:
@@ -379,40 +369,34 @@ class ClientConnection(asyncio.Protocol):
         elif json_body:
             request.sniff = []
 
-    def _log_access(self, request: Request) -> None:
+    def _log_access(self, request: Request, client_left: bool = False) -> None:
+        """``client_left``: the client closed before the answer ended; before it began,
+        the status is 499 (as nginx logs it)."""
+        assert self.access_log is not None
         request.logged = True
-        duration = round(self.loop.time() - self.started, 6)
         session = request.session_id
         # Never the raw id: it is a bearer credential for the session.
         hashed = hashlib.sha256(session.encode()).hexdigest()[:12] if session else "-"
-        rid = (request.request_id or b"-").decode("latin-1")
-        target = request.target.decode("latin-1")
-        method = request.method.decode("latin-1")
-        backend = self.served_by or "-"
-        if self.config.log.format == "json":
-            line = json.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "client": self.client_ip,
-                    "method": method,
-                    "path": target,
-                    "status": self.status,
-                    "backend": backend,
-                    "duration": duration,
-                    "bytes_in": request.body_size,
-                    "bytes_out": self.response_bytes,
-                    "session": hashed,
-                    "request_id": rid,
-                }
-            )
-        else:
-            line = (
-                f"{self.client_ip} - - [{time.strftime('%d/%b/%Y:%H:%M:%S %z')}] "
-                f'"{method} {target} HTTP/{request.version}" {self.status} '
-                f"{self.response_bytes} backend={backend} duration={duration} "
-                f"session={hashed} request_id={rid}"
-            )
-        access_log.info(line)
+        if request is self.current:
+            status = self.status if self.response_started or not client_left else 499
+            duration = round(self.loop.time() - self.started, 6)
+            backend, bytes_out = self.served_by or "-", self.response_bytes
+        else:  # pipelined behind the current one: never started
+            status, duration, backend, bytes_out = 499, 0.0, "-", 0
+        self.access_log.request(
+            self.client_ip,
+            request.method.decode("latin-1"),
+            request.target.decode("latin-1"),
+            request.version,
+            status,
+            backend,
+            duration,
+            request.body_size,
+            bytes_out,
+            hashed,
+            (request.request_id or b"-").decode("latin-1"),
+            client_left,
+        )
 
     # -- routing ------------------------------------------------------------------------
 
@@ -428,6 +412,15 @@ class ClientConnection(asyncio.Protocol):
         self.bound_backend = None
         self.response_started = False
         self.runtime.retry_budget.record_request(self.started)
+        self.body_paused = 0.0
+        if request.refusal is not None:
+            self.reject(400, "bad_request", request.refusal)
+            return
+        if not self.runtime.host_policy.allows(request.host):
+            # DNS-rebinding protection: a name this listener does not serve never reaches a
+            # backend (which, sent its own host:port, could not tell).
+            self._answer_error(421, "misdirected_request", "this host name is not served here")
+            return
         if (
             self.max_body_bytes
             and request.content_length is not None
@@ -453,17 +446,38 @@ class ClientConnection(asyncio.Protocol):
         self._route(request)
 
     def _route(self, request: Request) -> None:
-        if self.sticky and request.session_id is None and b"session_id=" in request.target:
-            request.session_id = affinity.query_session_id(request.target)
-            request.session_in_query = request.session_id is not None
+        if affinity.repeated_session_parameter(request.target):
+            # A router reading the first and a backend reading the last would disagree.
+            self._answer_error(400, "bad_request", "more than one session id in the query")
+            return
+        guessed = False
+        if self.sticky and request.session_id is None and b"?" in request.target:
+            # Legacy SSE: the session is in the query, under whatever key the server chose.
+            found = affinity.query_session(request.target)
+            if found is not None:
+                request.session_id, named = found
+                request.session_in_query = True
+                guessed = not named
         if request.session_id is not None:
             codec = self.runtime.session_codec
             if codec is None:
-                self.task = self._spawn(self._route_session(request))
-            else:
-                self._route_signed_session(request, codec.open(request.session_id))
-            return
-        backend = self._pinned(request) or self._pick(request)
+                self.task = self._spawn(self._route_session(request, guessed))
+                return
+            opened = codec.open(request.session_id)
+            if opened is not None or not guessed:
+                self._route_signed_session(request, opened)
+                return
+            self._not_a_session(request)
+        self._route_new(request)
+
+    def _not_a_session(self, request: Request) -> None:
+        """A guessed query session id that is none: route the request as any other."""
+        request.session_id = None
+        request.session_in_query = False
+
+    def _route_new(self, request: Request) -> None:
+        """A request that names no session: cookie pin or strategy."""
+        backend = routing.pinned(self.runtime, request, self.cookie_name) or self._pick(request)
         if backend is None:
             backends = self.runtime.backends.backends
             if request.wants_stream and any(b.available for b in backends):
@@ -567,8 +581,18 @@ class ClientConnection(asyncio.Protocol):
             if target is None:
                 return False
         self._leave_queue()
-        self._dispatch(request, target)
+        # The slot is taken now, so the waker counts it; the request is sent on the next
+        # loop turn, not inside the teardown of the connection whose release woke it.
+        self.runtime.admission.hold(target, False)
+        self.backend = target
+        self.slot_stream = False
+        self.loop.call_soon(self._send_admitted, request, target)
         return True
+
+    def _send_admitted(self, request: Request, backend: Backend) -> None:
+        if request is not self.current or self.state == CLOSED or self.backend is not backend:
+            return  # the client left meanwhile, and its teardown gave the slot back
+        self._send_to(request, backend)
 
     # -- retries ------------------------------------------------------------------------
 
@@ -601,74 +625,31 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch(request, backend, fresh)
 
     def _pick(self, request: Request) -> Backend | None:
-        candidates = self.runtime.backends.backends
-        admission = self.runtime.admission
-        if self.attempted or admission.per_backend:
-            attempted = self.attempted
-            # A stream takes a stream slot, not a request slot: full request slots don't matter.
-            full = admission.streams_full if request.wants_stream else admission.backend_full
-            candidates = [b for b in candidates if b.name not in attempted and not full(b)]
-        strategy = self.runtime.strategy
-        header_hash = self.runtime.header_hash
-        if header_hash is not None and header_hash.applies(request.headers):
-            strategy = header_hash.strategy
-        elif not strategy.uses_request:
-            backend = strategy.pick(candidates, NO_FACTS)
-            return backend if backend is not None else self._panic_pick(candidates)
-        facts = RequestFacts(
-            self.client_ip,
-            request.method.decode("ascii", "replace"),
-            request.target.decode("latin-1"),
-            request.headers,
-            request.session_id,
-        )
-        backend = strategy.pick(candidates, facts)
-        return backend if backend is not None else self._panic_pick(candidates)
-
-    def _panic_pick(self, candidates: list[Backend]) -> Backend | None:
-        """With panic: fail_open and every backend down, spread over all of them anyway."""
-        if not self.runtime.health.panic_open():
-            return None
-        weighted = [b for b in candidates if b.base_weight > 0]
-        return min(weighted, key=lambda b: b.in_flight, default=None)
+        return routing.pick(self.runtime, request, self.client_ip, self.attempted)
 
     def _route_signed_session(self, request: Request, opened: tuple[str, str] | None) -> None:
         """A signed id names its backend: no lookup. Tampered or foreign ids open to None."""
-        backend = self.runtime.backends.get(opened[0]) if opened is not None else None
-        if (
-            opened is None
-            or backend is None
-            or self.runtime.health.refuses_sessions(backend)
-            or backend.drain_over()
-        ):
+        backend = routing.session_backend(self.runtime, opened[0] if opened else None)
+        if opened is None or backend is None:
             self._answer_session_not_found()
             return
         request.upstream_session_id = opened[1]
         self.bound_backend = backend.name
         self._dispatch(request, backend)
 
-    def _pinned(self, request: Request) -> Backend | None:
-        """The backend a sticky cookie names, if it can take the request."""
-        codec = self.runtime.cookie_codec
-        cookie = self.config.sticky.cookie
-        if codec is None or cookie is None:
-            return None
-        value = affinity.cookie_value(request.headers, self.cookie_name)
-        opened = codec.open(value) if value else None
-        if opened is None:
-            return None
-        backend = self.runtime.backends.get(opened[0])
-        return backend if backend is not None and backend.available else None
-
-    async def _route_session(self, request: Request) -> None:
+    async def _route_session(self, request: Request, guessed: bool = False) -> None:
         session_id = request.session_id
         assert session_id is not None
         name = await self.runtime.sessions.get(session_id)
         self.task = None
         if request is not self.current or self.state == CLOSED:
             return
-        backend = self.runtime.backends.get(name) if name is not None else None
-        if backend is None or self.runtime.health.refuses_sessions(backend) or backend.drain_over():
+        if name is None and guessed:
+            self._not_a_session(request)
+            self._route_new(request)
+            return
+        backend = routing.session_backend(self.runtime, name)
+        if backend is None:
             # Keep the binding: when the backend comes back, its live sessions route again.
             self._answer_session_not_found()
             return
@@ -690,6 +671,11 @@ class ClientConnection(asyncio.Protocol):
         admission.hold(backend, stream)
         self.backend = backend
         self.slot_stream = stream
+        self._send_to(request, backend, fresh)
+
+    def _send_to(self, request: Request, backend: Backend, fresh: bool = False) -> None:
+        """With a slot held on ``backend``: a pooled connection (unless ``fresh``), else
+        a new one."""
         conn = None if fresh else self.runtime.pool(backend).take()
         if conn is not None:
             self._attach(request, backend, conn)
@@ -757,50 +743,18 @@ class ClientConnection(asyncio.Protocol):
             self._pause_upstream(_UP_PAUSE_CLIENT_FULL)
 
     def _request_head(self, request: Request, backend: Backend) -> bytes:
-        target = request.target
-        if not target.startswith(b"/"):
-            target = _origin_form(target)
-        upstream_session_id = request.upstream_session_id
-        if upstream_session_id is not None and request.session_in_query:
-            target = affinity.replace_query_session_id(target, upstream_session_id)
-            upstream_session_id = None
-        if backend.path_prefix and target != b"*":
-            target = backend.path_prefix + target
-        hop = http11.connection_tokens(request.headers) if request.connection else frozenset()
-        forwarded_for = self.client_ip_bytes
-        lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers:
-            if name in http11.HOP_BY_HOP or name in hop:
-                continue
-            if name == b"host":
-                if not self.config.preserve_host:
-                    continue
-            elif name == b"x-forwarded-for":
-                forwarded_for = value + b", " + forwarded_for
-                continue
-            elif name == b"x-forwarded-proto" or name == b"x-forwarded-host":
-                continue
-            elif name == SESSION_HEADER and upstream_session_id is not None:
-                value = upstream_session_id.encode("latin-1")
-            lines += (name, b": ", value, b"\r\n")
-        if not self.config.preserve_host or request.host is None:
-            lines += (b"host: ", backend.host_header, b"\r\n")
-        lines += (b"x-forwarded-for: ", forwarded_for, b"\r\nx-forwarded-proto: ")
-        lines += (self.forwarded_proto, b"\r\n")
-        if request.host is not None:
-            lines += (b"x-forwarded-host: ", request.host, b"\r\n")
+        request_id = None
         if request.request_id is None:
-            request.request_id = self.runtime.next_request_id()
-            lines += (b"x-request-id: ", request.request_id, b"\r\n")
-        if request.chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        if request.upgrade:
-            for name, value in request.headers:
-                if name == b"upgrade":
-                    lines += (b"connection: upgrade\r\nupgrade: ", value, b"\r\n")
-                    break
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            request.request_id = request_id = self.runtime.next_request_id()
+        return framing.request_head(
+            request,
+            path_prefix=backend.path_prefix,
+            host_header=backend.host_header,
+            preserve_host=self.config.preserve_host,
+            client_ip=self.client_ip_bytes,
+            proto=self.forwarded_proto,
+            request_id=request_id,
+        )
 
     def _forward_body(self, request: Request, data: bytes) -> None:
         upstream = self.upstream
@@ -843,58 +797,20 @@ class ClientConnection(asyncio.Protocol):
             backend_stats = self.stats.backends[self.backend.name]
             backend_stats.requests[(request.method, status // 100)] += 1
             backend_stats.first_byte.observe(self.loop.time() - self.started)
-        out: Headers = []
-        has_length = chunked = named_hops = False
-        session_id: bytes | None = None
-        content_type = b""
-        for name, value in headers:
-            if name in http11.HOP_BY_HOP:
-                if name == b"transfer-encoding":
-                    chunked = True
-                elif name == b"connection" and value.lower() not in (b"keep-alive", b"close"):
-                    named_hops = True
-                continue
-            if name == b"content-length":
-                has_length = True
-            elif name == SESSION_HEADER:
-                session_id = value
-            elif name == b"content-type":
-                content_type = value
-            out.append((name, value))
-        if named_hops:
-            out = http11.end_to_end(out, http11.connection_tokens(headers))
-        if chunked:
-            has_length = False
-        client_keep_alive = request.keep_alive and not self.closing
-        if status == 101 and request.upgrade:
-            self.framing = _TUNNEL
-            for name, value in headers:
-                if name == b"upgrade":
-                    out += [(b"connection", b"upgrade"), (b"upgrade", value)]
-                    break
-            client_keep_alive = True
-        elif http11.no_body_expected(request.method, status):
-            self.framing = _NO_BODY
-        elif has_length:
-            self.framing = _LENGTH
-        else:
-            # Re-frame a chunked or close-delimited body; chunked keeps the client alive.
-            self.upstream_until_close = not chunked
-            if request.version == "1.1":
-                self.framing = _CHUNKED
-                out = [(n, v) for n, v in out if n != b"content-length"]
-                out.append((b"transfer-encoding", b"chunked"))
-            else:
-                self.framing = _UNTIL_CLOSE
-                client_keep_alive = False
-        if self.parser is None and self.framing != _TUNNEL:
-            client_keep_alive = False  # the parser stopped at an upgrade the backend refused
-        self.client_keep_alive = client_keep_alive
-        if self.framing != _TUNNEL:
-            if not client_keep_alive:
-                out.append((b"connection", b"close"))
-            elif request.version == "1.0":
-                out.append((b"connection", b"keep-alive"))
+        head = framing.response_head(
+            status,
+            headers,
+            method=request.method,
+            version=request.version,
+            upgrade=request.upgrade,
+            keep_alive=request.keep_alive and not self.closing and self.parser is not None,
+        )
+        self.framing = head.framing
+        self.client_keep_alive = head.keep_alive
+        self.upstream_until_close = head.until_close
+        out = head.headers
+        session_id = head.session_id
+        content_type = head.content_type
         backend = self.backend
         if (
             content_type.startswith(b"text/event-stream")
@@ -904,10 +820,14 @@ class ClientConnection(asyncio.Protocol):
             self.slot_stream = True
             self.runtime.admission.became_stream(backend)
         if self.sticky and backend is not None:
+            if session_id is not None:
+                out = self._session_out(out, request, session_id.decode("latin-1"), status, backend)
             if request.session_id is None:
-                if session_id is not None and 200 <= status < 300:
-                    out = self._learn_session(out, session_id.decode("latin-1"), backend)
-                elif request.method == b"GET" and content_type.startswith(b"text/event-stream"):
+                if (
+                    session_id is None
+                    and request.method == b"GET"
+                    and content_type.startswith(b"text/event-stream")
+                ):
                     codec = self.runtime.session_codec
                     self.scanner = affinity.EndpointScanner(
                         None if codec is None else partial(_seal_or_keep, codec, backend.name)
@@ -918,8 +838,7 @@ class ClientConnection(asyncio.Protocol):
             set_cookie = self._cookie_for(request, backend)
             if set_cookie is not None:
                 out.append((b"set-cookie", set_cookie))
-        head = http11.status_line(status, reason) + http11.serialize_headers(out) + b"\r\n"
-        self._send(head)
+        self._send(http11.status_line(status, reason) + http11.serialize_headers(out) + b"\r\n")
 
     def upstream_body(self, data: bytes) -> None:
         self.active = True
@@ -933,13 +852,13 @@ class ClientConnection(asyncio.Protocol):
                     self._learn_legacy_session(scanner.session_id, self.backend)
             if not data:
                 return
-        if self.framing == _CHUNKED:
+        if self.framing == framing.CHUNKED:
             self._send(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self._send(data)
 
     def upstream_complete(self) -> None:
-        if self.framing == _TUNNEL:
+        if self.framing == framing.TUNNEL:
             return
         if self.holding:
             self.complete_pending = True
@@ -947,14 +866,16 @@ class ClientConnection(asyncio.Protocol):
         if self.scanner is not None:
             rest, self.scanner = self.scanner.flush(), None
             if rest:
-                self._send(chunk(rest) if self.framing == _CHUNKED else rest)
-        if self.framing == _CHUNKED:
+                self._send(chunk(rest) if self.framing == framing.CHUNKED else rest)
+        if self.framing == framing.CHUNKED:
             self._send(LAST_CHUNK)
         self.flush()
         request = self.current
         assert request is not None
         upstream = self.upstream
-        reusable = self.upstream_keep_alive and request.complete
+        reusable = self.upstream_keep_alive and http11.fully_sent(
+            request.complete, request.upgrade, request.content_length, request.body_size
+        )
         if upstream is not None:
             # Pooled first: a request woken by the slot this frees can take the connection.
             self._detach_upstream(upstream)
@@ -968,7 +889,7 @@ class ClientConnection(asyncio.Protocol):
     def upstream_tunnel(self, data: bytes) -> None:
         if self.state != TUNNEL:
             upstream = self.upstream
-            if self.framing != _TUNNEL or upstream is None:
+            if self.framing != framing.TUNNEL or upstream is None:
                 self._close()
                 return
             self.state = TUNNEL
@@ -1096,6 +1017,35 @@ class ClientConnection(asyncio.Protocol):
         self.runtime.session_bound(backend.name)
         return [(n, token if n == SESSION_HEADER else v) for n, v in out]
 
+    def _session_out(
+        self, out: Headers, request: Request, session_id: str, status: int, backend: Backend
+    ) -> Headers:
+        """The response's Mcp-Session-Id as the client must see it, on every response: with
+        signed ids, never the backend's raw id (TypeScript clients adopt the id of every
+        response, and TypeScript servers repeat it on every response)."""
+        codec = self.runtime.session_codec
+        ok = 200 <= status < 300
+        if request.session_id is None:
+            if ok:
+                return self._learn_session(out, session_id, backend)
+            if codec is None:
+                return out
+            # The SDK's quirk: a fresh, unused id on a 400. Sealed all the same.
+            token = _seal_or_keep(codec, backend.name, session_id)
+        elif codec is None:
+            if ok and session_id != request.session_id and request.method != b"DELETE":
+                # The backend replaced the session with a new one: bind that one too.
+                self._hold_for(self._bind_session(session_id, backend))
+            return out
+        elif session_id == request.upstream_session_id:
+            token = request.session_id  # the same session: the client's own token, no HMAC
+        else:
+            token = _seal_or_keep(codec, backend.name, session_id)  # minted anew: seal it
+            if ok:
+                self.runtime.session_bound(backend.name)
+        value = token.encode("latin-1")
+        return [(n, value if n == SESSION_HEADER else v) for n, v in out]
+
     def _learn_legacy_session(self, session_id: str, backend: Backend) -> None:
         if self.runtime.session_codec is None:
             self._hold_for(self._bind_session(session_id, backend))
@@ -1219,7 +1169,9 @@ class ClientConnection(asyncio.Protocol):
         if keep_alive:
             self._next_request(request)
         else:
-            self._close()
+            # Input may still be arriving (an upload answered early): close lingering, or
+            # the unread bytes would reset the connection and lose the answer.
+            self._close(linger=not request.complete)
 
     def reject(self, status: int, code: str, message: str) -> None:
         """Answer a request that could not be parsed or accepted, then close."""
@@ -1255,11 +1207,11 @@ class ClientConnection(asyncio.Protocol):
         )
         self.current = None
         self.response_started = False
-        self.framing = _NO_BODY
+        self.framing = framing.NO_BODY
         self.upstream_until_close = False
         self.client_keep_alive = True
         if not keep:
-            self._close()
+            self._close(linger=not finished.complete)  # see _write_answer
             return
         if self.queue:
             request = self.queue.popleft()
@@ -1358,26 +1310,32 @@ class ClientConnection(asyncio.Protocol):
         """End the current exchange now: 502 if nothing was answered yet, else close."""
         self._answer_error(502, "bad_gateway", reason)
 
-    def shutdown(self) -> None:
-        """Stop after the current exchange; close now if there is none."""
+    def shutdown(self, close_idle: bool = True) -> None:
+        """Stop after the current exchange; close now if there is none (with
+        ``close_idle``; else an idle connection gets one more answer, then closes)."""
         self.closing = True
-        if self.current is None and self.state in (IDLE, HEAD):
+        if close_idle and self.current is None and self.state in (IDLE, HEAD):
             self._close()
 
     # -- flow control -------------------------------------------------------------------
 
     def _pause_reading(self, reason: int) -> None:
         transport = self.transport
-        if not self.read_pauses and transport is not None and not transport.is_closing():
-            transport.pause_reading()
+        if not self.read_pauses:
+            self.paused_at = self.loop.time()
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
         self.read_pauses |= reason
 
     def _resume_reading(self, reason: int) -> None:
         if not self.read_pauses & reason:
             return
         self.read_pauses &= ~reason
+        if self.read_pauses:
+            return
+        self.body_paused += self.loop.time() - self.paused_at
         transport = self.transport
-        if not self.read_pauses and transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def _pause_upstream(self, reason: int) -> None:
@@ -1402,8 +1360,11 @@ class ClientConnection(asyncio.Protocol):
             state == WAIT_RESPONSE and self.current is not None and not self.current.complete
         )
         if uploading:
-            # Still receiving the request body: the client's pace, judged by the idle
-            # timeout below; the backend's upstream_header clock starts once it has it all.
+            # Still receiving the request body: the client's pace, judged by the body
+            # deadline, the minimum rate and the idle timeout below; the backend's
+            # upstream_header clock starts once it has it all.
+            if self._body_too_slow(now):
+                return
             state = STREAMING
         if state in (HEAD, WAIT_RESPONSE) or (state == IDLE and self.requests_seen == 0):
             key = (state, self.requests_seen)
@@ -1433,6 +1394,25 @@ class ClientConnection(asyncio.Protocol):
                 # kernel's buffers) waiting for a drain that never comes: reset instead.
                 self._reset()
 
+    def _body_too_slow(self, now: float) -> bool:
+        """Cut an upload past ``timeouts.body`` or below ``limits.min_body_rate`` (408);
+        time during which the proxy held the client back does not count."""
+        request = self.current
+        assert request is not None
+        held = self.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
+        elapsed = now - self.started - held
+        if elapsed > self.config.timeouts.body:
+            message = "request body not received within timeouts.body"
+        elif (
+            elapsed > BODY_RATE_GRACE
+            and request.body_size < self.config.limits.min_body_rate * elapsed
+        ):
+            message = "request body arrives slower than limits.min_body_rate"
+        else:
+            return False
+        self.reject(408, "request_timeout", message)
+        return True
+
     def _answer_timeout(self) -> None:
         upstream = self.upstream
         if self.backend is not None:
@@ -1442,20 +1422,6 @@ class ClientConnection(asyncio.Protocol):
             self._end_exchange()
             upstream.abort()
         self._answer_error(504, "gateway_timeout", "backend did not answer in time")
-
-
-def _origin_form(target: bytes) -> bytes:
-    """The path and query of an absolute-form target; the authority never steers routing."""
-    if target == b"*":
-        return target
-    try:
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError:
-        return b"/"
-    path: bytes = url.path or b"/"
-    if url.query:
-        path += b"?" + url.query
-    return path
 
 
 def _seal_or_keep(codec: TokenCodec, backend: str, session_id: str) -> str:
@@ -1468,8 +1434,15 @@ def _seal_or_keep(codec: TokenCodec, backend: str, session_id: str) -> str:
         return session_id
 
 
+# A body with more openers than this is not parsed for its method: the JSON parser recurses
+# once per level, and a body of nothing but brackets would exhaust the stack.
+SNIFF_MAX_NESTING = 64
+
+
 def _jsonrpc_method(body: bytes) -> tuple[str, str]:
     """The method of a JSON-RPC request (and the tool of a tools/call), or ("", "")."""
+    if body.count(b"[") + body.count(b"{") > SNIFF_MAX_NESTING:
+        return "", ""  # nesting is at most the number of openers: bounded, no recursion
     try:
         message = json.loads(body)
     except ValueError:

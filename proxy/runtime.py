@@ -15,6 +15,7 @@ from mcplb.proxy.admission import Admission
 from mcplb.proxy.affinity import HeaderAffinity
 from mcplb.proxy.backends import Backend, BackendSet
 from mcplb.proxy.config import Config
+from mcplb.proxy.host_check import HostPolicy, default_allowed_hosts
 from mcplb.proxy.outage_share import OutageShare
 from mcplb.proxy.pool import UpstreamPool
 from mcplb.proxy.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
@@ -43,6 +44,14 @@ RESTART_ONLY = (
 log = logging.getLogger("mcplb")
 
 
+def host_policy(config: Config) -> HostPolicy:
+    """The Host names the listener serves: configured, or the listener's default."""
+    patterns = config.allowed_hosts
+    if patterns is None:
+        patterns = default_allowed_hosts(config.listen_host)
+    return HostPolicy(patterns)
+
+
 class Runtime:
     """Built once from a Config; the relay reads it, nothing here reads the relay."""
 
@@ -53,6 +62,9 @@ class Runtime:
         ``probing``: whether this process runs the active health checks."""
         self.config = config
         self.generation = 0  # successful reloads
+        # SIGTERM received: /readyz answers 503 and every answer closes its connection.
+        self.stopping = False
+        self.host_policy = host_policy(config)
         self.backends = BackendSet(config.backends)
         self.strategy: Strategy = registry.build(config.strategy, config.strategy_options)
         self.pools: dict[Backend, UpstreamPool] = {
@@ -103,17 +115,19 @@ class Runtime:
     def pool(self, backend: Backend) -> UpstreamPool:
         return self.pools[backend]
 
-    async def reload(self, config: Config) -> list[str]:
+    async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
         """Switch to a reloaded config without dropping anything: backends that stay keep
         their connections, sessions and health; removed ones drain until ``timeouts.grace``
         from now. Returns what changed, one line each (restart-only settings are kept and
-        listed as such). Raises ValueError (TLS files, strategy) before changing anything."""
+        listed as such). Raises ValueError (TLS files, strategy) before changing anything.
+        ``counted`` False: not a new config generation (a backend set DNS discovery found)."""
         old = self.config
         strategy = registry.build(config.strategy, config.strategy_options)
         contexts = {b.name: backend_context(b) for b in config.backends}
         changes = [f"{name} changed: needs a restart (kept)" for name in _restart_only(old, config)]
         config = _keep_restart_only(old, config)
         self.config = config
+        self.host_policy = host_policy(config)
         current = {b.name: b for b in self.backends}
         staying: list[Backend] = []
         moved: list[Backend] = []
@@ -160,7 +174,8 @@ class Runtime:
         for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
             if getattr(old, key) != getattr(config, key):
                 changes.append(f"{key} changed")
-        self.generation += 1
+        if counted:
+            self.generation += 1
         return changes
 
     def retire_over(self) -> list[Backend]:

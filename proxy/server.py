@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -14,8 +16,18 @@ from pathlib import Path
 
 from aiohttp import web
 
+from mcplb.proxy import access_log
 from mcplb.proxy.admin import ReloadResult, WorkerState, create_admin_app
-from mcplb.proxy.config import Config, ConfigError, file_mtime
+from mcplb.proxy.config import BackendConfig, Config, ConfigError, file_mtime
+from mcplb.proxy.discovery import (
+    Address,
+    DnsDiscovery,
+    backend_configs,
+    merge,
+    read_shared,
+    shared_mtime,
+    write_shared,
+)
 from mcplb.proxy.rate_limit import RedisRateLimiter
 from mcplb.proxy.relay import ClientConnection
 from mcplb.proxy.runtime import Runtime
@@ -25,6 +37,7 @@ from mcplb.proxy.validate import validated
 log = logging.getLogger("mcplb")
 
 SWEEP_INTERVAL = 0.5  # seconds; timeouts are enforced to this precision
+SWEEP_SLICE = 500  # connections checked between two turns of the event loop
 LISTEN_BACKLOG = 4096
 
 
@@ -78,6 +91,12 @@ class ProxyServer:
         # Watch the file only where no supervisor does it for every worker.
         self._watch = state_dir is None
         self._watched = file_mtime(config.source)
+        # DNS discovery: the file's backends, and those found (merged into runtime.config).
+        self.static_backends = config.backends
+        self.discovered: tuple[BackendConfig, ...] = ()
+        self.discovery: DnsDiscovery | None = None  # the lookups, where this process runs them
+        self._discovering: asyncio.Task[None] | None = None
+        self._discovery_seen: int | None = None  # mtime of the shared set last adopted
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,6 +112,7 @@ class ProxyServer:
         )
         self._sweeper = loop.create_task(self._sweep())
         await self.runtime.health.start()
+        self._start_discovery()
         if self.config.admin.enabled and self.worker == 0:
             await self._start_admin()
 
@@ -115,6 +135,7 @@ class ProxyServer:
             now = loop.time()
             self.runtime.stats.loop_lag = max(0.0, now - expected)
             self.state.share_health()
+            self._adopt_discovered()
             if ticks % 2 == 0:
                 self.state.publish()
                 self.state.apply_control()
@@ -123,10 +144,13 @@ class ProxyServer:
                 # A backend that came back (or was added) has free slots nobody released.
                 self.runtime.admission.wake()
             retired = self.runtime.retire_over()
-            for conn in list(self.connections):
+            for n, conn in enumerate(list(self.connections), 1):
                 if retired and conn.backend in retired:
                     conn.cut("its backend was removed and its drain deadline passed")
                 conn.check_timeouts(now)
+                if n % SWEEP_SLICE == 0:
+                    # Let I/O through: 10,000 connections held the loop for ~15 ms.
+                    await asyncio.sleep(0)
             for pool in self.runtime.pools.values():
                 pool.expire(now)
             ticks += 1
@@ -141,7 +165,17 @@ class ProxyServer:
         async with self._reloading:
             try:
                 config = validated(source)
+                static = config.backends
+                if config.discovery is None:
+                    self.discovered = ()
+                # Until a changed discovery answers, the backends it found last stay.
+                config = dataclasses.replace(config, backends=merge(static, self.discovered))
+                previous = self.runtime.config.discovery
                 changes = await self.runtime.reload(config)
+                self.static_backends = static
+                if config.discovery != previous:
+                    await self._stop_discovery()
+                    self._start_discovery()
                 if config.listen_tls is not None and self.tls is not None:
                     reload_server_context(self.tls, config.listen_tls)
             except ConfigError as exc:
@@ -164,6 +198,60 @@ class ProxyServer:
         for problem in problems:
             log.error("reload rejected, the running config stays: %s: %s", source, problem)
         return ReloadResult(False, problems)
+
+    def _start_discovery(self) -> None:
+        """Run the DNS lookups here: in worker 0 only (the others adopt its answers)."""
+        discovery = self.runtime.config.discovery
+        if discovery is None or self.worker != 0:
+            return
+        self.discovery = DnsDiscovery(discovery.dns, self.runtime.stats.discovery)
+        loop = asyncio.get_running_loop()
+        self._discovering = loop.create_task(self.discovery.run(self._found))
+
+    async def _stop_discovery(self) -> None:
+        task, self._discovering, self.discovery = self._discovering, None, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _found(self, addresses: tuple[Address, ...]) -> None:
+        discovery = self.runtime.config.discovery
+        assert discovery is not None
+        await self.apply_discovered(backend_configs(discovery.dns, addresses))
+        if self.state.directory is not None:
+            write_shared(self.state.directory, addresses)  # for the other workers
+
+    def _adopt_discovered(self) -> None:
+        """Workers other than 0: take the backend set worker 0 found, when it changes."""
+        directory = self.state.directory
+        discovery = self.runtime.config.discovery
+        if directory is None or discovery is None or self.worker == 0:
+            return
+        mtime = shared_mtime(directory)
+        if mtime is None or mtime == self._discovery_seen:
+            return
+        addresses = read_shared(directory)
+        if addresses is None:
+            return
+        self._discovery_seen = mtime
+        found = backend_configs(discovery.dns, addresses)
+        asyncio.get_running_loop().create_task(self.apply_discovered(found))
+
+    async def apply_discovered(self, found: tuple[BackendConfig, ...]) -> None:
+        """Serve the static backends plus ``found``, applied the way a reload applies a
+        changed backend list: new ones start as health.initial (slow start), removed ones
+        drain with their sessions, the others keep their state."""
+        async with self._reloading:
+            if found == self.discovered:
+                return
+            self.discovered = found
+            config = dataclasses.replace(
+                self.runtime.config, backends=merge(self.static_backends, found)
+            )
+            changes = await self.runtime.reload(config, counted=False)
+            self.config = self.runtime.config
+        log.info("discovery applied: %s", "; ".join(changes) or "no changes")
 
     async def _admin_reload(self) -> ReloadResult:
         if self.state.directory is None:
@@ -190,9 +278,20 @@ class ProxyServer:
             log.info("config file changed: reloading")
             asyncio.get_running_loop().create_task(self.reload())
 
+    def begin_shutdown(self) -> None:
+        """The start of ``timeouts.shutdown_delay``: /readyz answers 503 so that a load
+        balancer in front stops sending here; the listener still accepts, and every answer
+        (on new and open connections) closes its connection, so clients reconnect to
+        another replica instead of keeping a connection to one that goes away."""
+        self.runtime.stopping = True
+        for conn in list(self.connections):
+            # An idle keep-alive connection stays open: a client may be sending on it now.
+            conn.shutdown(close_idle=False)
+
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let exchanges finish for up to ``grace`` seconds, then close."""
         grace = self.config.timeouts.grace if grace is None else grace
+        self.runtime.stopping = True
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -206,6 +305,7 @@ class ProxyServer:
                 conn.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self._stop_discovery()
         await self.runtime.health.stop()
         if self._admin is not None:
             await self._admin.cleanup()
@@ -241,6 +341,7 @@ async def run_until_signalled(
     reloads: set[asyncio.Task[ReloadResult]] = set()
 
     def reload_now() -> None:
+        access_log.flush()  # SIGHUP: lines written before log rotation moves the file
         task = loop.create_task(server.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -266,7 +367,17 @@ async def run_until_signalled(
         config.strategy,
     )
     await stop.wait()
-    log.info("shutting down: waiting up to %.0fs for in-flight requests", config.timeouts.grace)
+    timeouts = server.config.timeouts  # as last reloaded
+    if timeouts.shutdown_delay > 0:
+        log.info(
+            "stopping: /readyz answers 503; still accepting for %gs (shutdown_delay)",
+            timeouts.shutdown_delay,
+        )
+        server.begin_shutdown()
+        stop.clear()  # a second SIGTERM or SIGINT cuts the delay short
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeouts.shutdown_delay)
+    log.info("shutting down: waiting up to %gs for in-flight requests", timeouts.grace)
     await server.shutdown()
     return 0
 
@@ -281,7 +392,10 @@ def run_worker(
     """Run one proxy process on uvloop."""
     import uvloop
 
-    return uvloop.run(run_until_signalled(config, sock, worker, state_dir, generation))
+    try:
+        return uvloop.run(run_until_signalled(config, sock, worker, state_dir, generation))
+    finally:
+        access_log.flush()  # also when an exception ends the loop: no buffered line lost
 
 
 def serve(config: Config) -> int:
@@ -308,13 +422,10 @@ def setup_logging(level: str = "info") -> None:
 
 def setup_access_log(config: Config) -> None:
     """Access lines go to stdout, one per request, apart from the application log."""
-    logger = logging.getLogger("mcplb.access")
-    logger.propagate = False
-    logger.handlers.clear()
-    if config.log.access:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    else:
-        logger.disabled = True
+    if not config.log.access:
+        return
+    try:
+        sys.stdout.flush()  # anything printed before goes first
+        access_log.install(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError) as exc:  # started with stdout closed
+        log.warning("access log: stdout unusable (%s): lines go to the application log", exc)

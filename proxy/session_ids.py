@@ -4,9 +4,11 @@ Sans-IO and stdlib only (``hmac``, ``hashlib``, ``binascii`` for base64).
 
 With ``sticky.store: signed`` the proxy does not remember which backend owns a session: it
 rewrites the ``Mcp-Session-Id`` a backend mints into a token that names the backend, and
-opens the token again on every later request. Any worker process and any replica holding
-the same keys routes the request without a shared table. The same codec, with another
-purpose, seals the value of the sticky cookie (``sticky.cookie``).
+opens the token again on every later request. Every response that carries the header is
+rewritten (TypeScript SDK servers repeat it on each one), so a client never holds a raw
+id. Any worker process and any replica holding the same keys routes the request without a
+shared table. The same codec, with another purpose, seals the value of the sticky cookie
+(``sticky.cookie``).
 
 Token format (every character is one of ``A-Z a-z 0-9 - _ .``)::
 
@@ -22,8 +24,8 @@ round. Only the canonical encoding opens (no padding, no stray bits, no other se
 so a token opens iff it is exactly what ``seal`` produced.
 
 The characters are all "unreserved" in URLs (RFC 3986) and valid cookie-octets (RFC 6265):
-a token goes into a header, a ``?session_id=`` query value (the 2024-11-05 SSE transport)
-or a cookie without any escaping.
+a token goes into a header, a query value (the 2024-11-05 SSE transport's ``?session_id=``,
+``?sessionId=`` or whatever key the server chose) or a cookie without any escaping.
 
 Why HMAC and not an AEAD such as AES-GCM:
 

@@ -7,6 +7,7 @@ call per label set.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections import Counter
 from typing import Any
@@ -29,7 +30,48 @@ BUCKETS: tuple[float, ...] = (
     30.0,
     60.0,
 )
-MCP_LABEL_CAP = 100  # distinct (method, tool) pairs before the rest count as "other"
+# Method and tool names come from clients and become Prometheus labels: a method counts
+# under its own name only if the MCP specification defines it (2024-11-05 to 2026-07-28),
+# and a tool name only in the spec's form, up to MCP_TOOL_CAP names per worker. So no
+# client can grow /metrics or crowd the real methods out.
+KNOWN_MCP_METHODS = frozenset(
+    {
+        "initialize",
+        "ping",
+        "server/discover",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/read",
+        "resources/templates/list",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "sampling/createMessage",
+        "elicitation/create",
+        "roots/list",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/message",
+        "notifications/roots/list_changed",
+        "notifications/resources/updated",
+        "notifications/resources/list_changed",
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/elicitation/complete",
+        "notifications/tasks/status",
+    }
+)
+MCP_TOOL_CAP = 50
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # the spec's tool name characters
 
 
 class Histogram:
@@ -98,6 +140,7 @@ class Stats:
         self.proxy_errors: Counter[str] = Counter()  # status code -> answers made by the proxy
         self.session_not_found = 0
         self.mcp: Counter[tuple[str, str]] = Counter()  # (method, tool)
+        self.mcp_tools = 0  # distinct tool names counted under their own name
         self.loop_lag = 0.0
         # reason (queue_full, queue_timeout, max_streams, rate_limited) -> refused requests
         self.rejected: Counter[str] = Counter()
@@ -105,16 +148,22 @@ class Stats:
         self.queue_wait = Histogram()
         self.retry_budget_exhausted = 0
         self.reloads: Counter[str] = Counter()  # "success" / "failure"
+        # DNS discovery lookups (worker 0's): changed, unchanged, empty, failed
+        self.discovery: Counter[str] = Counter()
 
     def add_backend(self, name: str) -> None:
         """Count a backend added by a reload (a re-added name keeps its counters)."""
         self.backends.setdefault(name, BackendStats())
 
     def count_mcp(self, method: str, tool: str) -> None:
-        key = (method, tool)
-        if key not in self.mcp and len(self.mcp) >= MCP_LABEL_CAP:
-            key = ("other", "")
-        self.mcp[key] += 1
+        if method not in KNOWN_MCP_METHODS:
+            method, tool = "other", ""
+        elif tool and (method, tool) not in self.mcp:
+            if self.mcp_tools >= MCP_TOOL_CAP or not _TOOL_NAME.fullmatch(tool):
+                tool = "other"
+            else:
+                self.mcp_tools += 1
+        self.mcp[(method, tool)] += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -128,6 +177,7 @@ class Stats:
             "queue_wait": self.queue_wait.snapshot(),
             "retry_budget_exhausted": self.retry_budget_exhausted,
             "reloads": dict(self.reloads),
+            "discovery": dict(self.discovery),
         }
 
 
@@ -144,6 +194,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "queue_wait": {"counts": [0] * (len(BUCKETS) + 1), "sum": 0.0},
         "retry_budget_exhausted": 0,
         "reloads": Counter(),
+        "discovery": Counter(),
     }
     for snap in snapshots:
         for name, backend in snap["backends"].items():
@@ -164,6 +215,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         total["loop_lag"] = max(total["loop_lag"], snap["loop_lag"])
         total["rejected"].update(snap["rejected"])
         total["reloads"].update(snap["reloads"])
+        total["discovery"].update(snap.get("discovery", {}))
         total["queued"] += snap["queued"]
         total["retry_budget_exhausted"] += snap["retry_budget_exhausted"]
         for i, count in enumerate(snap["queue_wait"]["counts"]):

@@ -58,7 +58,8 @@ class Supervisor:
         deadline: float | None = None
         while self.workers:
             if self.stopping and deadline is None:
-                deadline = time.monotonic() + self.config.timeouts.grace + 5
+                timeouts = self.config.timeouts
+                deadline = time.monotonic() + timeouts.shutdown_delay + timeouts.grace + 5
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:

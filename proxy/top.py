@@ -13,7 +13,9 @@ The module is split in two:
 * the I/O shell: :func:`fetch` (two HTTP GETs with ``urllib``) and :func:`run_top`, the
   loop behind the CLI subcommand (plain ANSI escapes, no curses).
 
-The admin endpoints it reads are unauthenticated, so no token is sent.
+When ``admin.token`` is set, ``/status`` (and ``/metrics`` with ``admin.protect_metrics``)
+need it: ``mcplb top`` sends ``Authorization: Bearer $MCPLB_ADMIN_TOKEN`` when that
+environment variable is set (not a command-line flag: others on the host see those).
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ GAUGES = {
     "in_flight": "mcplb_in_flight_requests",
     "streams": "mcplb_open_streams",
     "sessions": "mcplb_sessions_active",
-    "effective_weight": "mcplb_backend_weight",
+    "ramped_weight": "mcplb_backend_weight",  # configured x WEIGHT_SCALE, ramped
 }
+WEIGHT_SCALE = 100  # mcplb_backend_weight is on this scale (proxy.backends.WEIGHT_SCALE)
+TOKEN_ENV = "MCPLB_ADMIN_TOKEN"
 QUANTILE = 0.99
 ERROR_PREFIX = "ERROR: "
 SHORT_SHA = 12
@@ -252,6 +256,7 @@ COLUMNS = (
     "STATE",
     "AVAIL",
     "WEIGHT",
+    "RAMPED",
     "REQ/S",
     "ERR/S",
     "INFLIGHT",
@@ -312,7 +317,10 @@ def render(
 
         def live(key: str, backend: Mapping[str, Any] = backend, name: str = name) -> str:
             value = backend.get(key)  # /status is per request; metrics are the fallback
-            return _int_text(value if value is not None else gauges[key].get(name))
+            if value is None and key == "ramped_weight":
+                scaled = gauges[key].get(name)
+                value = None if scaled is None else round(scaled / WEIGHT_SCALE, 2)
+            return _int_text(value if value is not None else gauges.get(key, {}).get(name))
 
         p99: float | None = None
         if with_rates and name in buckets_now:
@@ -323,7 +331,8 @@ def render(
                 name,
                 str(backend.get("state", "?")),
                 _availability(backend),
-                live("effective_weight"),
+                live("weight"),
+                live("ramped_weight"),
                 format_rate(rate(requests_now.get(name, 0.0), requests_before.get(name))),
                 format_rate(rate(errors_now.get(name, 0.0), errors_before.get(name))),
                 live("in_flight"),
@@ -350,7 +359,7 @@ def render(
 
     config = status.get("config")
     config = config if isinstance(config, Mapping) else {}
-    sha = str(config.get("sha256") or "")[:SHORT_SHA]
+    digest = str(config.get("hmac_sha256") or "")[:SHORT_SHA]
     workers = status.get("workers")
     if workers is None:
         workers = metrics_now.value(WORKERS)
@@ -362,8 +371,9 @@ def render(
         f"mcplb {status.get('version', '?')}",
         f"up {format_duration(float(uptime)) if uptime is not None else '?'}",
         f"workers {_int_text(workers)}",
-        f"config {config.get('path') or '?'}" + (f" @ {sha}" if sha else ""),
     ]
+    if config.get("path"):  # shown only to holders of the admin token
+        first.append(f"config {config['path']}" + (f" @ {digest}" if digest else ""))
     if status.get("strategy"):
         first.append(f"strategy {status['strategy']}")
     second = [
@@ -411,13 +421,20 @@ def normalize_url(admin_url: str) -> str:
 
 
 def _get(url: str, timeout: float) -> str:
-    request = urllib.request.Request(url, headers={"User-Agent": "mcplb-top"})
+    headers = {"User-Agent": "mcplb-top"}
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             body: bytes = response.read()
             charset = response.headers.get_content_charset() or "utf-8"
     except urllib.error.HTTPError as exc:
-        raise AdminError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        hint = ""
+        if exc.code == 401:
+            hint = f" (set {TOKEN_ENV} to the admin.token)" if not token else " (wrong token)"
+        raise AdminError(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from None
     except urllib.error.URLError as exc:
         raise AdminError(f"cannot reach {url}: {exc.reason}") from None
     except (OSError, ValueError) as exc:  # timeouts, resets, malformed URL

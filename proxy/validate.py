@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-from mcplb.proxy.config import Config, ConfigError, ConfigIssue, load_config
+from collections.abc import Sequence
+
+from mcplb.proxy.config import Config, ConfigIssue, load_config
 from mcplb.proxy.tls import TlsError, backend_context, server_context
 from mcplb.strategies import registry
 
 
 def validated(path: str) -> Config:
-    """Load a config, then check what needs code or files to run: the strategy plugin and
-    the TLS certificates; every problem is a ConfigError issue."""
-    config = load_config(path)
+    """Load a config and check what needs code or files to run; a ConfigError lists every
+    problem, those of the file and these together."""
+    return load_config(path, checks=runtime_issues)
+
+
+def runtime_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[ConfigIssue]:
+    """Whether the strategy plugin and the TLS certificates load. ``found``: the file's own
+    issues; an invalid setting holds its default in ``config``, so its checks are skipped."""
     issues = []
-    try:
-        registry.build(config.strategy, config.strategy_options)
-    except registry.StrategyLoadError as exc:
-        issues.append(ConfigIssue("strategy", str(exc), config.lines.get("strategy")))
+    if not any(i.path == "strategy" or i.path.startswith("strategy_options") for i in found):
+        try:
+            registry.build(config.strategy, config.strategy_options)
+        except registry.StrategyLoadError as exc:
+            issues.append(ConfigIssue("strategy", str(exc), config.lines.get("strategy")))
     if config.listen_tls is not None:
         try:
             server_context(config.listen_tls)
@@ -25,8 +33,17 @@ def validated(path: str) -> Config:
         try:
             backend_context(backend)
         except TlsError as exc:
-            where = f"backends[{index}].ca"
+            where = _ca_path(config, index)
             issues.append(ConfigIssue(where, str(exc), config.lines.get(where)))
-    if issues:
-        raise ConfigError(issues, config.source)
-    return config
+    return issues
+
+
+def _ca_path(config: Config, index: int) -> str:
+    """The path of the ``ca`` of ``config.backends[index]`` in the file: later in the list
+    when invalid backends before it were left out of ``config.backends``."""
+    for position in range(index, index + len(config.lines)):
+        if f"backends[{position}].ca" in config.lines:
+            return f"backends[{position}].ca"
+        if f"backends[{position}]" not in config.lines:
+            break
+    return f"backends[{index}].ca"

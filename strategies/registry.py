@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Mapping
@@ -74,5 +75,16 @@ def _from_entry_point(name: str) -> object:
                 return entry.load()
             except Exception as exc:  # a broken plugin must not crash config checking
                 raise StrategyLoadError(f"entry point {name!r} failed to load: {exc}") from None
+    raise StrategyLoadError(unknown_strategy(name))
+
+
+def unknown_strategy(name: str) -> str:
+    """The message for a strategy name that is neither built in nor an entry point: the
+    built-in names, and the closest known name when there is one."""
     known = ", ".join(sorted(BUILTIN))
-    raise StrategyLoadError(f"unknown strategy {name!r} (built-in: {known})")
+    plugins = [entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)]
+    # Compared in lower case with "_" for "-": "Round-Robin" is a near miss of round_robin.
+    candidates = {n.lower().replace("-", "_"): n for n in [*BUILTIN, *plugins]}
+    close = difflib.get_close_matches(name.lower().replace("-", "_"), candidates, n=1)
+    hint = f"did you mean {candidates[close[0]]!r}? " if close else ""
+    return f"unknown strategy {name!r} ({hint}built-in: {known})"

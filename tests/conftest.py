@@ -44,6 +44,9 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
     ) -> ProxyServer:
         # No admin listener unless a test asks: many proxies run side by side.
         fields.setdefault("admin", AdminConfig(enabled=False))
+        # Raw-byte tests write placeholder names ("Host: x"); the loopback listener's own
+        # default (loopback names only) is tested in test_hostile_audit.py.
+        fields.setdefault("allowed_hosts", ("*",))
         config = Config(
             listen_host="127.0.0.1",
             listen_port=0,

@@ -50,7 +50,8 @@ class _Collector:
         self.current.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        if self.current not in self.responses:
+        # By identity: two equal responses in a row are still two responses.
+        if not any(resp is self.current for resp in self.responses):
             self.responses.append(self.current)
 
 
@@ -84,7 +85,9 @@ class RawClient:
                 data = await self.reader.read(65536)
                 if not data:
                     self.closed = True
-                    if collector.current.status and collector.current not in collector.responses:
+                    if collector.current.status and not any(
+                        r is collector.current for r in collector.responses
+                    ):
                         collector.responses.append(collector.current)  # close-delimited body
                     break
                 collector.parser.feed_data(data)

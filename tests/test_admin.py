@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -17,10 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcplb.proxy.config import AdminConfig, StickyConfig
 from mcplb.proxy.server import ProxyServer
+from tests import rawhttp
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, mcp_session, result_text
 
 TOKEN = "admin-token-" + "x" * 20
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -131,7 +134,7 @@ async def test_status_health_and_readiness(admin_proxy: ProxyServer) -> None:
         async with http.get(f"{admin}/readyz") as resp:
             assert resp.status == 200
             assert (await resp.json())["available_backends"] == 2
-        async with http.get(f"{admin}/status") as resp:
+        async with http.get(f"{admin}/status", headers=AUTH) as resp:
             status = await resp.json()
         assert set(status) == {
             "version",
@@ -149,7 +152,7 @@ async def test_status_health_and_readiness(admin_proxy: ProxyServer) -> None:
             "available",
             "draining",
             "weight",
-            "effective_weight",
+            "ramped_weight",
             "in_flight",
             "streams",
             "sessions",
@@ -164,7 +167,7 @@ async def test_status_health_and_readiness(admin_proxy: ProxyServer) -> None:
                 assert resp.status == 200
         async with http.get(f"{admin}/readyz") as resp:
             assert resp.status == 503
-        async with http.get(f"{admin}/status") as resp:
+        async with http.get(f"{admin}/status", headers=AUTH) as resp:
             assert {b["state"] for b in (await resp.json())["backends"]} == {"draining"}
 
 
@@ -251,7 +254,11 @@ async def test_two_workers_aggregate_metrics_and_log_access(
             await asyncio.sleep(0.2)
         assert total == 30
         assert value(metrics, "mcplb_workers") == 2
-        lines = [json.loads(line) for line in proxy.stdout().splitlines() if line.startswith("{")]
+        while True:  # access lines are written in batches, at least every 100 ms
+            lines = [json.loads(x) for x in proxy.stdout().splitlines() if x.startswith("{")]
+            if len(lines) >= 30 or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.05)
         assert len(lines) == 30
         assert {line["status"] for line in lines} == {200}
         assert {line["backend"] for line in lines} == {"a"}
@@ -317,7 +324,7 @@ async def test_large_chunked_json_bodies_are_not_kept_for_method_counting(
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     piece = b'{"pad": "' + b"x" * 60000 + b'"}'
     writer.write(
-        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
     )
     for _ in range(4):
@@ -335,3 +342,111 @@ async def test_large_chunked_json_bodies_are_not_kept_for_method_counting(
     assert request is not None and request.body_size >= 4 * len(piece)
     assert request.sniff is None  # dropped once past the limit, not grown with the body
     writer.close()
+
+
+# --- who may read what (issue 11, point 4) --------------------------------------------
+
+
+async def test_a_non_utf8_authorization_header_is_a_wrong_token(admin_proxy: ProxyServer) -> None:
+    port = admin_proxy.admin_port
+    assert port is not None
+    for path in (b"GET /status", b"POST /backends/a/drain"):
+        head = path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\xc3("
+        response = await rawhttp.request(port, head + b"\r\nContent-Length: 0\r\n\r\n")
+        assert response.status == 401, response.body
+        assert json.loads(response.body)["error"] == "unauthorized"
+    assert admin_proxy.runtime.backends.by_name["a"].draining is False
+
+
+async def test_status_needs_the_token_when_one_is_set(admin_proxy: ProxyServer) -> None:
+    url = f"http://127.0.0.1:{admin_proxy.admin_port}/status"
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            async with http.get(url, headers=headers) as resp:
+                body = await resp.text()
+                assert resp.status == 401
+                assert resp.headers["WWW-Authenticate"] == "Bearer"
+                assert json.loads(body)["error"] == "unauthorized"
+                assert "127.0.0.1" not in body and '"backends"' not in body
+        async with http.get(url, headers=AUTH) as resp:
+            assert resp.status == 200
+            status = await resp.json()
+    urls = {b["name"]: b["url"] for b in status["backends"]}
+    assert urls == {name: b.config.url for name, b in admin_proxy.runtime.backends.by_name.items()}
+
+
+async def test_status_without_a_token_hides_urls_and_the_config_file(
+    start_proxy: ProxyFactory, serve_app: AppFactory, tmp_path: Path
+) -> None:
+    backend = await serve_app(minting_app("a"))
+    source = tmp_path / "mcplb.yaml"
+    source.write_text("backends: []  # stands for the file the config came from\n")
+    proxy = await start_proxy(
+        [backend_config("a", backend)], admin=AdminConfig(listen_port=0), source=str(source)
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{proxy.admin_port}/status") as resp,
+    ):
+        assert resp.status == 200
+        body = await resp.text()
+    status = json.loads(body)
+    assert [b["name"] for b in status["backends"]] == ["a"]
+    assert "url" not in status["backends"][0]
+    assert f"127.0.0.1:{backend}" not in body
+    assert str(source) not in body and "mcplb.yaml" not in body
+    assert set(status["config"]) == {"generation", "worker_generations"}
+    plain = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert plain not in body
+
+
+async def test_status_shows_a_digest_keyed_with_the_token_only_to_its_holders(
+    start_proxy: ProxyFactory, serve_app: AppFactory, tmp_path: Path
+) -> None:
+    backend = await serve_app(minting_app("a"))
+    source = tmp_path / "mcplb.yaml"
+    source.write_text(f"admin: {{token: {TOKEN}}}\n")
+    proxy = await start_proxy(
+        [backend_config("a", backend)],
+        admin=AdminConfig(listen_port=0, token=TOKEN),
+        source=str(source),
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{proxy.admin_port}/status", headers=AUTH) as resp,
+    ):
+        body = await resp.text()
+    config = json.loads(body)["config"]
+    assert config["path"] == str(source)
+    keyed = hmac.new(TOKEN.encode(), source.read_bytes(), hashlib.sha256).hexdigest()
+    assert config["hmac_sha256"] == keyed
+    # A plain hash of a file holding the token would let anyone test token guesses offline.
+    assert hashlib.sha256(source.read_bytes()).hexdigest() not in body
+
+
+async def test_metrics_can_need_the_token(start_proxy: ProxyFactory, serve_app: AppFactory) -> None:
+    backend = await serve_app(minting_app("a"))
+    proxy = await start_proxy(
+        [backend_config("a", backend)],
+        admin=AdminConfig(listen_port=0, token=TOKEN, protect_metrics=True),
+    )
+    url = f"http://127.0.0.1:{proxy.admin_port}"
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            async with http.get(f"{url}/metrics", headers=headers) as resp:
+                assert resp.status == 401
+                assert "mcplb_" not in await resp.text()
+        async with http.get(f"{url}/metrics", headers=AUTH) as resp:
+            assert resp.status == 200
+            assert "mcplb_requests_total" in await resp.text()
+        for path in ("/healthz", "/readyz"):  # orchestrator probes send no token
+            async with http.get(f"{url}{path}") as resp:
+                assert resp.status == 200
+
+
+async def test_metrics_stay_open_by_default_with_a_token(admin_proxy: ProxyServer) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{admin_proxy.admin_port}/metrics") as resp,
+    ):
+        assert resp.status == 200

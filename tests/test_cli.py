@@ -15,6 +15,7 @@ from aiohttp import web
 
 from mcplb import __version__
 from tests.conftest import AppFactory
+from tests.eventually import eventually
 from tests.peers import Peers, free_port
 
 MCPLB = [sys.executable, "-m", "mcplb.proxy.cli"]
@@ -24,16 +25,24 @@ def mcplb(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MCPLB, *args], capture_output=True, text=True, timeout=60)
 
 
+# `make unit-compiled` runs the suite again on the mypyc build and says so here.
+BUILD = (
+    "compiled: http11, request, framing, pool, relay"
+    if os.environ.get("MCPLB_BUILD") == "compiled"
+    else "pure Python"
+)
+
+
 def test_version() -> None:
     result = mcplb("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"mcplb {__version__}"
+    assert result.stdout.strip() == f"mcplb {__version__} ({BUILD})"
 
 
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "mcplb"
     result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == f"mcplb {__version__}"
+    assert result.stdout.strip() == f"mcplb {__version__} ({BUILD})"
 
 
 def test_check_accepts_the_example_config() -> None:
@@ -120,7 +129,7 @@ async def test_sigterm_lets_in_flight_requests_finish(
         in_flight = asyncio.create_task(http.get(f"http://127.0.0.1:{port}/"))
         await asyncio.wait_for(arrived.wait(), 10)
         proxy.send_signal(signal.SIGTERM)
-        await until(lambda: accepts_connections(port), lambda accepting: not accepting)
+        await eventually(lambda: not accepts_connections(port), within=10, what="listener closed")
         release.set()
         resp = await asyncio.wait_for(in_flight, 10)
         assert resp.status == 200
@@ -168,11 +177,16 @@ async def test_workers_share_the_port_and_crashed_ones_are_replaced(
             tmp_path,
             port=port,
         )
-        workers = await until(lambda: children_of(proxy.pid), lambda w: len(w) == 2)
+
+        def two_workers(without: int = 0) -> set[int] | None:
+            workers = children_of(proxy.pid)
+            return workers if len(workers) == 2 and without not in workers else None
+
+        workers = await eventually(two_workers, within=10, what="two workers")
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        replaced = await until(
-            lambda: children_of(proxy.pid), lambda w: len(w) == 2 and victim not in w
+        replaced = await eventually(
+            lambda: two_workers(without=victim), within=10, what="the killed worker replaced"
         )
         assert replaced - workers  # a new pid took the dead worker's place
         for _ in range(20):
@@ -184,18 +198,6 @@ async def test_workers_share_the_port_and_crashed_ones_are_replaced(
         assert "restarting" in proxy.output()
 
 
-async def until(probe, accept, limit: float = 10.0):  # type: ignore[no-untyped-def]
-    """Poll ``probe()`` until ``accept(value)``; return the value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while loop.time() < deadline:
-        value = probe()
-        if accept(value):
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not reached; last value {probe()!r}")
-
-
 def test_check_refuses_workers_without_a_shared_session_store(tmp_path: Path) -> None:
     config = tmp_path / "workers.yaml"
     config.write_text("workers: 2\nbackends:\n  - {name: a, url: 'http://127.0.0.1:9001'}\n")
@@ -203,3 +205,80 @@ def test_check_refuses_workers_without_a_shared_session_store(tmp_path: Path) ->
     assert result.returncode == 1
     assert f"{config}: sticky.keys: required by store: signed" in result.stderr
     assert result.stderr.rstrip().endswith("(line 1)")
+
+
+def test_check_lists_strategy_errors_with_the_others_and_warnings(tmp_path: Path) -> None:
+    config = tmp_path / "five.yaml"
+    config.write_text(
+        "strategy: round_robbin\n"
+        "backends:\n"
+        "  - name: mcp-a\n"
+        "    url: http://127.0.0.1:9001/mcp\n"
+        "  - name: mcp-b\n"
+        "    url: 127.0.0.1:9002\n"
+        "timeouts:\n"
+        "  conect: 2s\n"
+        "admin:\n"
+        "  protect_metrics: true\n"
+    )
+    result = mcplb("check", "--config", str(config))
+    assert result.returncode == 1
+    names = "ip_hash, least_connections, least_sessions, power_of_two, random, round_robin"
+    assert result.stderr.splitlines() == [
+        f"{config}: strategy: unknown strategy 'round_robbin' (did you mean 'round_robin'? "
+        f"built-in: {names}) (line 1)",
+        f"{config}: warning: backends[0].url: ends in /mcp, but a backend URL's path is put "
+        "before every request path: a client's POST /mcp is sent to "
+        "http://127.0.0.1:9001/mcp/mcp. Write http://127.0.0.1:9001 to reach the server's /mcp "
+        "(line 4)",
+        f'{config}: backends[1].url: needs a scheme: write "http://127.0.0.1:9002" '
+        "(or https://) (line 6)",
+        f'{config}: timeouts.conect: unknown key (did you mean "connect"?) (line 8)',
+        f"{config}: admin.protect_metrics: needs admin.token (line 10)",
+    ]
+
+
+def test_check_passes_a_config_with_only_warnings(tmp_path: Path) -> None:
+    config = tmp_path / "warn.yaml"
+    config.write_text("backends:\n  - {name: a, url: 'http://127.0.0.1:9001/mcp'}\n")
+    result = mcplb("check", "--config", str(config))
+    assert result.returncode == 0
+    assert "ok (1 backends" in result.stdout
+    assert result.stderr.startswith(f"{config}: warning: backends[0].url: ends in /mcp")
+
+
+def test_the_readme_quick_start_config_passes_check(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Your own backends", 1)[1]
+    yaml_block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert len(yaml_block.splitlines()) <= 10
+    config = tmp_path / "mcplb.yaml"
+    config.write_text(yaml_block)
+    result = mcplb("check", "--config", str(config))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "ok (2 backends" in result.stdout
+
+
+def test_the_readme_strategy_plugin_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Writing a strategy", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "strategies.py").write_text(code)
+    config = tmp_path / "mcplb.yaml"
+    config.write_text(
+        "strategy: mypkg.strategies:FirstAvailable\n"
+        "backends:\n  - {name: a, url: 'http://127.0.0.1:9001'}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    result = subprocess.run(
+        [*MCPLB, "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "strategy mypkg.strategies:FirstAvailable" in result.stdout

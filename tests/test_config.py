@@ -231,7 +231,8 @@ def test_example_file_mentions_every_key() -> None:
         "max_connections", "max_streams", "ca", "verify", "max_in_flight", "max_queue",
         "queue_timeout", "retries", "attempts", "budget_percent", "on", "non_idempotent",
         "rate_limit", "rate", "burst", "key", "trusted_proxies", "listen_tls", "cert",
-        "watch_config",
+        "watch_config", "shutdown_delay", "discovery", "dns", "record", "port", "scheme",
+        "resolvers",
     ]  # fmt: skip
     for key in keys:
         assert f"{key}:" in text, key
@@ -353,8 +354,8 @@ def test_unknown_top_level_key_with_hint() -> None:
 def test_unknown_top_level_key_without_close_match() -> None:
     assert error(with_top("zzz: 1")) == (
         "zzz: unknown key (expected one of: listen, workers, strategy, strategy_options, "
-        "preserve_host, backends, sticky, timeouts, limits, health, admin, log, retries, "
-        "rate_limit, listen_tls, watch_config) (line 1)"
+        "preserve_host, allowed_hosts, backends, sticky, timeouts, limits, health, admin, log, "
+        "retries, rate_limit, listen_tls, watch_config, discovery) (line 1)"
     )
 
 
@@ -526,8 +527,6 @@ def test_strategy_valid(value: str) -> None:
     "value",
     [
         '""',
-        "RoundRobin",
-        "round-robin",
         "pkg.mod",
         "pkg:mod:Cls",
         "pkg.:Cls",
@@ -541,6 +540,22 @@ def test_strategy_invalid(value: str) -> None:
     assert error(with_top(f"strategy: {value}")) == (
         "strategy: must be a built-in strategy name ([a-z0-9_]+)"
         ' or "package.module:ClassName" (line 1)'
+    )
+
+
+BUILT_IN = "built-in: ip_hash, least_connections, least_sessions, power_of_two, random, round_robin"
+
+
+@pytest.mark.parametrize("value", ["RoundRobin", "round-robin", "Round_Robin"])
+def test_strategy_near_miss_names(value: str) -> None:
+    assert error(with_top(f"strategy: {value}")) == (
+        f"strategy: unknown strategy '{value}' (did you mean 'round_robin'? {BUILT_IN}) (line 1)"
+    )
+
+
+def test_strategy_name_without_a_near_miss_lists_the_names() -> None:
+    assert error(with_top("strategy: Fastest-One")) == (
+        f"strategy: unknown strategy 'Fastest-One' ({BUILT_IN}) (line 1)"
     )
 
 
@@ -708,8 +723,9 @@ def test_url_valid(url: str, expected: tuple[str, str, str, int, str]) -> None:
     [
         ("ftp://h", "scheme must be http or https"),
         ("ws://h", "scheme must be http or https"),
-        ("127.0.0.1:9001", "scheme must be http or https"),
-        ("localhost:9001", "scheme must be http or https"),
+        ("127.0.0.1:9001", 'needs a scheme: write "http://127.0.0.1:9001" (or https://)'),
+        ("localhost:9001", 'needs a scheme: write "http://localhost:9001" (or https://)'),
+        ("mcp-a:9001/api", 'needs a scheme: write "http://mcp-a:9001/api" (or https://)'),
         ("/mcp", "scheme must be http or https"),
         ("http://", "host is missing"),
         ("http:///mcp", "host is missing"),
@@ -2202,7 +2218,7 @@ def test_limits_concurrency_values() -> None:
         (
             "zzz: 5",
             "limits.zzz: unknown key (expected one of: max_header_bytes, max_body_bytes,"
-            " max_in_flight, max_streams, max_queue, queue_timeout) (line 5)",
+            " max_in_flight, max_streams, max_queue, queue_timeout, min_body_rate) (line 5)",
         ),
     ],
 )
@@ -2672,3 +2688,48 @@ def test_rate_limit_trusted_proxies() -> None:
     assert bad == [
         'rate_limit.trusted_proxies[1]: "10.0.0.300/8" is not a network in CIDR notation (line 6)'
     ]
+
+
+# --- warnings: valid settings that are probably mistakes ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "sent", "meant"),
+    [
+        ("http://127.0.0.1:9001/mcp", "http://127.0.0.1:9001/mcp/mcp", "http://127.0.0.1:9001"),
+        ("http://h:1/api/mcp/", "http://h:1/api/mcp/mcp", "http://h:1/api"),
+    ],
+)
+def test_backend_url_ending_in_mcp_is_a_warning(url: str, sent: str, meant: str) -> None:
+    config = parse(f"backends:\n  - name: a\n    url: {url}\n")
+    assert [str(w) for w in config.warnings] == [
+        f"backends[0].url: ends in /mcp, but a backend URL's path is put before every request "
+        f"path: a client's POST /mcp is sent to {sent}. Write {meant} to reach the server's "
+        "/mcp (line 3)"
+    ]
+    assert config.backends[0].path_prefix.endswith("/mcp")  # still accepted as written
+
+
+def test_warnings_ride_along_with_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("workers: 0\nbackends:\n  - {name: a, url: 'http://h:1/mcp'}\n", environ={})
+    assert [issue.path for issue in info.value.issues] == ["workers"]
+    assert [issue.path for issue in info.value.warnings] == ["backends[0].url"]
+    assert pickle.loads(pickle.dumps(info.value)).warnings == info.value.warnings
+
+
+def test_backend_urls_without_mcp_have_no_warning() -> None:
+    config = parse(
+        "backends:\n  - {name: a, url: 'http://h:1/mcpx'}\n  - {name: b, url: 'http://h:2'}\n"
+    )
+    assert config.warnings == ()
+
+
+def test_admin_protect_metrics_needs_the_token() -> None:
+    assert error(BACKEND + "admin:\n  protect_metrics: true\n") == (
+        "admin.protect_metrics: needs admin.token (line 5)"
+    )
+    token = "t" * 16
+    config = parse(BACKEND + f"admin:\n  token: {token}\n  protect_metrics: true\n")
+    assert (config.admin.token, config.admin.protect_metrics) == (token, True)
+    assert parse(BACKEND).admin.protect_metrics is False

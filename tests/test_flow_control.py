@@ -74,7 +74,7 @@ async def test_download_with_stalled_client(serve_app: AppFactory, tmp_path: Pat
         port, pid = await start(peers, tmp_path, backend_port)
         baseline = peak_rss(pid)
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
         # The client reads nothing more: the backend must be held back.
         stalled_at = await until_stalled(lambda: written)
@@ -110,7 +110,7 @@ async def test_upload_with_stalled_backend(serve_app: AppFactory, tmp_path: Path
 
         async def upload() -> None:
             nonlocal sent
-            writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % GIB)
+            writer.write(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % GIB)
             while sent < GIB:
                 writer.write(PIECE)
                 await writer.drain()

@@ -20,6 +20,7 @@ from mcplb.healthcheck.probes import http_probe, mcp_probe
 from mcplb.proxy.backends import Backend
 from mcplb.proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from tests.conftest import AppFactory, RawHandler, backend_config
+from tests.eventually import eventually
 from tests.peers import (
     LOOPBACK,
     McpBackend,
@@ -397,14 +398,11 @@ async def test_http_probe_head_path_prefix_and_host(
 # --- the monitor end to end -----------------------------------------------------------------
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> float:
-    """Poll ``predicate``; seconds until it held (fails after ``limit``)."""
+async def seconds_until(predicate: Callable[[], bool], within: float = 10.0) -> float:
+    """Seconds until ``predicate`` held (polled by ``eventually``)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    while not predicate():
-        if loop.time() - started > limit:
-            raise AssertionError(f"condition not met within {limit} s")
-        await asyncio.sleep(0.01)
+    await eventually(predicate, within=within)
     return loop.time() - started
 
 
@@ -422,18 +420,18 @@ async def test_monitor_end_to_end_kill_and_restart(
     monitor = HealthMonitor(HealthConfig(active=active), [a, b])
     await monitor.start()
     try:
-        await wait_until(lambda: all(s["state"] == "healthy" for s in monitor.status().values()))
+        await seconds_until(lambda: all(s["state"] == "healthy" for s in monitor.status().values()))
         assert a.available and b.available
 
         await victim.kill()
-        took = await wait_until(lambda: not a.available)
+        took = await seconds_until(lambda: not a.available)
         # fall probes (intervals have +10% jitter) after one probe in flight, plus a sweep.
         assert took <= active.interval * 1.1 * active.fall + active.timeout + active.interval
         assert monitor.down(a) and b.available and not monitor.down(b)
         assert monitor.status()["a"]["last_probe"] == "connect refused"
 
         victim = await peers.backend("e2e-victim", port=victim.port)
-        took = await wait_until(lambda: a.available)
+        took = await seconds_until(lambda: a.available)
         assert took <= active.interval * 1.1 * active.rise + active.timeout + active.interval
         assert not monitor.down(a) and b.available
     finally:
@@ -441,19 +439,27 @@ async def test_monitor_end_to_end_kill_and_restart(
     assert [task for task in asyncio.all_tasks() if task.get_name().startswith("health-")] == []
     messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "mcplb.health"]
     assert sorted(messages[:2]) == [
-        ("INFO", "backend a: unknown -> healthy (active mcp check: passed, last: MCP ping ok)"),
-        ("INFO", "backend b: unknown -> healthy (active mcp check: passed, last: MCP ping ok)"),
+        (
+            "INFO",
+            "backend a: unknown -> healthy (active mcp check: passed, last: MCP ping ok; "
+            f"probed http://127.0.0.1:{a.port}/mcp)",
+        ),
+        (
+            "INFO",
+            "backend b: unknown -> healthy (active mcp check: passed, last: MCP ping ok; "
+            f"probed http://127.0.0.1:{b.port}/mcp)",
+        ),
     ]
     assert messages[2:] == [
         (
             "WARNING",
-            "backend a: healthy -> unhealthy "
-            "(active mcp check: 2 consecutive failures, last: connect refused)",
+            "backend a: healthy -> unhealthy (active mcp check: 2 consecutive failures, "
+            f"last: connect refused; probed http://127.0.0.1:{a.port}/mcp)",
         ),
         (
             "INFO",
-            "backend a: unhealthy -> healthy "
-            "(active mcp check: 2 consecutive successes, last: MCP ping ok)",
+            "backend a: unhealthy -> healthy (active mcp check: 2 consecutive successes, "
+            f"last: MCP ping ok; probed http://127.0.0.1:{a.port}/mcp)",
         ),
     ]
     assert await live_sessions(http, survivor) == 0
@@ -470,7 +476,7 @@ async def test_monitor_ticker_readmits_ejected_backend() -> None:
         monitor.connect_failed(a, "connection refused")
         assert not a.available and monitor.down(a)
         # Readmitted by the 0.5 s ticker once the 0.1 s ejection is over.
-        assert await wait_until(lambda: a.available) <= 0.1 + 0.5 + 0.2
+        assert await seconds_until(lambda: a.available) <= 0.1 + 0.5 + 0.2
     finally:
         await monitor.stop()
 
@@ -484,7 +490,7 @@ async def test_monitor_stop_during_probes_leaves_no_session(
     active = ActiveHealthConfig(enabled=True, type="mcp", interval=0.05, timeout=1.0)
     monitor = HealthMonitor(HealthConfig(active=active), backends)
     await monitor.start()
-    await wait_until(lambda: all(s["last_probe_ok"] for s in monitor.status().values()))
+    await seconds_until(lambda: all(s["last_probe_ok"] for s in monitor.status().values()))
     await monitor.stop()
     await monitor.stop()  # idempotent
     assert await live_sessions(http, stateful) == 0
@@ -497,6 +503,6 @@ async def test_monitor_start_stop_restart(stateless: McpBackend) -> None:
     for _ in range(2):
         await monitor.start()
         await monitor.start()  # no second set of tasks
-        await wait_until(lambda: monitor.status()["b"]["last_probe"] == "HTTP 200")
+        await seconds_until(lambda: monitor.status()["b"]["last_probe"] == "HTTP 200")
         await monitor.stop()
     assert monitor.status()["b"]["state"] == "healthy"

@@ -14,6 +14,7 @@ from aiohttp import web
 from mcplb.proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from mcplb.proxy.server import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
+from tests.eventually import eventually
 from tests.peers import LOOPBACK, _logs, _ManagedProcess, free_port, wait_for_port
 
 INTERVAL = 0.2
@@ -60,14 +61,11 @@ class ToggleBackend:
 
 
 async def until(probe: Callable[[], bool], limit: float) -> float:
-    """Poll ``probe`` until true; return the seconds it took (fail past ``limit``)."""
+    """Seconds until ``probe`` held (polled by ``eventually``)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    while loop.time() - start < limit:
-        if probe():
-            return loop.time() - start
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not reached within {limit}s")
+    await eventually(probe, within=limit, every=0.02)
+    return loop.time() - start
 
 
 async def post(http: aiohttp.ClientSession, proxy: ProxyServer, session: str | None = None):  # type: ignore[no-untyped-def]

@@ -370,9 +370,12 @@ def test_monitor_passive_ejection_and_readmission(caplog: pytest.LogCaptureFixtu
         (
             logging.WARNING,
             "backend b0: healthy -> ejected (passive: 5 consecutive failures, last: "
-            "connection refused; ejected for 30s)",
+            "connection refused; ejected for 30s; backend http://127.0.0.1:9000)",
         ),
-        (logging.INFO, "backend b0: ejected -> healthy (ejection of 30s over)"),
+        (
+            logging.INFO,
+            "backend b0: ejected -> healthy (ejection of 30s over; backend http://127.0.0.1:9000)",
+        ),
     ]
 
 
@@ -393,7 +396,7 @@ def test_monitor_timeouts_and_5xx(caplog: pytest.LogCaptureFixture) -> None:
     off.timed_out(a)
     assert not a.available
     assert records(caplog)[-1][1].endswith(
-        "5 consecutive failures, last: timeout; ejected for 30s)"
+        "5 consecutive failures, last: timeout; ejected for 30s; backend http://127.0.0.1:9000)"
     )
 
     c, d = make_backends(1, 1)
@@ -409,7 +412,7 @@ def test_monitor_timeouts_and_5xx(caplog: pytest.LogCaptureFixture) -> None:
     assert records(caplog)[-1] == (
         logging.WARNING,
         "backend b0: healthy -> ejected (passive: 5 consecutive failures, last: timeout; "
-        "ejected for 30s)",
+        "ejected for 30s; backend http://127.0.0.1:9000)",
     )
 
 
@@ -446,13 +449,13 @@ def test_monitor_active_results(caplog: pytest.LogCaptureFixture) -> None:
     assert records(caplog) == [
         (
             logging.INFO,
-            "backend b0: unknown -> healthy "
-            "(active http check: 2 consecutive successes, last: HTTP 200)",
+            "backend b0: unknown -> healthy (active http check: 2 consecutive successes, "
+            "last: HTTP 200; probed http://127.0.0.1:9000/)",
         ),
         (
             logging.WARNING,
-            "backend b0: healthy -> unhealthy "
-            "(active http check: 2 consecutive failures, last: connect refused)",
+            "backend b0: healthy -> unhealthy (active http check: 2 consecutive failures, "
+            "last: connect refused; probed http://127.0.0.1:9000/)",
         ),
     ]
     status = monitor.status()
@@ -638,7 +641,8 @@ def test_passing_active_check_ends_a_passive_ejection(caplog: pytest.LogCaptureF
     monitor.record_probe(backend, True, "HTTP 200")
     assert backend.available  # long before the 30 s ejection would have ended
     assert records(caplog)[-1][1] == (
-        "backend b0: ejected -> healthy (active http check passed: HTTP 200)"
+        "backend b0: ejected -> healthy "
+        "(active http check passed: HTTP 200; probed http://127.0.0.1:9000/)"
     )
 
 
@@ -702,3 +706,78 @@ async def test_a_worker_that_does_not_probe_starts_no_probes() -> None:
         assert [t.get_name() for t in monitor._tasks] == ["health-ticker"]
     finally:
         await monitor.stop()
+
+
+def test_one_log_line_per_change_of_routing_state(caplog: pytest.LogCaptureFixture) -> None:
+    """Ejected, then failing probes too, then recovering: the log follows what routing sees,
+    each line starting where the one before ended, with the URL probed or used."""
+    caplog.set_level(logging.DEBUG, LOGGER)
+    clock = FakeClock()
+    backend, other = make_backends(1, 1)
+    cfg = health(
+        active=ActiveHealthConfig(enabled=True, type="mcp", rise=2, fall=2),
+        passive=PassiveHealthConfig(consecutive_failures=2),
+    )
+    monitor = HealthMonitor(cfg, [backend, other], clock=clock)
+    monitor.record_probe(backend, True, "MCP ping ok")  # first verdict
+    monitor.connect_failed(backend, "connect refused")
+    monitor.connect_failed(backend, "connect refused")  # ejected
+    monitor.record_probe(backend, False, "connect refused")
+    monitor.record_probe(backend, False, "connect refused")  # unhealthy, but still ejected
+    monitor.record_probe(backend, True, "MCP ping ok")
+    monitor.record_probe(backend, True, "MCP ping ok")  # healthy again: ejection ends too
+    assert backend.available
+    probed = "probed http://127.0.0.1:9000/mcp"
+    assert records(caplog) == [
+        (
+            logging.INFO,
+            "backend b0: unknown -> healthy "
+            f"(active mcp check: passed, last: MCP ping ok; {probed})",
+        ),
+        (
+            logging.WARNING,
+            "backend b0: healthy -> ejected (passive: 2 consecutive failures, last: connect "
+            "refused; ejected for 30s; backend http://127.0.0.1:9000)",
+        ),
+        (
+            logging.INFO,
+            f"backend b0: ejected -> healthy (active mcp check passed: MCP ping ok; {probed})",
+        ),
+    ]
+
+
+def test_ejection_over_while_probes_fail_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, LOGGER)
+    clock = FakeClock()
+    backend, other = make_backends(1, 1)
+    cfg = health(active=active(rise=1, fall=1), passive=PassiveHealthConfig(consecutive_failures=1))
+    monitor = HealthMonitor(cfg, [backend, other], clock=clock)
+    monitor.connect_failed(backend, "connect refused")
+    monitor.record_probe(backend, False, "connect refused")
+    clock.advance(30)
+    monitor.tick()  # the ejection is over; the probes still fail
+    assert not backend.available
+    lines = [message for _, message in records(caplog)]
+    assert [line.split(" (")[0] for line in lines] == [
+        "backend b0: unknown -> ejected",
+        "backend b0: ejected -> unhealthy",
+    ]
+    assert lines[1].endswith("(ejection of 30s over; backend http://127.0.0.1:9000)")
+
+
+def test_adopted_verdicts_are_debug_lines(caplog: pytest.LogCaptureFixture) -> None:
+    """With several workers the probing one logs a change; the others only echo it."""
+    caplog.set_level(logging.DEBUG, LOGGER)
+    backend, other = make_backends(1, 1)
+    monitor = HealthMonitor(
+        health(active=active()), [backend, other], clock=FakeClock(), probing=False
+    )
+    monitor.adopt({"b0": [False, 0, "connect refused"]})
+    assert not backend.available
+    assert records(caplog) == [
+        (
+            logging.DEBUG,
+            "backend b0: unknown -> unhealthy (active http check (probing worker): connect "
+            "refused; probed http://127.0.0.1:9000/)",
+        )
+    ]

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from mcplb.proxy.config import Config, ConfigError, ConfigIssue, parse_config
 from mcplb.proxy.server import ProxyServer
 from tests.conftest import ProxyFactory, RawHandler, backend_config
+from tests.eventually import eventually
 from tests.rawhttp import RawClient, request
 
 RawServe = Callable[[RawHandler], Awaitable[int]]
@@ -108,14 +109,6 @@ async def recording_proxy(
     recorder = Recorder()
     proxy = await start_proxy([backend_config("a", await serve_raw(recorder.handle))], **options)
     return proxy, recorder
-
-
-async def until(condition: Callable[[], bool], limit: float = 3.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def still_serves(proxy: ProxyServer, recorder: Recorder, path: bytes = b"/after") -> None:
@@ -555,7 +548,7 @@ async def test_client_that_never_reads_is_disconnected_after_idle_timeout(
             state = stalled.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
             return state != TCP_ESTABLISHED and not stalled.proxy.connections
 
-        await until(disconnected, 1.5)
+        await eventually(disconnected, within=1.5, what="disconnected")
     finally:
         stalled.sock.close()
 
@@ -769,7 +762,7 @@ async def test_fuzzed_input_never_hangs_or_breaks_the_proxy(
     statuses = well_formed_responses(received, data)
     event(f"statuses: {statuses[:3]}")
     await still_serves(proxy, recorder, b"/alive")
-    await until(lambda: not proxy.connections, 3.0)
+    await eventually(lambda: not proxy.connections, within=3.0, what="no connection left")
     assert proxy.runtime.backends.by_name["a"].in_flight == 0
 
 

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mcplb.proxy.config import BackendConfig, StickyConfig
 from mcplb.proxy.server import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
+from tests.eventually import eventually
 from tests.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, wait_for_port
 from tests.rawhttp import RawClient
 
@@ -117,15 +118,6 @@ async def serve(serve_app: AppFactory, gate: Gate, name: str, **limits: Any) -> 
     return dataclasses.replace(backend_config(name, port), **limits)
 
 
-async def until(condition: Callable[[], bool], limit: float = LIMIT) -> None:
-    """For proxy state no event announces: poll it, bounded."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
 async def no_leak(proxy: ProxyServer) -> None:
     """Every slot came back and nothing waits."""
     runtime = proxy.runtime
@@ -139,7 +131,7 @@ async def no_leak(proxy: ProxyServer) -> None:
             and not admission.queue
         )
 
-    await until(settled)
+    await eventually(settled, within=LIMIT)
 
 
 def queued(proxy: ProxyServer) -> int:
@@ -203,7 +195,7 @@ async def test_excess_requests_queue_and_proceed_in_arrival_order(
     await gate.arrived(2)
     for n in (2, 3, 4):  # one at a time, so that the queue order is known
         tasks.append(client.start(f"r{n}"))
-        await until(queue_holds(proxy, n - 1))
+        await eventually(queue_holds(proxy, n - 1), within=LIMIT)
     stats = proxy.runtime.stats
     assert stats.queued == 3 and queued(proxy) == 3
     assert proxy.runtime.backends.get("a").in_flight == 2  # type: ignore[union-attr]
@@ -236,7 +228,7 @@ async def test_a_backend_coming_back_takes_queued_requests(
     first = client.start("r0")
     await gate.arrived(1)
     waiting = client.start("r1")
-    await until(queue_holds(proxy, 1))
+    await eventually(queue_holds(proxy, 1), within=LIMIT)
     proxy.state.set_draining("b", False)
     await gate.arrived(2)  # well before queue_timeout (5 s), with r0 still parked at a
     assert gate.arrivals == [("a", "r0"), ("b", "r1")]
@@ -284,7 +276,7 @@ async def test_a_full_queue_refuses_at_once(
     tasks = [client.start("r0")]
     await gate.arrived(1)
     tasks.append(client.start("r1"))
-    await until(lambda: queued(proxy) == 1)
+    await eventually(lambda: queued(proxy) == 1, within=LIMIT)
     began = time.monotonic()
     status, headers, body = await asyncio.wait_for(client.call("r2"), LIMIT)
     assert time.monotonic() - began < 1.0  # not after the 5 s queue timeout
@@ -329,7 +321,7 @@ async def test_full_backends_are_skipped_before_anyone_queues(
     await gate.arrived(2)
     assert {name for name, _ in gate.arrivals} == {"a", "b"}
     tasks.append(client.start("r2"))
-    await until(lambda: queued(proxy) == 1)
+    await eventually(lambda: queued(proxy) == 1, within=LIMIT)
     holder = gate.arrivals[0][0]
     gate.release("r0")
     await gate.arrived(3)
@@ -355,7 +347,7 @@ async def test_max_in_flight_spans_backends(
     assert {name for name, _ in gate.arrivals} == {"a", "b"}  # round robin spread them
     for n in (2, 3, 4):
         tasks.append(client.start(f"r{n}"))
-        await until(queue_holds(proxy, n - 1))
+        await eventually(queue_holds(proxy, n - 1), within=LIMIT)
     assert len(gate.arrivals) == 2 and gate.peak == 2
     gate.release("r1")
     await gate.arrived(3)
@@ -382,7 +374,7 @@ async def test_session_request_waits_for_its_own_backend(
     busy = client.start("s1", session=session)
     await gate.arrived(1)
     waiting = client.start("s2", session=session)
-    await until(lambda: queued(proxy) == 1)
+    await eventually(lambda: queued(proxy) == 1, within=LIMIT)
     # The other backend is free: requests without a session still pass...
     free = client.start("free")
     await gate.arrived(2)
@@ -420,7 +412,7 @@ async def test_worker_slot_freed_elsewhere_admits_a_session_request(
     first = client.start("on-a", session="a")
     await gate.arrived(1)
     second = client.start("on-b", session="b")
-    await until(lambda: queued(proxy) == 1)
+    await eventually(lambda: queued(proxy) == 1, within=LIMIT)
     gate.release("on-a", "on-b")
     results = await asyncio.wait_for(asyncio.gather(first, second), LIMIT)
     assert [(s, b) for s, _, b in results] == [
@@ -472,7 +464,7 @@ async def test_streams_have_their_own_cap_and_never_queue(
     assert (backend.in_flight, backend.streams) == (2, 2)
     # A client closing its stream frees its stream slot.
     streams[0].close()
-    await until(lambda: backend.streams == 1)
+    await eventually(lambda: backend.streams == 1, within=LIMIT)
     replacement = await open_stream(http, proxy, "s3")
     assert replacement.status == 200
     for stream in (streams[1], replacement):
@@ -541,7 +533,7 @@ async def test_a_response_turning_into_a_stream_frees_its_request_slot(
     streaming = asyncio.create_task(post())
     await gate.arrived(1)
     waiting = client.start("r1")
-    await until(lambda: queued(proxy) == 1)
+    await eventually(lambda: queued(proxy) == 1, within=LIMIT)
     gate.release("p0")  # the backend answers p0 with text/event-stream
     stream = await asyncio.wait_for(streaming, LIMIT)
     assert stream.headers["Content-Type"] == "text/event-stream"
@@ -571,11 +563,11 @@ async def test_a_client_leaving_the_queue_leaves_no_trace(
     await gate.arrived(1)
     leaver = await RawClient.connect(proxy.port)
     await leaver.send(
-        b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Label: gone\r\nContent-Length: 2\r\n\r\n{}"
+        b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nX-Label: gone\r\nContent-Length: 2\r\n\r\n{}"
     )
-    await until(lambda: queued(proxy) == 1)
+    await eventually(lambda: queued(proxy) == 1, within=LIMIT)
     await leaver.close()
-    await until(lambda: queued(proxy) == 0)
+    await eventually(lambda: queued(proxy) == 0, within=LIMIT)
     stats = proxy.runtime.stats
     assert stats.queued == 1 and sum(stats.queue_wait.counts) == 1 and not stats.rejected
     gate.release("r0")
@@ -597,16 +589,16 @@ async def test_keep_alive_connection_is_served_after_its_queue_timeout(
         [await serve(serve_app, gate, "a", max_connections=1)], limits={"queue_timeout": 0.2}
     )
     holder = await RawClient.connect(proxy.port)
-    await holder.send(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Label: r0\r\n\r\n")
+    await holder.send(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Label: r0\r\n\r\n")
     await gate.arrived(1)
     conn = await RawClient.connect(proxy.port)
-    await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Label: r1\r\n\r\n")
+    await conn.send(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Label: r1\r\n\r\n")
     refused = await conn.response()
     assert refused.status == 503 and json.loads(refused.body)["error"] == "overloaded"
     assert refused.header("connection") != "close"
     gate.release("r0", "r2")
     assert (await holder.response()).status == 200
-    await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Label: r2\r\n\r\n")
+    await conn.send(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Label: r2\r\n\r\n")
     answered = await conn.response()
     assert answered.status == 200 and json.loads(answered.body)["label"] == "r2"
     await holder.close()

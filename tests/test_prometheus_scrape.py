@@ -12,7 +12,6 @@ every wait is bounded, and every process is stopped on teardown.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AppFactory
+from tests.eventually import eventually
 from tests.peers import Peers, ProxyProcess, free_port, wait_for_port
 from tests.prometheus_server import (
     ALERTS,
@@ -87,24 +87,20 @@ async def prometheus(mcplb: tuple[ProxyProcess, int]) -> AsyncIterator[Prometheu
     await server.stop()
 
 
-async def eventually(
+async def scraped(
     what: str,
     probe: Callable[[], Awaitable[Any]],
     done: Callable[[Any], bool],
     *,
-    timeout: float = SCRAPE_WAIT,
     diagnostics: Callable[[], str] = lambda: "",
 ) -> Any:
-    """Call ``probe`` until ``done(result)``; AssertionError with the last result after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """The first answer of ``probe`` (a Prometheus API call) that ``done`` accepts."""
+
+    async def accepted() -> Any:
         result = await probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {result!r} after {timeout:.0f} s\n{diagnostics()}")
-        await asyncio.sleep(0.5)
+        return result if done(result) else None
+
+    return await eventually(accepted, within=SCRAPE_WAIT, every=0.5, what=what, detail=diagnostics)
 
 
 def scalar(result: list[dict[str, Any]]) -> float | None:
@@ -126,7 +122,7 @@ async def test_prometheus_scrapes_mcplb(
         )
 
     # The target is scraped successfully.
-    targets = await eventually(
+    targets = await scraped(
         "the mcplb scrape target's health",
         lambda: prometheus.api("targets", state="active"),
         lambda data: [t["health"] for t in data["activeTargets"]] == ["up"],
@@ -145,7 +141,7 @@ async def test_prometheus_scrapes_mcplb(
 
     # ...are counted, and Prometheus reads exactly that many.
     query = f'sum(mcplb_requests_total{{backend="{BACKEND}"}})'
-    await eventually(
+    await scraped(
         query,
         lambda: prometheus.query(query),
         lambda result: scalar(result) == REQUESTS,
@@ -174,7 +170,7 @@ async def test_exposed_names_are_in_the_contract(
 ) -> None:
     """Every mcplb_ series Prometheus ingests is documented, with documented labels only."""
     contract = load_contract()
-    names = await eventually(
+    names = await scraped(
         "mcplb_ metric names in Prometheus",
         lambda: prometheus.api("label/__name__/values", **{"match[]": f'{{job="{JOB}"}}'}),
         lambda found: any(name.startswith("mcplb_") for name in found),
@@ -202,7 +198,7 @@ async def test_alert_rules_and_dashboard_queries_run_on_real_series(
         for _ in range(3):
             async with http.get(f"{proxy.url}/") as response:
                 assert response.status == 200
-    await eventually(
+    await scraped(
         "requests in Prometheus",
         lambda: prometheus.query("sum(mcplb_requests_total)"),
         lambda result: scalar(result) == 3,
@@ -217,7 +213,7 @@ async def test_alert_rules_and_dashboard_queries_run_on_real_series(
             for rule in group["rules"]
         }
 
-    health = await eventually(
+    health = await scraped(
         "alert rule evaluations",
         lambda: prometheus.api("rules"),
         lambda data: "unknown" not in rule_health(data).values() and rule_health(data) != {},
@@ -227,7 +223,7 @@ async def test_alert_rules_and_dashboard_queries_run_on_real_series(
     # Nothing is wrong, so nothing is firing or pending (once the rules were evaluated on
     # scraped data: before the first scrape MCPLBMetricsAbsent is rightly pending), and it
     # stays that way over a few more evaluations.
-    await eventually(
+    await scraped(
         "alerts",
         lambda: prometheus.api("alerts"),
         lambda data: data["alerts"] == [],

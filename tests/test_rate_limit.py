@@ -490,7 +490,7 @@ async def backend_port(serve_app: AppFactory) -> int:
 
 async def get(port: int, headers: dict[str, str] | None = None) -> Response:
     lines = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    return await request(port, f"GET /x HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+    return await request(port, f"GET /x HTTP/1.1\r\nHost: localhost\r\n{lines}\r\n".encode())
 
 
 def error_code(resp: Response) -> object:

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from mcplb.proxy.outage_share import OutageShare
 from mcplb.proxy.redis_store import RedisSessionStore
 from tests.conftest import FakeClock
+from tests.eventually import eventually
 from tests.redis_server import (
     RedisServer,
     RedisServerMissing,
@@ -60,13 +61,6 @@ async def timed(call: Awaitable[T]) -> tuple[T, float]:
     start = time.monotonic()
     result = await call
     return result, time.monotonic() - start
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 3.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def warnings_from(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -148,7 +142,7 @@ async def test_forget_and_rebind_reach_cached_replicas(
     async def two_sees_changes() -> bool:
         return await two.get("gone") is None and await two.get("moved") == "beta"
 
-    await eventually(two_sees_changes)
+    await eventually(two_sees_changes, within=3.0, what="two_sees_changes")
 
 
 async def test_ttl_refreshed_on_use(
@@ -243,7 +237,7 @@ async def test_redis_killed_then_restarted(
     async def written_back() -> bool:
         return await raw.get(PREFIX + f"during-{calls}") == "beta"
 
-    await eventually(written_back, within=BACKOFF_WAIT)
+    await eventually(written_back, what="written_back", within=BACKOFF_WAIT)
     assert one.healthy
     assert await raw.exists(PREFIX + "during-1") == 0  # bound and forgotten during it
     assert await two.get(f"during-{calls}") == "beta"  # the other replica sees it
@@ -260,7 +254,7 @@ async def test_redis_killed_then_restarted(
     async def rewritten() -> bool:
         return await raw.get(PREFIX + "before") == "alpha"
 
-    await eventually(rewritten)
+    await eventually(rewritten, within=3.0, what="rewritten")
     assert one.errors - errors_at_restart <= 2  # at most a probe that raced the restart
 
 
@@ -293,7 +287,7 @@ async def test_paused_redis_then_write_back(
     async def written_back() -> bool:
         return await raw.get(PREFIX + "moved") == "beta"
 
-    await eventually(written_back, within=BACKOFF_WAIT)
+    await eventually(written_back, what="written_back", within=BACKOFF_WAIT)
     assert await raw.get(PREFIX + "doomed") == ""
     # ...and the other replica's cache follows on its next refresh.
     clock.advance(7)
@@ -302,7 +296,7 @@ async def test_paused_redis_then_write_back(
     async def two_forgot() -> bool:
         return await two.get("doomed") is None
 
-    await eventually(two_forgot)
+    await eventually(two_forgot, within=3.0, what="two_forgot")
     assert await two.get("moved") == "beta"
 
 
@@ -397,7 +391,7 @@ async def test_failure_logs_are_rate_limited_with_a_count(
         async def reported_again() -> bool:
             return len(warnings_from(caplog)) >= 2
 
-        await eventually(reported_again, within=2.0)
+        await eventually(reported_again, what="reported_again", within=2.0)
         second = warnings_from(caplog)[1].getMessage()
         assert "4 more since the last report" in second, second
     finally:

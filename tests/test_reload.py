@@ -27,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AppFactory
+from tests.eventually import eventually
 from tests.peers import (
     McpBackend,
     Peers,
@@ -234,15 +235,6 @@ def port_open(port: int) -> bool:
         return False
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until it holds, for at most ``WAIT`` seconds."""
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT:.0f} s: {what}")
-        await asyncio.sleep(0.05)
-
-
 class Lb:
     """A running ``mcplb run``: its config file, its admin API and its listener."""
 
@@ -275,7 +267,9 @@ class Lb:
             return resp.status, await resp.json()
 
     async def status(self) -> Any:
-        async with self.http.get(f"{self.admin}/status") as resp:
+        # The token is needed where one is set, and ignored where none is.
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with self.http.get(f"{self.admin}/status", headers=headers) as resp:
             assert resp.status == 200, await resp.text()
             return await resp.json()
 
@@ -301,7 +295,9 @@ class Lb:
                 for worker in wanted
             )
 
-        await eventually(reached, f"every worker at config generation {generation}")
+        await eventually(
+            reached, within=WAIT, what=f"every worker at config generation {generation}"
+        )
         assert (await self.status())["config"]["worker_generations"] == wanted
 
     async def get(self, path: str = "/") -> str:
@@ -399,7 +395,7 @@ async def test_removed_backend_drains_then_is_cut(
     async def streaming() -> bool:
         return len(events) >= 3
 
-    await eventually(streaming, "events flowing through the proxy")
+    await eventually(streaming, within=WAIT, every=0.05, what="events flowing through the proxy")
 
     lb.rewrite(config_text(port, [(a, 1)]))
     reload_sent = time.monotonic()
@@ -425,7 +421,7 @@ async def test_removed_backend_drains_then_is_cut(
     async def flowed_on() -> bool:
         return len(events) >= at_reload + 5
 
-    await eventually(flowed_on, "events after the reload")
+    await eventually(flowed_on, within=WAIT, every=0.05, what="events after the reload")
     # ...until the drain deadline (GRACE after the reload) cuts it, and the request still
     # held on b (nothing answered yet) gets a 502 then.
     ended, clean = await asyncio.wait_for(stream, WAIT)
@@ -473,7 +469,7 @@ async def test_strategy_change_is_applied(
         async def landed() -> bool:
             return a.seen(key) or b.seen(key)
 
-        await eventually(landed, "the held request at a backend")
+        await eventually(landed, within=WAIT, every=0.05, what="the held request at a backend")
         name = "a" if a.seen(key) else "b"
         names = [await lb.get() for _ in range(6)]
         by_name[name].release(key)
@@ -636,14 +632,18 @@ async def test_health_state_is_kept_across_a_reload(
     async def probed_ok() -> bool:
         return await lb.metric("mcplb_health_checks_total", backend="doomed", result="success") > 0
 
-    await eventually(probed_ok, "a passing probe of the doomed backend")
+    await eventually(
+        probed_ok, within=WAIT, every=0.05, what="a passing probe of the doomed backend"
+    )
     await doomed.kill()
 
     async def marked_down() -> bool:
         states = {row["name"]: row["state"] for row in (await lb.status())["backends"]}
         return bool(states["doomed"] == "unhealthy")
 
-    await eventually(marked_down, "the killed backend marked unhealthy")
+    await eventually(
+        marked_down, within=WAIT, every=0.05, what="the killed backend marked unhealthy"
+    )
     came_back = await lb.metric("mcplb_backend_transitions_total", backend="doomed", to="healthy")
 
     # Something else changes: alive's weight and the retries.
@@ -877,7 +877,7 @@ async def test_reloads_under_steady_load_lose_no_request(
         async def reached() -> bool:
             return sent >= count
 
-        await eventually(reached, f"{count} requests sent")
+        await eventually(reached, within=WAIT, every=0.05, what=f"{count} requests sent")
 
     async def reloads() -> int:
         removed_at = 0

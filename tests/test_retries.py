@@ -40,11 +40,14 @@ REPLAY_LIMIT = 64 * 1024
 
 
 def get(path: str = "/") -> bytes:
-    return b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode()
+    return b"GET %b HTTP/1.1\r\nHost: localhost\r\n\r\n" % path.encode()
 
 
 def post(body: bytes, path: str = "/", extra: bytes = b"") -> bytes:
-    head = b"POST %b HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (path.encode(), len(body))
+    head = b"POST %b HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n" % (
+        path.encode(),
+        len(body),
+    )
     return head + extra + b"\r\n" + body
 
 
@@ -394,7 +397,7 @@ async def test_chunked_post_is_replayed_with_its_framing(
         start_proxy, serve_app, RetriesConfig(on=WITH_STATUSES, non_idempotent=True)
     )
     client = await RawClient.connect(proxy.port)
-    await client.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await client.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
     await client.send(b"5\r\nhello\r\n")
     await client.send(b"6\r\n world\r\n0\r\n\r\n")
     resp = await client.response()
@@ -492,7 +495,7 @@ async def test_session_bound_503_is_not_moved(
     ping = b'{"jsonrpc": "2.0", "id": 2, "method": "ping"}'
     for raw in (
         post(ping, "/mcp", with_session),
-        b"GET /mcp HTTP/1.1\r\nHost: x\r\n" + with_session + b"\r\n",
+        b"GET /mcp HTTP/1.1\r\nHost: localhost\r\n" + with_session + b"\r\n",
     ):
         resp = await request(proxy.port, raw)
         assert (resp.status, resp.body) == (503, b"a busy")
@@ -533,7 +536,7 @@ async def test_session_bound_reset_is_not_moved(
     resp = await request(proxy.port, post(json.dumps(INITIALIZE).encode(), "/mcp"))
     assert resp.header("mcp-session-id") == "a-session"
     resp = await request(
-        proxy.port, b"GET /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: a-session\r\n\r\n"
+        proxy.port, b"GET /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: a-session\r\n\r\n"
     )
     assert bad_gateway(resp)
     assert len(heads) == 2  # the fresh connection was not retried either

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mcplb.proxy.sessions import MemorySessionStore, SessionStore
@@ -220,3 +222,21 @@ async def test_close_is_harmless(clock: FakeClock, expired: Expired) -> None:
     await store.bind("s1", "alpha")
     await store.close()
     assert expired.calls == []
+
+
+async def test_expire_costs_the_expired_bindings_not_the_table(
+    clock: FakeClock, expired: Expired
+) -> None:
+    # It ran every 10 s over a copy of the whole table: 0.3-0.9 s per million bindings,
+    # with the event loop held.
+    store = make_store(clock, expired, ttl=10, max_sessions=300_000)
+    await store.bind("old", "alpha")
+    clock.advance(5)
+    for i in range(200_000):
+        await store.bind(f"s{i}", "beta")
+    clock.advance(5)
+    started = time.perf_counter()
+    assert store.expire() == 1
+    assert time.perf_counter() - started < 0.02
+    assert expired.calls == [("old", "alpha")]
+    assert len(store) == 200_000

@@ -31,6 +31,7 @@ from mcplb.proxy.config import (
 )
 from mcplb.proxy.tls import TlsError, backend_context, reload_server_context, server_context
 from tests.conftest import ProxyFactory, backend_config
+from tests.eventually import eventually
 from tests.peers import McpBackend, result_text, start_mcp_backend_sync
 
 LOOPBACK = "127.0.0.1"
@@ -475,7 +476,7 @@ async def test_plain_http_to_the_tls_port_is_closed_cleanly(
     async with asyncio.timeout(STEP):  # no hang: the proxy closes the connection
         reader, writer = await asyncio.open_connection(LOOPBACK, proxy.port)
         try:
-            writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
             try:
                 answer = await reader.read()  # until EOF
             except ConnectionResetError:
@@ -567,13 +568,6 @@ async def test_probes_use_the_backend_tls_settings(
                 assert detail.startswith("TLS error") and "certificate verify failed" in detail
 
 
-async def wait_until(condition: Callable[[], bool], limit: float = STEP) -> None:
-    """Poll ``condition`` every 10 ms; TimeoutError after ``limit`` seconds."""
-    async with asyncio.timeout(limit):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("initial", ["unhealthy", "healthy"])
 async def test_monitor_https_backend_health_follows_verification(
     serve_app_tls: ServeApp, pki: Pki, other_pki: Pki, initial: HealthInitial
@@ -588,11 +582,12 @@ async def test_monitor_https_backend_health_follows_verification(
     await monitor.start()
     try:
         # Both start "unknown" (treated as ``initial``) until their first verdict.
-        await wait_until(
+        await eventually(
             lambda: (
                 [monitor.status()[name]["state"] for name in ("good", "bad")]
                 == ["healthy", "unhealthy"]
-            )
+            ),
+            within=STEP,
         )
         assert good.available and not bad.available
         status = monitor.status()

@@ -40,7 +40,7 @@ STATUS: dict[str, Any] = {
     "version": "0.1.0",
     "uptime_seconds": 3725.4,
     "workers": 2,
-    "config": {"path": "/etc/mcplb.yaml", "sha256": "3f2a9c1d0b7e55aa66bb77cc88dd99ee"},
+    "config": {"path": "/etc/mcplb.yaml", "hmac_sha256": "3f2a9c1d0b7e55aa66bb77cc88dd99ee"},
     "strategy": "round_robin",
     "backends": [
         {
@@ -50,7 +50,7 @@ STATUS: dict[str, Any] = {
             "available": True,
             "draining": False,
             "weight": 1,
-            "effective_weight": 100,
+            "ramped_weight": 1,
             "in_flight": 3,
             "streams": 1,
             "sessions": 7,
@@ -64,7 +64,7 @@ STATUS: dict[str, Any] = {
             "available": False,
             "draining": False,
             "weight": 2,
-            "effective_weight": 200,
+            "ramped_weight": 2,
             "in_flight": 0,
             "streams": 0,
             "sessions": 0,
@@ -78,7 +78,7 @@ STATUS: dict[str, Any] = {
             "available": False,
             "draining": True,
             "weight": 1,
-            "effective_weight": 40,
+            "ramped_weight": 0.4,
             "in_flight": 0,
             "streams": 0,
             "sessions": 2,
@@ -184,12 +184,9 @@ def table(frame: str) -> dict[str, list[str]]:
     return {cells[0]: cells for cells in (line.split() for line in lines[start + 1 :]) if cells}
 
 
-COL = {
-    cell: i
-    for i, cell in enumerate(
-        ("name", "state", "avail", "weight", "rps", "eps", "inflight", "streams", "sessions", "p99")
-    )
-}
+CELLS = ("name", "state", "avail", "weight", "ramped", "rps", "eps", "inflight")
+CELLS += ("streams", "sessions", "p99")
+COL = {cell: i for i, cell in enumerate(CELLS)}
 
 
 # --- (a) the pure parts --------------------------------------------------------------------
@@ -207,15 +204,16 @@ def test_render_rates_errors_and_p99() -> None:
     assert a[COL["p99"]] == "214.0ms"
     assert a[COL["state"]] == "healthy"
     assert a[COL["avail"]] == "yes"
-    assert a[COL["weight"]] == "100"
+    assert (a[COL["weight"]], a[COL["ramped"]]) == ("1", "1")
     assert (a[COL["inflight"]], a[COL["streams"]], a[COL["sessions"]]) == ("3", "1", "7")
     # mcp-b had no traffic between the scrapes: zero rates, no latency.
     assert b[COL["rps"]] == "0.00"
     assert b[COL["eps"]] == "0.00"
     assert b[COL["p99"]] == "-"
-    assert (b[COL["state"]], b[COL["avail"]], b[COL["weight"]]) == ("unhealthy", "no", "200")
+    assert (b[COL["state"]], b[COL["avail"]], b[COL["weight"]]) == ("unhealthy", "no", "2")
     # mcp-c has no series at all yet.
-    assert (c[COL["state"]], c[COL["avail"]], c[COL["weight"]]) == ("draining", "draining", "40")
+    assert (c[COL["state"]], c[COL["avail"]], c[COL["weight"]]) == ("draining", "draining", "1")
+    assert c[COL["ramped"]] == "0.4"  # slow start: the configured weight stays under WEIGHT
     assert (c[COL["rps"]], c[COL["p99"]], c[COL["sessions"]]) == ("0.00", "-", "2")
 
 
@@ -369,6 +367,33 @@ async def test_once_reports_an_http_error(serve_app: AppFactory) -> None:
     code = await asyncio.to_thread(run_once, f"http://127.0.0.1:{port}", 0.1, out, err)
     assert code == 1
     assert "/metrics: HTTP 404" in err.getvalue()
+
+
+async def test_once_sends_the_admin_token_from_the_environment(
+    serve_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, _ = fake_admin()
+    token = "top-token-" + "t" * 16
+
+    @web.middleware
+    async def bearer(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(bearer)
+    url = f"http://127.0.0.1:{await serve_app(app)}"
+    monkeypatch.delenv("MCPLB_ADMIN_TOKEN", raising=False)
+    out, err = StringIO(), StringIO()
+    assert await asyncio.to_thread(run_once, url, 0.1, out, err) == 1
+    assert "/metrics: HTTP 401 Unauthorized (set MCPLB_ADMIN_TOKEN to the admin.token)" in (
+        err.getvalue()
+    )
+    monkeypatch.setenv("MCPLB_ADMIN_TOKEN", token)
+    out, err = StringIO(), StringIO()
+    assert await asyncio.to_thread(run_once, url, 0.1, out, err) == 0, err.getvalue()
+    assert "mcp-a" in table(out.getvalue())
 
 
 def test_a_bad_interval_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

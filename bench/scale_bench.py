@@ -1,0 +1,371 @@
+"""Cost as the work grows: backends, sessions, event streams, health probes.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/scale_bench.py backends [--requests 10000] [--rounds 3]
+    .venv/bin/python bench/scale_bench.py sessions [--sessions 1000000]
+    .venv/bin/python bench/scale_bench.py streams [--streams 10000] [--events 10]
+    .venv/bin/python bench/scale_bench.py health [--requests 10000] [--rounds 3]
+
+- ``backends``: mcplb's CPU time per request (as bench/cpu_gate.py measures it: a
+  closed-loop run, the proxy's CPU clock before and after) with 2, 100 and 1,000 backends,
+  for every built-in strategy. The three proxies of a strategy run side by side and the
+  rounds alternate between them; every backend entry points at the same minimal backend.
+- ``sessions``: a million bindings in the memory session store (in this process): the
+  resident memory they add, the time of an expiry sweep with nothing due, and the cost of
+  a lookup at that size.
+- ``streams``: event streams held open through one mcplb worker, from this process, to
+  the event backend of bench/minimal.py (one event per stream per second, stamped with
+  the time it was sent). It reports mcplb's resident memory before and with the streams
+  open, and each event's delay, through mcplb and, in the same run, straight from the
+  backend; the difference of the p99s is what mcplb adds.
+- ``health``: 1,000 backends, active HTTP probes every 2 s on each (500 probes a second)
+  or none: CPU per request and requests per second of the two, alternated.
+
+The proxies run on one CPU, the backends and this process on the other(s)
+(``pin_proxies``). The machine is shared: compare figures within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.common import NotReady, pin_proxies, table, tail, vm_rss_kib, wait_http  # noqa: E402
+from bench.cpu_gate import alternate, cpu_per_request, start_mcplb  # noqa: E402
+from bench.http_bench import free_ports, mcplb_python, spawn, stop_process  # noqa: E402
+
+STRATEGIES = (
+    "round_robin",
+    "least_connections",
+    "power_of_two",
+    "random",
+    "least_sessions",
+    "ip_hash",
+)
+SIZES = (2, 100, 1000)
+MINIMAL = str(REPO_ROOT / "bench" / "minimal.py")
+START_TIMEOUT = 60.0
+CONNECTIONS = 20
+
+
+def config(tmp: Path, name: str, port: int, backend: int, count: int, extra: str = "") -> Path:
+    path = tmp / f"{name}.yaml"
+    entries = "".join(
+        f"  - {{name: b{i}, url: 'http://127.0.0.1:{backend}'}}\n" for i in range(count)
+    )
+    path.write_text(
+        f"listen: 127.0.0.1:{port}\nworkers: 1\nadmin: {{listen: '127.0.0.1:0'}}\n"
+        f"{extra}backends:\n{entries}"
+    )
+    return path
+
+
+class Servers:
+    """The processes of one benchmark: stopped (and this process unpinned) at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.affinity = os.sched_getaffinity(0)
+
+    def minimal(self, mode: str, port: int, *args: str) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{mode}-{port}.log"
+        proc = spawn([mcplb_python(), MINIMAL, mode, str(port), *args], log, self.procs)
+        if mode != "sse":
+            wait_http(proc, port, "/", START_TIMEOUT, log)
+        return proc
+
+    def mcplb(self, name: str, port: int, conf: Path) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{name}.log"
+        proc = start_mcplb(conf, log, self.procs)
+        wait_http(proc, port, "/", START_TIMEOUT, log)
+        return proc
+
+    def close(self) -> None:
+        os.sched_setaffinity(0, self.affinity)
+        for proc in self.procs:
+            stop_process(proc)
+
+
+async def bench_backends(args: argparse.Namespace, tmp: Path) -> str:
+    servers = Servers(tmp)
+    rows = []
+    try:
+        (backend,) = free_ports(1)
+        backend_pid = servers.minimal("backend", backend).pid
+        for strategy in args.strategies.split(","):
+            targets = {}
+            ports = free_ports(len(SIZES))
+            for size, port in zip(SIZES, ports, strict=True):
+                name = f"{strategy}-{size}"
+                conf = config(tmp, name, port, backend, size, f"strategy: {strategy}\n")
+                targets[name] = (servers.mcplb(name, port, conf).pid, port)
+            pin_proxies([pid for pid, _ in targets.values()], [backend_pid])
+            found = await alternate(targets, args.rounds, args.requests, CONNECTIONS)
+            for name in list(targets):
+                stop_process(next(p for p in servers.procs if p.pid == targets[name][0]))
+            us = [statistics.median(found[f"{strategy}-{size}"]) for size in SIZES]
+            rows.append([strategy, *(f"{u:.1f}" for u in us), f"{us[-1] / us[0]:.2f}x"])
+            print(f"{strategy}: {rows[-1][1:]}", file=sys.stderr, flush=True)
+    finally:
+        servers.close()
+    head = ["strategy", *(f"{n} backends µs" for n in SIZES), "1000/2"]
+    return (
+        f"CPU µs per request (median of {args.rounds} rounds of {args.requests} requests)\n"
+        + table(head, rows)
+    )
+
+
+async def bench_health(args: argparse.Namespace, tmp: Path) -> str:
+    servers = Servers(tmp)
+    try:
+        backend, off, on = free_ports(3)
+        backend_pid = servers.minimal("backend", backend).pid
+        probes = "health: {active: {interval: 2s, timeout: 1s}}\n"
+        targets = {
+            "no probes": (
+                servers.mcplb("off", off, config(tmp, "off", off, backend, 1000)).pid,
+                off,
+            ),
+            "probes": (
+                servers.mcplb("on", on, config(tmp, "on", on, backend, 1000, probes)).pid,
+                on,
+            ),
+        }
+        pin_proxies([pid for pid, _ in targets.values()], [backend_pid])
+        await asyncio.sleep(5)  # a first probe of every backend, then the steady pace
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        found: dict[str, list[float]] = {name: [] for name in targets}
+        for n in range(args.rounds):
+            for name in list(targets) if n % 2 == 0 else list(targets)[::-1]:
+                pid, port = targets[name]
+                started = time.monotonic()
+                found[name].append(
+                    1e6 * await cpu_per_request(pid, port, args.requests, CONNECTIONS)
+                )
+                rates[name].append(args.requests / (time.monotonic() - started))
+    finally:
+        servers.close()
+    rows = [
+        [name, f"{statistics.median(found[name]):.1f}", f"{statistics.median(rates[name]):,.0f}"]
+        for name in targets
+    ]
+    return "1,000 backends, active HTTP probes every 2 s each\n" + table(
+        ["", "CPU µs per request", "req/s"], rows
+    )
+
+
+def bench_sessions(args: argparse.Namespace) -> str:
+    from mcplb.proxy.sessions import MemorySessionStore
+
+    count = args.sessions
+    names = [f"backend-{i}" for i in range(10)]
+    store = MemorySessionStore(3600, 2 * count)
+
+    known: list[str] = []
+
+    async def fill() -> None:
+        for i in range(count):  # as the relay binds them: the id string is the store's
+            session_id = uuid.uuid4().hex
+            await store.bind(session_id, names[i % 10])
+            if i % (count // 1000 or 1) == 0:
+                known.append(session_id)
+
+    gc.collect()
+    before = vm_rss_kib(os.getpid()) or 0
+    started = time.perf_counter()
+    asyncio.run(fill())
+    fill_s = time.perf_counter() - started
+    gc.collect()
+    grown = ((vm_rss_kib(os.getpid()) or 0) - before) / 1024
+    started = time.perf_counter()
+    dropped = store.expire()
+    sweep_ms = (time.perf_counter() - started) * 1e3
+    some = known[:1000] * 100  # ids spread over the table
+
+    async def lookups() -> None:
+        for session_id in some:
+            await store.get(session_id)
+
+    started = time.perf_counter()
+    asyncio.run(lookups())
+    get_ns = (time.perf_counter() - started) / len(some) * 1e9
+    rows = [
+        ["resident memory added", f"{grown:.0f} MiB"],
+        ["binding time", f"{fill_s:.1f} s"],
+        ["expiry sweep, nothing due", f"{sweep_ms:.2f} ms ({dropped} dropped)"],
+        ["lookup (get)", f"{get_ns:.0f} ns"],
+    ]
+    return f"{count:,} sessions in the memory store\n" + table(["", "value"], rows)
+
+
+def raise_open_files(needed: int) -> None:
+    """Allow ``needed`` descriptors here and in the processes started after (mcplb holds
+    two per stream: the client's and the backend's); root may raise the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        if hard < needed:
+            print(f"open files limited to {hard}: fewer streams will open", file=sys.stderr)
+
+
+async def bench_streams(args: argparse.Namespace, tmp: Path) -> str:
+    raise_open_files(2 * args.streams + 1000)
+    servers = Servers(tmp)
+    loop = asyncio.get_running_loop()
+    try:
+        sse, proxy = free_ports(2)
+        backend_pid = servers.minimal("sse", sse, "1").pid
+        conf = config(tmp, "streams", proxy, sse, 1, "timeouts: {idle: 120s}\n")
+        # GET / through it would open a stream: wait for the port instead.
+        mcplb = start_mcplb(conf, tmp / "streams.log", servers.procs)
+        await loop.run_in_executor(None, wait_port, mcplb, proxy, tmp / "streams.log")
+        pin_proxies([mcplb.pid], [backend_pid])
+        rss_before = (vm_rss_kib(mcplb.pid) or 0) / 1024
+        results = {}
+        for name, port in (("direct", sse), ("mcplb", proxy)):
+            delays = await hold_streams(port, args.streams, args.events)
+            if name == "mcplb":
+                rss_with = (vm_rss_kib(mcplb.pid) or 0) / 1024
+            results[name] = delays
+    finally:
+        servers.close()
+
+    def pct(values: list[float], p: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1e3
+
+    rows = [
+        [name, str(len(d)), f"{pct(d, 50):.2f}", f"{pct(d, 99):.2f}", f"{max(d) * 1e3:.2f}"]
+        for name, d in results.items()
+    ]
+    added = pct(results["mcplb"], 99) - pct(results["direct"], 99)
+    return (
+        f"{args.streams:,} event streams, {args.events} events each\n"
+        + table(["path", "events", "p50 ms", "p99 ms", "max ms"], rows)
+        + f"\nadded p99: {added:.2f} ms; mcplb RSS {rss_before:.0f} MiB idle, "
+        f"{rss_with:.0f} MiB with the streams open (+{rss_with - rss_before:.0f} MiB)"
+    )
+
+
+def wait_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    """Bounded wait until ``port`` accepts connections (NotReady if ``proc`` exits)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NotReady(f"exited with status {proc.returncode}\n{tail(log)}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise NotReady(f"port {port} not accepting after {START_TIMEOUT:.0f}s\n{tail(log)}")
+
+
+class _Stream(asyncio.Protocol):
+    REQUEST = b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+
+    def __init__(self, delays: list[float], events: int, done: Callable[[], None]) -> None:
+        self.delays = delays
+        self.events = events
+        self.done = done
+        self.buffer = b""
+        self.first = True
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.REQUEST)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        self.buffer += data
+        while self.events and (start := self.buffer.find(b"data: ")) >= 0:
+            end = self.buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if not self.first:  # it may have waited for all the streams to open
+                self.delays.append(now - float(self.buffer[start + 6 : end]))
+            self.first = False
+            self.buffer = self.buffer[end:]
+            self.events -= 1
+            if self.events == 0:
+                self.done()
+
+
+async def hold_streams(port: int, count: int, events: int) -> list[float]:
+    """Open ``count`` streams, take ``events`` events on each, close them; the delays."""
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    remaining = count
+    finished = loop.create_future()
+
+    def one_done() -> None:
+        nonlocal remaining
+        remaining -= 1
+        if remaining == 0 and not finished.done():
+            finished.set_result(None)
+
+    streams = []
+    for _ in range(count):
+        _, stream = await loop.create_connection(
+            lambda: _Stream(delays, events + 1, one_done), "127.0.0.1", port
+        )
+        streams.append(stream)
+    await asyncio.wait_for(finished, events * 3 + 60)
+    for stream in streams:
+        if stream.transport is not None:
+            stream.transport.close()
+    return delays
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bench", choices=("backends", "sessions", "streams", "health"))
+    parser.add_argument("--requests", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--sessions", type=int, default=1_000_000)
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.bench == "sessions":
+        print(bench_sessions(args))
+        return 0
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix="mcplb-scale-") as tmpdir:
+        tmp = Path(tmpdir)
+        job = {"backends": bench_backends, "streams": bench_streams, "health": bench_health}
+        try:
+            print(uvloop.run(job[args.bench](args, tmp)))
+        except (NotReady, ConnectionError, RuntimeError, TimeoutError) as exc:
+            print(f"failed: {exc}", file=sys.stderr)
+            for log in sorted(tmp.glob("*.log")):
+                print(f"--- {log.name}\n{tail(log)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

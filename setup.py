@@ -1,0 +1,27 @@
+"""Optional compiled build: ``MCPLB_MYPYC=1`` compiles the request path with mypyc.
+
+Everything else about the package is in pyproject.toml. The pure-Python modules stay the
+reference and the fallback: without the variable (or without a C compiler and mypy in the
+build environment) nothing is compiled. ``mcplb --version`` says which build is running.
+
+    pip install mypy && MCPLB_MYPYC=1 pip install --no-build-isolation .
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+# The modules on the path of every request, as files under the package's own names
+# (mcplb/ links to the top-level folders, so mypyc names the modules mcplb.proxy.*).
+# mcplb.proxy.cli.build() reports which of them are compiled.
+COMPILED = [f"mcplb/proxy/{name}.py" for name in ("http11", "request", "framing", "pool", "relay")]
+
+ext_modules = []
+if os.environ.get("MCPLB_MYPYC") == "1":
+    from mypyc.build import mypycify
+
+    ext_modules = mypycify(COMPILED, opt_level="3")
+
+setup(ext_modules=ext_modules)

@@ -1,0 +1,243 @@
+"""Shutdown behind a load balancer (``timeouts.shutdown_delay``), with real proxy processes.
+
+On SIGTERM /readyz turns 503 at once, the listener keeps accepting and serving (every
+answer with ``Connection: close``) for the delay, then closes, in-flight requests finish
+within ``timeouts.grace`` and the process exits 0. A client keeps connecting all along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from mcplb.proxy.config import ConfigError, TimeoutsConfig, parse_config
+from tests.conftest import AppFactory
+from tests.peers import Peers, free_port, proxy_admin_port, wait_for_output
+from tests.rawhttp import RawClient, Response
+
+DELAY = 2.0  # shutdown_delay of the proxy under test
+SLOW = 1.5  # seconds the slow request takes: started in the delay, it outlives the listener
+KEYS = '["shutdown-test-key-0123456789abcdef0123"]'
+
+
+@dataclass
+class Attempt:
+    started: float  # seconds after SIGTERM (negative: before)
+    outcome: str  # "ok", "refused", or what went wrong
+    response: Response | None = None
+
+
+def session_app(name: str) -> web.Application:
+    """A backend that opens a session on POST /mcp (Mcp-Session-Id) and answers its name."""
+    opened = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal opened
+        if request.path == "/slow":
+            await asyncio.sleep(float(request.query["s"]))
+        headers = {}
+        if request.method == "POST" and "mcp-session-id" not in request.headers:
+            opened += 1
+            headers["Mcp-Session-Id"] = f"{name}-{opened}"
+        return web.Response(text=name, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def attempt(port: int, head: bytes, started: float, timeout: float = 10.0) -> Attempt:
+    """One request on a new connection; records refused connections, never raises."""
+    try:
+        client = await RawClient.connect(port)
+    except ConnectionRefusedError:
+        return Attempt(started, "refused")
+    except OSError as exc:
+        return Attempt(started, f"connect failed: {exc!r}")
+    try:
+        await client.send(head)
+        responses = await client.responses(1, timeout=timeout)
+    except (ConnectionResetError, BrokenPipeError):
+        return Attempt(started, "reset")  # not accepted after all: see the test
+    except (OSError, TimeoutError) as exc:
+        return Attempt(started, f"request failed: {exc!r}")
+    finally:
+        await client.close()
+    if not responses:
+        return Attempt(started, "closed without an answer")
+    (response,) = responses
+    return Attempt(
+        started, "ok" if response.status == 200 else f"status {response.status}", response
+    )
+
+
+def get(path: str, session: str | None = None) -> bytes:
+    extra = f"Mcp-Session-Id: {session}\r\n" if session else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    async with Peers() as p:
+        yield p
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_keeps_serving_through_the_delay_then_drains(
+    workers: int, peers: Peers, serve_app: AppFactory, tmp_path: Path
+) -> None:
+    ports = {name: await serve_app(session_app(name)) for name in ("a", "b")}
+    port = free_port()
+    sticky = f"sticky: {{store: signed, keys: {KEYS}}}\n" if workers > 1 else ""
+    proxy = await peers.proxy(
+        f"""
+listen: 127.0.0.1:{port}
+workers: {workers}
+log: {{access: false}}
+{sticky}timeouts: {{shutdown_delay: {DELAY}s, grace: 10s}}
+backends:
+  - {{name: a, url: "http://127.0.0.1:{ports["a"]}"}}
+  - {{name: b, url: "http://127.0.0.1:{ports["b"]}"}}
+""",
+        tmp_path,
+        port=port,
+    )
+    admin = await proxy_admin_port(proxy)
+    loop = asyncio.get_running_loop()
+
+    # A session, bound before SIGTERM: it must stay routable during the delay.
+    opened = await attempt(
+        port, b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n", 0
+    )
+    assert opened.response is not None, f"{opened.outcome}\n{proxy.output()}"
+    session = opened.response.header("mcp-session-id")
+    bound = opened.response.body.decode()
+    assert session is not None
+    # An idle keep-alive connection, opened before SIGTERM and used during the delay.
+    kept = await RawClient.connect(port)
+    await kept.send(get("/"))
+    assert (await kept.response()).header("connection") is None  # still keep-alive
+
+    readyz: list[tuple[float, int]] = []  # (loop time sent, status)
+    signalled = asyncio.Event()
+    attempts: list[Attempt] = []
+
+    async def poll_readyz() -> None:
+        while proxy.returncode is None and len(readyz) < 2000:
+            sent = loop.time()
+            result = await attempt(
+                admin, b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", sent, 2
+            )
+            if result.response is None and signalled.is_set():
+                return  # the admin API closed (or is closing): the process is exiting
+            assert result.response is not None, result.outcome
+            readyz.append((sent, result.response.status))
+            await asyncio.sleep(0.02)
+
+    async def keep_connecting() -> None:
+        # A new connection at a time, each with the session id, until the process is gone.
+        while proxy.returncode is None and len(attempts) < 5000:
+            attempts.append(await attempt(port, get("/", session), loop.time()))
+            await asyncio.sleep(0.01)
+
+    clients = [loop.create_task(poll_readyz()), loop.create_task(keep_connecting())]
+    await asyncio.sleep(0.3)  # a baseline of answers before the signal
+    sigterm = loop.time()
+    signalled.set()
+    proxy.send_signal(signal.SIGTERM)
+
+    def since() -> float:
+        return loop.time() - sigterm
+
+    await asyncio.sleep(0.5)
+    await kept.send(get("/", session))
+    during = await kept.response()
+    assert (during.status, during.header("connection")) == (200, "close")
+    assert await kept.is_closed()
+    await kept.close()
+
+    await asyncio.sleep(max(0.0, DELAY - 0.5 - since()))  # start it 0.5 s before the end
+    slow_started = since()
+    slow = await attempt(port, get(f"/slow?s={SLOW}"), slow_started)
+    slow_done = since()
+    code = await proxy.wait(timeout=15)
+    exited = since()
+    await asyncio.gather(*clients)
+    # From here on, times are seconds after SIGTERM was sent (negative: before).
+    readyz = [(sent - sigterm, status) for sent, status in readyz]
+    for a in attempts:
+        a.started -= sigterm
+
+    assert code == 0
+    # /readyz: 200 before the signal, 503 from right after it.
+    assert all(status == 200 for at, status in readyz if at < 0)
+    first_503 = min(at for at, status in readyz if status == 503)
+    assert 0 <= first_503 < 0.5
+    assert all(status == 503 for at, status in readyz if at >= first_503), readyz
+    # The slow request began in the delay and ended after the listener closed: not cut.
+    assert slow.outcome == "ok" and slow.response is not None
+    assert slow.response.body.decode() in ("a", "b")
+    assert slow_done > DELAY
+    # Every connection got an answer from the session's backend until the listener closed
+    # (the proxy's timer: a few ms either way); after it, connections are refused (or
+    # reset, when the kernel had queued one as the listener closed). Nothing else failed.
+    closed = DELAY - 0.05
+    failed = [a for a in attempts if a.outcome != "ok" and a.started < closed]
+    assert failed == []
+    after = {a.outcome for a in attempts if a.started >= closed}
+    assert after <= {"ok", "refused", "reset", "closed without an answer"}
+    accepted = [a for a in attempts if a.outcome == "ok"]
+    refused = [a for a in attempts if a.outcome == "refused"]
+    assert refused
+    last_accepted = max(a.started for a in accepted)
+    assert last_accepted >= DELAY - 0.2
+    in_delay = [a for a in accepted if a.started >= 0]
+    assert len(in_delay) >= 20
+    for a in accepted:
+        assert a.response is not None and a.response.body.decode() == bound
+    for a in in_delay:
+        if a.started > first_503 + 0.1:  # once every worker has taken the signal
+            assert a.response is not None and a.response.header("connection") == "close"
+    assert exited >= slow_done
+    print(
+        f"\nworkers={workers}: SIGTERM at 0; first 503 on /readyz at {first_503:.3f}s; "
+        f"{len(in_delay)} connections accepted during the delay, the last at "
+        f"{last_accepted:.3f}s; first refused at {min(a.started for a in refused):.3f}s; "
+        f"slow request {slow_started:.3f}s -> {slow_done:.3f}s (200); exit 0 at {exited:.3f}s"
+    )
+
+
+def test_shutdown_delay_defaults_to_zero_and_takes_durations() -> None:
+    backend = "backends: [{name: a, url: 'http://127.0.0.1:9001'}]\n"
+    assert parse_config(backend).timeouts.shutdown_delay == TimeoutsConfig().shutdown_delay == 0
+    assert parse_config(backend + "timeouts: {shutdown_delay: 0}").timeouts.shutdown_delay == 0
+    config = parse_config(backend + "timeouts:\n  shutdown_delay: 5s\n")
+    assert config.timeouts.shutdown_delay == 5.0
+    with pytest.raises(ConfigError) as info:
+        parse_config(backend + "timeouts:\n  shutdown_delay: soon\n")
+    assert str(info.value).startswith('timeouts.shutdown_delay: invalid duration "soon"')
+    assert str(info.value).endswith("(line 3)")
+
+
+async def test_after_shutdown_nothing_is_listening(peers: Peers, tmp_path: Path) -> None:
+    """Without a delay (the default) the listener closes at once on SIGTERM."""
+    port = free_port()
+    proxy = await peers.proxy(
+        f"listen: 127.0.0.1:{port}\nbackends: [{{name: a, url: 'http://127.0.0.1:9'}}]\n",
+        tmp_path,
+        port=port,
+    )
+    # The port is bound before the signal handlers are set: wait for the proxy's word.
+    await wait_for_output(proxy, "listening on")
+    started = time.monotonic()
+    proxy.send_signal(signal.SIGTERM)
+    assert await proxy.wait(timeout=10) == 0
+    assert time.monotonic() - started < DELAY
+    assert (await attempt(port, get("/"), 0)).outcome == "refused"
