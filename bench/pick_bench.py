@@ -51,14 +51,7 @@ if str(REPO_ROOT) not in sys.path:
 from mcplb.strategies import registry  # noqa: E402
 from mcplb.strategies.base import NO_FACTS, RequestFacts  # noqa: E402
 
-DEFAULT_STRATEGIES = (
-    "round_robin",
-    "least_connections",
-    "power_of_two",
-    "random",
-    "least_sessions",
-    "ip_hash",
-)
+DEFAULT_STRATEGIES = tuple(registry.BUILTIN)  # every built-in strategy, in the registry's order
 BASELINE = "(loop baseline)"
 HEADERS_TEMPLATE = (
     (b"host", b"mcp.example.internal:8080"),

@@ -50,15 +50,9 @@ if str(REPO_ROOT) not in sys.path:
 from bench.common import NotReady, pin_proxies, table, tail, vm_rss_kib, wait_http  # noqa: E402
 from bench.cpu_gate import alternate, cpu_per_request, start_mcplb  # noqa: E402
 from bench.http_bench import free_ports, mcplb_python, spawn, stop_process  # noqa: E402
+from mcplb.strategies import registry  # noqa: E402
 
-STRATEGIES = (
-    "round_robin",
-    "least_connections",
-    "power_of_two",
-    "random",
-    "least_sessions",
-    "ip_hash",
-)
+STRATEGIES = tuple(registry.BUILTIN)  # every built-in strategy, in the registry's order
 SIZES = (2, 100, 1000)
 MINIMAL = str(REPO_ROOT / "bench" / "minimal.py")
 START_TIMEOUT = 60.0

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from mcplb.proxy import access_log, affinity, framing, http11, routing
+from mcplb.proxy.framing import SESSION_HEADER
 from mcplb.proxy.http11 import LAST_CHUNK, Headers, chunk
 from mcplb.proxy.pool import UpstreamConnection
 from mcplb.proxy.rate_limit import (
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcplb.relay")
 
-SESSION_HEADER = framing.SESSION_HEADER
 
 # Request body bytes kept per request while no connection is ready (or while queued
 # behind a pipelined request); past this, reading from the client pauses.
