@@ -1,7 +1,8 @@
 """The health monitor: the one object the relay talks to about backend health.
 
 It runs the active probes, takes the relay's passive reports, and writes the outcome onto
-the :class:`~proxy.backends.Backend` objects that strategies read:
+the backend objects that strategies read (:class:`~mcplb.healthcheck.target.HealthTarget`,
+implemented by ``mcplb.proxy.backends.Backend``):
 
 - ``backend.available = up and not ejected and not draining``;
 - ``backend.weight`` ramps from ~0 to ``backend.config.weight`` during slow start.
@@ -27,6 +28,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from mcplb.healthcheck.config import ActiveHealthConfig, HealthConfig
 from mcplb.healthcheck.probes import http_probe, mcp_probe, probe_url
 from mcplb.healthcheck.state import (
     DOWN_STATES,
@@ -37,13 +39,14 @@ from mcplb.healthcheck.state import (
     SlowStart,
     Transition,
 )
-from mcplb.proxy.backends import Backend
-from mcplb.proxy.config import ActiveHealthConfig, HealthConfig
+from mcplb.healthcheck.target import HealthTarget
 
 logger = logging.getLogger("mcplb.health")
 
 TICK: Final = 0.5  # seconds between ejection-expiry and slow-start weight updates
-Probe = Callable[[aiohttp.ClientSession, Backend, ActiveHealthConfig], Awaitable[tuple[bool, str]]]
+Probe = Callable[
+    [aiohttp.ClientSession, HealthTarget, ActiveHealthConfig], Awaitable[tuple[bool, str]]
+]
 PROBES: Final[dict[str, Probe]] = {"http": http_probe, "mcp": mcp_probe}
 
 
@@ -53,7 +56,7 @@ class HealthMonitor:
     def __init__(
         self,
         config: HealthConfig,
-        backends: Iterable[Backend],
+        backends: Iterable[HealthTarget],
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -63,8 +66,8 @@ class HealthMonitor:
         (``adopt``); passive checks stay this process's own."""
         self.config = config
         self.probing = probing
-        self.backends: list[Backend] = list(backends)
-        self._by_name: dict[str, Backend] = {b.name: b for b in self.backends}
+        self.backends: list[HealthTarget] = list(backends)
+        self._by_name: dict[str, HealthTarget] = {b.name: b for b in self.backends}
         self._clock = clock
         self._rng = rng or random.Random()
         active = config.active
@@ -124,7 +127,7 @@ class HealthMonitor:
             session, self._session = self._session, None
             await session.close()
 
-    async def reconfigure(self, config: HealthConfig, backends: Iterable[Backend]) -> None:
+    async def reconfigure(self, config: HealthConfig, backends: Iterable[HealthTarget]) -> None:
         """Watch a reloaded backend set with reloaded settings. Backends that stay keep
         their state (probe verdict, ejection, slow start); new ones start as ``initial``."""
         running = bool(self._tasks)
@@ -168,7 +171,7 @@ class HealthMonitor:
             await asyncio.wait_for(self._stopping.wait(), max(delay, 0.0))
         return not self._stopping.is_set()
 
-    async def _probe_loop(self, backend: Backend, probe: Probe) -> None:
+    async def _probe_loop(self, backend: HealthTarget, probe: Probe) -> None:
         state = self._active[backend.name]
         cfg = self.config.active
         loop = asyncio.get_running_loop()
@@ -196,7 +199,7 @@ class HealthMonitor:
 
     # --- inputs -----------------------------------------------------------------------
 
-    def record_probe(self, backend: Backend, ok: bool, detail: str) -> None:
+    def record_probe(self, backend: HealthTarget, ok: bool, detail: str) -> None:
         """Count one active probe result (called by the probe loop; public for tests)."""
         now = self._clock()
         self._last_probe[backend.name] = (ok, detail, now)
@@ -209,19 +212,19 @@ class HealthMonitor:
             release = self._outliers.release(backend.name, reason)
             self._apply(backend, release, now, probed=True)
 
-    def connect_failed(self, backend: Backend, reason: str) -> None:
+    def connect_failed(self, backend: HealthTarget, reason: str) -> None:
         """The relay could not connect to ``backend`` (refused, unreachable, connect timeout)."""
         if self._passive:
             now = self._clock()
             self._apply(backend, self._outliers.failure(backend.name, reason, now), now)
 
-    def timed_out(self, backend: Backend) -> None:
+    def timed_out(self, backend: HealthTarget) -> None:
         """``backend`` did not send its response head in time."""
         if self._passive:
             now = self._clock()
             self._apply(backend, self._outliers.failure(backend.name, "timeout", now), now)
 
-    def responded(self, backend: Backend, status: int) -> None:
+    def responded(self, backend: HealthTarget, status: int) -> None:
         """``backend`` sent a response head: a 5xx is a failure if on_5xx, anything else (and
         any status when on_5xx is off) resets the failure count."""
         if not self._passive:
@@ -281,13 +284,13 @@ class HealthMonitor:
         """True when panic is fail_open and no backend is available: send to all of them."""
         return self.config.panic == "fail_open" and not any(b.available for b in self.backends)
 
-    def down(self, backend: Backend) -> bool:
+    def down(self, backend: HealthTarget) -> bool:
         """Unhealthy or ejected (its sessions get 404); never while panic_open()."""
         state = self._active.get(backend.name)
         is_down = (state is not None and not state.up) or self._outliers.ejected(backend.name)
         return is_down and not self.panic_open()
 
-    def refuses_sessions(self, backend: Backend) -> bool:
+    def refuses_sessions(self, backend: HealthTarget) -> bool:
         """Whether requests of sessions bound to ``backend`` get 404 now: while it is down,
         unless active checks already see it recovering (a passing probe counted toward
         ``rise``). Workers judge health on their own, and one may readmit a backend a
@@ -299,12 +302,12 @@ class HealthMonitor:
         recovering = state is not None and not state.up and state.successes > 0
         return not recovering or self._outliers.ejected(backend.name)
 
-    def unhealthy(self, backend: Backend) -> bool:
+    def unhealthy(self, backend: HealthTarget) -> bool:
         """Active checks say it is down."""
         state = self._active.get(backend.name)
         return state is not None and not state.up
 
-    def ejected(self, backend: Backend) -> bool:
+    def ejected(self, backend: HealthTarget) -> bool:
         return self._outliers.ejected(backend.name)
 
     def routing_state(self, name: str) -> str:
@@ -351,7 +354,7 @@ class HealthMonitor:
 
     def _apply(
         self,
-        backend: Backend,
+        backend: HealthTarget,
         transition: Transition | None,
         now: float,
         *,
@@ -387,13 +390,13 @@ class HealthMonitor:
             self._slow.stop(backend.name)
         self.refresh(backend, now)
 
-    def refresh(self, backend: Backend, now: float | None = None) -> None:
+    def refresh(self, backend: HealthTarget, now: float | None = None) -> None:
         """Write ``available`` and ``weight`` onto ``backend`` (call after changing its
         ``draining`` flag)."""
-        backend.available = self._serving(backend.name) and not getattr(backend, "draining", False)
+        backend.available = self._serving(backend.name) and not backend.draining
         self._set_weight(backend, self._clock() if now is None else now)
 
-    def _set_weight(self, backend: Backend, now: float) -> None:
+    def _set_weight(self, backend: HealthTarget, now: float) -> None:
         full = backend.base_weight
         factor = self._slow.factor(backend.name, now)
         backend.weight = full if factor >= 1.0 or full <= 0 else max(1, round(full * factor))

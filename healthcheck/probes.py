@@ -17,10 +17,9 @@ from typing import Any, Final
 import aiohttp
 from yarl import URL
 
+from mcplb.healthcheck.config import ActiveHealthConfig
 from mcplb.healthcheck.state import seconds
-from mcplb.proxy.backends import Backend
-from mcplb.proxy.config import ActiveHealthConfig, BackendConfig
-from mcplb.proxy.tls import TlsError, backend_context
+from mcplb.healthcheck.target import HealthTarget, TlsSetupError
 
 PROTOCOL_VERSION: Final = "2025-11-25"
 USER_AGENT: Final = "mcplb-health"
@@ -36,33 +35,22 @@ class ProbeFailed(Exception):
     """A probe step failed; the message is the probe's detail."""
 
 
-def probe_url(backend: Backend, path: str) -> URL:
+def probe_url(backend: HealthTarget, path: str) -> URL:
     """Where a probe connects: the backend's address, its path prefix, then ``path``."""
     host = f"[{backend.host}]" if ":" in backend.host else backend.host
     prefix = backend.path_prefix.decode("ascii")
     return URL(f"{backend.config.scheme}://{host}:{backend.port}{prefix}{path}", encoded=True)
 
 
-_tls_contexts: dict[BackendConfig, ssl.SSLContext] = {}
-
-
-def probe_tls(backend: Backend) -> ssl.SSLContext | bool:
+def probe_tls(backend: HealthTarget) -> ssl.SSLContext | bool:
     """The ``ssl=`` of a probe request: for an https backend, its own client context (the
-    same verification settings as the relay's connections), built once; True (aiohttp's
-    default, unused for http) otherwise. Raises TlsError if the backend's ``ca`` is bad."""
-    if backend.config.scheme != "https":
-        return True
-    context = _tls_contexts.get(backend.config)
-    if context is None:
-        context = backend_context(backend.config)
-        assert context is not None
-        if len(_tls_contexts) >= 1024:  # configs replaced by many reloads
-            _tls_contexts.clear()
-        _tls_contexts[backend.config] = context
-    return context
+    same verification settings as the relay's connections); True (aiohttp's default,
+    unused for http) otherwise. Raises TlsSetupError if the backend's ``ca`` is bad."""
+    context = backend.tls_context()
+    return True if context is None else context
 
 
-def _base_headers(backend: Backend) -> dict[str, str]:
+def _base_headers(backend: HealthTarget) -> dict[str, str]:
     return {"Host": backend.host_header.decode("ascii"), "User-Agent": USER_AGENT}
 
 
@@ -77,7 +65,7 @@ def describe_error(exc: BaseException) -> str:
         return f"connect failed: {os_error.strerror or os_error}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
-    if isinstance(exc, TlsError):
+    if isinstance(exc, TlsSetupError):
         return f"TLS setup failed: {exc}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection closed by the backend"
@@ -97,7 +85,7 @@ def _ranges_text(ranges: tuple[tuple[int, int], ...]) -> str:
 
 
 async def http_probe(
-    session: aiohttp.ClientSession, backend: Backend, cfg: ActiveHealthConfig
+    session: aiohttp.ClientSession, backend: HealthTarget, cfg: ActiveHealthConfig
 ) -> tuple[bool, str]:
     """``cfg.method`` on ``cfg.path``; healthy when the status is in ``cfg.expect_status``."""
     try:
@@ -127,7 +115,9 @@ async def http_probe(
 class _McpClient:
     """The few JSON-RPC exchanges of the MCP probe, over one aiohttp session."""
 
-    def __init__(self, session: aiohttp.ClientSession, backend: Backend, cfg: ActiveHealthConfig):
+    def __init__(
+        self, session: aiohttp.ClientSession, backend: HealthTarget, cfg: ActiveHealthConfig
+    ):
         self.session = session
         self.backend = backend
         self.url = probe_url(backend, cfg.path)
@@ -268,7 +258,7 @@ def _match(message: Any, request_id: int) -> dict[str, Any] | None:
 
 
 async def mcp_probe(
-    session: aiohttp.ClientSession, backend: Backend, cfg: ActiveHealthConfig
+    session: aiohttp.ClientSession, backend: HealthTarget, cfg: ActiveHealthConfig
 ) -> tuple[bool, str]:
     """Speak MCP like a client: initialize, notifications/initialized, ping, tools/list (if
     ``cfg.expect_tools``), then DELETE the probe's own session (if one was issued)."""

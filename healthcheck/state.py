@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
 
-from mcplb.proxy.config import ActiveHealthConfig, HealthInitial, PassiveHealthConfig
+from mcplb.healthcheck.config import ActiveHealthConfig, HealthInitial, PassiveHealthConfig
 
 HEALTHY: Final = "healthy"
 UNHEALTHY: Final = "unhealthy"

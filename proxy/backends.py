@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator, Sequence
 
 from mcplb.proxy.config import BackendConfig
+from mcplb.proxy.tls import backend_context
 
 # Effective weights are the configured ones times this, so that slow start can ramp a
 # weight-1 backend in 1% steps; strategies only ever compare weights with each other.
@@ -30,6 +32,7 @@ class Backend:
         "port",
         "sessions",
         "streams",
+        "tls",
         "weight",
     )
 
@@ -52,6 +55,16 @@ class Backend:
         self.draining = False  # no new work; existing sessions still served (admin drain)
         self.drain_until: float | None = None  # wall clock; then its sessions end too
         self.available = True  # false while unhealthy, ejected or draining
+        self.tls: ssl.SSLContext | None = None  # built on first use (tls_context)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client TLS context of an https backend (the relay's verification settings),
+        built once; None for http. Raises TlsError when its ``ca`` cannot be used."""
+        if self.config.scheme != "https":
+            return None
+        if self.tls is None:
+            self.tls = backend_context(self.config)
+        return self.tls
 
     def same_endpoint(self, config: BackendConfig) -> bool:
         """Whether ``config`` reaches the same server the same way (a reload keeps it)."""

@@ -19,6 +19,7 @@ import re
 import ssl
 from typing import Final, NoReturn
 
+from mcplb.healthcheck.target import TlsSetupError
 from mcplb.proxy.config import BackendConfig, ListenTlsConfig
 
 log = logging.getLogger("mcplb")
@@ -29,7 +30,7 @@ MIN_VERSION: Final = ssl.TLSVersion.TLSv1_2
 _warned_insecure: set[tuple[str, str]] = set()  # (name, url) of backends already warned about
 
 
-class TlsError(Exception):
+class TlsError(TlsSetupError):
     """A certificate, key or CA file cannot be used; the message names the file and why."""
 
 

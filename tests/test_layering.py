@@ -1,0 +1,66 @@
+"""The import graph of the package: data flows one way (config -> runtime state -> policies
+-> relay), ``strategies`` and ``healthcheck`` depend on no ``proxy`` module, and no module
+imports itself back through others at import time."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mcplb
+
+PACKAGE = Path(mcplb.__file__).resolve().parent
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for folder in ("proxy", "strategies", "healthcheck"):
+        for path in sorted((PACKAGE / folder).glob("*.py")):
+            name = f"mcplb.{folder}" if path.stem == "__init__" else f"mcplb.{folder}.{path.stem}"
+            found[name] = path
+    return found
+
+
+def import_time_imports(path: Path, known: set[str]) -> set[str]:
+    """The package modules ``path`` imports when it is imported: top-level statements,
+    not those under ``if TYPE_CHECKING:`` nor inside functions."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in known}
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: import_time_imports(path, set(known)) for name, path in known.items()}
+
+
+def test_strategies_and_healthcheck_import_no_proxy_module() -> None:
+    for name, imports in graph().items():
+        if name.startswith(("mcplb.strategies", "mcplb.healthcheck")):
+            assert not [i for i in imports if i.startswith("mcplb.proxy")], name
+        if name.startswith("mcplb.strategies"):
+            assert not [i for i in imports if i.startswith("mcplb.healthcheck")], name
+
+
+def test_no_import_cycle_between_modules() -> None:
+    edges = graph()
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(edges.get(name, ())):
+            if state.get(target) == 1:
+                cycle = [*path[path.index(target) :], target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
