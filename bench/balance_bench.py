@@ -53,6 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import free_ports, mcplb_python, spawn, stop_process  # noqa: E402
 from bench.http_bench import (  # noqa: E402
     HOST,
     WRK_SLACK,
@@ -60,14 +61,10 @@ from bench.http_bench import (  # noqa: E402
     WrkResult,
     _interrupt,
     first_line,
-    free_ports,
     log_step,
     machine_info,
-    mcplb_python,
     parse_wrk_output,
     probe_backends,
-    spawn,
-    stop_process,
     tail,
     wait_ready,
 )

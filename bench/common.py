@@ -14,10 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
@@ -25,6 +28,9 @@ from types import FrameType
 from typing import Any
 
 HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STOP_TIMEOUT = 10.0  # SIGTERM -> exit
+KILL_TIMEOUT = 5.0  # SIGKILL -> reaped
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 SignalHandler = Callable[[int, FrameType | None], Any]
@@ -180,3 +186,65 @@ def pin_proxies(proxies: Sequence[int], others: Sequence[int]) -> set[int]:
     for pid in [*others, 0]:
         os.sched_setaffinity(pid, cpus[:-1])
     return before
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1 (all sockets held until every port is chosen)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def spawn(
+    cmd: list[str], log_path: Path, procs: list[subprocess.Popen[bytes]], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start cmd in its own session (so Ctrl-C reaches only us), output to log_path."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    procs.append(proc)
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[Any], term_timeout: float = STOP_TIMEOUT) -> str:
+    """SIGTERM, wait (bounded), then SIGKILL the whole process group. Returns what happened."""
+    how = "already exited"
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(term_timeout)
+            how = "terminated"
+        except subprocess.TimeoutExpired:
+            how = f"killed (no exit {term_timeout:.0f}s after SIGTERM)"
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(KILL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                how = "unkillable (still running after SIGKILL)"
+    # Leftover children of a master process (workers) share its process group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return how
+
+
+def mcplb_python() -> str:
+    venv = REPO_ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable

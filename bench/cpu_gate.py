@@ -41,8 +41,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import NotReady, pin_proxies, tail, wait_http  # noqa: E402
-from bench.http_bench import free_ports, mcplb_python, spawn, stop_process  # noqa: E402
+from bench.common import (  # noqa: E402  # noqa: E402
+    NotReady,
+    free_ports,
+    mcplb_python,
+    pin_proxies,
+    spawn,
+    stop_process,
+    tail,
+    wait_http,
+)
 from bench.loadgen import closed_loop  # noqa: E402
 from mcplb.proxy.cli import build  # noqa: E402
 

@@ -76,18 +76,22 @@ if str(REPO_ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from bench.common import SIGNALS, interruptible, table  # noqa: E402
+from bench.common import (  # noqa: E402  # noqa: E402
+    SIGNALS,
+    free_ports,
+    interruptible,
+    mcplb_python,
+    spawn,
+    stop_process,
+    table,
+)
 from bench.http_bench import (  # noqa: E402
     HOST,
     StartError,
     _interrupt,
     first_line,
-    free_ports,
     log_step,
     machine_info,
-    mcplb_python,
-    spawn,
-    stop_process,
     tail,
     wait_ready,
 )

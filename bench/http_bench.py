@@ -38,7 +38,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,15 +50,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import NotReady, http_status, tail, wait_http  # noqa: E402
+from bench.common import (  # noqa: E402
+    NotReady,
+    free_ports,
+    http_status,
+    mcplb_python,
+    spawn,
+    stop_process,
+    tail,
+    wait_http,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_TARGETS = ("direct", "mcplb", "mcplb-log", "reference", "haproxy", "nginx")
 PROXY_TARGETS = ("mcplb", "mcplb-log", "reference", "haproxy", "nginx")
 HOST = "127.0.0.1"
 WARMUP_SECONDS = 2
-STOP_TIMEOUT = 10.0  # SIGTERM -> exit
-KILL_TIMEOUT = 5.0  # SIGKILL -> reaped
 VERSION_TIMEOUT = 10.0
 WRK_SLACK = 30.0  # wrk gets duration + this before it is killed
 
@@ -158,60 +164,6 @@ def parse_wrk_output(text: str) -> WrkResult:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports on 127.0.0.1 (all sockets held until every port is chosen)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def spawn(
-    cmd: list[str], log_path: Path, procs: list[subprocess.Popen[bytes]], cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """Start cmd in its own session (so Ctrl-C reaches only us), output to log_path."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    procs.append(proc)
-    return proc
-
-
-def stop_process(proc: subprocess.Popen[Any], term_timeout: float = STOP_TIMEOUT) -> str:
-    """SIGTERM, wait (bounded), then SIGKILL the whole process group. Returns what happened."""
-    how = "already exited"
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(term_timeout)
-            how = "terminated"
-        except subprocess.TimeoutExpired:
-            how = f"killed (no exit {term_timeout:.0f}s after SIGTERM)"
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            try:
-                proc.wait(KILL_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                how = "unkillable (still running after SIGKILL)"
-    # Leftover children of a master process (workers) share its process group.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    return how
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float, log: Path) -> None:
@@ -371,11 +323,6 @@ def mcplb_conf(
     path = tmp / "mcplb.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def mcplb_python() -> str:
-    venv = REPO_ROOT / ".venv" / "bin" / "python"
-    return str(venv) if venv.exists() else sys.executable
 
 
 # --------------------------------------------------------------------------- one target

@@ -34,16 +34,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import NotReady, pin_proxies, table, tail, wait_http  # noqa: E402
-from bench.http_bench import (  # noqa: E402
-    backend_body,
+from bench.common import (  # noqa: E402  # noqa: E402
+    NotReady,
     free_ports,
-    haproxy_conf,
     mcplb_python,
-    nginx_cmd,
-    nginx_conf,
+    pin_proxies,
     spawn,
     stop_process,
+    table,
+    tail,
+    wait_http,
+)
+from bench.http_bench import (  # noqa: E402
+    backend_body,
+    haproxy_conf,
+    nginx_cmd,
+    nginx_conf,
 )
 from bench.loadgen import Result, closed_loop, open_loop  # noqa: E402
 

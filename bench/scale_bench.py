@@ -47,9 +47,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import NotReady, pin_proxies, table, tail, vm_rss_kib, wait_http  # noqa: E402
+from bench.common import (  # noqa: E402  # noqa: E402
+    NotReady,
+    free_ports,
+    mcplb_python,
+    pin_proxies,
+    spawn,
+    stop_process,
+    table,
+    tail,
+    vm_rss_kib,
+    wait_http,
+)
 from bench.cpu_gate import alternate, cpu_per_request, start_mcplb  # noqa: E402
-from bench.http_bench import free_ports, mcplb_python, spawn, stop_process  # noqa: E402
 from mcplb.strategies import registry  # noqa: E402
 
 STRATEGIES = tuple(registry.BUILTIN)  # every built-in strategy, in the registry's order

@@ -78,7 +78,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.balance_bench import run_wrk  # noqa: E402
-from bench.common import table  # noqa: E402
+from bench.common import (  # noqa: E402
+    free_ports,
+    mcplb_python,
+    spawn,
+    stop_process,
+    table,
+)
 from bench.http_bench import (  # noqa: E402
     HOST,
     WARMUP_SECONDS,
@@ -86,15 +92,11 @@ from bench.http_bench import (  # noqa: E402
     WrkResult,
     _interrupt,
     first_line,
-    free_ports,
     log_step,
     machine_info,
-    mcplb_python,
     nginx_cmd,
     nginx_conf,
     parse_wrk_output,
-    spawn,
-    stop_process,
     tail,
     wait_ready,
 )

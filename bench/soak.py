@@ -103,24 +103,24 @@ from mcp import ClientSession  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 
-from bench.common import (  # noqa: E402
+from bench.common import (  # noqa: E402  # noqa: E402
     HOST,
     SIGNALS,
     NotReady,
+    free_ports,
     group_pids,
     group_rss,
     interruptible,
+    mcplb_python,
+    spawn,
+    stop_process,
     table,
     wait_http,
 )
 from bench.http_bench import (  # noqa: E402
     _interrupt,
-    free_ports,
     log_step,
     machine_info,
-    mcplb_python,
-    spawn,
-    stop_process,
     tail,
 )
 from tests.redis_server import RedisServer, RedisServerMissing, start_redis  # noqa: E402
