@@ -16,7 +16,10 @@ from setuptools import setup
 # The modules on the path of every request, as files under the package's own names
 # (mcplb/ links to the top-level folders, so mypyc names the modules mcplb.proxy.*).
 # mcplb.proxy.cli.build() reports which of them are compiled.
-COMPILED = [f"mcplb/proxy/{name}.py" for name in ("http11", "request", "framing", "pool", "relay")]
+COMPILED = [
+    f"mcplb/proxy/{name}.py"
+    for name in ("http11", "request", "exchange", "framing", "pool", "relay")
+]
 
 ext_modules = []
 if os.environ.get("MCPLB_MYPYC") == "1":

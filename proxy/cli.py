@@ -16,11 +16,11 @@ def build() -> str:
     pure-Python modules, which are the reference and the fallback."""
     from importlib.machinery import EXTENSION_SUFFIXES
 
-    from mcplb.proxy import framing, http11, pool, relay, request
+    from mcplb.proxy import exchange, framing, http11, pool, relay, request
 
     compiled = [
         module.__name__.rsplit(".", 1)[1]
-        for module in (http11, request, framing, pool, relay)
+        for module in (http11, request, exchange, framing, pool, relay)
         if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
     ]
     return "compiled: " + ", ".join(compiled) if compiled else "pure Python"

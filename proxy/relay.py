@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from mcplb.proxy import access_log, affinity, framing, http11, routing
+from mcplb.proxy.exchange import Exchange
 from mcplb.proxy.framing import SESSION_HEADER
 from mcplb.proxy.http11 import LAST_CHUNK, Headers, chunk
 from mcplb.proxy.pool import UpstreamConnection
@@ -99,42 +100,17 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0  # bytes received since the last request head completed
         self.read_pauses = 0
         self.paused_at = 0.0  # when reading from the client last paused
-        self.body_paused = 0.0  # seconds this exchange's body was held back by the proxy
         self.up_pauses = 0
         self.write_paused = False
         self.upgrade_leftover = b""
-        # per exchange
-        self.backend: Backend | None = None
-        self.upstream: UpstreamConnection | None = None
-        self.attempted: set[str] = set()
-        self.retries = 0
-        self.slot_stream = False  # the slot held on self.backend is a stream's
-        self.waiting_for: Backend | None = None  # queued for a slot on this (None: any)
-        self.queue_timer: asyncio.TimerHandle | None = None
-        self.queued_at = 0.0
+        self.ex = Exchange()  # the current request's state; a new one per request
         self.forwarded_proto = b"http"
-        self.bound_backend: str | None = None  # backend a session id routed to
-        self.response_started = False
-        self.framing = framing.NO_BODY
-        self.upstream_keep_alive = False
-        self.upstream_until_close = False  # the response body ends when the backend closes
-        self.client_keep_alive = True
-        self.scanner: affinity.EndpointScanner | None = None  # legacy SSE: endpoint event
-        self.legacy_session: str | None = None  # legacy SSE session bound for this stream
         cookie = runtime.config.sticky.cookie
         self.cookie_name = b"" if cookie is None else cookie.name.encode("latin-1")
         self.stats = runtime.stats
         self.access_log = access_log.for_config(runtime.config.log)
-        self.started = 0.0  # when the current exchange began (loop time)
-        self.status = 0  # of the current answer, for metrics and the access log
-        self.response_bytes = 0
-        self.served_by = ""  # backend name of the current answer
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
-        self.up_out: list[bytes] = []  # request bytes not yet written (see _send_up)
         self.feeding = False  # inside data_received: upstream writes wait for its end
-        self.holding = False  # a session store update must land before the response goes out
-        self.complete_pending = False
-        self.task: asyncio.Task[None] | None = None
         # timeout sweep marks
         self.active = False
         self.mark_state = IDLE
@@ -156,8 +132,8 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.active = True
         if self.state == TUNNEL:
-            if self.upstream is not None:
-                self.upstream.send(data)
+            if self.ex.upstream is not None:
+                self.ex.upstream.send(data)
             return
         parser = self.parser
         if self.current is None:
@@ -194,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
                 self.reject(431, "headers_too_large", "request head exceeds max_header_bytes")
         finally:
             self.feeding = False
-            if self.up_out:
+            if self.ex.up_out:
                 self._flush_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -207,11 +183,11 @@ class ClientConnection(asyncio.Protocol):
         self.parser = None
         self.connections.discard(self)
         self._leave_queue()
-        if self.task is not None:
-            self.task.cancel()
-            self.task = None
-        upstream = self.upstream
-        if upstream is not None or self.backend is not None:
+        if self.ex.task is not None:
+            self.ex.task.cancel()
+            self.ex.task = None
+        upstream = self.ex.upstream
+        if upstream is not None or self.ex.backend is not None:
             # The client left mid-exchange: the connection is in an unknown state.
             self._end_exchange()
             if upstream is not None:
@@ -378,9 +354,9 @@ class ClientConnection(asyncio.Protocol):
         # Never the raw id: it is a bearer credential for the session.
         hashed = hashlib.sha256(session.encode()).hexdigest()[:12] if session else "-"
         if request is self.current:
-            status = self.status if self.response_started or not client_left else 499
-            duration = round(self.loop.time() - self.started, 6)
-            backend, bytes_out = self.served_by or "-", self.response_bytes
+            status = self.ex.status if self.ex.response_started or not client_left else 499
+            duration = round(self.loop.time() - self.ex.started, 6)
+            backend, bytes_out = self.ex.served_by or "-", self.ex.response_bytes
         else:  # pipelined behind the current one: never started
             status, duration, backend, bytes_out = 499, 0.0, "-", 0
         self.access_log.request(
@@ -403,16 +379,9 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         """Route the current request: session binding first, then the strategy."""
         self.state = ROUTING
-        self.started = self.loop.time()
-        self.status = 0
-        self.response_bytes = 0
-        self.served_by = ""
-        self.attempted = set()
-        self.retries = 0
-        self.bound_backend = None
-        self.response_started = False
-        self.runtime.retry_budget.record_request(self.started)
-        self.body_paused = 0.0
+        # self.ex is fresh: made when the connection opened or the previous answer ended.
+        self.ex.started = self.loop.time()
+        self.runtime.retry_budget.record_request(self.ex.started)
         if request.refusal is not None:
             self.reject(400, "bad_request", request.refusal)
             return
@@ -436,12 +405,12 @@ class ClientConnection(asyncio.Protocol):
         if limiter is not None:
             key = self._rate_key(request)
             if isinstance(limiter, MemoryRateLimiter):
-                decision = limiter.take(key, self.started)
+                decision = limiter.take(key, self.ex.started)
                 if not decision.allowed:
                     self._answer_rate_limited(decision)
                     return
             else:
-                self.task = self._spawn(self._route_after_rate_limit(request, limiter, key))
+                self.ex.task = self._spawn(self._route_after_rate_limit(request, limiter, key))
                 return
         self._route(request)
 
@@ -461,7 +430,7 @@ class ClientConnection(asyncio.Protocol):
         if request.session_id is not None:
             codec = self.runtime.session_codec
             if codec is None:
-                self.task = self._spawn(self._route_session(request, guessed))
+                self.ex.task = self._spawn(self._route_session(request, guessed))
                 return
             opened = codec.open(request.session_id)
             if opened is not None or not guessed:
@@ -509,7 +478,7 @@ class ClientConnection(asyncio.Protocol):
         self, request: Request, limiter: RedisRateLimiter, key: str
     ) -> None:
         decision = await limiter.take(key)
-        self.task = None
+        self.ex.task = None
         if request is not self.current or self.state == CLOSED:
             return
         if decision.allowed:
@@ -539,29 +508,34 @@ class ClientConnection(asyncio.Protocol):
             self._answer_error(503, "overloaded", "too many requests queued", retry_after=True)
             return
         self.stats.queued += 1
-        self.waiting_for = target
-        self.queued_at = self.loop.time()
-        self.queue_timer = self.loop.call_later(admission.queue_timeout, self._queue_timed_out)
+        self.ex.waiting_for = target
+        self.ex.queued_at = self.loop.time()
+        self.ex.queue_timer = self.loop.call_later(admission.queue_timeout, self._queue_timed_out)
 
     def _answer_too_many_streams(self) -> None:
         self.stats.rejected["max_streams"] += 1
         self._answer_error(503, "too_many_streams", "event stream limit reached", retry_after=True)
 
     def _leave_queue(self) -> None:
-        if self.queue_timer is not None:
-            self.queue_timer.cancel()
-            self.queue_timer = None
+        if self.ex.queue_timer is not None:
+            self.ex.queue_timer.cancel()
+            self.ex.queue_timer = None
             self.runtime.admission.leave(self)
-            self.stats.queue_wait.observe(self.loop.time() - self.queued_at)
+            self.stats.queue_wait.observe(self.loop.time() - self.ex.queued_at)
 
     def _queue_timed_out(self) -> None:
-        self.queue_timer = None
+        self.ex.queue_timer = None
         self.runtime.admission.leave(self)
-        self.stats.queue_wait.observe(self.loop.time() - self.queued_at)
+        self.stats.queue_wait.observe(self.loop.time() - self.ex.queued_at)
         self.stats.rejected["queue_timeout"] += 1
         self._answer_error(
             503, "overloaded", "no backend slot freed up within queue_timeout", retry_after=True
         )
+
+    @property
+    def waiting_for(self) -> Backend | None:
+        """For Admission (a Waiter): the backend this queued request must go to."""
+        return self.ex.waiting_for
 
     def retry_admission(self) -> bool:
         """Called by Admission when a slot frees up while this connection waits."""
@@ -570,7 +544,7 @@ class ClientConnection(asyncio.Protocol):
         if request is None or self.state == CLOSED:
             self._leave_queue()
             return False
-        target = self.waiting_for
+        target = self.ex.waiting_for
         if target is not None:
             if not admission.can_hold(target):
                 return False
@@ -584,13 +558,13 @@ class ClientConnection(asyncio.Protocol):
         # The slot is taken now, so the waker counts it; the request is sent on the next
         # loop turn, not inside the teardown of the connection whose release woke it.
         self.runtime.admission.hold(target, False)
-        self.backend = target
-        self.slot_stream = False
+        self.ex.backend = target
+        self.ex.slot_stream = False
         self.loop.call_soon(self._send_admitted, request, target)
         return True
 
     def _send_admitted(self, request: Request, backend: Backend) -> None:
-        if request is not self.current or self.state == CLOSED or self.backend is not backend:
+        if request is not self.current or self.state == CLOSED or self.ex.backend is not backend:
             return  # the client left meanwhile, and its teardown gave the slot back
         self._send_to(request, backend)
 
@@ -602,7 +576,7 @@ class ClientConnection(asyncio.Protocol):
         """Another backend (or ``same``) to send a failed request to, if the retry policy
         and the budget allow it (``sent``: the request may have reached the backend)."""
         config = self.runtime.config.retries
-        if self.retries >= config.attempts or not may_retry(
+        if self.ex.retries >= config.attempts or not may_retry(
             config, condition, request.method, sent
         ):
             return None
@@ -613,7 +587,7 @@ class ClientConnection(asyncio.Protocol):
             self.stats.retry_budget_exhausted += 1
             log.warning("retry budget exhausted: not retrying %s", request.method.decode())
             return None
-        self.retries += 1
+        self.ex.retries += 1
         self.stats.backends[backend.name].retries += 1
         return backend
 
@@ -625,7 +599,7 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch(request, backend, fresh)
 
     def _pick(self, request: Request) -> Backend | None:
-        return routing.pick(self.runtime, request, self.client_ip, self.attempted)
+        return routing.pick(self.runtime, request, self.client_ip, self.ex.attempted)
 
     def _route_signed_session(self, request: Request, opened: tuple[str, str] | None) -> None:
         """A signed id names its backend: no lookup. Tampered or foreign ids open to None."""
@@ -634,14 +608,14 @@ class ClientConnection(asyncio.Protocol):
             self._answer_session_not_found()
             return
         request.upstream_session_id = opened[1]
-        self.bound_backend = backend.name
+        self.ex.bound_backend = backend.name
         self._dispatch(request, backend)
 
     async def _route_session(self, request: Request, guessed: bool = False) -> None:
         session_id = request.session_id
         assert session_id is not None
         name = await self.runtime.sessions.get(session_id)
-        self.task = None
+        self.ex.task = None
         if request is not self.current or self.state == CLOSED:
             return
         if name is None and guessed:
@@ -653,7 +627,7 @@ class ClientConnection(asyncio.Protocol):
             # Keep the binding: when the backend comes back, its live sessions route again.
             self._answer_session_not_found()
             return
-        self.bound_backend = backend.name
+        self.ex.bound_backend = backend.name
         self._dispatch(request, backend)
 
     def _dispatch(self, request: Request, backend: Backend, fresh: bool = False) -> None:
@@ -666,11 +640,11 @@ class ClientConnection(asyncio.Protocol):
                 self._answer_too_many_streams()
                 return
         elif admission.limited and not admission.can_hold(backend):
-            self._wait_for_slot(request, backend if self.bound_backend is not None else None)
+            self._wait_for_slot(request, backend if self.ex.bound_backend is not None else None)
             return
         admission.hold(backend, stream)
-        self.backend = backend
-        self.slot_stream = stream
+        self.ex.backend = backend
+        self.ex.slot_stream = stream
         self._send_to(request, backend, fresh)
 
     def _send_to(self, request: Request, backend: Backend, fresh: bool = False) -> None:
@@ -680,14 +654,14 @@ class ClientConnection(asyncio.Protocol):
         if conn is not None:
             self._attach(request, backend, conn)
         else:
-            self.task = self._spawn(self._connect(request, backend))
+            self.ex.task = self._spawn(self._connect(request, backend))
 
     async def _connect(self, request: Request, backend: Backend) -> None:
         """Open a connection; while nothing was sent, failures may move to another backend."""
         try:
             conn = await self.runtime.pool(backend).connect()
         except (OSError, TimeoutError) as exc:
-            self.task = None
+            self.ex.task = None
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             log.warning("connect to backend %s failed: %s", backend.name, reason)
             self.runtime.health.connect_failed(backend, reason)
@@ -695,20 +669,20 @@ class ClientConnection(asyncio.Protocol):
             self._release_slot()
             if request is not self.current or self.state == CLOSED:
                 return  # the client is gone
-            if self.bound_backend is not None:
+            if self.ex.bound_backend is not None:
                 # Its sessions died with it; the client must initialize elsewhere.
                 if request.session_id is not None and self.runtime.session_codec is None:
                     await self._forget(request.session_id)
                 self._answer_session_not_found()
                 return
-            self.attempted.add(backend.name)
+            self.ex.attempted.add(backend.name)
             retry = self._retry_target(request, "connect_failure", sent=False)
             if retry is None:
                 self._answer_error(502, "bad_gateway", "no backend could be reached")
             else:
                 self._dispatch(request, retry)
             return
-        self.task = None
+        self.ex.task = None
         if request is not self.current or self.state == CLOSED:
             conn.pool.release(conn, self.loop.time())
             return
@@ -716,9 +690,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _attach(self, request: Request, backend: Backend, conn: UpstreamConnection) -> None:
         """Send the request head (and any buffered body) on ``conn``."""
-        self.backend = backend
-        self.served_by = backend.name
-        self.upstream = conn
+        self.ex.backend = backend
+        self.ex.served_by = backend.name
+        self.ex.upstream = conn
         conn.sink = self
         conn.requests += 1
         conn.expect_no_body = request.method == b"HEAD"
@@ -757,7 +731,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _forward_body(self, request: Request, data: bytes) -> None:
-        upstream = self.upstream
+        upstream = self.ex.upstream
         if request is self.current and upstream is not None:
             self._send_up(data)
             replay = request.replay
@@ -789,14 +763,14 @@ class ClientConnection(asyncio.Protocol):
         if 502 <= status <= 504 and self._retry_after_status(request, status):
             return
         self.state = STREAMING
-        self.response_started = True
-        self.upstream_keep_alive = keep_alive
-        self.status = status
-        if self.backend is not None:
-            self.runtime.health.responded(self.backend, status)
-            backend_stats = self.stats.backends[self.backend.name]
+        self.ex.response_started = True
+        self.ex.upstream_keep_alive = keep_alive
+        self.ex.status = status
+        if self.ex.backend is not None:
+            self.runtime.health.responded(self.ex.backend, status)
+            backend_stats = self.stats.backends[self.ex.backend.name]
             backend_stats.requests[(request.method, status // 100)] += 1
-            backend_stats.first_byte.observe(self.loop.time() - self.started)
+            backend_stats.first_byte.observe(self.loop.time() - self.ex.started)
         head = framing.response_head(
             status,
             headers,
@@ -805,19 +779,19 @@ class ClientConnection(asyncio.Protocol):
             upgrade=request.upgrade,
             keep_alive=request.keep_alive and not self.closing and self.parser is not None,
         )
-        self.framing = head.framing
-        self.client_keep_alive = head.keep_alive
-        self.upstream_until_close = head.until_close
+        self.ex.framing = head.framing
+        self.ex.client_keep_alive = head.keep_alive
+        self.ex.upstream_until_close = head.until_close
         out = head.headers
         session_id = head.session_id
         content_type = head.content_type
-        backend = self.backend
+        backend = self.ex.backend
         if (
             content_type.startswith(b"text/event-stream")
             and backend is not None
-            and not self.slot_stream
+            and not self.ex.slot_stream
         ):
-            self.slot_stream = True
+            self.ex.slot_stream = True
             self.runtime.admission.became_stream(backend)
         if self.sticky and backend is not None:
             if session_id is not None:
@@ -829,7 +803,7 @@ class ClientConnection(asyncio.Protocol):
                     and content_type.startswith(b"text/event-stream")
                 ):
                     codec = self.runtime.session_codec
-                    self.scanner = affinity.EndpointScanner(
+                    self.ex.scanner = affinity.EndpointScanner(
                         None if codec is None else partial(_seal_or_keep, codec, backend.name)
                     )
             elif status == 404 or (request.method == b"DELETE" and 200 <= status < 300):
@@ -842,38 +816,38 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_body(self, data: bytes) -> None:
         self.active = True
-        self.response_bytes += len(data)
-        scanner = self.scanner
+        self.ex.response_bytes += len(data)
+        scanner = self.ex.scanner
         if scanner is not None:
             data = scanner.feed(data)
             if scanner.done:
-                self.scanner = None
-                if scanner.session_id is not None and self.backend is not None:
-                    self._learn_legacy_session(scanner.session_id, self.backend)
+                self.ex.scanner = None
+                if scanner.session_id is not None and self.ex.backend is not None:
+                    self._learn_legacy_session(scanner.session_id, self.ex.backend)
             if not data:
                 return
-        if self.framing == framing.CHUNKED:
+        if self.ex.framing == framing.CHUNKED:
             self._send(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self._send(data)
 
     def upstream_complete(self) -> None:
-        if self.framing == framing.TUNNEL:
+        if self.ex.framing == framing.TUNNEL:
             return
-        if self.holding:
-            self.complete_pending = True
+        if self.ex.holding:
+            self.ex.complete_pending = True
             return
-        if self.scanner is not None:
-            rest, self.scanner = self.scanner.flush(), None
+        if self.ex.scanner is not None:
+            rest, self.ex.scanner = self.ex.scanner.flush(), None
             if rest:
-                self._send(chunk(rest) if self.framing == framing.CHUNKED else rest)
-        if self.framing == framing.CHUNKED:
+                self._send(chunk(rest) if self.ex.framing == framing.CHUNKED else rest)
+        if self.ex.framing == framing.CHUNKED:
             self._send(LAST_CHUNK)
         self.flush()
         request = self.current
         assert request is not None
-        upstream = self.upstream
-        reusable = self.upstream_keep_alive and http11.fully_sent(
+        upstream = self.ex.upstream
+        reusable = self.ex.upstream_keep_alive and http11.fully_sent(
             request.complete, request.upgrade, request.content_length, request.body_size
         )
         if upstream is not None:
@@ -888,8 +862,8 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_tunnel(self, data: bytes) -> None:
         if self.state != TUNNEL:
-            upstream = self.upstream
-            if self.framing != framing.TUNNEL or upstream is None:
+            upstream = self.ex.upstream
+            if self.ex.framing != framing.TUNNEL or upstream is None:
                 self._close()
                 return
             self.state = TUNNEL
@@ -902,7 +876,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def upstream_lost(self, error: BaseException | None) -> None:
-        upstream = self.upstream
+        upstream = self.ex.upstream
         request = self.current
         if upstream is None or request is None:
             return
@@ -910,8 +884,8 @@ class ClientConnection(asyncio.Protocol):
             self._end_exchange()
             self._close()
             return
-        if not self.response_started:
-            backend = self.backend
+        if not self.ex.response_started:
+            backend = self.ex.backend
             self._end_exchange()
             retry = None
             if (
@@ -930,8 +904,8 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._answer_error(502, "bad_gateway", "backend closed the connection")
             return
-        if self.upstream_until_close:
-            self.upstream_keep_alive = False
+        if self.ex.upstream_until_close:
+            self.ex.upstream_keep_alive = False
             self.upstream_complete()
             return
         # Mid-body: the client must see the response as truncated.
@@ -947,25 +921,25 @@ class ClientConnection(asyncio.Protocol):
             # a fresh connection to the same backend.
             log.debug("pooled connection to %s was closed; retrying", backend.name)
             return self._retry_target(request, "reset", sent=True, same=backend)
-        if self.bound_backend is not None:
+        if self.ex.bound_backend is not None:
             return None
-        self.attempted.add(backend.name)
+        self.ex.attempted.add(backend.name)
         return self._retry_target(request, "reset", sent=True)
 
     def _retry_after_status(self, request: Request, status: int) -> bool:
         """Resend a request the backend answered 502/503/504, if configured; True if so."""
-        backend = self.backend
-        upstream = self.upstream
+        backend = self.ex.backend
+        upstream = self.ex.upstream
         if (
             backend is None
             or upstream is None
-            or self.bound_backend is not None
+            or self.ex.bound_backend is not None
             or not request.complete
             or request.replay is None
             or str(status) not in self.runtime.config.retries.on
         ):
             return False
-        self.attempted.add(backend.name)
+        self.ex.attempted.add(backend.name)
         retry = self._retry_target(request, str(status), sent=True)
         if retry is None:
             return False
@@ -987,7 +961,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _hold_for(self, job: Coroutine[Any, Any, None]) -> None:
         """Hold the response while ``job`` (a store update) runs, then release it."""
-        self.holding = True
+        self.ex.holding = True
         self._pause_upstream(_UP_PAUSE_HOLD)
         self._spawn(self._release_after(job))
 
@@ -996,11 +970,11 @@ class ClientConnection(asyncio.Protocol):
             await job
         except Exception:
             log.exception("session store update failed")
-        self.holding = False
+        self.ex.holding = False
         self.flush()
         self._resume_upstream(_UP_PAUSE_HOLD)
-        if self.complete_pending:
-            self.complete_pending = False
+        if self.ex.complete_pending:
+            self.ex.complete_pending = False
             self.upstream_complete()
 
     def _learn_session(self, out: Headers, session_id: str, backend: Backend) -> Headers:
@@ -1049,7 +1023,7 @@ class ClientConnection(asyncio.Protocol):
     def _learn_legacy_session(self, session_id: str, backend: Backend) -> None:
         if self.runtime.session_codec is None:
             self._hold_for(self._bind_session(session_id, backend))
-            self.legacy_session = session_id
+            self.ex.legacy_session = session_id
         else:
             self.runtime.session_bound(backend.name)
 
@@ -1057,8 +1031,8 @@ class ClientConnection(asyncio.Protocol):
         """The backend ended (DELETE) or does not know (404) a session."""
         if self.runtime.session_codec is None:
             self._hold_for(self._forget(session_id))
-        elif self.bound_backend is not None:
-            self.runtime.session_ended(self.bound_backend)
+        elif self.ex.bound_backend is not None:
+            self.runtime.session_ended(self.ex.bound_backend)
 
     def _cookie_for(self, request: Request, backend: Backend) -> bytes | None:
         """A Set-Cookie pinning the client to ``backend``, unless its cookie already does."""
@@ -1105,20 +1079,20 @@ class ClientConnection(asyncio.Protocol):
         """Write towards the backend; what one client read produces (a request head and
         the body that came with it) goes out in one write."""
         if self.feeding:
-            self.up_out.append(data)
-        elif self.upstream is not None:
-            self.upstream.send(data)
+            self.ex.up_out.append(data)
+        elif self.ex.upstream is not None:
+            self.ex.upstream.send(data)
 
     def _flush_up(self) -> None:
-        out, self.up_out = self.up_out, []
-        if self.upstream is not None:
-            self.upstream.send(out[0] if len(out) == 1 else b"".join(out))
+        out, self.ex.up_out = self.ex.up_out, []
+        if self.ex.upstream is not None:
+            self.ex.upstream.send(out[0] if len(out) == 1 else b"".join(out))
 
     def flush(self) -> None:
         """Write what the last upstream read produced in one call (one syscall, not one
         per piece of the response)."""
         out = self.out
-        if not out or self.holding:
+        if not out or self.ex.holding:
             return
         self.out = []
         if self.transport is not None and self.state != CLOSED:
@@ -1126,7 +1100,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer_session_not_found(self) -> None:
         self.stats.session_not_found += 1
-        self.status = 404
+        self.ex.status = 404
         request = self.current
         keep = request is not None and request.complete and request.keep_alive
         self._write_answer(
@@ -1144,14 +1118,14 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         """Answer the current request with an error (only if no response byte was sent)."""
         request = self.current
-        if self.response_started or request is None:
+        if self.ex.response_started or request is None:
             self._close()
             return
         keep = request.complete and request.keep_alive and not self.closing
         extra = [(b"retry-after", b"1")] if retry_after else []
         if headers:
             extra += headers
-        self.status = status
+        self.ex.status = status
         self.stats.proxy_errors[str(status)] += 1
         if status >= 500:
             log.warning("%d %s: %s %s", status, code, request.method.decode(), message)
@@ -1164,7 +1138,7 @@ class ClientConnection(asyncio.Protocol):
         request = self.current
         if self.transport is None or request is None or self.state == CLOSED:
             return
-        self.response_started = True
+        self.ex.response_started = True
         self.transport.write(data)
         if keep_alive:
             self._next_request(request)
@@ -1177,14 +1151,14 @@ class ClientConnection(asyncio.Protocol):
         """Answer a request that could not be parsed or accepted, then close."""
         if self.state == CLOSED:
             return
-        upstream = self.upstream
+        upstream = self.ex.upstream
         if upstream is not None:
             self._end_exchange()
             upstream.abort()
         lingering = False
-        if not self.response_started and self.transport is not None:
+        if not self.ex.response_started and self.transport is not None:
             self.transport.write(http11.error_response(status, code, message, close=True))
-            self.status = status
+            self.ex.status = status
             self.stats.proxy_errors[str(status)] += 1
             lingering = True
         self._close(linger=lingering)
@@ -1193,23 +1167,20 @@ class ClientConnection(asyncio.Protocol):
         """After an answer: close, start the next pipelined request, or wait for one."""
         if self.access_log and not finished.logged:
             self._log_access(finished)
-        if self.upstream is not None or self.backend is not None:
-            upstream = self.upstream  # an error answer ended the exchange early
+        if self.ex.upstream is not None or self.ex.backend is not None:
+            upstream = self.ex.upstream  # an error answer ended the exchange early
             self._end_exchange()
             if upstream is not None:
                 upstream.abort()
         keep = (
-            self.client_keep_alive
+            self.ex.client_keep_alive
             and finished.keep_alive
             and finished.complete
             and not self.closing
             and self.parser is not None
         )
         self.current = None
-        self.response_started = False
-        self.framing = framing.NO_BODY
-        self.upstream_until_close = False
-        self.client_keep_alive = True
+        self.ex = Exchange()  # the next request starts from a clean state
         if not keep:
             self._close(linger=not finished.complete)  # see _write_answer
             return
@@ -1226,15 +1197,15 @@ class ClientConnection(asyncio.Protocol):
 
     def _release_slot(self) -> None:
         """Give back the slot of an exchange that never reached its backend."""
-        backend = self.backend
+        backend = self.ex.backend
         if backend is not None:
-            self.backend = None
-            self.runtime.admission.release(backend, self.slot_stream)
-            self.slot_stream = False
+            self.ex.backend = None
+            self.runtime.admission.release(backend, self.ex.slot_stream)
+            self.ex.slot_stream = False
 
     def _detach_upstream(self, upstream: UpstreamConnection) -> None:
-        self.upstream = None
-        self.up_out = []
+        self.ex.upstream = None
+        self.ex.up_out = []
         upstream.sink = None
         if self.up_pauses:
             self.up_pauses = 0
@@ -1242,38 +1213,38 @@ class ClientConnection(asyncio.Protocol):
 
     def _end_exchange(self) -> None:
         """Detach from the upstream connection and free the slot held on the backend."""
-        upstream = self.upstream
-        backend = self.backend
-        self.upstream = None
-        self.backend = None
+        upstream = self.ex.upstream
+        backend = self.ex.backend
+        self.ex.upstream = None
+        self.ex.backend = None
         if backend is not None:
-            self.runtime.admission.release(backend, self.slot_stream)
+            self.runtime.admission.release(backend, self.ex.slot_stream)
             backend_stats = self.stats.backends[backend.name]
-            backend_stats.duration.observe(self.loop.time() - self.started)
-            backend_stats.bytes_out += self.response_bytes
+            backend_stats.duration.observe(self.loop.time() - self.ex.started)
+            backend_stats.bytes_out += self.ex.response_bytes
             if self.current is not None:
                 backend_stats.bytes_in += self.current.body_size
-        self.slot_stream = False
-        self.scanner = None
-        self.up_out = []  # bytes for a connection that is being let go
-        if self.legacy_session is not None:
+        self.ex.slot_stream = False
+        self.ex.scanner = None
+        self.ex.up_out = []  # bytes for a connection that is being let go
+        if self.ex.legacy_session is not None:
             # The legacy transport's session lives as long as its GET stream.
-            self._spawn(self._forget(self.legacy_session))
-            self.legacy_session = None
+            self._spawn(self._forget(self.ex.legacy_session))
+            self.ex.legacy_session = None
         if upstream is not None:
             self._detach_upstream(upstream)
 
     def _close(self, linger: bool = False) -> None:
-        self.holding = False
+        self.ex.holding = False
         self.flush()
         request = self.current
-        if self.access_log and request is not None and not request.logged and self.status:
+        if self.access_log and request is not None and not request.logged and self.ex.status:
             self._log_access(request)
         self.state = CLOSED
         self.parser = None
         self._leave_queue()
-        upstream = self.upstream
-        if upstream is not None or self.backend is not None:
+        upstream = self.ex.upstream
+        if upstream is not None or self.ex.backend is not None:
             self._end_exchange()
             if upstream is not None:
                 upstream.abort()
@@ -1333,22 +1304,22 @@ class ClientConnection(asyncio.Protocol):
         self.read_pauses &= ~reason
         if self.read_pauses:
             return
-        self.body_paused += self.loop.time() - self.paused_at
+        self.ex.body_paused += self.loop.time() - self.paused_at
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
     def _pause_upstream(self, reason: int) -> None:
-        if not self.up_pauses and self.upstream is not None:
-            self.upstream.pause_reading()
+        if not self.up_pauses and self.ex.upstream is not None:
+            self.ex.upstream.pause_reading()
         self.up_pauses |= reason
 
     def _resume_upstream(self, reason: int) -> None:
         if not self.up_pauses & reason:
             return
         self.up_pauses &= ~reason
-        if not self.up_pauses and self.upstream is not None:
-            self.upstream.resume_reading()
+        if not self.up_pauses and self.ex.upstream is not None:
+            self.ex.upstream.resume_reading()
 
     # -- timeouts -----------------------------------------------------------------------
 
@@ -1399,8 +1370,8 @@ class ClientConnection(asyncio.Protocol):
         time during which the proxy held the client back does not count."""
         request = self.current
         assert request is not None
-        held = self.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
-        elapsed = now - self.started - held
+        held = self.ex.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
+        elapsed = now - self.ex.started - held
         if elapsed > self.config.timeouts.body:
             message = "request body not received within timeouts.body"
         elif (
@@ -1414,10 +1385,10 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def _answer_timeout(self) -> None:
-        upstream = self.upstream
-        if self.backend is not None:
-            self.runtime.health.timed_out(self.backend)
-            self.stats.backends[self.backend.name].timeouts += 1
+        upstream = self.ex.upstream
+        if self.ex.backend is not None:
+            self.runtime.health.timed_out(self.ex.backend)
+            self.stats.backends[self.ex.backend.name].timeouts += 1
         if upstream is not None:
             self._end_exchange()
             upstream.abort()

@@ -145,7 +145,7 @@ class ProxyServer:
                 self.runtime.admission.wake()
             retired = self.runtime.retire_over()
             for n, conn in enumerate(list(self.connections), 1):
-                if retired and conn.backend in retired:
+                if retired and conn.ex.backend in retired:
                     conn.cut("its backend was removed and its drain deadline passed")
                 conn.check_timeouts(now)
                 if n % SWEEP_SLICE == 0:

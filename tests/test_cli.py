@@ -27,7 +27,7 @@ def mcplb(*args: str) -> subprocess.CompletedProcess[str]:
 
 # `make unit-compiled` runs the suite again on the mypyc build and says so here.
 BUILD = (
-    "compiled: http11, request, framing, pool, relay"
+    "compiled: http11, request, exchange, framing, pool, relay"
     if os.environ.get("MCPLB_BUILD") == "compiled"
     else "pure Python"
 )
