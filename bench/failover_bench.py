@@ -76,7 +76,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from bench.common import (  # noqa: E402  # noqa: E402
+from bench.common import (  # noqa: E402
     SIGNALS,
     free_ports,
     interruptible,

@@ -47,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import (  # noqa: E402  # noqa: E402
+from bench.common import (  # noqa: E402
     NotReady,
     free_ports,
     mcplb_python,

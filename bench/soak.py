@@ -103,7 +103,7 @@ from mcp import ClientSession  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 
-from bench.common import (  # noqa: E402  # noqa: E402
+from bench.common import (  # noqa: E402
     HOST,
     SIGNALS,
     NotReady,
