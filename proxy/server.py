@@ -36,6 +36,23 @@ from mcplb.proxy.validate import validated
 
 log = logging.getLogger("mcplb")
 
+# A SIGTERM or SIGINT that came before the event loop's handlers existed (the port is open
+# from the moment it is bound): the worker stops as soon as it runs, as on any SIGTERM.
+_stop_requested = False
+
+
+def _note_stop(signum: int, frame: object) -> None:
+    global _stop_requested
+    _stop_requested = True
+
+
+def note_early_stops() -> None:
+    """Hold SIGTERM and SIGINT until ``run_until_signalled`` installs its own handlers
+    (a pod deleted while it starts must not die with exit 143 and no drain)."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _note_stop)
+
+
 SWEEP_INTERVAL = 0.5  # seconds; timeouts are enforced to this precision
 SWEEP_SLICE = 500  # connections checked between two turns of the event loop
 LISTEN_BACKLOG = 4096
@@ -330,6 +347,8 @@ async def run_until_signalled(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if _stop_requested:
+        stop.set()  # signalled while starting (note_early_stops): serve nothing new, stop
     setup_access_log(config)
     try:
         server = ProxyServer(
@@ -401,6 +420,7 @@ def run_worker(
 def serve(config: Config) -> int:
     """Run the proxy with ``config.workers`` processes; blocks until stopped."""
     if config.workers <= 1:
+        note_early_stops()
         try:
             sock = bind_socket(config.listen_host, config.listen_port, False)
         except OSError as exc:

@@ -241,3 +241,41 @@ async def test_after_shutdown_nothing_is_listening(peers: Peers, tmp_path: Path)
     assert await proxy.wait(timeout=10) == 0
     assert time.monotonic() - started < DELAY
     assert (await attempt(port, get("/"), 0)).outcome == "refused"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_right_after_the_port_opens_is_a_clean_stop(tmp_path: Path, workers: int) -> None:
+    """The port opens before the event loop's signal handlers exist. Before, a SIGTERM in
+    that window (a pod deleted as it starts) killed the process (exit -15); now it is
+    noted and the proxy stops as on any SIGTERM, with exit 0."""
+    import socket
+    import subprocess
+    import sys
+
+    port = free_port()
+    config = tmp_path / "mcplb.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nadmin: {{enabled: false}}\nworkers: {workers}\n"
+        "sticky: {mcp_sessions: false}\n"
+        "backends:\n  - {name: a, url: 'http://127.0.0.1:9'}\n"
+    )
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcplb.proxy.cli", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proc.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.001)  # polling the port: no event announces the bind
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
