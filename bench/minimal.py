@@ -180,26 +180,17 @@ async def serve(port: int, factory: Callable[[], asyncio.Protocol]) -> None:
     server.close()
 
 
-class EventStream(asyncio.Protocol):
+class EventStream(Backend):
+    """Answers each request with an event stream that stays open (events: send_events)."""
+
     HEAD = (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
         b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
     def __init__(self, streams: set[EventStream]) -> None:
+        super().__init__()
         self.streams = streams
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.transport is not None:
-                self.transport.close()
 
     def on_message_complete(self) -> None:
         if self.transport is not None:
