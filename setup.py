@@ -18,7 +18,14 @@ from setuptools import setup
 # mcplb.proxy.cli.build() reports which of them are compiled.
 COMPILED = [
     f"mcplb/proxy/{name}.py"
-    for name in ("http11", "request", "exchange", "framing", "pool", "relay")
+    for name in (
+        "relay/http11",
+        "relay/request",
+        "relay/exchange",
+        "relay/framing",
+        "relay/connection",
+        "cluster/pool",
+    )
 ]
 
 ext_modules = []

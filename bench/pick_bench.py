@@ -67,7 +67,7 @@ PickFn = Callable[[Sequence[Any], RequestFacts], Any]
 
 
 class FakeBackend:
-    """A plain object with the BackendView attributes (like proxy.backends.Backend)."""
+    """A plain object with the BackendView attributes (like cluster.backends.Backend)."""
 
     __slots__ = ("available", "in_flight", "max_sessions", "name", "sessions", "streams", "weight")
 

@@ -177,7 +177,7 @@ async def bench_health(args: argparse.Namespace, tmp: Path) -> str:
 
 
 def bench_sessions(args: argparse.Namespace) -> str:
-    from mcplb.proxy.sessions import MemorySessionStore
+    from mcplb.proxy.sessions.store import MemorySessionStore
 
     count = args.sessions
     names = [f"backend-{i}" for i in range(10)]

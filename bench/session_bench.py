@@ -33,7 +33,7 @@ Stores (the ``sticky`` section of mcplb's config):
   memory  store: memory (bindings in the worker)
   signed  store: signed with a random 40-character key (ids rewritten into signed tokens)
   redis   store: redis on the redis-server started here (per-worker cache in front of Redis,
-          see proxy/redis_store.py, so a known session is answered locally)
+          see proxy/sessions/redis_store.py, so a known session is answered locally)
 
 The wrk Lua script keeps ONE session per wrk thread: until the thread has a session id every
 request it sends is ``POST /mcp`` without one (the "initialize"; all connections of the thread
@@ -125,7 +125,8 @@ EXTRA_SECTIONS = (
     ("log: {access: false}", "access log off"),
 )
 OTHER_CPU_WARN = 0.1  # CPUs used by processes outside the benchmark before a run is flagged
-SOURCE_DIRS = ("proxy", "strategies", "healthcheck")  # copied once; every mcplb runs that copy
+# Copied once; every mcplb of the run uses that copy.
+SOURCE_DIRS = ("mcplb", "proxy", "strategies", "healthcheck")
 KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 # --------------------------------------------------------------------------- wrk Lua script
@@ -364,7 +365,7 @@ def mcplb_base_lines(port: int, backend_port: int) -> list[str]:
 
 def supported_extras() -> list[tuple[str, str]]:
     """Which of EXTRA_SECTIONS this checkout's config loader accepts: (yaml line, label)."""
-    from mcplb.proxy.config import ConfigError, parse_config
+    from mcplb.proxy.config.schema import ConfigError, parse_config
 
     ok: list[tuple[str, str]] = []
     for line, label in EXTRA_SECTIONS:
@@ -810,11 +811,11 @@ def snapshot_source(dest: Path, timeout: float) -> str:
     for name in SOURCE_DIRS:
         if (REPO_ROOT / name).is_dir():
             ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-            shutil.copytree(REPO_ROOT / name, dest / name, ignore=ignore)
+            shutil.copytree(REPO_ROOT / name, dest / name, ignore=ignore, symlinks=True)
     digest = hashlib.sha256()
     for path in sorted(p for p in dest.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(dest)).encode() + b"\0" + path.read_bytes() + b"\0")
-    check = [mcplb_python(), "-c", "import proxy.cli; print(proxy.cli.__file__)"]
+    check = [mcplb_python(), "-c", "import mcplb.proxy.cli as c; print(c.__file__)"]
     try:
         out = subprocess.run(
             check, cwd=dest, capture_output=True, text=True, timeout=timeout, check=False

@@ -8,7 +8,7 @@ Usage (from the repository root)::
 Started here, all on 127.0.0.1 free ports, logs in a temp dir:
   - ``redis-server`` (no persistence; found as tests/redis_server.py does, ``make system-deps``
     installs it): mcplb's session store;
-  - four demo MCP backends, ``python -m mcplb.proxy.demo_backend --name mcp-X --port P``
+  - four demo MCP backends, ``python -m mcplb.proxy.demo.backend --name mcp-X --port P``
     (official MCP
     SDK servers, tools whoami/add/countdown, ``GET /debug/sessions``). mcp-a, mcp-b and mcp-c
     are in the config from the start; mcp-d runs all along but is only added by a reload;
@@ -140,7 +140,9 @@ F_REDIS = 0.75
 REDIS_DOWN = 3.0  # seconds redis-server stays down
 GRACE = 5.0  # timeouts.grace: also how long a backend removed by a reload drains
 DRAIN_SLACK = 0.6  # the drain deadline is enforced by a 0.5 s sweep
-REDIS_RECONNECT = 5.0  # proxy/redis_store.py BACKOFF_MAX: longest wait before it retries Redis
+REDIS_RECONNECT = (
+    5.0  # proxy/sessions/redis_store.py BACKOFF_MAX: longest wait before it retries Redis
+)
 MIN_WARMUP = 5.0
 
 MCP_PATH = "/mcp"
@@ -168,9 +170,9 @@ SSE_HOLD = (5.0, 10.0)
 SSE_COUNTDOWN = {"n": 10, "delay": 0.3}
 START_TIMEOUT = 20.0
 EXAMPLES = 200  # unexpected failures listed one by one in the JSON report
-STORE_LOG_PREFIX = "Redis session store: "  # proxy/redis_store.py's warnings
+STORE_LOG_PREFIX = "Redis session store: "  # proxy/sessions/redis_store.py's warnings
 STORE_BACK = "Redis answers again"
-BACKOFF_MIN = 0.5  # proxy/redis_store.py: the first backoff after a Redis failure
+BACKOFF_MIN = 0.5  # proxy/sessions/redis_store.py: the first backoff after a Redis failure
 LOG_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
     r"\[(?P<pid>\d+)\]: (?P<msg>.*)$"
@@ -1117,7 +1119,7 @@ def backend_cmd(name: str, port: int) -> list[str]:
     return [
         mcplb_python(),
         "-m",
-        "mcplb.proxy.demo_backend",
+        "mcplb.proxy.demo.backend",
         "--name",
         name,
         "--port",

@@ -1,6 +1,6 @@
 """The health settings (the ``health:`` section of the config), as frozen dataclasses.
 
-They live with the health checks that read them; ``proxy/config.py`` builds them from YAML
+They live with the health checks that read them; ``proxy/config/schema.py`` builds them from YAML
 and re-exports them, so the dependency runs one way: proxy -> healthcheck.
 """
 

@@ -2,7 +2,7 @@
 
 It runs the active probes, takes the relay's passive reports, and writes the outcome onto
 the backend objects that strategies read (:class:`~mcplb.healthcheck.target.HealthTarget`,
-implemented by ``mcplb.proxy.backends.Backend``):
+implemented by ``mcplb.proxy.cluster.backends.Backend``):
 
 - ``backend.available = up and not ejected and not draining``;
 - ``backend.weight`` ramps from ~0 to ``backend.config.weight`` during slow start.

@@ -1,5 +1,5 @@
 """What the health checks need of a backend: a small protocol, so that ``healthcheck``
-depends on no ``proxy`` module (``proxy.backends.Backend`` is the implementation).
+depends on no ``proxy`` module (``proxy.cluster.backends.Backend`` is the implementation).
 
 The monitor is the one owner of ``available`` and ``weight``: it alone writes them, from
 its verdicts, the drain flag and slow start; strategies and the relay only read them.

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from mcplb import __version__
-from mcplb.proxy.config import Config, ConfigError, ConfigIssue
-from mcplb.proxy.validate import validated
+from mcplb.proxy.config.schema import Config, ConfigError, ConfigIssue
+from mcplb.proxy.config.validate import validated
 
 
 def build() -> str:
@@ -16,11 +16,12 @@ def build() -> str:
     pure-Python modules, which are the reference and the fallback."""
     from importlib.machinery import EXTENSION_SUFFIXES
 
-    from mcplb.proxy import exchange, framing, http11, pool, relay, request
+    from mcplb.proxy.cluster import pool
+    from mcplb.proxy.relay import connection, exchange, framing, http11, request
 
     compiled = [
-        module.__name__.rsplit(".", 1)[1]
-        for module in (http11, request, exchange, framing, pool, relay)
+        module.__name__.removeprefix("mcplb.proxy.")
+        for module in (http11, request, exchange, framing, connection, pool)
         if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
     ]
     return "compiled: " + ", ".join(compiled) if compiled else "pure Python"
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config, args.log_level)
     if args.command == "top":
-        from mcplb.proxy.top import run_top
+        from mcplb.proxy.admin.top import run_top
 
         return run_top(args.admin, once=args.once, interval=args.interval)
     return _demo(args.backends, args.port)
@@ -97,7 +98,7 @@ def _check(path: str) -> int:
 
 
 def _run(path: str, log_level: str | None) -> int:
-    from mcplb.proxy.server import serve, setup_logging
+    from mcplb.proxy.server.worker import serve, setup_logging
 
     config = _load_or_report(path)
     if config is None:
@@ -120,8 +121,8 @@ def _demo(backends: int, port: int) -> int:
             file=sys.stderr,
         )
         return 2
-    from mcplb.proxy.demo import run_demo
-    from mcplb.proxy.server import setup_logging
+    from mcplb.proxy.demo.run import run_demo
+    from mcplb.proxy.server.worker import setup_logging
 
     setup_logging("info")
     return run_demo(backends=backends, port=port)

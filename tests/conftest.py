@@ -12,8 +12,14 @@ import redis.asyncio as aioredis
 import uvloop
 from aiohttp import web
 
-from mcplb.proxy.config import AdminConfig, BackendConfig, Config, LimitsConfig, TimeoutsConfig
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.config.schema import (
+    AdminConfig,
+    BackendConfig,
+    Config,
+    LimitsConfig,
+    TimeoutsConfig,
+)
+from mcplb.proxy.server.worker import ProxyServer
 from tests.redis_server import RedisServer, RedisServerMissing, start_redis
 
 

@@ -1,6 +1,6 @@
 """Real peers for integration tests: demo MCP backends and mcplb proxies as subprocesses.
 
-No mocks: every backend is ``python -m mcplb.proxy.demo_backend`` (the official MCP SDK server
+No mocks: every backend is ``python -m mcplb.proxy.demo.backend`` (the official MCP SDK server
 under uvicorn) and every proxy is ``python -m mcplb.proxy.cli run --config FILE``. Everything
 listens on 127.0.0.1 and every wait is bounded.
 
@@ -34,7 +34,7 @@ Typical fixtures (pytest-asyncio, auto mode)::
         a = await peers.backend("mcp-a")
         b = await peers.backend("mcp-b", stateless=True)
         port = free_port()
-        # (YAML shown for illustration: the schema is whatever proxy/config.py loads)
+        # (YAML shown for illustration: the schema is whatever proxy/config/schema.py loads)
         proxy = await peers.proxy(f'''
     listen: "127.0.0.1:{port}"
     backends:
@@ -322,7 +322,7 @@ class _ManagedProcess:
 
 
 class McpBackend(_ManagedProcess):
-    """A ``python -m mcplb.proxy.demo_backend`` subprocess listening on 127.0.0.1:``port``."""
+    """A ``python -m mcplb.proxy.demo.backend`` subprocess listening on 127.0.0.1:``port``."""
 
     label = "MCP backend"
 
@@ -339,7 +339,7 @@ class McpBackend(_ManagedProcess):
         self.port = port
         self.transport: Transport = transport
         self.url = f"http://{LOOPBACK}:{port}"
-        argv = [sys.executable, "-m", "mcplb.proxy.demo_backend", "--name", name]
+        argv = [sys.executable, "-m", "mcplb.proxy.demo.backend", "--name", name]
         argv += ["--host", LOOPBACK, "--port", str(port), "--transport", transport]
         argv += ["--parent-pid", str(os.getpid())]
         if stateless:

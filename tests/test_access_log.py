@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.access_log import PIPE_BUF, AccessLog, BufferedWriter, _whole_lines
-from mcplb.proxy.config import LogConfig
+from mcplb.proxy.config.schema import LogConfig
+from mcplb.proxy.observability.access_log import PIPE_BUF, AccessLog, BufferedWriter, _whole_lines
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.eventually import eventually
 from tests.peers import Peers, free_port, wait_for_output
@@ -91,7 +91,7 @@ async def test_writer_flushes_by_size_by_time_and_when_asked() -> None:
 def test_a_process_that_dies_with_an_exception_still_writes_its_lines(tmp_path: Path) -> None:
     script = (
         "import asyncio\n"
-        "from mcplb.proxy import access_log\n"
+        "from mcplb.proxy.observability import access_log\n"
         "access_log.install(1)\n"
         "async def main():\n"
         "    for n in range(5):\n"

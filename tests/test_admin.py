@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcplb.proxy.config import AdminConfig, StickyConfig
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.config.schema import AdminConfig, StickyConfig
+from mcplb.proxy.server.worker import ProxyServer
 from tests import rawhttp
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, mcp_session, result_text

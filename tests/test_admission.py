@@ -1,6 +1,6 @@
 """Admission control without sockets: slot accounting, caps and the queue of waiters.
 
-The backends are real ``proxy.backends.Backend`` objects (their counters are what the
+The backends are real ``proxy.cluster.backends.Backend`` objects (their counters are what the
 strategies read); the waiters follow the relay's ``retry_admission`` contract.
 """
 
@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mcplb.proxy.admission import Admission
-from mcplb.proxy.backends import Backend
-from mcplb.proxy.config import BackendConfig, LimitsConfig
+from mcplb.proxy.cluster.admission import Admission
+from mcplb.proxy.cluster.backends import Backend
+from mcplb.proxy.config.schema import BackendConfig, LimitsConfig
 
 
 def backend(

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.peers import Peers, free_port
 

@@ -27,7 +27,8 @@ def mcplb(*args: str) -> subprocess.CompletedProcess[str]:
 
 # `make unit-compiled` runs the suite again on the mypyc build and says so here.
 BUILD = (
-    "compiled: http11, request, exchange, framing, pool, relay"
+    "compiled: relay.http11, relay.request, relay.exchange, relay.framing, relay.connection,"
+    " cluster.pool"
     if os.environ.get("MCPLB_BUILD") == "compiled"
     else "pure Python"
 )

@@ -1,4 +1,4 @@
-"""Tests for the YAML config loader and validator (proxy/config.py)."""
+"""Tests for the YAML config loader and validator (proxy/config/schema.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcplb.proxy.config import (
+from mcplb.proxy.config.schema import (
     ActiveHealthConfig,
     BackendConfig,
     Config,

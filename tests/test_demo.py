@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mcplb.proxy import demo
+from mcplb.proxy.demo import run as demo
 from tests.peers import REPO_ROOT, free_port
 
 SCRIPT = Path(sys.executable).parent / "mcplb"  # what `make demo` runs

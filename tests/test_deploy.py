@@ -23,7 +23,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from mcplb.proxy.config import Config, parse_config
+from mcplb.proxy.config.schema import Config, parse_config
 from tests.conftest import AppFactory
 from tests.peers import free_port, wait_for_port
 from tests.rawhttp import request
@@ -282,7 +282,7 @@ async def test_dockerfile_commands_make_a_working_proxy(
 
 def test_dockerignore_keeps_out_what_the_image_does_not_need() -> None:
     context = set(build_context())
-    assert {"pyproject.toml", "proxy/relay.py", "deploy/docker/config.yaml"} <= context
+    assert {"pyproject.toml", "proxy/relay/connection.py", "deploy/docker/config.yaml"} <= context
     assert not [p for p in context if p.startswith(("tests/", ".venv/", "bench/", ".git/"))]
 
 

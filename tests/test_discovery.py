@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 
 from mcplb.healthcheck.monitor import HealthMonitor
-from mcplb.proxy.backends import WEIGHT_SCALE, Backend
-from mcplb.proxy.config import (
+from mcplb.proxy.cluster.backends import WEIGHT_SCALE, Backend
+from mcplb.proxy.cluster.discovery import DnsDiscovery, backend_configs, merge
+from mcplb.proxy.config.schema import (
     ActiveHealthConfig,
     ConfigError,
     DiscoveryConfig,
@@ -22,9 +23,8 @@ from mcplb.proxy.config import (
     load_config,
     parse_config,
 )
-from mcplb.proxy.discovery import DnsDiscovery, backend_configs, merge
-from mcplb.proxy.metrics import render, worker_snapshot
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.observability.metrics import render, worker_snapshot
+from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import FakeClock, ProxyFactory, backend_config
 from tests.dns_server import DnsServer
 from tests.eventually import eventually

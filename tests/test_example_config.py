@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mcplb.proxy import config as loader
-from mcplb.proxy.config import ConfigError, parse_config
+from mcplb.proxy.config import schema as loader
+from mcplb.proxy.config.schema import ConfigError, parse_config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
 MAX_ROUNDS = 10  # each round finds the sections one level deeper; the schema has fewer

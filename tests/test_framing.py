@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcplb.proxy.framing import (
+from mcplb.proxy.relay.framing import (
     CHUNKED,
     LENGTH,
     NO_BODY,
@@ -14,8 +14,8 @@ from mcplb.proxy.framing import (
     request_head,
     response_head,
 )
-from mcplb.proxy.http11 import Headers
-from mcplb.proxy.request import Request
+from mcplb.proxy.relay.http11 import Headers
+from mcplb.proxy.relay.request import Request
 
 CL = (b"content-length", b"2")
 TE = (b"transfer-encoding", b"chunked")

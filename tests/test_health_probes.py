@@ -17,8 +17,8 @@ from aiohttp import web
 
 from mcplb.healthcheck.monitor import HealthMonitor
 from mcplb.healthcheck.probes import http_probe, mcp_probe
-from mcplb.proxy.backends import Backend
-from mcplb.proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
+from mcplb.proxy.cluster.backends import Backend
+from mcplb.proxy.config.schema import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from tests.conftest import AppFactory, RawHandler, backend_config
 from tests.eventually import eventually
 from tests.peers import (

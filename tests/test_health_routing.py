@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.config.schema import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
+from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.eventually import eventually
 from tests.peers import LOOPBACK, _logs, _ManagedProcess, free_port, wait_for_port

@@ -10,8 +10,8 @@ import pytest
 
 from mcplb.healthcheck.monitor import HealthMonitor
 from mcplb.healthcheck.state import ActiveState, OutlierDetector, SlowStart, Transition
-from mcplb.proxy.backends import WEIGHT_SCALE, Backend
-from mcplb.proxy.config import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
+from mcplb.proxy.cluster.backends import WEIGHT_SCALE, Backend
+from mcplb.proxy.config.schema import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from tests.conftest import FakeClock, backend_config
 
 LOGGER = "mcplb.health"

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcplb.proxy import relay
-from mcplb.proxy.host_check import HostPolicy, check_host_pattern, default_allowed_hosts
-from mcplb.proxy.server import ProxyServer
-from mcplb.proxy.stats import KNOWN_MCP_METHODS
+from mcplb.proxy.config.hosts import check_host_pattern, default_allowed_hosts
+from mcplb.proxy.observability.stats import KNOWN_MCP_METHODS
+from mcplb.proxy.relay import connection as relay
+from mcplb.proxy.routing.host_check import HostPolicy
+from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import ProxyFactory, backend_config
 from tests.eventually import eventually
 from tests.rawhttp import RawClient, request

@@ -21,8 +21,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mcplb.proxy.config import Config, ConfigError, ConfigIssue, parse_config
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.config.schema import Config, ConfigError, ConfigIssue, parse_config
+from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import ProxyFactory, RawHandler, backend_config
 from tests.eventually import eventually
 from tests.rawhttp import RawClient, request

@@ -1,4 +1,4 @@
-"""Tests for the pure HTTP/1.1 helpers (proxy/http11.py).
+"""Tests for the pure HTTP/1.1 helpers (proxy/relay/http11.py).
 
 Header names reach these helpers lower-cased (the relay and pool lower-case them on parse).
 """
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcplb.proxy.http11 import (
+from mcplb.proxy.relay.http11 import (
     HOP_BY_HOP,
     LAST_CHUNK,
     SESSION_NOT_FOUND,
@@ -36,7 +36,9 @@ class ParsedResponse:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
         self.complete = False
-        self.keep_alive: bool | None = None  # read at headers-complete, as proxy/pool.py does
+        self.keep_alive: bool | None = (
+            None  # read at headers-complete, as proxy/cluster/pool.py does
+        )
         self.parser: Any = None
 
     def on_headers_complete(self) -> None:

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcplb.proxy import affinity
-from mcplb.proxy.config import RedisConfig, StickyConfig
-from mcplb.proxy.server import ProxyServer
-from mcplb.proxy.session_ids import TokenCodec
+from mcplb.proxy.config.schema import RedisConfig, StickyConfig
+from mcplb.proxy.server.worker import ProxyServer
+from mcplb.proxy.sessions import affinity
+from mcplb.proxy.sessions.tokens import TokenCodec
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.redis_server import RedisServer
 

@@ -15,9 +15,11 @@ PACKAGE = Path(mcplb.__file__).resolve().parent
 def modules() -> dict[str, Path]:
     found = {}
     for folder in ("proxy", "strategies", "healthcheck"):
-        for path in sorted((PACKAGE / folder).glob("*.py")):
-            name = f"mcplb.{folder}" if path.stem == "__init__" else f"mcplb.{folder}.{path.stem}"
-            found[name] = path
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            parts = ["mcplb", *path.relative_to(PACKAGE).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
     return found
 
 
@@ -64,3 +66,43 @@ def test_no_import_cycle_between_modules() -> None:
     for name in sorted(edges):
         if name not in state:
             visit(name, [name])
+
+
+# The proxy's sub-packages in the order data flows (config -> runtime state -> policies ->
+# relay -> processes): at import time a module imports only from its own sub-package or an
+# earlier one. Imports for type annotations only (under TYPE_CHECKING) may point later.
+LAYERS = [
+    "config",
+    "observability",
+    "sessions",
+    "cluster",
+    "routing",
+    "relay",
+    "admin",
+    "server",
+    "demo",
+    "cli",
+]
+
+
+def layer(module: str) -> int:
+    return LAYERS.index(module.split(".")[2])
+
+
+def test_proxy_sub_packages_depend_only_on_earlier_ones() -> None:
+    known = modules()
+    wrong = []
+    for name, path in known.items():
+        if not name.startswith("mcplb.proxy."):
+            continue
+        for target in import_time_imports(path, set(known)):
+            if target.startswith("mcplb.proxy.") and layer(target) > layer(name):
+                wrong.append(f"{name} imports {target}")
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_every_proxy_sub_package_has_a_layer() -> None:
+    sub_packages = {path.parent.name for path in (PACKAGE / "proxy").glob("*/__init__.py")} | {
+        "cli"
+    }
+    assert sub_packages == set(LAYERS)

@@ -180,8 +180,8 @@ def test_mapping_matches_known_values() -> None:
 def test_mapping_does_not_depend_on_python_hash_seed() -> None:
     root = Path(__file__).resolve().parent.parent
     script = (
-        "from strategies.base import RequestFacts\n"
-        "from strategies.ip_hash import IpHash\n"
+        "from mcplb.strategies.base import RequestFacts\n"
+        "from mcplb.strategies.ip_hash import IpHash\n"
         "from tests.test_strategies import FakeBackend\n"
         f"names, golden = {NAMES!r}, {GOLDEN!r}\n"
         "s, b = IpHash(), [FakeBackend(n) for n in names]\n"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from mcplb.proxy.server import ProxyServer
-from mcplb.proxy.sessions import MemorySessionStore
+from mcplb.proxy.server.worker import ProxyServer
+from mcplb.proxy.sessions.store import MemorySessionStore
 from tests.conftest import ProxyFactory, backend_config
 from tests.peers import (
     INITIALIZE,

@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcplb.proxy.config import BackendConfig, StickyConfig
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.config.schema import BackendConfig, StickyConfig
+from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.eventually import eventually
 from tests.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, wait_for_port

@@ -21,7 +21,7 @@ def test_wheel_holds_only_the_mcplb_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names if not name.startswith("mcplb-")}
     assert top == {"mcplb"}
-    for module in ("proxy/relay.py", "strategies/base.py", "healthcheck/monitor.py"):
+    for module in ("proxy/relay/connection.py", "strategies/base.py", "healthcheck/monitor.py"):
         assert f"mcplb/{module}" in names
     for typed in ("mcplb/py.typed", "mcplb/proxy/py.typed", "mcplb/strategies/py.typed"):
         assert typed in names
@@ -37,7 +37,7 @@ def test_mcp_sdk_is_an_extra_not_a_dependency() -> None:
 
 def test_run_path_never_imports_the_sdk() -> None:
     code = (
-        "import sys, mcplb.proxy.cli, mcplb.proxy.server, mcplb.proxy.relay;"
+        "import sys, mcplb.proxy.cli, mcplb.proxy.server.worker, mcplb.proxy.relay.connection;"
         "print(any(m == 'mcp' or m.startswith('mcp.') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

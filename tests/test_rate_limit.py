@@ -1,4 +1,4 @@
-"""Per-client rate limiting (proxy/rate_limit.py): the pure token bucket, the in-process
+"""Per-client rate limiting (proxy/routing/rate_limit.py): the pure token bucket, the in-process
 store, the Redis store against a real redis-server (killed, restarted, hung), and 429s
 through in-process proxies and through two real ``mcplb run`` replicas sharing one Redis."""
 
@@ -18,8 +18,8 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcplb.proxy.config import RateLimitConfig, RedisConfig
-from mcplb.proxy.rate_limit import (
+from mcplb.proxy.config.schema import RateLimitConfig, RedisConfig
+from mcplb.proxy.routing.rate_limit import (
     MemoryRateLimiter,
     RateDecision,
     RedisRateLimiter,

@@ -1,4 +1,4 @@
-"""Tests for the Redis session store (proxy/redis_store.py), against a real redis-server.
+"""Tests for the Redis session store (proxy/sessions/redis_store.py), against a real redis-server.
 
 Two store instances on one Redis stand for two proxy replicas. Redis outages are real: the
 server is SIGKILLed and restarted on the same port, and a hung Redis is a TCP server that
@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
-from mcplb.proxy.outage_share import OutageShare
-from mcplb.proxy.redis_store import RedisSessionStore
+from mcplb.proxy.sessions.outage_share import OutageShare
+from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from tests.conftest import FakeClock
 from tests.eventually import eventually
 from tests.redis_server import (
@@ -376,7 +376,7 @@ async def test_failure_logs_are_rate_limited_with_a_count(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("mcplb.proxy.redis_store.LOG_INTERVAL", 0.4)
+    monkeypatch.setattr("mcplb.proxy.sessions.redis_store.LOG_INTERVAL", 0.4)
     caplog.set_level(logging.WARNING, logger="mcplb.sessions")
     silent = await start_silent_server()
     try:

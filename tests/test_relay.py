@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.config import RetriesConfig
+from mcplb.proxy.config.schema import RetriesConfig
 from tests.conftest import AppFactory, ProxyFactory, RawHandler, backend_config
 from tests.rawhttp import RawClient, request
 

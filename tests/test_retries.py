@@ -18,8 +18,13 @@ from aiohttp import web
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
-from mcplb.proxy.config import HealthConfig, PassiveHealthConfig, RetriesConfig, RetryCondition
-from mcplb.proxy.server import ProxyServer
+from mcplb.proxy.config.schema import (
+    HealthConfig,
+    PassiveHealthConfig,
+    RetriesConfig,
+    RetryCondition,
+)
+from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, RawHandler, backend_config
 from tests.peers import INITIALIZE, Peers, free_port, mcp_call, mcp_session, result_text
 from tests.rawhttp import RawClient, Response, request

@@ -7,8 +7,8 @@ from collections import defaultdict
 
 import pytest
 
-from mcplb.proxy.relay import ClientConnection
-from mcplb.proxy.server import SWEEP_SLICE
+from mcplb.proxy.relay.connection import ClientConnection
+from mcplb.proxy.server.worker import SWEEP_SLICE
 from tests.conftest import ProxyFactory, backend_config
 
 

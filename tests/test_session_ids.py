@@ -1,4 +1,4 @@
-"""Tests for the signed session-id / cookie token codec (proxy/session_ids.py)."""
+"""Tests for the signed session-id / cookie token codec (proxy/sessions/tokens.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcplb.proxy.session_ids import (
+from mcplb.proxy.sessions.tokens import (
     MAX_TOKEN,
     MIN_KEY_LENGTH,
     PURPOSE_COOKIE,

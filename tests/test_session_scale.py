@@ -19,8 +19,8 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from mcplb.proxy.config import CookieConfig, RedisConfig, StickyConfig
-from mcplb.proxy.session_ids import TokenCodec
+from mcplb.proxy.config.schema import CookieConfig, RedisConfig, StickyConfig
+from mcplb.proxy.sessions.tokens import TokenCodec
 from tests.alternator import Alternator
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.peers import McpBackend, Peers, free_port, result_text

@@ -1,4 +1,4 @@
-"""Tests for the in-memory MCP session store (proxy/sessions.py), on a fake clock."""
+"""Tests for the in-memory MCP session store (proxy/sessions/store.py), on a fake clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mcplb.proxy.sessions import MemorySessionStore, SessionStore
+from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
 from tests.conftest import FakeClock
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.config import ConfigError, TimeoutsConfig, parse_config
+from mcplb.proxy.config.schema import ConfigError, TimeoutsConfig, parse_config
 from tests.conftest import AppFactory
 from tests.peers import Peers, free_port, proxy_admin_port, wait_for_output
 from tests.rawhttp import RawClient, Response

@@ -21,15 +21,15 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcplb.healthcheck.monitor import HealthMonitor
 from mcplb.healthcheck.probes import http_probe, mcp_probe
-from mcplb.proxy.backends import Backend
-from mcplb.proxy.config import (
+from mcplb.proxy.cluster.backends import Backend
+from mcplb.proxy.config.schema import (
     ActiveHealthConfig,
     BackendConfig,
     HealthConfig,
     HealthInitial,
     ListenTlsConfig,
 )
-from mcplb.proxy.tls import TlsError, backend_context, reload_server_context, server_context
+from mcplb.proxy.config.tls import TlsError, backend_context, reload_server_context, server_context
 from tests.conftest import ProxyFactory, backend_config
 from tests.eventually import eventually
 from tests.peers import McpBackend, result_text, start_mcp_backend_sync

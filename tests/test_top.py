@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.top import (
+from mcplb.proxy.admin.top import (
     CLEAR_SCREEN,
     HOME,
     Metrics,
@@ -402,7 +402,7 @@ def test_a_bad_interval_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 LIVE = (
-    "import sys; from proxy.top import run_top; "
+    "import sys; from mcplb.proxy.admin.top import run_top; "
     "sys.exit(run_top(sys.argv[1], once=False, interval=0.2))"
 )
 

@@ -2,7 +2,7 @@
 
     python -m tests.interop.py_server --name NAME --port PORT --transport streamable-http|sse
 
-It is ``mcplb.proxy.demo_backend`` (same tools, same ``GET /debug/sessions``) plus:
+It is ``mcplb.proxy.demo.backend`` (same tools, same ``GET /debug/sessions``) plus:
 
 - a resource ``demo://counter`` that clients can subscribe to, and a ``bump`` tool that
   updates it: the session that bumps it, if subscribed, gets
@@ -28,7 +28,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.types import JSONRPCMessage
 
-from mcplb.proxy.demo_backend import _QuietServer, _StreamCloser, add_debug_routes, build_server
+from mcplb.proxy.demo.backend import _QuietServer, _StreamCloser, add_debug_routes, build_server
 
 COUNTER_URI = "demo://counter"
 

@@ -1,0 +1,1 @@
+"""The admin API and `mcplb top`, its terminal client."""

@@ -1,0 +1,326 @@
+"""The admin API (aiohttp, its own listener): metrics, health, status, drain.
+
+With several workers, worker 0 serves it: it merges the snapshots the other workers write
+every second into the shared state directory, and publishes drain decisions there for
+them to apply (see WorkerState).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from mcplb import __version__
+from mcplb.proxy.cluster.backends import WEIGHT_SCALE
+from mcplb.proxy.config.schema import parse_duration
+from mcplb.proxy.observability.metrics import render, worker_snapshot
+from mcplb.proxy.observability.state_dir import write_json
+
+if TYPE_CHECKING:
+    from mcplb.proxy.server.runtime import Runtime
+
+SNAPSHOT_MAX_AGE = 5.0  # seconds; older worker files belong to dead workers
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    messages: list[str]  # what changed, or why the new config was refused
+    generation: int | None = None
+    pending: bool = field(default=False)  # handed to the supervisor for every worker
+
+
+class WorkerState:
+    """Files through which workers share counters and drain state."""
+
+    def __init__(self, runtime: Runtime, worker: int, directory: Path | None) -> None:
+        self.runtime = runtime
+        self.worker = worker
+        self.directory = directory
+        self._control_seen = 0.0
+        self._health_seen: object = None  # verdicts last written, or file mtime last read
+
+    def publish(self) -> None:
+        """Write this worker's snapshot (others read it when they serve the admin API)."""
+        if self.directory is None:
+            return
+        write_json(
+            self.directory / f"worker-{self.worker}.json",
+            worker_snapshot(self.runtime, self.worker),
+        )
+
+    def share_health(self) -> None:
+        """One worker probes; the others take its verdicts from a file (every sweep tick),
+        so that probes are not multiplied by the workers and all agree."""
+        health = self.runtime.health
+        if self.directory is None or not health.config.active.enabled:
+            return
+        path = self.directory / "health.json"
+        if health.probing:
+            verdicts = health.verdicts()
+            if verdicts != self._health_seen:
+                self._health_seen = verdicts
+                write_json(path, verdicts)
+            return
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime == self._health_seen:
+                return
+            verdicts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # not written yet, or being replaced right now
+        self._health_seen = mtime
+        health.adopt(verdicts)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        own = worker_snapshot(self.runtime, self.worker)
+        if self.directory is None:
+            return [own]
+        found = [own]
+        try:
+            rejected = json.loads((self.directory / "supervisor.json").read_text())
+        except (OSError, ValueError):
+            rejected = {}
+        if rejected.get("reload_failures"):  # SIGHUP reloads the supervisor refused
+            own["stats"]["reloads"]["failure"] = (
+                own["stats"]["reloads"].get("failure", 0) + rejected["reload_failures"]
+            )
+        now = time.time()
+        for path in self.directory.glob("worker-*.json"):
+            if path.name == f"worker-{self.worker}.json":
+                continue
+            try:
+                snapshot = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced right now, or gone
+            if now - snapshot["time"] <= SNAPSHOT_MAX_AGE:
+                found.append(snapshot)
+        return found
+
+    def set_draining(self, name: str, draining: bool, until: float | None = None) -> None:
+        """Drain (or undrain) a backend; after ``until`` (wall clock) its sessions end."""
+        backend = self.runtime.backends.get(name)
+        assert backend is not None
+        backend.draining = draining
+        backend.drain_until = until if draining else None
+        self.runtime.health.refresh(backend)
+        if self.directory is not None:
+            state = {b.name: b.drain_until for b in self.runtime.backends if b.draining}
+            write_json(self.directory / "control.json", {"draining": state})
+
+    def apply_control(self) -> None:
+        """Take over drain decisions made by the worker serving the admin API."""
+        if self.directory is None:
+            return
+        control = self.directory / "control.json"
+        try:
+            mtime = control.stat().st_mtime
+            if mtime == self._control_seen:
+                return
+            draining: dict[str, float | None] = json.loads(control.read_text())["draining"]
+        except (OSError, ValueError, KeyError):
+            return
+        self._control_seen = mtime
+        for backend in self.runtime.backends:
+            backend.drain_until = draining.get(backend.name)
+            if backend.draining != (backend.name in draining):
+                backend.draining = backend.name in draining
+                self.runtime.health.refresh(backend)
+
+
+def create_admin_app(
+    runtime: Runtime,
+    state: WorkerState,
+    started: float,
+    reload: Callable[[], Awaitable[ReloadResult]] | None = None,
+) -> web.Application:
+    token = runtime.config.admin.token  # admin settings need a restart to change
+    protect_metrics = runtime.config.admin.protect_metrics
+    digests: dict[int, str | None] = {}  # config generation -> keyed digest of its file
+
+    def authorized(request: web.Request) -> web.Response | None:
+        if token is None:
+            return None  # only reachable on loopback: the loader refuses anything else
+        if not _token_matches(request.headers.get("Authorization", ""), token):
+            return web.json_response(
+                {"error": "unauthorized", "message": "send Authorization: Bearer <admin.token>"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+    async def metrics(request: web.Request) -> web.Response:
+        denied = authorized(request) if protect_metrics else None
+        if denied is not None:
+            return denied
+        body = render(state.snapshots())
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        available = sum(1 for b in runtime.backends if b.available)
+        # After SIGTERM, "stopping": a load balancer in front must stop sending here.
+        status = "stopping" if runtime.stopping else "ready" if available else "unavailable"
+        body = {"status": status, "available_backends": available}
+        return web.json_response(body, status=200 if status == "ready" else 503)
+
+    async def status(request: web.Request) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        # Without a token nobody is known: leave out where backends and the file are.
+        private = token is not None
+        snapshots = state.snapshots()
+        health = runtime.health.status()
+        stats = [s["stats"]["backends"] for s in snapshots]
+        backends = []
+        for backend in runtime.backends:
+            # Right after a reload, other workers may not know a new backend yet.
+            views = [
+                s["backends"][backend.name] for s in snapshots if backend.name in s["backends"]
+            ]
+            counted = [s[backend.name]["requests"] for s in stats if backend.name in s]
+            requests = sum(n for rows in counted for _, _, n in rows)
+            errors = sum(n for rows in counted for _, code, n in rows if code == "5xx")
+            row: dict[str, Any] = {"name": backend.name}
+            if private:
+                row["url"] = backend.config.url
+            row.update(
+                {
+                    "state": _state(backend.draining, health.get(backend.name)),
+                    "available": backend.available,
+                    "draining": backend.draining,
+                    "weight": backend.config.weight,
+                    # Lower than weight while slow start ramps a readmitted backend up.
+                    "ramped_weight": round(backend.weight / WEIGHT_SCALE, 2),
+                    "in_flight": sum(v["in_flight"] for v in views),
+                    "streams": sum(v["streams"] for v in views),
+                    "sessions": sum(v["sessions"] for v in views),
+                    "requests_total": requests,
+                    "errors_total": errors,
+                }
+            )
+            backends.append(row)
+        config = runtime.config
+        about: dict[str, Any] = {}
+        if token is not None:
+            if runtime.generation not in digests:
+                digests[runtime.generation] = _config_digest(config.source, token)
+            about = {"path": config.source, "hmac_sha256": digests[runtime.generation]}
+        return web.json_response(
+            {
+                "version": __version__,
+                "uptime_seconds": round(time.monotonic() - started, 3),
+                "workers": config.workers,
+                "config": {
+                    **about,
+                    "generation": runtime.generation,
+                    "worker_generations": {
+                        str(s["worker"]): s.get("generation", 0) for s in snapshots
+                    },
+                },
+                "strategy": config.strategy,
+                "backends": backends,
+            }
+        )
+
+    async def reload_config(request: web.Request) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        if reload is None:
+            return web.json_response(
+                {"error": "not_supported", "message": "this proxy cannot reload"}, status=501
+            )
+        result = await reload()
+        if not result.ok:
+            return web.json_response(
+                {
+                    "error": "invalid_config",
+                    "message": "the new config was refused; the running one stays",
+                    "issues": result.messages,
+                },
+                status=400,
+            )
+        body = {"reloaded": not result.pending, "changes": result.messages}
+        if result.generation is not None:
+            body["generation"] = result.generation
+        return web.json_response(body, status=202 if result.pending else 200)
+
+    async def drain(request: web.Request) -> web.Response:
+        return _set_draining(request, True)
+
+    async def undrain(request: web.Request) -> web.Response:
+        return _set_draining(request, False)
+
+    def _set_draining(request: web.Request, draining: bool) -> web.Response:
+        denied = authorized(request)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        backend = runtime.backends.get(name)
+        if backend is None or backend not in runtime.backends.backends:  # unknown or removed
+            return web.json_response(
+                {"error": "not_found", "message": f"no backend named {name!r}"}, status=404
+            )
+        until = None
+        if draining and "deadline" in request.query:
+            try:
+                until = time.time() + parse_duration(request.query["deadline"])
+            except ValueError as exc:
+                return web.json_response({"error": "bad_request", "message": str(exc)}, status=400)
+        state.set_draining(name, draining, until)
+        return web.json_response({"name": name, "draining": draining, "deadline": until})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_post("/backends/{name}/drain", drain)
+    app.router.add_post("/backends/{name}/undrain", undrain)
+    app.router.add_post("/reload", reload_config)
+    return app
+
+
+def _state(draining: bool, health: dict[str, Any] | None) -> str:
+    if draining:
+        return "draining"
+    if health is None:
+        return "unknown"  # being added by a reload right now
+    if health["ejected"]:
+        return "ejected"
+    label: str = health["state"]
+    return "healthy" if label == "unchecked" else label
+
+
+def _token_matches(sent: str, token: str) -> bool:
+    """Whether an Authorization value is ``Bearer <token>``, in constant time."""
+    # Header bytes that are not UTF-8 arrive as surrogate escapes: compare the raw bytes
+    # (a bad header is a wrong token, not a server error).
+    raw = sent.encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(raw, f"Bearer {token}".encode())
+
+
+def _config_digest(source: str | None, token: str) -> str | None:
+    """HMAC-SHA256 of the config file keyed with the admin token, to compare the files of
+    several instances (``openssl dgst -sha256 -hmac "$TOKEN" FILE``). Not a plain hash: the
+    file holds the token and the session keys, and a plain hash would let anyone who sees
+    it test guesses of them offline."""
+    if source is None:
+        return None
+    try:
+        data = Path(source).read_bytes()
+    except OSError:
+        return None
+    return hmac.new(token.encode(), data, hashlib.sha256).hexdigest()

@@ -1,0 +1,1 @@
+"""The config schema, its YAML loader, and the checks `check` and `run` share."""

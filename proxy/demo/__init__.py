@@ -1,0 +1,1 @@
+"""`mcplb demo`: demo MCP servers behind the proxy."""

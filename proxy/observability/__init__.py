@@ -1,0 +1,1 @@
+"""Counters, the Prometheus exposition, and the access log."""

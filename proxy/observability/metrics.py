@@ -1,0 +1,286 @@
+"""Prometheus exposition of worker snapshots (names in docs/observability.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from mcplb.proxy.observability.stats import BUCKETS, merge
+
+if TYPE_CHECKING:
+    from mcplb.proxy.server.runtime import Runtime
+
+
+def worker_snapshot(runtime: Runtime, worker: int) -> dict[str, Any]:
+    """What one worker reports: its counters, its view of each backend, its health counts."""
+    backends = {}
+    for backend in runtime.backends:
+        health = runtime.health
+        backends[backend.name] = {
+            "in_flight": backend.in_flight,
+            "streams": backend.streams,
+            "sessions": backend.sessions,
+            "available": backend.available,
+            "draining": backend.draining,
+            "weight": backend.weight,
+            "healthy": not health.unhealthy(backend),
+            "ejected": health.ejected(backend),
+        }
+    return {
+        "worker": worker,
+        "time": time.time(),
+        "stats": runtime.stats.snapshot(),
+        "backends": backends,
+        "health": runtime.health.counters(),
+        "store_errors": runtime.store_errors(),
+        "rate_limit_errors": 0 if runtime.rate_limiter is None else runtime.rate_limiter.errors,
+        "rate_limit_fail_open": (
+            0 if runtime.rate_limiter is None else runtime.rate_limiter.fail_open
+        ),
+        "queue_length": len(runtime.admission.queue),
+        "generation": runtime.generation,
+    }
+
+
+def render(snapshots: list[dict[str, Any]]) -> bytes:
+    """The Prometheus text format for these workers' snapshots."""
+    registry = CollectorRegistry()
+    registry.register(_SnapshotCollector(snapshots))
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)
+
+
+class _SnapshotCollector:
+    def __init__(self, snapshots: list[dict[str, Any]]) -> None:
+        self.snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        stats = merge([s["stats"] for s in self.snapshots])
+        views = [s["backends"] for s in self.snapshots]
+        names = list(views[0]) if views else []
+        yield from _traffic(stats)
+        yield from _backend_gauges(names, views)
+        yield from _health([s["health"] for s in self.snapshots])
+        yield from _sessions(stats, views)
+        lag = GaugeMetricFamily("mcplb_event_loop_lag_seconds", "Event loop lag (max of workers).")
+        lag.add_metric([], stats["loop_lag"])
+        yield lag
+        store = CounterMetricFamily("mcplb_session_store_errors", "Session store (Redis) failures.")
+        store.add_metric([], sum(s["store_errors"] for s in self.snapshots))
+        yield store
+        workers = GaugeMetricFamily("mcplb_workers", "Worker processes reporting.")
+        workers.add_metric([], len(self.snapshots))
+        yield workers
+        yield from _protection(stats, self.snapshots)
+
+
+def _protection(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Iterable[Metric]:
+    """Admission queue, refusals, retry budget, rate limiting and reloads."""
+    rejected = CounterMetricFamily(
+        "mcplb_rejected", "Requests refused by the proxy's protections.", labels=["reason"]
+    )
+    for reason, count in sorted(stats["rejected"].items()):
+        rejected.add_metric([reason], count)
+    queued = CounterMetricFamily("mcplb_queued", "Requests that waited for a slot.")
+    queued.add_metric([], stats["queued"])
+    wait = HistogramMetricFamily("mcplb_queue_wait_seconds", "Time spent waiting for a slot.")
+    wait.add_metric([], _buckets(stats["queue_wait"]["counts"]), stats["queue_wait"]["sum"])
+    length = GaugeMetricFamily("mcplb_queue_length", "Requests waiting for a slot now.")
+    length.add_metric([], sum(s["queue_length"] for s in snapshots))
+    budget = CounterMetricFamily(
+        "mcplb_retry_budget_exhausted", "Retries not made because the budget was spent."
+    )
+    budget.add_metric([], stats["retry_budget_exhausted"])
+    limiter = CounterMetricFamily(
+        "mcplb_rate_limit_store_errors", "Rate limit store (Redis) failures (failed open)."
+    )
+    limiter.add_metric([], sum(s["rate_limit_errors"] for s in snapshots))
+    unlimited = CounterMetricFamily(
+        "mcplb_rate_limit_fail_open",
+        "Requests let through unchecked because the rate limit store was unreachable.",
+    )
+    unlimited.add_metric([], sum(s["rate_limit_fail_open"] for s in snapshots))
+    reloads = CounterMetricFamily(
+        "mcplb_config_reloads", "Config reloads by result.", labels=["result"]
+    )
+    for result in ("success", "failure"):
+        reloads.add_metric([result], stats["reloads"].get(result, 0))
+    generation = GaugeMetricFamily(
+        "mcplb_config_generation", "Successful reloads applied, per worker.", labels=["worker"]
+    )
+    for snapshot in snapshots:
+        generation.add_metric([str(snapshot["worker"])], snapshot["generation"])
+    discovery = CounterMetricFamily(
+        "mcplb_discovery_lookups",
+        "DNS discovery lookups by result (failed and empty ones keep the last backend set).",
+        labels=["result"],
+    )
+    for result, count in sorted(stats["discovery"].items()):
+        discovery.add_metric([result], count)
+    return [
+        rejected,
+        queued,
+        wait,
+        length,
+        budget,
+        limiter,
+        unlimited,
+        reloads,
+        generation,
+        discovery,
+    ]
+
+
+def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:
+    requests = CounterMetricFamily(
+        "mcplb_requests", "Responses relayed from backends.", labels=["backend", "method", "code"]
+    )
+    bytes_in = CounterMetricFamily("mcplb_request_bytes", "Request body bytes.", labels=["backend"])
+    bytes_out = CounterMetricFamily(
+        "mcplb_response_bytes", "Response body bytes.", labels=["backend"]
+    )
+    failures = CounterMetricFamily(
+        "mcplb_upstream_connect_failures", "Failed connects to backends.", labels=["backend"]
+    )
+    timeouts = CounterMetricFamily(
+        "mcplb_upstream_timeouts", "Response heads not received in time.", labels=["backend"]
+    )
+    retries = CounterMetricFamily(
+        "mcplb_retries", "Requests sent again (to this backend).", labels=["backend"]
+    )
+    histograms = {
+        "first_byte": HistogramMetricFamily(
+            "mcplb_response_first_byte_seconds",
+            "Request start to response head.",
+            labels=["backend"],
+        ),
+        "duration": HistogramMetricFamily(
+            "mcplb_request_duration_seconds",
+            "Request start to last response byte.",
+            labels=["backend"],
+        ),
+    }
+    for name, backend in stats["backends"].items():
+        for (method, code), count in sorted(backend["requests"].items()):
+            requests.add_metric([name, method, code], count)
+        bytes_in.add_metric([name], backend["bytes_in"])
+        bytes_out.add_metric([name], backend["bytes_out"])
+        failures.add_metric([name], backend["connect_failures"])
+        timeouts.add_metric([name], backend["timeouts"])
+        retries.add_metric([name], backend["retries"])
+        for key, family in histograms.items():
+            family.add_metric([name], _buckets(backend[key]["counts"]), backend[key]["sum"])
+    errors = CounterMetricFamily(
+        "mcplb_proxy_errors", "Answers the proxy made itself, by status.", labels=["code"]
+    )
+    for code, count in sorted(stats["proxy_errors"].items()):
+        errors.add_metric([code], count)
+    mcp = CounterMetricFamily(
+        "mcplb_mcp_requests", "MCP requests by method and tool.", labels=["method", "tool"]
+    )
+    for (method, tool), count in sorted(stats["mcp"].items()):
+        mcp.add_metric([method, tool], count)
+    return [
+        *histograms.values(),
+        requests,
+        bytes_in,
+        bytes_out,
+        failures,
+        timeouts,
+        retries,
+        errors,
+        mcp,
+    ]
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    cumulative = 0
+    out = []
+    for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts, strict=True):
+        cumulative += count
+        out.append((bound, float(cumulative)))
+    return out
+
+
+def _backend_gauges(names: list[str], views: list[dict[str, Any]]) -> Iterable[Metric]:
+    summed = {
+        "in_flight": GaugeMetricFamily(
+            "mcplb_in_flight_requests", "Requests in flight.", labels=["backend"]
+        ),
+        "streams": GaugeMetricFamily(
+            "mcplb_open_streams", "Open event-stream responses.", labels=["backend"]
+        ),
+    }
+    flags = {
+        "available": GaugeMetricFamily(
+            "mcplb_backend_up", "1 when available for new work.", labels=["backend"]
+        ),
+        "healthy": GaugeMetricFamily(
+            "mcplb_backend_healthy", "1 unless active checks failed.", labels=["backend"]
+        ),
+        "ejected": GaugeMetricFamily(
+            "mcplb_backend_ejected", "1 while ejected by passive checks.", labels=["backend"]
+        ),
+        "draining": GaugeMetricFamily(
+            "mcplb_backend_draining", "1 while draining.", labels=["backend"]
+        ),
+        "weight": GaugeMetricFamily(
+            "mcplb_backend_weight", "Effective weight (configured x 100).", labels=["backend"]
+        ),
+    }
+    for name in names:
+        for key, family in summed.items():
+            family.add_metric([name], sum(view[name][key] for view in views if name in view))
+        for key, family in flags.items():
+            # Workers judge health on their own; a backend counts as up if any worker has it up.
+            family.add_metric([name], max(float(view[name][key]) for view in views if name in view))
+    return [*summed.values(), *flags.values()]
+
+
+def _health(counts: list[dict[str, Any]]) -> Iterable[Metric]:
+    checks = CounterMetricFamily(
+        "mcplb_health_checks", "Active probe results.", labels=["backend", "result"]
+    )
+    transitions = CounterMetricFamily(
+        "mcplb_backend_transitions", "Health state changes.", labels=["backend", "to"]
+    )
+    ejections = CounterMetricFamily("mcplb_ejections", "Passive ejections.", labels=["backend"])
+    total: dict[tuple[str, str, str], int] = {}
+    for worker in counts:
+        for kind, backend, label, count in worker["counts"]:
+            key = (kind, backend, label)
+            total[key] = total.get(key, 0) + count
+    for (kind, backend, label), count in sorted(total.items()):
+        if kind == "probe":
+            checks.add_metric([backend, label], count)
+        elif kind == "transition":
+            transitions.add_metric([backend, label], count)
+            if label == "ejected":
+                ejections.add_metric([backend], count)
+    return [checks, transitions, ejections]
+
+
+def _sessions(stats: dict[str, Any], views: list[dict[str, Any]]) -> Iterable[Metric]:
+    active = GaugeMetricFamily("mcplb_sessions_active", "MCP sessions bound.", labels=["backend"])
+    created = CounterMetricFamily(
+        "mcplb_sessions_created", "MCP sessions bound.", labels=["backend"]
+    )
+    ended = CounterMetricFamily("mcplb_sessions_ended", "MCP sessions ended.", labels=["backend"])
+    for name, backend in stats["backends"].items():
+        active.add_metric([name], sum(view[name]["sessions"] for view in views if name in view))
+        created.add_metric([name], backend["sessions_created"])
+        ended.add_metric([name], backend["sessions_ended"])
+    not_found = CounterMetricFamily(
+        "mcplb_session_not_found", "404s for unknown or invalid session ids."
+    )
+    not_found.add_metric([], stats["session_not_found"])
+    return [active, created, ended, not_found]

@@ -1,0 +1,187 @@
+"""How a message is framed on the other side of the proxy: pure functions, no I/O.
+
+``request_head`` builds the head the backend gets from what the client sent;
+``response_head`` decides how a backend's response is framed toward the client (as h11's
+``_body_framing`` and ``_keep_alive`` do) and which of its headers go on. Both are tested by
+feeding values (tests/test_framing.py); the relay only applies what they return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httptools
+
+from mcplb.proxy.relay import http11
+from mcplb.proxy.relay.http11 import Headers
+from mcplb.proxy.relay.request import Request
+from mcplb.proxy.sessions import affinity
+
+SESSION_HEADER = b"mcp-session-id"
+
+# How a response body is framed toward the client.
+NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE, TUNNEL = range(5)
+
+
+class ResponseHead:
+    """What ``response_head`` decided for one response."""
+
+    __slots__ = ("content_type", "framing", "headers", "keep_alive", "session_id", "until_close")
+
+    def __init__(
+        self,
+        framing: int,
+        headers: Headers,
+        keep_alive: bool,
+        until_close: bool,
+        session_id: bytes | None,
+        content_type: bytes,
+    ) -> None:
+        self.framing = framing  # NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE or TUNNEL
+        self.headers = headers  # the end-to-end headers to send, framing ones included
+        self.keep_alive = keep_alive  # whether the client connection stays open after it
+        self.until_close = until_close  # the backend's body ends when it closes
+        self.session_id = session_id  # the backend's Mcp-Session-Id, if it sent one
+        self.content_type = content_type
+
+
+def response_head(
+    status: int,
+    headers: Headers,
+    *,
+    method: bytes,
+    version: str,
+    upgrade: bool,
+    keep_alive: bool,
+) -> ResponseHead:
+    """The framing and headers toward the client of a (final) response to a request with
+    ``method``, HTTP ``version`` and ``upgrade``; ``keep_alive``: whether the client's side
+    may stay open at all (its request allowed it, the proxy is not closing, and the request
+    parser is still reading)."""
+    out: Headers = []
+    has_length = chunked = named_hops = False
+    session_id: bytes | None = None
+    content_type = b""
+    for name, value in headers:
+        if name in http11.HOP_BY_HOP:
+            if name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection" and value.lower() not in (b"keep-alive", b"close"):
+                named_hops = True
+            continue
+        if name == b"content-length":
+            has_length = True
+        elif name == SESSION_HEADER:
+            session_id = value
+        elif name == b"content-type":
+            content_type = value
+        out.append((name, value))
+    if named_hops:
+        # Content-Length and the session id stay whatever Connection names: the body is
+        # framed by the length, and the client must get what the proxy learned.
+        out = http11.end_to_end(out, http11.connection_tokens(headers) - http11.END_TO_END)
+    until_close = False
+    if status == 101 and upgrade:
+        for name, value in headers:
+            if name == b"upgrade":
+                out += [(b"connection", b"upgrade"), (b"upgrade", value)]
+                break
+        return ResponseHead(TUNNEL, out, True, False, session_id, content_type)
+    if http11.no_body_expected(method, status):
+        framing = NO_BODY
+    elif has_length and not chunked:
+        framing = LENGTH
+    else:
+        # Re-frame a chunked or close-delimited body; chunked keeps the client alive.
+        until_close = not chunked
+        if version == "1.1":
+            framing = CHUNKED
+            out = [(n, v) for n, v in out if n != b"content-length"]
+            out.append((b"transfer-encoding", b"chunked"))
+        else:
+            framing = UNTIL_CLOSE
+            keep_alive = False
+    if not keep_alive:
+        out.append((b"connection", b"close"))
+    elif version == "1.0":
+        out.append((b"connection", b"keep-alive"))
+    return ResponseHead(framing, out, keep_alive, until_close, session_id, content_type)
+
+
+def request_head(
+    request: Request,
+    *,
+    path_prefix: bytes,
+    host_header: bytes,
+    preserve_host: bool,
+    client_ip: bytes,
+    proto: bytes,
+    request_id: bytes | None,
+) -> bytes:
+    """The request head the backend gets: origin-form target under the backend's path
+    prefix, hop-by-hop headers dropped (and those Connection names), the session id swapped
+    for the backend's own, ``Host`` set to the backend's unless ``preserve_host``, and
+    ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none."""
+    target = request.target
+    if not target.startswith(b"/"):
+        target = origin_form(target)
+    upstream_session_id = request.upstream_session_id
+    if upstream_session_id is not None and request.session_in_query:
+        assert request.session_id is not None
+        target = affinity.replace_query_value(target, request.session_id, upstream_session_id)
+        upstream_session_id = None
+    if path_prefix and target != b"*":
+        target = path_prefix + target
+    hop = http11.connection_tokens(request.headers) if request.connection else frozenset()
+    forwarded: list[bytes] = []  # the client's X-Forwarded-For chain, in order
+    lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in request.headers:
+        if name in http11.HOP_BY_HOP or name in hop:
+            continue
+        if name == b"host":
+            if not preserve_host:
+                continue
+        elif name == b"x-forwarded-for":
+            forwarded.append(value)
+            continue
+        elif name == b"x-forwarded-proto" or name == b"x-forwarded-host":
+            continue
+        elif name == SESSION_HEADER and upstream_session_id is not None:
+            value = upstream_session_id.encode("latin-1")
+        lines += (name, b": ", value, b"\r\n")
+    if not preserve_host or request.host is None:
+        lines += (b"host: ", host_header, b"\r\n")
+    forwarded.append(client_ip)
+    lines += (b"x-forwarded-for: ", b", ".join(forwarded), b"\r\nx-forwarded-proto: ")
+    lines += (proto, b"\r\n")
+    if request.host is not None:
+        lines += (b"x-forwarded-host: ", request.host, b"\r\n")
+    if request_id is not None:
+        lines += (b"x-request-id: ", request_id, b"\r\n")
+    if request.chunked:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    if request.upgrade:
+        for name, value in request.headers:
+            if name == b"upgrade":
+                lines += (b"connection: upgrade\r\nupgrade: ", value, b"\r\n")
+                break
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def origin_form(target: bytes) -> bytes:
+    """The path and query of an absolute-form target; the authority never steers routing."""
+    if target == b"*":
+        return target
+    try:
+        # Any: httptools' stubs say bytes, but an absent part is None, and compiled code
+        # (mypyc) checks the declared type on every attribute read.
+        url: Any = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return b"/"
+    raw_path: bytes | None = url.path
+    query: bytes | None = url.query
+    path = raw_path or b"/"
+    if query:
+        path += b"?" + query
+    return path

@@ -1,0 +1,66 @@
+"""One parsed request: what the relay read of it, and what it has sent of its body.
+
+A plain record, written by the relay's parser callbacks and read by the routing steps and
+the pure functions of ``framing``; it holds no I/O.
+"""
+
+from __future__ import annotations
+
+from mcplb.proxy.relay.http11 import Headers
+
+
+class Request:
+    """One parsed request; its body is buffered only until a backend connection takes it."""
+
+    __slots__ = (
+        "body",
+        "body_size",
+        "buffered",
+        "chunked",
+        "complete",
+        "connection",
+        "content_length",
+        "duplicate",
+        "headers",
+        "host",
+        "keep_alive",
+        "logged",
+        "method",
+        "refusal",
+        "replay",
+        "request_id",
+        "session_id",
+        "session_in_query",
+        "sniff",
+        "target",
+        "upgrade",
+        "upstream_session_id",
+        "version",
+        "wants_stream",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: Headers = []
+        self.host: bytes | None = None
+        self.duplicate = b""  # a header that must appear once but came twice (400)
+        self.refusal: str | None = None  # why a pipelined request is answered 400
+        self.connection = False  # a Connection header was sent (it may name more hop headers)
+        self.session_id: str | None = None  # as the client sent it
+        self.session_in_query = False  # legacy SSE transport: the session id is in the query
+        self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
+        self.request_id: bytes | None = None
+        self.sniff: list[bytes] | None = None  # a small JSON-RPC body, read for its method
+        self.logged = False
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade = False
+        self.wants_stream = False  # a GET asking for text/event-stream: a stream slot
+        self.complete = False
+        self.body: list[bytes] = []  # framed chunks not yet sent upstream
+        self.buffered = 0
+        self.body_size = 0
+        self.replay: list[bytes] | None = []  # framed bytes sent upstream, for a replay

@@ -1,0 +1,1 @@
+"""Where a request goes: routing steps, Host check, rate limits, retries."""

@@ -1,0 +1,41 @@
+"""Which ``Host`` values a listener serves: the proxy's DNS-rebinding protection.
+
+MCP servers on loopback refuse a ``Host`` that is not a loopback name, so that a web page
+whose domain was re-pointed at 127.0.0.1 cannot call them from a browser. A proxy that sends
+the backend its own ``host:port`` (``preserve_host: false``) hides the attacker's name from
+that check, so the proxy makes it itself, before anything reaches a backend. Pure functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def host_name(host: bytes) -> bytes:
+    """The name part of a ``Host`` value, lower-cased, without the port."""
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host if end < 0 else host[: end + 1]
+    colon = host.rfind(b":")
+    return host if colon < 0 else host[:colon]
+
+
+class HostPolicy:
+    """Answers whether a request's ``Host`` is one this listener serves."""
+
+    __slots__ = ("any", "exact", "suffixes")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.any = "*" in patterns
+        self.exact = frozenset(p.encode() for p in patterns if not p.startswith("*"))
+        # "*.example.com" matches "a.example.com" and "a.b.example.com", not "example.com".
+        self.suffixes = tuple(p[1:].encode() for p in patterns if p.startswith("*."))
+
+    def allows(self, host: bytes | None) -> bool:
+        if self.any:
+            return True
+        if host is None:
+            return False  # HTTP/1.0 without Host: no name to check against
+        name = host_name(host)
+        return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))

@@ -1,0 +1,283 @@
+"""Per-client rate limiting: a token bucket per client key, in this process or in Redis.
+
+Each client key (the client address, or a configured header's value) has a bucket holding at
+most ``burst`` tokens that refills at ``rate`` tokens a second; a request takes one token or is
+refused. ``take_token`` is the pure bucket step; the stores keep ``(tokens, stamp)`` per key:
+
+- ``MemoryRateLimiter``: a per-process LRU table. With several workers or replicas each
+  process has its own buckets, so a client may get up to that many times the limit.
+- ``RedisRateLimiter``: one hash per key in a shared Redis, updated atomically by a Lua
+  script on Redis's own clock, so every replica shares one bucket per client. Redis never
+  blocks or refuses a request: a failure (or a call slower than the timeout) lets the request
+  through (fails open), and Redis is left alone for a backoff before it is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from mcplb.proxy.config.schema import RateLimitConfig
+from mcplb.proxy.sessions.redis_store import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    HEALTH_CHECK_INTERVAL,
+    LogThrottle,
+    drop_connections,
+    error_kind,
+)
+
+log = logging.getLogger("mcplb.ratelimit")
+
+# Float dust: a client that waits exactly ``retry_after`` must get its token, although
+# ``tokens + (1 - tokens) / rate * rate`` may come out a hair below 1.
+EPSILON = 1e-9
+MAX_PLAIN_KEY = 64  # longer (or non-printable) client keys are stored as their SHA-256
+HASHED = "sha256:"
+POLICY = '"default"'  # the policy name in the RateLimit-Policy / RateLimit fields
+
+
+class RateDecision(NamedTuple):
+    allowed: bool
+    remaining: int  # whole tokens left after this request (0 when refused)
+    retry_after: float  # seconds until one token is available (0.0 when allowed)
+    reset: float  # seconds until the bucket is full again
+
+
+def _decide(allowed: bool, tokens: float, rate: float, burst: int) -> RateDecision:
+    """The decision once the bucket holds ``tokens`` (after taking one, if ``allowed``)."""
+    reset = max(0.0, (burst - tokens) / rate)
+    if allowed:
+        return RateDecision(True, int(tokens + EPSILON), 0.0, reset)
+    return RateDecision(False, 0, max(0.0, (1.0 - tokens) / rate), reset)
+
+
+def take_token(
+    tokens: float, stamp: float, now: float, rate: float, burst: int
+) -> tuple[RateDecision, float, float]:
+    """Pure token bucket step: refill by elapsed*rate capped at burst, take one if >= 1.
+    Returns (decision, new_tokens, new_stamp)."""
+    if now > stamp:  # a clock that went backwards neither refills nor drains
+        tokens = min(float(burst), tokens + (now - stamp) * rate)
+        stamp = now
+    if tokens >= 1.0 - EPSILON:
+        tokens = max(0.0, tokens - 1.0)
+        return _decide(True, tokens, rate, burst), tokens, stamp
+    return _decide(False, tokens, rate, burst), tokens, stamp
+
+
+def bucket_key(key: str) -> str:
+    """``key`` itself if short and printable ASCII, else its SHA-256: stored keys stay bounded."""
+    plain = len(key) <= MAX_PLAIN_KEY and key.isascii() and key.isprintable()
+    if plain and not key.startswith(HASHED):  # else a client could name another's hashed bucket
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return HASHED + digest
+
+
+class MemoryRateLimiter:
+    """Buckets in this process, at most ``max_keys`` of them (least recently used go first).
+
+    An evicted key starts again with a full bucket: eviction can only let a client through
+    early, never refuse one that is within its limit.
+    """
+
+    def __init__(self, config: RateLimitConfig, max_keys: int = 100_000) -> None:
+        self.config = config
+        self.errors = 0  # always 0: nothing here can fail (same attribute as Redis's)
+        self.fail_open = 0  # always 0
+        self._max_keys = max(1, max_keys)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float) -> RateDecision:
+        key = bucket_key(key)
+        rate, burst = self.config.rate, self.config.burst
+        tokens, stamp = self._buckets.pop(key, (float(burst), now))
+        decision, tokens, stamp = take_token(tokens, stamp, now, rate, burst)
+        self._buckets[key] = (tokens, stamp)  # re-inserted: now the most recently used
+        if len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return decision
+
+
+# KEYS[1]: the bucket hash; ARGV: rate (tokens/s), burst, epsilon. Returns {allowed, tokens}.
+# TIME is Redis's clock, so replicas with skewed clocks share one bucket consistently.
+# replicate_commands (a no-op from Redis 7) lets a script that read TIME write before 5.0.
+TAKE_SCRIPT = """
+if redis.replicate_commands then redis.replicate_commands() end
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local epsilon = tonumber(ARGV[3])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
+local tokens = tonumber(state[1])
+local stamp = tonumber(state[2])
+if tokens == nil or stamp == nil then
+  tokens = burst
+  stamp = now
+end
+if now > stamp then
+  tokens = math.min(burst, tokens + (now - stamp) * rate)
+  stamp = now
+end
+local allowed = 0
+if tokens >= 1 - epsilon then
+  tokens = math.max(0, tokens - 1)
+  allowed = 1
+end
+local text = string.format('%.17g', tokens)
+redis.call('HSET', KEYS[1], 'tokens', text, 'stamp', string.format('%.17g', stamp))
+-- Once full again the bucket is the same as no bucket: let Redis drop it then (+1 s).
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {allowed, text}
+"""
+
+
+class RedisRateLimiter:
+    """Buckets shared by replicas in Redis; fails open (and backs off) when Redis fails."""
+
+    def __init__(
+        self, config: RateLimitConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock`` paces the backoff after failures and the warnings."""
+        self.config = config
+        self.errors = 0  # Redis failures (connect, timeout, script), for metrics
+        self.fail_open = 0  # requests let through without a Redis answer (failed or backing off)
+        self._timeout = config.redis.timeout
+        self._prefix = config.redis.prefix
+        self._clock = clock
+        self._open = RateDecision(True, max(0, config.burst - 1), 0.0, 0.0)
+        self._args = (repr(config.rate), str(config.burst), repr(EPSILON))
+        self._redis = aioredis.Redis.from_url(
+            config.redis.url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+            # No retries inside redis-py: one failure fails open at once, then backs off.
+            retry=Retry(NoBackoff(), 0),
+        )
+        # EVALSHA, and SCRIPT LOAD + EVALSHA again on NOSCRIPT (a restarted or new Redis).
+        self._script = self._redis.register_script(TAKE_SCRIPT)
+        self._healthy = True  # False: answer fail-open until retry_at, then let one call probe
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_MIN
+        self._probing = False
+        self._closed = False
+        self._log = LogThrottle(clock)
+
+    @property
+    def healthy(self) -> bool:
+        """Whether requests currently ask Redis (False while backing off after a failure)."""
+        return self._healthy
+
+    async def take(self, key: str) -> RateDecision:
+        if self._closed:
+            self.fail_open += 1
+            return self._open
+        probe = not self._healthy
+        if probe:
+            # One request at a time finds out whether Redis is back; the rest do not wait.
+            if self._probing or self._clock() < self._retry_at:
+                self.fail_open += 1
+                return self._open
+            self._probing = True
+        try:
+            if probe:
+                await drop_connections(self._redis)  # the others fail open meanwhile
+            reply = await asyncio.wait_for(
+                self._script(keys=[self._prefix + bucket_key(key)], args=self._args),
+                self._timeout,
+            )
+            allowed, tokens = reply
+            decision = _decide(
+                bool(int(allowed)), float(tokens), self.config.rate, self.config.burst
+            )
+        except Exception as error:  # any failure: let the request through
+            self._failed(error, probe)
+            self.fail_open += 1
+            return self._open
+        finally:
+            if probe:
+                self._probing = False
+        if probe:
+            self._healthy = True
+            self._backoff = BACKOFF_MIN
+            log.warning("rate limit: Redis answers again; limiting requests again")
+        return decision
+
+    async def close(self) -> None:
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._redis.aclose(close_connection_pool=True), self._timeout)
+        except Exception as error:  # closing must not fail shutdown either
+            log.debug("closing the Redis client failed: %r", error)
+
+    def _failed(self, error: Exception, probe: bool) -> None:
+        self.errors += 1
+        # Calls already in flight when Redis failed do not stretch the backoff; a probe does.
+        if self._healthy or probe:
+            self._healthy = False
+            self._retry_at = self._clock() + self._backoff
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        self._warn(error_kind(error), error)
+
+    def _warn(self, kind: str, error: Exception) -> None:
+        more = self._log.due(kind)
+        if more is None:
+            return
+        log.warning(
+            "rate limit: Redis %s error: %s%s; letting requests through unlimited "
+            "(%d Redis errors in all)",
+            kind,
+            str(error) or type(error).__name__,
+            more,
+            self.errors,
+        )
+
+
+def _ceil(seconds: float) -> int:
+    return max(0, math.ceil(seconds - EPSILON))  # float dust must not add a second
+
+
+def rate_limit_headers(
+    config: RateLimitConfig, decision: RateDecision
+) -> list[tuple[bytes, bytes]]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), the legacy
+    RateLimit-Limit/-Remaining/-Reset trio, and Retry-After when refused."""
+    window = max(1, _ceil(config.burst / config.rate))
+    reset = _ceil(decision.reset)
+    headers = [
+        (b"ratelimit-policy", f"{POLICY};q={config.burst};w={window}".encode()),
+        (b"ratelimit", f"{POLICY};r={decision.remaining};t={reset}".encode()),
+        (b"ratelimit-limit", str(config.burst).encode()),
+        (b"ratelimit-remaining", str(decision.remaining).encode()),
+        (b"ratelimit-reset", str(reset).encode()),
+    ]
+    if not decision.allowed:
+        headers.append((b"retry-after", str(max(1, _ceil(decision.retry_after))).encode()))
+    return headers
+
+
+def build_rate_limiter(
+    config: RateLimitConfig | None,
+) -> MemoryRateLimiter | RedisRateLimiter | None:
+    """The limiter ``config`` asks for; None when rate limiting is off."""
+    if config is None:
+        return None
+    if config.store == "redis":
+        return RedisRateLimiter(config)
+    return MemoryRateLimiter(config)

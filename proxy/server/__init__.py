@@ -1,0 +1,1 @@
+"""Processes: the worker (listener, sweep, reload, shutdown), the supervisor, TLS."""

@@ -1,0 +1,250 @@
+"""Everything a running proxy shares: backends, pools, strategy and session store."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+import ssl
+import time
+from pathlib import Path
+
+from mcplb.healthcheck.monitor import HealthMonitor
+from mcplb.proxy.cluster.admission import Admission
+from mcplb.proxy.cluster.backends import Backend, BackendSet
+from mcplb.proxy.cluster.pool import UpstreamPool
+from mcplb.proxy.config.hosts import default_allowed_hosts
+from mcplb.proxy.config.schema import Config
+from mcplb.proxy.config.tls import backend_context
+from mcplb.proxy.observability.stats import Stats
+from mcplb.proxy.routing.host_check import HostPolicy
+from mcplb.proxy.routing.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
+from mcplb.proxy.routing.retries import RetryBudget
+from mcplb.proxy.sessions.affinity import HeaderAffinity
+from mcplb.proxy.sessions.outage_share import OutageShare
+from mcplb.proxy.sessions.redis_store import RedisSessionStore
+from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
+from mcplb.proxy.sessions.tokens import TokenCodec
+from mcplb.strategies import registry
+from mcplb.strategies.base import Strategy
+from mcplb.strategies.forwarded import ForwardedClient, parse_networks
+
+# Settings a running process cannot take over: a reload keeps the old value and says so.
+RESTART_ONLY = (
+    "listen_host",
+    "listen_port",
+    "workers",
+    "admin",
+    "log",
+    ("sticky", "store"),
+    ("sticky", "redis"),
+    ("sticky", "max_sessions"),
+)
+
+log = logging.getLogger("mcplb")
+
+
+def host_policy(config: Config) -> HostPolicy:
+    """The Host names the listener serves: configured, or the listener's default."""
+    patterns = config.allowed_hosts
+    if patterns is None:
+        patterns = default_allowed_hosts(config.listen_host)
+    return HostPolicy(patterns)
+
+
+class Runtime:
+    """Built once from a Config; the relay reads it, nothing here reads the relay."""
+
+    def __init__(
+        self, config: Config, state_dir: Path | None = None, *, probing: bool = True
+    ) -> None:
+        """``state_dir``: the supervisor's directory shared by this host's workers;
+        ``probing``: whether this process runs the active health checks."""
+        self.config = config
+        self.generation = 0  # successful reloads
+        # SIGTERM received: /readyz answers 503 and every answer closes its connection.
+        self.stopping = False
+        self.host_policy = host_policy(config)
+        self.backends = BackendSet(config.backends)
+        self.strategy: Strategy = registry.build(config.strategy, config.strategy_options)
+        self.pools: dict[Backend, UpstreamPool] = {
+            b: self._new_pool(b, backend_context(b.config)) for b in self.backends
+        }
+        self.health = HealthMonitor(config.health, self.backends.backends, probing=probing)
+        self.stats = Stats([b.name for b in self.backends])
+        self.admission = Admission(config.limits, self.backends)
+        self.retry_budget = RetryBudget(config.retries.budget_percent)
+        self.rate_limiter: MemoryRateLimiter | RedisRateLimiter | None = build_rate_limiter(
+            config.rate_limit
+        )
+        self.rate_limit_client = _forwarded_client(config)
+        # Request ids: a random per-process prefix and a counter (no syscall per request).
+        self._request_prefix = os.urandom(3).hex()
+        self._request_numbers = itertools.count()
+        sticky = config.sticky
+        self.sessions: SessionStore = (
+            RedisSessionStore(
+                sticky.redis.url,
+                ttl=sticky.session_ttl,
+                timeout=sticky.redis.timeout,
+                prefix=sticky.redis.prefix,
+                max_local=sticky.max_sessions,
+                on_expire=self._session_expired,
+                outage_share=None if state_dir is None else OutageShare(state_dir / "sessions"),
+            )
+            if sticky.store == "redis"
+            else MemorySessionStore(
+                sticky.session_ttl, sticky.max_sessions, on_expire=self._session_expired
+            )
+        )
+        self._set_affinity(config)
+
+    def _set_affinity(self, config: Config) -> None:
+        sticky = config.sticky
+        # Signed ids name their backend: no table to consult (store "signed").
+        self.session_codec = (
+            TokenCodec(sticky.keys, "session") if sticky.store == "signed" else None
+        )
+        self.cookie_codec = TokenCodec(sticky.keys, "cookie") if sticky.cookie else None
+        self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
+
+    def _new_pool(self, backend: Backend, context: ssl.SSLContext | None) -> UpstreamPool:
+        timeouts = self.config.timeouts
+        return UpstreamPool(backend, timeouts.connect, timeouts.upstream_keepalive, context)
+
+    def pool(self, backend: Backend) -> UpstreamPool:
+        return self.pools[backend]
+
+    async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
+        """Switch to a reloaded config without dropping anything: backends that stay keep
+        their connections, sessions and health; removed ones drain until ``timeouts.grace``
+        from now. Returns what changed, one line each (restart-only settings are kept and
+        listed as such). Raises ValueError (TLS files, strategy) before changing anything.
+        ``counted`` False: not a new config generation (a backend set DNS discovery found)."""
+        old = self.config
+        strategy = registry.build(config.strategy, config.strategy_options)
+        contexts = {b.name: backend_context(b) for b in config.backends}
+        changes = [f"{name} changed: needs a restart (kept)" for name in _restart_only(old, config)]
+        config = _keep_restart_only(old, config)
+        self.config = config
+        self.host_policy = host_policy(config)
+        current = {b.name: b for b in self.backends}
+        staying: list[Backend] = []
+        moved: list[Backend] = []
+        for backend_config in config.backends:
+            backend = current.pop(backend_config.name, None)
+            if backend is not None and backend.same_endpoint(backend_config):
+                if backend.config != backend_config:
+                    changes.append(f"backend {backend.name} reconfigured")
+                backend.reconfigure(backend_config)
+                pool = self.pools[backend]
+                pool.connect_timeout = config.timeouts.connect
+                pool.keepalive_timeout = config.timeouts.upstream_keepalive
+            else:
+                if backend is not None:
+                    moved.append(backend)  # same name, new endpoint: the old one drains
+                    changes.append(f"backend {backend.name} now at {backend_config.url}")
+                else:
+                    changes.append(f"backend {backend_config.name} added")
+                backend = Backend(backend_config)
+                self.pools[backend] = self._new_pool(backend, contexts[backend.name])
+                self.stats.add_backend(backend.name)
+            staying.append(backend)
+        deadline = time.time() + config.timeouts.grace
+        for backend in current.values():
+            changes.append(f"backend {backend.name} removed (draining)")
+        retired = [*current.values(), *moved]
+        for backend in retired:
+            backend.draining = True
+            backend.available = False
+            backend.drain_until = deadline
+        # Health first: it knows the new backends before anything can look them up.
+        await self.health.reconfigure(config.health, staying)
+        self.backends.replace(staying, retired)
+        self.strategy = strategy
+        self.admission.configure(config.limits, staying)
+        self.retry_budget.percent = config.retries.budget_percent
+        if config.rate_limit != old.rate_limit:
+            limiter, self.rate_limiter = self.rate_limiter, build_rate_limiter(config.rate_limit)
+            self.rate_limit_client = _forwarded_client(config)
+            if isinstance(limiter, RedisRateLimiter):
+                await limiter.close()
+            changes.append("rate_limit changed")
+        self._set_affinity(config)
+        for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
+            if getattr(old, key) != getattr(config, key):
+                changes.append(f"{key} changed")
+        if counted:
+            self.generation += 1
+        return changes
+
+    def retire_over(self) -> list[Backend]:
+        """Removed backends whose drain deadline passed: gone now (their pools closed)."""
+        done = self.backends.retire_over()
+        for backend in done:
+            pool = self.pools.pop(backend, None)
+            if pool is not None:
+                pool.close_all()
+        return done
+
+    def session_bound(self, backend_name: str) -> None:
+        backend = self.backends.get(backend_name)
+        if backend is not None:
+            backend.sessions += 1
+            self.stats.backends[backend_name].sessions_created += 1
+
+    def session_ended(self, backend_name: str) -> None:
+        backend = self.backends.get(backend_name)
+        if backend is not None and backend.sessions > 0:
+            backend.sessions -= 1
+            self.stats.backends[backend_name].sessions_ended += 1
+
+    def next_request_id(self) -> bytes:
+        return f"{self._request_prefix}{next(self._request_numbers):010x}".encode()
+
+    def store_errors(self) -> int:
+        errors: int = getattr(self.sessions, "errors", 0)
+        return errors
+
+    def _session_expired(self, session_id: str, backend_name: str) -> None:
+        self.session_ended(backend_name)
+
+
+def _forwarded_client(config: Config) -> ForwardedClient | None:
+    """Who a rate-limited client is behind ``rate_limit.trusted_proxies`` (None: the peer)."""
+    rate_limit = config.rate_limit
+    if rate_limit is None or not rate_limit.trusted_proxies:
+        return None
+    return ForwardedClient(parse_networks(rate_limit.trusted_proxies))
+
+
+def _restart_only(old: Config, new: Config) -> list[str]:
+    changed = []
+    for key in RESTART_ONLY:
+        if isinstance(key, tuple):
+            section, field = key
+            if getattr(getattr(old, section), field) != getattr(getattr(new, section), field):
+                changed.append(f"{section}.{field}")
+        elif getattr(old, key) != getattr(new, key):
+            changed.append(key)
+    return changed
+
+
+def _keep_restart_only(old: Config, new: Config) -> Config:
+    """``new`` with the settings that need a restart taken from ``old``."""
+    sticky = dataclasses.replace(
+        new.sticky,
+        store=old.sticky.store,
+        redis=old.sticky.redis,
+        max_sessions=old.sticky.max_sessions,
+    )
+    return dataclasses.replace(
+        new,
+        listen_host=old.listen_host,
+        listen_port=old.listen_port,
+        workers=old.workers,
+        admin=old.admin,
+        log=old.log,
+        sticky=sticky,
+    )

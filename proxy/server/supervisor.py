@@ -1,0 +1,177 @@
+"""Runs several worker processes on one port (SO_REUSEPORT) and restarts crashed ones."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from mcplb.proxy.config.schema import Config, ConfigError, file_mtime
+from mcplb.proxy.config.validate import validated
+from mcplb.proxy.observability.state_dir import write_json
+
+log = logging.getLogger("mcplb.supervisor")
+
+RESTART_BACKOFF = 1.0  # seconds before restarting a worker that died right after starting
+POLL_INTERVAL = 0.2  # seconds between checks for dead workers, reloads and file changes
+
+
+class Supervisor:
+    """The parent process: forks workers, forwards signals, replaces workers that die."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.workers: dict[int, int] = {}  # pid -> worker index
+        # Workers publish counters and read drain decisions here (see proxy/admin/app.py).
+        self.state_dir = Path(tempfile.mkdtemp(prefix="mcplb-state-"))
+        self.started: dict[int, float] = {}
+        self.stopping = False
+        self.reload_requested = False
+        self.watched = file_mtime(config.source)
+        self.generation = 0  # reloads handed to the workers
+        self.reload_failures = 0
+
+    def run(self) -> int:
+        try:
+            reservation = _reserve_port(self.config.listen_host, self.config.listen_port)
+        except OSError as exc:
+            log.error(
+                "cannot listen on %s:%d: %s", self.config.listen_host, self.config.listen_port, exc
+            )
+            return 1
+        # Keep the port (and a port 0 choice) ours while workers come and go.
+        self.config = dataclasses.replace(self.config, listen_port=reservation.getsockname()[1])
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        for index in range(self.config.workers):
+            self._spawn(index)
+        log.info("supervisor: %d workers on port %d", self.config.workers, self.config.listen_port)
+        deadline: float | None = None
+        while self.workers:
+            if self.stopping and deadline is None:
+                timeouts = self.config.timeouts
+                deadline = time.monotonic() + timeouts.shutdown_delay + timeouts.grace + 5
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                if deadline is not None and time.monotonic() > deadline:
+                    for child in self.workers:
+                        _signal(child, signal.SIGKILL)
+                if not self.stopping:
+                    self._check_watched_file()
+                    if self.reload_requested:
+                        self.reload_requested = False
+                        self._reload()
+                time.sleep(0.05 if deadline else POLL_INTERVAL)
+                continue
+            index = self.workers.pop(pid)
+            lived = time.monotonic() - self.started.pop(pid)
+            if self.stopping:
+                continue
+            log.error(
+                "worker %d (pid %d) exited with %s; restarting", index, pid, _describe(status)
+            )
+            if lived < RESTART_BACKOFF:
+                time.sleep(RESTART_BACKOFF)
+            if not self.stopping:
+                self._spawn(index)
+        reservation.close()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return 0
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its event loop handles it
+            code = 1
+            try:
+                from mcplb.proxy.server.worker import bind_socket, run_worker
+
+                sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
+                code = run_worker(self.config, sock, index, self.state_dir, self.generation)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                os._exit(code)
+        self.workers[pid] = index
+        self.started[pid] = time.monotonic()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+
+    def _check_watched_file(self) -> None:
+        mtime = file_mtime(self.config.source)
+        if mtime != self.watched:
+            self.watched = mtime
+            if not self.config.watch_config:
+                return
+            log.info("config file changed: reloading")
+            self._reload()
+
+    def _reload(self) -> None:
+        """Check the file, keep it for workers started later, and have every worker
+        reload it (each re-reads it and logs what changed)."""
+        try:
+            config = validated(self.config.source or "")
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("reload rejected, the running config stays: %s", issue)
+            self.reload_failures += 1
+            # Worker 0 adds this to mcplb_config_reloads_total{result="failure"}.
+            write_json(
+                self.state_dir / "supervisor.json", {"reload_failures": self.reload_failures}
+            )
+            return
+        self.generation += 1
+        # Where and how many: fixed for the supervisor's life.
+        self.config = dataclasses.replace(
+            config,
+            listen_host=self.config.listen_host,
+            listen_port=self.config.listen_port,
+            workers=self.config.workers,
+        )
+        log.info("reloading %d workers", len(self.workers))
+        for pid in self.workers:
+            _signal(pid, signal.SIGHUP)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for pid in self.workers:
+            _signal(pid, signal.SIGTERM)
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"code {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,1 @@
+"""MCP session bindings: stores (memory, Redis), signed tokens, affinity."""

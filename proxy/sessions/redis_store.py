@@ -1,0 +1,410 @@
+"""A session table shared by several proxy replicas/workers: Redis, with a local cache in front.
+
+Each binding is the Redis string ``prefix + session_id`` -> backend name, with a Redis TTL of
+``ttl`` seconds that use refreshes. Every replica keeps a local ``MemorySessionStore`` in front
+of it, so a request for a session this replica already knows never waits on Redis:
+
+- ``bind`` writes locally and to Redis (``SET key backend PX ttl GET``, which also tells the
+  previous owner).
+- ``get`` answers from the local table when it can, and then refreshes the Redis TTL in the
+  background (at most once per ``ttl / 10`` per session, batched in a pipeline). That refresh
+  also reconciles: a binding another replica changed or forgot is adopted locally, and one
+  missing from Redis (Redis restarted, or bound during an outage) is written back
+  (``SET NX``). A local miss asks Redis (``GETEX``, which refreshes the TTL) and caches the
+  answer.
+- ``forget`` drops the local binding and replaces the Redis value with an empty string (a
+  tombstone with the same TTL; ``SET key "" XX GET``, so an unknown id creates no key) rather
+  than deleting it, so that other replicas' caches learn on their next refresh that the
+  session is gone, instead of writing it back as "missing". Readers treat the tombstone as no
+  binding.
+
+Redis is never allowed to fail or stall a request: every command is bounded by ``timeout``
+(socket timeouts and an ``asyncio.wait_for``), and any Redis error is counted in ``errors``,
+logged (rate-limited) on ``mcplb.sessions``, and answered from the local table. After a failure
+the store stops sending requests' commands to Redis; a background task pings it after a
+backoff (0.5 s doubling to 5 s) and, once it answers, writes back the local changes made
+meanwhile (binds and forgets; last writer wins) before requests use Redis again.
+
+Needs Redis >= 6.2 (GETEX, SET ... GET).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mcplb.proxy.sessions.outage_share import OutageShare
+from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
+
+log = logging.getLogger("mcplb.sessions")
+
+T = TypeVar("T")
+
+TOMBSTONE = ""  # the Redis value of a forgotten session (backend names are never empty)
+BACKOFF_MIN = 0.5  # seconds without Redis after a failure, doubling while it stays down...
+BACKOFF_MAX = 5.0  # ...up to this
+LOG_INTERVAL = 5.0  # at most one warning per kind of failure per this many seconds
+HEALTH_CHECK_INTERVAL = 15  # PING a pooled connection idle longer than this before reusing it
+BATCH = 256  # background refreshes/write-backs per pipeline
+
+
+class _Failed:
+    """What a Redis command that failed (and was counted and logged) returns."""
+
+
+_FAILED = _Failed()
+
+
+class RedisSessionStore(SessionStore):
+    """Session bindings in Redis, shared by replicas, with a per-process cache in front."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl: float,
+        timeout: float,
+        prefix: str,
+        max_local: int,
+        clock: Callable[[], float] = time.monotonic,
+        on_expire: Callable[[str, str], None] | None = None,
+        outage_share: OutageShare | None = None,
+    ) -> None:
+        """``clock`` drives the local table's idle expiry and the refresh pacing; ``on_expire``
+        (session id, backend) is called when a binding made by this instance's ``bind`` leaves
+        the local table other than through ``bind``/``forget`` (idle expiry, size cap, or
+        another replica forgetting or re-binding it); ``outage_share`` hands bindings to the other
+        workers of this host while Redis is down."""
+        self.errors = 0  # Redis failures seen (connect, timeout, protocol), for metrics
+        self._ttl_ms = max(1, math.ceil(ttl * 1000))
+        self._timeout = timeout
+        self._prefix = prefix
+        self._clock = clock
+        self._on_expire = on_expire
+        self._refresh_every = ttl / 10
+        self._max_dirty = max_local
+        self._outage_share = outage_share
+        self._shared: set[str] = set()  # shared during the current outage
+        self._local = MemorySessionStore(ttl, max_local, clock, on_expire=self._local_dropped)
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=HEALTH_CHECK_INTERVAL,
+            decode_responses=True,
+            # No retries inside redis-py: a failure goes local at once, and backs off.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._healthy = True  # False: requests skip Redis; the background task probes it
+        self._backoff = BACKOFF_MIN
+        self._synced: dict[str, float] = {}  # session id -> clock time of its last TTL refresh
+        self._pending: dict[str, str] = {}  # local hits due for a Redis refresh -> local backend
+        self._dirty: dict[str, str | None] = {}  # local changes Redis missed (None: forgotten)
+        self._bound_here: set[str] = set()  # locally known bindings made by our bind()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self._log = LogThrottle()
+
+    @property
+    def healthy(self) -> bool:
+        """Whether requests currently use Redis (False while backing off after a failure)."""
+        return self._healthy
+
+    def __len__(self) -> int:
+        """Bindings in the local table."""
+        return len(self._local)
+
+    # -- SessionStore ---------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> str | None:
+        backend = await self._local.get(session_id)
+        if backend is not None:
+            self._schedule_refresh(session_id, backend)
+            if not self._healthy:
+                self._share(session_id, backend)
+            return backend
+        if self._usable():
+            key = self._prefix + session_id
+            value = await self._command(self._redis.getex(key, px=self._ttl_ms))
+            if not isinstance(value, _Failed):
+                return await self._cache(session_id, value) if value else None
+        # Redis is unreachable: another worker of this host may have shared the binding.
+        shared = None if self._outage_share is None else self._outage_share.get(session_id)
+        if shared is not None:
+            await self._local.bind(session_id, shared)
+            self._shared.add(session_id)
+        return shared
+
+    async def _cache(self, session_id: str, value: str | bytes) -> str:
+        """Keep a binding read from Redis in the local table."""
+        backend = await self._local.get(session_id)
+        if backend is not None:  # bound here while we asked: that is newer
+            return backend
+        await self._local.bind(session_id, _text(value))
+        self._synced[session_id] = self._clock()
+        return _text(value)
+
+    async def bind(self, session_id: str, backend: str) -> str | None:
+        previous = await self._local.bind(session_id, backend)
+        self._bound_here.add(session_id)
+        self._pending.pop(session_id, None)
+        if self._usable():
+            self._synced[session_id] = self._clock()
+            key = self._prefix + session_id
+            old = await self._command(self._redis.set(key, backend, px=self._ttl_ms, get=True))
+            if not isinstance(old, _Failed):
+                self._dirty.pop(session_id, None)
+                return (_text(old) if isinstance(old, str | bytes) else None) or previous
+        self._mark_dirty(session_id, backend)
+        self._shared.discard(session_id)
+        self._share(session_id, backend)
+        return previous
+
+    async def forget(self, session_id: str) -> str | None:
+        previous = await self._local.forget(session_id)
+        self._bound_here.discard(session_id)
+        self._synced.pop(session_id, None)
+        self._pending.pop(session_id, None)
+        if self._usable():
+            key = self._prefix + session_id
+            old = await self._command(
+                self._redis.set(key, TOMBSTONE, px=self._ttl_ms, get=True, xx=True)
+            )
+            if not isinstance(old, _Failed):
+                self._dirty.pop(session_id, None)
+                return (_text(old) if isinstance(old, str | bytes) else None) or previous
+        self._mark_dirty(session_id, None)
+        if self._outage_share is not None:
+            self._outage_share.drop(session_id)
+        return previous
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        try:
+            await asyncio.wait_for(self._redis.aclose(close_connection_pool=True), self._timeout)
+        except Exception as error:  # closing must not fail shutdown either
+            log.debug("closing the Redis client failed: %r", error)
+
+    def expire(self) -> int:
+        """Drop local bindings idle past the TTL (Redis expires its own); return how many."""
+        return self._local.expire()
+
+    # -- Redis calls ----------------------------------------------------------------------
+
+    def _usable(self) -> bool:
+        """Whether a request may send a command to Redis now (and start the background task)."""
+        if self._closed:
+            return False
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._sync_loop(), name="mcplb-redis-sessions"
+            )
+        return self._healthy
+
+    async def _command(self, command: Awaitable[T]) -> T | _Failed:
+        """Run one Redis command (or pipeline), bounded by the timeout; count and log failures."""
+        try:
+            return await asyncio.wait_for(command, self._timeout)
+        except Exception as error:
+            self._failed(error)
+            return _FAILED
+
+    def _failed(self, error: Exception) -> None:
+        self.errors += 1
+        self._warn(error_kind(error), error)
+        if self._healthy:
+            self._healthy = False
+            self._backoff = BACKOFF_MIN
+            self._wake.set()
+
+    def _warn(self, kind: str, error: Exception) -> None:
+        more = self._log.due(kind)
+        if more is None:
+            return
+        log.warning(
+            "Redis session store: %s error: %s%s; answering from the local table "
+            "(%d Redis errors in all)",
+            kind,
+            str(error) or type(error).__name__,
+            more,
+            self.errors,
+        )
+
+    # -- local bookkeeping ----------------------------------------------------------------
+
+    def _share(self, session_id: str, backend: str) -> None:
+        """Hand a binding to the other workers of this host (once per outage)."""
+        if self._outage_share is not None and session_id not in self._shared:
+            self._shared.add(session_id)
+            self._outage_share.put(session_id, backend)
+
+    def _schedule_refresh(self, session_id: str, backend: str) -> None:
+        now = self._clock()
+        last = self._synced.get(session_id)
+        if last is not None and now - last < self._refresh_every:
+            return
+        self._synced[session_id] = now
+        self._pending[session_id] = backend
+        if not self._closed:
+            self._usable()  # starts the background task if needed
+            self._wake.set()
+
+    def _mark_dirty(self, session_id: str, backend: str | None) -> None:
+        self._dirty.pop(session_id, None)
+        self._dirty[session_id] = backend
+        while len(self._dirty) > self._max_dirty:
+            del self._dirty[next(iter(self._dirty))]
+        self._wake.set()
+
+    def _local_dropped(self, session_id: str, backend: str) -> None:
+        """The local table let a binding go (idle expiry or size cap)."""
+        self._synced.pop(session_id, None)
+        self._pending.pop(session_id, None)
+        if session_id in self._dirty and self._dirty[session_id] is not None:
+            del self._dirty[session_id]  # an idle or evicted binding is not worth writing back
+        self._released(session_id, backend)
+
+    def _released(self, session_id: str, backend: str) -> None:
+        if session_id in self._bound_here:
+            self._bound_here.discard(session_id)
+            if self._on_expire is not None:
+                self._on_expire(session_id, backend)
+
+    async def _adopt(self, session_id: str, expected: str, current: str | None) -> None:
+        """Redis says ``current`` (None: forgotten) where we cached ``expected``."""
+        if await self._local.get(session_id) != expected:
+            return  # changed here meanwhile: ours is newer
+        if current is None:
+            await self._local.forget(session_id)
+            self._synced.pop(session_id, None)
+        else:
+            await self._local.bind(session_id, current)
+        self._released(session_id, expected)
+
+    # -- background: refreshes, write-backs, probing --------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                if not self._healthy:
+                    await asyncio.sleep(self._backoff)
+                    # Connections from before the failure are likely dead (a restarted
+                    # Redis): each would fail once and send requests local again.
+                    await drop_connections(self._redis)
+                    if isinstance(await self._command(self._redis.ping()), _Failed):
+                        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                        continue
+                    self._healthy = True
+                    self._backoff = BACKOFF_MIN
+                    self._shared.clear()  # the next outage shares afresh
+                    log.warning(
+                        "Redis session store: Redis answers again; writing back %d local changes",
+                        len(self._dirty),
+                    )
+                if not self._dirty and not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await self._sync_batch()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not stop refreshes for good
+                log.exception("Redis session store: background sync failed")
+                await asyncio.sleep(BACKOFF_MAX)
+
+    async def _sync_batch(self) -> None:
+        writes = _take(self._dirty, BATCH)
+        refreshes = _take(self._pending, BATCH)
+        pipe = self._redis.pipeline(transaction=False)
+        for session_id, backend in writes:
+            if backend is None:  # tombstones only over a binding (XX): no key for unknown ids
+                pipe.set(self._prefix + session_id, TOMBSTONE, px=self._ttl_ms, xx=True)
+            else:
+                pipe.set(self._prefix + session_id, backend, px=self._ttl_ms)
+        for session_id, _ in refreshes:
+            pipe.getex(self._prefix + session_id, px=self._ttl_ms)
+        results = await self._command(pipe.execute())
+        if isinstance(results, _Failed):
+            for session_id, backend in writes:  # unless changed again meanwhile
+                self._dirty.setdefault(session_id, backend)
+            for session_id, local in refreshes:
+                self._pending.setdefault(session_id, local)
+            return
+        missing: list[tuple[str, str]] = []
+        for (session_id, local), value in zip(refreshes, results[len(writes) :], strict=True):
+            if value is None:  # Redis lost it (restart, eviction) or never had it (outage)
+                missing.append((session_id, local))
+            elif _text(value) != local:
+                await self._adopt(session_id, local, _text(value) or None)
+        if missing:
+            pipe = self._redis.pipeline(transaction=False)
+            for session_id, local in missing:
+                pipe.set(self._prefix + session_id, local, px=self._ttl_ms, nx=True)
+            await self._command(pipe.execute())  # if lost, the next use refreshes again
+
+
+async def drop_connections(client: aioredis.Redis) -> None:
+    """Close every pooled connection (while no request uses Redis): new ones are opened
+    on demand."""
+    with contextlib.suppress(Exception):
+        await client.connection_pool.disconnect()
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode()
+
+
+def _take(table: dict[str, T], count: int) -> list[tuple[str, T]]:
+    """Remove and return up to ``count`` of the oldest entries."""
+    keys = list(itertools.islice(table, count))
+    return [(key, table.pop(key)) for key in keys]
+
+
+class LogThrottle:
+    """At most one log line per kind of error per LOG_INTERVAL; the lines left out are
+    counted into the next one."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._state: dict[str, tuple[float, int]] = {}  # kind -> (last logged, left out)
+
+    def due(self, kind: str) -> str | None:
+        """None to stay quiet now, else the text to add about the lines left out."""
+        now = self._clock()
+        last, suppressed = self._state.get(kind, (-math.inf, 0))
+        if now - last < LOG_INTERVAL:
+            self._state[kind] = (last, suppressed + 1)
+            return None
+        self._state[kind] = (now, 0)
+        return f" ({suppressed} more since the last report)" if suppressed else ""
+
+
+def error_kind(error: Exception) -> str:
+    if isinstance(error, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(error, RedisConnectionError | OSError):
+        return "connection"
+    if isinstance(error, ResponseError):
+        return "response"
+    if isinstance(error, RedisError):
+        return "protocol"
+    return "unexpected"
