@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -13,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from mcplb.proxy.config.schema import Config, ConfigError, file_mtime
 from mcplb.proxy.config.validate import validated
@@ -53,6 +55,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
         for index in range(self.config.workers):
+            if self.stopping:
+                break  # signalled while starting: the workers forked so far are stopping
             self._spawn(index)
         log.info("supervisor: %d workers on port %d", self.config.workers, self.config.listen_port)
         deadline: float | None = None
@@ -91,23 +95,41 @@ class Supervisor:
         return 0
 
     def _spawn(self, index: int) -> None:
-        pid = os.fork()
-        if pid == 0:  # the worker
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its event loop handles it
-            code = 1
-            try:
-                from mcplb.proxy.server.worker import bind_socket, run_worker
+        # Signals wait while we fork: a child must not run the supervisor's handlers (they
+        # would take a SIGTERM meant for it), and a stop must see every pid it has to signal.
+        parent = os.getpid()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._become_worker(index, parent)
+            self.workers[pid] = index
+            self.started[pid] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
 
-                sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
-                code = run_worker(self.config, sock, index, self.state_dir, self.generation)
-            except BaseException:
-                log.exception("worker %d failed", index)
-            finally:
-                os._exit(code)
-        self.workers[pid] = index
-        self.started[pid] = time.monotonic()
+    def _become_worker(self, index: int, parent: int) -> NoReturn:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its event loop handles it
+        # A supervisor killed outright (kill -9, the OOM killer) cannot stop its workers:
+        # the kernel sends each a SIGTERM instead, and it drains as on any SIGTERM.
+        _term_when_parent_dies()
+        code = 1
+        try:
+            if os.getppid() != parent:
+                raise SystemExit  # the supervisor died before the request above
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+            from mcplb.proxy.server.worker import bind_socket, run_worker
+
+            sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
+            code = run_worker(self.config, sock, index, self.state_dir, self.generation)
+        except SystemExit:
+            pass
+        except BaseException:
+            log.exception("worker %d failed", index)
+        finally:
+            os._exit(code)
 
     def _on_reload(self, signum: int, frame: FrameType | None) -> None:
         self.reload_requested = True
@@ -151,6 +173,20 @@ class Supervisor:
         self.stopping = True
         for pid in self.workers:
             _signal(pid, signal.SIGTERM)
+
+
+_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _term_when_parent_dies() -> None:
+    """Ask Linux for a SIGTERM when the parent exits (prctl PR_SET_PDEATHSIG); elsewhere
+    nothing (the workers then outlive a killed supervisor, as before)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
