@@ -65,8 +65,8 @@ class Cluster:
         """Switch to a reloaded config's backend set without dropping anything: backends
         that stay keep their connections, sessions and health; removed ones (and the old
         endpoint of a moved one) drain until ``timeouts.grace`` from now. Returns what
-        changed, one line each. Raises ValueError (TLS files, strategy) before changing
-        anything."""
+        changed, one line each. Raises TlsError (a backend's CA file) or StrategyLoadError
+        before changing anything."""
         strategy = registry.build(config.strategy, config.strategy_options)
         contexts = {b.name: backend_context(b) for b in config.backends}
         self._timeouts = config.timeouts

@@ -134,12 +134,12 @@ class Runtime:
         """Switch to a reloaded config without dropping anything: backends that stay keep
         their connections, sessions and health; removed ones drain until ``timeouts.grace``
         from now. Returns what changed, one line each (restart-only settings are kept and
-        listed as such). Raises ValueError (TLS files, strategy) before changing anything.
+        listed as such). Raises what ``Cluster.reload`` raises, before changing anything.
         ``counted`` False: not a new config generation (a backend set DNS discovery found)."""
         old = self.config
         changes = [f"{name} changed: needs a restart (kept)" for name in _restart_only(old, config)]
         config = _keep_restart_only(old, config)
-        # The backend set first: it refuses (ValueError) before anything changed.
+        # The backend set first: it refuses a config before anything changed.
         changes += await self.cluster.reload(config)
         self.config = config
         self.host_policy = host_policy(config)
