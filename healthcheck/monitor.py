@@ -61,11 +61,15 @@ class HealthMonitor:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         probing: bool = True,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         """``probing`` False: run no probes, take the verdicts of the worker that does
-        (``adopt``); passive checks stay this process's own."""
+        (``adopt``); passive checks stay this process's own. ``on_change`` is called
+        after a backend's ``available`` or ``weight`` changed (so that the owner of the
+        backend set can recompute what it derives from them)."""
         self.config = config
         self.probing = probing
+        self._on_change = on_change
         self.backends: list[HealthTarget] = list(backends)
         self._by_name: dict[str, HealthTarget] = {b.name: b for b in self.backends}
         self._clock = clock
@@ -248,10 +252,13 @@ class HealthMonitor:
                 transition = dataclasses.replace(transition, new="unhealthy")
             if backend is not None:
                 self._apply(backend, transition, now)
+        changed = False
         for name in self._slow.ramping():
             backend = self._by_name.get(name)
             if backend is not None:
-                self._set_weight(backend, now)
+                changed = self._set_weight(backend, now) or changed
+        if changed:
+            self._on_change()
 
     def verdicts(self) -> dict[str, list[Any]]:
         """The active checks' state per backend, for workers that do not probe:
@@ -393,10 +400,20 @@ class HealthMonitor:
     def refresh(self, backend: HealthTarget, now: float | None = None) -> None:
         """Write ``available`` and ``weight`` onto ``backend`` (call after changing its
         ``draining`` flag)."""
-        backend.available = self._serving(backend.name) and not backend.draining
-        self._set_weight(backend, self._clock() if now is None else now)
+        available = self._serving(backend.name) and not backend.draining
+        changed = self._set_weight(backend, self._clock() if now is None else now)
+        if available != backend.available:
+            backend.available = available
+            changed = True
+        if changed:
+            self._on_change()
 
-    def _set_weight(self, backend: HealthTarget, now: float) -> None:
+    def _set_weight(self, backend: HealthTarget, now: float) -> bool:
+        """Write the slow-start weight; whether it changed."""
         full = backend.base_weight
         factor = self._slow.factor(backend.name, now)
-        backend.weight = full if factor >= 1.0 or full <= 0 else max(1, round(full * factor))
+        weight = full if factor >= 1.0 or full <= 0 else max(1, round(full * factor))
+        if weight == backend.weight:
+            return False
+        backend.weight = weight
+        return True

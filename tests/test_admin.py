@@ -177,7 +177,7 @@ async def test_mutating_calls_need_the_token(admin_proxy: ProxyServer) -> None:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             async with http.post(url, headers=headers) as resp:
                 assert resp.status == 401
-        assert admin_proxy.runtime.backends.by_name["a"].draining is False
+        assert admin_proxy.runtime.cluster.backends.by_name["a"].draining is False
         auth = {"Authorization": f"Bearer {TOKEN}"}
         async with http.post(url.replace("/a/", "/zz/"), headers=auth) as resp:
             assert resp.status == 404
@@ -186,7 +186,7 @@ async def test_mutating_calls_need_the_token(admin_proxy: ProxyServer) -> None:
                 200,
                 {"name": "a", "draining": True, "deadline": None},
             )
-        assert admin_proxy.runtime.backends.by_name["a"].available is False
+        assert admin_proxy.runtime.cluster.backends.by_name["a"].available is False
 
 
 @pytest.fixture
@@ -355,7 +355,7 @@ async def test_a_non_utf8_authorization_header_is_a_wrong_token(admin_proxy: Pro
         response = await rawhttp.request(port, head + b"\r\nContent-Length: 0\r\n\r\n")
         assert response.status == 401, response.body
         assert json.loads(response.body)["error"] == "unauthorized"
-    assert admin_proxy.runtime.backends.by_name["a"].draining is False
+    assert admin_proxy.runtime.cluster.backends.by_name["a"].draining is False
 
 
 async def test_status_needs_the_token_when_one_is_set(admin_proxy: ProxyServer) -> None:
@@ -372,7 +372,8 @@ async def test_status_needs_the_token_when_one_is_set(admin_proxy: ProxyServer) 
             assert resp.status == 200
             status = await resp.json()
     urls = {b["name"]: b["url"] for b in status["backends"]}
-    assert urls == {name: b.config.url for name, b in admin_proxy.runtime.backends.by_name.items()}
+    backends = admin_proxy.runtime.cluster.backends
+    assert urls == {name: b.config.url for name, b in backends.by_name.items()}
 
 
 async def test_status_without_a_token_hides_urls_and_the_config_file(

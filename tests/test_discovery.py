@@ -113,7 +113,7 @@ def dns_config(dns_server: DnsServer, port: int, **fields: object) -> DiscoveryC
 
 def serving(proxy: ProxyServer) -> set[str]:
     """Backends taking new traffic (not draining)."""
-    return {b.name for b in proxy.runtime.backends.backends if not b.draining}
+    return {b.name for b in proxy.runtime.cluster.backends.backends if not b.draining}
 
 
 async def test_records_change_under_traffic(
@@ -169,7 +169,7 @@ async def test_records_change_under_traffic(
         )
         # .2 leaves, .4 joins: .2 drains with its sessions, .3 keeps its state.
         before = answered.copy()
-        kept = proxy.runtime.backends.get(three)
+        kept = proxy.runtime.cluster.backends.get(three)
         dns_server.set_hosts({NAME: ["127.0.0.3", "127.0.0.4"]})
         await eventually(
             lambda: serving(proxy) == {three, four},
@@ -177,8 +177,8 @@ async def test_records_change_under_traffic(
             every=0.05,
             what="the changed answer applied",
         )
-        assert proxy.runtime.backends.get(three) is kept  # the same object: state kept
-        removed = proxy.runtime.backends.get(two)
+        assert proxy.runtime.cluster.backends.get(three) is kept  # the same object: state kept
+        removed = proxy.runtime.cluster.backends.get(two)
         assert removed is not None and removed.draining
         await eventually(
             lambda: answered["127.0.0.4"] >= 10,

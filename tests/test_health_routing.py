@@ -86,7 +86,7 @@ async def test_evicted_backend_gets_no_traffic_and_its_sessions_404_until_readmi
         ],
         health=active_health(slow_start=1.0),
     )
-    backend_a = proxy.runtime.backends.by_name["a"]
+    backend_a = proxy.runtime.cluster.backends.by_name["a"]
     async with aiohttp.ClientSession() as http:
         status, session, body = await post(http, proxy)
         assert status == 200 and body["served_by"] == "a" and session == "a-1"
@@ -186,7 +186,7 @@ async def test_backend_killed_under_load_fails_only_requests_it_held(
         await until(lambda: sum(outcomes.values()) >= 200, 30)
         await servers[1].kill()
         killed_at = served["two"]
-        await until(lambda: not proxy.runtime.backends.by_name["two"].available, 5)
+        await until(lambda: not proxy.runtime.cluster.backends.by_name["two"].available, 5)
         await until(lambda: sum(outcomes.values()) >= 1200, 60)
         done.set()
         await asyncio.gather(*clients)

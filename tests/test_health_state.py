@@ -533,6 +533,28 @@ def test_monitor_slow_start_after_ejection_and_stop_when_down_again() -> None:
     assert a.available and a.weight == 4  # a fresh ramp
 
 
+def test_monitor_reports_changes_of_availability_and_weight() -> None:
+    # The owner of the backend set derives its routing list from these two fields.
+    clock = FakeClock()
+    a, b = make_backends(4, 4)
+    changes = []
+    cfg = health(slow_start=8.0, active=active(rise=1, fall=1))
+    monitor = HealthMonitor(cfg, [a, b], clock=clock, on_change=lambda: changes.append(a.weight))
+    monitor.record_probe(a, True, "ok")  # unknown -> healthy: already available, full weight
+    monitor.tick()
+    assert changes == []
+    monitor.record_probe(a, False, "down")
+    assert changes == [4 * WEIGHT_SCALE] and not a.available
+    monitor.record_probe(a, True, "ok")  # back: available, and its ramp starts at 1%
+    assert changes[1:] == [4] and a.available
+    for _ in range(9):
+        clock.advance(1)
+        monitor.tick()
+    assert changes[2:] == [w * WEIGHT_SCALE // 2 for w in (1, 2, 3, 4, 5, 6, 7, 8)]
+    monitor.refresh(b)  # nothing changed: not reported
+    assert len(changes) == 10
+
+
 def test_monitor_keeps_draining() -> None:
     clock = FakeClock()
     a = DrainableBackend(backend_config("a", 9001))

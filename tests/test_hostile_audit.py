@@ -239,7 +239,7 @@ async def test_slow_bodies_cannot_hold_every_request_slot(
     slow = [await RawClient.connect(proxy.port) for _ in range(8)]
     for client in slow:
         await client.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx")
-    await eventually(lambda: proxy.runtime.admission.requests >= 4, what="4 slots held")
+    await eventually(lambda: proxy.runtime.cluster.admission.requests >= 4, what="4 slots held")
     normal = await asyncio.gather(
         *(request(proxy.port, b"GET /n HTTP/1.1\r\nHost: x\r\n\r\n", timeout=6) for _ in range(6))
     )

@@ -204,7 +204,8 @@ async def test_smuggling_attempt_is_400_closed_and_never_reaches_the_backend(
     if warm:
         # A pooled connection is ready: the request head would be written at once.
         await still_serves(proxy, recorder, b"/warm")
-        assert len(proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle) == 1
+        cluster = proxy.runtime.cluster
+        assert len(cluster.pool(cluster.backends.by_name["a"]).idle) == 1
         expected.append(b"/warm")
     client = await RawClient.connect(proxy.port)
     await client.send(raw + SMUGGLED)
@@ -442,7 +443,8 @@ async def test_clients_stalling_mid_body_do_not_eject_a_healthy_backend(
         await client.close()
     for name in "ab":
         assert proxy.runtime.stats.backends[name].timeouts == 0
-        assert not proxy.runtime.health.ejected(proxy.runtime.backends.by_name[name])
+        cluster = proxy.runtime.cluster
+        assert not cluster.health.ejected(cluster.backends.by_name[name])
 
 
 async def test_body_trickled_within_idle_timeout_is_not_cut(
@@ -589,7 +591,7 @@ async def test_absolute_form_and_host_never_steer_the_proxy(
     other = Recorder()  # stands in for any other host: must see nothing at all
     other_port = await serve_raw(other.handle)
     elsewhere = b"127.0.0.1:%d" % other_port
-    backend_host = b"127.0.0.1:%d" % proxy.runtime.backends.by_name["a"].port
+    backend_host = b"127.0.0.1:%d" % proxy.runtime.cluster.backends.by_name["a"].port
     attempts = [
         (b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: evil.example\r\n\r\n",
          b"/latest", b"evil.example"),
@@ -763,7 +765,7 @@ async def test_fuzzed_input_never_hangs_or_breaks_the_proxy(
     event(f"statuses: {statuses[:3]}")
     await still_serves(proxy, recorder, b"/alive")
     await eventually(lambda: not proxy.connections, within=3.0, what="no connection left")
-    assert proxy.runtime.backends.by_name["a"].in_flight == 0
+    assert proxy.runtime.cluster.backends.by_name["a"].in_flight == 0
 
 
 # --- config fuzzing ------------------------------------------------------------------

@@ -68,7 +68,7 @@ async def test_each_session_stays_on_its_backend(peers: Peers, start_proxy: Prox
     assert set().union(*per_session) == {"mcp-a", "mcp-b", "mcp-c"}
     # Every session was DELETEd on exit, and DELETE forgot its binding.
     assert bindings(proxy) == 0
-    assert all(b.sessions == 0 and b.in_flight == 0 for b in proxy.runtime.backends)
+    assert all(b.sessions == 0 and b.in_flight == 0 for b in proxy.runtime.cluster.backends)
 
 
 async def test_progress_notifications_stream_through(
@@ -129,12 +129,12 @@ async def test_raw_session_lifecycle(peers: Peers, start_proxy: ProxyFactory) ->
             await resp.read()
         owner = await proxy.runtime.sessions.get(session_id)
         assert owner in {"mcp-a", "mcp-b", "mcp-c"}
-        assert proxy.runtime.backends.by_name[owner].sessions == 1
+        assert proxy.runtime.cluster.backends.by_name[owner].sessions == 1
         headers = {**MCP_HEADERS, "Mcp-Session-Id": session_id}
         async with http.delete(mcp_url(proxy), headers=headers) as resp:
             assert resp.status == 200
         assert await proxy.runtime.sessions.get(session_id) is None
-        assert proxy.runtime.backends.by_name[owner].sessions == 0
+        assert proxy.runtime.cluster.backends.by_name[owner].sessions == 0
         # The proxy no longer knows the id: answered without a trip to a backend.
         ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
         async with http.post(mcp_url(proxy), json=ping, headers=headers) as resp:

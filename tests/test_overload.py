@@ -121,11 +121,11 @@ async def serve(serve_app: AppFactory, gate: Gate, name: str, **limits: Any) -> 
 async def no_leak(proxy: ProxyServer) -> None:
     """Every slot came back and nothing waits."""
     runtime = proxy.runtime
-    admission = runtime.admission
+    admission = runtime.cluster.admission
 
     def settled() -> bool:
         return (
-            all(b.in_flight == 0 and b.streams == 0 for b in runtime.backends)
+            all(b.in_flight == 0 and b.streams == 0 for b in runtime.cluster.backends)
             and admission.requests == 0
             and admission.streams == 0
             and not admission.queue
@@ -135,7 +135,7 @@ async def no_leak(proxy: ProxyServer) -> None:
 
 
 def queued(proxy: ProxyServer) -> int:
-    return len(proxy.runtime.admission.queue)
+    return len(proxy.runtime.cluster.admission.queue)
 
 
 def queue_holds(proxy: ProxyServer, count: int) -> Callable[[], bool]:
@@ -198,7 +198,7 @@ async def test_excess_requests_queue_and_proceed_in_arrival_order(
         await eventually(queue_holds(proxy, n - 1), within=LIMIT)
     stats = proxy.runtime.stats
     assert stats.queued == 3 and queued(proxy) == 3
-    assert proxy.runtime.backends.get("a").in_flight == 2  # type: ignore[union-attr]
+    assert proxy.runtime.cluster.backends.get("a").in_flight == 2  # type: ignore[union-attr]
     assert sorted(gate.labels()) == ["r0", "r1"]
     # Each freed slot goes to the oldest waiter.
     for n in (2, 3, 4):
@@ -443,7 +443,7 @@ async def test_streams_have_their_own_cap_and_never_queue(
 ) -> None:
     gate.open()
     proxy = await start_proxy([await serve(serve_app, gate, "a", max_connections=1, max_streams=2)])
-    backend = proxy.runtime.backends.get("a")
+    backend = proxy.runtime.cluster.backends.get("a")
     assert backend is not None
     streams = [await open_stream(http, proxy, f"s{n}") for n in range(2)]
     assert [s.status for s in streams] == [200, 200]
@@ -521,7 +521,7 @@ async def test_a_response_turning_into_a_stream_frees_its_request_slot(
     start_proxy: ProxyFactory, serve_app: AppFactory, gate: Gate, http: aiohttp.ClientSession
 ) -> None:
     proxy = await start_proxy([await serve(serve_app, gate, "a", max_connections=1)])
-    backend = proxy.runtime.backends.get("a")
+    backend = proxy.runtime.cluster.backends.get("a")
     assert backend is not None
     client = Client(http, proxy)
     headers = {**MCP_HEADERS, "X-Label": "p0"}
@@ -544,7 +544,8 @@ async def test_a_response_turning_into_a_stream_frees_its_request_slot(
     gate.release("r1")
     assert (await asyncio.wait_for(waiting, LIMIT))[0] == 200
     assert (backend.in_flight, backend.streams) == (1, 1)
-    assert proxy.runtime.admission.requests == 0 and proxy.runtime.admission.streams == 1
+    admission = proxy.runtime.cluster.admission
+    assert admission.requests == 0 and admission.streams == 1
     gate.stop.set()
     assert await asyncio.wait_for(stream.content.read(), LIMIT) == b""
     stream.release()

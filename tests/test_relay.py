@@ -144,7 +144,7 @@ async def test_head_has_no_body_and_connection_is_reused(
     assert after.body == b"a"
     await client.close()
     # One upstream connection served both: HEAD left it in a clean state.
-    assert len(proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle) == 1
+    assert len(proxy.runtime.cluster.pool(proxy.runtime.cluster.backends.by_name["a"]).idle) == 1
 
 
 @pytest.mark.parametrize("code", [204, 304])
@@ -249,7 +249,7 @@ async def test_sse_events_are_relayed_one_by_one(
     assert b"text/event-stream" in head
     first = await asyncio.wait_for(client.reader.readuntil(b"\n\n\r\n"), 5)
     assert b"data: first\n\n" in first
-    assert proxy.runtime.backends.by_name["a"].streams == 1
+    assert proxy.runtime.cluster.backends.by_name["a"].streams == 1
     second.set()
     rest = await asyncio.wait_for(client.reader.readuntil(b"0\r\n\r\n"), 5)
     assert b"data: second\n\n" in rest
@@ -280,8 +280,8 @@ async def test_client_gone_mid_stream_closes_upstream(
     await asyncio.wait_for(client.reader.readuntil(b"data: tick"), 5)
     await client.close()
     await asyncio.wait_for(backend_saw_close.wait(), 5)
-    backend = proxy.runtime.backends.by_name["a"]
-    assert proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle == []
+    backend = proxy.runtime.cluster.backends.by_name["a"]
+    assert proxy.runtime.cluster.pool(proxy.runtime.cluster.backends.by_name["a"]).idle == []
     assert backend.in_flight == 0 and backend.streams == 0
 
 
@@ -300,7 +300,7 @@ async def test_upstream_gone_mid_response_closes_client(
     data = await client.read_until_closed()
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.endswith(b"only ten b")
-    assert proxy.runtime.backends.by_name["a"].in_flight == 0
+    assert proxy.runtime.cluster.backends.by_name["a"].in_flight == 0
 
 
 @pytest.mark.parametrize(
@@ -353,7 +353,7 @@ async def test_pooled_connection_closed_by_backend(
     else:
         assert response.status == 502
         assert connections == 1
-    assert proxy.runtime.backends.by_name["a"].in_flight == 0
+    assert proxy.runtime.cluster.backends.by_name["a"].in_flight == 0
     await client.close()
 
 
@@ -382,7 +382,7 @@ async def test_retry_after_a_dead_pooled_connection_uses_a_new_one(
     for client in clients:  # two requests at once: two pooled connections afterwards
         await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert sorted([(await c.response()).body for c in clients]) == [b"answer 1", b"answer 2"]
-    assert len(proxy.runtime.pool(proxy.runtime.backends.by_name["a"]).idle) == 2
+    assert len(proxy.runtime.cluster.pool(proxy.runtime.cluster.backends.by_name["a"]).idle) == 2
     await clients[0].send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await clients[0].response()).body == b"answer 3"
     for client in clients:
@@ -419,7 +419,7 @@ async def test_hop_by_hop_headers_removed_both_ways(
     assert "x-forwarded-for: 203.0.113.9, 127.0.0.1" in head
     assert "x-forwarded-proto: http" in head
     assert "x-forwarded-host: client.example" in head
-    assert f"host: 127.0.0.1:{proxy.runtime.backends.by_name['a'].port}" in head
+    assert f"host: 127.0.0.1:{proxy.runtime.cluster.backends.by_name['a'].port}" in head
     names = [name for name, _ in resp.headers]
     for gone in ("x-resp-hop", "keep-alive", "proxy-authenticate", "trailer"):
         assert gone not in names
@@ -492,7 +492,7 @@ async def test_upstream_header_timeout_is_504(
     resp = await request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
     assert resp.status == 504
     assert json.loads(resp.body)["error"] == "gateway_timeout"
-    assert proxy.runtime.backends.by_name["a"].in_flight == 0
+    assert proxy.runtime.cluster.backends.by_name["a"].in_flight == 0
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ class WorkerState:
     def share_health(self) -> None:
         """One worker probes; the others take its verdicts from a file (every sweep tick),
         so that probes are not multiplied by the workers and all agree."""
-        health = self.runtime.health
+        health = self.runtime.cluster.health
         if self.directory is None or not health.config.active.enabled:
             return
         path = self.directory / "health.json"
@@ -106,14 +106,12 @@ class WorkerState:
         return found
 
     def set_draining(self, name: str, draining: bool, until: float | None = None) -> None:
-        """Drain (or undrain) a backend; after ``until`` (wall clock) its sessions end."""
-        backend = self.runtime.backends.get(name)
-        assert backend is not None
-        backend.draining = draining
-        backend.drain_until = until if draining else None
-        self.runtime.health.refresh(backend)
+        """Drain (or undrain) a backend; after ``until`` (wall clock) its sessions end.
+        Published for the other workers (``apply_control``)."""
+        cluster = self.runtime.cluster
+        cluster.set_draining(name, draining, until)
         if self.directory is not None:
-            state = {b.name: b.drain_until for b in self.runtime.backends if b.draining}
+            state = {b.name: b.drain_until for b in cluster.backends if b.draining}
             write_json(self.directory / "control.json", {"draining": state})
 
     def apply_control(self) -> None:
@@ -129,11 +127,11 @@ class WorkerState:
         except (OSError, ValueError, KeyError):
             return
         self._control_seen = mtime
-        for backend in self.runtime.backends:
-            backend.drain_until = draining.get(backend.name)
-            if backend.draining != (backend.name in draining):
-                backend.draining = backend.name in draining
-                self.runtime.health.refresh(backend)
+        cluster = self.runtime.cluster
+        for backend in cluster.backends:
+            wanted = (backend.name in draining, draining.get(backend.name))
+            if (backend.draining, backend.drain_until) != wanted:
+                cluster.set_draining(backend.name, *wanted)
 
 
 def create_admin_app(
@@ -142,14 +140,47 @@ def create_admin_app(
     started: float,
     reload: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
-    token = runtime.config.admin.token  # admin settings need a restart to change
-    protect_metrics = runtime.config.admin.protect_metrics
-    digests: dict[int, str | None] = {}  # config generation -> keyed digest of its file
+    app = web.Application()
+    app.add_routes(AdminApi(runtime, state, started, reload).routes())
+    return app
 
-    def authorized(request: web.Request) -> web.Response | None:
-        if token is None:
+
+class AdminApi:
+    """The admin API's handlers, one per route (``routes``)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        state: WorkerState,
+        started: float,
+        reload: Callable[[], Awaitable[ReloadResult]] | None,
+    ) -> None:
+        """``started``: monotonic time of the start; ``reload``: None when the proxy
+        cannot reload (no config file)."""
+        self.runtime = runtime
+        self.state = state
+        self.started = started
+        self.reload = reload
+        self.token = runtime.config.admin.token  # admin settings need a restart to change
+        self.protect_metrics = runtime.config.admin.protect_metrics
+        self._digests: dict[int, str | None] = {}  # config generation -> keyed digest of its file
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/metrics", self.metrics),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/status", self.status),
+            web.post("/backends/{name}/drain", self.drain),
+            web.post("/backends/{name}/undrain", self.undrain),
+            web.post("/reload", self.reload_config),
+        ]
+
+    def _denied(self, request: web.Request) -> web.Response | None:
+        """The 401 answer when the request lacks the admin token; None when allowed."""
+        if self.token is None:
             return None  # only reachable on loopback: the loader refuses anything else
-        if not _token_matches(request.headers.get("Authorization", ""), token):
+        if not _token_matches(request.headers.get("Authorization", ""), self.token):
             return web.json_response(
                 {"error": "unauthorized", "message": "send Authorization: Bearer <admin.token>"},
                 status=401,
@@ -157,34 +188,65 @@ def create_admin_app(
             )
         return None
 
-    async def metrics(request: web.Request) -> web.Response:
-        denied = authorized(request) if protect_metrics else None
+    async def metrics(self, request: web.Request) -> web.Response:
+        denied = self._denied(request) if self.protect_metrics else None
         if denied is not None:
             return denied
-        body = render(state.snapshots())
+        body = render(self.state.snapshots())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
-    async def healthz(request: web.Request) -> web.Response:
+    async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
-    async def readyz(request: web.Request) -> web.Response:
-        available = sum(1 for b in runtime.backends if b.available)
+    async def readyz(self, request: web.Request) -> web.Response:
+        runtime = self.runtime
+        available = sum(1 for b in runtime.cluster.backends if b.available)
         # After SIGTERM, "stopping": a load balancer in front must stop sending here.
         status = "stopping" if runtime.stopping else "ready" if available else "unavailable"
         body = {"status": status, "available_backends": available}
         return web.json_response(body, status=200 if status == "ready" else 503)
 
-    async def status(request: web.Request) -> web.Response:
-        denied = authorized(request)
+    async def status(self, request: web.Request) -> web.Response:
+        denied = self._denied(request)
         if denied is not None:
             return denied
-        # Without a token nobody is known: leave out where backends and the file are.
-        private = token is not None
-        snapshots = state.snapshots()
-        health = runtime.health.status()
+        snapshots = self.state.snapshots()
+        config = self.runtime.config
+        generation = self.runtime.generation
+        return web.json_response(
+            {
+                "version": __version__,
+                "uptime_seconds": round(time.monotonic() - self.started, 3),
+                "workers": config.workers,
+                "config": {
+                    **self._config_file(),
+                    "generation": generation,
+                    "worker_generations": {
+                        str(s["worker"]): s.get("generation", 0) for s in snapshots
+                    },
+                },
+                "strategy": config.strategy,
+                "backends": self._backend_rows(snapshots),
+            }
+        )
+
+    def _config_file(self) -> dict[str, Any]:
+        """Where the config came from and its keyed digest; nothing without a token."""
+        if self.token is None:
+            return {}
+        generation, source = self.runtime.generation, self.runtime.config.source
+        if generation not in self._digests:
+            self._digests[generation] = _config_digest(source, self.token)
+        return {"path": source, "hmac_sha256": self._digests[generation]}
+
+    def _backend_rows(self, snapshots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One row per backend: this worker's view of its state, every worker's counts."""
+        # Without a token nobody is known: leave out where backends are.
+        private = self.token is not None
+        health = self.runtime.cluster.health.status()
         stats = [s["stats"]["backends"] for s in snapshots]
-        backends = []
-        for backend in runtime.backends:
+        table = []
+        for backend in self.runtime.cluster.backends:
             # Right after a reload, other workers may not know a new backend yet.
             views = [
                 s["backends"][backend.name] for s in snapshots if backend.name in s["backends"]
@@ -210,39 +272,18 @@ def create_admin_app(
                     "errors_total": errors,
                 }
             )
-            backends.append(row)
-        config = runtime.config
-        about: dict[str, Any] = {}
-        if token is not None:
-            if runtime.generation not in digests:
-                digests[runtime.generation] = _config_digest(config.source, token)
-            about = {"path": config.source, "hmac_sha256": digests[runtime.generation]}
-        return web.json_response(
-            {
-                "version": __version__,
-                "uptime_seconds": round(time.monotonic() - started, 3),
-                "workers": config.workers,
-                "config": {
-                    **about,
-                    "generation": runtime.generation,
-                    "worker_generations": {
-                        str(s["worker"]): s.get("generation", 0) for s in snapshots
-                    },
-                },
-                "strategy": config.strategy,
-                "backends": backends,
-            }
-        )
+            table.append(row)
+        return table
 
-    async def reload_config(request: web.Request) -> web.Response:
-        denied = authorized(request)
+    async def reload_config(self, request: web.Request) -> web.Response:
+        denied = self._denied(request)
         if denied is not None:
             return denied
-        if reload is None:
+        if self.reload is None:
             return web.json_response(
                 {"error": "not_supported", "message": "this proxy cannot reload"}, status=501
             )
-        result = await reload()
+        result = await self.reload()
         if not result.ok:
             return web.json_response(
                 {
@@ -257,19 +298,20 @@ def create_admin_app(
             body["generation"] = result.generation
         return web.json_response(body, status=202 if result.pending else 200)
 
-    async def drain(request: web.Request) -> web.Response:
-        return _set_draining(request, True)
+    async def drain(self, request: web.Request) -> web.Response:
+        return self._set_draining(request, True)
 
-    async def undrain(request: web.Request) -> web.Response:
-        return _set_draining(request, False)
+    async def undrain(self, request: web.Request) -> web.Response:
+        return self._set_draining(request, False)
 
-    def _set_draining(request: web.Request, draining: bool) -> web.Response:
-        denied = authorized(request)
+    def _set_draining(self, request: web.Request, draining: bool) -> web.Response:
+        denied = self._denied(request)
         if denied is not None:
             return denied
         name = request.match_info["name"]
-        backend = runtime.backends.get(name)
-        if backend is None or backend not in runtime.backends.backends:  # unknown or removed
+        backends = self.runtime.cluster.backends
+        backend = backends.get(name)
+        if backend is None or backend not in backends.backends:  # unknown or removed
             return web.json_response(
                 {"error": "not_found", "message": f"no backend named {name!r}"}, status=404
             )
@@ -279,18 +321,8 @@ def create_admin_app(
                 until = time.time() + parse_duration(request.query["deadline"])
             except ValueError as exc:
                 return web.json_response({"error": "bad_request", "message": str(exc)}, status=400)
-        state.set_draining(name, draining, until)
+        self.state.set_draining(name, draining, until)
         return web.json_response({"name": name, "draining": draining, "deadline": until})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status", status)
-    app.router.add_post("/backends/{name}/drain", drain)
-    app.router.add_post("/backends/{name}/undrain", undrain)
-    app.router.add_post("/reload", reload_config)
-    return app
 
 
 def _state(draining: bool, health: dict[str, Any] | None) -> str:

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 def worker_snapshot(runtime: Runtime, worker: int) -> dict[str, Any]:
     """What one worker reports: its counters, its view of each backend, its health counts."""
+    cluster = runtime.cluster
+    health = cluster.health
     backends = {}
-    for backend in runtime.backends:
-        health = runtime.health
+    for backend in cluster.backends:
         backends[backend.name] = {
             "in_flight": backend.in_flight,
             "streams": backend.streams,
@@ -40,13 +41,13 @@ def worker_snapshot(runtime: Runtime, worker: int) -> dict[str, Any]:
         "time": time.time(),
         "stats": runtime.stats.snapshot(),
         "backends": backends,
-        "health": runtime.health.counters(),
+        "health": health.counters(),
         "store_errors": runtime.store_errors(),
         "rate_limit_errors": 0 if runtime.rate_limiter is None else runtime.rate_limiter.errors,
         "rate_limit_fail_open": (
             0 if runtime.rate_limiter is None else runtime.rate_limiter.fail_open
         ),
-        "queue_length": len(runtime.admission.queue),
+        "queue_length": len(cluster.admission.queue),
         "generation": runtime.generation,
     }
 

@@ -1,4 +1,5 @@
-"""Everything a running proxy shares: backends, pools, strategy and session store."""
+"""Everything a running proxy shares: the cluster (backends, pools, health, strategy),
+the session store and the request policies' state."""
 
 from __future__ import annotations
 
@@ -6,17 +7,15 @@ import dataclasses
 import itertools
 import logging
 import os
-import ssl
-import time
 from pathlib import Path
 
 from mcplb.healthcheck.monitor import HealthMonitor
 from mcplb.proxy.cluster.admission import Admission
 from mcplb.proxy.cluster.backends import Backend, BackendSet
+from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.cluster.pool import UpstreamPool
 from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
-from mcplb.proxy.config.tls import backend_context
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.routing.host_check import HostPolicy
 from mcplb.proxy.routing.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
@@ -26,7 +25,6 @@ from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
 from mcplb.proxy.sessions.tokens import TokenCodec
-from mcplb.strategies import registry
 from mcplb.strategies.base import Strategy
 from mcplb.strategies.forwarded import ForwardedClient, parse_networks
 
@@ -66,14 +64,8 @@ class Runtime:
         # SIGTERM received: /readyz answers 503 and every answer closes its connection.
         self.stopping = False
         self.host_policy = host_policy(config)
-        self.backends = BackendSet(config.backends)
-        self.strategy: Strategy = registry.build(config.strategy, config.strategy_options)
-        self.pools: dict[Backend, UpstreamPool] = {
-            b: self._new_pool(b, backend_context(b.config)) for b in self.backends
-        }
-        self.health = HealthMonitor(config.health, self.backends.backends, probing=probing)
-        self.stats = Stats([b.name for b in self.backends])
-        self.admission = Admission(config.limits, self.backends)
+        self.cluster = Cluster(config, probing=probing)
+        self.stats = Stats([b.name for b in self.cluster.backends])
         self.retry_budget = RetryBudget(config.retries.budget_percent)
         self.rate_limiter: MemoryRateLimiter | RedisRateLimiter | None = build_rate_limiter(
             config.rate_limit
@@ -109,61 +101,52 @@ class Runtime:
         self.cookie_codec = TokenCodec(sticky.keys, "cookie") if sticky.cookie else None
         self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
 
-    def _new_pool(self, backend: Backend, context: ssl.SSLContext | None) -> UpstreamPool:
-        timeouts = self.config.timeouts
-        return UpstreamPool(backend, timeouts.connect, timeouts.upstream_keepalive, context)
+    # TRANSITION: relay/routing still read this
+    @property
+    def backends(self) -> BackendSet:
+        return self.cluster.backends
 
+    # TRANSITION: relay/routing still read this
+    @property
+    def pools(self) -> dict[Backend, UpstreamPool]:
+        return self.cluster.pools
+
+    # TRANSITION: relay/routing still read this
+    @property
+    def admission(self) -> Admission:
+        return self.cluster.admission
+
+    # TRANSITION: relay/routing still read this
+    @property
+    def health(self) -> HealthMonitor:
+        return self.cluster.health
+
+    # TRANSITION: relay/routing still read this
+    @property
+    def strategy(self) -> Strategy:
+        return self.cluster.strategy
+
+    # TRANSITION: relay/routing still read this
     def pool(self, backend: Backend) -> UpstreamPool:
-        return self.pools[backend]
+        return self.cluster.pool(backend)
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
         """Switch to a reloaded config without dropping anything: backends that stay keep
         their connections, sessions and health; removed ones drain until ``timeouts.grace``
         from now. Returns what changed, one line each (restart-only settings are kept and
-        listed as such). Raises ValueError (TLS files, strategy) before changing anything.
+        listed as such). Raises what ``Cluster.reload`` raises, before changing anything.
         ``counted`` False: not a new config generation (a backend set DNS discovery found)."""
         old = self.config
-        strategy = registry.build(config.strategy, config.strategy_options)
-        contexts = {b.name: backend_context(b) for b in config.backends}
         changes = [f"{name} changed: needs a restart (kept)" for name in _restart_only(old, config)]
         config = _keep_restart_only(old, config)
+        # The backend set first: it refuses a config before anything changed.
+        changes += await self.cluster.reload(config)
         self.config = config
         self.host_policy = host_policy(config)
-        current = {b.name: b for b in self.backends}
-        staying: list[Backend] = []
-        moved: list[Backend] = []
-        for backend_config in config.backends:
-            backend = current.pop(backend_config.name, None)
-            if backend is not None and backend.same_endpoint(backend_config):
-                if backend.config != backend_config:
-                    changes.append(f"backend {backend.name} reconfigured")
-                backend.reconfigure(backend_config)
-                pool = self.pools[backend]
-                pool.connect_timeout = config.timeouts.connect
-                pool.keepalive_timeout = config.timeouts.upstream_keepalive
-            else:
-                if backend is not None:
-                    moved.append(backend)  # same name, new endpoint: the old one drains
-                    changes.append(f"backend {backend.name} now at {backend_config.url}")
-                else:
-                    changes.append(f"backend {backend_config.name} added")
-                backend = Backend(backend_config)
-                self.pools[backend] = self._new_pool(backend, contexts[backend.name])
-                self.stats.add_backend(backend.name)
-            staying.append(backend)
-        deadline = time.time() + config.timeouts.grace
-        for backend in current.values():
-            changes.append(f"backend {backend.name} removed (draining)")
-        retired = [*current.values(), *moved]
-        for backend in retired:
-            backend.draining = True
-            backend.available = False
-            backend.drain_until = deadline
-        # Health first: it knows the new backends before anything can look them up.
-        await self.health.reconfigure(config.health, staying)
-        self.backends.replace(staying, retired)
-        self.strategy = strategy
-        self.admission.configure(config.limits, staying)
+        # Counters for added backends (a known name keeps its own); no await since the
+        # cluster switched, so the relay cannot reach a backend without them.
+        for backend in self.cluster.backends:
+            self.stats.add_backend(backend.name)
         self.retry_budget.percent = config.retries.budget_percent
         if config.rate_limit != old.rate_limit:
             limiter, self.rate_limiter = self.rate_limiter, build_rate_limiter(config.rate_limit)
@@ -179,23 +162,14 @@ class Runtime:
             self.generation += 1
         return changes
 
-    def retire_over(self) -> list[Backend]:
-        """Removed backends whose drain deadline passed: gone now (their pools closed)."""
-        done = self.backends.retire_over()
-        for backend in done:
-            pool = self.pools.pop(backend, None)
-            if pool is not None:
-                pool.close_all()
-        return done
-
     def session_bound(self, backend_name: str) -> None:
-        backend = self.backends.get(backend_name)
+        backend = self.cluster.backends.get(backend_name)
         if backend is not None:
             backend.sessions += 1
             self.stats.backends[backend_name].sessions_created += 1
 
     def session_ended(self, backend_name: str) -> None:
-        backend = self.backends.get(backend_name)
+        backend = self.cluster.backends.get(backend_name)
         if backend is not None and backend.sessions > 0:
             backend.sessions -= 1
             self.stats.backends[backend_name].sessions_ended += 1

@@ -128,7 +128,7 @@ class ProxyServer:
             ssl_handshake_timeout=self.config.timeouts.header if self.tls else None,
         )
         self._sweeper = loop.create_task(self._sweep())
-        await self.runtime.health.start()
+        await self.runtime.cluster.health.start()
         self._start_discovery()
         if self.config.admin.enabled and self.worker == 0:
             await self._start_admin()
@@ -145,6 +145,7 @@ class ProxyServer:
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
+        cluster = self.runtime.cluster
         ticks = 0
         while True:
             expected = loop.time() + SWEEP_INTERVAL
@@ -157,10 +158,10 @@ class ProxyServer:
                 self.state.publish()
                 self.state.apply_control()
                 self._check_watched_file()
-            if self.runtime.admission.queue:
+            if cluster.admission.queue:
                 # A backend that came back (or was added) has free slots nobody released.
-                self.runtime.admission.wake()
-            retired = self.runtime.retire_over()
+                cluster.admission.wake()
+            retired = cluster.retire_over()
             for n, conn in enumerate(list(self.connections), 1):
                 if retired and conn.ex.backend in retired:
                     conn.cut("its backend was removed and its drain deadline passed")
@@ -168,8 +169,7 @@ class ProxyServer:
                 if n % SWEEP_SLICE == 0:
                     # Let I/O through: 10,000 connections held the loop for ~15 ms.
                     await asyncio.sleep(0)
-            for pool in self.runtime.pools.values():
-                pool.expire(now)
+            cluster.expire_idle(now)
             ticks += 1
             if ticks % 20 == 0:
                 self.runtime.sessions.expire()
@@ -323,11 +323,10 @@ class ProxyServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self._stop_discovery()
-        await self.runtime.health.stop()
+        await self.runtime.cluster.health.stop()
         if self._admin is not None:
             await self._admin.cleanup()
-        for pool in self.runtime.pools.values():
-            pool.close_all()
+        self.runtime.cluster.close_pools()
         await self.runtime.sessions.close()
         if isinstance(self.runtime.rate_limiter, RedisRateLimiter):
             await self.runtime.rate_limiter.close()
@@ -357,7 +356,7 @@ async def run_until_signalled(
     except TlsError as exc:
         log.error("%s", exc)
         return 1
-    reloads: set[asyncio.Task[ReloadResult]] = set()
+    reloads: set[asyncio.Task[ReloadResult]] = set()  # held: the loop keeps weak references
 
     def reload_now() -> None:
         access_log.flush()  # SIGHUP: lines written before log rotation moves the file
@@ -366,6 +365,15 @@ async def run_until_signalled(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_now)
+    if not await _start(server, config):
+        return 1
+    await stop.wait()
+    await _stop(server, stop)
+    return 0
+
+
+async def _start(server: ProxyServer, config: Config) -> bool:
+    """Start serving; False (logged, shut down) when the admin API cannot listen."""
     try:
         await server.start()
     except OSError as exc:
@@ -377,7 +385,7 @@ async def run_until_signalled(
             exc,
         )
         await server.shutdown(grace=0)
-        return 1
+        return False
     log.info(
         "listening on %s:%d (%d backends, strategy %s)",
         config.listen_host,
@@ -385,7 +393,12 @@ async def run_until_signalled(
         len(config.backends),
         config.strategy,
     )
-    await stop.wait()
+    return True
+
+
+async def _stop(server: ProxyServer, stop: asyncio.Event) -> None:
+    """Signalled: ``shutdown_delay`` still accepting (``stop`` set again cuts it short),
+    then shut down within ``grace``."""
     timeouts = server.config.timeouts  # as last reloaded
     if timeouts.shutdown_delay > 0:
         log.info(
@@ -398,7 +411,6 @@ async def run_until_signalled(
             await asyncio.wait_for(stop.wait(), timeouts.shutdown_delay)
     log.info("shutting down: waiting up to %gs for in-flight requests", timeouts.grace)
     await server.shutdown()
-    return 0
 
 
 def run_worker(
