@@ -355,6 +355,21 @@ async def test_sighup_adds_a_backend(
     assert await lb.metric("mcplb_config_reloads_total", result="success") == 1
 
 
+async def test_a_reload_logs_the_new_configs_warnings(
+    peers: Peers, counting: BackendsFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """`mcplb run` prints a config's warnings at start; a reload logs those of the new
+    file too (before, they were only seen by running `mcplb check`)."""
+    (a,) = await counting("a")
+    port = free_port()
+    lb = await start_lb(peers, tmp_path, http, config_text(port, [(a, 1)]), port)
+    extra = '  - {name: m, url: "http://127.0.0.1:9/mcp"}\n'
+    lb.rewrite(config_text(port, [(a, 1)], extra=extra))
+    lb.sighup()
+    output = await wait_for_output(lb.proxy, "config reloaded")
+    assert "backends[1].url: ends in /mcp" in output
+
+
 async def read_events(
     http: aiohttp.ClientSession, url: str, events: list[tuple[float, int]]
 ) -> tuple[float, bool]:

@@ -204,6 +204,8 @@ class ProxyServer:
                     changes.append("listen_tls switched on or off: needs a restart (kept)")
                 self.config = self.runtime.config
                 self.runtime.stats.reloads["success"] += 1
+                for warning in config.warnings:
+                    log.warning("config %s: warning: %s", source, warning)
                 log.info(
                     "config reloaded from %s (generation %d): %s",
                     source,
