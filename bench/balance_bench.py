@@ -41,7 +41,6 @@ import json
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,21 +52,30 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.common import free_ports, mcplb_python, spawn, stop_process  # noqa: E402
-from bench.http_bench import (  # noqa: E402
-    HOST,
-    WRK_SLACK,
-    StartError,
+from bench.common import (  # noqa: E402
+    NotReady,
     WrkResult,
-    _interrupt,
-    first_line,
+    add_run_options,
+    catch_signals,
+    drop_tmp,
+    free_ports,
     log_step,
     machine_info,
+    mcplb_cmd,
+    mcplb_config,
+    mcplb_python,
+    one_line,
+    package_version,
     parse_wrk_output,
-    probe_backends,
+    retire,
+    run_wrk,
+    spawn,
+    stop_all,
+    table,
     tail,
-    wait_ready,
+    wait_http,
 )
+from bench.http_bench import probe_backends  # noqa: E402
 
 DEFAULT_STRATEGIES = ("round_robin", "least_connections", "power_of_two", "random", "ip_hash")
 LOAD_AWARE = ("least_connections", "power_of_two")
@@ -216,49 +224,13 @@ def strategy_options(name: str, seed: int) -> dict[str, Any]:
 
 
 def mcplb_conf(tmp: Path, port: int, name: str, options: dict[str, Any], ports: list[int]) -> Path:
-    lines = [f"listen: {HOST}:{port}", "workers: 1", f"strategy: {name}"]
+    head = ["workers: 1", f"strategy: {name}"]
     if options:
-        lines.append("strategy_options:")
-        lines += [f"  {key}: {json.dumps(value)}" for key, value in options.items()]
-    lines.append("backends:")
-    lines += [
-        f'  - {{name: {bname}, url: "http://{HOST}:{bport}"}}'
-        for bname, bport in zip(BACKENDS, ports, strict=True)
-    ]
+        head.append("strategy_options:")
+        head += [f"  {key}: {json.dumps(value)}" for key, value in options.items()]
     path = tmp / f"mcplb-{name}.yaml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(mcplb_config(port, head, dict(zip(BACKENDS, ports, strict=True))))
     return path
-
-
-def run_wrk(
-    args: argparse.Namespace,
-    duration: int,
-    port: int,
-    procs: list[subprocess.Popen[bytes]],
-    script: Path | None,
-) -> tuple[list[str], int, str]:
-    """Run wrk (bounded by duration + WRK_SLACK); returns (command, exit status, output)."""
-    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{duration}s"]
-    cmd.append("--latency")
-    if script is not None:
-        cmd += ["-s", str(script)]
-    cmd.append(f"http://{HOST}:{port}/")
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    procs.append(proc)
-    try:
-        out, _ = proc.communicate(timeout=duration + WRK_SLACK)
-    except subprocess.TimeoutExpired:
-        stop_process(proc, term_timeout=2.0)
-        procs.remove(proc)
-        return cmd, -1, f"wrk did not finish within {duration + WRK_SLACK:.0f}s"
-    procs.remove(proc)
-    return cmd, proc.returncode, out.decode(errors="replace")
 
 
 def bench_strategy(
@@ -274,14 +246,14 @@ def bench_strategy(
     res = StrategyResult(strategy=name, status="ok", note=REFERENCE_NOTES.get(name, ""))
     res.strategy_options = strategy_options(name, args.seed)
     conf = mcplb_conf(tmp, port, name, res.strategy_options, backend_ports)
-    res.server_cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
+    res.server_cmd = mcplb_cmd(conf)
     log = tmp / f"mcplb-{name}.log"
     log_step(name, f"starting: {shlex.join(res.server_cmd)}")
     proc = spawn(res.server_cmd, log, procs, cwd=REPO_ROOT)
     try:
         try:
-            wait_ready(proc, port, args.start_timeout, log)
-        except StartError as exc:
+            wait_http(proc, port, "/", args.start_timeout, log)
+        except NotReady as exc:
             res.status, res.reason = "failed", f"failed to start: {exc}"
             log_step(name, res.reason)
             return res
@@ -289,13 +261,15 @@ def bench_strategy(
         log_step(name, f"ready on port {port}; probes answered by {res.backends_seen}")
         if args.warmup > 0:
             log_step(name, f"warm-up {args.warmup}s")
-            _, rc, out = run_wrk(args, args.warmup, port, procs, None)
+            _, rc, out = run_wrk(args.threads, args.connections, args.warmup, port, procs)
             if rc != 0:
                 res.status, res.reason, res.wrk_output = "failed", f"warm-up wrk exit {rc}", out
                 log_step(name, f"{res.reason}\n{out}")
                 return res
         log_step(name, f"measuring {args.duration}s")
-        res.wrk_cmd, rc, res.wrk_output = run_wrk(args, args.duration, port, procs, lua)
+        res.wrk_cmd, rc, res.wrk_output = run_wrk(
+            args.threads, args.connections, args.duration, port, procs, lua
+        )
         if rc != 0:
             res.status, res.reason = "failed", f"wrk exit {rc}"
             log_step(name, f"{res.reason}\n{res.wrk_output}")
@@ -325,10 +299,7 @@ def bench_strategy(
         )
         return res
     finally:
-        res.stop = stop_process(proc)
-        procs.remove(proc)
-        if res.stop not in ("terminated", "already exited"):
-            log_step(name, f"stop: {res.stop}")
+        res.stop = retire(proc, procs, name)
 
 
 # --------------------------------------------------------------------------- report
@@ -368,14 +339,12 @@ def check_expectation(
 def format_table(results: list[StrategyResult]) -> str:
     head = ("strategy", "req/s", *(f"{b} %" for b in BACKENDS), "other %")
     head += ("p50 ms", "p90 ms", "p99 ms", "errors")
-    rows: list[tuple[str, ...]] = [head]
+    rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     for r in results:
         if r.status != "ok" or r.wrk is None:
-            lines = r.reason.strip().splitlines() or [""]
-            first = lines[0] + (f" | {lines[-1].strip()}" if len(lines) > 1 else "")
             rows.append((r.strategy, r.status.upper(), *([""] * (len(head) - 2))))
-            notes.append(f"  {r.strategy}: {r.status}: {first}")
+            notes.append(f"  {r.strategy}: {r.status}: {one_line(r.reason)}")
             continue
         w = r.wrk
         other = sum(v for k, v in r.shares_pct.items() if k not in BACKENDS)
@@ -385,8 +354,10 @@ def format_table(results: list[StrategyResult]) -> str:
         errs = str(w.errors)
         if w.errors:
             errs += " FAIL"
-            detail = ", ".join(f"{k} {v}" for k, v in w.socket_errors.items() if v)
-            notes.append(f"  {r.strategy}: non-2xx/3xx {w.non_2xx_3xx}; socket errors: {detail}")
+            notes.append(
+                f"  {r.strategy}: non-2xx/3xx {w.non_2xx_3xx};"
+                f" socket errors: {w.socket_error_text()}"
+            )
         if r.note:
             notes.append(f"  {r.strategy}: {r.note}")
         rows.append(
@@ -401,25 +372,12 @@ def format_table(results: list[StrategyResult]) -> str:
                 errs,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines + notes)
+    return "\n".join([table(head, rows), *notes])
 
 
 def bench_machine_info() -> dict[str, Any]:
-    info = machine_info()
-    for key in ("haproxy", "nginx"):
-        info.pop(key, None)
-    info["aiohttp"] = first_line(
-        [mcplb_python(), "-c", "import aiohttp; print(aiohttp.__version__)"]
-    )
+    info = machine_info(("wrk",))
+    info["aiohttp"] = package_version("aiohttp")
     return info
 
 
@@ -439,9 +397,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slow-delay", type=float, default=0.2, help="seconds the slow backend waits")
     p.add_argument("--seed", type=int, default=1, help="seed for strategies accepting one")
     p.add_argument("--warmup", type=int, default=1, help="seconds of warm-up wrk (0: none)")
-    p.add_argument("--start-timeout", type=float, default=15.0, help="seconds to become ready")
-    p.add_argument("--json", type=Path, help="also write the results as JSON here")
-    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    add_run_options(p)
     args = p.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if not args.strategies or len(set(args.strategies)) != len(args.strategies):
@@ -462,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     command = shlex.join([sys.executable, *sys.argv])
     machine = bench_machine_info()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
+    catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-balance-"))
     procs: list[subprocess.Popen[bytes]] = []
     results: list[StrategyResult] = []
@@ -487,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         backend_proc = spawn(backend_cmd, backend_log, procs, cwd=REPO_ROOT)
         try:
             for bport in backend_ports:
-                wait_ready(backend_proc, bport, args.start_timeout, backend_log)
-        except StartError as exc:
+                wait_http(backend_proc, bport, "/", args.start_timeout, backend_log)
+        except NotReady as exc:
             print(f"error: backends failed to start: {exc}", file=sys.stderr)
             failed_setup = True
         else:
@@ -505,16 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("\ninterrupted; cleaning up", file=sys.stderr)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the bounded cleanup finish
-        for proc in reversed(procs):
-            how = stop_process(proc)
-            if how not in ("terminated", "already exited"):
-                print(f"cleanup: pid {proc.pid} ({proc.args!r}): {how}", file=sys.stderr)
-        if args.keep_tmp:
-            print(f"kept temp dir {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs)
+        drop_tmp(tmp, args.keep_tmp)
 
     expectation_ok, expectation = check_expectation(results, args.strategies)
     wrk_cmd = next((r.wrk_cmd for r in results if r.wrk_cmd), [])

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +41,10 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     NotReady,
+    cpu_seconds,
     free_ports,
+    mcplb_cmd,
+    mcplb_config,
     mcplb_python,
     pin_proxies,
     spawn,
@@ -60,8 +61,6 @@ from mcplb.proxy.cli import build  # noqa: E402
 LIMIT = 3.9
 # The same for the compiled build (setup.py; seven runs: 2.26-2.51, 2.35 typical).
 LIMIT_COMPILED = 2.9
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_libc = ctypes.CDLL(None, use_errno=True)
 START_TIMEOUT = 20.0
 RUN_TIMEOUT = 60.0
 
@@ -69,18 +68,6 @@ RUN_TIMEOUT = 60.0
 def limit() -> float:
     """The limit of the build that this process, and the mcplb it starts, import."""
     return LIMIT if build() == "pure Python" else LIMIT_COMPILED
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, all threads) of ``pid`` so far, to the nanosecond: the
-    process's CPU-time clock. /proc/PID/stat gives the same in 10 ms ticks, too coarse for
-    runs of a second or two."""
-    clock = ctypes.c_int()
-    if _libc.clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:
-        return time.clock_gettime(clock.value)
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 @dataclass
@@ -104,17 +91,11 @@ class GateResult:
         )
 
 
-def mcplb_config(tmp: Path, port: int, backend: int, extra: str = "") -> Path:
+def gate_config(tmp: Path, port: int, backend: int, *settings: str) -> Path:
+    """One worker in front of the backend twice (b1 and b2), the admin API on."""
     path = tmp / f"mcplb-{port}.yaml"
-    path.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        "workers: 1\n"
-        "admin: {listen: '127.0.0.1:0'}\n"
-        f"{extra}"
-        "backends:\n"
-        f"  - {{name: b1, url: 'http://127.0.0.1:{backend}'}}\n"
-        f"  - {{name: b2, url: 'http://127.0.0.1:{backend}'}}\n"
-    )
+    head = ["workers: 1", "admin: {listen: '127.0.0.1:0'}", *settings]
+    path.write_text(mcplb_config(port, head, {"b1": backend, "b2": backend}))
     return path
 
 
@@ -124,7 +105,7 @@ def start_mcplb(
     """``mcplb run`` with its access log (stdout) written into /dev/null, stderr to ``log``."""
     with open(os.devnull, "wb") as devnull, open(log, "wb") as err:
         proc = subprocess.Popen(
-            [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(config)],
+            mcplb_cmd(config),
             stdin=subprocess.DEVNULL,
             stdout=devnull,
             stderr=err,
@@ -182,7 +163,7 @@ async def measure(rounds: int = 5, requests: int = 20000, connections: int = 20)
                     procs,
                 ),
             }
-            config = mcplb_config(tmp, proxy, backend)
+            config = gate_config(tmp, proxy, backend)
             targets["mcplb"] = start_mcplb(config, tmp / "mcplb.log", procs)
             ports = {"reference": relay, "mcplb": proxy}
             pin_proxies([p.pid for p in targets.values()], [procs[0].pid])
@@ -226,11 +207,11 @@ async def access_log_cost(rounds: int, requests: int, connections: int) -> str:
             spawn([mcplb_python(), minimal, "backend", str(backend)], tmp / "b.log", procs)
             targets = {}
             for name, port, extra in (
-                ("log on", on, ""),
-                ("log off", off, "log: {access: false}\n"),
+                ("log on", on, ()),
+                ("log off", off, ("log: {access: false}",)),
             ):
                 log = tmp / f"{port}.log"
-                proc = start_mcplb(mcplb_config(tmp, port, backend, extra), log, procs)
+                proc = start_mcplb(gate_config(tmp, port, backend, *extra), log, procs)
                 wait_http(proc, port, "/", START_TIMEOUT, log)
                 targets[name] = (proc.pid, port)
             pin_proxies([pid for pid, _ in targets.values()], [procs[0].pid])

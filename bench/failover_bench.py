@@ -56,8 +56,6 @@ import math
 import platform
 import re
 import shlex
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -77,23 +75,25 @@ if str(REPO_ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 
 from bench.common import (  # noqa: E402
-    SIGNALS,
+    HOST,
+    NotReady,
+    add_run_options,
+    catch_signals,
+    drop_tmp,
     free_ports,
     interruptible,
-    mcplb_python,
-    spawn,
-    stop_process,
-    table,
-)
-from bench.http_bench import (  # noqa: E402
-    HOST,
-    StartError,
-    _interrupt,
-    first_line,
     log_step,
     machine_info,
+    mcplb_cmd,
+    mcplb_config,
+    mcplb_python,
+    package_version,
+    raise_interrupt,
+    spawn,
+    stop_all,
+    table,
     tail,
-    wait_ready,
+    wait_http,
 )
 
 BACKENDS = ("b1", "b2", "b3")
@@ -749,13 +749,8 @@ def print_report(r: Report, tl: Timeline, args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- setup
 
 
-def mcplb_conf(tmp: Path, port: int, backend_ports: Sequence[int], args: argparse.Namespace) -> str:
-    lines = [f"listen: {HOST}:{port}", "strategy: round_robin", "backends:"]
-    lines += [
-        f'  - {{name: {name}, url: "http://{HOST}:{bport}", weight: {args.weight}}}'
-        for name, bport in zip(BACKENDS, backend_ports, strict=True)
-    ]
-    lines += [
+def mcplb_conf(port: int, backend_ports: Sequence[int], args: argparse.Namespace) -> str:
+    health = [
         "health:",
         f"  slow_start: {args.slow_start:g}s",
         "  active:",
@@ -769,7 +764,9 @@ def mcplb_conf(tmp: Path, port: int, backend_ports: Sequence[int], args: argpars
         f"    consecutive_failures: {args.consecutive_failures}",
         f"    ejection_time: {args.ejection_time:g}s",
     ]
-    return "\n".join(lines) + "\n"
+    backends = dict(zip(BACKENDS, backend_ports, strict=True))
+    weights = dict.fromkeys(BACKENDS, args.weight)
+    return mcplb_config(port, ["strategy: round_robin"], backends, health, weights)
 
 
 def backend_cmd(name: str, port: int) -> list[str]:
@@ -778,11 +775,7 @@ def backend_cmd(name: str, port: int) -> list[str]:
 
 def failover_machine_info() -> dict[str, Any]:
     info = machine_info()
-    for key in ("wrk", "haproxy", "nginx"):
-        info.pop(key, None)
-    info["aiohttp"] = first_line(
-        [mcplb_python(), "-c", "import aiohttp; print(aiohttp.__version__)"]
-    )
+    info["aiohttp"] = package_version("aiohttp")
     info["bench_python"] = f"{platform.python_version()} aiohttp {aiohttp.__version__}"
     return info
 
@@ -823,9 +816,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.03,
         help="|share - 1/3| that counts as back at ~1/3 (fraction)",
     )
-    p.add_argument("--start-timeout", type=float, default=15.0, help="seconds to become ready")
-    p.add_argument("--json", type=Path, help="also write the results as JSON here")
-    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    add_run_options(p)
     args = p.parse_args(argv)
     if args.clients < 1 or args.rise < 1 or args.fall < 1 or args.consecutive_failures < 1:
         p.error("--clients, --rise, --fall and --consecutive-failures must be >= 1")
@@ -847,8 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv])
     machine = failover_machine_info()
-    for sig in SIGNALS:
-        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
+    catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-failover-"))
     procs: list[subprocess.Popen[bytes]] = []
     samples: list[Sample] = []
@@ -870,15 +860,14 @@ def main(argv: list[str] | None = None) -> int:
             log_step(name, f"starting: {shlex.join(cmd)}")
             backend_procs[name] = spawn(cmd, tmp / f"{name}.log", procs, cwd=REPO_ROOT)
         for name, bport in zip(BACKENDS, backend_ports, strict=True):
-            wait_ready(backend_procs[name], bport, args.start_timeout, tmp / f"{name}.log")
-        conf_text = mcplb_conf(tmp, proxy_port, backend_ports, args)
+            wait_http(backend_procs[name], bport, "/", args.start_timeout, tmp / f"{name}.log")
+        conf_text = mcplb_conf(proxy_port, backend_ports, args)
         conf = tmp / "mcplb.yaml"
         conf.write_text(conf_text)
-        cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
-        commands["mcplb"] = [*cmd, "--log-level", "info"]
+        commands["mcplb"] = mcplb_cmd(conf, "--log-level", "info")
         log_step("mcplb", f"starting: {shlex.join(commands['mcplb'])}")
         mcplb = spawn(commands["mcplb"], mcplb_log, procs, cwd=REPO_ROOT)
-        wait_ready(mcplb, proxy_port, args.start_timeout, mcplb_log)
+        wait_http(mcplb, proxy_port, "/", args.start_timeout, mcplb_log)
         log_step("mcplb", f"ready on port {proxy_port}; load: {args.clients} clients")
         victim_index = BACKENDS.index(VICTIM)
         wall_minus_perf = statistics.median(time.time() - time.perf_counter() for _ in range(5))
@@ -894,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
             samples,
             timeline,
         )
-        timeline.interrupted = asyncio.run(interruptible(scenario, restore=_interrupt))
+        timeline.interrupted = asyncio.run(interruptible(scenario, restore=raise_interrupt))
         if timeline.interrupted:
             raise KeyboardInterrupt
         log_step("scenario", f"load stopped: {timeline.end_reason}")
@@ -902,25 +891,17 @@ def main(argv: list[str] | None = None) -> int:
             setup_error = f"mcplb exited ({mcplb.returncode})\n{tail(mcplb_log)}"
         elif timeline.restart is None or timeline.victim_ready is None:
             setup_error = f"scenario incomplete: {timeline.end_reason}"
-    except StartError as exc:
+    except NotReady as exc:
         setup_error = f"a server failed to start: {exc}"
     except KeyboardInterrupt:
         interrupted = True
         timeline.end_reason = timeline.end_reason or "interrupted"
         print("\ninterrupted; cleaning up", file=sys.stderr)
     finally:
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)  # let the bounded cleanup finish
-        for proc in reversed(procs):
-            how = stop_process(proc)
-            if how not in ("terminated", "already exited"):
-                print(f"cleanup: pid {proc.pid} ({proc.args!r}): {how}", file=sys.stderr)
+        stop_all(procs)
         if timeline.origin_perf:
             events = parse_log(mcplb_log, wall_minus_perf + timeline.origin_perf)
-        if args.keep_tmp:
-            print(f"kept temp dir {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        drop_tmp(tmp, args.keep_tmp)
 
     report = analyse(samples, events, timeline, args)
     print()

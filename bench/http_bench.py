@@ -29,21 +29,15 @@ removed, also on Ctrl-C / SIGTERM. Every wait is bounded.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
-import os
-import platform
-import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,124 +45,43 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.common import (  # noqa: E402
+    HOST,
     NotReady,
+    WrkResult,
+    add_run_options,
+    catch_signals,
+    drop_tmp,
     free_ports,
+    haproxy_conf,
     http_status,
+    log_step,
+    machine_info,
+    mcplb_cmd,
+    mcplb_config,
     mcplb_python,
+    nginx_backend,
+    nginx_cmd,
+    nginx_conf,
+    one_line,
+    parse_bytes,
+    parse_metric,
+    parse_time_ms,
+    parse_wrk_output,
+    retire,
+    run_wrk,
     spawn,
-    stop_process,
+    stop_all,
+    table,
     tail,
     wait_http,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_TARGETS = ("direct", "mcplb", "mcplb-log", "reference", "haproxy", "nginx")
 PROXY_TARGETS = ("mcplb", "mcplb-log", "reference", "haproxy", "nginx")
-HOST = "127.0.0.1"
 WARMUP_SECONDS = 2
-VERSION_TIMEOUT = 10.0
-WRK_SLACK = 30.0  # wrk gets duration + this before it is killed
-
-
-StartError = NotReady  # the name the other benchmarks import
-
-
-# --------------------------------------------------------------------------- wrk output parser
-
-_TIME_TO_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
-_METRIC = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
-_BINARY = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
-
-
-def parse_time_ms(text: str) -> float:
-    """wrk time ("523.45us", "1.20ms", "2.00s", "1.50m") -> milliseconds."""
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)(us|ms|s|m|h)", text.strip())
-    if m is None:
-        raise ValueError(f"not a wrk time: {text!r}")
-    return float(m[1]) * _TIME_TO_MS[m[2]]
-
-
-def parse_metric(text: str) -> float:
-    """wrk count ("95.12k", "1.02M", "812") -> number (decimal suffixes)."""
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)([kMGTP]?)", text.strip())
-    if m is None:
-        raise ValueError(f"not a wrk metric: {text!r}")
-    return float(m[1]) * _METRIC[m[2]]
-
-
-def parse_bytes(text: str) -> float:
-    """wrk size ("15.02MB", "512.00B", "1.5KB") -> bytes (binary suffixes)."""
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)([KMGTP]?)B", text.strip())
-    if m is None:
-        raise ValueError(f"not a wrk size: {text!r}")
-    return float(m[1]) * _BINARY[m[2]]
-
-
-@dataclass
-class WrkResult:
-    requests_per_sec: float
-    transfer_bytes_per_sec: float
-    total_requests: int
-    total_bytes: float
-    elapsed_s: float
-    latency_avg_ms: float
-    latency_stdev_ms: float
-    latency_max_ms: float
-    percentiles_ms: dict[str, float]  # "p50", "p75", "p90", "p99"
-    socket_errors: dict[str, int]  # connect/read/write/timeout
-    non_2xx_3xx: int
-
-    @property
-    def errors(self) -> int:
-        return self.non_2xx_3xx + sum(self.socket_errors.values())
-
-
-def parse_wrk_output(text: str) -> WrkResult:
-    """Parse the stdout of ``wrk --latency``; raise ValueError if a required line is missing."""
-
-    def need(pattern: str) -> re.Match[str]:
-        m = re.search(pattern, text, re.MULTILINE)
-        if m is None:
-            raise ValueError(f"wrk output has no line matching {pattern!r}:\n{text}")
-        return m
-
-    lat = need(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)")
-    total = need(r"^\s*(\d+) requests in (\S+), (\S+) read")
-    rps = need(r"^Requests/sec:\s+([0-9.]+)")
-    tps = need(r"^Transfer/sec:\s+(\S+)")
-    percentiles = {
-        f"p{int(float(m[1]))}": parse_time_ms(m[2])
-        for m in re.finditer(r"^\s*([0-9.]+)%\s+(\S+)\s*$", text, re.MULTILINE)
-    }
-    for p in ("p50", "p90", "p99"):
-        if p not in percentiles:
-            raise ValueError(f"wrk output has no {p} (was --latency passed?):\n{text}")
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    socket_errors = dict.fromkeys(("connect", "read", "write", "timeout"), 0)
-    if sock is not None:
-        socket_errors = dict(zip(socket_errors, map(int, sock.groups()), strict=True))
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    return WrkResult(
-        requests_per_sec=float(rps[1]),
-        transfer_bytes_per_sec=parse_bytes(tps[1]),
-        total_requests=int(total[1]),
-        total_bytes=parse_bytes(total[3]),
-        elapsed_s=parse_time_ms(total[2]) / 1e3,
-        latency_avg_ms=parse_time_ms(lat[1]),
-        latency_stdev_ms=parse_time_ms(lat[2]),
-        latency_max_ms=parse_time_ms(lat[3]),
-        percentiles_ms=percentiles,
-        socket_errors=socket_errors,
-        non_2xx_3xx=int(non2xx[1]) if non2xx else 0,
-    )
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout: float, log: Path) -> None:
-    """Bounded wait until port accepts connections and ``GET /`` returns 200."""
-    wait_http(proc, port, "/", timeout, log)
 
 
 def probe_backends(port: int, n: int = 4) -> list[str]:
@@ -182,77 +95,7 @@ def probe_backends(port: int, n: int = 4) -> list[str]:
     return seen
 
 
-def run_wrk(
-    threads: int,
-    connections: int,
-    duration: int,
-    port: int,
-    procs: list[subprocess.Popen[bytes]],
-) -> tuple[list[str], int, str]:
-    """Run wrk (bounded); returns (command, exit status, output)."""
-    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency"]
-    cmd.append(f"http://{HOST}:{port}/")
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    procs.append(proc)
-    try:
-        out, _ = proc.communicate(timeout=duration + WRK_SLACK)
-    except subprocess.TimeoutExpired:
-        stop_process(proc, term_timeout=2.0)
-        return cmd, -1, f"wrk did not finish within {duration + WRK_SLACK:.0f}s"
-    finally:
-        if proc.poll() is not None:
-            procs.remove(proc)
-    return cmd, proc.returncode, out.decode(errors="replace")
-
-
 # --------------------------------------------------------------------------- configs
-
-NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-
-
-def nginx_conf(tmp: Path, name: str, master: bool, http_body: str) -> Path:
-    temp_paths = "\n".join(f"    {kind}_temp_path {tmp / name}_{kind};" for kind in NGINX_TEMP_DIRS)
-    conf = f"""\
-worker_processes 1;
-daemon off;
-master_process {"on" if master else "off"};
-pid {tmp / name}.pid;
-error_log {tmp / name}.error.log warn;
-events {{
-    worker_connections 10240;
-}}
-http {{
-    access_log off;
-{temp_paths}
-    keepalive_requests 100000;
-    keepalive_timeout 65s;
-{http_body}
-}}
-"""
-    path = tmp / f"{name}.conf"
-    path.write_text(conf)
-    return path
-
-
-def nginx_cmd(tmp: Path, name: str, conf: Path) -> list[str]:
-    return ["nginx", "-p", str(tmp), "-e", f"{tmp / name}.error.log", "-c", str(conf)]
-
-
-def backend_body(n: int, port: int) -> str:
-    return f"""\
-    server {{
-        listen {HOST}:{port};
-        default_type text/plain;
-        location / {{
-            return 200 "hello from backend {n}\\n";
-        }}
-    }}"""
 
 
 def proxy_nginx_body(port: int, backend_ports: list[int]) -> str:
@@ -273,40 +116,10 @@ def proxy_nginx_body(port: int, backend_ports: list[int]) -> str:
     }}"""
 
 
-def haproxy_conf(tmp: Path, port: int, backend_ports: list[int], connections: int) -> Path:
-    servers = "\n".join(f"    server b{i} {HOST}:{p}" for i, p in enumerate(backend_ports, 1))
-    conf = f"""\
-global
-    nbthread 1
-    maxconn {max(4096, 2 * connections)}
-    pidfile {tmp / "haproxy.pid"}
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-
-frontend fe
-    bind {HOST}:{port}
-    default_backend be
-
-backend be
-    balance roundrobin
-{servers}
-"""
-    path = tmp / "haproxy.cfg"
-    path.write_text(conf)
-    return path
-
-
 def mcplb_conf(
     tmp: Path, port: int, backend_ports: list[int], workers: int, access: bool = False
 ) -> Path:
-    lines = [
-        f"listen: {HOST}:{port}",
+    head = [
         f"workers: {workers}",
         "strategy: round_robin",
         # Like the HAProxy and nginx configs: no access log (unless asked for: mcplb-log).
@@ -315,13 +128,10 @@ def mcplb_conf(
         f"admin: {{listen: '{HOST}:0'}}",
         # Plain HTTP backends: with several workers, no MCP session store is needed.
         f"sticky: {{mcp_sessions: {'false' if workers > 1 else 'true'}}}",
-        "backends:",
     ]
-    lines += [
-        f'  - {{name: b{i}, url: "http://{HOST}:{p}"}}' for i, p in enumerate(backend_ports, 1)
-    ]
+    backends = {f"b{i}": p for i, p in enumerate(backend_ports, 1)}
     path = tmp / "mcplb.yaml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(mcplb_config(port, head, backends))
     return path
 
 
@@ -341,10 +151,6 @@ class TargetResult:
     stop: str = ""
     ratio_haproxy: float | None = None
     ratio_direct: float | None = None
-
-
-def log_step(target: str, msg: str) -> None:
-    print(f"[{target}] {msg}", file=sys.stderr, flush=True)
 
 
 def bench_target(
@@ -380,14 +186,14 @@ def bench_target(
         res.server_cmd = [mcplb_python(), relay, "relay", str(port), backends]
     elif target in ("mcplb", "mcplb-log"):
         conf = mcplb_conf(tmp, port, backend_ports, args.mcplb_workers, target == "mcplb-log")
-        res.server_cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
+        res.server_cmd = mcplb_cmd(conf)
     try:
         if res.server_cmd:
             log_step(target, f"starting: {shlex.join(res.server_cmd)}")
             proc = spawn(res.server_cmd, tmp / f"{target}.log", procs, cwd=REPO_ROOT)
             try:
-                wait_ready(proc, port, args.start_timeout, log)
-            except StartError as exc:
+                wait_http(proc, port, "/", args.start_timeout, log)
+            except NotReady as exc:
                 res.status, res.reason = "failed", f"failed to start: {exc}"
                 log_step(target, res.reason)
                 return res
@@ -425,59 +231,10 @@ def bench_target(
         return res
     finally:
         if proc is not None:
-            res.stop = stop_process(proc)
-            procs.remove(proc)
-            if res.stop not in ("terminated", "already exited"):
-                log_step(target, f"stop: {res.stop}")
+            res.stop = retire(proc, procs, target)
 
 
 # --------------------------------------------------------------------------- machine / report
-
-
-def first_line(cmd: list[str]) -> str:
-    if shutil.which(cmd[0]) is None:
-        return "not installed"
-    try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=VERSION_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    lines = (out.stdout + out.stderr).strip().splitlines()
-    return lines[0].strip() if lines else "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    wrk = re.sub(r"\s+Copyright.*", "", first_line(["wrk", "--version"]))
-    haproxy = first_line(["haproxy", "-v"]).split(" - ")[0]
-    nginx = first_line(["nginx", "-v"]).removeprefix("nginx version: ")
-    mcplb_py = first_line(
-        [
-            mcplb_python(),
-            "-c",
-            "import importlib.metadata as m, platform;"
-            "print(platform.python_version(), 'uvloop', m.version('uvloop'),"
-            " 'httptools', m.version('httptools'))",
-        ]
-    )
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "wrk": wrk,
-        "haproxy": haproxy,
-        "nginx": nginx,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "mcplb_python": mcplb_py,
-    }
 
 
 def add_ratios(results: list[TargetResult]) -> None:
@@ -508,7 +265,7 @@ def format_table(results: list[TargetResult]) -> str:
         "/haproxy",
         "/direct",
     )
-    rows: list[tuple[str, ...]] = [head]
+    rows: list[tuple[str, ...]] = []
     notes: list[str] = []
 
     def ratio(x: float | None) -> str:
@@ -516,17 +273,16 @@ def format_table(results: list[TargetResult]) -> str:
 
     for r in results:
         if r.status != "ok" or r.wrk is None:
-            lines = r.reason.strip().splitlines() or [""]
-            first = lines[0] + (f" | {lines[-1].strip()}" if len(lines) > 1 else "")
             rows.append((r.target, r.status.upper(), "", "", "", "", "", "", ""))
-            notes.append(f"  {r.target}: {r.status}: {first}")
+            notes.append(f"  {r.target}: {r.status}: {one_line(r.reason)}")
             continue
         w = r.wrk
         errs = str(w.errors)
         if w.errors:
             errs += " FAIL"
-            detail = ", ".join(f"{k} {v}" for k, v in w.socket_errors.items() if v)
-            notes.append(f"  {r.target}: non-2xx/3xx {w.non_2xx_3xx}; socket errors: {detail}")
+            notes.append(
+                f"  {r.target}: non-2xx/3xx {w.non_2xx_3xx}; socket errors: {w.socket_error_text()}"
+            )
         rows.append(
             (
                 r.target,
@@ -540,16 +296,7 @@ def format_table(results: list[TargetResult]) -> str:
                 ratio(r.ratio_direct),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines + notes)
+    return "\n".join([table(head, rows), *notes])
 
 
 def report(
@@ -588,10 +335,6 @@ def report(
 # --------------------------------------------------------------------------- main
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=10, help="seconds per measured run")
@@ -599,9 +342,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated")
     p.add_argument("--mcplb-workers", type=int, default=1)
-    p.add_argument("--start-timeout", type=float, default=15.0, help="seconds to become ready")
-    p.add_argument("--json", type=Path, help="also write the results as JSON here")
-    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    add_run_options(p)
     p.add_argument("--self-test", action="store_true", help="only check the wrk parser")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -624,9 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: required tool(s) not on PATH: {', '.join(missing)}", file=sys.stderr)
         return 1
     command = shlex.join([sys.executable, *sys.argv])
-    machine = machine_info()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
+    machine = machine_info(("wrk", "haproxy", "nginx"))
+    catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     results: list[TargetResult] = []
@@ -636,11 +376,11 @@ def main(argv: list[str] | None = None) -> int:
         backend_ports, target_ports = ports[:2], ports[2:]
         for n, bport in enumerate(backend_ports, 1):
             name = f"backend{n}"
-            conf = nginx_conf(tmp, name, False, backend_body(n, bport))
+            conf = nginx_conf(tmp, name, False, nginx_backend(n, bport))
             proc = spawn(nginx_cmd(tmp, name, conf), tmp / f"{name}.log", procs)
             try:
-                wait_ready(proc, bport, args.start_timeout, tmp / f"{name}.error.log")
-            except StartError as exc:
+                wait_http(proc, bport, "/", args.start_timeout, tmp / f"{name}.error.log")
+            except NotReady as exc:
                 print(f"error: backend {n} failed to start: {exc}", file=sys.stderr)
                 return 1
         log_step("backends", f"nginx backends ready on ports {backend_ports}")
@@ -650,16 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("\ninterrupted; cleaning up", file=sys.stderr)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the bounded cleanup finish
-        for proc in reversed(procs):
-            how = stop_process(proc)
-            if how not in ("terminated", "already exited"):
-                print(f"cleanup: pid {proc.pid} ({proc.args!r}): {how}", file=sys.stderr)
-        if args.keep_tmp:
-            print(f"kept temp dir {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs)
+        drop_tmp(tmp, args.keep_tmp)
     add_ratios(results)
     data = report(command, args, machine, results)
     if args.json:

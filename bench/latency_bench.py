@@ -37,19 +37,19 @@ if str(REPO_ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     NotReady,
     free_ports,
+    haproxy_conf,
+    mcplb_cmd,
+    mcplb_config,
     mcplb_python,
+    nginx_backend,
+    nginx_cmd,
+    nginx_conf,
     pin_proxies,
     spawn,
     stop_process,
     table,
     tail,
     wait_http,
-)
-from bench.http_bench import (  # noqa: E402
-    backend_body,
-    haproxy_conf,
-    nginx_cmd,
-    nginx_conf,
 )
 from bench.loadgen import Result, closed_loop, open_loop  # noqa: E402
 
@@ -58,21 +58,19 @@ MINIMAL = str(REPO_ROOT / "bench" / "minimal.py")
 START_TIMEOUT = 20.0
 
 
-def mcplb_cmd(tmp: Path, name: str, port: int, backends: list[int], access: bool) -> list[str]:
+def mcplb_target(tmp: Path, name: str, port: int, backends: list[int], access: bool) -> list[str]:
     config = tmp / f"{name}.yaml"
-    lines = [f"listen: 127.0.0.1:{port}", "workers: 1", "admin: {listen: '127.0.0.1:0'}"]
+    head = ["workers: 1", "admin: {listen: '127.0.0.1:0'}"]
     if not access:
-        lines.append("log: {access: false}")
-    lines.append("backends:")
-    lines += [f"  - {{name: b{i}, url: 'http://127.0.0.1:{p}'}}" for i, p in enumerate(backends)]
-    config.write_text("\n".join(lines) + "\n")
-    return [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(config)]
+        head.append("log: {access: false}")
+    config.write_text(mcplb_config(port, head, {f"b{i}": p for i, p in enumerate(backends)}))
+    return mcplb_cmd(config)
 
 
 def start_backends(tmp: Path, ports: list[int], procs: list[subprocess.Popen[bytes]]) -> None:
     for n, port in enumerate(ports, 1):
         if shutil.which("nginx"):
-            conf = nginx_conf(tmp, f"backend{n}", False, backend_body(n, port))
+            conf = nginx_conf(tmp, f"backend{n}", False, nginx_backend(n, port))
             cmd = nginx_cmd(tmp, f"backend{n}", conf)
         else:
             cmd = [mcplb_python(), MINIMAL, "backend", str(port)]
@@ -92,7 +90,7 @@ def start_target(
     elif name == "haproxy":
         cmd = ["haproxy", "-f", str(haproxy_conf(tmp, port, backends, 1000)), "-db"]
     else:
-        cmd = mcplb_cmd(tmp, name, port, backends, access=name == "mcplb")
+        cmd = mcplb_target(tmp, name, port, backends, access=name == "mcplb")
     proc = spawn(cmd, log, procs, cwd=REPO_ROOT)  # mcplb's access log goes to this file too
     wait_http(proc, port, "/", START_TIMEOUT, log)
     return proc

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import random
 import shlex
 import statistics
@@ -48,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import machine_info, table  # noqa: E402
 from mcplb.strategies import registry  # noqa: E402
 from mcplb.strategies.base import NO_FACTS, RequestFacts  # noqa: E402
 
@@ -196,7 +195,7 @@ def run_case(
 
 def format_table(results: list[CaseResult]) -> str:
     head = ("case", "backends", "ns/pick", "picks/s", "min ns", "max ns", "distinct", "facts")
-    rows: list[tuple[str, ...]] = [head]
+    rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     for r in results:
         if r.status != "ok":
@@ -215,34 +214,7 @@ def format_table(results: list[CaseResult]) -> str:
                 r.facts,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i in (0, len(head) - 1) else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines + notes)
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-    }
+    return "\n".join([table(head, rows, left=(0, len(head) - 1)), *notes])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -273,7 +245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv])
-    machine = machine_info()
+    machine = machine_info(mcplb=False)
     rng = random.Random(args.seed)
     many = make_backends(args.backends, rng)
     few = make_backends(3, rng)

@@ -33,7 +33,6 @@ import asyncio
 import gc
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ if str(REPO_ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     NotReady,
     free_ports,
+    mcplb_config,
     mcplb_python,
     pin_proxies,
     spawn,
@@ -58,6 +58,7 @@ from bench.common import (  # noqa: E402
     tail,
     vm_rss_kib,
     wait_http,
+    wait_port,
 )
 from bench.cpu_gate import alternate, cpu_per_request, start_mcplb  # noqa: E402
 from mcplb.strategies import registry  # noqa: E402
@@ -69,15 +70,11 @@ START_TIMEOUT = 60.0
 CONNECTIONS = 20
 
 
-def config(tmp: Path, name: str, port: int, backend: int, count: int, extra: str = "") -> Path:
+def config(tmp: Path, name: str, port: int, backend: int, count: int, *settings: str) -> Path:
+    """One worker in front of ``count`` backend entries, all the same backend."""
     path = tmp / f"{name}.yaml"
-    entries = "".join(
-        f"  - {{name: b{i}, url: 'http://127.0.0.1:{backend}'}}\n" for i in range(count)
-    )
-    path.write_text(
-        f"listen: 127.0.0.1:{port}\nworkers: 1\nadmin: {{listen: '127.0.0.1:0'}}\n"
-        f"{extra}backends:\n{entries}"
-    )
+    head = ["workers: 1", "admin: {listen: '127.0.0.1:0'}", *settings]
+    path.write_text(mcplb_config(port, head, {f"b{i}": backend for i in range(count)}))
     return path
 
 
@@ -119,7 +116,7 @@ async def bench_backends(args: argparse.Namespace, tmp: Path) -> str:
             ports = free_ports(len(SIZES))
             for size, port in zip(SIZES, ports, strict=True):
                 name = f"{strategy}-{size}"
-                conf = config(tmp, name, port, backend, size, f"strategy: {strategy}\n")
+                conf = config(tmp, name, port, backend, size, f"strategy: {strategy}")
                 targets[name] = (servers.mcplb(name, port, conf).pid, port)
             pin_proxies([pid for pid, _ in targets.values()], [backend_pid])
             found = await alternate(targets, args.rounds, args.requests, CONNECTIONS)
@@ -142,7 +139,7 @@ async def bench_health(args: argparse.Namespace, tmp: Path) -> str:
     try:
         backend, off, on = free_ports(3)
         backend_pid = servers.minimal("backend", backend).pid
-        probes = "health: {active: {interval: 2s, timeout: 1s}}\n"
+        probes = "health: {active: {interval: 2s, timeout: 1s}}"
         targets = {
             "no probes": (
                 servers.mcplb("off", off, config(tmp, "off", off, backend, 1000)).pid,
@@ -241,10 +238,12 @@ async def bench_streams(args: argparse.Namespace, tmp: Path) -> str:
     try:
         sse, proxy = free_ports(2)
         backend_pid = servers.minimal("sse", sse, "1").pid
-        conf = config(tmp, "streams", proxy, sse, 1, "timeouts: {idle: 120s}\n")
+        conf = config(tmp, "streams", proxy, sse, 1, "timeouts: {idle: 120s}")
         # GET / through it would open a stream: wait for the port instead.
         mcplb = start_mcplb(conf, tmp / "streams.log", servers.procs)
-        await loop.run_in_executor(None, wait_port, mcplb, proxy, tmp / "streams.log")
+        await loop.run_in_executor(
+            None, wait_port, mcplb, proxy, START_TIMEOUT, tmp / "streams.log"
+        )
         pin_proxies([mcplb.pid], [backend_pid])
         rss_before = (vm_rss_kib(mcplb.pid) or 0) / 1024
         results = {}
@@ -271,19 +270,6 @@ async def bench_streams(args: argparse.Namespace, tmp: Path) -> str:
         + f"\nadded p99: {added:.2f} ms; mcplb RSS {rss_before:.0f} MiB idle, "
         f"{rss_with:.0f} MiB with the streams open (+{rss_with - rss_before:.0f} MiB)"
     )
-
-
-def wait_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Bounded wait until ``port`` accepts connections (NotReady if ``proc`` exits)."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise NotReady(f"exited with status {proc.returncode}\n{tail(log)}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise NotReady(f"port {port} not accepting after {START_TIMEOUT:.0f}s\n{tail(log)}")
 
 
 class _Stream(asyncio.Protocol):

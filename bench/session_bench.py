@@ -56,13 +56,11 @@ import argparse
 import hashlib
 import http.client
 import json
-import os
 import re
 import resource
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -77,29 +75,37 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.balance_bench import run_wrk  # noqa: E402
 from bench.common import (  # noqa: E402
-    free_ports,
-    mcplb_python,
-    spawn,
-    stop_process,
-    table,
-)
-from bench.http_bench import (  # noqa: E402
+    CLOCK_TICKS,
     HOST,
-    WARMUP_SECONDS,
-    StartError,
+    NotReady,
     WrkResult,
-    _interrupt,
+    add_run_options,
+    catch_signals,
+    drop_tmp,
     first_line,
+    free_ports,
+    group_cpu_seconds,
     log_step,
     machine_info,
+    mcplb_cmd,
+    mcplb_config,
+    mcplb_python,
     nginx_cmd,
     nginx_conf,
+    one_line,
+    package_version,
     parse_wrk_output,
+    retire,
+    run_wrk,
+    spawn,
+    stop_all,
+    table,
     tail,
-    wait_ready,
+    wait_http,
+    wait_until,
 )
+from bench.http_bench import WARMUP_SECONDS  # noqa: E402
 
 ALL_STORES = ("none", "memory", "signed", "redis")
 BASELINE = "none"
@@ -325,21 +331,15 @@ def redis_info_field(port: int, section: str, name: str) -> int:
 
 def wait_redis(proc: subprocess.Popen[bytes], port: int, timeout: float, log: Path) -> None:
     """Bounded wait until redis-server answers PING with +PONG."""
-    deadline = time.monotonic() + timeout
-    last = "port never accepted a connection"
-    while time.monotonic() < deadline:
-        rc = proc.poll()
-        if rc is not None:
-            raise StartError(f"exited with status {rc} before becoming ready\n{tail(log)}")
+
+    def probe() -> str | None:
         try:
             reply = redis_command(port, "PING", timeout=1.0)
-            if reply.startswith(b"+PONG"):
-                return
-            last = f"PING answered {reply[:100]!r}"
         except OSError as exc:
-            last = f"PING failed: {exc}"
-        time.sleep(0.1)
-    raise StartError(f"not ready after {timeout:.0f}s ({last})\n{tail(log)}")
+            return f"PING failed: {exc}"
+        return None if reply.startswith(b"+PONG") else f"PING answered {reply[:100]!r}"
+
+    wait_until(proc, probe, timeout, log)
 
 
 def sticky_flow(store: str, redis_port: int | None, key: str = "<40 random chars>") -> str:
@@ -353,14 +353,9 @@ def sticky_flow(store: str, redis_port: int | None, key: str = "<40 random chars
     return f"{{store: {store}}}"
 
 
-def mcplb_base_lines(port: int, backend_port: int) -> list[str]:
-    return [
-        f"listen: {HOST}:{port}",
-        "workers: 1",
-        "strategy: round_robin",
-        "backends:",
-        f'  - {{name: {BACKEND_NAME}, url: "http://{HOST}:{backend_port}"}}',
-    ]
+def mcplb_text(port: int, backend_port: int, after: list[str]) -> str:
+    head = ["workers: 1", "strategy: round_robin"]
+    return mcplb_config(port, head, {BACKEND_NAME: backend_port}, after)
 
 
 def supported_extras() -> list[tuple[str, str]]:
@@ -369,7 +364,7 @@ def supported_extras() -> list[tuple[str, str]]:
 
     ok: list[tuple[str, str]] = []
     for line, label in EXTRA_SECTIONS:
-        text = "\n".join([*mcplb_base_lines(1, 2), line]) + "\n"
+        text = mcplb_text(1, 2, [line])
         try:
             parse_config(text, "session-bench-probe", {})
         except ConfigError:
@@ -379,8 +374,7 @@ def supported_extras() -> list[tuple[str, str]]:
 
 
 def mcplb_conf(path: Path, port: int, backend_port: int, sticky: str, extras: list[str]) -> Path:
-    lines = [*mcplb_base_lines(port, backend_port), f"sticky: {sticky}", *extras]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(mcplb_text(port, backend_port, [f"sticky: {sticky}", *extras]))
     path.chmod(0o600)  # may hold the signing key
     return path
 
@@ -417,16 +411,6 @@ def probe_session(port: int) -> tuple[bool, str]:
 # --------------------------------------------------------------------------- CPU accounting
 
 
-def _clock_ticks() -> int:
-    try:
-        return os.sysconf("SC_CLK_TCK")
-    except (ValueError, OSError):
-        return 100
-
-
-CLK_TCK = _clock_ticks()
-
-
 def machine_busy_seconds() -> float:
     """CPU seconds all CPUs spent busy since boot (/proc/stat; 0.0 if unavailable)."""
     try:
@@ -435,22 +419,7 @@ def machine_busy_seconds() -> float:
         return 0.0
     # cpu user nice system idle iowait irq softirq steal ...: all but idle and iowait
     ticks = [int(x) for x in fields[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
-
-
-def group_cpu_seconds(pgids: set[int]) -> float:
-    """CPU seconds of every live process in these process groups (with reaped children)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # exited meanwhile
-        if int(fields[2]) in pgids:  # pgrp; then utime stime cutime cstime at 11..14
-            total += sum(int(x) for x in fields[11:15])
-    return total / CLK_TCK
+    return (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS
 
 
 def children_cpu_seconds() -> float:
@@ -511,8 +480,7 @@ class StoreRun:
         """Why a completed run does not count as clean (non-200s, socket errors, no session)."""
         out: list[str] = []
         if self.wrk is not None and any(self.wrk.socket_errors.values()):
-            detail = ", ".join(f"{k} {v}" for k, v in self.wrk.socket_errors.items() if v)
-            out.append(f"socket errors: {detail}")
+            out.append(f"socket errors: {self.wrk.socket_error_text()}")
         s = self.stats
         if s is not None:
             if s.non200:
@@ -554,14 +522,14 @@ def bench_run(store: str, rnd: int, port: int, setup: Setup) -> StoreRun:
     conf = mcplb_conf(
         setup.tmp / f"mcplb-{store}-{rnd}.yaml", port, setup.backend_port, sticky, setup.extras
     )
-    res.server_cmd = [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(conf)]
+    res.server_cmd = mcplb_cmd(conf)
     log = setup.tmp / f"mcplb-{store}-{rnd}.log"
     log_step(tag, f"starting: {shlex.join(res.server_cmd)}")
     proc = spawn(res.server_cmd, log, procs, cwd=setup.src)
     try:
         try:
-            wait_ready(proc, port, args.start_timeout, log)
-        except StartError as exc:
+            wait_http(proc, port, "/", args.start_timeout, log)
+        except NotReady as exc:
             res.status, res.reason = "failed", f"failed to start: {exc}"
             log_step(tag, res.reason)
             return res
@@ -572,7 +540,9 @@ def bench_run(store: str, rnd: int, port: int, setup: Setup) -> StoreRun:
             return res
         if args.warmup > 0:
             log_step(tag, f"warm-up {args.warmup}s")
-            _, rc, out = run_wrk(args, args.warmup, port, procs, setup.lua)
+            _, rc, out = run_wrk(
+                args.threads, args.connections, args.warmup, port, procs, setup.lua
+            )
             if rc != 0:
                 res.status, res.reason, res.wrk_output = "failed", f"warm-up wrk exit {rc}", out
                 log_step(tag, f"{res.reason}\n{out}")
@@ -584,7 +554,9 @@ def bench_run(store: str, rnd: int, port: int, setup: Setup) -> StoreRun:
         log_step(tag, f"measuring {args.duration}s")
         groups = {"mcplb": {proc.pid}, "servers": {p.pid for p in setup.watched.values()}}
         meter = CpuMeter(groups)
-        res.wrk_cmd, rc, res.wrk_output = run_wrk(args, args.duration, port, procs, setup.lua)
+        res.wrk_cmd, rc, res.wrk_output = run_wrk(
+            args.threads, args.connections, args.duration, port, procs, setup.lua
+        )
         res.cpu = meter.stop()
         if rc != 0:
             res.status, res.reason = "failed", f"wrk exit {rc}"
@@ -622,10 +594,7 @@ def bench_run(store: str, rnd: int, port: int, setup: Setup) -> StoreRun:
         res.status, res.reason = "failed", f"Redis: {exc}"
         return res
     finally:
-        res.stop = stop_process(proc)
-        procs.remove(proc)
-        if res.stop not in ("terminated", "already exited"):
-            log_step(tag, f"stop: {res.stop}")
+        res.stop = retire(proc, procs, tag)
 
 
 # --------------------------------------------------------------------------- report
@@ -743,9 +712,7 @@ def format_table(summaries: list[StoreSummary], runs: list[StoreRun], rounds: in
     for r in runs:
         tag = f"{r.store} #{r.round}"
         if r.status != "ok":
-            lines = r.reason.strip().splitlines() or [""]
-            first = lines[0] + (f" | {lines[-1].strip()}" if len(lines) > 1 else "")
-            notes.append(f"  {tag}: {r.status}: {first}")
+            notes.append(f"  {tag}: {r.status}: {one_line(r.reason)}")
         notes += [f"  {tag}: FAIL: {p}" for p in r.problems]
         if r.cpu.get("other", 0.0) > OTHER_CPU_WARN:
             notes.append(
@@ -761,12 +728,9 @@ def format_table(summaries: list[StoreSummary], runs: list[StoreRun], rounds: in
 
 
 def bench_machine_info() -> dict[str, Any]:
-    info = machine_info()
-    info.pop("haproxy", None)
+    info = machine_info(("wrk", "nginx"))
     info["redis"] = first_line(["redis-server", "--version"]).split(" sha=")[0]
-    info["redis_py"] = first_line(
-        [mcplb_python(), "-c", "import importlib.metadata as m; print(m.version('redis'))"]
-    )
+    info["redis_py"] = package_version("redis")
     return info
 
 
@@ -785,9 +749,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="repeat every store; order rotates, medians shown"
     )
     p.add_argument("--warmup", type=int, default=WARMUP_SECONDS, help="seconds (0: none)")
-    p.add_argument("--start-timeout", type=float, default=15.0, help="seconds to become ready")
-    p.add_argument("--json", type=Path, help="also write the results as JSON here")
-    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    add_run_options(p)
     p.add_argument("--self-test", action="store_true", help="only check the Lua-output parser")
     args = p.parse_args(argv)
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -821,21 +783,21 @@ def snapshot_source(dest: Path, timeout: float) -> str:
             check, cwd=dest, capture_output=True, text=True, timeout=timeout, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise StartError(f"cannot import the source snapshot: {exc}") from exc
+        raise NotReady(f"cannot import the source snapshot: {exc}") from exc
     where = Path(out.stdout.strip() or "?").resolve()
     if out.returncode != 0 or not where.is_relative_to(dest.resolve()):
         detail = (out.stderr.strip().splitlines() or [str(where)])[-1]
-        raise StartError(f"mcplb's python does not import the source snapshot in {dest}: {detail}")
+        raise NotReady(f"mcplb's python does not import the source snapshot in {dest}: {detail}")
     return digest.hexdigest()[:16]
 
 
 def start_servers(setup: Setup, redis_cmd: list[str]) -> None:
-    """The nginx backend and (if redis_cmd) redis-server; raises StartError."""
+    """The nginx backend and (if redis_cmd) redis-server; raises NotReady."""
     args, tmp = setup.args, setup.tmp
     conf = nginx_conf(tmp, "backend", False, backend_body(setup.backend_port))
     backend = spawn(nginx_cmd(tmp, "backend", conf), tmp / "backend.log", setup.procs)
     setup.watched["nginx backend"] = backend
-    wait_ready(backend, setup.backend_port, args.start_timeout, tmp / "backend.error.log")
+    wait_http(backend, setup.backend_port, "/", args.start_timeout, tmp / "backend.error.log")
     log_step("backend", f"nginx backend {BACKEND_NAME} ready on port {setup.backend_port}")
     if redis_cmd:
         assert setup.redis_port is not None
@@ -859,8 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = bench_machine_info()
     extras: list[tuple[str, str]] = []
     fingerprint = ""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
+    catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-session-"))
     n_runs = len(args.stores) * args.rounds
     backend_port, redis_port, *proxy_ports = free_ports(2 + n_runs)
@@ -895,23 +856,15 @@ def main(argv: list[str] | None = None) -> int:
             shift = (rnd - 1) % len(args.stores)
             for store in args.stores[shift:] + args.stores[:shift]:
                 runs.append(bench_run(store, rnd, next(ports), setup))
-    except StartError as exc:
+    except NotReady as exc:
         print(f"error: setup failed: {exc}", file=sys.stderr)
         failed_setup = True
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted; cleaning up", file=sys.stderr)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # let the bounded cleanup finish
-        for proc in reversed(setup.procs):
-            how = stop_process(proc)
-            if how not in ("terminated", "already exited"):
-                print(f"cleanup: pid {proc.pid} ({proc.args!r}): {how}", file=sys.stderr)
-        if args.keep_tmp:
-            print(f"kept temp dir {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(setup.procs)
+        drop_tmp(tmp, args.keep_tmp)
 
     summaries = summarize(runs, args.stores, args.rounds, setup.redis_port)
     wrk_cmd = next((r.wrk_cmd for r in runs if r.wrk_cmd), [])

@@ -79,7 +79,6 @@ import os
 import random
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -105,23 +104,25 @@ from mcp.shared.exceptions import MCPError  # noqa: E402
 
 from bench.common import (  # noqa: E402
     HOST,
-    SIGNALS,
     NotReady,
+    add_run_options,
+    catch_signals,
+    drop_tmp,
     free_ports,
     group_pids,
     group_rss,
     interruptible,
-    mcplb_python,
-    spawn,
-    stop_process,
-    table,
-    wait_http,
-)
-from bench.http_bench import (  # noqa: E402
-    _interrupt,
     log_step,
     machine_info,
+    mcplb_cmd,
+    mcplb_config,
+    mcplb_python,
+    raise_interrupt,
+    spawn,
+    stop_all,
+    table,
     tail,
+    wait_http,
 )
 from tests.redis_server import RedisServer, RedisServerMissing, start_redis  # noqa: E402
 
@@ -332,7 +333,7 @@ def mib(kib: int | None) -> str:
 # --------------------------------------------------------------------------- config
 
 
-def mcplb_config(
+def soak_config(
     workers: int,
     port: int,
     admin_port: int,
@@ -341,15 +342,7 @@ def mcplb_config(
     names: tuple[str, ...],
     weights: dict[str, int],
 ) -> str:
-    lines = [
-        f"listen: {HOST}:{port}",
-        f"workers: {workers}",
-        "strategy: round_robin",
-        "backends:",
-        *(
-            f'  - {{name: {n}, url: "http://{HOST}:{ports[n]}", weight: {weights.get(n, 1)}}}'
-            for n in names
-        ),
+    settings = [
         "sticky:",
         "  mcp_sessions: true",
         "  store: redis",
@@ -372,7 +365,9 @@ def mcplb_config(
         "log:",
         "  access: false",
     ]
-    return "\n".join(lines) + "\n"
+    head = [f"workers: {workers}", "strategy: round_robin"]
+    backends = {n: ports[n] for n in names}
+    return mcplb_config(port, head, backends, settings, weights)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -958,7 +953,7 @@ class Soak:
             rec.note = "skipped: the mcplb master is gone"
             self.event(f"{name} skipped: the mcplb master is gone")
             return
-        text = mcplb_config(
+        text = soak_config(
             self.args.workers,
             self.proxy_port,
             self.admin_port,
@@ -1595,8 +1590,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="count 404s for sessions while Redis is down (and for 5 s after) as expected",
     )
-    p.add_argument("--json", type=Path, help="also write the results as JSON here")
-    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs")
+    add_run_options(p, start_timeout=False)
     args = p.parse_args(argv)
     if args.duration < 30:
         p.error("--duration must be at least 30 (the faults need room)")
@@ -1612,14 +1606,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv])
-    for sig in SIGNALS:
-        signal.signal(sig, _interrupt)  # also when started with SIGINT ignored (`cmd &`)
+    catch_signals()
     root = logging.getLogger()
     root.addHandler(SDK_LOG)
     root.setLevel(logging.WARNING)
     machine = machine_info()
-    for key in ("wrk", "haproxy", "nginx"):
-        machine.pop(key, None)
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-soak-"))
     # mcplb's supervisor makes its state directory with tempfile: keep it inside ours.
     os.environ["TMPDIR"] = str(tmp)
@@ -1648,20 +1639,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         log_step("backends", ", ".join(f"{n} :{ports[n]}" for n in ALL_BACKENDS))
         conf = tmp / "mcplb.yaml"
-        conf_text = mcplb_config(
+        conf_text = soak_config(
             args.workers, proxy_port, admin_port, redis.url, ports, BACKENDS, {}
         )
         conf.write_text(conf_text)
-        commands["mcplb"] = [
-            mcplb_python(),
-            "-m",
-            "mcplb.proxy.cli",
-            "run",
-            "--config",
-            str(conf),
-            "--log-level",
-            "info",
-        ]
+        commands["mcplb"] = mcplb_cmd(conf, "--log-level", "info")
         mcplb = spawn(commands["mcplb"], mcplb_log, procs, cwd=REPO_ROOT)
         wait_http(mcplb, proxy_port, PLAIN_PATH, START_TIMEOUT, mcplb_log)
         wait_http(mcplb, admin_port, "/status", START_TIMEOUT, mcplb_log)
@@ -1669,7 +1651,7 @@ def main(argv: list[str] | None = None) -> int:
         soak = Soak(
             args, tmp, procs, backend_procs, ports, proxy_port, admin_port, mcplb, redis, conf
         )
-        interrupted = asyncio.run(interruptible(soak.run(), restore=_interrupt))
+        interrupted = asyncio.run(interruptible(soak.run(), restore=raise_interrupt))
 
         async def after() -> dict[str, int | None]:
             assert soak is not None
@@ -1687,12 +1669,7 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("\ninterrupted; cleaning up", file=sys.stderr)
     finally:
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)  # let the bounded cleanup finish
-        for proc in reversed(procs):
-            how = stop_process(proc, term_timeout=8.0)
-            if how not in ("terminated", "already exited"):
-                print(f"cleanup: pid {proc.pid} ({proc.args!r}): {how}", file=sys.stderr)
+        stop_all(procs, term_timeout=8.0)
         if soak is not None:
             left = group_pids(soak.mcplb.pid)
             if left:
@@ -1700,10 +1677,7 @@ def main(argv: list[str] | None = None) -> int:
         if redis is not None:
             asyncio.run(redis.stop())
         log_tail = tail(mcplb_log, 30) if report is not None or setup_error else ""
-        if args.keep_tmp:
-            print(f"kept temp dir {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        drop_tmp(tmp, args.keep_tmp)
 
     print()
     print(f"command: {command}")

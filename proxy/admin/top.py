@@ -273,6 +273,120 @@ def _availability(backend: Mapping[str, Any]) -> str:
     return "-" if available is None else ("yes" if available else "no")
 
 
+@dataclass(frozen=True)
+class _Window:
+    """What the counters did between two scrapes ``elapsed`` seconds apart."""
+
+    elapsed: float
+    requests: Mapping[str, float]  # per backend, all methods and codes
+    errors: Mapping[str, float]  # per backend, the 5xx class
+    proxy_errors: float  # answers the proxy made itself (no backend)
+    p99: Mapping[str, float | None]  # per backend, first byte, of this window's observations
+
+    def rate(self, counts: Mapping[str, float], name: str) -> float:
+        """Per second; a backend the latest scrape does not name made no requests."""
+        return counts.get(name, 0.0) / self.elapsed
+
+
+def _increases(now: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
+    """Per key increase of counters (keyed as in ``now``) between two scrapes."""
+    return {key: counter_delta(value, before.get(key)) for key, value in now.items()}
+
+
+def _window(now: Metrics, before: Metrics, elapsed: float) -> _Window:
+    buckets_before = before.buckets(FIRST_BYTE, "backend")
+    proxy = _increases(now.sum_by(PROXY_ERRORS, "code"), before.sum_by(PROXY_ERRORS, "code"))
+    return _Window(
+        elapsed=elapsed,
+        requests=_increases(now.sum_by(REQUESTS, "backend"), before.sum_by(REQUESTS, "backend")),
+        errors=_increases(
+            now.sum_by(REQUESTS, "backend", code="5xx"),
+            before.sum_by(REQUESTS, "backend", code="5xx"),
+        ),
+        proxy_errors=sum(proxy.values()),
+        p99={
+            name: histogram_quantile(QUANTILE, bucket_deltas(buckets, buckets_before.get(name)))
+            for name, buckets in now.buckets(FIRST_BYTE, "backend").items()
+        },
+    )
+
+
+def _live(
+    backend: Mapping[str, Any], name: str, key: str, gauges: Mapping[str, Mapping[str, float]]
+) -> str:
+    value = backend.get(key)  # /status is per request; metrics are the fallback
+    if value is None and key == "ramped_weight":
+        scaled = gauges[key].get(name)
+        value = None if scaled is None else round(scaled / WEIGHT_SCALE, 2)
+    return _int_text(value if value is not None else gauges.get(key, {}).get(name))
+
+
+def _row(
+    backend: Mapping[str, Any],
+    gauges: Mapping[str, Mapping[str, float]],
+    window: _Window | None,
+) -> list[str]:
+    name = str(backend.get("name", "?"))
+    return [
+        name,
+        str(backend.get("state", "?")),
+        _availability(backend),
+        _live(backend, name, "weight", gauges),
+        _live(backend, name, "ramped_weight", gauges),
+        format_rate(None if window is None else window.rate(window.requests, name)),
+        format_rate(None if window is None else window.rate(window.errors, name)),
+        _live(backend, name, "in_flight", gauges),
+        _live(backend, name, "streams", gauges),
+        _live(backend, name, "sessions", gauges),
+        format_latency(None if window is None else window.p99.get(name)),
+    ]
+
+
+def _about(status: Mapping[str, Any], metrics: Metrics) -> str:
+    """The first header line: version, uptime, workers, config and strategy."""
+    config = status.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    digest = str(config.get("hmac_sha256") or "")[:SHORT_SHA]
+    workers = status.get("workers")
+    if workers is None:
+        workers = metrics.value(WORKERS)
+    uptime = status.get("uptime_seconds")
+    parts = [
+        f"mcplb {status.get('version', '?')}",
+        f"up {format_duration(float(uptime)) if uptime is not None else '?'}",
+        f"workers {_int_text(workers)}",
+    ]
+    if config.get("path"):  # shown only to holders of the admin token
+        parts.append(f"config {config['path']}" + (f" @ {digest}" if digest else ""))
+    if status.get("strategy"):
+        parts.append(f"strategy {status['strategy']}")
+    return " | ".join(parts)
+
+
+def _totals(window: _Window | None, metrics: Metrics, backends: Sequence[Mapping[str, Any]]) -> str:
+    """The second header line: request and error rates, loop lag, backends available.
+
+    The rates cover every backend the metrics name, listed in /status or not.
+    """
+    total_rate: float | None = None
+    error_rate: float | None = None
+    proxy_rate: float | None = None
+    if window is not None:
+        total_rate = sum(window.requests.values()) / window.elapsed
+        error_rate = (sum(window.errors.values()) + window.proxy_errors) / window.elapsed
+        proxy_rate = window.proxy_errors / window.elapsed
+    available = sum(1 for b in backends if b.get("available"))
+    return " | ".join(
+        [
+            f"total {format_rate(total_rate)} req/s",
+            f"errors {format_rate(error_rate)}/s"
+            + (f" (proxy {format_rate(proxy_rate)}/s)" if proxy_rate else ""),
+            f"loop lag {format_latency(metrics.value(LOOP_LAG))}",
+            f"backends {available}/{len(backends)} available",
+        ]
+    )
+
+
 def render(
     status: Mapping[str, Any],
     metrics_now: Metrics,
@@ -289,103 +403,16 @@ def render(
     made between the two scrapes (``-`` without traffic). The header's error rate adds the
     answers the proxy made itself (``mcplb_proxy_errors_total``, which has no backend).
     """
-    with_rates = metrics_before is not None and elapsed > 0
-
-    def rate(now: float, before: float | None) -> float | None:
-        return counter_delta(now, before) / elapsed if with_rates else None
-
-    requests_now = metrics_now.sum_by(REQUESTS, "backend")
-    errors_now = metrics_now.sum_by(REQUESTS, "backend", code="5xx")
-    requests_before = (
-        metrics_before.sum_by(REQUESTS, "backend") if metrics_before is not None else {}
-    )
-    errors_before = (
-        metrics_before.sum_by(REQUESTS, "backend", code="5xx") if metrics_before is not None else {}
-    )
-    buckets_now = metrics_now.buckets(FIRST_BYTE, "backend")
-    buckets_before = (
-        metrics_before.buckets(FIRST_BYTE, "backend") if metrics_before is not None else {}
-    )
+    window = None
+    if metrics_before is not None and elapsed > 0:
+        window = _window(metrics_now, metrics_before, elapsed)
     gauges = {key: metrics_now.sum_by(name, "backend") for key, name in GAUGES.items()}
-
     backends: list[Mapping[str, Any]] = [
         b for b in status.get("backends") or [] if isinstance(b, Mapping)
     ]
-    rows: list[list[str]] = []
-    for backend in backends:
-        name = str(backend.get("name", "?"))
-
-        def live(key: str, backend: Mapping[str, Any] = backend, name: str = name) -> str:
-            value = backend.get(key)  # /status is per request; metrics are the fallback
-            if value is None and key == "ramped_weight":
-                scaled = gauges[key].get(name)
-                value = None if scaled is None else round(scaled / WEIGHT_SCALE, 2)
-            return _int_text(value if value is not None else gauges.get(key, {}).get(name))
-
-        p99: float | None = None
-        if with_rates and name in buckets_now:
-            deltas = bucket_deltas(buckets_now[name], buckets_before.get(name))
-            p99 = histogram_quantile(QUANTILE, deltas)
-        rows.append(
-            [
-                name,
-                str(backend.get("state", "?")),
-                _availability(backend),
-                live("weight"),
-                live("ramped_weight"),
-                format_rate(rate(requests_now.get(name, 0.0), requests_before.get(name))),
-                format_rate(rate(errors_now.get(name, 0.0), errors_before.get(name))),
-                live("in_flight"),
-                live("streams"),
-                live("sessions"),
-                format_latency(p99),
-            ]
-        )
-
-    # Totals cover every backend the metrics name, listed in /status or not.
-    total_rate: float | None = None
-    error_rate: float | None = None
-    proxy_rate: float | None = None
-    if with_rates and metrics_before is not None:
-        total_rate = (
-            sum(counter_delta(v, requests_before.get(k)) for k, v in requests_now.items()) / elapsed
-        )
-        backend_errors = sum(counter_delta(v, errors_before.get(k)) for k, v in errors_now.items())
-        proxy_now = metrics_now.sum_by(PROXY_ERRORS, "code")
-        proxy_before = metrics_before.sum_by(PROXY_ERRORS, "code")
-        proxy_errors = sum(counter_delta(v, proxy_before.get(k)) for k, v in proxy_now.items())
-        error_rate = (backend_errors + proxy_errors) / elapsed
-        proxy_rate = proxy_errors / elapsed
-
-    config = status.get("config")
-    config = config if isinstance(config, Mapping) else {}
-    digest = str(config.get("hmac_sha256") or "")[:SHORT_SHA]
-    workers = status.get("workers")
-    if workers is None:
-        workers = metrics_now.value(WORKERS)
-    lag = metrics_now.value(LOOP_LAG)
-    uptime = status.get("uptime_seconds")
-    available = sum(1 for b in backends if b.get("available"))
-
-    first = [
-        f"mcplb {status.get('version', '?')}",
-        f"up {format_duration(float(uptime)) if uptime is not None else '?'}",
-        f"workers {_int_text(workers)}",
-    ]
-    if config.get("path"):  # shown only to holders of the admin token
-        first.append(f"config {config['path']}" + (f" @ {digest}" if digest else ""))
-    if status.get("strategy"):
-        first.append(f"strategy {status['strategy']}")
-    second = [
-        f"total {format_rate(total_rate)} req/s",
-        f"errors {format_rate(error_rate)}/s"
-        + (f" (proxy {format_rate(proxy_rate)}/s)" if proxy_rate else ""),
-        f"loop lag {format_latency(lag)}",
-        f"backends {available}/{len(backends)} available",
-    ]
-    lines = [" | ".join(first), " | ".join(second), ""]
-    if rows:
-        lines += _table(COLUMNS, rows, left=3)
+    lines = [_about(status, metrics_now), _totals(window, metrics_now, backends), ""]
+    if backends:
+        lines += _table(COLUMNS, (_row(b, gauges, window) for b in backends), left=3)
     else:
         lines.append("(no backends)")
     return "\n".join(lines) + "\n"

@@ -260,6 +260,36 @@ def banner(
     )
 
 
+def demo_config(
+    host: str, port: int, names: Sequence[str], ports: Sequence[int], admin_port: int
+) -> Config:
+    """The proxy's config: listen on ``host:port`` in front of the demo backends."""
+    return Config(
+        listen_host=host,
+        listen_port=port,
+        backends=tuple(
+            BackendConfig(
+                name=name,
+                url=f"http://{BACKEND_HOST}:{p}",
+                scheme="http",
+                host=BACKEND_HOST,
+                port=p,
+            )
+            for name, p in zip(names, ports, strict=True)
+        ),
+        # Open GET streams never end by themselves: keep Ctrl-C snappy.
+        timeouts=TimeoutsConfig(grace=5.0),
+        # Kill a demo backend to watch it leave and come back.
+        health=HealthConfig(
+            slow_start=10.0,
+            active=ActiveHealthConfig(enabled=True, type="mcp", expect_tools=("whoami",)),
+        ),
+        admin=AdminConfig(listen_host=BACKEND_HOST, listen_port=admin_port),
+        # A line per request would scroll the instructions away within seconds.
+        log=LogConfig(access=False),
+    )
+
+
 def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> int:
     """Start ``backends`` demo MCP servers, then run the proxy in front of them.
 
@@ -285,30 +315,7 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
             print(f"mcplb demo: {exc}", file=sys.stderr)
             return 1
 
-        config = Config(
-            listen_host=host,
-            listen_port=port,
-            backends=tuple(
-                BackendConfig(
-                    name=name,
-                    url=f"http://{BACKEND_HOST}:{p}",
-                    scheme="http",
-                    host=BACKEND_HOST,
-                    port=p,
-                )
-                for name, p in zip(names, ports, strict=True)
-            ),
-            # Open GET streams never end by themselves: keep Ctrl-C snappy.
-            timeouts=TimeoutsConfig(grace=5.0),
-            # Kill a demo backend to watch it leave and come back.
-            health=HealthConfig(
-                slow_start=10.0,
-                active=ActiveHealthConfig(enabled=True, type="mcp", expect_tools=("whoami",)),
-            ),
-            admin=AdminConfig(listen_host=BACKEND_HOST, listen_port=admin_port),
-            # A line per request would scroll the instructions away within seconds.
-            log=LogConfig(access=False),
-        )
+        config = demo_config(host, port, names, ports, admin_port)
         url = f"http://{_url_host(host)}:{port}/mcp"
         pids = [proc.pid for proc in procs]
         print(banner(names, ports, pids, url, f"{host}:{port}", admin_port), flush=True)

@@ -72,44 +72,64 @@ class _SnapshotCollector:
         yield from _backend_gauges(names, views)
         yield from _health([s["health"] for s in self.snapshots])
         yield from _sessions(stats, views)
-        lag = GaugeMetricFamily("mcplb_event_loop_lag_seconds", "Event loop lag (max of workers).")
-        lag.add_metric([], stats["loop_lag"])
-        yield lag
-        store = CounterMetricFamily("mcplb_session_store_errors", "Session store (Redis) failures.")
-        store.add_metric([], sum(s["store_errors"] for s in self.snapshots))
-        yield store
-        workers = GaugeMetricFamily("mcplb_workers", "Worker processes reporting.")
-        workers.add_metric([], len(self.snapshots))
-        yield workers
-        yield from _protection(stats, self.snapshots)
+        yield GaugeMetricFamily(
+            "mcplb_event_loop_lag_seconds", "Event loop lag (max of workers).", stats["loop_lag"]
+        )
+        yield CounterMetricFamily(
+            "mcplb_session_store_errors",
+            "Session store (Redis) failures.",
+            sum(s["store_errors"] for s in self.snapshots),
+        )
+        yield GaugeMetricFamily("mcplb_workers", "Worker processes reporting.", len(self.snapshots))
+        yield from _admission(stats, self.snapshots)
+        yield from _rate_limiting(self.snapshots)
+        yield from _config_changes(stats, self.snapshots)
 
 
-def _protection(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Iterable[Metric]:
-    """Admission queue, refusals, retry budget, rate limiting and reloads."""
+def _admission(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Iterable[Metric]:
+    """Admission queue, refusals and the retry budget."""
     rejected = CounterMetricFamily(
         "mcplb_rejected", "Requests refused by the proxy's protections.", labels=["reason"]
     )
     for reason, count in sorted(stats["rejected"].items()):
         rejected.add_metric([reason], count)
-    queued = CounterMetricFamily("mcplb_queued", "Requests that waited for a slot.")
-    queued.add_metric([], stats["queued"])
     wait = HistogramMetricFamily("mcplb_queue_wait_seconds", "Time spent waiting for a slot.")
     wait.add_metric([], _buckets(stats["queue_wait"]["counts"]), stats["queue_wait"]["sum"])
-    length = GaugeMetricFamily("mcplb_queue_length", "Requests waiting for a slot now.")
-    length.add_metric([], sum(s["queue_length"] for s in snapshots))
-    budget = CounterMetricFamily(
-        "mcplb_retry_budget_exhausted", "Retries not made because the budget was spent."
-    )
-    budget.add_metric([], stats["retry_budget_exhausted"])
-    limiter = CounterMetricFamily(
-        "mcplb_rate_limit_store_errors", "Rate limit store (Redis) failures (failed open)."
-    )
-    limiter.add_metric([], sum(s["rate_limit_errors"] for s in snapshots))
-    unlimited = CounterMetricFamily(
-        "mcplb_rate_limit_fail_open",
-        "Requests let through unchecked because the rate limit store was unreachable.",
-    )
-    unlimited.add_metric([], sum(s["rate_limit_fail_open"] for s in snapshots))
+    return [
+        rejected,
+        CounterMetricFamily("mcplb_queued", "Requests that waited for a slot.", stats["queued"]),
+        wait,
+        GaugeMetricFamily(
+            "mcplb_queue_length",
+            "Requests waiting for a slot now.",
+            sum(s["queue_length"] for s in snapshots),
+        ),
+        CounterMetricFamily(
+            "mcplb_retry_budget_exhausted",
+            "Retries not made because the budget was spent.",
+            stats["retry_budget_exhausted"],
+        ),
+    ]
+
+
+def _rate_limiting(snapshots: list[dict[str, Any]]) -> Iterable[Metric]:
+    """How often the rate limit store failed, and the requests that went through unchecked."""
+    return [
+        CounterMetricFamily(
+            "mcplb_rate_limit_store_errors",
+            "Rate limit store (Redis) failures (failed open).",
+            sum(s["rate_limit_errors"] for s in snapshots),
+        ),
+        CounterMetricFamily(
+            "mcplb_rate_limit_fail_open",
+            "Requests let through unchecked because the rate limit store was unreachable.",
+            sum(s["rate_limit_fail_open"] for s in snapshots),
+        ),
+    ]
+
+
+def _config_changes(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Iterable[Metric]:
+    """Reloads, the generation each worker runs, and DNS discovery lookups."""
     reloads = CounterMetricFamily(
         "mcplb_config_reloads", "Config reloads by result.", labels=["result"]
     )
@@ -127,37 +147,22 @@ def _protection(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Itera
     )
     for result, count in sorted(stats["discovery"].items()):
         discovery.add_metric([result], count)
-    return [
-        rejected,
-        queued,
-        wait,
-        length,
-        budget,
-        limiter,
-        unlimited,
-        reloads,
-        generation,
-        discovery,
-    ]
+    return [reloads, generation, discovery]
+
+
+# Per-backend counters exposed as they are: (snapshot key, metric name, help).
+_BACKEND_COUNTERS = (
+    ("bytes_in", "mcplb_request_bytes", "Request body bytes."),
+    ("bytes_out", "mcplb_response_bytes", "Response body bytes."),
+    ("connect_failures", "mcplb_upstream_connect_failures", "Failed connects to backends."),
+    ("timeouts", "mcplb_upstream_timeouts", "Response heads not received in time."),
+    ("retries", "mcplb_retries", "Requests sent again (to this backend)."),
+)
 
 
 def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:
-    requests = CounterMetricFamily(
-        "mcplb_requests", "Responses relayed from backends.", labels=["backend", "method", "code"]
-    )
-    bytes_in = CounterMetricFamily("mcplb_request_bytes", "Request body bytes.", labels=["backend"])
-    bytes_out = CounterMetricFamily(
-        "mcplb_response_bytes", "Response body bytes.", labels=["backend"]
-    )
-    failures = CounterMetricFamily(
-        "mcplb_upstream_connect_failures", "Failed connects to backends.", labels=["backend"]
-    )
-    timeouts = CounterMetricFamily(
-        "mcplb_upstream_timeouts", "Response heads not received in time.", labels=["backend"]
-    )
-    retries = CounterMetricFamily(
-        "mcplb_retries", "Requests sent again (to this backend).", labels=["backend"]
-    )
+    """Per backend: latency, requests and the plain counters; then the proxy's own answers
+    and the MCP methods."""
     histograms = {
         "first_byte": HistogramMetricFamily(
             "mcplb_response_first_byte_seconds",
@@ -170,14 +175,18 @@ def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:
             labels=["backend"],
         ),
     }
+    requests = CounterMetricFamily(
+        "mcplb_requests", "Responses relayed from backends.", labels=["backend", "method", "code"]
+    )
+    counters = {
+        key: CounterMetricFamily(name, doc, labels=["backend"])
+        for key, name, doc in _BACKEND_COUNTERS
+    }
     for name, backend in stats["backends"].items():
         for (method, code), count in sorted(backend["requests"].items()):
             requests.add_metric([name, method, code], count)
-        bytes_in.add_metric([name], backend["bytes_in"])
-        bytes_out.add_metric([name], backend["bytes_out"])
-        failures.add_metric([name], backend["connect_failures"])
-        timeouts.add_metric([name], backend["timeouts"])
-        retries.add_metric([name], backend["retries"])
+        for key, counter in counters.items():
+            counter.add_metric([name], backend[key])
         for key, family in histograms.items():
             family.add_metric([name], _buckets(backend[key]["counts"]), backend[key]["sum"])
     errors = CounterMetricFamily(
@@ -190,17 +199,7 @@ def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:
     )
     for (method, tool), count in sorted(stats["mcp"].items()):
         mcp.add_metric([method, tool], count)
-    return [
-        *histograms.values(),
-        requests,
-        bytes_in,
-        bytes_out,
-        failures,
-        timeouts,
-        retries,
-        errors,
-        mcp,
-    ]
+    return [*histograms.values(), requests, *counters.values(), errors, mcp]
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:
@@ -281,7 +280,8 @@ def _sessions(stats: dict[str, Any], views: list[dict[str, Any]]) -> Iterable[Me
         created.add_metric([name], backend["sessions_created"])
         ended.add_metric([name], backend["sessions_ended"])
     not_found = CounterMetricFamily(
-        "mcplb_session_not_found", "404s for unknown or invalid session ids."
+        "mcplb_session_not_found",
+        "404s for unknown or invalid session ids.",
+        stats["session_not_found"],
     )
-    not_found.add_metric([], stats["session_not_found"])
     return [active, created, ended, not_found]
