@@ -340,6 +340,8 @@ async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> Non
         [sys.executable, "-m", "mcplb.proxy.cli", "run", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # A killed supervisor cannot remove its state directory: keep it in tmp_path.
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     workers: list[int] = []
