@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.config.schema import ConfigError, TimeoutsConfig, parse_config
+from mcplb.proxy.config.errors import ConfigError
+from mcplb.proxy.config.loader import parse_config
+from mcplb.proxy.config.schema import TimeoutsConfig
 from tests.conftest import AppFactory
 from tests.peers import Peers, free_port, proxy_admin_port, wait_for_output
 from tests.rawhttp import RawClient, Response
