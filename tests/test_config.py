@@ -1,4 +1,4 @@
-"""Tests for the YAML config loader and validator (proxy/config/schema.py)."""
+"""Tests for the YAML config loader and validator (proxy/config/)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from mcplb.proxy.config.rules import LIST_RULES, RULES
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.config.yaml_tree import read_tree
 
-# Checks that need more than the file (the strategy's code, TLS files): they see the built
+# Checks that need more than the text (files, the strategy's code, TLS): they see the built
 # config, also when it has other errors (passed along), so that one run lists every problem.
 ExtraChecks = Callable[[Config, Sequence[ConfigIssue]], Iterable[ConfigIssue]]
 

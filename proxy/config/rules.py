@@ -123,9 +123,14 @@ def _sticky(read: Read, ctx: Context) -> StickyConfig:
                 "; or use store: redis, or mcp_sessions: false for backends without MCP sessions"
             )
         # The line of "keys: []", else of what needs keys, else of workers (default store).
-        needs = ("keys", "store" if given_store == "signed" else "", "cookie")
-        line = next((read.line(name) for name in needs if name in read.section.entries), None)
-        line = line if line is not None else ctx.lines.get("workers")
+        if "keys" in read.section.entries:
+            line = read.line("keys")
+        elif given_store == "signed":
+            line = read.line("store")
+        elif values["cookie"] is not None:
+            line = read.line("cookie")
+        else:
+            line = ctx.lines.get("workers")
         ctx.issues.append(ConfigIssue(join(read.path, "keys"), message, line))
     return StickyConfig(**{**values, "store": store, "keys": values["keys"] if keys_ok else ()})
 

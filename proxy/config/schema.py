@@ -13,23 +13,35 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The health section's dataclasses live with the health checks; re-exported for the
+# config's users, their keys declared below.
+from mcplb.healthcheck.config import (
+    ActiveHealthConfig as ActiveHealthConfig,
+)
+from mcplb.healthcheck.config import (
+    HealthConfig as HealthConfig,
+)
+from mcplb.healthcheck.config import (
+    HealthInitial as HealthInitial,
+)
+from mcplb.healthcheck.config import (
+    HealthPanic as HealthPanic,
+)
+from mcplb.healthcheck.config import (
+    PassiveHealthConfig as PassiveHealthConfig,
+)
+from mcplb.healthcheck.config import (
+    ProbeMethod as ProbeMethod,
+)
+from mcplb.healthcheck.config import (
+    ProbeType as ProbeType,
+)
 from mcplb.proxy.config import checks as c
 from mcplb.proxy.config.checks import CookieSameSite as CookieSameSite
 from mcplb.proxy.config.checks import Workers as Workers
 from mcplb.proxy.config.errors import ConfigIssue
 from mcplb.proxy.config.fields import declare, free_mapping, items, key, section, sections
 from mcplb.proxy.config.hosts import check_host_pattern
-
-# The health section is declared with the health checks; re-exported for the loader's users.
-from mcplb.healthcheck.config import (  # isort: skip
-    ActiveHealthConfig as ActiveHealthConfig,
-    HealthConfig as HealthConfig,
-    HealthInitial as HealthInitial,
-    HealthPanic as HealthPanic,
-    PassiveHealthConfig as PassiveHealthConfig,
-    ProbeMethod as ProbeMethod,
-    ProbeType as ProbeType,
-)
 
 _AT_LEAST_ONE = c.int_range(1, None, "must be an integer >= 1")
 _URL_PARTS = ("url", "scheme", "host", "port", "path_prefix")  # fields of checks.Url
