@@ -1,7 +1,8 @@
 """The health settings (the ``health:`` section of the config), as frozen dataclasses.
 
-They live with the health checks that read them; ``proxy/config/schema.py`` builds them from YAML
-and re-exports them, so the dependency runs one way: proxy -> healthcheck.
+They live with the health checks that read them; ``proxy/config/schema.py`` declares their
+YAML keys (checks, with ``declare``) and re-exports them, so the dependency runs one way:
+proxy -> healthcheck. A field added here must be declared there (``declare`` insists).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from mcplb import __version__
-from mcplb.proxy.config.schema import Config, ConfigError, ConfigIssue
+from mcplb.proxy.config.errors import ConfigError, ConfigIssue
+from mcplb.proxy.config.schema import Config
 from mcplb.proxy.config.validate import validated
 
 

@@ -1,4 +1,4 @@
-"""Tests for the YAML config loader and validator (proxy/config/schema.py)."""
+"""Tests for the YAML config loader and validator (proxy/config/)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mcplb.proxy.config.checks import parse_duration, parse_size
+from mcplb.proxy.config.errors import ConfigError, ConfigIssue
+from mcplb.proxy.config.loader import load_config, parse_config
 from mcplb.proxy.config.schema import (
     ActiveHealthConfig,
     BackendConfig,
     Config,
-    ConfigError,
-    ConfigIssue,
     CookieConfig,
     HealthConfig,
     LimitsConfig,
@@ -28,11 +29,8 @@ from mcplb.proxy.config.schema import (
     RetriesConfig,
     StickyConfig,
     TimeoutsConfig,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_size,
 )
+from mcplb.proxy.config.validate import file_issues, validated, worker_count
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
 BACKEND = "backends:\n  - name: a\n    url: http://127.0.0.1:9001\n"
@@ -46,13 +44,14 @@ def doc(text: str) -> str:
 
 
 def parse(text: str, **environ: str) -> Config:
-    return parse_config(doc(text), environ=environ)
+    """The config of ``text``, the files it names checked as `check` and `run` do."""
+    return parse_config(doc(text), environ=environ, checks=file_issues)
 
 
 def errors(text: str, **environ: str) -> list[str]:
-    """The issues parse_config reports for ``text``, as strings."""
+    """The issues parse_config and the file checks report for ``text``, as strings."""
     with pytest.raises(ConfigError) as info:
-        parse_config(doc(text), environ=environ)
+        parse_config(doc(text), environ=environ, checks=file_issues)
     return [str(issue) for issue in info.value.issues]
 
 
@@ -501,7 +500,50 @@ def test_workers_valid(value: str, expected: int) -> None:
 
 def test_workers_auto() -> None:
     expected = min(os.cpu_count() or 1, 256)
-    assert parse(with_top("workers: auto") + NO_SESSIONS).workers == expected
+    config = parse(with_top("workers: auto") + NO_SESSIONS)
+    assert config.workers == "auto"  # loading is pure: validated() counts the CPUs
+    assert worker_count(config.workers) == expected
+
+
+def test_workers_auto_is_counted_by_validated(tmp_path: Path) -> None:
+    path = tmp_path / "mcplb.yaml"
+    path.write_text(doc(with_top("workers: auto") + "sticky: {store: redis}\n"))
+    assert validated(str(path)).workers == min(os.cpu_count() or 1, 256)
+
+
+def test_parse_config_is_pure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading looks only at the text: the CPU count and the files it names are for
+    validate.py, which `check`, `run` and reloads call."""
+    text = """
+        workers: auto
+        backends:
+          - name: a
+            url: https://mcp.example.com
+            ca: /nonexistent/mcplb/ca.pem
+        sticky: {store: redis}
+        listen_tls:
+          cert: /nonexistent/mcplb/cert.pem
+          key: /nonexistent/mcplb/key.pem
+        """
+
+    def machine(*args: object) -> None:
+        raise AssertionError("parse_config looked at the machine")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "cpu_count", machine)
+        patched.setattr(os.path, "isfile", machine)
+        config = parse_config(doc(text), environ={})
+    assert config.workers == "auto"
+    assert config.listen_tls == ListenTlsConfig(
+        "/nonexistent/mcplb/cert.pem", "/nonexistent/mcplb/key.pem"
+    )
+    assert config.backends[0].ca == "/nonexistent/mcplb/ca.pem"
+    # The separate step finds what the machine lacks, at the same paths and lines.
+    assert [str(issue) for issue in file_issues(config)] == [
+        "listen_tls.cert: no such file: /nonexistent/mcplb/cert.pem (line 8)",
+        "listen_tls.key: no such file: /nonexistent/mcplb/key.pem (line 9)",
+        "backends[0].ca: no such file: /nonexistent/mcplb/ca.pem (line 5)",
+    ]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", '"4"', "1.5", "true", "~", "[1]", "many"])
@@ -878,6 +920,18 @@ def test_default_signed_store_needs_keys() -> None:
     assert error(sticky_doc("session_ttl: 5m", 4)) == expected
     assert error("workers: 4\n" + BACKEND) == expected  # no sticky section at all
     assert error(BACKEND + "workers: 2\n") == expected.replace("(line 1)", "(line 4)")
+
+
+def test_auto_workers_count_as_several_for_the_store() -> None:
+    """Whether a file is valid does not depend on the CPUs of the machine checking it."""
+    by_auto = BY_WORKERS[0].replace("workers > 1", "workers: auto")
+    assert error(sticky_doc("", "auto")) == (
+        f"sticky.keys: required by {by_auto} ({KEYS_EG}){BY_WORKERS[1]} (line 1)"
+    )
+    assert parse(sticky_doc("keys: ['${K1}']", "auto"), K1=KEY_1).sticky.store == "signed"
+    assert error(sticky_doc("store: memory", "auto")).startswith(
+        'sticky.store: "memory" cannot serve a worker per CPU (workers: auto): each worker'
+    )
 
 
 def test_explicit_signed_store_needs_keys() -> None:
@@ -2330,7 +2384,9 @@ def test_rate_limit_is_off_unless_configured() -> None:
 
 def test_rate_limit_defaults() -> None:
     config = parse(with_top("rate_limit: {rate: 5}"))
-    assert config.rate_limit == RateLimitConfig(5.0, 20, None, "memory", RATE_LIMIT_REDIS)
+    assert config.rate_limit == RateLimitConfig(
+        rate=5.0, burst=20, header=None, store="memory", redis=RATE_LIMIT_REDIS
+    )
     assert RateLimitConfig().redis == RATE_LIMIT_REDIS
 
 
@@ -2346,11 +2402,11 @@ def test_rate_limit_full() -> None:
           prefix: "rl:"
         """
     assert parse(section_doc("rate_limit", body)).rate_limit == RateLimitConfig(
-        10.0,
-        1,
-        "x-api-key",
-        "redis",
-        RedisConfig("rediss://:pw@redis.example.com:6380/2", 0.1, "rl:"),
+        rate=10.0,
+        burst=1,
+        header="x-api-key",
+        store="redis",
+        redis=RedisConfig("rediss://:pw@redis.example.com:6380/2", 0.1, "rl:"),
     )
     rate_limit = parse(section_doc("rate_limit", "rate: 1\nstore: redis")).rate_limit
     assert rate_limit is not None

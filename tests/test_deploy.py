@@ -23,7 +23,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from mcplb.proxy.config.schema import Config, parse_config
+from mcplb.proxy.config.loader import parse_config
+from mcplb.proxy.config.schema import Config
 from tests.conftest import AppFactory
 from tests.peers import free_port, wait_for_port
 from tests.rawhttp import request

@@ -14,14 +14,13 @@ from aiohttp import web
 from mcplb.healthcheck.monitor import HealthMonitor
 from mcplb.proxy.cluster.backends import WEIGHT_SCALE, Backend
 from mcplb.proxy.cluster.discovery import DnsDiscovery, backend_configs, merge
+from mcplb.proxy.config.errors import ConfigError
+from mcplb.proxy.config.loader import load_config, parse_config
 from mcplb.proxy.config.schema import (
     ActiveHealthConfig,
-    ConfigError,
     DiscoveryConfig,
     DnsDiscoveryConfig,
     HealthConfig,
-    load_config,
-    parse_config,
 )
 from mcplb.proxy.observability.metrics import render, worker_snapshot
 from mcplb.proxy.server.worker import ProxyServer

@@ -1,6 +1,7 @@
 """config.example.yaml lists every key the loader accepts, each with its default or
-"required" in a comment. The key list comes from the loader itself: every ``_Section`` it
-builds names its path and its keys, so a key added to a key table is checked here too."""
+"required" in a comment. The key list is derived from the schema's declarations
+(``schema_keys``), and checked against what the loader really reads: every ``Section`` it
+builds names its path and its keys, so a key added to a dataclass is checked here too."""
 
 from __future__ import annotations
 
@@ -14,21 +15,30 @@ from typing import Any
 import pytest
 import yaml
 
-from mcplb.proxy.config import schema as loader
-from mcplb.proxy.config.schema import ConfigError, parse_config
+from mcplb.proxy.config import fields
+from mcplb.proxy.config.errors import ConfigError
+from mcplb.proxy.config.fields import schema_keys
+from mcplb.proxy.config.loader import parse_config
+from mcplb.proxy.config.schema import Config
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
 MAX_ROUNDS = 10  # each round finds the sections one level deeper; the schema has fewer
 
 
-def accepted_keys(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, ...]]:
-    """Every mapping the loader reads, by dotted path ("" for the top, list indexes left
-    out: "backends"), with its keys. The loader is fed documents in which every key it
-    named so far holds a mapping, then a list of one mapping, until no new mapping shows:
-    then each section it reads has been reached (sections reached only through a
-    particular scalar value would be missed; there are none)."""
+def accepted_keys() -> dict[str, tuple[str, ...]]:
+    """Every section of the schema by dotted path ("" for the top, list indexes left out:
+    "backends"), with its keys, as the dataclass declarations say."""
+    return schema_keys(Config)
+
+
+def loader_sections(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, ...]]:
+    """Every mapping the loader reads, by dotted path, with its keys. The loader is fed
+    documents in which every key it named so far holds a mapping, then a list of one
+    mapping, until no new mapping shows: then each section it reads has been reached
+    (sections reached only through a particular scalar value would be missed; there are
+    none)."""
     sections: dict[str, tuple[str, ...]] = {}
-    original = loader._Section.__init__
+    original = fields.Section.__init__
     signature = inspect.signature(original)
 
     def recording(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -36,7 +46,7 @@ def accepted_keys(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, ...]]
         sections.setdefault(re.sub(r"\[\d+\]", "", bound["path"]), tuple(bound["keys"]))
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(loader._Section, "__init__", recording)
+    monkeypatch.setattr(fields.Section, "__init__", recording)
     for _ in range(MAX_ROUNDS):
         known = len(sections)
         for filler in ({}, [{}]):
@@ -104,31 +114,36 @@ def _documentation(lines: list[str], index: int) -> Iterator[str]:
         yield line
 
 
-def test_the_schema_walk_finds_the_known_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_loader_reads_exactly_the_declared_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The derived key lists are the ones the loader accepts, section by section."""
+    assert loader_sections(monkeypatch) == accepted_keys()
+
+
+def test_the_schema_walk_finds_the_known_sections() -> None:
     """Guards the walk itself: nested, optional and list sections are reached."""
-    sections = accepted_keys(monkeypatch)
+    sections = accepted_keys()
     for path in ("", "backends", "sticky.cookie", "rate_limit.redis", "health.active", "admin"):
         assert path in sections, path
     assert "url" in sections["backends"]
     assert "listen" in sections["admin"]
 
 
-def test_the_example_lists_every_accepted_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_example_lists_every_accepted_key() -> None:
     mentioned = example_keys(EXAMPLE.read_text())
     missing = [
         _join(path, key)
-        for path, keys in accepted_keys(monkeypatch).items()
+        for path, keys in accepted_keys().items()
         for key in keys
         if _join(path, key) not in mentioned
     ]
     assert missing == [], f"config.example.yaml lacks {missing}: add each with a comment"
 
 
-def test_every_key_in_the_example_says_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_key_in_the_example_says_its_default() -> None:
     lines = EXAMPLE.read_text().splitlines()
     mentioned = example_keys("\n".join(lines))
     undocumented = []
-    for path, keys in accepted_keys(monkeypatch).items():
+    for path, keys in accepted_keys().items():
         for key in keys:
             index = mentioned.get(_join(path, key))
             if index is None:
@@ -139,12 +154,12 @@ def test_every_key_in_the_example_says_its_default(monkeypatch: pytest.MonkeyPat
     assert undocumented == [], f'say "Default ..." or "required" for {undocumented}'
 
 
-def test_a_missing_key_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_key_is_caught() -> None:
     """The check can fail: the example without its timeouts.grace line misses that key."""
     text = EXAMPLE.read_text()
     assert re.search(r"^  grace: ", text, re.MULTILINE)
     without = re.sub(r"^  grace: .*\n", "", text, flags=re.MULTILINE)
     assert "timeouts.grace" in example_keys(text)
     assert "timeouts.grace" not in example_keys(without)
-    sections = accepted_keys(monkeypatch)
+    sections = accepted_keys()
     assert "grace" in sections["timeouts"]

@@ -21,7 +21,9 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mcplb.proxy.config.schema import Config, ConfigError, ConfigIssue, parse_config
+from mcplb.proxy.config.errors import ConfigError, ConfigIssue
+from mcplb.proxy.config.loader import parse_config
+from mcplb.proxy.config.schema import Config
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import ProxyFactory, RawHandler, backend_config
 from tests.eventually import eventually

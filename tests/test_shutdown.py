@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from mcplb.proxy.config.schema import ConfigError, TimeoutsConfig, parse_config
+from mcplb.proxy.config.errors import ConfigError
+from mcplb.proxy.config.loader import parse_config
+from mcplb.proxy.config.schema import TimeoutsConfig
 from tests.conftest import AppFactory
 from tests.eventually import eventually
 from tests.peers import Peers, free_port, proxy_admin_port, wait_for_output

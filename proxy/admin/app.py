@@ -20,7 +20,7 @@ from aiohttp import web
 
 from mcplb import __version__
 from mcplb.proxy.cluster.backends import WEIGHT_SCALE
-from mcplb.proxy.config.schema import parse_duration
+from mcplb.proxy.config.checks import parse_duration
 from mcplb.proxy.observability.metrics import render, worker_snapshot
 from mcplb.proxy.observability.state_dir import write_json
 

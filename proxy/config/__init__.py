@@ -1,1 +1,3 @@
-"""The config schema, its YAML loader, and the checks `check` and `run` share."""
+"""The config: its schema (schema.py), how YAML is read into it (loader.py, fields.py,
+rules.py, checks.py, yaml_tree.py) and the checks beyond the file that `check` and `run`
+share (validate.py)."""

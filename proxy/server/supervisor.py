@@ -16,8 +16,10 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from mcplb.proxy.config.schema import Config, ConfigError, file_mtime
-from mcplb.proxy.config.validate import validated
+from mcplb.proxy.config.errors import ConfigError
+from mcplb.proxy.config.loader import file_mtime
+from mcplb.proxy.config.schema import Config
+from mcplb.proxy.config.validate import validated, worker_count
 from mcplb.proxy.observability.state_dir import write_json
 
 log = logging.getLogger("mcplb.supervisor")
@@ -50,15 +52,18 @@ class Supervisor:
             )
             return 1
         # Keep the port (and a port 0 choice) ours while workers come and go.
-        self.config = dataclasses.replace(self.config, listen_port=reservation.getsockname()[1])
+        workers = worker_count(self.config.workers)
+        self.config = dataclasses.replace(
+            self.config, listen_port=reservation.getsockname()[1], workers=workers
+        )
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
-        for index in range(self.config.workers):
+        for index in range(workers):
             if self.stopping:
                 break  # signalled while starting: the workers forked so far are stopping
             self._spawn(index)
-        log.info("supervisor: %d workers on port %d", self.config.workers, self.config.listen_port)
+        log.info("supervisor: %d workers on port %d", workers, self.config.listen_port)
         deadline: float | None = None
         while self.workers:
             if self.stopping and deadline is None:

@@ -26,9 +26,11 @@ from mcplb.proxy.cluster.discovery import (
     shared_mtime,
     write_shared,
 )
-from mcplb.proxy.config.schema import BackendConfig, Config, ConfigError, file_mtime
+from mcplb.proxy.config.errors import ConfigError
+from mcplb.proxy.config.loader import file_mtime
+from mcplb.proxy.config.schema import BackendConfig, Config
 from mcplb.proxy.config.tls import TlsError, reload_server_context, server_context
-from mcplb.proxy.config.validate import validated
+from mcplb.proxy.config.validate import validated, worker_count
 from mcplb.proxy.observability import access_log
 from mcplb.proxy.relay.connection import ClientConnection
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
@@ -433,7 +435,7 @@ def run_worker(
 
 def serve(config: Config) -> int:
     """Run the proxy with ``config.workers`` processes; blocks until stopped."""
-    if config.workers <= 1:
+    if worker_count(config.workers) <= 1:
         note_early_stops()
         try:
             sock = bind_socket(config.listen_host, config.listen_port, False)

@@ -1,0 +1,292 @@
+"""What one key cannot check alone: each section's rules across its keys.
+
+A rule gets its section as read (each key checked, absent and invalid ones at their default,
+see proxy/config/fields.py) and makes the setting, adding issues and warnings. Cross-checks
+compare only valid values (or defaults): a bad value is reported already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mcplb.proxy.config.checks import KEYS_EXAMPLE, Url, format_seconds, is_loopback
+from mcplb.proxy.config.errors import ConfigIssue, ConfigWarning
+from mcplb.proxy.config.fields import Context, ListRule, Read, Rule, keys_of
+from mcplb.proxy.config.schema import (
+    ActiveHealthConfig,
+    AdminConfig,
+    BackendConfig,
+    CookieConfig,
+    DiscoveryConfig,
+    DnsDiscoveryConfig,
+    ListenTlsConfig,
+    PassiveHealthConfig,
+    RateLimitConfig,
+    RedisConfig,
+    StickyConfig,
+)
+from mcplb.proxy.config.yaml_tree import join
+
+
+def _issue(ctx: Context, read: Read, name: str, message: str) -> None:
+    """An issue at key ``name`` of the section, on its line."""
+    ctx.issues.append(ConfigIssue(join(read.path, name), message, read.line(name)))
+
+
+# --- backends ---------------------------------------------------------------------------
+
+
+def _backends(reads: list[Read], ctx: Context) -> tuple[BackendConfig, ...]:
+    """The valid backends; each name once."""
+    backends: list[BackendConfig] = []
+    first_index: dict[str, int] = {}
+    for index, read in enumerate(reads):
+        backend = _backend(read, ctx)
+        name = read.given.get("name")
+        if name in first_index:
+            message = (
+                f'duplicate backend name "{name}" (already used by backends[{first_index[name]}])'
+            )
+            value = read.value("name")
+            line = None if value is None else value.line
+            ctx.issues.append(ConfigIssue(join(read.path, "name"), message, line))
+        elif name:
+            first_index[name] = index
+        if backend is not None:
+            backends.append(backend)
+    return tuple(backends)
+
+
+def _backend(read: Read, ctx: Context) -> BackendConfig | None:
+    """One backend; None when its name or url is missing or invalid (reported)."""
+    url: Url | None = read.given.get("url")
+    ca, verify = read.values["ca"], read.values["verify"]
+    if ca is not None and not verify and url is not None and url.scheme == "https":
+        _issue(ctx, read, "ca", "is not used with verify: false (remove one of them)")
+    if url is not None and url.scheme != "https":
+        for name, is_set in (("ca", ca is not None), ("verify", not verify)):
+            if is_set:
+                _issue(ctx, read, name, "only used with https:// backend urls")
+    if url is not None and url.path_prefix.rsplit("/", 1)[-1].lower() == "mcp":
+        path = join(read.path, "url")
+        ctx.issues.append(ConfigWarning(path, _mcp_suffix_warning(url), read.line("url")))
+    if "name" not in read.given or url is None:
+        return None
+    return BackendConfig(**read.values)
+
+
+def _mcp_suffix_warning(url: Url) -> str:
+    parent, _, last = url.url.rpartition("/")
+    return (
+        f"ends in /{last}, but a backend URL's path is put before every request path: a "
+        f"client's POST /mcp is sent to {url.url}/mcp. Write {parent} to reach the server's /mcp"
+    )
+
+
+# --- sticky -----------------------------------------------------------------------------
+
+
+def _sticky(read: Read, ctx: Context) -> StickyConfig:
+    """Where a binding lives only matters with mcp_sessions: true. An absent store is "signed"
+    when several workers share the port (each has its own memory; "auto" counts as several,
+    so that a file's validity does not depend on the machine that checks it) and "memory"
+    otherwise; with mcp_sessions: false it stays "memory", so no keys are demanded for a store
+    that is never used. "signed" (explicit or default) and a cookie need keys."""
+    values = read.values
+    workers = ctx.top.get("workers", 1)
+    several = workers == "auto" or workers > 1
+    given_store = read.given.get("store")
+    by_workers = given_store is None and values["mcp_sessions"] and several
+    store = given_store or ("signed" if by_workers else "memory")
+    store_ok = read.valid("store")
+    keys_ok = _distinct_keys(read, ctx)
+    _unused_redis(read, ctx, store if store_ok else None)
+    in_use = store_ok and read.valid("mcp_sessions") and values["mcp_sessions"]
+    if in_use and store == "memory" and several:
+        message = (
+            f'"memory" cannot serve {_workers(workers)}: each worker process has its own memory '
+            "and a client's connections spread over all workers, so most workers would not "
+            "know its session; use store: signed (session ids carry their backend, signed "
+            "with keys) or store: redis (shared)"
+        )
+        _issue(ctx, read, "store", message)
+    needed_by = []
+    if store_ok and read.valid("mcp_sessions") and store == "signed":
+        default = f"the default with {'workers: auto' if workers == 'auto' else 'workers > 1'}"
+        needed_by.append(f"store: signed, {default}" if by_workers else "store: signed")
+    if values["cookie"] is not None:
+        needed_by.append("cookie")
+    if needed_by and keys_ok and values["keys"] == ():
+        message = f"required by {' and by '.join(needed_by)} ({KEYS_EXAMPLE})"
+        if by_workers:
+            message += (
+                "; or use store: redis, or mcp_sessions: false for backends without MCP sessions"
+            )
+        # The line of "keys: []", else of what needs keys, else of workers (default store).
+        if "keys" in read.section.entries:
+            line = read.line("keys")
+        elif given_store == "signed":
+            line = read.line("store")
+        elif values["cookie"] is not None:
+            line = read.line("cookie")
+        else:
+            line = ctx.lines.get("workers")
+        ctx.issues.append(ConfigIssue(join(read.path, "keys"), message, line))
+    return StickyConfig(**{**values, "store": store, "keys": values["keys"] if keys_ok else ()})
+
+
+def _workers(workers: int | str) -> str:
+    return "a worker per CPU (workers: auto)" if workers == "auto" else f"{workers} workers"
+
+
+def _distinct_keys(read: Read, ctx: Context) -> bool:
+    """Whether ``keys`` is absent or valid with each key once (a duplicate is reported)."""
+    if not read.valid("keys"):
+        return False
+    val = read.value("keys")
+    if val is None:
+        return True
+    elements = val.value if isinstance(val.value, list) else [val]
+    first: dict[str, int] = {}
+    distinct = True
+    for index, (secret, item) in enumerate(zip(read.values["keys"], elements, strict=True)):
+        if secret in first:
+            message = f"duplicate of keys[{first[secret]}] (each key must be different)"
+            ctx.issues.append(ConfigIssue(f"{read.path}.keys[{index}]", message, item.line))
+            distinct = False
+        else:
+            first[secret] = index
+    return distinct
+
+
+def _unused_redis(read: Read, ctx: Context, store: str | None) -> None:
+    """``store``: the resolved store, None if invalid. Settings the chosen store never reads
+    would be silently ignored: refuse them (unless they are just the defaults, as when a
+    commented example is uncommented)."""
+    val = read.value("redis")
+    if store in (None, "redis") or val is None or not isinstance(val.value, dict):
+        return
+    redis: RedisConfig = read.values["redis"]
+    default: RedisConfig = read.defaults["redis"]
+    for name in keys_of(RedisConfig):
+        entry = val.value.get(name)
+        if entry is not None and getattr(redis, name) != getattr(default, name):
+            message = f'only used when store is "redis" (the store is "{store}")'
+            path = join(join(read.path, "redis"), name)
+            ctx.issues.append(ConfigIssue(path, message, entry.line))
+
+
+def _cookie(read: Read, ctx: Context) -> CookieConfig | None:
+    if read.val is not None and read.val.value is not None and not isinstance(read.val.value, dict):
+        return None  # reported (not a mapping, or already invalid): no knock-on errors
+    values = read.values
+    if read.valid("secure") and not values["secure"]:
+        if values["same_site"] == "None":
+            message = 'SameSite "None" requires secure: true (browsers drop such cookies)'
+            _issue(ctx, read, "same_site", message)
+        prefix = next((p for p in ("__Secure-", "__Host-") if values["name"].startswith(p)), None)
+        if prefix is not None:
+            _issue(ctx, read, "name", f'a name starting with "{prefix}" requires secure: true')
+    return CookieConfig(**values)
+
+
+# --- other sections ---------------------------------------------------------------------
+
+
+def _rate_limit(read: Read, ctx: Context) -> RateLimitConfig:
+    _unused_redis(read, ctx, read.values["store"] if read.valid("store") else None)
+    return RateLimitConfig(**read.values)
+
+
+def _listen_tls(read: Read, ctx: Context) -> ListenTlsConfig | None:
+    # Also with one file missing or invalid (the config is refused then): validate.py still
+    # checks that the other one exists, so that one run lists both problems.
+    cert, key = read.values.get("cert", ""), read.values.get("key", "")
+    return ListenTlsConfig(cert, key) if cert or key else None
+
+
+def _admin(read: Read, ctx: Context) -> AdminConfig:
+    values = read.values
+    host, token = values["listen_host"], values["token"]
+    if values["enabled"] and token is None and not is_loopback(host):
+        message = (
+            f"the admin API on {host} (not loopback) needs admin.token: its drain/undrain "
+            "calls would be open to the network"
+        )
+        _issue(ctx, read, "listen", message)
+    if values["protect_metrics"] and token is None and "token" not in read.section.entries:
+        _issue(ctx, read, "protect_metrics", "needs admin.token")
+    return AdminConfig(**values)
+
+
+def _active_health(read: Read, ctx: Context) -> ActiveHealthConfig:
+    values = read.values
+    default = ActiveHealthConfig()
+    if read.valid("type"):
+        # A setting that only the other probe type reads would be silently ignored: refuse it
+        # (unless it is just the default, as when a whole commented example is uncommented).
+        ignored = (
+            ("method", "http", values["method"] != default.method),
+            ("expect_status", "http", values["expect_status"] != default.expect_status),
+            ("expect_tools", "mcp", bool(values["expect_tools"])),
+        )
+        for name, owner, is_set in ignored:
+            if is_set and values["type"] != owner:
+                _issue(ctx, read, name, f'only used when type is "{owner}"')
+    interval, timeout = values["interval"], values["timeout"]
+    timeout_ok = read.valid("timeout")
+    if timeout_ok and read.valid("interval") and timeout >= interval:
+        if "timeout" in read.section.entries:
+            _issue(ctx, read, "timeout", f"must be less than interval ({format_seconds(interval)})")
+        else:
+            _issue(
+                ctx, read, "interval", f"must be greater than timeout ({format_seconds(timeout)})"
+            )
+    for name in ("fast_interval", "down_interval"):
+        if values[name] is not None and timeout_ok and values[name] <= timeout:
+            _issue(ctx, read, name, f"must be greater than timeout ({format_seconds(timeout)})")
+    return ActiveHealthConfig(**values)
+
+
+def _passive_health(read: Read, ctx: Context) -> PassiveHealthConfig:
+    values = read.values
+    base, cap = values["ejection_time"], values["max_ejection_time"]
+    if read.valid("ejection_time") and read.valid("max_ejection_time") and base > cap:
+        if "max_ejection_time" in read.section.entries:
+            message = f"must not be less than ejection_time ({format_seconds(base)})"
+            _issue(ctx, read, "max_ejection_time", message)
+        else:
+            message = f"must not be greater than max_ejection_time ({format_seconds(cap)})"
+            _issue(ctx, read, "ejection_time", message)
+    return PassiveHealthConfig(**values)
+
+
+def _discovery(read: Read, ctx: Context) -> DiscoveryConfig | None:
+    dns = read.values.get("dns")
+    return None if dns is None else DiscoveryConfig(dns)
+
+
+def _dns(read: Read, ctx: Context) -> DnsDiscoveryConfig | None:
+    record, port = read.values["record"], read.values["port"]
+    if record == "SRV" and port is not None:
+        message = "not used with record SRV (SRV records carry the port): remove it"
+        _issue(ctx, read, "port", message)
+    elif record != "SRV" and port is None and "port" not in read.section.entries:
+        message = f"record {record} needs a port: the backends' port, e.g. port: 8000"
+        line = None if read.val is None else read.val.line
+        ctx.issues.append(ConfigIssue(read.path, message, line))
+    return DnsDiscoveryConfig(**read.values) if "name" in read.given else None
+
+
+RULES: Mapping[type, Rule] = {
+    StickyConfig: _sticky,
+    CookieConfig: _cookie,
+    RateLimitConfig: _rate_limit,
+    ListenTlsConfig: _listen_tls,
+    AdminConfig: _admin,
+    ActiveHealthConfig: _active_health,
+    PassiveHealthConfig: _passive_health,
+    DiscoveryConfig: _discovery,
+    DnsDiscoveryConfig: _dns,
+}
+LIST_RULES: Mapping[type, ListRule] = {BackendConfig: _backends}
