@@ -126,6 +126,26 @@ async def serve_raw() -> AsyncIterator[Callable[[RawHandler], Awaitable[int]]]:
         writer.close()
 
 
+def session_app(name: str) -> web.Application:
+    """A backend that answers its name; a POST without a session opens one (Mcp-Session-Id
+    NAME-N); GET /slow?s=SECONDS answers after that long (a request still in flight)."""
+    opened = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal opened
+        if request.path == "/slow":
+            await asyncio.sleep(float(request.query["s"]))
+        headers = {}
+        if request.method == "POST" and "mcp-session-id" not in request.headers:
+            opened += 1
+            headers["Mcp-Session-Id"] = f"{name}-{opened}"
+        return web.Response(text=name, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
 class FakeClock:
     """A clock that only moves when told to."""
 

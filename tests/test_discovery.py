@@ -24,7 +24,7 @@ from mcplb.proxy.config.schema import (
 )
 from mcplb.proxy.observability.metrics import render, worker_snapshot
 from mcplb.proxy.server.worker import ProxyServer
-from tests.conftest import FakeClock, ProxyFactory, backend_config
+from tests.conftest import FakeClock, ProxyFactory, backend_config, session_app
 from tests.dns_server import DnsServer
 from tests.eventually import eventually
 from tests.peers import Peers, free_port, wait_for_output
@@ -42,23 +42,6 @@ def dns_server(tmp_path: Path) -> Iterator[DnsServer]:
     server.stop()
 
 
-def named_app(name: str) -> web.Application:
-    """Answers its name; POST /mcp without a session opens one (Mcp-Session-Id)."""
-    opened = 0
-
-    async def handle(request: web.Request) -> web.Response:
-        nonlocal opened
-        headers = {}
-        if request.method == "POST" and "mcp-session-id" not in request.headers:
-            opened += 1
-            headers["Mcp-Session-Id"] = f"{name}-{opened}"
-        return web.Response(text=name, headers=headers)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
-
-
 @pytest.fixture
 async def backends() -> AsyncIterator[int]:
     """One server on each of 127.0.0.2-4, all on the same port (A records carry no port)."""
@@ -68,7 +51,7 @@ async def backends() -> AsyncIterator[int]:
         port = free_port()
         try:
             for address in ADDRESSES:
-                runner = web.AppRunner(named_app(address), handle_signals=False)
+                runner = web.AppRunner(session_app(address), handle_signals=False)
                 await runner.setup()
                 runners.append(runner)
                 await web.TCPSite(runner, address, port).start()

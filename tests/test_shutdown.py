@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from mcplb.proxy.config.errors import ConfigError
 from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import TimeoutsConfig
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, session_app
 from tests.eventually import eventually
 from tests.peers import Peers, free_port, proxy_admin_port, wait_for_output
 from tests.rawhttp import RawClient, Response
@@ -37,25 +36,6 @@ class Attempt:
     started: float  # seconds after SIGTERM (negative: before)
     outcome: str  # "ok", "refused", or what went wrong
     response: Response | None = None
-
-
-def session_app(name: str) -> web.Application:
-    """A backend that opens a session on POST /mcp (Mcp-Session-Id) and answers its name."""
-    opened = 0
-
-    async def handle(request: web.Request) -> web.Response:
-        nonlocal opened
-        if request.path == "/slow":
-            await asyncio.sleep(float(request.query["s"]))
-        headers = {}
-        if request.method == "POST" and "mcp-session-id" not in request.headers:
-            opened += 1
-            headers["Mcp-Session-Id"] = f"{name}-{opened}"
-        return web.Response(text=name, headers=headers)
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
 
 
 async def attempt(port: int, head: bytes, started: float, timeout: float = 10.0) -> Attempt:
