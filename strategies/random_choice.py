@@ -46,8 +46,10 @@ class WeightTable(Generic[B]):
         self.length = len(backends)
         self.members = [b for b in backends if b.weight > 0 and b.available]
         self.weights = [b.weight for b in self.members]
-        self.cumulative = list(accumulate(self.weights))
-        self.total = self.cumulative[-1] if self.cumulative else 0
+        self.total = sum(self.weights)
+        # As floats (exact: integers far below 2**53): bisect compares float with float
+        # about twice as fast as float with int.
+        self.cumulative = [float(c) for c in accumulate(self.weights)]
 
     def draw(self, random: float) -> int:
         """The member index that ``random`` in [0, 1) selects."""
@@ -64,8 +66,13 @@ class WeightTable(Generic[B]):
         count = len(self.members)
         if skip > 0 and point < self.cumulative[skip - 1]:
             return bisect_right(self.cumulative, point, 0, skip)
-        # After skip, each cumulative weight less the skipped one; compared as integers.
-        index = bisect_right(self.cumulative, point, skip + 1, count, key=lambda c: c - skipped)
+        # After skip, the first cumulative weight less the skipped one above the point.
+        # point + skipped may round up onto a cumulative weight the exact sum is below:
+        # the exact comparison (float with int) moves back one then.
+        cumulative = self.cumulative
+        index = bisect_right(cumulative, point + skipped, skip + 1, count)
+        if index > skip + 1 and point < cumulative[index - 1] - skipped:
+            index -= 1
         if index < count:
             return index
         return count - 1 if skip != count - 1 else count - 2
