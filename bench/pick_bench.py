@@ -5,6 +5,13 @@ Usage (from the repository root)::
     .venv/bin/python bench/pick_bench.py [--picks 200000] [--repeat 5] [--backends 100]
         [--strategies round_robin,least_connections,power_of_two,random,least_sessions,ip_hash]
         [--json out.json]
+    .venv/bin/python bench/pick_bench.py --scaling [--sizes 2,100,1000] [--picks 20000]
+
+``--scaling`` reports one table: ns per pick of every strategy at each size in ``--sizes`` (the
+same list object on every pick, as the relay passes ``Cluster.routable``), and the ratio of the
+largest size to the smallest. A pick in O(1) or O(log n) keeps that ratio near 1. Its defaults
+are smaller (20,000 timed picks x 3 repetitions after 20,000 warm-up picks) because an O(n)
+strategy at 1,000 backends takes ~100 us a pick.
 
 Every strategy is built with ``strategies.registry.build(name, options)`` (``seed`` for the
 strategies that accept one, other options at their defaults) and asked to pick among 100 plain
@@ -90,7 +97,7 @@ def make_backends(n: int, rng: random.Random) -> list[FakeBackend]:
         in_flight = rng.randint(0, 20)
         backends.append(
             FakeBackend(
-                name=f"mcp-{i:03d}",
+                name=f"mcp-{i:04d}",
                 weight=rng.randint(1, 5),
                 in_flight=in_flight,
                 streams=rng.randint(0, min(in_flight, 3)),
@@ -221,9 +228,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--picks", type=int, default=200_000, help="timed picks per repetition")
+    p.add_argument("--picks", type=int, help="timed picks per repetition (200,000; 20,000)")
     p.add_argument("--warmup", type=int, default=20_000, help="untimed picks first")
-    p.add_argument("--repeat", type=int, default=5, help="repetitions (median reported)")
+    p.add_argument("--repeat", type=int, help="repetitions, median reported (5; 3)")
+    p.add_argument(
+        "--scaling", action="store_true", help="one table: every strategy at each of --sizes"
+    )
+    p.add_argument("--sizes", default="2,100,1000", help="backend counts for --scaling")
     p.add_argument("--backends", type=int, default=100, help="backends per pick")
     p.add_argument("--addresses", type=int, default=10_000, help="distinct client addresses")
     p.add_argument(
@@ -233,6 +244,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if args.picks is None:
+        args.picks = 20_000 if args.scaling else 200_000
+    if args.repeat is None:
+        args.repeat = 3 if args.scaling else 5
+    try:
+        args.sizes = [int(size) for size in args.sizes.split(",") if size.strip()]
+    except ValueError:
+        p.error("--sizes must be comma-separated integers")
+    if not args.sizes or min(args.sizes) < 1:
+        p.error("--sizes must name at least one backend count, each >= 1")
     if not args.strategies:
         p.error("--strategies must name at least one strategy")
     if min(args.picks, args.warmup, args.repeat, args.backends, args.addresses) < 1:
@@ -242,10 +263,69 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def format_scaling(results: list[CaseResult], sizes: list[int]) -> str:
+    """One row per strategy: ns/pick at each size, then largest / smallest."""
+    by_case = {(r.strategy, r.backends): r for r in results}
+    head = ("strategy", *(f"{n} backends" for n in sizes), f"{sizes[-1]}/{sizes[0]}")
+    rows: list[tuple[str, ...]] = [head]
+    for strategy in dict.fromkeys(r.strategy for r in results):
+        cells = [strategy]
+        for n in sizes:
+            r = by_case[strategy, n]
+            cells.append(f"{r.ns_per_pick:,.0f}" if r.status == "ok" else r.status.upper())
+        first, last = by_case[strategy, sizes[0]], by_case[strategy, sizes[-1]]
+        ok = first.status == last.status == "ok" and first.ns_per_pick > 0
+        cells.append(f"{last.ns_per_pick / first.ns_per_pick:.2f}x" if ok else "")
+        rows.append(tuple(cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def run_scaling(args: argparse.Namespace, command: str, machine: dict[str, Any]) -> int:
+    """Every strategy (and the loop baseline) at each size; one table, ns per pick."""
+    rng = random.Random(args.seed)
+    facts = make_facts(args.addresses, args.warmup + args.picks, rng)
+    results: list[CaseResult] = []
+    for strategy in [BASELINE, *args.strategies]:
+        for n in args.sizes:
+            backends = make_backends(n, random.Random(args.seed + n))
+            print(f"[{strategy} x {n}] {args.repeat} x {args.picks:,} picks ...", file=sys.stderr)
+            results.append(run_case(strategy, strategy, backends, facts, args))
+    print()
+    print(f"command: {command}")
+    print(
+        f"settings: {args.picks:,} timed picks x {args.repeat} repetitions (median) after"
+        f" {args.warmup:,} warm-up picks; the same list object on every pick (weights 1..5,"
+        f" random in_flight/sessions, all available); seed {args.seed}"
+    )
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
+    print()
+    print("ns per pick")
+    print(format_scaling(results, args.sizes))
+    for r in results:
+        if r.status != "ok":
+            print(f"  {r.case} x {r.backends}: {r.reason}")
+    if args.json:
+        data = {"command": command, "machine": machine, "results": [asdict(r) for r in results]}
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"\nJSON written to {args.json}")
+    return 1 if any(r.status != "ok" for r in results) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join([sys.executable, *sys.argv])
     machine = machine_info(mcplb=False)
+    if args.scaling:
+        return run_scaling(args, command, machine)
     rng = random.Random(args.seed)
     many = make_backends(args.backends, rng)
     few = make_backends(3, rng)

@@ -86,7 +86,15 @@ class Strategy(ABC):
 
     @abstractmethod
     def pick(self, backends: Sequence[B], request: RequestFacts) -> B | None:
-        """Return an available backend for ``request``, or None when none is available."""
+        """Return an available backend for ``request``, or None when none is available.
+
+        The relay passes the cluster's routing list, a new list object whenever a
+        backend's membership, availability or weight changes. So the list object passed
+        again may be taken as unchanged: built-in strategies index it (keyed on its
+        identity, holding a reference so the id is not reused) to pick in O(1) or
+        O(log n), and check only what they pick. Any other list (a retry's, each a new
+        object) is scanned, as every list was before.
+        """
 
 
 def check_options(options: Mapping[str, Any], allowed: Sequence[str]) -> None:

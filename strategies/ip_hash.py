@@ -34,8 +34,9 @@ class IpHash(Strategy):
     return restores the original mapping exactly; adding or removing a backend from the
     list rebuilds the first table, which moves about 1/N of the keys (Maglev's
     near-minimal disruption). Tables are cached by their (name, weight) entries and
-    built only when a new set of backends is seen; a pick is one allocation-free pass
-    checking the list against the cached layout, one hash and one table lookup.
+    built only when a new set of backends is seen. A pick is one hash and one table
+    lookup, plus, for a list object other than the previous pick's, one
+    allocation-free pass checking it against the cached layout.
 
     Options:
       table_size: prime, 101 to 1000003 (default 65537); keep it well above 100 x
@@ -71,8 +72,29 @@ class IpHash(Strategy):
         self._table: array[int] | None = None
         # availability bit mask over the entries -> (table, list index of its entries)
         self._fallbacks: dict[int, tuple[array[int], list[int]]] = {}
+        self._checked: object = None  # the list last checked against the layout
 
     def pick(self, backends: Sequence[B], request: RequestFacts) -> B | None:
+        # The length and the picked name are cheap checks against a list that was
+        # changed in place after it was checked.
+        if backends is not self._checked or len(backends) != len(self._names):
+            self._check(backends)
+        table = self._table
+        if table is None:
+            return None
+        slot = self._slot(request)
+        position = self._positions[table[slot]]
+        backend = backends[position]
+        if backend.name != self._names[position]:
+            self._checked = None  # reordered in place: check it again (names then match)
+            return self.pick(backends, request)
+        if backend.available:
+            return backend
+        return self._fallback(backends, slot)
+
+    def _check(self, backends: Sequence[B]) -> None:
+        """Lay the table out for ``backends`` unless it already has their names and
+        weights; the same list object passed again is not checked (see Strategy.pick)."""
         if len(backends) != len(self._names):
             self._relayout(backends)
         else:
@@ -82,14 +104,7 @@ class IpHash(Strategy):
                 if backend.name != name or backend.base_weight != weight:
                     self._relayout(backends)
                     break
-        table = self._table
-        if table is None:
-            return None
-        slot = self._slot(request)
-        backend = backends[self._positions[table[slot]]]
-        if backend.available:
-            return backend
-        return self._fallback(backends, slot)
+        self._checked = backends  # held: its id cannot be reused by another list
 
     def key(self, request: RequestFacts) -> bytes:
         """What is hashed for ``request``: the ``hash_key`` header if set and present,
