@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from mcplb.proxy.observability import access_log
-from mcplb.proxy.relay import answers, http11, mcp_method, route
+from mcplb.proxy.relay import answers, framing, mcp_method, route
 from mcplb.proxy.relay.answers import Answer
 from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.framing import SESSION_HEADER
@@ -47,6 +47,7 @@ from mcplb.proxy.relay.states import (
 from mcplb.proxy.relay.upstream import ResponseRelay
 
 if TYPE_CHECKING:
+    from mcplb.proxy.config.schema import Config
     from mcplb.proxy.server.runtime import Runtime
 
 log = logging.getLogger("mcplb.relay")
@@ -101,7 +102,6 @@ class ClientConnection(asyncio.Protocol):
         self.feeding = False  # inside data_received: upstream writes wait for its end
         # timeout sweep marks
         self.active = False
-        self.mark_state = IDLE
         self.mark: tuple[int, int] | None = None
         self.mark_time = 0.0
 
@@ -142,7 +142,7 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(exc.__context__, _RequestRejected):
                 return  # already answered
             log.exception("relay error")
-            self.reject(answers.INTERNAL_ERROR)
+            self.relay.reject(answers.INTERNAL_ERROR)
         except httptools.HttpParserError as exc:
             last = self.queue[-1] if self.queue else self.current
             if self.reading is None and last is not None and last.complete and not last.keep_alive:
@@ -150,16 +150,16 @@ class ClientConnection(asyncio.Protocol):
                 # request is answered, then the connection closes; the rest is ignored.
                 self.parser = None
                 return
-            self.reject(answers.bad_request(f"malformed request: {exc}"))
+            self.relay.reject(answers.bad_request(f"malformed request: {exc}"))
         else:
             # A head still incomplete after this many bytes is too large, even if no
             # header in it has ended yet.
             if self.current is None and self.head_bytes > self.max_header_bytes:
-                self.reject(answers.HEADERS_TOO_LARGE)
+                self.relay.reject(answers.HEADERS_TOO_LARGE)
         finally:
             self.feeding = False
             if self.ex.up_out:
-                self._flush_up()
+                self.ex.flush_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.access_log and self.state != CLOSED:
@@ -202,7 +202,7 @@ class ClientConnection(asyncio.Protocol):
         assert self.reading is not None
         self.head_size += len(url)
         if self.head_size > self.max_header_bytes:
-            self.reject(answers.HEADERS_TOO_LARGE)
+            self.relay.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         self.reading.target += url
 
@@ -213,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
             return  # a trailer field of a chunked body: never a header of the request
         self.head_size += len(name) + len(value) + 4
         if self.head_size > self.max_header_bytes:
-            self.reject(answers.HEADERS_TOO_LARGE)
+            self.relay.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         name = name.lower()
         request.headers.append((name, value))
@@ -249,13 +249,7 @@ class ClientConnection(asyncio.Protocol):
         if request.wants_stream and request.method != b"GET":
             request.wants_stream = False  # a POST may answer with a stream; it starts as a request
         self.head_bytes = 0
-        refusal = http11.head_refusal(request.version, request.host, request.duplicate)
-        if refusal is None and request.connection:
-            refusal = http11.connection_refusal(request.headers)
-        if refusal is None and request.upgrade and (request.chunked or request.content_length):
-            # Its body would be taken for the first bytes of the new protocol, or (refused
-            # switch) for the next request on the backend connection.
-            refusal = "an Upgrade request must not have a body"
+        refusal = framing.head_refusal(request)
         if refusal is not None:
             self._refuse_head(request, refusal)
             raise _RequestRejected
@@ -273,7 +267,7 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         request.body_size += len(data)
         if self.max_body_bytes and request.body_size > self.max_body_bytes:
-            self.reject(answers.BODY_TOO_LARGE)
+            self.relay.reject(answers.BODY_TOO_LARGE)
             raise _RequestRejected
         if request.sniff is not None:
             mcp_method.keep_body(request, data)
@@ -294,7 +288,7 @@ class ClientConnection(asyncio.Protocol):
         otherwise than the proxy. Nothing after it is parsed: the connection ends there."""
         if self.current is None:
             self.current = request
-            self.reject(answers.bad_request(reason))
+            self.relay.reject(answers.bad_request(reason))
             return
         # Pipelined behind an exchange in progress: answered in its turn, after that one.
         request.refusal = reason
@@ -303,21 +297,6 @@ class ClientConnection(asyncio.Protocol):
         self.parser = None
         self.queue.append(request)
         self.pause_reading(PAUSE_PIPELINE)
-
-    # -- writing toward the backend ----------------------------------------------------
-
-    def send_up(self, data: bytes) -> None:
-        """Write towards the backend; what one client read produces (a request head and
-        the body that came with it) goes out in one write."""
-        if self.feeding:
-            self.ex.up_out.append(data)
-        elif self.ex.upstream is not None:
-            self.ex.upstream.send(data)
-
-    def _flush_up(self) -> None:
-        out, self.ex.up_out = self.ex.up_out, []
-        if self.ex.upstream is not None:
-            self.ex.upstream.send(out[0] if len(out) == 1 else b"".join(out))
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``job`` as a task whose unexpected failure ends this connection, loudly."""
@@ -332,21 +311,6 @@ class ClientConnection(asyncio.Protocol):
         if error is not None:
             log.error("relay task failed", exc_info=error)
             self.relay.answer(answers.INTERNAL_ERROR)
-
-    # -- answers (the others are the ResponseRelay's) -----------------------------------
-
-    def reject(self, answer: Answer) -> None:
-        """Answer a request that could not be parsed or accepted, then close."""
-        if self.state == CLOSED:
-            return
-        self.ex.abandon()
-        lingering = False
-        if not self.ex.response_started and self.transport is not None:
-            self.transport.write(answers.render(answer, close=True))
-            self.ex.status = answer.status
-            self.stats.proxy_errors[str(answer.status)] += 1
-            lingering = True
-        self.close(linger=lingering)
 
     def cut(self, reason: str) -> None:
         """End the current exchange now: 502 if nothing was answered yet, else close."""
@@ -396,17 +360,6 @@ class ClientConnection(asyncio.Protocol):
             self._linger_close()
         elif self.transport is not None:
             self.transport.close()
-
-    def _reset(self) -> None:
-        """Drop the connection at once: RST, nothing more sent, nothing kept in the kernel."""
-        transport = self.transport
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
 
     def _linger_close(self) -> None:
         """Close after an error answer without losing it: stop sending, discard what the
@@ -489,7 +442,7 @@ class ClientConnection(asyncio.Protocol):
                     self.ex.time_out()
             elif elapsed > timeouts.header:
                 if state == HEAD:
-                    self.reject(answers.HEAD_TIMEOUT)
+                    self.relay.reject(answers.HEAD_TIMEOUT)
                 else:
                     self.close()  # not a byte sent: nothing to answer
             return
@@ -500,10 +453,10 @@ class ClientConnection(asyncio.Protocol):
         elif now - self.mark_time > timeouts.idle and state != CLOSED:
             unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
             self.close()
-            if unsent:
+            if unsent and self.transport is not None:
                 # A client that stopped reading would keep a graceful close (and the
                 # kernel's buffers) waiting for a drain that never comes: reset instead.
-                self._reset()
+                reset(self.transport)
 
     def _body_too_slow(self, now: float) -> bool:
         """Cut an upload past ``timeouts.body`` or below ``limits.min_body_rate`` (408);
@@ -511,14 +464,27 @@ class ClientConnection(asyncio.Protocol):
         request = self.current
         assert request is not None
         held = self.ex.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
-        elapsed = now - self.ex.started - held
-        if elapsed > self.config.timeouts.body:
-            self.reject(answers.BODY_TIMEOUT)
-        elif (
-            elapsed > BODY_RATE_GRACE
-            and request.body_size < self.config.limits.min_body_rate * elapsed
-        ):
-            self.reject(answers.BODY_TOO_SLOW)
-        else:
-            return False
-        return True
+        late = slow_upload(now - self.ex.started - held, request.body_size, self.config)
+        if late is not None:
+            self.relay.reject(late)
+        return late is not None
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Drop a connection at once: RST, nothing more sent, nothing kept in the kernel."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def slow_upload(elapsed: float, received: int, config: Config) -> Answer | None:
+    """408 for an upload going on for ``elapsed`` seconds (not counting the proxy's own
+    pauses) with ``received`` bytes so far, if past ``timeouts.body`` or, after a grace
+    time, below ``limits.min_body_rate``."""
+    if elapsed > config.timeouts.body:
+        return answers.BODY_TIMEOUT
+    if elapsed > BODY_RATE_GRACE and received < config.limits.min_body_rate * elapsed:
+        return answers.BODY_TOO_SLOW
+    return None

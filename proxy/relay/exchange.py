@@ -279,7 +279,7 @@ class Exchange:
                 replay.append(body)
             if len(body) > REPLAY_LIMIT:
                 request.replay = None
-        conn.send_up(head + body if body else head)
+        self.send_up(head + body if body else head)
         if conn.write_paused:
             conn.pause_upstream(UP_PAUSE_CLIENT_FULL)
 
@@ -287,7 +287,7 @@ class Exchange:
         """Send a piece of the body on, or keep it until a connection takes the request."""
         upstream = self.upstream
         if request is self.conn.current and upstream is not None:
-            self.conn.send_up(data)
+            self.send_up(data)
             replay = request.replay
             if replay is not None and not upstream.received:
                 replay.append(data)
@@ -298,6 +298,19 @@ class Exchange:
         request.buffered += len(data)
         if request.buffered > BODY_BUFFER_LIMIT:
             self.conn.pause_reading(PAUSE_BUFFER_FULL)
+
+    def send_up(self, data: bytes) -> None:
+        """Write towards the backend; what one client read produces (a request head and
+        the body that came with it) goes out in one write (``flush_up``)."""
+        if self.conn.feeding:
+            self.up_out.append(data)
+        elif self.upstream is not None:
+            self.upstream.send(data)
+
+    def flush_up(self) -> None:
+        out, self.up_out = self.up_out, []
+        if self.upstream is not None:
+            self.upstream.send(out[0] if len(out) == 1 else b"".join(out))
 
     # -- retries ------------------------------------------------------------------------
 

@@ -37,13 +37,13 @@ def start(ex: Exchange, request: Request) -> None:
     conn.runtime.retry_budget.record_request(ex.started)
     max_body = conn.max_body_bytes
     if request.refusal is not None:
-        conn.reject(answers.bad_request(request.refusal))
+        conn.relay.reject(answers.bad_request(request.refusal))
     elif not conn.runtime.host_policy.allows(request.host):
         # DNS-rebinding protection: a name this listener does not serve never reaches a
         # backend (which, sent its own host:port, could not tell).
         conn.relay.answer(answers.HOST_NOT_SERVED)
     elif max_body and request.content_length is not None and request.content_length > max_body:
-        conn.reject(answers.BODY_TOO_LARGE)
+        conn.relay.reject(answers.BODY_TOO_LARGE)
     elif request.method == b"CONNECT":
         # A reverse proxy tunnels nowhere: only configured backends are ever reached.
         conn.relay.answer(answers.CONNECT_REFUSED)

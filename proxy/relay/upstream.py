@@ -340,6 +340,20 @@ class ResponseRelay:
             log.warning("%d %s: %s %s", status, answer.code, method, answer.message)
         self._write_answer(answers.render(answer, close=not keep, headers=headers), keep)
 
+    def reject(self, answer: Answer) -> None:
+        """Answer a request that could not be parsed or accepted, then close."""
+        conn = self.conn
+        if conn.state == CLOSED:
+            return
+        conn.ex.abandon()
+        lingering = False
+        if not conn.ex.response_started and conn.transport is not None:
+            conn.transport.write(answers.render(answer, close=True))
+            conn.ex.status = answer.status
+            conn.stats.proxy_errors[str(answer.status)] += 1
+            lingering = True
+        conn.close(linger=lingering)
+
     def answer_session_not_found(self) -> None:
         conn = self.conn
         conn.stats.session_not_found += 1
