@@ -43,7 +43,10 @@ def build() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="mcplb", description="Load-balancing reverse proxy for MCP servers."
+        prog="mcplb",
+        description="Load-balancing reverse proxy for MCP servers.",
+        # Raw: the --version line (the compiled build lists its modules) stays one line.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mcplb {__version__} ({build()})")
     commands = parser.add_subparsers(dest="command", required=True)
