@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mcplb",
         description="Load-balancing reverse proxy for MCP servers.",
-        # Raw: the --version line (the compiled build lists its modules) stays one line.
+        # Keeps the --version line whole (the compiled build lists its modules).
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mcplb {__version__} ({build()})")
