@@ -48,9 +48,6 @@ class ResponseRelay:
 
     # -- writing ------------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
-        self.out.append(data)
-
     def flush(self) -> None:
         """Write what the last upstream read produced in one call (one syscall, not one
         per piece of the response)."""
@@ -122,12 +119,13 @@ class ResponseRelay:
         runtime = conn.runtime
         out = head.headers
         if conn.sticky:
-            job: Job | None = None
             if head.session_id is not None:
                 session_id = head.session_id.decode("latin-1")
                 out, job = session_out.session_header(
                     runtime, request, out, session_id, status, backend
                 )
+                if job is not None:
+                    self._hold_for(job)
             if request.session_id is None:
                 if (
                     head.session_id is None
@@ -137,8 +135,8 @@ class ResponseRelay:
                     conn.ex.scanner = session_out.endpoint_scanner(runtime, backend)
             elif status == 404 or (request.method == b"DELETE" and 200 <= status < 300):
                 job = session_out.ended(runtime, request.session_id, conn.ex.bound_backend)
-            if job is not None:
-                self._hold_for(job)
+                if job is not None:
+                    self._hold_for(job)
         if runtime.cookie_codec is not None:
             set_cookie = session_out.cookie_for(runtime, request, backend, conn.cookie_name)
             if set_cookie is not None:
