@@ -21,8 +21,14 @@ COMPILED = [
     for name in (
         "relay/http11",
         "relay/request",
-        "relay/exchange",
+        "relay/states",
+        "relay/answers",
         "relay/framing",
+        "relay/mcp_method",
+        "relay/session_out",
+        "relay/exchange",
+        "relay/route",
+        "relay/upstream",
         "relay/connection",
         "cluster/pool",
     )

@@ -18,11 +18,25 @@ def build() -> str:
     from importlib.machinery import EXTENSION_SUFFIXES
 
     from mcplb.proxy.cluster import pool
-    from mcplb.proxy.relay import connection, exchange, framing, http11, request
+    from mcplb.proxy.relay import (
+        answers,
+        connection,
+        exchange,
+        framing,
+        http11,
+        mcp_method,
+        request,
+        route,
+        session_out,
+        states,
+        upstream,
+    )
 
+    # In setup.py's COMPILED order.
+    modules = (http11, request, states, answers, framing, mcp_method, session_out, exchange)
     compiled = [
         module.__name__.removeprefix("mcplb.proxy.")
-        for module in (http11, request, exchange, framing, connection, pool)
+        for module in (*modules, route, upstream, connection, pool)
         if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
     ]
     return "compiled: " + ", ".join(compiled) if compiled else "pure Python"

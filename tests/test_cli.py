@@ -27,8 +27,9 @@ def mcplb(*args: str) -> subprocess.CompletedProcess[str]:
 
 # `make unit-compiled` runs the suite again on the mypyc build and says so here.
 BUILD = (
-    "compiled: relay.http11, relay.request, relay.exchange, relay.framing, relay.connection,"
-    " cluster.pool"
+    "compiled: relay.http11, relay.request, relay.states, relay.answers, relay.framing,"
+    " relay.mcp_method, relay.session_out, relay.exchange, relay.route, relay.upstream,"
+    " relay.connection, cluster.pool"
     if os.environ.get("MCPLB_BUILD") == "compiled"
     else "pure Python"
 )

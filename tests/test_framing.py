@@ -10,9 +10,12 @@ from mcplb.proxy.relay.framing import (
     NO_BODY,
     TUNNEL,
     UNTIL_CLOSE,
+    body_framing,
+    head_refusal,
     origin_form,
     request_head,
     response_head,
+    upgrade_token,
 )
 from mcplb.proxy.relay.http11 import Headers
 from mcplb.proxy.relay.request import Request
@@ -163,3 +166,56 @@ def test_request_head_swaps_a_legacy_session_in_the_query() -> None:
 )
 def test_absolute_form_never_keeps_its_authority(target: bytes, expected: bytes) -> None:
     assert origin_form(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "version", "by_length", "expected"),
+    [
+        (b"GET", 200, "1.1", True, LENGTH),
+        (b"GET", 200, "1.1", False, CHUNKED),  # chunked or close-delimited: re-chunked
+        (b"GET", 200, "1.0", False, UNTIL_CLOSE),  # an HTTP/1.0 client reads to the close
+        (b"HEAD", 200, "1.1", True, NO_BODY),
+        (b"GET", 204, "1.1", False, NO_BODY),
+        (b"GET", 304, "1.0", True, NO_BODY),
+        (b"GET", 101, "1.1", False, NO_BODY),
+    ],
+)
+def test_body_framing(
+    method: bytes, status: int, version: str, by_length: bool, expected: int
+) -> None:
+    assert body_framing(method, status, version, by_length) == expected
+
+
+def test_upgrade_token() -> None:
+    assert upgrade_token([(b"host", b"x"), (b"upgrade", b"websocket")]) == b"websocket"
+    assert upgrade_token([(b"connection", b"upgrade")]) is None
+
+
+def head(headers: Headers, version: str = "1.1", upgrade: bool = False) -> Request:
+    request = Request()
+    request.version = version
+    request.upgrade = upgrade
+    for name, value in headers:
+        request.headers.append((name, value))
+        if name == b"host":
+            request.host = value
+        elif name == b"connection":
+            request.connection = True
+        elif name == b"content-length":
+            request.content_length = int(value)
+    return request
+
+
+def test_head_refusal() -> None:
+    host = (b"host", b"x")
+    assert head_refusal(head([host])) is None
+    assert head_refusal(head([], version="1.0")) is None  # HTTP/1.0 may leave Host out
+    assert head_refusal(head([])) == "an HTTP/1.1 request must have a Host header"
+    duplicated = head([host, host])
+    duplicated.duplicate = b"host"
+    assert head_refusal(duplicated) == "more than one host header"
+    named = head([host, (b"connection", b"close, Host")])
+    assert head_refusal(named) == "Connection must not name host"
+    upgrade_with_body = head([host, (b"content-length", b"3")], upgrade=True)
+    assert head_refusal(upgrade_with_body) == "an Upgrade request must not have a body"
+    assert head_refusal(head([host, (b"content-length", b"0")], upgrade=True)) is None

@@ -3,24 +3,46 @@
 A fresh ``Exchange`` per request (as uvicorn's ``RequestResponseCycle``) holds everything
 that lives from routing to the last byte of the answer: where it went, the slot it holds,
 how the answer is framed, what was sent. Nothing of it is reset by hand: when the answer is
-done, the connection starts from a new one. A plain record, with no I/O.
+done, the connection starts from a new one.
+
+Its methods take the request on once routed (route.py): ``dispatch`` takes a slot on the
+backend or queues for one (the exchange is the admission queue's ``Waiter``), then a pooled
+or new connection, on which ``_attach`` sends the request head and any body kept so far;
+``forward_body`` sends the rest as it arrives. Retries come back through ``resend``; ``end``
+frees the slot and lets the backend connection go. The answer comes back through the
+connection's ``ResponseRelay`` (upstream.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
-from mcplb.proxy.relay import framing
+from mcplb.proxy.relay import answers, framing, session_out
+from mcplb.proxy.relay.request import Request
+from mcplb.proxy.relay.states import (
+    BODY_BUFFER_LIMIT,
+    CLOSED,
+    PAUSE_BUFFER_FULL,
+    REPLAY_LIMIT,
+    UP_PAUSE_CLIENT_FULL,
+    WAIT_RESPONSE,
+)
+from mcplb.proxy.routing import steps as routing
+from mcplb.proxy.routing.retries import may_retry
 from mcplb.proxy.sessions import affinity
 
 if TYPE_CHECKING:
     from mcplb.proxy.cluster.backends import Backend
     from mcplb.proxy.cluster.pool import UpstreamConnection
+    from mcplb.proxy.relay.connection import ClientConnection
+
+log = logging.getLogger("mcplb.relay")
 
 
 class Exchange:
-    """The per-request state of a client connection."""
+    """The per-request state of a client connection, and the request's way to a backend."""
 
     __slots__ = (
         "attempted",
@@ -29,6 +51,7 @@ class Exchange:
         "bound_backend",
         "client_keep_alive",
         "complete_pending",
+        "conn",
         "framing",
         "holding",
         "legacy_session",
@@ -50,7 +73,8 @@ class Exchange:
         "waiting_for",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
         # routing and admission
         self.started = 0.0  # when routing began (loop time)
         self.backend: Backend | None = None  # holds a slot here while set
@@ -64,7 +88,7 @@ class Exchange:
         self.task: asyncio.Task[None] | None = None  # a routing step or connect under way
         # upstream
         self.upstream: UpstreamConnection | None = None
-        self.up_out: list[bytes] = []  # request bytes not yet written (see _send_up)
+        self.up_out: list[bytes] = []  # request bytes not yet written (see send_up)
         self.body_paused = 0.0  # seconds the body was held back by the proxy itself
         # the answer
         self.response_started = False
@@ -79,3 +103,303 @@ class Exchange:
         self.complete_pending = False  # the backend finished while holding
         self.scanner: affinity.EndpointScanner | None = None  # legacy SSE: endpoint event
         self.legacy_session: str | None = None  # legacy SSE session bound for this stream
+
+    def pick(self, request: Request) -> Backend | None:
+        """The strategy's pick among the backends this exchange did not try yet."""
+        conn = self.conn
+        return routing.pick(conn.runtime, request, conn.client_ip, self.attempted)
+
+    # -- admission: request slots and the queue -----------------------------------------
+
+    def dispatch(self, request: Request, backend: Backend, fresh: bool = False) -> None:
+        """Take a slot on ``backend`` (or queue for one), then a connection to it (a new
+        one if ``fresh``)."""
+        admission = self.conn.runtime.admission
+        stream = request.wants_stream
+        if stream:
+            if admission.streams_full(backend):
+                self.too_many_streams()
+                return
+        elif admission.limited and not admission.can_hold(backend):
+            self.wait_for_slot(backend if self.bound_backend is not None else None)
+            return
+        admission.hold(backend, stream)
+        self.backend = backend
+        self.slot_stream = stream
+        self._send_to(request, backend, fresh)
+
+    def too_many_streams(self) -> None:
+        self.conn.stats.rejected["max_streams"] += 1
+        self.conn.relay.answer(answers.TOO_MANY_STREAMS)
+
+    def wait_for_slot(self, target: Backend | None) -> None:
+        """Queue until a slot frees up (on ``target``, or anywhere), or 503 after the
+        queue timeout; 503 at once when the queue is full."""
+        conn = self.conn
+        admission = conn.runtime.admission
+        if not admission.enqueue(self):
+            conn.stats.rejected["queue_full"] += 1
+            conn.relay.answer(answers.QUEUE_FULL)
+            return
+        conn.stats.queued += 1
+        self.waiting_for = target
+        self.queued_at = conn.loop.time()
+        self.queue_timer = conn.loop.call_later(admission.queue_timeout, self._queue_timed_out)
+
+    def leave_queue(self) -> None:
+        if self.queue_timer is not None:
+            self.queue_timer.cancel()
+            self._left_queue()
+
+    def _left_queue(self) -> None:
+        self.queue_timer = None
+        self.conn.runtime.admission.leave(self)
+        self.conn.stats.queue_wait.observe(self.conn.loop.time() - self.queued_at)
+
+    def _queue_timed_out(self) -> None:
+        self._left_queue()
+        self.conn.stats.rejected["queue_timeout"] += 1
+        self.conn.relay.answer(answers.QUEUE_TIMEOUT)
+
+    def retry_admission(self) -> bool:
+        """Called by Admission (this is its Waiter) when a slot frees up while queued."""
+        conn = self.conn
+        request = conn.current
+        admission = conn.runtime.admission
+        if request is None or conn.state == CLOSED or conn.ex is not self:
+            self.leave_queue()
+            return False
+        target = self.waiting_for
+        if target is not None:
+            if not admission.can_hold(target):
+                return False
+        elif admission.worker_full():
+            return False
+        else:
+            target = self.pick(request)
+            if target is None:
+                return False
+        self.leave_queue()
+        # The slot is taken now, so the waker counts it; the request is sent on the next
+        # loop turn, not inside the teardown of the connection whose release woke it.
+        admission.hold(target, False)
+        self.backend = target
+        self.slot_stream = False
+        conn.loop.call_soon(self._send_admitted, request, target)
+        return True
+
+    def _send_admitted(self, request: Request, backend: Backend) -> None:
+        conn = self.conn
+        if request is not conn.current or conn.state == CLOSED or self.backend is not backend:
+            return  # the client left meanwhile, and its teardown gave the slot back
+        self._send_to(request, backend)
+
+    # -- to the backend -----------------------------------------------------------------
+
+    def _send_to(self, request: Request, backend: Backend, fresh: bool = False) -> None:
+        """With a slot held on ``backend``: a pooled connection (unless ``fresh``), else
+        a new one."""
+        conn = None if fresh else self.conn.runtime.pool(backend).take()
+        if conn is not None:
+            self._attach(request, backend, conn)
+        else:
+            self.task = self.conn.spawn(self._connect(request, backend))
+
+    async def _connect(self, request: Request, backend: Backend) -> None:
+        """Open a connection; while nothing was sent, failures may move to another backend."""
+        client = self.conn
+        try:
+            conn = await client.runtime.pool(backend).connect()
+        except (OSError, TimeoutError) as exc:
+            self.task = None
+            await self._connect_failed(request, backend, exc)
+            return
+        self.task = None
+        if request is not client.current or client.state == CLOSED:
+            conn.pool.release(conn, client.loop.time())
+            return
+        self._attach(request, backend, conn)
+
+    async def _connect_failed(self, request: Request, backend: Backend, exc: Exception) -> None:
+        client = self.conn
+        runtime = client.runtime
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+        log.warning("connect to backend %s failed: %s", backend.name, reason)
+        runtime.health.connect_failed(backend, reason)
+        client.stats.backends[backend.name].connect_failures += 1
+        self.release_slot()
+        if request is not client.current or client.state == CLOSED:
+            return  # the client is gone
+        if self.bound_backend is not None:
+            # Its sessions died with it; the client must initialize elsewhere.
+            if request.session_id is not None and runtime.session_codec is None:
+                await session_out.forget(runtime, request.session_id)
+            client.relay.answer_session_not_found()
+            return
+        self.attempted.add(backend.name)
+        retry = self.retry_target(request, "connect_failure", sent=False)
+        if retry is None:
+            client.relay.answer(answers.UNREACHABLE)
+        else:
+            self.dispatch(request, retry)
+
+    def _attach(self, request: Request, backend: Backend, upstream: UpstreamConnection) -> None:
+        """Send the request head (and any buffered body) on ``upstream``."""
+        conn = self.conn
+        self.backend = backend
+        self.served_by = backend.name
+        self.upstream = upstream
+        upstream.sink = conn.relay
+        upstream.requests += 1
+        upstream.expect_no_body = request.method == b"HEAD"
+        conn.state = WAIT_RESPONSE
+        conn.mark = None
+        request_id = None
+        if request.request_id is None:
+            request.request_id = request_id = conn.runtime.next_request_id()
+        head = framing.request_head(
+            request,
+            path_prefix=backend.path_prefix,
+            host_header=backend.host_header,
+            preserve_host=conn.config.preserve_host,
+            client_ip=conn.client_ip_bytes,
+            proto=conn.forwarded_proto,
+            request_id=request_id,
+        )
+        body = b""
+        if request.body:
+            body = b"".join(request.body)
+            request.body.clear()
+            request.buffered = 0
+            conn.resume_reading(PAUSE_BUFFER_FULL)
+        replay = request.replay
+        if replay is not None:
+            replay.clear()
+            if body:
+                replay.append(body)
+            if len(body) > REPLAY_LIMIT:
+                request.replay = None
+        self.send_up(head + body if body else head)
+        if conn.write_paused:
+            conn.pause_upstream(UP_PAUSE_CLIENT_FULL)
+
+    def forward_body(self, request: Request, data: bytes) -> None:
+        """Send a piece of the body on, or keep it until a connection takes the request."""
+        upstream = self.upstream
+        if request is self.conn.current and upstream is not None:
+            self.send_up(data)
+            replay = request.replay
+            if replay is not None and not upstream.received:
+                replay.append(data)
+                if sum(map(len, replay)) > REPLAY_LIMIT:
+                    request.replay = None
+            return
+        request.body.append(data)
+        request.buffered += len(data)
+        if request.buffered > BODY_BUFFER_LIMIT:
+            self.conn.pause_reading(PAUSE_BUFFER_FULL)
+
+    def send_up(self, data: bytes) -> None:
+        """Write towards the backend; what one client read produces (a request head and
+        the body that came with it) goes out in one write (``flush_up``)."""
+        if self.conn.feeding:
+            self.up_out.append(data)
+        elif self.upstream is not None:
+            self.upstream.send(data)
+
+    def flush_up(self) -> None:
+        out, self.up_out = self.up_out, []
+        if self.upstream is not None:
+            self.upstream.send(out[0] if len(out) == 1 else b"".join(out))
+
+    # -- retries ------------------------------------------------------------------------
+
+    def retry_target(
+        self, request: Request, condition: str, sent: bool, same: Backend | None = None
+    ) -> Backend | None:
+        """Another backend (or ``same``) to send a failed request to, if the retry policy
+        and the budget allow it (``sent``: the request may have reached the backend)."""
+        conn = self.conn
+        config = conn.runtime.config.retries
+        if self.retries >= config.attempts or not may_retry(
+            config, condition, request.method, sent
+        ):
+            return None
+        backend = same or self.pick(request)
+        if backend is None:
+            return None
+        if not conn.runtime.retry_budget.try_retry(conn.loop.time()):
+            conn.stats.retry_budget_exhausted += 1
+            log.warning("retry budget exhausted: not retrying %s", request.method.decode())
+            return None
+        self.retries += 1
+        conn.stats.backends[backend.name].retries += 1
+        return backend
+
+    def resend(self, request: Request, backend: Backend, fresh: bool = False) -> None:
+        """Send ``request`` again from its replay buffer (``fresh``: on a new connection)."""
+        assert request.replay is not None
+        request.body = request.replay + request.body
+        request.buffered = sum(map(len, request.body))
+        self.dispatch(request, backend, fresh)
+
+    # -- the end ------------------------------------------------------------------------
+
+    def time_out(self) -> None:
+        """The backend did not answer within timeouts.upstream_header: 504."""
+        conn = self.conn
+        if self.backend is not None:
+            conn.runtime.health.timed_out(self.backend)
+            conn.stats.backends[self.backend.name].timeouts += 1
+        self.abandon()
+        conn.relay.answer(answers.GATEWAY_TIMEOUT)
+
+    def release_slot(self) -> None:
+        """Give back the slot of an exchange that never reached its backend."""
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            self.conn.runtime.admission.release(backend, self.slot_stream)
+            self.slot_stream = False
+
+    def detach_upstream(self, upstream: UpstreamConnection) -> None:
+        self.upstream = None
+        self.up_out = []
+        upstream.sink = None
+        conn = self.conn
+        if conn.up_pauses:
+            conn.up_pauses = 0
+            upstream.resume_reading()
+
+    def end(self) -> None:
+        """Detach from the upstream connection and free the slot held on the backend."""
+        conn = self.conn
+        upstream = self.upstream
+        backend = self.backend
+        self.upstream = None
+        self.backend = None
+        if backend is not None:
+            conn.runtime.admission.release(backend, self.slot_stream)
+            backend_stats = conn.stats.backends[backend.name]
+            backend_stats.duration.observe(conn.loop.time() - self.started)
+            backend_stats.bytes_out += self.response_bytes
+            if conn.current is not None:
+                backend_stats.bytes_in += conn.current.body_size
+        self.slot_stream = False
+        self.scanner = None
+        self.up_out = []  # bytes for a connection that is being let go
+        if self.legacy_session is not None:
+            # The legacy transport's session lives as long as its GET stream.
+            conn.spawn(session_out.forget(conn.runtime, self.legacy_session))
+            self.legacy_session = None
+        if upstream is not None:
+            self.detach_upstream(upstream)
+
+    def abandon(self) -> None:
+        """End an exchange cut short: free its slot, and drop its backend connection,
+        whose state is unknown."""
+        upstream = self.upstream
+        if upstream is not None or self.backend is not None:
+            self.end()
+            if upstream is not None:
+                upstream.abort()

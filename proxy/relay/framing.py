@@ -1,14 +1,15 @@
 """How a message is framed on the other side of the proxy: pure functions, no I/O.
 
 ``request_head`` builds the head the backend gets from what the client sent;
-``response_head`` decides how a backend's response is framed toward the client (as h11's
-``_body_framing`` and ``_keep_alive`` do) and which of its headers go on. Both are tested by
+``response_head`` decides how a backend's response is framed toward the client
+(``body_framing``, as h11's ``_body_framing`` and ``_keep_alive`` do) and which of its
+headers go on; ``head_refusal`` which request heads are refused. All are tested by
 feeding values (tests/test_framing.py); the relay only applies what they return.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -19,8 +20,12 @@ from mcplb.proxy.sessions import affinity
 
 SESSION_HEADER = b"mcp-session-id"
 
-# How a response body is framed toward the client.
-NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE, TUNNEL = range(5)
+# How a response body is framed toward the client (CHUNKED and UNTIL_CLOSE: re-framed).
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
+TUNNEL: Final = 4
 
 
 class ResponseHead:
@@ -80,32 +85,56 @@ def response_head(
         # Content-Length and the session id stay whatever Connection names: the body is
         # framed by the length, and the client must get what the proxy learned.
         out = http11.end_to_end(out, http11.connection_tokens(headers) - http11.END_TO_END)
-    until_close = False
     if status == 101 and upgrade:
-        for name, value in headers:
-            if name == b"upgrade":
-                out += [(b"connection", b"upgrade"), (b"upgrade", value)]
-                break
+        token = upgrade_token(headers)
+        if token is not None:
+            out += [(b"connection", b"upgrade"), (b"upgrade", token)]
         return ResponseHead(TUNNEL, out, True, False, session_id, content_type)
-    if http11.no_body_expected(method, status):
-        framing = NO_BODY
-    elif has_length and not chunked:
-        framing = LENGTH
-    else:
-        # Re-frame a chunked or close-delimited body; chunked keeps the client alive.
-        until_close = not chunked
-        if version == "1.1":
-            framing = CHUNKED
-            out = [(n, v) for n, v in out if n != b"content-length"]
-            out.append((b"transfer-encoding", b"chunked"))
-        else:
-            framing = UNTIL_CLOSE
-            keep_alive = False
+    framing = body_framing(method, status, version, has_length and not chunked)
+    # A chunked or close-delimited body is re-framed; chunked keeps the client alive.
+    until_close = not chunked and framing in (CHUNKED, UNTIL_CLOSE)
+    if framing == CHUNKED:
+        out = [(n, v) for n, v in out if n != b"content-length"]
+        out.append((b"transfer-encoding", b"chunked"))
+    elif framing == UNTIL_CLOSE:
+        keep_alive = False
     if not keep_alive:
         out.append((b"connection", b"close"))
     elif version == "1.0":
         out.append((b"connection", b"keep-alive"))
     return ResponseHead(framing, out, keep_alive, until_close, session_id, content_type)
+
+
+def head_refusal(request: Request) -> str | None:
+    """Why a request head is refused (400, then close), or None: its framing or routing
+    fields could be read otherwise by the backend than by the proxy."""
+    refusal = http11.head_refusal(request.version, request.host, request.duplicate)
+    if refusal is None and request.connection:
+        refusal = http11.connection_refusal(request.headers)
+    if refusal is None and request.upgrade and (request.chunked or request.content_length):
+        # Its body would be taken for the first bytes of the new protocol, or (refused
+        # switch) for the next request on the backend connection.
+        refusal = "an Upgrade request must not have a body"
+    return refusal
+
+
+def body_framing(method: bytes, status: int, version: str, by_length: bool) -> int:
+    """How a response body is framed toward the client (as h11's ``_body_framing``):
+    none, by its Content-Length (``by_length``: it has one and is not chunked), else
+    re-framed, chunked to an HTTP/1.1 client and until the close to an HTTP/1.0 one."""
+    if http11.no_body_expected(method, status):
+        return NO_BODY
+    if by_length:
+        return LENGTH
+    return CHUNKED if version == "1.1" else UNTIL_CLOSE
+
+
+def upgrade_token(headers: Headers) -> bytes | None:
+    """The protocol an Upgrade header names, if any."""
+    for name, value in headers:
+        if name == b"upgrade":
+            return value
+    return None
 
 
 def request_head(
@@ -160,11 +189,9 @@ def request_head(
         lines += (b"x-request-id: ", request_id, b"\r\n")
     if request.chunked:
         lines.append(b"transfer-encoding: chunked\r\n")
-    if request.upgrade:
-        for name, value in request.headers:
-            if name == b"upgrade":
-                lines += (b"connection: upgrade\r\nupgrade: ", value, b"\r\n")
-                break
+    token = upgrade_token(request.headers) if request.upgrade else None
+    if token is not None:
+        lines += (b"connection: upgrade\r\nupgrade: ", token, b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
 

@@ -6,6 +6,8 @@
 3. Else the strategy picks among the backends that can take the request (``pick``), and
    with ``panic: fail_open`` an all-down pool is used anyway.
 
+Before them, the rate limit counts the request in its client's bucket (``rate_key``).
+
 Each step is a function of the runtime state and the request; the relay owns the I/O (the
 store lookup, the answer when a step finds nothing).
 """
@@ -79,3 +81,19 @@ def panic_pick(runtime: Runtime, candidates: list[Backend]) -> Backend | None:
         return None
     weighted = [b for b in candidates if b.base_weight > 0]
     return min(weighted, key=lambda b: b.in_flight, default=None)
+
+
+def rate_key(runtime: Runtime, request: Request, client_ip: str) -> str:
+    """The client's rate-limit bucket: the configured header's value, else its address
+    (the forwarded client's, behind trusted proxies)."""
+    rate_limit = runtime.config.rate_limit
+    header = None if rate_limit is None else rate_limit.header
+    if header is not None:
+        wanted = header.encode("latin-1")
+        for name, value in request.headers:
+            if name == wanted:
+                return "h:" + value.decode("latin-1")
+    forwarded = runtime.rate_limit_client
+    if forwarded is not None:
+        return "a:" + forwarded.client(client_ip, request.headers)
+    return "a:" + client_ip

@@ -1,0 +1,77 @@
+"""Every answer the proxy gives on its own (not a backend's): status, error code and
+message in one place, and the bytes they make. Pure: the client connection writes them
+(``ClientConnection.answer`` and ``reject``), tests read them here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mcplb.proxy.relay import http11
+
+
+class Answer:
+    """An error answer: a status and a short JSON body {"error": code, "message": ...}."""
+
+    __slots__ = ("code", "message", "retry_after", "status")
+
+    def __init__(self, status: int, code: str, message: str, retry_after: bool = False) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after  # overload: the client may try again in a second
+
+
+def bad_request(reason: str) -> Answer:
+    """400 for a request the proxy cannot parse or would forward ambiguously."""
+    return Answer(400, "bad_request", reason)
+
+
+def bad_gateway(reason: str) -> Answer:
+    return Answer(502, "bad_gateway", reason)
+
+
+# The request itself
+REPEATED_QUERY_SESSION = bad_request("more than one session id in the query")
+HEADERS_TOO_LARGE = Answer(431, "headers_too_large", "request head exceeds max_header_bytes")
+BODY_TOO_LARGE = Answer(413, "body_too_large", "request body exceeds max_body_bytes")
+HOST_NOT_SERVED = Answer(421, "misdirected_request", "this host name is not served here")
+CONNECT_REFUSED = Answer(405, "method_not_allowed", "CONNECT is not supported")
+HEAD_TIMEOUT = Answer(408, "request_timeout", "request head not received in time")
+BODY_TIMEOUT = Answer(408, "request_timeout", "request body not received within timeouts.body")
+BODY_TOO_SLOW = Answer(
+    408, "request_timeout", "request body arrives slower than limits.min_body_rate"
+)
+# Overload
+RATE_LIMITED = Answer(429, "rate_limited", "too many requests from this client; retry later")
+NO_BACKEND = Answer(503, "no_backend", "no backend available", retry_after=True)
+QUEUE_FULL = Answer(503, "overloaded", "too many requests queued", retry_after=True)
+QUEUE_TIMEOUT = Answer(
+    503, "overloaded", "no backend slot freed up within queue_timeout", retry_after=True
+)
+TOO_MANY_STREAMS = Answer(503, "too_many_streams", "event stream limit reached", retry_after=True)
+# The backend
+UNREACHABLE = bad_gateway("no backend could be reached")
+INVALID_RESPONSE = bad_gateway("backend sent an invalid response")
+BACKEND_CLOSED = bad_gateway("backend closed the connection")
+GATEWAY_TIMEOUT = Answer(504, "gateway_timeout", "backend did not answer in time")
+# The proxy
+INTERNAL_ERROR = Answer(500, "internal_error", "internal proxy error")
+
+
+def render(
+    answer: Answer, *, close: bool, headers: Sequence[tuple[bytes, bytes]] | None = None
+) -> bytes:
+    """The whole response for ``answer`` (``close``: with Connection: close), with
+    Retry-After when it says so, then ``headers``."""
+    extra = [(b"retry-after", b"1")] if answer.retry_after else []
+    if headers:
+        extra += headers
+    return http11.error_response(
+        answer.status, answer.code, answer.message, close=close, extra_headers=extra
+    )
+
+
+def session_not_found(*, close: bool) -> bytes:
+    """404 with the JSON-RPC error MCP clients read as "initialize again" (the spec's
+    answer to an unknown or ended session)."""
+    return http11.json_response(404, http11.SESSION_NOT_FOUND, close=close)
