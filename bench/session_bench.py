@@ -360,7 +360,8 @@ def mcplb_text(port: int, backend_port: int, after: list[str]) -> str:
 
 def supported_extras() -> list[tuple[str, str]]:
     """Which of EXTRA_SECTIONS this checkout's config loader accepts: (yaml line, label)."""
-    from mcplb.proxy.config.schema import ConfigError, parse_config
+    from mcplb.proxy.config.errors import ConfigError
+    from mcplb.proxy.config.loader import parse_config
 
     ok: list[tuple[str, str]] = []
     for line, label in EXTRA_SECTIONS:

@@ -8,8 +8,11 @@ import time
 
 import pytest
 
+from mcplb.proxy.cluster.backends import Backend
 from mcplb.proxy.cluster.cluster import Cluster
-from mcplb.proxy.config.schema import Config, parse_config
+from mcplb.proxy.config.loader import parse_config
+from mcplb.proxy.config.schema import Config
+from mcplb.strategies.base import RequestFacts
 from mcplb.strategies.least_connections import LeastConnections
 from mcplb.strategies.registry import StrategyLoadError
 from mcplb.strategies.round_robin import RoundRobin
@@ -36,11 +39,16 @@ def names(backends: object) -> list[str]:
     return [b.name for b in backends]  # type: ignore[attr-defined]
 
 
+def up(cluster: Cluster) -> list[Backend]:
+    """The candidates a strategy may pick (the available ones)."""
+    return [b for b in cluster.candidates if b.available]
+
+
 def test_built_from_the_config() -> None:
     limits = "limits:\n  max_in_flight: 7\n"
     cluster = Cluster(config(("a", 9001, 2), ("b", 9002, 1), extra=limits), probing=False)
     a, b = cluster.backends
-    assert names(cluster.backends) == ["a", "b"] and names(cluster.routable) == ["a", "b"]
+    assert names(cluster.backends) == ["a", "b"] and names(up(cluster)) == ["a", "b"]
     assert cluster.pool(a).backend is a and cluster.pool(b).backend is b
     assert cluster.pool(a).connect_timeout == 2.0
     assert cluster.admission.max_in_flight == 7
@@ -75,7 +83,7 @@ async def test_reload_keeps_reconfigures_adds_moves_and_retires() -> None:
     assert pool_a.connect_timeout == 5.0
     assert moved_to is not b and moved_to.port == 9102 and added.name == "d"
     assert cluster.pool(moved_to).backend is moved_to and cluster.pool(added).backend is added
-    assert names(cluster.routable) == ["a", "b", "d"]
+    assert names(up(cluster)) == ["a", "b", "d"]
     assert cluster.version > version
     assert isinstance(cluster.strategy, LeastConnections)
     # The removed backend and the moved one's old endpoint drain: out of the routing list,
@@ -108,18 +116,18 @@ def test_set_draining_changes_availability_through_the_monitor() -> None:
     until = time.time() + 60
     cluster.set_draining("a", True, until)
     assert a.draining and a.drain_until == until and not a.available
-    assert names(cluster.routable) == ["b", "c"] and cluster.version > version
+    assert names(up(cluster)) == ["b", "c"] and cluster.version > version
     assert cluster.health.status()["a"]["available"] is False
     cluster.set_draining("a", False, until)  # undrained: the deadline goes
     assert not a.draining and a.drain_until is None and a.available
-    assert names(cluster.routable) == ["a", "b", "c"]
+    assert names(up(cluster)) == ["a", "b", "c"]
     # Availability is the monitor's verdict and the drain flag together: an undrained
     # backend that failed its checks meanwhile stays out.
     cluster.set_draining("b", True)
     cluster.health.record_probe(b, False, "connection refused")
     cluster.set_draining("b", False)
     assert not b.draining and not b.available
-    assert names(cluster.routable) == ["a", "c"]
+    assert names(up(cluster)) == ["a", "c"]
     with pytest.raises(KeyError):
         cluster.set_draining("nobody", True)
 
@@ -130,14 +138,40 @@ def test_health_verdicts_change_availability_and_the_version() -> None:
     version = cluster.version
     cluster.health.record_probe(c, False, "connection refused")
     assert not c.available and cluster.version > version
-    assert names(cluster.routable) == ["a", "b"]
+    assert names(up(cluster)) == ["a", "b"]
     version = cluster.version
     cluster.health.record_probe(c, True, "HTTP 200")
     assert c.available and cluster.version > version
-    assert names(cluster.routable) == ["a", "b", "c"]
+    assert names(up(cluster)) == ["a", "b", "c"]
     version = cluster.version
+    candidates = cluster.candidates
     cluster.health.record_probe(c, True, "HTTP 200")  # nothing changed: same version
-    assert cluster.version == version
+    assert cluster.version == version and cluster.candidates is candidates
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "random", "power_of_two", "ip_hash"])
+def test_strategies_indexing_the_candidates_follow_every_change(strategy: str) -> None:
+    """Strategies keep indexes for as long as they are handed the same list object; the
+    cluster hands them a new one on every change, so a backend that goes down is skipped
+    from the next pick on, and one that comes back is picked again."""
+    backends = (("a", 9001, 1), ("b", 9002, 1), ("c", 9003, 1))
+    cluster = Cluster(config(*backends, extra=ACTIVE + f"strategy: {strategy}\n"), probing=False)
+    c = cluster.backends.by_name["c"]
+
+    def picks(n: int) -> set[str]:
+        found = set()
+        for i in range(n):
+            facts = RequestFacts(f"10.0.{i // 250}.{i % 250}", "GET", "/", ())
+            backend = cluster.strategy.pick(cluster.candidates, facts)
+            assert backend is not None
+            found.add(backend.name)
+        return found
+
+    assert picks(300) == {"a", "b", "c"}
+    cluster.health.record_probe(c, False, "connection refused")
+    assert picks(300) == {"a", "b"}
+    cluster.health.record_probe(c, True, "HTTP 200")
+    assert picks(300) == {"a", "b", "c"}
 
 
 async def test_retire_over_closes_the_pools_of_backends_past_their_deadline(

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from mcplb.proxy.cluster.pool import UpstreamConnection
-from mcplb.proxy.config.schema import Config, parse_config
+from mcplb.proxy.config.loader import parse_config
+from mcplb.proxy.config.schema import Config
 from mcplb.proxy.relay import answers
 from mcplb.proxy.relay.connection import ClientConnection, slow_upload
 from mcplb.proxy.relay.http11 import SESSION_NOT_FOUND
@@ -104,9 +105,9 @@ class Relay:
 
     def backend_connection(self, name: str = "a") -> tuple[UpstreamConnection, RecordingTransport]:
         """An idle keep-alive connection to backend ``name``, for the next request."""
-        backend = self.runtime.backends.get(name)
+        backend = self.runtime.cluster.backends.get(name)
         assert backend is not None
-        pool = self.runtime.pool(backend)
+        pool = self.runtime.cluster.pool(backend)
         upstream = UpstreamConnection(pool)
         transport = RecordingTransport(("10.0.0.1", 8000))
         upstream.connection_made(transport)
@@ -291,7 +292,7 @@ async def test_a_request_goes_out_on_a_pooled_connection_and_comes_back() -> Non
     upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: 5\r\n\r\nhello")
     assert relay.client.take() == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
     assert upstream.pool.idle == [upstream]  # whole on both sides: kept for the next
-    assert relay.runtime.admission.requests == 0
+    assert relay.runtime.cluster.admission.requests == 0
 
 
 async def test_a_chunked_response_stays_chunked() -> None:
@@ -351,7 +352,7 @@ async def test_an_event_stream_takes_a_stream_slot_and_goes_out_event_by_event()
         b"\r\n7\r\ndata: 1\r\n"
     )
     assert relay.client.take().endswith(b"\r\n\r\n7\r\ndata: 1\r\n")
-    admission = relay.runtime.admission
+    admission = relay.runtime.cluster.admission
     assert (admission.requests, admission.streams) == (0, 1)  # a request became a stream
     upstream.data_received(b"7\r\ndata: 2\r\n")
     assert relay.client.take() == b"7\r\ndata: 2\r\n"
@@ -448,7 +449,7 @@ def runtime_of(config: str) -> Runtime:
 
 async def test_session_header_cases() -> None:
     runtime = runtime_of(SIGNED)
-    backend = runtime.backends.get("a")
+    backend = runtime.cluster.backends.get("a")
     assert backend is not None and runtime.session_codec is not None
     out = [(b"mcp-session-id", b"raw")]
     fresh = Request()
@@ -462,7 +463,7 @@ async def test_session_header_cases() -> None:
     assert (headers, job) == ([(b"mcp-session-id", b"client-token")], None)
     # With the memory store, a new session is a store job for the caller to await.
     memory = runtime_of(CONFIG)
-    backend = memory.backends.get("a")
+    backend = memory.cluster.backends.get("a")
     assert backend is not None
     headers, job = session_header(memory, fresh, list(out), "raw", 200, backend)
     assert headers == out and job is not None

@@ -29,10 +29,10 @@ class Cluster:
         self._timeouts = config.timeouts
         self.backends = BackendSet(config.backends)
         # Bumped when the routing list's membership or a backend's availability or weight
-        # changes: what is derived from them (``routable``) is recomputed once per version.
+        # changes: what is derived from them (``candidates``) is recomputed once per version.
         self.version = 0
-        self._routable: list[Backend] = []
-        self._routable_version = -1
+        self._candidates: list[Backend] = []
+        self._candidates_version = -1
         self.strategy: Strategy = registry.build(config.strategy, config.strategy_options)
         self.pools: dict[Backend, UpstreamPool] = {
             b: self._new_pool(b, backend_context(b.config)) for b in self.backends
@@ -43,12 +43,16 @@ class Cluster:
         self.admission = Admission(config.limits, self.backends)
 
     @property
-    def routable(self) -> list[Backend]:
-        """The available backends, in config order."""
-        if self._routable_version != self.version:
-            self._routable = [b for b in self.backends if b.available]
-            self._routable_version = self.version
-        return self._routable
+    def candidates(self) -> list[Backend]:
+        """The routing list the strategy picks from: every backend in config order (the
+        strategy skips unavailable ones), as a new list object whenever membership,
+        availability or a weight changed. So a strategy that is handed the same object
+        again may keep its indexes (see strategies/base.py), and a pick stays O(1) or
+        O(log n) however many backends there are."""
+        if self._candidates_version != self.version:
+            self._candidates = list(self.backends.backends)
+            self._candidates_version = self.version
+        return self._candidates
 
     def pool(self, backend: Backend) -> UpstreamPool:
         return self.pools[backend]

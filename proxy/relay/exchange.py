@@ -114,7 +114,7 @@ class Exchange:
     def dispatch(self, request: Request, backend: Backend, fresh: bool = False) -> None:
         """Take a slot on ``backend`` (or queue for one), then a connection to it (a new
         one if ``fresh``)."""
-        admission = self.conn.runtime.admission
+        admission = self.conn.runtime.cluster.admission
         stream = request.wants_stream
         if stream:
             if admission.streams_full(backend):
@@ -136,7 +136,7 @@ class Exchange:
         """Queue until a slot frees up (on ``target``, or anywhere), or 503 after the
         queue timeout; 503 at once when the queue is full."""
         conn = self.conn
-        admission = conn.runtime.admission
+        admission = conn.runtime.cluster.admission
         if not admission.enqueue(self):
             conn.stats.rejected["queue_full"] += 1
             conn.relay.answer(answers.QUEUE_FULL)
@@ -153,7 +153,7 @@ class Exchange:
 
     def _left_queue(self) -> None:
         self.queue_timer = None
-        self.conn.runtime.admission.leave(self)
+        self.conn.runtime.cluster.admission.leave(self)
         self.conn.stats.queue_wait.observe(self.conn.loop.time() - self.queued_at)
 
     def _queue_timed_out(self) -> None:
@@ -165,7 +165,7 @@ class Exchange:
         """Called by Admission (this is its Waiter) when a slot frees up while queued."""
         conn = self.conn
         request = conn.current
-        admission = conn.runtime.admission
+        admission = conn.runtime.cluster.admission
         if request is None or conn.state == CLOSED or conn.ex is not self:
             self.leave_queue()
             return False
@@ -199,7 +199,7 @@ class Exchange:
     def _send_to(self, request: Request, backend: Backend, fresh: bool = False) -> None:
         """With a slot held on ``backend``: a pooled connection (unless ``fresh``), else
         a new one."""
-        conn = None if fresh else self.conn.runtime.pool(backend).take()
+        conn = None if fresh else self.conn.runtime.cluster.pool(backend).take()
         if conn is not None:
             self._attach(request, backend, conn)
         else:
@@ -209,7 +209,7 @@ class Exchange:
         """Open a connection; while nothing was sent, failures may move to another backend."""
         client = self.conn
         try:
-            conn = await client.runtime.pool(backend).connect()
+            conn = await client.runtime.cluster.pool(backend).connect()
         except (OSError, TimeoutError) as exc:
             self.task = None
             await self._connect_failed(request, backend, exc)
@@ -225,7 +225,7 @@ class Exchange:
         runtime = client.runtime
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
         log.warning("connect to backend %s failed: %s", backend.name, reason)
-        runtime.health.connect_failed(backend, reason)
+        runtime.cluster.health.connect_failed(backend, reason)
         client.stats.backends[backend.name].connect_failures += 1
         self.release_slot()
         if request is not client.current or client.state == CLOSED:
@@ -349,7 +349,7 @@ class Exchange:
         """The backend did not answer within timeouts.upstream_header: 504."""
         conn = self.conn
         if self.backend is not None:
-            conn.runtime.health.timed_out(self.backend)
+            conn.runtime.cluster.health.timed_out(self.backend)
             conn.stats.backends[self.backend.name].timeouts += 1
         self.abandon()
         conn.relay.answer(answers.GATEWAY_TIMEOUT)
@@ -359,7 +359,7 @@ class Exchange:
         backend = self.backend
         if backend is not None:
             self.backend = None
-            self.conn.runtime.admission.release(backend, self.slot_stream)
+            self.conn.runtime.cluster.admission.release(backend, self.slot_stream)
             self.slot_stream = False
 
     def detach_upstream(self, upstream: UpstreamConnection) -> None:
@@ -379,7 +379,7 @@ class Exchange:
         self.upstream = None
         self.backend = None
         if backend is not None:
-            conn.runtime.admission.release(backend, self.slot_stream)
+            conn.runtime.cluster.admission.release(backend, self.slot_stream)
             backend_stats = conn.stats.backends[backend.name]
             backend_stats.duration.observe(conn.loop.time() - self.started)
             backend_stats.bytes_out += self.response_bytes

@@ -86,9 +86,11 @@ def route_new(ex: Exchange, request: Request) -> None:
     backend = routing.pinned(runtime, request, conn.cookie_name) or ex.pick(request)
     if backend is not None:
         ex.dispatch(request, backend)
-    elif request.wants_stream and any(b.available for b in runtime.backends.backends):
+        return
+    cluster = runtime.cluster
+    if request.wants_stream and any(b.available for b in cluster.backends.backends):
         ex.too_many_streams()  # the backends that are up are at their cap
-    elif not request.wants_stream and runtime.admission.any_full(runtime.backends.backends):
+    elif not request.wants_stream and cluster.admission.any_full(cluster.backends.backends):
         ex.wait_for_slot(None)
     else:
         conn.relay.answer(answers.NO_BACKEND)

@@ -84,7 +84,7 @@ class ResponseRelay:
         ex.status = status
         backend = ex.backend
         if backend is not None:
-            conn.runtime.health.responded(backend, status)
+            conn.runtime.cluster.health.responded(backend, status)
             backend_stats = conn.stats.backends[backend.name]
             backend_stats.requests[(request.method, status // 100)] += 1
             backend_stats.first_byte.observe(conn.loop.time() - ex.started)
@@ -103,7 +103,7 @@ class ResponseRelay:
         if backend is not None:
             if head.content_type.startswith(b"text/event-stream") and not ex.slot_stream:
                 ex.slot_stream = True
-                conn.runtime.admission.became_stream(backend)
+                conn.runtime.cluster.admission.became_stream(backend)
             if conn.sticky or conn.runtime.cookie_codec is not None:
                 out = self._session_headers(request, head, status, backend)
         self.out.append(
@@ -290,7 +290,7 @@ class ResponseRelay:
         retry = ex.retry_target(request, str(status), sent=True)
         if retry is None:
             return False
-        conn.runtime.health.responded(backend, status)
+        conn.runtime.cluster.health.responded(backend, status)
         conn.stats.backends[backend.name].requests[(request.method, status // 100)] += 1
         ex.detach_upstream(upstream)
         upstream.abort()  # its body is not wanted: not worth reading to reuse the connection

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 def session_backend(runtime: Runtime, name: str | None) -> Backend | None:
     """The backend a session is bound to, if it may serve the session now: known, not
     refusing sessions (down), and not past the end of its drain."""
-    backend = runtime.backends.get(name) if name is not None else None
-    if backend is None or runtime.health.refuses_sessions(backend) or backend.drain_over():
+    backend = runtime.cluster.backends.get(name) if name is not None else None
+    if backend is None or runtime.cluster.health.refuses_sessions(backend) or backend.drain_over():
         return None
     return backend
 
@@ -44,20 +44,21 @@ def pinned(runtime: Runtime, request: Request, cookie_name: bytes) -> Backend | 
     opened = codec.open(value) if value else None
     if opened is None:
         return None
-    backend = runtime.backends.get(opened[0])
+    backend = runtime.cluster.backends.get(opened[0])
     return backend if backend is not None and backend.available else None
 
 
 def pick(runtime: Runtime, request: Request, client_ip: str, attempted: Set[str]) -> Backend | None:
     """The strategy's pick among the backends that can take ``request`` and were not
     ``attempted`` already; with panic fail_open, the least busy of all when none is up."""
-    candidates = runtime.backends.backends
-    admission = runtime.admission
+    cluster = runtime.cluster
+    candidates = cluster.candidates
+    admission = cluster.admission
     if attempted or admission.per_backend:
         # A stream takes a stream slot, not a request slot: full request slots don't matter.
         full = admission.streams_full if request.wants_stream else admission.backend_full
         candidates = [b for b in candidates if b.name not in attempted and not full(b)]
-    strategy = runtime.strategy
+    strategy = cluster.strategy
     header_hash = runtime.header_hash
     if header_hash is not None and header_hash.applies(request.headers):
         strategy = header_hash.strategy
@@ -77,7 +78,7 @@ def pick(runtime: Runtime, request: Request, client_ip: str, attempted: Set[str]
 
 def panic_pick(runtime: Runtime, candidates: list[Backend]) -> Backend | None:
     """With panic: fail_open and every backend down, spread over all of them anyway."""
-    if not runtime.health.panic_open():
+    if not runtime.cluster.health.panic_open():
         return None
     weighted = [b for b in candidates if b.base_weight > 0]
     return min(weighted, key=lambda b: b.in_flight, default=None)

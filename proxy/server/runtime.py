@@ -9,11 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from mcplb.healthcheck.monitor import HealthMonitor
-from mcplb.proxy.cluster.admission import Admission
-from mcplb.proxy.cluster.backends import Backend, BackendSet
 from mcplb.proxy.cluster.cluster import Cluster
-from mcplb.proxy.cluster.pool import UpstreamPool
 from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.stats import Stats
@@ -25,7 +21,6 @@ from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
 from mcplb.proxy.sessions.tokens import TokenCodec
-from mcplb.strategies.base import Strategy
 from mcplb.strategies.forwarded import ForwardedClient, parse_networks
 
 # Settings a running process cannot take over: a reload keeps the old value and says so.
@@ -100,35 +95,6 @@ class Runtime:
         )
         self.cookie_codec = TokenCodec(sticky.keys, "cookie") if sticky.cookie else None
         self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
-
-    # TRANSITION: relay/routing still read this
-    @property
-    def backends(self) -> BackendSet:
-        return self.cluster.backends
-
-    # TRANSITION: relay/routing still read this
-    @property
-    def pools(self) -> dict[Backend, UpstreamPool]:
-        return self.cluster.pools
-
-    # TRANSITION: relay/routing still read this
-    @property
-    def admission(self) -> Admission:
-        return self.cluster.admission
-
-    # TRANSITION: relay/routing still read this
-    @property
-    def health(self) -> HealthMonitor:
-        return self.cluster.health
-
-    # TRANSITION: relay/routing still read this
-    @property
-    def strategy(self) -> Strategy:
-        return self.cluster.strategy
-
-    # TRANSITION: relay/routing still read this
-    def pool(self, backend: Backend) -> UpstreamPool:
-        return self.cluster.pool(backend)
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
         """Switch to a reloaded config without dropping anything: backends that stay keep
