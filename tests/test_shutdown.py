@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -228,21 +231,18 @@ async def test_after_shutdown_nothing_is_listening(peers: Peers, tmp_path: Path)
     assert (await attempt(port, get("/"), 0)).outcome == "refused"
 
 
-def test_sigterm_right_after_the_port_opens_is_a_clean_stop(tmp_path: Path) -> None:
-    """The port opens before the event loop's signal handlers exist. Before, a SIGTERM in
-    that window (a pod deleted as it starts) killed the process (exit -15); now it is
-    noted and the proxy stops as on any SIGTERM, with exit 0."""
-    import socket
-    import subprocess
-    import sys
-
+def sigterm_as_the_port_opens(tmp_path: Path, workers: int, attempt: int = 0) -> int:
+    """Start `mcplb run`, send SIGTERM the moment its port accepts, return its exit code
+    (TimeoutExpired if it has not exited within 6 s, well under the supervisor's kill
+    deadline of grace 10 s + 5 s)."""
     port = free_port()
     config = tmp_path / "mcplb.yaml"
     config.write_text(
-        f"listen: 127.0.0.1:{port}\nadmin: {{enabled: false}}\n"
+        f"listen: 127.0.0.1:{port}\nworkers: {workers}\nadmin: {{enabled: false}}\n"
+        "sticky: {mcp_sessions: false}\n"
         "backends:\n  - {name: a, url: 'http://127.0.0.1:9'}\n"
     )
-    log = tmp_path / "stderr.log"
+    log = tmp_path / f"stderr-{attempt}.log"
     with log.open("wb") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mcplb.proxy.cli", "run", "--config", str(config)],
@@ -257,11 +257,20 @@ def test_sigterm_right_after_the_port_opens_is_a_clean_stop(tmp_path: Path) -> N
                     break
             time.sleep(0.001)  # polling the port: no event announces the bind
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0, log.read_text()[-3000:]
+        code = proc.wait(timeout=6)
+        assert code == 0, log.read_text()[-3000:]
+        return code
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigterm_right_after_the_port_opens_is_a_clean_stop(tmp_path: Path) -> None:
+    """The port opens before the event loop's signal handlers exist. Before, a SIGTERM in
+    that window (a pod deleted as it starts) killed the process (exit -15); now it is
+    noted and the proxy stops as on any SIGTERM, with exit 0."""
+    assert sigterm_as_the_port_opens(tmp_path, workers=1) == 0
 
 
 def test_sigterm_while_workers_start_stops_them_all_at_once(tmp_path: Path) -> None:
@@ -269,48 +278,14 @@ def test_sigterm_while_workers_start_stops_them_all_at_once(tmp_path: Path) -> N
     may still be forking the others. Before, a SIGTERM then was lost for the workers forked
     after it (or caught by the supervisor's own handler in a child not yet reset): they kept
     running and the supervisor waited out its kill deadline (about 15 s)."""
-    import socket
-    import subprocess
-    import sys
-
-    config = tmp_path / "mcplb.yaml"
     for attempt in range(4):
-        port = free_port()
-        config.write_text(
-            f"listen: 127.0.0.1:{port}\nworkers: 4\nadmin: {{enabled: false}}\n"
-            "sticky: {mcp_sessions: false}\n"
-            "backends:\n  - {name: a, url: 'http://127.0.0.1:9'}\n"
-        )
-        log = tmp_path / f"stderr-{attempt}.log"
-        with log.open("wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mcplb.proxy.cli", "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        try:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and proc.poll() is None:
-                with socket.socket() as probe:
-                    if probe.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.001)  # polling the port: no event announces the bind
-            proc.send_signal(signal.SIGTERM)
-            # Well under the kill deadline (grace 10 s + 5 s): nobody was left waiting.
-            assert proc.wait(timeout=6) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        assert sigterm_as_the_port_opens(tmp_path, workers=4, attempt=attempt) == 0
 
 
 async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     """A supervisor killed with SIGKILL (OOM killer, kill -9) cannot stop its workers; each
     worker asks the kernel for a SIGTERM when its parent dies and drains as on any SIGTERM.
     Before, they kept serving the port with nobody to restart or reload them."""
-    import subprocess
-    import sys
-
     port = free_port()
     config = tmp_path / "mcplb.yaml"
     config.write_text(
