@@ -78,11 +78,19 @@ class Strategy(ABC):
     # False for strategies that never look at the request: the relay then skips
     # building RequestFacts on its hot path and passes NO_FACTS.
     uses_request: ClassVar[bool] = True
+    # True for strategies that index the backends by load: the proxy then calls
+    # ``load_changed`` whenever a backend's in-flight, stream or session count changes.
+    tracks_load: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         if options:
             unknown = ", ".join(sorted(options))
             raise StrategyOptionError(f"unknown option(s): {unknown}")
+
+    def load_changed(self, backend: BackendView) -> None:
+        """``backend``'s ``in_flight``, ``streams`` or ``sessions`` just changed (called
+        only for strategies with ``tracks_load``)."""
+        return None
 
     @abstractmethod
     def pick(self, backends: Sequence[B], request: RequestFacts) -> B | None:

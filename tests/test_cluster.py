@@ -193,3 +193,39 @@ async def test_retire_over_closes_the_pools_of_backends_past_their_deadline(
     assert cluster.retire_over() == []
     cluster.close_pools()
     assert all(pool.closed for pool in cluster.pools.values())
+
+
+@pytest.mark.parametrize("strategy", ["least_connections", "least_sessions"])
+def test_load_indexing_strategies_hear_of_every_slot_held_and_released(strategy: str) -> None:
+    """With 20 backends a least-loaded strategy picks from its load index; the admission
+    slots (and the runtime's session counts) tell it of every change, so holding a slot on
+    each pick spreads 40 picks exactly evenly, and releasing them all brings it back."""
+    backends = [(f"b{i:02}", 9000 + i, 1) for i in range(20)]
+    cluster = Cluster(config(*backends, extra=f"strategy: {strategy}\n"), probing=False)
+    assert cluster.admission.on_load == cluster.strategy.load_changed
+    held = []
+    for _ in range(40):
+        backend = cluster.strategy.pick(cluster.candidates, RequestFacts("", "", "", ()))
+        assert backend is not None
+        cluster.admission.hold(backend, False)
+        backend.sessions += 1  # as Runtime.session_bound does, with its notice
+        cluster.strategy.load_changed(backend)
+        held.append(backend)
+    assert sorted(b.in_flight for b in cluster.backends) == [2] * 20
+    for backend in held:
+        cluster.admission.release(backend, False)
+    assert all(b.in_flight == 0 for b in cluster.backends)
+
+
+async def test_a_reloaded_strategy_is_the_one_told_of_load_changes() -> None:
+    cluster = Cluster(START, probing=False)
+    assert cluster.admission.on_load is None  # round_robin does not index by load
+    changed = config(
+        ("a", 9001, 1),
+        ("b", 9002, 1),
+        ("c", 9003, 1),
+        extra=ACTIVE + "strategy: least_connections\n",
+    )
+    await cluster.reload(changed)
+    assert isinstance(cluster.strategy, LeastConnections)
+    assert cluster.admission.on_load == cluster.strategy.load_changed

@@ -135,3 +135,62 @@ def test_a_pick_on_the_same_list_reads_a_constant_number_of_backends(
     for _ in range(1000):
         assert strategy.pick(routing, request(rng)) is not None
     assert CountingBackend.reads <= 3 * 1000  # a scan would read 1,000,000
+
+
+# The strategies that index backends by load: exact only with the proxy's notices of
+# every load change (``load_changed``), which the lockstep test below gives.
+LOAD_TRACKING = ["least_connections", "least_sessions"]
+
+
+@pytest.mark.parametrize("spec", LOAD_TRACKING)
+@pytest.mark.parametrize("size", [16, 60, 300])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_load_indexed_and_scanned_picks_are_identical(spec: str, size: int, seed: int) -> None:
+    """As above, for the least-loaded strategies: in-flight, stream and session counts move
+    after every pick (each move notified, as the cluster's admission and the runtime do),
+    ties included (many backends share a load), and the rotation of ties must match."""
+    rng = random.Random(seed)
+    indexed, scanned = build(spec, {}), build(spec, {})
+    assert indexed.tracks_load
+    routing = make_pool(rng, size)
+    for backend in routing:
+        backend.in_flight = rng.randint(0, 2)
+        backend.sessions = rng.randint(0, 3)
+        backend.max_sessions = rng.choice([None, None, 3])
+    for step in range(6000):
+        if rng.random() < 0.001:
+            routing = changed(routing, rng)
+        backends: Sequence[FakeBackend] = routing
+        if rng.random() < 0.003:  # a retry's list: a new object without one backend
+            skip = rng.randrange(len(routing))
+            backends = [b for i, b in enumerate(routing) if i != skip]
+        first = indexed.pick(backends, NO_FACTS)
+        assert first is scanned.pick(list(backends), NO_FACTS), step
+        moved = first if first is not None and rng.random() < 0.5 else rng.choice(routing)
+        what = rng.randrange(3)
+        if what == 0:
+            moved.in_flight += 1
+        elif what == 1 and moved.in_flight > moved.streams:
+            moved.in_flight -= 1
+        elif moved.in_flight > moved.streams and rng.random() < 0.5:
+            moved.streams += 1  # a response turned out to be an event stream
+        else:
+            moved.sessions = max(0, moved.sessions + rng.choice([-1, 1]))
+        indexed.load_changed(moved)
+
+
+@pytest.mark.parametrize("spec", LOAD_TRACKING)
+def test_a_load_indexed_pick_reads_a_constant_number_of_backends(spec: str) -> None:
+    rng = random.Random(4)
+    routing = [CountingBackend(f"b{i}", rng.randint(1, 5)) for i in range(1000)]
+    strategy: Strategy = build(spec, {})
+    for _ in range(3):
+        strategy.pick(routing, NO_FACTS)
+    CountingBackend.reads = 0
+    for _ in range(1000):
+        backend = strategy.pick(routing, NO_FACTS)
+        assert backend is not None
+        backend.in_flight += 1
+        backend.sessions += 1
+        strategy.load_changed(backend)
+    assert CountingBackend.reads <= 4 * 1000  # a scan would read 1,000,000

@@ -9,7 +9,7 @@ they are refused at once rather than queued, since a slot would not free up soon
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from mcplb.proxy.config.schema import LimitsConfig
@@ -37,6 +37,9 @@ class Admission:
         self.requests = 0  # slots held by requests (not streams), all backends
         self.streams = 0
         self.queue: dict[Waiter, None] = {}  # insertion-ordered, O(1) removal
+        # Told of every change of a backend's in_flight or streams: the strategy's
+        # ``load_changed`` when it indexes backends by load (set by the Cluster).
+        self.on_load: Callable[[Backend], None] | None = None
         self.configure(limits, backends)
 
     def configure(self, limits: LimitsConfig, backends: Iterable[Backend]) -> None:
@@ -80,6 +83,8 @@ class Admission:
             self.streams += 1
         else:
             self.requests += 1
+        if self.on_load is not None:
+            self.on_load(backend)
 
     def release(self, backend: Backend, stream: bool) -> None:
         backend.in_flight -= 1
@@ -88,14 +93,18 @@ class Admission:
             self.streams -= 1
         else:
             self.requests -= 1
-            if self.queue:
-                self.wake(backend)
+        if self.on_load is not None:
+            self.on_load(backend)
+        if not stream and self.queue:
+            self.wake(backend)
 
     def became_stream(self, backend: Backend) -> None:
         """A request's response turned out to be an event stream: it frees its slot."""
         backend.streams += 1
         self.streams += 1
         self.requests -= 1
+        if self.on_load is not None:
+            self.on_load(backend)
         if self.queue:
             self.wake(backend)
 

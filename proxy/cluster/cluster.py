@@ -41,6 +41,7 @@ class Cluster:
             config.health, self.backends.backends, probing=probing, on_change=self._changed
         )
         self.admission = Admission(config.limits, self.backends)
+        self._use_strategy(self.strategy)
 
     @property
     def candidates(self) -> list[Backend]:
@@ -53,6 +54,12 @@ class Cluster:
             self._candidates = list(self.backends.backends)
             self._candidates_version = self.version
         return self._candidates
+
+    def _use_strategy(self, strategy: Strategy) -> None:
+        """Pick with ``strategy`` from now on; one that indexes backends by load hears of
+        every load change."""
+        self.strategy = strategy
+        self.admission.on_load = strategy.load_changed if strategy.tracks_load else None
 
     def pool(self, backend: Backend) -> UpstreamPool:
         return self.pools[backend]
@@ -100,7 +107,7 @@ class Cluster:
         await self.health.reconfigure(config.health, staying)
         self.backends.replace(staying, retired)
         self._changed()
-        self.strategy = strategy
+        self._use_strategy(strategy)
         self.admission.configure(config.limits, staying)
         return changes
 

@@ -133,12 +133,16 @@ class Runtime:
         if backend is not None:
             backend.sessions += 1
             self.stats.backends[backend_name].sessions_created += 1
+            if self.cluster.strategy.tracks_load:
+                self.cluster.strategy.load_changed(backend)
 
     def session_ended(self, backend_name: str) -> None:
         backend = self.cluster.backends.get(backend_name)
         if backend is not None and backend.sessions > 0:
             backend.sessions -= 1
             self.stats.backends[backend_name].sessions_ended += 1
+            if self.cluster.strategy.tracks_load:
+                self.cluster.strategy.load_changed(backend)
 
     def next_request_id(self) -> bytes:
         return f"{self._request_prefix}{next(self._request_numbers):010x}".encode()
