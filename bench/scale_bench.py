@@ -33,6 +33,7 @@ import asyncio
 import gc
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ if str(REPO_ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     NotReady,
     free_ports,
+    haproxy_conf,
     mcplb_config,
     mcplb_python,
     pin_proxies,
@@ -93,6 +95,16 @@ class Servers:
             wait_http(proc, port, "/", START_TIMEOUT, log)
         return proc
 
+    def haproxy(self, name: str, port: int, backend: int, count: int) -> subprocess.Popen[bytes]:
+        """HAProxy (one thread, round robin) in front of ``count`` entries for ``backend``."""
+        folder = self.tmp / name
+        folder.mkdir()
+        conf = haproxy_conf(folder, port, [backend] * count, CONNECTIONS)
+        log = folder / "haproxy.log"
+        proc = spawn(["haproxy", "-f", str(conf), "-db"], log, self.procs)
+        wait_http(proc, port, "/", START_TIMEOUT, log)
+        return proc
+
     def mcplb(self, name: str, port: int, conf: Path) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
         proc = start_mcplb(conf, log, self.procs)
@@ -103,6 +115,26 @@ class Servers:
         os.sched_setaffinity(0, self.affinity)
         for proc in self.procs:
             stop_process(proc)
+
+
+async def haproxy_row(
+    servers: Servers, args: argparse.Namespace, backend: int, backend_pid: int
+) -> list[str]:
+    """The same measure of HAProxy round robin: what spreading requests over more upstream
+    connections costs a proxy whose pick is O(1) (its share of the growth is the kernel's
+    and the caches', not the pick's)."""
+    targets = {}
+    for size, port in zip(SIZES, free_ports(len(SIZES)), strict=True):
+        targets[f"haproxy-{size}"] = (
+            servers.haproxy(f"haproxy-{size}", port, backend, size).pid,
+            port,
+        )
+    pin_proxies([pid for pid, _ in targets.values()], [backend_pid])
+    found = await alternate(targets, args.rounds, args.requests, CONNECTIONS)
+    us = [statistics.median(found[f"haproxy-{size}"]) for size in SIZES]
+    row = ["HAProxy round robin", *(f"{u:.1f}" for u in us), f"{us[-1] / us[0]:.2f}x"]
+    print(f"haproxy: {row[1:]}", file=sys.stderr, flush=True)
+    return row
 
 
 async def bench_backends(args: argparse.Namespace, tmp: Path) -> str:
@@ -125,6 +157,8 @@ async def bench_backends(args: argparse.Namespace, tmp: Path) -> str:
             us = [statistics.median(found[f"{strategy}-{size}"]) for size in SIZES]
             rows.append([strategy, *(f"{u:.1f}" for u in us), f"{us[-1] / us[0]:.2f}x"])
             print(f"{strategy}: {rows[-1][1:]}", file=sys.stderr, flush=True)
+        if shutil.which("haproxy"):
+            rows.append(await haproxy_row(servers, args, backend, backend_pid))
     finally:
         servers.close()
     head = ["strategy", *(f"{n} backends µs" for n in SIZES), "1000/2"]
