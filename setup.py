@@ -31,6 +31,13 @@ COMPILED = [
         "relay/upstream",
         "relay/connection",
         "cluster/pool",
+        "cluster/backends",
+        "cluster/admission",
+        "routing/steps",
+        "routing/host_check",
+        "sessions/affinity",
+        "observability/stats",
+        "server/runtime",
     )
 ]
 

@@ -13,32 +13,20 @@ from mcplb.proxy.config.validate import validated
 
 
 def build() -> str:
-    """Which build is running: the request path compiled with mypyc (setup.py), or the
-    pure-Python modules, which are the reference and the fallback."""
+    """Which build is running: modules of the request path compiled with mypyc (setup.py's
+    COMPILED, as extension modules next to their sources), or the pure-Python modules,
+    which are the reference and the fallback."""
     from importlib.machinery import EXTENSION_SUFFIXES
+    from pathlib import Path
 
-    from mcplb.proxy.cluster import pool
-    from mcplb.proxy.relay import (
-        answers,
-        connection,
-        exchange,
-        framing,
-        http11,
-        mcp_method,
-        request,
-        route,
-        session_out,
-        states,
-        upstream,
+    package = Path(__file__).resolve().parent  # the proxy package's folder
+    compiled = sorted(
+        {
+            ".".join((*path.relative_to(package).parts[:-1], path.name.split(".")[0]))
+            for suffix in EXTENSION_SUFFIXES
+            for path in package.rglob(f"*{suffix}")
+        }
     )
-
-    # In setup.py's COMPILED order.
-    modules = (http11, request, states, answers, framing, mcp_method, session_out, exchange)
-    compiled = [
-        module.__name__.removeprefix("mcplb.proxy.")
-        for module in (*modules, route, upstream, connection, pool)
-        if (module.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
-    ]
     return "compiled: " + ", ".join(compiled) if compiled else "pure Python"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,10 +27,15 @@ def mcplb(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 # `make unit-compiled` runs the suite again on the mypyc build and says so here.
+def compiled_modules() -> str:
+    """setup.py's COMPILED list ("mcplb/proxy/relay/http11.py" ...) as --version names it."""
+    text = (Path(__file__).resolve().parent.parent / "setup.py").read_text()
+    names = re.findall(r'^\s+"(\w+/\w+)",$', text, re.M)
+    return ", ".join(sorted(name.replace("/", ".") for name in names))
+
+
 BUILD = (
-    "compiled: relay.http11, relay.request, relay.states, relay.answers, relay.framing,"
-    " relay.mcp_method, relay.session_out, relay.exchange, relay.route, relay.upstream,"
-    " relay.connection, cluster.pool"
+    "compiled: " + compiled_modules()
     if os.environ.get("MCPLB_BUILD") == "compiled"
     else "pure Python"
 )

@@ -327,14 +327,6 @@ def test_slow_start_ramp() -> None:
 # --- HealthMonitor without I/O -------------------------------------------------------------
 
 
-class DrainableBackend(Backend):
-    __slots__ = ("draining",)
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*args)  # type: ignore[arg-type]
-        self.draining = False
-
-
 def make_backends(*weights: int) -> list[Backend]:
     return [Backend(backend_config(f"b{i}", 9000 + i, weight)) for i, weight in enumerate(weights)]
 
@@ -557,8 +549,8 @@ def test_monitor_reports_changes_of_availability_and_weight() -> None:
 
 def test_monitor_keeps_draining() -> None:
     clock = FakeClock()
-    a = DrainableBackend(backend_config("a", 9001))
-    b = DrainableBackend(backend_config("b", 9002))
+    a = Backend(backend_config("a", 9001))
+    b = Backend(backend_config("b", 9002))
     monitor = HealthMonitor(health(), [a, b], clock=clock)
     a.draining = True
     monitor.refresh(a)
