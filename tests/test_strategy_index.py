@@ -52,6 +52,20 @@ def changed(pool: list[FakeBackend], rng: random.Random) -> list[FakeBackend]:
     return pool
 
 
+def next_lists(
+    routing: list[FakeBackend], rng: random.Random
+) -> tuple[list[FakeBackend], Sequence[FakeBackend]]:
+    """The routing list for the next pick (now and then a changed one) and the list the
+    pick gets: mostly the routing list itself, now and then a retry's one-off list (a new
+    object without one backend)."""
+    if rng.random() < 0.001:
+        routing = changed(routing, rng)
+    if rng.random() < 0.003:
+        skip = rng.randrange(len(routing))
+        return routing, [b for i, b in enumerate(routing) if i != skip]
+    return routing, routing
+
+
 def request(rng: random.Random) -> RequestFacts:
     return RequestFacts(f"10.0.{rng.randrange(4)}.{rng.randrange(256)}", "POST", "/mcp", ())
 
@@ -70,12 +84,7 @@ def test_indexed_and_scanned_picks_are_identical(
     indexed, scanned = build(spec, options), build(spec, options)
     routing = make_pool(rng, size)
     for step in range(6000):
-        if rng.random() < 0.001:
-            routing = changed(routing, rng)
-        backends: Sequence[FakeBackend] = routing
-        if rng.random() < 0.003:  # a retry's list: a new object without one backend
-            skip = rng.randrange(len(routing))
-            backends = [b for i, b in enumerate(routing) if i != skip]
+        routing, backends = next_lists(routing, rng)
         facts = request(rng) if indexed.uses_request else NO_FACTS
         first = indexed.pick(backends, facts)
         assert first is scanned.pick(list(backends), facts), step
@@ -158,12 +167,7 @@ def test_load_indexed_and_scanned_picks_are_identical(spec: str, size: int, seed
         backend.sessions = rng.randint(0, 3)
         backend.max_sessions = rng.choice([None, None, 3])
     for step in range(6000):
-        if rng.random() < 0.001:
-            routing = changed(routing, rng)
-        backends: Sequence[FakeBackend] = routing
-        if rng.random() < 0.003:  # a retry's list: a new object without one backend
-            skip = rng.randrange(len(routing))
-            backends = [b for i, b in enumerate(routing) if i != skip]
+        routing, backends = next_lists(routing, rng)
         first = indexed.pick(backends, NO_FACTS)
         assert first is scanned.pick(list(backends), NO_FACTS), step
         moved = first if first is not None and rng.random() < 0.5 else rng.choice(routing)
