@@ -224,16 +224,28 @@ async def test_pipelined_early_answers_come_in_request_order() -> None:
     assert statuses(relay.client.take()) == [200]
 
 
-async def test_a_refused_head_pipelined_behind_an_exchange_ends_the_connection_after_it() -> None:
+async def test_a_refused_head_pipelined_behind_an_exchange_is_answered_in_its_turn() -> None:
+    """The requests before a refused head are answered in order, then its 400, then the
+    connection closes; nothing after the refused head is read. Before, the connection
+    closed after the first answer: the queued requests and the 400 were never sent."""
     relay = Relay()
     upstream, backend = relay.backend_connection()
-    relay.send(GET + b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + GET)
-    assert backend.take().count(b"GET ") == 1  # nothing after the refused head is read
+    second = b"GET /second HTTP/1.1\r\nHost: mcp.example.com\r\n\r\n"
+    relay.send(GET + second + b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" + GET)
+    assert backend.take().count(b"GET ") == 1
     upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-    assert relay.client.take().startswith(
-        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close"
+    first = relay.client.take()
+    assert statuses(first) == [200] and b"connection: close" not in first
+    assert not relay.client.closed and not relay.client.eof
+    assert backend.take().startswith(b"GET /second ")  # nothing after the refused head
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    raw = relay.client.take()
+    assert statuses(raw) == [200, 400]
+    assert raw.count(b"connection: close") == 1 and raw.rindex(b"connection: close") > raw.index(
+        b" 400 "
     )
-    assert relay.client.closed
+    assert relay.client.eof  # then the lingering close of an error answer
+    assert backend.take() == b""
 
 
 async def test_connection_close_is_honoured_on_an_early_answer() -> None:

@@ -328,7 +328,7 @@ class ClientConnection(asyncio.Protocol):
             and finished.keep_alive
             and finished.complete
             and not self.closing
-            and self.parser is not None
+            and self.more_may_follow()
         )
         self.current = None
         self.ex = Exchange(self)  # the next request starts from a clean state
@@ -345,6 +345,12 @@ class ClientConnection(asyncio.Protocol):
             self.resume_reading(PAUSE_PIPELINE)
             self.state = HEAD if self.reading is not None else IDLE
             self.mark = None
+
+    def more_may_follow(self) -> bool:
+        """Whether another request may come on this connection: the parser still reads,
+        or requests already parsed wait their turn (a refused head stops the parser, but
+        the requests pipelined before it are answered first)."""
+        return self.parser is not None or bool(self.queue)
 
     def close(self, linger: bool = False) -> None:
         self.ex.holding = False

@@ -94,7 +94,7 @@ class ResponseRelay:
             method=request.method,
             version=request.version,
             upgrade=request.upgrade,
-            keep_alive=request.keep_alive and not conn.closing and conn.parser is not None,
+            keep_alive=request.keep_alive and not conn.closing and conn.more_may_follow(),
         )
         ex.framing = head.framing
         ex.client_keep_alive = head.keep_alive
