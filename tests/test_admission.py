@@ -40,8 +40,9 @@ def set_limit(b: Backend, max_connections: int | None) -> None:
 
 
 class Waiter:
-    """A queued request as the relay models it: bound to a backend (a session's) or not;
-    on retry it takes a slot the way ``ClientConnection.retry_admission`` does."""
+    """A queued request as the relay's exchange is one: bound to a backend (a session's)
+    or not; on retry it asks ``Admission.admissible`` where it may go, as the exchange
+    does, with the first backend that has room as its pick."""
 
     def __init__(
         self,
@@ -63,19 +64,15 @@ class Waiter:
         assert self in self.admission.queue, f"{self.label} retried while not queued"
         self.retries += 1
         admission = self.admission
-        target = self.waiting_for
-        if target is not None:
-            if not admission.can_hold(target):
-                return False
-        elif admission.worker_full():
-            return False
-        else:
-            target = next(
+        target = admission.admissible(
+            self.waiting_for,
+            lambda: next(
                 (b for b in self.backends if b.available and not admission.backend_full(b)),
                 None,
-            )
-            if target is None:
-                return False
+            ),
+        )
+        if target is None:
+            return False
         admission.leave(self)
         admission.hold(target, False)
         self.slot = target

@@ -70,6 +70,16 @@ class Admission:
     def can_hold(self, backend: Backend) -> bool:
         return not self.worker_full() and not self.backend_full(backend)
 
+    def admissible(
+        self, waiting_for: Backend | None, choose: Callable[[], Backend | None]
+    ) -> Backend | None:
+        """Where a queued request may take a request slot now: its bound backend (a
+        session's) if that has room, else (none bound) the backend ``choose`` picks, if
+        the worker has room; None if it must keep waiting."""
+        if waiting_for is not None:
+            return waiting_for if self.can_hold(waiting_for) else None
+        return None if self.worker_full() else choose()
+
     def any_full(self, backends: Iterable[Backend]) -> bool:
         """Some backend could take the request but for its connection limit."""
         return self.per_backend and any(b.available and self.backend_full(b) for b in backends)

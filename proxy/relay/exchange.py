@@ -169,16 +169,9 @@ class Exchange:
         if request is None or conn.state == CLOSED or conn.ex is not self:
             self.leave_queue()
             return False
-        target = self.waiting_for
-        if target is not None:
-            if not admission.can_hold(target):
-                return False
-        elif admission.worker_full():
+        target = admission.admissible(self.waiting_for, lambda: self.pick(request))
+        if target is None:
             return False
-        else:
-            target = self.pick(request)
-            if target is None:
-                return False
         self.leave_queue()
         # The slot is taken now, so the waker counts it; the request is sent on the next
         # loop turn, not inside the teardown of the connection whose release woke it.
