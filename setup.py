@@ -17,27 +17,32 @@ from setuptools import setup
 # (mcplb/ links to the top-level folders, so mypyc names the modules mcplb.proxy.*).
 # mcplb.proxy.cli.build() reports which of them are compiled.
 COMPILED = [
-    f"mcplb/proxy/{name}.py"
+    f"mcplb/{name}.py"
     for name in (
-        "relay/http11",
-        "relay/request",
-        "relay/states",
-        "relay/answers",
-        "relay/framing",
-        "relay/mcp_method",
-        "relay/session_out",
-        "relay/exchange",
-        "relay/route",
-        "relay/upstream",
-        "relay/connection",
-        "cluster/pool",
-        "cluster/backends",
-        "cluster/admission",
-        "routing/steps",
-        "routing/host_check",
-        "sessions/affinity",
-        "observability/stats",
-        "server/runtime",
+        "proxy/relay/http11",
+        "proxy/relay/request",
+        "proxy/relay/states",
+        "proxy/relay/answers",
+        "proxy/relay/framing",
+        "proxy/relay/mcp_method",
+        "proxy/relay/session_out",
+        "proxy/relay/exchange",
+        "proxy/relay/route",
+        "proxy/relay/upstream",
+        "proxy/relay/connection",
+        "proxy/cluster/pool",
+        "proxy/cluster/backends",
+        "proxy/cluster/admission",
+        "proxy/cluster/cluster",
+        "proxy/routing/steps",
+        "proxy/routing/host_check",
+        "proxy/routing/retries",
+        "proxy/sessions/affinity",
+        "proxy/observability/stats",
+        "proxy/observability/access_log",
+        "proxy/server/runtime",
+        "healthcheck/state",
+        "healthcheck/monitor",
     )
 ]
 

@@ -19,12 +19,13 @@ def build() -> str:
     from importlib.machinery import EXTENSION_SUFFIXES
     from pathlib import Path
 
-    package = Path(__file__).resolve().parent  # the proxy package's folder
+    root = Path(__file__).resolve().parent.parent  # holds proxy/, strategies/, healthcheck/
     compiled = sorted(
         {
-            ".".join((*path.relative_to(package).parts[:-1], path.name.split(".")[0]))
+            ".".join((*path.relative_to(root).parts[:-1], path.name.split(".")[0]))
+            for folder in ("proxy", "strategies", "healthcheck")
             for suffix in EXTENSION_SUFFIXES
-            for path in package.rglob(f"*{suffix}")
+            for path in (root / folder).rglob(f"*{suffix}")
         }
     )
     return "compiled: " + ", ".join(compiled) if compiled else "pure Python"

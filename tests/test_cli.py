@@ -28,9 +28,9 @@ def mcplb(*args: str) -> subprocess.CompletedProcess[str]:
 
 # `make unit-compiled` runs the suite again on the mypyc build and says so here.
 def compiled_modules() -> str:
-    """setup.py's COMPILED list ("mcplb/proxy/relay/http11.py" ...) as --version names it."""
+    """setup.py's COMPILED list ("proxy/relay/http11" ...) as --version names it."""
     text = (Path(__file__).resolve().parent.parent / "setup.py").read_text()
-    names = re.findall(r'^\s+"(\w+/\w+)",$', text, re.M)
+    names = re.findall(r'^\s+"(\w+(?:/\w+)+)",$', text, re.M)
     return ", ".join(sorted(name.replace("/", ".") for name in names))
 
 
