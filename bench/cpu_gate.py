@@ -59,8 +59,9 @@ from mcplb.proxy.cli import build  # noqa: E402
 # runs on the project's 2-core machine while other work loaded it (load average 1-3.3):
 # medians 3.09-3.37, 3.25 typical. 20% above that fails; the noise stayed within 4%.
 LIMIT = 3.9
-# The same for the compiled build (setup.py; seven runs: 2.26-2.51, 2.35 typical).
-LIMIT_COMPILED = 2.9
+# The same for the compiled build (setup.py's whole request path; ten runs of the gate
+# test on an idle machine: 1.88-1.99, 1.94 typical; the same 24% above it fails).
+LIMIT_COMPILED = 2.4
 START_TIMEOUT = 20.0
 RUN_TIMEOUT = 60.0
 
