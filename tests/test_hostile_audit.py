@@ -411,6 +411,27 @@ async def test_pipelined_requests_after_connection_close_answer_the_first(
     assert recorder.targets == [b"/1", b"/after"]
 
 
+async def test_a_refused_head_behind_pipelined_requests_is_answered_in_its_turn(
+    start_proxy: ProxyFactory, serve_raw: RawServe
+) -> None:
+    """Before: the connection closed after the first answer; the second request and the
+    refused head's 400 were never answered. The backend's bytes are read by llhttp (the
+    recorder) and by h11: the two requests before the refused head, nothing after it."""
+    proxy, recorder = await recording_proxy(start_proxy, serve_raw)
+    get = b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n"
+    refused = b"GET /3 HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n"  # two Host headers
+    client = await RawClient.connect(proxy.port)
+    await client.send(get % 1 + get % 2 + refused + get % 4)
+    data = await client.read_until_closed(timeout=3)
+    await client.close()
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+    assert statuses == [200, 200, 400], data
+    assert data.count(b"connection: close") == 1
+    assert recorder.targets == [b"/1", b"/2"]
+    assert [target for target, _ in h11_requests(bytes(recorder.raw))] == [b"/1", b"/2"]
+    await still_serves(proxy, recorder)
+
+
 # --- DNS-rebinding protection (issue 12, point 3) ------------------------------------------
 
 
