@@ -479,6 +479,19 @@ async def test_allowed_hosts_setting(start_proxy: ProxyFactory, serve_raw: RawSe
     assert len(recorder.targets) == 2
 
 
+def test_host_policy_remembers_only_what_it_allowed() -> None:
+    """The one-entry cache of the last allowed Host never lets another value through:
+    not an empty Host before any was allowed, nor a refused one after."""
+    policy = HostPolicy(("localhost",))
+    assert not policy.allows(b"")
+    assert policy.allows(b"localhost:8080")
+    assert policy.allows(b"localhost:8080")  # from the cache
+    for refused in (b"", b"evil.example", b"localhost.evil.example", b"localhost8080"):
+        assert not policy.allows(refused), refused
+    assert policy.allows(b"LOCALHOST")
+    assert policy.allows(b"localhost:8080")
+
+
 def test_host_policy_defaults_and_patterns() -> None:
     assert default_allowed_hosts("127.0.0.1") == ("localhost", "127.0.0.1", "[::1]")
     assert default_allowed_hosts("::1") == ("localhost", "127.0.0.1", "[::1]")

@@ -496,3 +496,41 @@ async def test_session_header_cases() -> None:
 )
 def test_jsonrpc_method(body: bytes, expected: tuple[str, str]) -> None:
     assert jsonrpc_method(body) == expected
+
+
+# -- the common exchange, byte for byte ----------------------------------------------------
+
+
+async def test_request_ids_are_16_hex_digits_counting_up() -> None:
+    relay = Relay()
+    ids = []
+    for _ in range(3):
+        upstream, backend = relay.backend_connection()
+        relay.send(GET)
+        head = backend.take()
+        ids.append(re.search(rb"\r\nx-request-id: ([^\r]*)\r\n", head).group(1))  # type: ignore[union-attr]
+        upstream.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert all(re.fullmatch(rb"[89a-f][0-9a-f]{15}", i) for i in ids), ids
+    numbers = [int(i, 16) for i in ids]
+    assert numbers == [numbers[0], numbers[0] + 1, numbers[0] + 2]
+
+
+async def test_a_plain_response_head_goes_out_as_the_backend_sent_its_fields() -> None:
+    """Fields in order, names lower-cased, hop-by-hop ones dropped, nothing else changed."""
+    relay = Relay()
+    upstream, _ = relay.backend_connection()
+    relay.send(GET)
+    upstream.data_received(
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+        b"Keep-Alive: timeout=5\r\nContent-Length: 2\r\nConnection: keep-alive\r\n"
+        b"X-A: 1\r\nX-A: 2\r\n\r\nok"
+    )
+    assert relay.client.take() == (
+        b"HTTP/1.1 200 OK\r\nserver: nginx\r\ncontent-type: text/plain\r\n"
+        b"content-length: 2\r\nx-a: 1\r\nx-a: 2\r\n\r\nok"
+    )
+    upstream, _ = relay.backend_connection()
+    relay.send(b"GET / HTTP/1.0\r\nHost: mcp.example.com\r\nConnection: keep-alive\r\n\r\n")
+    upstream.data_received(b"HTTP/1.1 201 Made\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    # To an HTTP/1.0 client a body of unknown length ends with the connection.
+    assert relay.client.take() == b"HTTP/1.1 201 Made\r\nconnection: close\r\n\r\n"

@@ -236,7 +236,7 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"transfer-encoding":
             request.chunked = value.lower().rstrip().endswith(b"chunked")
         elif name == b"accept":
-            request.wants_stream = b"text/event-stream" in value
+            request.wants_stream = value.find(b"text/event-stream") >= 0  # see route.route
 
     def on_headers_complete(self) -> None:
         request = self.reading

@@ -27,27 +27,53 @@ CHUNKED: Final = 2
 UNTIL_CLOSE: Final = 3
 TUNNEL: Final = 4
 
+# Framing fields the proxy adds to a response, in wire form.
+TE_CHUNKED = (b"transfer-encoding", b": ", b"chunked", b"\r\n")
+CONNECTION_CLOSE = (b"connection", b": ", b"close", b"\r\n")
+CONNECTION_KEEP_ALIVE = (b"connection", b": ", b"keep-alive", b"\r\n")
+
 
 class ResponseHead:
     """What ``response_head`` decided for one response."""
 
-    __slots__ = ("content_type", "framing", "headers", "keep_alive", "session_id", "until_close")
+    __slots__ = ("content_type", "framing", "keep_alive", "session_id", "until_close", "wire")
 
     def __init__(
         self,
         framing: int,
-        headers: Headers,
+        wire: list[bytes],
         keep_alive: bool,
         until_close: bool,
         session_id: bytes | None,
         content_type: bytes,
     ) -> None:
         self.framing = framing  # NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE or TUNNEL
-        self.headers = headers  # the end-to-end headers to send, framing ones included
+        # The end-to-end header fields to send, framing ones included, already in wire
+        # form (name, ": ", value, CRLF for each): the common response is sent as it is,
+        # without a second pass over its fields.
+        self.wire = wire
         self.keep_alive = keep_alive  # whether the client connection stays open after it
         self.until_close = until_close  # the backend's body ends when it closes
         self.session_id = session_id  # the backend's Mcp-Session-Id, if it sent one
         self.content_type = content_type
+
+    @property
+    def headers(self) -> Headers:
+        """The fields to send as (name, value) pairs (to rewrite some)."""
+        return field_pairs(self.wire)
+
+
+def field_pairs(wire: list[bytes]) -> Headers:
+    """(name, value) pairs of fields in wire form."""
+    return list(zip(wire[0::4], wire[2::4], strict=True))
+
+
+def wire_fields(headers: Headers) -> list[bytes]:
+    """Fields in the wire form of ``ResponseHead.wire``."""
+    wire: list[bytes] = []
+    for name, value in headers:
+        wire += (name, b": ", value, b"\r\n")
+    return wire
 
 
 def response_head(
@@ -63,7 +89,7 @@ def response_head(
     ``method``, HTTP ``version`` and ``upgrade``; ``keep_alive``: whether the client's side
     may stay open at all (its request allowed it, the proxy is not closing, and the request
     parser is still reading)."""
-    out: Headers = []
+    wire: list[bytes] = []
     has_length = chunked = named_hops = False
     session_id: bytes | None = None
     content_type = b""
@@ -80,29 +106,31 @@ def response_head(
             session_id = value
         elif name == b"content-type":
             content_type = value
-        out.append((name, value))
+        wire += (name, b": ", value, b"\r\n")
     if named_hops:
         # Content-Length and the session id stay whatever Connection names: the body is
         # framed by the length, and the client must get what the proxy learned.
-        out = http11.end_to_end(out, http11.connection_tokens(headers) - http11.END_TO_END)
+        hop = http11.connection_tokens(headers) - http11.END_TO_END
+        wire = wire_fields(http11.end_to_end(field_pairs(wire), hop))
     if status == 101 and upgrade:
         token = upgrade_token(headers)
         if token is not None:
-            out += [(b"connection", b"upgrade"), (b"upgrade", token)]
-        return ResponseHead(TUNNEL, out, True, False, session_id, content_type)
+            wire += (b"connection", b": ", b"upgrade", b"\r\n", b"upgrade", b": ", token, b"\r\n")
+        return ResponseHead(TUNNEL, wire, True, False, session_id, content_type)
     framing = body_framing(method, status, version, has_length and not chunked)
     # A chunked or close-delimited body is re-framed; chunked keeps the client alive.
     until_close = not chunked and framing in (CHUNKED, UNTIL_CLOSE)
     if framing == CHUNKED:
-        out = [(n, v) for n, v in out if n != b"content-length"]
-        out.append((b"transfer-encoding", b"chunked"))
+        if has_length:
+            wire = wire_fields([(n, v) for n, v in field_pairs(wire) if n != b"content-length"])
+        wire += TE_CHUNKED
     elif framing == UNTIL_CLOSE:
         keep_alive = False
     if not keep_alive:
-        out.append((b"connection", b"close"))
+        wire += CONNECTION_CLOSE
     elif version == "1.0":
-        out.append((b"connection", b"keep-alive"))
-    return ResponseHead(framing, out, keep_alive, until_close, session_id, content_type)
+        wire += CONNECTION_KEEP_ALIVE
+    return ResponseHead(framing, wire, keep_alive, until_close, session_id, content_type)
 
 
 def head_refusal(request: Request) -> str | None:

@@ -59,7 +59,9 @@ def route(ex: Exchange, request: Request) -> None:
         conn.relay.answer(answers.REPEATED_QUERY_SESSION)
         return
     guessed = False
-    if conn.sticky and request.session_id is None and b"?" in request.target:
+    # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
+    # that TypeError costs more than the search.)
+    if conn.sticky and request.session_id is None and request.target.find(b"?") >= 0:
         # Legacy SSE: the session is in the query, under whatever key the server chose.
         found = affinity.query_session(request.target)
         if found is not None:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcplb.relay")
 
+OK_LINE = b"HTTP/1.1 200 OK\r\n"  # the status line of most responses, not formatted anew
+
 
 class ResponseRelay:
     """Writes toward the client of one connection: backend responses and own answers."""
@@ -99,30 +101,35 @@ class ResponseRelay:
         ex.framing = head.framing
         ex.client_keep_alive = head.keep_alive
         ex.upstream_until_close = head.until_close
-        out = head.headers
+        rewritten = None
         if backend is not None:
             if head.content_type.startswith(b"text/event-stream") and not ex.slot_stream:
                 ex.slot_stream = True
                 conn.runtime.cluster.admission.became_stream(backend)
             if conn.sticky or conn.runtime.cookie_codec is not None:
-                out = self._session_headers(request, head, status, backend)
-        self.out.append(
-            http11.status_line(status, reason) + http11.serialize_headers(out) + b"\r\n"
-        )
+                rewritten = self._session_headers(request, head, status, backend)
+        line = OK_LINE if status == 200 and reason == b"OK" else http11.status_line(status, reason)
+        if rewritten is None:
+            wire = head.wire
+            wire.append(b"\r\n")
+            self.out.append(line + b"".join(wire))
+        else:
+            self.out.append(line + http11.serialize_headers(rewritten) + b"\r\n")
 
     def _session_headers(
         self, request: Request, head: ResponseHead, status: int, backend: Backend
-    ) -> Headers:
-        """The headers with the session id the client must see and the sticky cookie;
-        the answer is held while a store update they ask for lands."""
+    ) -> Headers | None:
+        """The headers with the session id the client must see and the sticky cookie
+        (None: the backend's, unchanged); the answer is held while a store update they
+        ask for lands."""
         conn = self.conn
         runtime = conn.runtime
-        out = head.headers
+        out = None
         if conn.sticky:
             if head.session_id is not None:
                 session_id = head.session_id.decode("latin-1")
                 out, job = session_out.session_header(
-                    runtime, request, out, session_id, status, backend
+                    runtime, request, head.headers, session_id, status, backend
                 )
                 if job is not None:
                     self._hold_for(job)
@@ -140,6 +147,8 @@ class ResponseRelay:
         if runtime.cookie_codec is not None:
             set_cookie = session_out.cookie_for(runtime, request, backend, conn.cookie_name)
             if set_cookie is not None:
+                if out is None:
+                    out = head.headers
                 out.append((b"set-cookie", set_cookie))
         return out
 

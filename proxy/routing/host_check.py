@@ -24,18 +24,26 @@ def host_name(host: bytes) -> bytes:
 class HostPolicy:
     """Answers whether a request's ``Host`` is one this listener serves."""
 
-    __slots__ = ("any", "exact", "suffixes")
+    __slots__ = ("any", "exact", "last_allowed", "suffixes")
 
     def __init__(self, patterns: Sequence[str]) -> None:
         self.any = "*" in patterns
         self.exact = frozenset(p.encode() for p in patterns if not p.startswith("*"))
         # "*.example.com" matches "a.example.com" and "a.b.example.com", not "example.com".
         self.suffixes = tuple(p[1:].encode() for p in patterns if p.startswith("*."))
+        # The last Host value allowed, as sent: clients repeat theirs on every request,
+        # and one entry cannot grow with what clients send.
+        self.last_allowed: bytes | None = None
 
     def allows(self, host: bytes | None) -> bool:
         if self.any:
             return True
         if host is None:
             return False  # HTTP/1.0 without Host: no name to check against
+        if host == self.last_allowed:
+            return True
         name = host_name(host)
-        return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
+        if name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes)):
+            self.last_allowed = host
+            return True
+        return False
