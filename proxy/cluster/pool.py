@@ -121,10 +121,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
 
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
-
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
@@ -132,11 +128,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        # The head's fields are handed on and the next head starts afresh (here, not in
+        # an on_message_begin: one callback less per response).
+        headers, reason = self._headers, self._reason
+        self._headers = []
+        self._reason = b""
         sink = self.sink
         if sink is None:
             return
         status: int = self.parser.get_status_code()
-        sink.upstream_head(status, self._reason, self._headers, self.parser.should_keep_alive())
+        sink.upstream_head(status, reason, headers, self.parser.should_keep_alive())
         if self.expect_no_body and status >= 200 and self.sink is sink:
             # llhttp cannot be told a response answers HEAD: end the message here and
             # parse the next response on this connection with a fresh parser.

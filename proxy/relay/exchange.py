@@ -52,6 +52,7 @@ class Exchange:
         "client_keep_alive",
         "complete_pending",
         "conn",
+        "finished",
         "framing",
         "holding",
         "legacy_session",
@@ -77,6 +78,7 @@ class Exchange:
         self.conn = conn
         # routing and admission
         self.started = 0.0  # when routing began (loop time)
+        self.finished = 0.0  # when the backend's answer ended (loop time; 0: not yet)
         self.backend: Backend | None = None  # holds a slot here while set
         self.slot_stream = False  # the slot held on backend is a stream's
         self.bound_backend: str | None = None  # backend a session id routed to
@@ -364,8 +366,9 @@ class Exchange:
             conn.up_pauses = 0
             upstream.resume_reading()
 
-    def end(self) -> None:
-        """Detach from the upstream connection and free the slot held on the backend."""
+    def end(self, now: float = 0.0) -> None:
+        """Detach from the upstream connection and free the slot held on the backend
+        (``now``: the loop time, if the caller has it)."""
         conn = self.conn
         upstream = self.upstream
         backend = self.backend
@@ -374,7 +377,8 @@ class Exchange:
         if backend is not None:
             conn.runtime.cluster.admission.release(backend, self.slot_stream)
             backend_stats = conn.stats.backends[backend.name]
-            backend_stats.duration.observe(conn.loop.time() - self.started)
+            self.finished = now = now or conn.loop.time()
+            backend_stats.duration.observe(now - self.started)
             backend_stats.bytes_out += self.response_bytes
             if conn.current is not None:
                 backend_stats.bytes_in += conn.current.body_size

@@ -195,14 +195,15 @@ class ResponseRelay:
         reusable = ex.upstream_keep_alive and http11.fully_sent(
             request.complete, request.upgrade, request.content_length, request.body_size
         )
+        now = conn.loop.time()
         if upstream is not None:
             # Pooled first: a request woken by the slot this frees can take the connection.
             ex.detach_upstream(upstream)
             if reusable:
-                upstream.pool.release(upstream, conn.loop.time())
+                upstream.pool.release(upstream, now)
             else:
                 upstream.close()
-        ex.end()
+        ex.end(now)
         conn.next_request(request)
 
     def upstream_tunnel(self, data: bytes) -> None:
@@ -395,7 +396,7 @@ class ResponseRelay:
         ex = conn.ex
         if request is conn.current:
             status = ex.status if ex.response_started or not client_left else 499
-            duration = round(conn.loop.time() - ex.started, 6)
+            duration = round((ex.finished or conn.loop.time()) - ex.started, 6)
             backend, bytes_out = ex.served_by or "-", ex.response_bytes
         else:  # pipelined behind the current one: never started
             status, duration, backend, bytes_out = 499, 0.0, "-", 0
