@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from mcplb.proxy.relay.http11 import Headers
 
 # Idle connections kept per backend; past this, released connections are closed.
-MAX_IDLE_PER_BACKEND = 512
+MAX_IDLE_PER_BACKEND: Final = 512
 
 
 class ResponseSink(Protocol):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 # Seconds; the last bucket is +Inf.
-BUCKETS: tuple[float, ...] = (
+BUCKETS: Final[tuple[float, ...]] = (
     0.001,
     0.0025,
     0.005,

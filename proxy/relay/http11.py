@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
 # Never forwarded: they describe one hop, not the message (RFC 9110 section 7.6.1).
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -26,7 +27,7 @@ HOP_BY_HOP = frozenset(
 # End-to-end fields the relay frames or routes by: a Connection header may not declare them
 # hop-by-hop, or the backend would read the message otherwise than the proxy parsed it
 # (Connection: content-length would leave the body to be read as the next request).
-END_TO_END = frozenset({b"content-length", b"transfer-encoding", b"host", b"mcp-session-id"})
+END_TO_END: Final = frozenset({b"content-length", b"transfer-encoding", b"host", b"mcp-session-id"})
 
 SESSION_NOT_FOUND = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
@@ -97,7 +98,7 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
 
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def error_response(

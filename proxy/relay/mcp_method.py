@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+from typing import Final
 
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.request import Request
 
 # JSON-RPC bodies up to this size are read for their method.
-SNIFF_LIMIT = 16 * 1024
+SNIFF_LIMIT: Final = 16 * 1024
 # A body with more openers than this is not parsed for its method: the JSON parser recurses
 # once per level, and a body of nothing but brackets would exhaust the stack.
 SNIFF_MAX_NESTING = 64

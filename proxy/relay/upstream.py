@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcplb.relay")
 
-OK_LINE = b"HTTP/1.1 200 OK\r\n"  # the status line of most responses, not formatted anew
+OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"  # the status line of most responses, not formatted anew
 
 
 class ResponseRelay:

@@ -9,13 +9,15 @@ multiple of it.
 
 from __future__ import annotations
 
+from typing import Final
+
 from mcplb.proxy.config.schema import RetriesConfig
 
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # Seconds of history the budget looks at, and retries it always allows in that window
 # (so that a quiet proxy can still retry its rare failures).
-BUDGET_WINDOW = 10
-BUDGET_FLOOR = 10
+BUDGET_WINDOW: Final = 10
+BUDGET_FLOOR: Final = 10
 
 
 class RetryBudget:

@@ -4,7 +4,6 @@ the session store and the request policies' state."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 from pathlib import Path
@@ -71,7 +70,7 @@ class Runtime:
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
         prefix = int.from_bytes(os.urandom(3), "big") | 0x800000
-        self._request_numbers = itertools.count(prefix << 40)
+        self._request_number = prefix << 40
         sticky = config.sticky
         self.sessions: SessionStore = (
             RedisSessionStore(
@@ -148,7 +147,8 @@ class Runtime:
                 self.cluster.strategy.load_changed(backend)
 
     def next_request_id(self) -> bytes:
-        return b"%x" % next(self._request_numbers)
+        self._request_number += 1
+        return b"%x" % self._request_number
 
     def store_errors(self) -> int:
         errors: int = getattr(self.sessions, "errors", 0)
