@@ -183,7 +183,9 @@ class AccessLog:
         client_left: bool,
     ) -> None:
         """``status`` 499: the client left before an answer began (as nginx logs it);
-        ``client_left``: it left before the answer was complete (any status)."""
+        ``client_left``: it left before the answer was complete (any status). The
+        duration is written in seconds with six decimals (a float's shortest repr after
+        rounding cost three times as much, and gave 1e-05)."""
         _clock.tick()
         if self.json:
             # The same text json.dumps gives for the dict of these keys, built directly.
@@ -191,7 +193,7 @@ class AccessLog:
                 f'{{"time": "{_clock.iso}", "client": {_json_str(client)}, '
                 f'"method": {_json_str(method)}, "path": {_json_str(target)}, '
                 f'"status": {status}, "backend": {_json_str(backend)}, '
-                f'"duration": {duration!r}, "bytes_in": {bytes_in}, '
+                f'"duration": {duration:.6f}, "bytes_in": {bytes_in}, '
                 f'"bytes_out": {bytes_out}, "session": "{session}", '
                 f'"request_id": {_json_str(request_id)}, '
                 f'"client_left": {"true" if client_left else "false"}}}'
@@ -200,7 +202,7 @@ class AccessLog:
             line = (
                 f"{client} - - [{_clock.text}] "
                 f'"{method} {target} HTTP/{version}" {status} '
-                f"{bytes_out} backend={backend} duration={duration} "
+                f"{bytes_out} backend={backend} duration={duration:.6f} "
                 f"session={session} request_id={request_id}"
             )
             if client_left:

@@ -396,7 +396,7 @@ class ResponseRelay:
         ex = conn.ex
         if request is conn.current:
             status = ex.status if ex.response_started or not client_left else 499
-            duration = round((ex.finished or conn.loop.time()) - ex.started, 6)
+            duration = (ex.finished or conn.loop.time()) - ex.started
             backend, bytes_out = ex.served_by or "-", ex.response_bytes
         else:  # pipelined behind the current one: never started
             status, duration, backend, bytes_out = 499, 0.0, "-", 0
