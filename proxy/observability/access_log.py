@@ -189,7 +189,7 @@ class AccessLog:
         _clock.tick()
         # Formatted on its own: an f-string with a format spec is compiled (mypyc) into a
         # str.format call that parses the whole template on every line.
-        seconds = "%.6f" % duration
+        seconds = format(duration, ".6f")
         if self.json:
             # The same text json.dumps gives for the dict of these keys, built directly.
             line = (
