@@ -54,14 +54,15 @@ def start(ex: Exchange, request: Request) -> None:
 def route(ex: Exchange, request: Request) -> None:
     """A session id (header, or legacy query) routes to its backend; else ``route_new``."""
     conn = ex.conn
-    if affinity.repeated_session_parameter(request.target):
+    # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
+    # that TypeError costs more than the search.)
+    has_query = request.target.find(b"?") >= 0
+    if has_query and affinity.repeated_session_parameter(request.target):
         # A router reading the first and a backend reading the last would disagree.
         conn.relay.answer(answers.REPEATED_QUERY_SESSION)
         return
     guessed = False
-    # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
-    # that TypeError costs more than the search.)
-    if conn.sticky and request.session_id is None and request.target.find(b"?") >= 0:
+    if conn.sticky and request.session_id is None and has_query:
         # Legacy SSE: the session is in the query, under whatever key the server chose.
         found = affinity.query_session(request.target)
         if found is not None:
