@@ -43,6 +43,19 @@ COMPILED = [
         "proxy/server/runtime",
         "healthcheck/state",
         "healthcheck/monitor",
+        # The built-in strategies: Strategy and each built-in class allow interpreted
+        # subclasses (mypyc_attr), so plugin strategies still subclass them.
+        "strategies/base",
+        "strategies/_options",
+        "strategies/forwarded",
+        "strategies/maglev",
+        "strategies/round_robin",
+        "strategies/random_choice",
+        "strategies/power_of_two",
+        "strategies/least_loaded",
+        "strategies/least_connections",
+        "strategies/least_sessions",
+        "strategies/ip_hash",
     )
 ]
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
+
+from mypy_extensions import mypyc_attr
 
 
 class BackendView(Protocol):
@@ -71,7 +73,14 @@ class StrategyOptionError(ValueError):
     """An option passed to a strategy is invalid; the message names the option."""
 
 
-class Strategy(ABC):
+# Not an ABC: the compiled build makes the built-in strategies mypyc native classes, which
+# get no ABC bookkeeping of their own (ABCMeta.__new__ never runs for them): they would
+# share abc.ABC's subclass cache, so isinstance() against them would answer whatever was
+# asked first, and they could never be abstract. ``unimplemented`` does the ABC's check in
+# both builds instead, and mypy still reports an abstract class being instantiated.
+# allow_interpreted_subclasses: plugin strategies are Python subclasses (compiled build).
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Strategy:
     """Picks among backends; never does I/O and never reads a clock it was not given."""
 
     name: ClassVar[str] = ""
@@ -81,8 +90,16 @@ class Strategy(ABC):
     # True for strategies that index the backends by load: the proxy then calls
     # ``load_changed`` whenever a backend's in-flight, stream or session count changes.
     tracks_load: ClassVar[bool] = False
+    # The methods this class declares abstract (a subclass adding some lists its own).
+    abstract_methods: ClassVar[tuple[str, ...]] = ("pick",)
 
     def __init__(self, **options: Any) -> None:
+        missing = unimplemented(type(self))
+        if missing:  # as ABCMeta's check, which this class does not have
+            raise TypeError(
+                f"Can't instantiate abstract class {type(self).__name__}"
+                f" with abstract method(s) {', '.join(missing)}"
+            )
         if options:
             unknown = ", ".join(sorted(options))
             raise StrategyOptionError(f"unknown option(s): {unknown}")
@@ -103,6 +120,19 @@ class Strategy(ABC):
         O(log n), and check only what they pick. Any other list (a retry's, each a new
         object) is scanned, as every list was before.
         """
+        raise NotImplementedError(f"{type(self).__name__} does not implement pick()")
+
+
+def unimplemented(cls: type) -> list[str]:
+    """The abstract methods (``abstract_methods`` of ``cls`` and its bases) that ``cls``
+    still has as they were declared, sorted: empty when it may be instantiated. A
+    plugin's own ABC-style abstract methods (``__abstractmethods__``) count too."""
+    missing: set[str] = set(getattr(cls, "__abstractmethods__", ()))
+    for klass in cls.__mro__:
+        for name in vars(klass).get("abstract_methods", ()):
+            if getattr(cls, name, None) is getattr(klass, name, None):
+                missing.add(name)
+    return sorted(missing)
 
 
 def check_options(options: Mapping[str, Any], allowed: Sequence[str]) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 TRUST_CACHE = 4096  # parsed addresses kept; cleared when full
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_networks(entries: Sequence[str]) -> tuple[Network, ...]:
-    """CIDR strings as networks; raises ValueError naming the index of a bad one."""
+def parse_networks(entries: Sequence[Any]) -> tuple[Network, ...]:
+    """CIDR strings as networks; raises ValueError naming the index of a bad one (an
+    entry of any type: they come from the config as they are)."""
     networks = []
     for index, entry in enumerate(entries):
         try:

@@ -8,6 +8,8 @@ from array import array
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from mcplb.strategies.base import B, RequestFacts, Strategy, StrategyOptionError
 from mcplb.strategies.forwarded import ForwardedClient, Network, parse_networks
 from mcplb.strategies.maglev import build_table, is_prime
@@ -22,6 +24,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9
 _Entries = tuple[tuple[str, int], ...]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class IpHash(Strategy):
     """Sends each client to the same backend for as long as the backend set is unchanged.
 
@@ -54,9 +57,11 @@ class IpHash(Strategy):
     def __init__(
         self,
         *,
-        table_size: int = DEFAULT_TABLE_SIZE,
-        trusted_proxies: Sequence[str] | None = None,
-        hash_key: str = "address",
+        # Typed object, checked below: options come from the config as they are, and the
+        # compiled build would refuse a wrong type with a bare TypeError.
+        table_size: object = DEFAULT_TABLE_SIZE,  # a prime int
+        trusted_proxies: object = None,  # a list of CIDR strings
+        hash_key: object = "address",  # "address" or "header:NAME"
         **options: Any,
     ) -> None:
         super().__init__(**options)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from mcplb.strategies.base import BackendView
 from mcplb.strategies.least_loaded import LeastLoaded
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LeastConnections(LeastLoaded):
     """Picks the available backend with the lowest ``active / weight``.
 

@@ -7,6 +7,8 @@ from bisect import bisect_left, insort
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from mcplb.strategies.base import B, BackendView, RequestFacts, Strategy
 
 # Below this many backends the scan is cheaper than keeping an index up to date.
@@ -59,6 +61,7 @@ class LoadIndex:
                 insort(joined, position)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class LeastLoaded(Strategy):
     """Picks the available backend with the lowest ``load / weight``; ties go round-robin.
 
@@ -73,6 +76,7 @@ class LeastLoaded(Strategy):
 
     uses_request: ClassVar[bool] = False
     tracks_load: ClassVar[bool] = True
+    abstract_methods: ClassVar[tuple[str, ...]] = ("load",)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -85,6 +89,7 @@ class LeastLoaded(Strategy):
     @abstractmethod
     def load(self, backend: BackendView) -> int | None:
         """The backend's load, or None when it must not take more."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement load()")
 
     def key(self, backend: BackendView) -> float | None:
         weight = backend.weight

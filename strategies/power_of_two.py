@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from mcplb.strategies._options import seeded_rng
 from mcplb.strategies.base import B, RequestFacts, Strategy
 from mcplb.strategies.random_choice import (
@@ -15,6 +17,7 @@ from mcplb.strategies.random_choice import (
 )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PowerOfTwo(Strategy):
     """Draws two distinct available backends, weighted by weight, and takes the one with
     fewer active requests per unit of weight; on a tie, the first drawn.
@@ -29,7 +32,9 @@ class PowerOfTwo(Strategy):
     name: ClassVar[str] = "power_of_two"
     uses_request: ClassVar[bool] = False
 
-    def __init__(self, *, seed: int | None = None, **options: Any) -> None:
+    # seed: an int or None, checked by seeded_rng (typed object: options come from the
+    # config as they are, and the compiled build would refuse a str with a bare TypeError).
+    def __init__(self, *, seed: object = None, **options: Any) -> None:
         super().__init__(**options)
         self._random = seeded_rng(seed).random
         self._tables = WeightTables()

@@ -7,10 +7,13 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate
 from typing import Any, ClassVar, Generic
 
+from mypy_extensions import mypyc_attr
+
 from mcplb.strategies._options import seeded_rng
 from mcplb.strategies.base import B, RequestFacts, Strategy
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RandomChoice(Strategy):
     """Picks an available backend at random, with probability weight / total weight.
 
@@ -21,7 +24,9 @@ class RandomChoice(Strategy):
     name: ClassVar[str] = "random"
     uses_request: ClassVar[bool] = False
 
-    def __init__(self, *, seed: int | None = None, **options: Any) -> None:
+    # seed: an int or None, checked by seeded_rng (typed object: options come from the
+    # config as they are, and the compiled build would refuse a str with a bare TypeError).
+    def __init__(self, *, seed: object = None, **options: Any) -> None:
         super().__init__(**options)
         self._random = seeded_rng(seed).random
         self._tables = WeightTables()

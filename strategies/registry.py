@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from mcplb.strategies.base import Strategy, StrategyOptionError
+from mcplb.strategies.base import Strategy, StrategyOptionError, unimplemented
 from mcplb.strategies.ip_hash import IpHash
 from mcplb.strategies.least_connections import LeastConnections
 from mcplb.strategies.least_sessions import LeastSessions
@@ -38,8 +38,9 @@ def resolve(spec: str) -> type[Strategy]:
         cls = _from_entry_point(spec)
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
         raise StrategyLoadError(f"{spec!r} is not a subclass of strategies.base.Strategy")
-    if inspect.isabstract(cls):
-        raise StrategyLoadError(f"{spec!r} does not implement pick()")
+    missing = unimplemented(cls)
+    if missing:
+        raise StrategyLoadError(f"{spec!r} does not implement {'(), '.join(missing)}()")
     return cls
 
 

@@ -7,6 +7,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic
 
+from mypy_extensions import mypyc_attr
+
 from mcplb.strategies.base import B, RequestFacts, Strategy
 
 # Longest schedule kept (picks in one period, weights divided by their gcd): a period
@@ -15,6 +17,7 @@ from mcplb.strategies.base import B, RequestFacts, Strategy
 MAX_PERIOD = 1 << 16
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RoundRobin(Strategy):
     """Interleaves backends in proportion to their weights, without bursts.
 

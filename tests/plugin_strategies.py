@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from mcplb.strategies.base import B, RequestFacts, Strategy
+from mcplb.strategies.base import B, BackendView, RequestFacts, Strategy
+from mcplb.strategies.least_connections import LeastConnections
+from mcplb.strategies.least_loaded import LeastLoaded
 
 
 class FirstAvailable(Strategy):
@@ -37,6 +39,16 @@ class NeedsOption(Strategy):
         return None
 
 
+class IdleByName(LeastConnections):
+    """Subclasses a built-in (compiled in the compiled build) and overrides the hook its
+    pick() calls: backends whose name starts with "idle" always look idle."""
+
+    name: ClassVar[str] = "idle_by_name"
+
+    def load(self, backend: BackendView) -> int | None:
+        return 0 if backend.name.startswith("idle") else super().load(backend)
+
+
 class NotAStrategy:
     """Has a pick() method but does not derive from Strategy."""
 
@@ -46,6 +58,10 @@ class NotAStrategy:
 
 class Unfinished(Strategy):
     """Derives from Strategy but never implements pick(): still abstract."""
+
+
+class UnfinishedLoad(LeastLoaded):
+    """Derives from a built-in base whose own abstract method (load) it never implements."""
 
 
 def plain_function(backends: Sequence[Any], request: RequestFacts) -> Any:

@@ -19,6 +19,7 @@ from mcplb.strategies import registry
 from mcplb.strategies.base import NO_FACTS, BackendView, RequestFacts, Strategy, StrategyOptionError
 from mcplb.strategies.ip_hash import IpHash
 from mcplb.strategies.least_connections import LeastConnections
+from mcplb.strategies.least_loaded import LeastLoaded
 from mcplb.strategies.least_sessions import LeastSessions
 from mcplb.strategies.power_of_two import PowerOfTwo
 from mcplb.strategies.random_choice import RandomChoice
@@ -275,12 +276,48 @@ def test_path_spec_loads_a_user_class_that_picks() -> None:
 
 
 @pytest.mark.parametrize(
+    "cls", [Strategy, LeastLoaded, plugin_strategies.Unfinished, plugin_strategies.UnfinishedLoad]
+)
+def test_a_class_with_an_abstract_method_left_cannot_be_instantiated(cls: type[Strategy]) -> None:
+    # Strategy is no ABC (see strategies/base.py), so both builds check this themselves.
+    with pytest.raises(TypeError, match="Can't instantiate abstract class"):
+        cls()
+
+
+def test_a_plugin_subclass_of_a_builtin_overrides_what_its_pick_calls() -> None:
+    # In the compiled build LeastConnections is a native class: its pick() and the load
+    # index call load() natively, and must reach the plugin's Python override.
+    strategy = build(f"{PLUGIN}:IdleByName", {})
+    assert isinstance(strategy, LeastConnections)
+    assert strategy.name == "idle_by_name" and strategy.tracks_load
+    pool = [FakeBackend("a", in_flight=1), FakeBackend("idle-b", in_flight=5)]
+    assert [strategy.pick(pool, REQUEST) for _ in range(3)] == [pool[1]] * 3
+    many = [FakeBackend(f"n{i}", in_flight=1) for i in range(20)] + [pool[1]]
+    for _ in range(3):  # a list passed again is indexed by load (LoadIndex)
+        assert strategy.pick(many, REQUEST) is pool[1]
+    strategy.load_changed(many[0])
+    assert strategy.pick(many, REQUEST) is pool[1]
+
+
+def test_isinstance_between_strategy_classes_is_exact_in_any_order() -> None:
+    # With an ABC as base, the compiled build's native classes would share abc.ABC's
+    # subclass cache, and the first answer for a class would stand for every later one.
+    classes: list[type[object]] = [Strategy, LeastLoaded, *registry.BUILTIN.values()]
+    for first, second in itertools.permutations(classes, 2):
+        assert issubclass(first, second) == (second in first.__mro__), (first, second)
+    instances = [cls() for cls in registry.BUILTIN.values()]
+    for instance, cls in itertools.product(instances, classes):
+        assert isinstance(instance, cls) == (cls in type(instance).__mro__), (instance, cls)
+
+
+@pytest.mark.parametrize(
     ("spec", "words"),
     [
         ("no_such_module_mcplb_xyz:Thing", ["cannot import", "no_such_module_mcplb_xyz"]),
         (f"{PLUGIN}:Missing", ["no attribute", "Missing", PLUGIN]),
         (f"{PLUGIN}:NotAStrategy", ["not a subclass", "Strategy", "NotAStrategy"]),
         (f"{PLUGIN}:Unfinished", ["does not implement pick()", "Unfinished"]),
+        (f"{PLUGIN}:UnfinishedLoad", ["does not implement load()", "UnfinishedLoad"]),
         (f"{PLUGIN}:plain_function", ["not a subclass", "plain_function"]),
         (f"{PLUGIN}:NOT_A_CLASS", ["not a subclass", "NOT_A_CLASS"]),
         ("os:path", ["not a subclass"]),
