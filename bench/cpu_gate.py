@@ -56,12 +56,13 @@ from bench.loadgen import closed_loop  # noqa: E402
 from mcplb.proxy.cli import build  # noqa: E402
 
 # mcplb's CPU per request over the reference relay's, median of the rounds. Set from ten
-# runs on the project's 2-core machine while other work loaded it (load average 1-3.3):
-# medians 3.09-3.37, 3.25 typical. 20% above that fails; the noise stayed within 4%.
-LIMIT = 3.9
-# The same for the compiled build (setup.py's whole request path; ten runs of the gate
-# test on an idle machine: 1.88-1.99, 1.94 typical; the same 24% above it fails).
-LIMIT_COMPILED = 2.4
+# runs on the project's 2-core machine (idle): medians 2.93-2.99, 2.97 typical. 21% above
+# that fails; the noise stayed within 2%. (3.9 before the hot-path work of issue 14's
+# second stop, at 3.25 typical.)
+LIMIT = 3.6
+# The same for the compiled build (setup.py's whole request path and the strategies; ten
+# runs on an idle machine: 1.64-1.68, 1.67 typical; 20% above it fails; 2.4 before, at 1.94).
+LIMIT_COMPILED = 2.0
 START_TIMEOUT = 20.0
 RUN_TIMEOUT = 60.0
 

@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python bench/latency_bench.py [--rate 5000] [--duration 5] [--rounds 3]
-        [--connections 50] [--targets direct,reference,mcplb,mcplb-nolog,haproxy]
+        [--connections 50] [--targets direct,reference,mcplb,mcplb-log,haproxy]
 
 Requests are due at a fixed rate whatever the answers do, and each one's latency runs
 from the moment it was due to its complete answer (``bench/loadgen.py``: a timerfd keeps
@@ -13,8 +13,8 @@ a closed-loop tool such as wrk, whose connections simply stop sending during a s
 
 Two nginx backends (the minimal backend of ``bench/minimal.py`` where nginx is missing);
 the targets: ``direct`` (backend 1), ``reference`` (the minimal relay), ``mcplb`` (one
-worker, default configuration, access log to a file), ``mcplb-nolog`` (access log off) and
-``haproxy`` (nbthread 1; skipped when not installed). The proxies share one CPU, the
+worker, access log off), ``mcplb-log`` (the default configuration: access log on, to a
+file), as bench/http_bench.py names them, and ``haproxy`` (nbthread 1; skipped when not installed). The proxies share one CPU, the
 backends and the load generator the other(s). All targets stay up; the rounds alternate
 between them, and the table shows per-target medians over the rounds.
 """
@@ -53,7 +53,7 @@ from bench.common import (  # noqa: E402
 )
 from bench.loadgen import Result, closed_loop, open_loop  # noqa: E402
 
-ALL_TARGETS = ("direct", "reference", "mcplb", "mcplb-nolog", "haproxy")
+ALL_TARGETS = ("direct", "reference", "mcplb", "mcplb-log", "haproxy")
 MINIMAL = str(REPO_ROOT / "bench" / "minimal.py")
 START_TIMEOUT = 20.0
 
@@ -90,7 +90,7 @@ def start_target(
     elif name == "haproxy":
         cmd = ["haproxy", "-f", str(haproxy_conf(tmp, port, backends, 1000)), "-db"]
     else:
-        cmd = mcplb_target(tmp, name, port, backends, access=name == "mcplb")
+        cmd = mcplb_target(tmp, name, port, backends, access=name == "mcplb-log")
     proc = spawn(cmd, log, procs, cwd=REPO_ROOT)  # mcplb's access log goes to this file too
     wait_http(proc, port, "/", START_TIMEOUT, log)
     return proc
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--targets", default=",".join(ALL_TARGETS))
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.targets.split(",")) - set(ALL_TARGETS))
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(ALL_TARGETS)}")
     import uvloop
 
     return uvloop.run(run(args))
