@@ -14,9 +14,10 @@ a closed-loop tool such as wrk, whose connections simply stop sending during a s
 Two nginx backends (the minimal backend of ``bench/minimal.py`` where nginx is missing);
 the targets: ``direct`` (backend 1), ``reference`` (the minimal relay), ``mcplb`` (one
 worker, access log off), ``mcplb-log`` (the default configuration: access log on, to a
-file), as bench/http_bench.py names them, and ``haproxy`` (nbthread 1; skipped when not installed). The proxies share one CPU, the
-backends and the load generator the other(s). All targets stay up; the rounds alternate
-between them, and the table shows per-target medians over the rounds.
+file), as bench/http_bench.py names them, and ``haproxy`` (nbthread 1; skipped when not
+installed). The proxies share one CPU, the backends and the load generator the other(s).
+All targets stay up; the rounds alternate between them, and the table shows per-target
+medians over the rounds.
 """
 
 from __future__ import annotations
