@@ -21,10 +21,12 @@ from mcplb.proxy.relay.http11 import (
     connection_tokens,
     end_to_end,
     error_response,
+    field_pairs,
     json_response,
     no_body_expected,
     serialize_headers,
     status_line,
+    wire_fields,
 )
 
 
@@ -167,7 +169,9 @@ def test_serialize_headers() -> None:
         (404, None, b"HTTP/1.1 404 Not Found\r\n"),
         (503, None, b"HTTP/1.1 503 Service Unavailable\r\n"),
         (101, None, b"HTTP/1.1 101 Switching Protocols\r\n"),
+        (200, b"OK", b"HTTP/1.1 200 OK\r\n"),  # the constant line
         (200, b"Fine Thanks", b"HTTP/1.1 200 Fine Thanks\r\n"),
+        (200, b"ok", b"HTTP/1.1 200 ok\r\n"),  # the backend's own, not the constant
         (404, b"", b"HTTP/1.1 404 Not Found\r\n"),
         (599, None, b"HTTP/1.1 599 Unknown\r\n"),
         (599, b"Custom", b"HTTP/1.1 599 Custom\r\n"),
@@ -339,3 +343,11 @@ def test_session_not_found_body_is_a_json_rpc_error() -> None:
 )
 def test_no_body_expected(method: bytes, status: int, expected: bool) -> None:
     assert no_body_expected(method, status) is expected
+
+
+def test_fields_in_wire_form_round_trip() -> None:
+    headers = [(b"content-type", b"text/plain"), (b"x-a", b"1"), (b"x-a", b"")]
+    wire = wire_fields(headers)
+    assert b"".join(wire) == b"content-type: text/plain\r\nx-a: 1\r\nx-a: \r\n"
+    assert field_pairs(wire) == headers
+    assert serialize_headers(headers) == b"".join(wire)

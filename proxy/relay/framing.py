@@ -60,20 +60,7 @@ class ResponseHead:
     @property
     def headers(self) -> Headers:
         """The fields to send as (name, value) pairs (to rewrite some)."""
-        return field_pairs(self.wire)
-
-
-def field_pairs(wire: list[bytes]) -> Headers:
-    """(name, value) pairs of fields in wire form."""
-    return list(zip(wire[0::4], wire[2::4], strict=True))
-
-
-def wire_fields(headers: Headers) -> list[bytes]:
-    """Fields in the wire form of ``ResponseHead.wire``."""
-    wire: list[bytes] = []
-    for name, value in headers:
-        wire += (name, b": ", value, b"\r\n")
-    return wire
+        return http11.field_pairs(self.wire)
 
 
 def response_head(
@@ -111,7 +98,7 @@ def response_head(
         # Content-Length and the session id stay whatever Connection names: the body is
         # framed by the length, and the client must get what the proxy learned.
         hop = http11.connection_tokens(headers) - http11.END_TO_END
-        wire = wire_fields(http11.end_to_end(field_pairs(wire), hop))
+        wire = http11.wire_fields(http11.end_to_end(http11.field_pairs(wire), hop))
     if status == 101 and upgrade:
         token = upgrade_token(headers)
         if token is not None:
@@ -122,7 +109,8 @@ def response_head(
     until_close = not chunked and framing in (CHUNKED, UNTIL_CLOSE)
     if framing == CHUNKED:
         if has_length:
-            wire = wire_fields([(n, v) for n, v in field_pairs(wire) if n != b"content-length"])
+            pairs = http11.field_pairs(wire)
+            wire = http11.wire_fields([(n, v) for n, v in pairs if n != b"content-length"])
         wire += TE_CHUNKED
     elif framing == UNTIL_CLOSE:
         keep_alive = False

@@ -76,15 +76,30 @@ def end_to_end(
     return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in extra_hop]
 
 
+def wire_fields(headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    """Fields in wire form: name, ": ", value, CRLF for each (joined, the header block)."""
+    wire: list[bytes] = []
+    for name, value in headers:
+        wire += (name, b": ", value, b"\r\n")
+    return wire
+
+
+def field_pairs(wire: list[bytes]) -> Headers:
+    """The (name, value) pairs of fields in wire form."""
+    return list(zip(wire[0::4], wire[2::4], strict=True))
+
+
 def serialize_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     # One flat join: no intermediate bytes per header (40% faster on a response head).
-    parts: list[bytes] = []
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    return b"".join(parts)
+    return b"".join(wire_fields(headers))
+
+
+OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"  # the status line of most responses
 
 
 def status_line(status: int, reason: bytes | None = None) -> bytes:
+    if status == 200 and (reason == b"OK" or not reason):
+        return OK_LINE  # not formatted anew for each response
     if not reason:
         try:
             reason = HTTPStatus(status).phrase.encode("ascii")

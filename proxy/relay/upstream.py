@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from mcplb.proxy.relay.connection import ClientConnection
 
 log = logging.getLogger("mcplb.relay")
-
-OK_LINE: Final = b"HTTP/1.1 200 OK\r\n"  # the status line of most responses, not formatted anew
 
 
 class ResponseRelay:
@@ -108,7 +106,7 @@ class ResponseRelay:
                 conn.runtime.cluster.admission.became_stream(backend)
             if conn.sticky or conn.runtime.cookie_codec is not None:
                 rewritten = self._session_headers(request, head, status, backend)
-        line = OK_LINE if status == 200 and reason == b"OK" else http11.status_line(status, reason)
+        line = http11.status_line(status, reason)
         if rewritten is None:
             wire = head.wire
             wire.append(b"\r\n")
