@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 
@@ -573,3 +575,63 @@ async def test_round_robin_alternates_backends(
         names.append((await client.response()).body)
     assert names == [b"a", b"b"] * 3
     await client.close()
+
+
+# -- WebSocket: an accepted upgrade becomes a tunnel ---------------------------------------
+
+
+async def test_websocket_through_the_proxy_aiohttp_both_ends(
+    start_proxy: ProxyFactory, serve_app: AppFactory
+) -> None:
+    async def ws(req: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(req)
+        await sock.send_str("hello")  # the server speaks first, right after its 101
+        async for msg in sock:
+            await sock.send_str("echo:" + msg.data)
+        return sock
+
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    proxy = await start_proxy([backend_config("a", await serve_app(app))])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{proxy.port}/ws") as sock,
+    ):
+        assert await sock.receive_str(timeout=5) == "hello"
+        for text in ("one", "two"):
+            await sock.send_str(text)
+            assert await sock.receive_str(timeout=5) == "echo:" + text
+
+
+async def test_websocket_101_and_first_frame_in_one_backend_write(
+    start_proxy: ProxyFactory, serve_raw: RawServe
+) -> None:
+    """The backend's first frame comes in the same read as its 101: it must reach the
+    client after the 101 head, not before it (it did before, breaking the handshake)."""
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(
+            hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + b"\x81\x05hello"
+        )
+        await writer.drain()
+        await reader.read(1)  # the client's close frame begins: answer with ours
+        writer.write(b"\x88\x00")
+        writer.close()
+
+    proxy = await start_proxy([backend_config("a", await serve_raw(backend))])
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{proxy.port}/ws") as sock,
+    ):
+        assert await sock.receive_str(timeout=5) == "hello"

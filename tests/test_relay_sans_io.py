@@ -373,6 +373,65 @@ async def test_an_event_stream_takes_a_stream_slot_and_goes_out_event_by_event()
     assert (admission.requests, admission.streams) == (0, 0)
 
 
+async def test_an_accepted_upgrade_becomes_a_tunnel_both_ways() -> None:
+    relay = Relay()
+    upstream, backend = relay.backend_connection()
+    relay.send(
+        b"GET /ws HTTP/1.1\r\nHost: mcp.example.com\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\nearly"
+    )
+    head = backend.take()
+    assert head.endswith(b"\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+    upstream.data_received(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"\r\nserver-first"
+    )
+    assert relay.client.take() == (
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+        b"\r\nserver-first"
+    )
+    assert backend.take() == b"early"  # what the client sent after its head, held till now
+    assert relay.send(b"\x81\x00 not http") == b""
+    assert backend.take() == b"\x81\x00 not http"
+    upstream.data_received(b"\x82\x00 from the backend")
+    assert relay.client.take() == b"\x82\x00 from the backend"
+
+
+@pytest.mark.parametrize(
+    "field",
+    [b"Upgrade: websocket", b"Connection: keep-alive\r\nUpgrade: websocket"],
+)
+async def test_an_upgrade_header_without_connection_upgrade_is_a_plain_request(
+    field: bytes,
+) -> None:
+    relay = Relay()
+    upstream, backend = relay.backend_connection()
+    relay.send(b"GET /ws HTTP/1.1\r\nHost: mcp.example.com\r\n" + field + b"\r\n\r\n")
+    head = backend.take().lower()
+    assert b"upgrade" not in head  # hop-by-hop, and no switch was asked for
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert relay.client.take() == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    assert upstream.pool.idle == [upstream]  # a plain exchange: the connection is kept
+
+
+async def test_a_backend_connection_held_back_for_a_slow_client_is_pooled_reading() -> None:
+    relay = Relay()
+    upstream, backend = relay.backend_connection()
+    relay.send(GET)
+    relay.conn.pause_writing()  # the client's socket is full: the backend is held back
+    assert not backend.reading
+    upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert upstream.pool.idle == [upstream]
+    assert backend.reading  # an idle connection must read, to notice the backend closing
+    relay.conn.resume_writing()
+    assert backend.reading
+    # Paused and resumed while idle in the pool too (as a later exchange may).
+    upstream.pause_reading()
+    assert not backend.reading
+    upstream.pool.release(upstream, 0.0)
+    assert backend.reading
+
+
 async def test_a_backend_closing_before_answering_gets_502() -> None:
     relay = Relay()
     upstream, _ = relay.backend_connection()

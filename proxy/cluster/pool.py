@@ -46,11 +46,13 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_reason",
         "_stale_parser",
+        "_status",
         "backend",
         "expect_no_body",
         "idle_since",
         "parser",
         "pool",
+        "read_paused",
         "received",
         "requests",
         "sink",
@@ -68,10 +70,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False  # any response byte for the current request
         self.expect_no_body = False  # the current request is HEAD
         self.tunnel = False
+        self.read_paused = False  # by pause_reading (so resuming one that reads is free)
         self.idle_since = 0.0
         self._stale_parser = False
         self._headers: Headers = []
         self._reason = b""
+        self._status = 0  # of the response being read
 
     # asyncio callbacks
 
@@ -133,10 +137,10 @@ class UpstreamConnection(asyncio.Protocol):
         headers, reason = self._headers, self._reason
         self._headers = []
         self._reason = b""
+        self._status = status = self.parser.get_status_code()
         sink = self.sink
         if sink is None:
             return
-        status: int = self.parser.get_status_code()
         sink.upstream_head(status, reason, headers, self.parser.should_keep_alive())
         if self.expect_no_body and status >= 200 and self.sink is sink:
             # llhttp cannot be told a response answers HEAD: end the message here and
@@ -151,7 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.sink is None or self._stale_parser:
             return
-        status: int = self.parser.get_status_code()
+        status = self._status
         if status >= 200 or status == 101:
             self.sink.upstream_complete()
 
@@ -175,8 +179,12 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
+            self.read_paused = True
 
     def resume_reading(self) -> None:
+        if not self.read_paused:
+            return  # most connections never pause: no transport call for each release
+        self.read_paused = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 

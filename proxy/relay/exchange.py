@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from mcplb.proxy.relay import answers, framing, session_out
 from mcplb.proxy.relay.request import Request
@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from mcplb.proxy.relay.connection import ClientConnection
 
 log = logging.getLogger("mcplb.relay")
+
+# The backends an exchange tried, before any retry: one shared set, not one per request.
+NONE_TRIED: Final[frozenset[str]] = frozenset()
 
 
 class Exchange:
@@ -82,7 +85,7 @@ class Exchange:
         self.backend: Backend | None = None  # holds a slot here while set
         self.slot_stream = False  # the slot held on backend is a stream's
         self.bound_backend: str | None = None  # backend a session id routed to
-        self.attempted: set[str] = set()  # backends tried (retries go elsewhere)
+        self.attempted = NONE_TRIED  # backends tried (retries go elsewhere)
         self.retries = 0
         self.waiting_for: Backend | None = None  # queued for a slot on this (None: any)
         self.queue_timer: asyncio.TimerHandle | None = None
@@ -231,7 +234,7 @@ class Exchange:
                 await session_out.forget(runtime, request.session_id)
             client.relay.answer_session_not_found()
             return
-        self.attempted.add(backend.name)
+        self.attempted |= {backend.name}
         retry = self.retry_target(request, "connect_failure", sent=False)
         if retry is None:
             client.relay.answer(answers.UNREACHABLE)
@@ -303,9 +306,11 @@ class Exchange:
             self.upstream.send(data)
 
     def flush_up(self) -> None:
-        out, self.up_out = self.up_out, []
+        out = self.up_out  # one list for the exchange's life: emptied, not replaced
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         if self.upstream is not None:
-            self.upstream.send(out[0] if len(out) == 1 else b"".join(out))
+            self.upstream.send(data)
 
     # -- retries ------------------------------------------------------------------------
 
@@ -359,7 +364,7 @@ class Exchange:
 
     def detach_upstream(self, upstream: UpstreamConnection) -> None:
         self.upstream = None
-        self.up_out = []
+        self.up_out.clear()
         upstream.sink = None
         conn = self.conn
         if conn.up_pauses:
@@ -384,7 +389,7 @@ class Exchange:
                 backend_stats.bytes_in += conn.current.body_size
         self.slot_stream = False
         self.scanner = None
-        self.up_out = []  # bytes for a connection that is being let go
+        self.up_out.clear()  # bytes for a connection that is being let go
         if self.legacy_session is not None:
             # The legacy transport's session lives as long as its GET stream.
             conn.spawn(session_out.forget(conn.runtime, self.legacy_session))

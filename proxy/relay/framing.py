@@ -177,7 +177,7 @@ def request_head(
         upstream_session_id = None
     if path_prefix and target != b"*":
         target = path_prefix + target
-    hop = http11.connection_tokens(request.headers) if request.connection else frozenset()
+    hop = http11.connection_tokens(request.headers) if request.connection else http11.NO_NAMES
     forwarded: list[bytes] = []  # the client's X-Forwarded-For chain, in order
     lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in request.headers:

@@ -29,6 +29,9 @@ HOP_BY_HOP: Final = frozenset(
 # (Connection: content-length would leave the body to be read as the next request).
 END_TO_END: Final = frozenset({b"content-length", b"transfer-encoding", b"host", b"mcp-session-id"})
 
+# No field names (a message without a Connection header): one object, not one per message.
+NO_NAMES: Final[frozenset[bytes]] = frozenset()
+
 SESSION_NOT_FOUND = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
 )
@@ -70,7 +73,7 @@ def fully_sent(complete: bool, upgrade: bool, content_length: int | None, body_s
 
 
 def end_to_end(
-    headers: Iterable[tuple[bytes, bytes]], extra_hop: frozenset[bytes] = frozenset()
+    headers: Iterable[tuple[bytes, bytes]], extra_hop: frozenset[bytes] = NO_NAMES
 ) -> Headers:
     """Headers minus hop-by-hop ones and those named by Connection."""
     return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in extra_hop]

@@ -40,24 +40,29 @@ log = logging.getLogger("mcplb.relay")
 class ResponseRelay:
     """Writes toward the client of one connection: backend responses and own answers."""
 
-    __slots__ = ("conn", "out")
+    __slots__ = ("conn", "out", "read_time")
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
         self.out: list[bytes] = []  # response bytes not yet written (see flush)
+        # When the upstream read being handled brought a response head (0: none did). A
+        # small response ends in the same read: its end takes this time, not a clock read.
+        self.read_time = 0.0
 
     # -- writing ------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Write what the last upstream read produced in one call (one syscall, not one
         per piece of the response)."""
+        self.read_time = 0.0  # the read is handled
         out = self.out
         conn = self.conn
         if not out or conn.ex.holding:
             return
-        self.out = []
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()  # the same list for the connection's life
         if conn.transport is not None and conn.state != CLOSED:
-            conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            conn.transport.write(data)
 
     # -- the backend's response (ResponseSink) ------------------------------------------
 
@@ -87,7 +92,8 @@ class ResponseRelay:
             conn.runtime.cluster.health.responded(backend, status)
             backend_stats = conn.stats.backends[backend.name]
             backend_stats.requests[(request.method, status // 100)] += 1
-            backend_stats.first_byte.observe(conn.loop.time() - ex.started)
+            self.read_time = now = conn.loop.time()
+            backend_stats.first_byte.observe(now - ex.started)
         head = framing.response_head(
             status,
             headers,
@@ -101,18 +107,22 @@ class ResponseRelay:
         ex.upstream_until_close = head.until_close
         rewritten = None
         if backend is not None:
-            if head.content_type.startswith(b"text/event-stream") and not ex.slot_stream:
+            stream = head.content_type.startswith(b"text/event-stream")
+            if stream and not ex.slot_stream:
                 ex.slot_stream = True
                 conn.runtime.cluster.admission.became_stream(backend)
-            if conn.sticky or conn.runtime.cookie_codec is not None:
+            # (Most answers name no session and open no stream: nothing to rewrite.)
+            if conn.runtime.cookie_codec is not None or (
+                conn.sticky
+                and (head.session_id is not None or request.session_id is not None or stream)
+            ):
                 rewritten = self._session_headers(request, head, status, backend)
-        line = http11.status_line(status, reason)
-        if rewritten is None:
-            wire = head.wire
-            wire.append(b"\r\n")
-            self.out.append(line + b"".join(wire))
-        else:
-            self.out.append(line + http11.serialize_headers(rewritten) + b"\r\n")
+        # The head's pieces go into the output as they are: the write joins them once,
+        # with the body that came in the same read.
+        out = self.out
+        out.append(http11.status_line(status, reason))
+        out += head.wire if rewritten is None else http11.wire_fields(rewritten)
+        out.append(b"\r\n")
 
     def _session_headers(
         self, request: Request, head: ResponseHead, status: int, backend: Backend
@@ -186,6 +196,7 @@ class ResponseRelay:
                 self.out.append(chunk(rest) if ex.framing == framing.CHUNKED else rest)
         if ex.framing == framing.CHUNKED:
             self.out.append(LAST_CHUNK)
+        now = self.read_time or conn.loop.time()
         self.flush()
         request = conn.current
         assert request is not None
@@ -193,7 +204,6 @@ class ResponseRelay:
         reusable = ex.upstream_keep_alive and http11.fully_sent(
             request.complete, request.upgrade, request.content_length, request.body_size
         )
-        now = conn.loop.time()
         if upstream is not None:
             # Pooled first: a request woken by the slot this frees can take the connection.
             ex.detach_upstream(upstream)
@@ -217,8 +227,10 @@ class ResponseRelay:
                 conn.upgrade_leftover = b""
             conn.resume_reading(PAUSE_BUFFER_FULL)
         conn.active = True
-        if data and conn.transport is not None:
-            conn.transport.write(data)
+        if data:
+            # Behind the 101 head, which waits in ``out`` when the same read brought both.
+            self.out.append(data)
+        self.flush()
 
     def upstream_lost(self, error: BaseException | None) -> None:
         conn = self.conn
@@ -276,7 +288,7 @@ class ResponseRelay:
             return ex.retry_target(request, "reset", sent=True, same=backend)
         if ex.bound_backend is not None:
             return None
-        ex.attempted.add(backend.name)
+        ex.attempted |= {backend.name}
         return ex.retry_target(request, "reset", sent=True)
 
     def _retry_after_status(self, request: Request, status: int) -> bool:
@@ -294,7 +306,7 @@ class ResponseRelay:
             or str(status) not in conn.runtime.config.retries.on
         ):
             return False
-        ex.attempted.add(backend.name)
+        ex.attempted |= {backend.name}
         retry = ex.retry_target(request, str(status), sent=True)
         if retry is None:
             return False
