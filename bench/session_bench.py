@@ -7,7 +7,8 @@ Usage (from the repository root)::
     .venv/bin/python bench/session_bench.py --self-test     # check the Lua-output parser only
 
 It starts one nginx backend (1 worker, named ``b1`` in mcplb's config) that answers every
-request with 200, a tiny JSON-RPC result and a fresh ``Mcp-Session-Id: $request_id`` header,
+request with 200, a tiny JSON-RPC result and an ``Mcp-Session-Id`` header: the request's own,
+or a fresh ``$request_id`` to a request without one (as MCP servers answer),
 and (for the redis store) its own ``redis-server`` (no persistence) on a free 127.0.0.1 port.
 Then, for every store, it starts mcplb (``python -m mcplb.proxy.cli run --config FILE``, 1 worker,
 round_robin over b1) with that store, waits until it answers ``GET /`` with 200, checks one
@@ -40,9 +41,9 @@ request it sends is ``POST /mcp`` without one (the "initialize"; all connections
 send one at the start, before the first answer arrives, and mcplb binds each of them); the
 first 200 answer's ``Mcp-Session-Id`` is captured, and from then on every request of every
 connection of that thread is ``POST /mcp`` with ``Mcp-Session-Id: <captured>`` and a ping
-body. mcplb binds a session only from a 2xx answer to a request without a session id, so the
-ids nginx adds to the later answers are ignored. A non-200 answer (404: mcplb did not find the
-session) is counted by status and printed, and fails the run.
+body, answered with the same id (so mcplb binds each session once, from the answer to its
+initialize). A non-200 answer (404: mcplb did not find the session) is counted by status and
+printed, and fails the run.
 
 Exit status: 0 all good; 1 a server failed to start, a wrk run failed or a required tool is
 missing; 2 every run completed but some reported non-200 responses, socket errors or no
@@ -275,12 +276,19 @@ def parse_stats(text: str) -> SessionStats:
 
 
 def backend_body(port: int) -> str:
+    # As MCP servers do (both SDKs): the session id of the request on every answer, and a
+    # new one only to a request without one (the "initialize"). An answer with another id
+    # than the request's would be a new session for mcplb to bind, on every request.
     return f"""\
+    map $http_mcp_session_id $mcp_session {{
+        "" $request_id;
+        default $http_mcp_session_id;
+    }}
     server {{
         listen {HOST}:{port};
         default_type application/json;
         location / {{
-            add_header {SESSION_HEADER} $request_id always;
+            add_header {SESSION_HEADER} $mcp_session always;
             return 200 '{BACKEND_BODY}';
         }}
     }}"""
@@ -873,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"command: {command}")
     print(
-        f"backend: nginx, 1 worker, every answer 200 + {SESSION_HEADER}: $request_id"
+        f"backend: nginx, 1 worker, every answer 200 + {SESSION_HEADER}: the request's, or"
+        " a new $request_id"
         f" (name {BACKEND_NAME})"
     )
     if redis_cmd:

@@ -105,6 +105,20 @@ async def test_two_replicas_share_bindings(
     assert await raw.exists(PREFIX + "never-bound") == 0  # no tombstone for unknown ids
 
 
+async def test_known_answers_from_the_local_table_only(
+    redis_server: RedisServer, make_store: StoreFactory
+) -> None:
+    one = make_store(redis_server.url)
+    two = make_store(redis_server.url)
+    await one.bind("s1", "alpha")
+    assert one.known("s1") == "alpha"
+    assert two.known("s1") is None  # in Redis only, for two: get must ask it
+    assert await two.get("s1") == "alpha"
+    assert two.known("s1") == "alpha"  # cached by that answer
+    assert await two.forget("s1") == "alpha"
+    assert two.known("s1") is None
+
+
 async def test_previous_owner(redis_server: RedisServer, make_store: StoreFactory) -> None:
     one = make_store(redis_server.url)
     two = make_store(redis_server.url)

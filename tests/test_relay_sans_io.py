@@ -19,7 +19,8 @@ from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.relay import answers
 from mcplb.proxy.relay.connection import ClientConnection, slow_upload
-from mcplb.proxy.relay.http11 import SESSION_NOT_FOUND
+from mcplb.proxy.relay.framing import LENGTH, ResponseHead
+from mcplb.proxy.relay.http11 import SESSION_NOT_FOUND, wire_fields
 from mcplb.proxy.relay.mcp_method import jsonrpc_method
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.session_out import session_header, with_session_id
@@ -453,6 +454,44 @@ async def test_a_backend_answering_too_late_gets_504_and_its_connection_dropped(
     assert backend.aborted and upstream.pool.idle == []
 
 
+TWO_BACKENDS = CONFIG + "  - name: b\n    url: http://10.0.0.2:8000/\n"
+
+
+async def test_a_session_this_process_holds_is_routed_at_once() -> None:
+    """No task and no loop turn for a known session (nearly every MCP request): the
+    request, head and body, is on its way to the session's backend when the read ends."""
+    relay = Relay(TWO_BACKENDS)
+    await relay.runtime.sessions.bind("s1", "b")
+    _, to_a = relay.backend_connection("a")
+    upstream, to_b = relay.backend_connection("b")
+    for _ in range(2):  # round robin would send one of the two to a
+        relay.send(
+            b"POST /mcp HTTP/1.1\r\nHost: mcp.example.com\r\nMcp-Session-Id: s1\r\n"
+            b"Content-Length: 2\r\n\r\n{}"
+        )
+        assert relay.conn.ex.task is None
+        sent = to_b.take()
+        assert sent.startswith(b"POST /mcp HTTP/1.1\r\n") and sent.endswith(b"\r\n\r\n{}")
+        assert b"\r\nmcp-session-id: s1\r\n" in sent
+        upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert relay.client.take() == b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    assert to_a.take() == b""
+
+
+async def test_a_session_the_store_does_not_hold_is_looked_up_then_answered_404() -> None:
+    relay = Relay(TWO_BACKENDS)
+    _, to_a = relay.backend_connection("a")
+    relay.send(
+        b"POST /mcp HTTP/1.1\r\nHost: mcp.example.com\r\nMcp-Session-Id: gone\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    task = relay.conn.ex.task
+    assert task is not None  # the store is asked (a shared store may hold it)
+    await task
+    status, _, _ = parse(relay.client.take())
+    assert status == 404 and to_a.take() == b""
+
+
 SIGNED = CONFIG + f'sticky: {{store: signed, keys: ["{KEY}"]}}\n'
 
 
@@ -522,24 +561,33 @@ async def test_session_header_cases() -> None:
     runtime = runtime_of(SIGNED)
     backend = runtime.cluster.backends.get("a")
     assert backend is not None and runtime.session_codec is not None
-    out = [(b"mcp-session-id", b"raw")]
+    head = ResponseHead(
+        LENGTH, wire_fields([(b"mcp-session-id", b"raw")]), True, False, b"raw", b""
+    )
     fresh = Request()
     # A new session: sealed, counted, nothing to store.
-    headers, job = session_header(runtime, fresh, list(out), "raw", 200, backend)
-    assert job is None and runtime.session_codec.open(headers[0][1].decode()) == ("a", "raw")
+    headers, job = session_header(runtime, fresh, head, "raw", 200, backend)
+    assert headers is not None and job is None
+    assert runtime.session_codec.open(headers[0][1].decode()) == ("a", "raw")
     # The same session again: the client's own token, no new seal.
     known = Request()
     known.session_id, known.upstream_session_id = "client-token", "raw"
-    headers, job = session_header(runtime, known, list(out), "raw", 200, backend)
+    headers, job = session_header(runtime, known, head, "raw", 200, backend)
     assert (headers, job) == ([(b"mcp-session-id", b"client-token")], None)
-    # With the memory store, a new session is a store job for the caller to await.
+    # With the memory store, a new session is a store job for the caller to await, and
+    # the backend's fields go out as they are.
     memory = runtime_of(CONFIG)
     backend = memory.cluster.backends.get("a")
     assert backend is not None
-    headers, job = session_header(memory, fresh, list(out), "raw", 200, backend)
-    assert headers == out and job is not None
+    headers, job = session_header(memory, fresh, head, "raw", 200, backend)
+    assert headers is None and job is not None
     await job
     assert await memory.sessions.get("raw") == "a"
+    # The same session again, or an error answer: nothing to change, nothing to store.
+    again = Request()
+    again.session_id = "raw"
+    assert session_header(memory, again, head, "raw", 200, backend) == (None, None)
+    assert session_header(memory, fresh, head, "raw", 400, backend) == (None, None)
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,20 @@ async def test_bind_get_forget(clock: FakeClock, expired: Expired) -> None:
     assert expired.calls == []  # forgetting is not expiry
 
 
+async def test_known_answers_as_get_does_without_a_wait(clock: FakeClock, expired: Expired) -> None:
+    store = make_store(clock, expired, ttl=10)
+    assert store.known("s1") is None
+    await store.bind("s1", "alpha")
+    clock.advance(8)
+    assert store.known("s1") == "alpha"  # and its idle timer starts again
+    clock.advance(8)
+    assert store.known("s1") == "alpha"
+    clock.advance(11)
+    assert store.known("s1") is None  # idle past the TTL: gone, as expiry reports it
+    assert expired.calls == [("s1", "alpha")]
+    assert len(store) == 0
+
+
 async def test_forget_unknown_returns_none(clock: FakeClock, expired: Expired) -> None:
     store = make_store(clock, expired)
     assert await store.forget("nobody") is None

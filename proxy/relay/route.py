@@ -5,8 +5,9 @@ any other request to a sticky cookie's backend or the strategy's pick, else queu
 answers 503. The decisions are the functions of ``routing.steps``; these functions own
 the I/O around them (store and Redis lookups, answers) and end in ``Exchange.dispatch``.
 
-A step that must wait (a store or Redis lookup) runs as the exchange's task and goes on
-only if the request is still the one being answered.
+A step that must wait (a Redis lookup, a binding this process does not hold) runs as the
+exchange's task and goes on only if the request is still the one being answered; a binding
+the process holds routes at once (``SessionStore.known``), as nearly every MCP request's.
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ def route(ex: Exchange, request: Request) -> None:
     if request.session_id is not None:
         codec = conn.runtime.session_codec
         if codec is None:
-            ex.task = conn.spawn(_route_session(ex, request, guessed))
+            name = conn.runtime.sessions.known(request.session_id)
+            if name is None:
+                ex.task = conn.spawn(_route_session(ex, request, guessed))
+            else:
+                _route_bound(ex, request, name, guessed)
             return
         opened = codec.open(request.session_id)
         if opened is not None or not guessed:
@@ -118,6 +123,12 @@ async def _route_session(ex: Exchange, request: Request, guessed: bool) -> None:
     ex.task = None
     if request is not conn.current or conn.state == CLOSED:
         return
+    _route_bound(ex, request, name, guessed)
+
+
+def _route_bound(ex: Exchange, request: Request, name: str | None, guessed: bool) -> None:
+    """Route to the backend the session's binding names (``name``; None: no binding)."""
+    conn = ex.conn
     if name is None and guessed:
         _not_a_session(request)
         route_new(ex, request)

@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from mcplb.proxy.relay.framing import SESSION_HEADER
+from mcplb.proxy.relay.framing import SESSION_HEADER, ResponseHead
 from mcplb.proxy.relay.http11 import Headers
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.sessions import affinity
@@ -30,48 +30,54 @@ Job = Coroutine[Any, Any, None]
 
 
 def session_header(
-    runtime: Runtime, request: Request, out: Headers, session_id: str, status: int, backend: Backend
-) -> tuple[Headers, Job | None]:
-    """The response's Mcp-Session-Id as the client must see it, on every response: with
-    signed ids, never the backend's raw id (TypeScript clients adopt the id of every
-    response, and TypeScript servers repeat it on every response)."""
+    runtime: Runtime,
+    request: Request,
+    head: ResponseHead,
+    session_id: str,
+    status: int,
+    backend: Backend,
+) -> tuple[Headers | None, Job | None]:
+    """The response's fields with its Mcp-Session-Id as the client must see it (None: as
+    the backend sent them), on every response: with signed ids, never the backend's raw id
+    (TypeScript clients adopt the id of every response, and TypeScript servers repeat it
+    on every response); with a store, the backend's id, bound there when it is new."""
     codec = runtime.session_codec
     ok = 200 <= status < 300
     if request.session_id is None:
         if ok:
-            return learned(runtime, out, session_id, backend)
+            return learned(runtime, head, session_id, backend)
         if codec is None:
-            return out, None
+            return None, None
         # The SDK's quirk: a fresh, unused id on a 400. Sealed all the same.
         token = seal_or_keep(codec, backend.name, session_id)
     elif codec is None:
         if ok and session_id != request.session_id and request.method != b"DELETE":
             # The backend replaced the session with a new one: bind that one too.
-            return out, bind(runtime, session_id, backend)
-        return out, None
+            return None, bind(runtime, session_id, backend)
+        return None, None
     elif session_id == request.upstream_session_id:
         token = request.session_id  # the same session: the client's own token, no HMAC
     else:
         token = seal_or_keep(codec, backend.name, session_id)  # minted anew: seal it
         if ok:
             runtime.session_bound(backend.name)
-    return with_session_id(out, token), None
+    return with_session_id(head.headers, token), None
 
 
 def learned(
-    runtime: Runtime, out: Headers, session_id: str, backend: Backend
-) -> tuple[Headers, Job | None]:
+    runtime: Runtime, head: ResponseHead, session_id: str, backend: Backend
+) -> tuple[Headers | None, Job | None]:
     """A backend minted a session: sign it into the id the client sees, or store it."""
     codec = runtime.session_codec
     if codec is None:
-        return out, bind(runtime, session_id, backend)
+        return None, bind(runtime, session_id, backend)
     try:
         token = codec.seal(backend.name, session_id)
     except ValueError:  # not visible ASCII, or too long to carry: the client gets 404s
         log.warning("backend %s minted a session id that cannot be signed", backend.name)
-        return out, None
+        return None, None
     runtime.session_bound(backend.name)
-    return with_session_id(out, token), None
+    return with_session_id(head.headers, token), None
 
 
 def legacy_learned(runtime: Runtime, session_id: str, backend: Backend) -> Job | None:

@@ -137,7 +137,7 @@ class ResponseRelay:
             if head.session_id is not None:
                 session_id = head.session_id.decode("latin-1")
                 out, job = session_out.session_header(
-                    runtime, request, head.headers, session_id, status, backend
+                    runtime, request, head, session_id, status, backend
                 )
                 if job is not None:
                     self._hold_for(job)

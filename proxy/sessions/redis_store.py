@@ -131,11 +131,8 @@ class RedisSessionStore(SessionStore):
     # -- SessionStore ---------------------------------------------------------------------
 
     async def get(self, session_id: str) -> str | None:
-        backend = await self._local.get(session_id)
+        backend = self.known(session_id)
         if backend is not None:
-            self._schedule_refresh(session_id, backend)
-            if not self._healthy:
-                self._share(session_id, backend)
             return backend
         if self._usable():
             key = self._prefix + session_id
@@ -148,6 +145,15 @@ class RedisSessionStore(SessionStore):
             await self._local.bind(session_id, shared)
             self._shared.add(session_id)
         return shared
+
+    def known(self, session_id: str) -> str | None:
+        """A binding in the local table (its Redis TTL refreshed in the background)."""
+        backend = self._local.known(session_id)
+        if backend is not None:
+            self._schedule_refresh(session_id, backend)
+            if not self._healthy:
+                self._share(session_id, backend)
+        return backend
 
     async def _cache(self, session_id: str, value: str | bytes) -> str:
         """Keep a binding read from Redis in the local table."""

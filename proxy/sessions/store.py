@@ -1,7 +1,8 @@
 """Where MCP session bindings (session id -> backend name) live.
 
-The store interface is async so that shared stores (Redis) fit behind it;
-the in-memory store answers without suspending.
+The store interface is async so that shared stores (Redis) fit behind it; what a store
+holds in this process it answers at once through ``known``, so that the request that
+names a known session (nearly every MCP request) is routed without a task.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ class SessionStore(ABC):
     @abstractmethod
     async def get(self, session_id: str) -> str | None:
         """The bound backend's name, refreshing the binding's idle timer; None if unknown."""
+
+    def known(self, session_id: str) -> str | None:
+        """The bound backend's name if this process holds the binding (refreshed as by
+        ``get``); None if it does not: then ``get`` must be awaited for the answer."""
+        return None
 
     @abstractmethod
     async def bind(self, session_id: str, backend: str) -> str | None:
@@ -61,6 +67,9 @@ class MemorySessionStore(SessionStore):
         return len(self._bindings)
 
     async def get(self, session_id: str) -> str | None:
+        return self.known(session_id)
+
+    def known(self, session_id: str) -> str | None:
         entry = self._bindings.get(session_id)
         if entry is None:
             return None
