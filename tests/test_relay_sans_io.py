@@ -598,6 +598,8 @@ async def test_session_header_cases() -> None:
         (b'[{"method":"ping"},{"method":"tools/list"}]', ("ping", "")),  # a batch: its first
         (b'{"result":{}}', ("", "")),  # a response, not a request
         (b"not json", ("", "")),
+        ('{"method":"tools/call","params":{"name":"é"}}'.encode(), ("tools/call", "é")),
+        (b'{"method":"tools/call","params":{"name":"\xe9"}}', ("", "")),  # not UTF-8
         (b"[" * 65 + b"]" * 65, ("", "")),  # too deeply nested to be parsed at all
     ],
 )
