@@ -12,6 +12,7 @@ from mcplb.proxy.relay.framing import (
     UNTIL_CLOSE,
     body_framing,
     head_refusal,
+    named_hops,
     origin_form,
     request_head,
     response_head,
@@ -138,6 +139,20 @@ def test_request_head_rewrites_for_the_backend() -> None:
         b"",
         b"",
     ]
+
+
+def test_the_names_connection_lists_are_read_once_per_request() -> None:
+    """Read from the complete head by the refusal check, then kept for the head sent
+    upstream (and any retry's): clients of both MCP SDKs send Connection: keep-alive."""
+    request = request_of([(b"host", b"h"), (b"connection", b"Keep-Alive, X-Hop"), (b"x-hop", b"1")])
+    assert head_refusal(request) is None
+    assert request.hop_names == frozenset({b"keep-alive", b"x-hop"})
+    assert named_hops(request) is request.hop_names
+    first = head_of(request)
+    assert not any(line.startswith(b"x-hop") for line in first)
+    assert head_of(request) == first  # a retry sends the same head
+    plain = request_of([(b"host", b"h"), (b"x-hop", b"1")])
+    assert named_hops(plain) == frozenset() and b"x-hop: 1" in head_of(plain)
 
 
 def test_request_head_keeps_host_and_swaps_the_session_id() -> None:

@@ -126,12 +126,24 @@ def head_refusal(request: Request) -> str | None:
     fields could be read otherwise by the backend than by the proxy."""
     refusal = http11.head_refusal(request.version, request.host, request.duplicate)
     if refusal is None and request.connection:
-        refusal = http11.connection_refusal(request.headers)
+        refusal = http11.connection_refusal(named_hops(request))
     if refusal is None and request.upgrade and (request.chunked or request.content_length):
         # Its body would be taken for the first bytes of the new protocol, or (refused
         # switch) for the next request on the backend connection.
         refusal = "an Upgrade request must not have a body"
     return refusal
+
+
+def named_hops(request: Request) -> frozenset[bytes]:
+    """The names the request's Connection header lists (hop-by-hop for this request):
+    read once from its complete head (clients of both MCP SDKs send Connection:
+    keep-alive), then kept for its refusal check, its head and any retry."""
+    names = request.hop_names
+    if names is None:
+        headers = request.headers
+        names = http11.connection_tokens(headers) if request.connection else http11.NO_NAMES
+        request.hop_names = names
+    return names
 
 
 def body_framing(method: bytes, status: int, version: str, by_length: bool) -> int:
@@ -177,7 +189,7 @@ def request_head(
         upstream_session_id = None
     if path_prefix and target != b"*":
         target = path_prefix + target
-    hop = http11.connection_tokens(request.headers) if request.connection else http11.NO_NAMES
+    hop = named_hops(request)
     forwarded: list[bytes] = []  # the client's X-Forwarded-For chain, in order
     lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in request.headers:

@@ -42,13 +42,16 @@ def connection_tokens(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes
     tokens: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token:
+                    tokens.add(token)
     return frozenset(tokens)
 
 
-def connection_refusal(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """Why a request's Connection header cannot be honoured, or None."""
-    named = connection_tokens(headers) & END_TO_END
+def connection_refusal(tokens: frozenset[bytes]) -> str | None:
+    """Why a request whose Connection header names ``tokens`` cannot be honoured, or None."""
+    named = tokens & END_TO_END
     if named:
         return "Connection must not name " + ", ".join(sorted(n.decode() for n in named))
     return None

@@ -22,6 +22,7 @@ class Request:
         "content_length",
         "duplicate",
         "headers",
+        "hop_names",
         "host",
         "keep_alive",
         "logged",
@@ -48,6 +49,7 @@ class Request:
         self.duplicate = b""  # a header that must appear once but came twice (400)
         self.refusal: str | None = None  # why a pipelined request is answered 400
         self.connection = False  # a Connection header was sent (it may name more hop headers)
+        self.hop_names: frozenset[bytes] | None = None  # what it names (framing.named_hops)
         self.session_id: str | None = None  # as the client sent it
         self.session_in_query = False  # legacy SSE transport: the session id is in the query
         self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
