@@ -57,7 +57,7 @@ class MemorySessionStore(SessionStore):
         self._on_expire = on_expire
         # Ordered by last use, so expiry and eviction only ever look at the front.
         self._bindings: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        # Expiry times are rounded to the millisecond, so the bindings used in the same
+        # Expiry times are cut to the millisecond, so the bindings used in the same
         # millisecond on the same backend share one (backend, expires) tuple: the latest of
         # each backend's is here. Under load, a binding then costs little more than its key
         # and its slot in the table (~80 bytes less each).
@@ -110,7 +110,9 @@ class MemorySessionStore(SessionStore):
         return dropped
 
     def _entry(self, backend: str, now: float) -> tuple[str, float]:
-        expires = round(now + self._ttl, 3)
+        # Cut to the millisecond (at most 1 ms early; the clock is positive, so int() is
+        # the floor): round(x, 3) goes through a decimal string, four times the cost.
+        expires = int((now + self._ttl) * 1000) / 1000
         entry = self._entries.get(backend)
         if entry is None or entry[1] != expires:
             entry = self._entries[backend] = (backend, expires)
