@@ -548,8 +548,14 @@ def test_session_not_found_is_the_json_rpc_error() -> None:
 
 
 def test_with_session_id_replaces_only_the_session_header() -> None:
-    out = [(b"content-type", b"x"), (b"mcp-session-id", b"raw")]
-    assert with_session_id(out, "tok") == [(b"content-type", b"x"), (b"mcp-session-id", b"tok")]
+    wire = wire_fields([(b"content-type", b"raw"), (b"mcp-session-id", b"raw"), (b"x", b"raw")])
+    out = with_session_id(wire, "tok")
+    assert out == wire_fields(
+        [(b"content-type", b"raw"), (b"mcp-session-id", b"tok"), (b"x", b"raw")]
+    )
+    assert wire == wire_fields(  # the head's own fields are left as they were
+        [(b"content-type", b"raw"), (b"mcp-session-id", b"raw"), (b"x", b"raw")]
+    )
 
 
 def runtime_of(config: str) -> Runtime:
@@ -568,12 +574,12 @@ async def test_session_header_cases() -> None:
     # A new session: sealed, counted, nothing to store.
     headers, job = session_header(runtime, fresh, head, "raw", 200, backend)
     assert headers is not None and job is None
-    assert runtime.session_codec.open(headers[0][1].decode()) == ("a", "raw")
+    assert runtime.session_codec.open(headers[2].decode()) == ("a", "raw")
     # The same session again: the client's own token, no new seal.
     known = Request()
     known.session_id, known.upstream_session_id = "client-token", "raw"
     headers, job = session_header(runtime, known, head, "raw", 200, backend)
-    assert (headers, job) == ([(b"mcp-session-id", b"client-token")], None)
+    assert (headers, job) == (wire_fields([(b"mcp-session-id", b"client-token")]), None)
     # With the memory store, a new session is a store job for the caller to await, and
     # the backend's fields go out as they are.
     memory = runtime_of(CONFIG)

@@ -15,7 +15,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from mcplb.proxy.relay.framing import SESSION_HEADER, ResponseHead
-from mcplb.proxy.relay.http11 import Headers
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.sessions import affinity
 from mcplb.proxy.sessions.tokens import TokenCodec
@@ -36,11 +35,12 @@ def session_header(
     session_id: str,
     status: int,
     backend: Backend,
-) -> tuple[Headers | None, Job | None]:
-    """The response's fields with its Mcp-Session-Id as the client must see it (None: as
-    the backend sent them), on every response: with signed ids, never the backend's raw id
-    (TypeScript clients adopt the id of every response, and TypeScript servers repeat it
-    on every response); with a store, the backend's id, bound there when it is new."""
+) -> tuple[list[bytes] | None, Job | None]:
+    """The response's fields in wire form with its Mcp-Session-Id as the client must see
+    it (None: as the backend sent them), on every response: with signed ids, never the
+    backend's raw id (TypeScript clients adopt the id of every response, and TypeScript
+    servers repeat it on every response); with a store, the backend's id, bound there
+    when it is new."""
     codec = runtime.session_codec
     ok = 200 <= status < 300
     if request.session_id is None:
@@ -61,12 +61,12 @@ def session_header(
         token = seal_or_keep(codec, backend.name, session_id)  # minted anew: seal it
         if ok:
             runtime.session_bound(backend.name)
-    return with_session_id(head.headers, token), None
+    return with_session_id(head.wire, token), None
 
 
 def learned(
     runtime: Runtime, head: ResponseHead, session_id: str, backend: Backend
-) -> tuple[Headers | None, Job | None]:
+) -> tuple[list[bytes] | None, Job | None]:
     """A backend minted a session: sign it into the id the client sees, or store it."""
     codec = runtime.session_codec
     if codec is None:
@@ -77,7 +77,7 @@ def learned(
         log.warning("backend %s minted a session id that cannot be signed", backend.name)
         return None, None
     runtime.session_bound(backend.name)
-    return with_session_id(head.headers, token), None
+    return with_session_id(head.wire, token), None
 
 
 def legacy_learned(runtime: Runtime, session_id: str, backend: Backend) -> Job | None:
@@ -130,9 +130,15 @@ def seal_or_keep(codec: TokenCodec, backend: str, session_id: str) -> str:
         return session_id
 
 
-def with_session_id(out: Headers, token: str) -> Headers:
+def with_session_id(wire: list[bytes], token: str) -> list[bytes]:
+    """Fields in wire form (``framing.ResponseHead.wire``) with the value of every
+    Mcp-Session-Id replaced by ``token``; the others as they are."""
     value = token.encode("latin-1")
-    return [(n, value if n == SESSION_HEADER else v) for n, v in out]
+    out = wire.copy()
+    for at in range(0, len(out), 4):  # name, ": ", value, CRLF for each field
+        if out[at] == SESSION_HEADER:
+            out[at + 2] = value
+    return out
 
 
 async def bind(runtime: Runtime, session_id: str, backend: Backend) -> None:

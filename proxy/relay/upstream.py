@@ -121,15 +121,15 @@ class ResponseRelay:
         # with the body that came in the same read.
         out = self.out
         out.append(http11.status_line(status, reason))
-        out += head.wire if rewritten is None else http11.wire_fields(rewritten)
+        out += head.wire if rewritten is None else rewritten
         out.append(b"\r\n")
 
     def _session_headers(
         self, request: Request, head: ResponseHead, status: int, backend: Backend
-    ) -> Headers | None:
-        """The headers with the session id the client must see and the sticky cookie
-        (None: the backend's, unchanged); the answer is held while a store update they
-        ask for lands."""
+    ) -> list[bytes] | None:
+        """The fields, in wire form, with the session id the client must see and the
+        sticky cookie (None: the backend's, unchanged); the answer is held while a store
+        update they ask for lands."""
         conn = self.conn
         runtime = conn.runtime
         out = None
@@ -156,8 +156,8 @@ class ResponseRelay:
             set_cookie = session_out.cookie_for(runtime, request, backend, conn.cookie_name)
             if set_cookie is not None:
                 if out is None:
-                    out = head.headers
-                out.append((b"set-cookie", set_cookie))
+                    out = head.wire.copy()
+                out += (b"set-cookie", b": ", set_cookie, b"\r\n")
         return out
 
     def upstream_body(self, data: bytes) -> None:
