@@ -59,7 +59,8 @@ class ResponseHead:
 
     @property
     def headers(self) -> Headers:
-        """The fields to send as (name, value) pairs (to rewrite some)."""
+        """The fields to send as (name, value) pairs, to read them (the relay itself only
+        ever sends or edits ``wire``)."""
         return http11.field_pairs(self.wire)
 
 
