@@ -14,6 +14,7 @@ from aiohttp import web
 
 from mcplb.proxy.config.schema import RetriesConfig
 from tests.conftest import AppFactory, ProxyFactory, RawHandler, backend_config
+from tests.interop import MISSING, NODE
 from tests.rawhttp import RawClient, request
 
 RawServe = Callable[[RawHandler], Awaitable[int]]
@@ -580,8 +581,49 @@ async def test_round_robin_alternates_backends(
 # -- WebSocket: an accepted upgrade becomes a tunnel ---------------------------------------
 
 
-async def test_websocket_through_the_proxy_aiohttp_both_ends(
-    start_proxy: ProxyFactory, serve_app: AppFactory
+# Node 22's built-in WebSocket (undici's): the second client implementation. It prints the
+# messages it got as JSON; with "echo" it sends "one" after the first and waits for a second.
+NODE_WS_CLIENT = """
+const [url, mode] = process.argv.slice(1);
+const got = [];
+const done = (code, error) => { console.log(JSON.stringify({got, error})); process.exit(code); };
+const timer = setTimeout(() => done(1, "timeout"), 5000);
+const ws = new WebSocket(url);
+ws.onmessage = (event) => {
+  got.push(String(event.data));
+  if (mode === "echo" && got.length === 1) ws.send("one");
+  else ws.close();
+};
+ws.onerror = (event) => done(1, String(event.message || event.type));
+ws.onclose = () => { clearTimeout(timer); done(0, null); };
+"""
+
+
+async def websocket_messages(client: str, url: str, echo: bool) -> list[str]:
+    """What ``client`` (aiohttp or node) receives on ``url``: the server's first message,
+    then (``echo``) the answer to "one"."""
+    if client == "aiohttp":
+        got = []
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as sock:
+            got.append(await sock.receive_str(timeout=5))
+            if echo:
+                await sock.send_str("one")
+                got.append(await sock.receive_str(timeout=5))
+        return got
+    assert NODE.exists(), MISSING
+    proc = await asyncio.create_subprocess_exec(
+        str(NODE), "-e", NODE_WS_CLIENT, url, "echo" if echo else "once",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    result = json.loads(out)
+    assert proc.returncode == 0 and result["error"] is None, result
+    return list(result["got"])
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "node"])
+async def test_websocket_through_the_proxy_to_an_aiohttp_server(
+    start_proxy: ProxyFactory, serve_app: AppFactory, client: str
 ) -> None:
     async def ws(req: web.Request) -> web.WebSocketResponse:
         sock = web.WebSocketResponse()
@@ -594,18 +636,15 @@ async def test_websocket_through_the_proxy_aiohttp_both_ends(
     app = web.Application()
     app.router.add_get("/ws", ws)
     proxy = await start_proxy([backend_config("a", await serve_app(app))])
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(f"http://127.0.0.1:{proxy.port}/ws") as sock,
-    ):
-        assert await sock.receive_str(timeout=5) == "hello"
-        for text in ("one", "two"):
-            await sock.send_str(text)
-            assert await sock.receive_str(timeout=5) == "echo:" + text
+    url = f"http://127.0.0.1:{proxy.port}/ws"
+    if client == "node":
+        url = url.replace("http:", "ws:", 1)
+    assert await websocket_messages(client, url, echo=True) == ["hello", "echo:one"]
 
 
+@pytest.mark.parametrize("client", ["aiohttp", "node"])
 async def test_websocket_101_and_first_frame_in_one_backend_write(
-    start_proxy: ProxyFactory, serve_raw: RawServe
+    start_proxy: ProxyFactory, serve_raw: RawServe, client: str
 ) -> None:
     """The backend's first frame comes in the same read as its 101: it must reach the
     client after the 101 head, not before it (it did before, breaking the handshake)."""
@@ -630,8 +669,5 @@ async def test_websocket_101_and_first_frame_in_one_backend_write(
         writer.close()
 
     proxy = await start_proxy([backend_config("a", await serve_raw(backend))])
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(f"http://127.0.0.1:{proxy.port}/ws") as sock,
-    ):
-        assert await sock.receive_str(timeout=5) == "hello"
+    url = f"{'ws' if client == 'node' else 'http'}://127.0.0.1:{proxy.port}/ws"
+    assert await websocket_messages(client, url, echo=False) == ["hello"]
