@@ -68,7 +68,7 @@ $(NODE_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-unit: $(STAMP) system-deps node-deps
+unit: $(STAMP) system-deps node-deps bench-tools
 	$(PY) -m pytest -q
 
 # The same suite on the compiled build: a copy of the tree whose request-path modules are
@@ -86,7 +86,7 @@ compiled: $(STAMP)
 
 # test_deploy.py is left out there: it reads the Docker build context from git, and the
 # copy is no checkout (nothing in it runs the compiled modules).
-unit-compiled: compiled system-deps node-deps
+unit-compiled: compiled system-deps node-deps bench-tools
 	cd $(COMPILED) && MCPLB_BUILD=compiled PYTHONPATH=$(CURDIR)/$(COMPILED) $(CURDIR)/$(PY) -m pytest -q \
 		--ignore=tests/test_deploy.py
 

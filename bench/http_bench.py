@@ -10,6 +10,10 @@ In one run it starts two nginx backends (1 worker each, fixed tiny response), th
 target starts the proxy on a free 127.0.0.1 port, waits until it answers ``GET /`` with 200,
 runs a 2 s wrk warm-up and a measured wrk run, stops the proxy, and finally prints a table
 (req/s, latency percentiles, errors, ratio to HAProxy and to direct) plus the machine details.
+It also reads each proxy's CPU time (its process group's, from /proc) over the measured run:
+CPU time per request, steadier than req/s from run to run, and as a ratio to HAProxy's; and
+the share of one core it used (a proxy well under 100% was not what limited its req/s: the
+load generator and the backends share the machine).
 
 Targets:
   direct   wrk straight at backend 1 (the ceiling)
@@ -52,6 +56,7 @@ from bench.common import (  # noqa: E402
     catch_signals,
     drop_tmp,
     free_ports,
+    group_cpu_seconds,
     haproxy_conf,
     http_status,
     log_step,
@@ -151,6 +156,11 @@ class TargetResult:
     stop: str = ""
     ratio_haproxy: float | None = None
     ratio_direct: float | None = None
+    # The server's CPU time (user + system, its whole process group) during the measured
+    # run: per request, and as a share of one core (below 1.0: not what limited the run).
+    cpu_us_per_request: float | None = None
+    cpu_share: float | None = None
+    cpu_ratio_haproxy: float | None = None
 
 
 def bench_target(
@@ -206,9 +216,11 @@ def bench_target(
             log_step(target, f"{res.reason}\n{out}")
             return res
         log_step(target, f"measuring {args.duration}s")
+        cpu_before = group_cpu_seconds({proc.pid}) if proc is not None else 0.0
         res.wrk_cmd, rc, res.wrk_output = run_wrk(
             args.threads, args.connections, args.duration, port, procs
         )
+        cpu = group_cpu_seconds({proc.pid}) - cpu_before if proc is not None else None
         if rc != 0:
             res.status, res.reason = "failed", f"wrk exit {rc}"
             log_step(target, f"{res.reason}\n{res.wrk_output}")
@@ -223,10 +235,18 @@ def bench_target(
             res.reason = f"server exited ({proc.returncode}) during the run\n{tail(log)}"
         elif res.wrk.total_requests == 0:
             res.status, res.reason = "failed", "wrk completed no request"
+        elif cpu is not None:
+            res.cpu_us_per_request = cpu / res.wrk.total_requests * 1e6
+            res.cpu_share = cpu / res.wrk.elapsed_s
+        cpu_text = (
+            ""
+            if res.cpu_us_per_request is None or res.cpu_share is None
+            else f", CPU {res.cpu_us_per_request:.1f} µs a request ({res.cpu_share:.0%} of a core)"
+        )
         log_step(
             target,
             f"{res.wrk.requests_per_sec:,.0f} req/s, p99 {res.wrk.percentiles_ms['p99']:.2f} ms,"
-            f" errors {res.wrk.errors}",
+            f" errors {res.wrk.errors}{cpu_text}",
         )
         return res
     finally:
@@ -245,12 +265,18 @@ def add_ratios(results: list[TargetResult]) -> None:
         return None
 
     haproxy, direct = rps("haproxy"), rps("direct")
+    haproxy_cpu = next(
+        (r.cpu_us_per_request for r in results if r.target == "haproxy" and r.status == "ok"),
+        None,
+    )
     for r in results:
         if r.status == "ok" and r.wrk is not None:
             if haproxy:
                 r.ratio_haproxy = r.wrk.requests_per_sec / haproxy
             if direct:
                 r.ratio_direct = r.wrk.requests_per_sec / direct
+            if haproxy_cpu and r.cpu_us_per_request is not None:
+                r.cpu_ratio_haproxy = r.cpu_us_per_request / haproxy_cpu
 
 
 def format_table(results: list[TargetResult]) -> str:
@@ -264,6 +290,9 @@ def format_table(results: list[TargetResult]) -> str:
         "errors",
         "/haproxy",
         "/direct",
+        "CPU µs/req",
+        "CPU %",
+        "CPU /haproxy",
     )
     rows: list[tuple[str, ...]] = []
     notes: list[str] = []
@@ -273,7 +302,7 @@ def format_table(results: list[TargetResult]) -> str:
 
     for r in results:
         if r.status != "ok" or r.wrk is None:
-            rows.append((r.target, r.status.upper(), "", "", "", "", "", "", ""))
+            rows.append((r.target, r.status.upper(), *[""] * (len(head) - 2)))
             notes.append(f"  {r.target}: {r.status}: {one_line(r.reason)}")
             continue
         w = r.wrk
@@ -294,6 +323,9 @@ def format_table(results: list[TargetResult]) -> str:
                 errs,
                 ratio(r.ratio_haproxy),
                 ratio(r.ratio_direct),
+                "n/a" if r.cpu_us_per_request is None else f"{r.cpu_us_per_request:.1f}",
+                "n/a" if r.cpu_share is None else f"{r.cpu_share:.0%}",
+                ratio(r.cpu_ratio_haproxy),
             )
         )
     return "\n".join([table(head, rows), *notes])
