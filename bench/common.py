@@ -376,8 +376,12 @@ def group_cpu_seconds(pgids: set[int]) -> float:
     return total / CLOCK_TICKS
 
 
-def pin_proxies(proxies: Sequence[int], others: Sequence[int]) -> set[int]:
+def pin_proxies(
+    proxies: Sequence[int], others: Sequence[int], cpus: Collection[int] | None = None
+) -> set[int]:
     """Proxies (pids) on the last CPU, ``others`` and this process on the rest (Linux).
+    ``cpus``: the CPUs to share out (default: this process's, which the first call narrows:
+    a later call for another proxy passes the set the first one returned).
 
     Returns this process's affinity before, to give back with ``os.sched_setaffinity``.
     Unpinned, where the scheduler puts four busy processes on two cores changes from run
@@ -385,13 +389,13 @@ def pin_proxies(proxies: Sequence[int], others: Sequence[int]) -> set[int]:
     each proxy also gets one core, as in the comparisons with HAProxy (``nbthread 1``).
     """
     before = os.sched_getaffinity(0)
-    cpus = sorted(before)
-    if len(cpus) < 2:
+    usable = sorted(before if cpus is None else cpus)
+    if len(usable) < 2:
         return before
     for pid in proxies:
-        os.sched_setaffinity(pid, cpus[-1:])
+        os.sched_setaffinity(pid, usable[-1:])
     for pid in [*others, 0]:
-        os.sched_setaffinity(pid, cpus[:-1])
+        os.sched_setaffinity(pid, usable[:-1])
     return before
 
 

@@ -10,13 +10,15 @@ In one run it starts two nginx backends (1 worker each, fixed tiny response), th
 target starts the proxy on a free 127.0.0.1 port, waits until it answers ``GET /`` with 200,
 runs a 2 s wrk warm-up and a measured wrk run, stops the proxy, and finally prints a table
 (req/s, latency percentiles, errors, ratio to HAProxy and to direct) plus the machine details.
+Each proxy gets one core: it is pinned to the last CPU, and the backends, wrk and this
+script to the others (``common.pin_proxies``; ``direct`` runs wrk and the backend on those).
 It also reads each proxy's CPU time (its process group's, from /proc) over the measured run:
 CPU time per request, steadier than req/s from run to run, and as a ratio to HAProxy's; and
 the share of one core it used (a proxy well under 100% was not what limited its req/s: the
 load generator and the backends share the machine).
 
 Targets:
-  direct   wrk straight at backend 1 (the ceiling)
+  direct   wrk straight at backend 1 (wrk and the backend share the cores left to them)
   mcplb    ``python -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends),
            access log off like the others
   mcplb-log  the same with the access log on (the default), written to a file
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -57,6 +60,7 @@ from bench.common import (  # noqa: E402
     drop_tmp,
     free_ports,
     group_cpu_seconds,
+    group_pids,
     haproxy_conf,
     http_status,
     log_step,
@@ -72,6 +76,7 @@ from bench.common import (  # noqa: E402
     parse_metric,
     parse_time_ms,
     parse_wrk_output,
+    pin_proxies,
     retire,
     run_wrk,
     spawn,
@@ -161,6 +166,7 @@ class TargetResult:
     cpu_us_per_request: float | None = None
     cpu_share: float | None = None
     cpu_ratio_haproxy: float | None = None
+    cpus: list[int] = field(default_factory=list)  # where the server's processes ran
 
 
 def bench_target(
@@ -207,6 +213,9 @@ def bench_target(
                 res.status, res.reason = "failed", f"failed to start: {exc}"
                 log_step(target, res.reason)
                 return res
+            pids = group_pids(proc.pid)  # nginx: its master and its worker
+            pin_proxies(pids, [], args.cpus)
+            res.cpus = sorted(set().union(*(os.sched_getaffinity(pid) for pid in pids)))
             res.backends_seen = probe_backends(port)
             log_step(target, f"ready on port {port}; probes answered by {res.backends_seen}")
         log_step(target, f"warm-up {WARMUP_SECONDS}s")
@@ -341,6 +350,9 @@ def report(
         f" (after a {WARMUP_SECONDS}s warm-up); mcplb workers: {args.mcplb_workers}"
     )
     print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
+    pinned = sorted({cpu for r in results for cpu in r.cpus})
+    if pinned:
+        print(f"proxies on CPU {','.join(map(str, pinned))}; wrk and the backends on the others")
     print()
     print(format_table(results))
     data: dict[str, Any] = {
@@ -399,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     machine = machine_info(("wrk", "haproxy", "nginx"))
     catch_signals()
+    affinity = args.cpus = os.sched_getaffinity(0)  # pin_proxies narrows it: given back
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     results: list[TargetResult] = []
@@ -416,12 +429,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: backend {n} failed to start: {exc}", file=sys.stderr)
                 return 1
         log_step("backends", f"nginx backends ready on ports {backend_ports}")
+        # One core for the proxy: each is pinned to the last CPU when it starts; the backends,
+        # wrk and this process share the others. Unpinned, whether the scheduler puts a
+        # backend or wrk beside the proxy changed from run to run, and with it the proxy's
+        # share of its core (82-99% seen) and its req/s.
+        args.cpus = pin_proxies([], [pid for p in procs for pid in group_pids(p.pid)])
         for target, port in zip(args.targets, target_ports, strict=True):
             results.append(bench_target(target, port, backend_ports, args, tmp, procs))
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted; cleaning up", file=sys.stderr)
     finally:
+        os.sched_setaffinity(0, affinity)
         stop_all(procs)
         drop_tmp(tmp, args.keep_tmp)
     add_ratios(results)

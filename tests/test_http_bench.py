@@ -4,6 +4,7 @@ two nginx backends under wrk, so that the throughput table keeps working (about 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,11 @@ def test_each_proxy_gets_its_cpu_time_per_request(tmp_path: Path) -> None:
         # most one core (a little more: the 10 ms ticks of /proc round up or down).
         assert 1 < r["cpu_us_per_request"] < 1000, r
         assert 0.05 < r["cpu_share"] < 1.1, r
+    # Each proxy alone on the last CPU; wrk and the backends were on the others.
+    last = max(os.sched_getaffinity(0))
+    for r in (haproxy, mcplb, reference):
+        assert r["cpus"] == [last], r
+    assert f"proxies on CPU {last}; wrk and the backends on the others" in run.stdout
     assert haproxy["cpu_ratio_haproxy"] == 1.0
     for r in (mcplb, reference):
         assert r["cpu_ratio_haproxy"] == r["cpu_us_per_request"] / haproxy["cpu_us_per_request"]
