@@ -65,7 +65,6 @@ class Runtime:
             config.rate_limit
         )
         self.rate_limit_client = _forwarded_client(config)
-        # Request ids: a random per-process prefix and a counter (no syscall per request).
         # Request ids: 16 hex digits, a random per-process prefix (its top bit set, so that
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
