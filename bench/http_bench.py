@@ -176,7 +176,9 @@ def bench_target(
     args: argparse.Namespace,
     tmp: Path,
     procs: list[subprocess.Popen[bytes]],
+    cpus: set[int],
 ) -> TargetResult:
+    """Start ``target``, pin it to the last of ``cpus``, run wrk at it, and stop it."""
     res = TargetResult(target=target, status="ok")
     proc: subprocess.Popen[bytes] | None = None
     log = tmp / f"{target}.log"
@@ -214,7 +216,7 @@ def bench_target(
                 log_step(target, res.reason)
                 return res
             pids = group_pids(proc.pid)  # nginx: its master and its worker
-            pin_proxies(pids, [], args.cpus)
+            pin_proxies(pids, [], cpus)
             res.cpus = sorted(set().union(*(os.sched_getaffinity(pid) for pid in pids)))
             res.backends_seen = probe_backends(port)
             log_step(target, f"ready on port {port}; probes answered by {res.backends_seen}")
@@ -411,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, *sys.argv])
     machine = machine_info(("wrk", "haproxy", "nginx"))
     catch_signals()
-    affinity = args.cpus = os.sched_getaffinity(0)  # pin_proxies narrows it: given back
+    affinity = os.sched_getaffinity(0)  # pin_proxies narrows it: given back at the end
     tmp = Path(tempfile.mkdtemp(prefix="mcplb-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     results: list[TargetResult] = []
@@ -433,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         # wrk and this process share the others. Unpinned, whether the scheduler puts a
         # backend or wrk beside the proxy changed from run to run, and with it the proxy's
         # share of its core (82-99% seen) and its req/s.
-        args.cpus = pin_proxies([], [pid for p in procs for pid in group_pids(p.pid)])
+        cpus = pin_proxies([], [pid for p in procs for pid in group_pids(p.pid)])
         for target, port in zip(args.targets, target_ports, strict=True):
-            results.append(bench_target(target, port, backend_ports, args, tmp, procs))
+            results.append(bench_target(target, port, backend_ports, args, tmp, procs, cpus))
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted; cleaning up", file=sys.stderr)
