@@ -70,7 +70,6 @@ class ClientConnection(asyncio.Protocol):
         self.runtime = runtime
         self.config = runtime.config
         self.connections = connections
-        self.sticky = runtime.config.sticky.mcp_sessions
         self.max_header_bytes = runtime.config.limits.max_header_bytes
         self.max_body_bytes = runtime.config.limits.max_body_bytes
         self.loop = asyncio.get_event_loop()
@@ -95,8 +94,6 @@ class ClientConnection(asyncio.Protocol):
         self.relay = ResponseRelay(self)  # the upstream connections' sink, for every exchange
         self.ex = Exchange(self)  # the current request's state; a new one per request
         self.forwarded_proto = b"http"
-        cookie = runtime.config.sticky.cookie
-        self.cookie_name = b"" if cookie is None else cookie.name.encode("latin-1")
         self.stats = runtime.stats
         self.access_log = access_log.for_config(runtime.config.log)
         self.feeding = False  # inside data_received: upstream writes wait for its end
@@ -229,7 +226,7 @@ class ClientConnection(asyncio.Protocol):
             # The backend would read the first of two, a router the last: one per request.
             if request.session_id is not None:
                 request.duplicate = name
-            if self.sticky:
+            if self.runtime.affinity.session_header:
                 request.session_id = value.decode("latin-1")
         elif name == b"content-length":
             request.content_length = int(value)
