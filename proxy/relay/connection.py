@@ -68,10 +68,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, runtime: Runtime, connections: set[ClientConnection]) -> None:
         self.runtime = runtime
-        self.config = runtime.config
         self.connections = connections
-        self.max_header_bytes = runtime.config.limits.max_header_bytes
-        self.max_body_bytes = runtime.config.limits.max_body_bytes
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -151,7 +148,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             # A head still incomplete after this many bytes is too large, even if no
             # header in it has ended yet.
-            if self.current is None and self.head_bytes > self.max_header_bytes:
+            if (
+                self.current is None
+                and self.head_bytes > self.runtime.config.limits.max_header_bytes
+            ):
                 self.relay.reject(answers.HEADERS_TOO_LARGE)
         finally:
             self.feeding = False
@@ -198,7 +198,7 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         assert self.reading is not None
         self.head_size += len(url)
-        if self.head_size > self.max_header_bytes:
+        if self.head_size > self.runtime.config.limits.max_header_bytes:
             self.relay.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         self.reading.target += url
@@ -209,7 +209,7 @@ class ClientConnection(asyncio.Protocol):
         if request.method:
             return  # a trailer field of a chunked body: never a header of the request
         self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.max_header_bytes:
+        if self.head_size > self.runtime.config.limits.max_header_bytes:
             self.relay.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         name = name.lower()
@@ -267,7 +267,8 @@ class ClientConnection(asyncio.Protocol):
         request = self.reading
         assert request is not None
         request.body_size += len(data)
-        if self.max_body_bytes and request.body_size > self.max_body_bytes:
+        max_body = self.runtime.config.limits.max_body_bytes
+        if max_body and request.body_size > max_body:
             self.relay.reject(answers.BODY_TOO_LARGE)
             raise _RequestRejected
         if request.sniff is not None:
@@ -471,7 +472,7 @@ class ClientConnection(asyncio.Protocol):
         request = self.current
         assert request is not None
         held = self.ex.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
-        late = slow_upload(now - self.ex.started - held, request.body_size, self.config)
+        late = slow_upload(now - self.ex.started - held, request.body_size, self.runtime.config)
         if late is not None:
             self.relay.reject(late)
         return late is not None

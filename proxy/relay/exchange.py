@@ -260,7 +260,7 @@ class Exchange:
             request,
             path_prefix=backend.path_prefix,
             host_header=backend.host_header,
-            preserve_host=conn.config.preserve_host,
+            preserve_host=conn.runtime.config.preserve_host,
             client_ip=conn.client_ip_bytes,
             proto=conn.forwarded_proto,
             request_id=request_id,

@@ -38,7 +38,7 @@ def start(ex: Exchange, request: Request) -> None:
     conn.state = ROUTING
     ex.started = conn.loop.time()
     conn.runtime.retry_budget.record_request(ex.started)
-    max_body = conn.max_body_bytes
+    max_body = conn.runtime.config.limits.max_body_bytes
     if request.refusal is not None:
         conn.relay.reject(answers.bad_request(request.refusal))
     elif not conn.runtime.host_policy.allows(request.host):
