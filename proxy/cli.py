@@ -105,7 +105,8 @@ def _check(path: str) -> int:
 
 
 def _run(path: str, log_level: str | None) -> int:
-    from mcplb.proxy.server.worker import serve, setup_logging
+    from mcplb.proxy.server.supervisor import serve
+    from mcplb.proxy.server.worker import setup_logging
 
     config = _load_or_report(path)
     if config is None:

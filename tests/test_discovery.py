@@ -22,7 +22,7 @@ from mcplb.proxy.config.schema import (
     DnsDiscoveryConfig,
     HealthConfig,
 )
-from mcplb.proxy.observability.metrics import render, worker_snapshot
+from mcplb.proxy.observability.metrics import render
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import FakeClock, ProxyFactory, backend_config, session_app
 from tests.dns_server import DnsServer
@@ -213,7 +213,7 @@ async def test_records_change_under_traffic(
     counts = proxy.discovery.counts
     assert counts["changed"] == 2
     assert serving(proxy) == {three, four}
-    exposed = render([worker_snapshot(proxy.runtime, 0)]).decode()
+    exposed = render([proxy.runtime.snapshot(0)]).decode()
     for result in ("changed", "failed", "empty"):
         assert f'mcplb_discovery_lookups_total{{result="{result}"}} {counts[result]}.0' in exposed
     print(

@@ -1,6 +1,8 @@
 """The import graph of the package: data flows one way (config -> runtime state -> policies
 -> relay), ``strategies`` and ``healthcheck`` depend on no ``proxy`` module, and no module
-imports itself back through others at import time."""
+imports itself back through others. Every import counts: at the top, under
+``if TYPE_CHECKING:`` (a type-only dependency is still one: the module cannot be read or
+checked without the other) and inside functions (a deferred import is still a cycle)."""
 
 from __future__ import annotations
 
@@ -23,11 +25,11 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def import_time_imports(path: Path, known: set[str]) -> set[str]:
-    """The package modules ``path`` imports when it is imported: top-level statements,
-    not those under ``if TYPE_CHECKING:`` nor inside functions."""
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The package modules ``path`` imports anywhere: at the top, under ``if
+    TYPE_CHECKING:``, inside functions."""
     found: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -38,7 +40,7 @@ def import_time_imports(path: Path, known: set[str]) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     known = modules()
-    return {name: import_time_imports(path, set(known)) for name, path in known.items()}
+    return {name: imports(path, set(known)) for name, path in known.items()}
 
 
 def test_strategies_and_healthcheck_import_no_proxy_module() -> None:
@@ -69,8 +71,8 @@ def test_no_import_cycle_between_modules() -> None:
 
 
 # The proxy's sub-packages in the order data flows (config -> runtime state -> policies ->
-# relay -> processes): at import time a module imports only from its own sub-package or an
-# earlier one. Imports for type annotations only (under TYPE_CHECKING) may point later.
+# relay -> processes): a module imports only from its own sub-package or an earlier one,
+# for types too (what a lower layer needs of a higher one, it declares as a Protocol).
 LAYERS = [
     "config",
     "observability",
@@ -95,10 +97,25 @@ def test_proxy_sub_packages_depend_only_on_earlier_ones() -> None:
     for name, path in known.items():
         if not name.startswith("mcplb.proxy."):
             continue
-        for target in import_time_imports(path, set(known)):
+        for target in imports(path, set(known)):
             if target.startswith("mcplb.proxy.") and layer(target) > layer(name):
                 wrong.append(f"{name} imports {target}")
     assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_type_only_and_deferred_imports_are_counted(tmp_path: Path) -> None:
+    """The graph sees an import under TYPE_CHECKING and one inside a function: the two
+    kinds the relay's old cycle and worker <-> supervisor hid behind."""
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from mcplb.proxy.server.runtime import Runtime\n"
+        "def f() -> None:\n"
+        "    from mcplb.proxy.server import supervisor\n"
+    )
+    known = {"mcplb.proxy.server.runtime", "mcplb.proxy.server.supervisor"}
+    assert imports(source, known) == known
 
 
 def test_every_proxy_sub_package_has_a_layer() -> None:

@@ -14,18 +14,30 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from mcplb import __version__
 from mcplb.proxy.cluster.backends import WEIGHT_SCALE
+from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.checks import parse_duration
-from mcplb.proxy.observability.metrics import render, worker_snapshot
+from mcplb.proxy.config.schema import Config
+from mcplb.proxy.observability.metrics import render
 from mcplb.proxy.observability.state_dir import write_json
 
-if TYPE_CHECKING:
-    from mcplb.proxy.server.runtime import Runtime
+
+class Runtime(Protocol):
+    """What the admin API reads of the worker's shared state (``server.runtime.Runtime``)."""
+
+    config: Config
+    cluster: Cluster
+    generation: int  # successful reloads
+    stopping: bool
+
+    def snapshot(self, worker: int) -> dict[str, Any]:
+        """This worker's counters and view of the backends (``metrics.render`` reads it)."""
+
 
 SNAPSHOT_MAX_AGE = 5.0  # seconds; older worker files belong to dead workers
 
@@ -54,7 +66,7 @@ class WorkerState:
             return
         write_json(
             self.directory / f"worker-{self.worker}.json",
-            worker_snapshot(self.runtime, self.worker),
+            self.runtime.snapshot(self.worker),
         )
 
     def share_health(self) -> None:
@@ -81,7 +93,7 @@ class WorkerState:
         health.adopt(verdicts)
 
     def snapshots(self) -> list[dict[str, Any]]:
-        own = worker_snapshot(self.runtime, self.worker)
+        own = self.runtime.snapshot(self.worker)
         if self.directory is None:
             return [own]
         found = [own]

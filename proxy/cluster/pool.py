@@ -11,7 +11,9 @@ import httptools
 
 if TYPE_CHECKING:
     from mcplb.proxy.cluster.backends import Backend
-    from mcplb.proxy.relay.http11 import Headers
+
+# A response's header fields as parsed: (name, value), in order (``relay.http11.Headers``).
+Headers = list[tuple[bytes, bytes]]
 
 # Idle connections kept per backend; past this, released connections are closed.
 MAX_IDLE_PER_BACKEND: Final = 512

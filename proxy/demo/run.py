@@ -320,7 +320,7 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
         pids = [proc.pid for proc in procs]
         print(banner(names, ports, pids, url, f"{host}:{port}", admin_port), flush=True)
 
-        from mcplb.proxy.server.worker import serve
+        from mcplb.proxy.server.supervisor import serve
 
         return serve(config)
     except KeyboardInterrupt:  # Ctrl-C before the proxy took over the signals

@@ -1,10 +1,10 @@
-"""Prometheus exposition of worker snapshots (names in docs/observability.md)."""
+"""Prometheus exposition of worker snapshots (names in docs/observability.md); a worker's
+snapshot is a plain dict (``server.runtime.Runtime.snapshot``)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -15,41 +15,6 @@ from prometheus_client.core import (
 )
 
 from mcplb.proxy.observability.stats import BUCKETS, merge
-
-if TYPE_CHECKING:
-    from mcplb.proxy.server.runtime import Runtime
-
-
-def worker_snapshot(runtime: Runtime, worker: int) -> dict[str, Any]:
-    """What one worker reports: its counters, its view of each backend, its health counts."""
-    cluster = runtime.cluster
-    health = cluster.health
-    backends = {}
-    for backend in cluster.backends:
-        backends[backend.name] = {
-            "in_flight": backend.in_flight,
-            "streams": backend.streams,
-            "sessions": backend.sessions,
-            "available": backend.available,
-            "draining": backend.draining,
-            "weight": backend.weight,
-            "healthy": not health.unhealthy(backend),
-            "ejected": health.ejected(backend),
-        }
-    return {
-        "worker": worker,
-        "time": time.time(),
-        "stats": runtime.stats.snapshot(),
-        "backends": backends,
-        "health": health.counters(),
-        "store_errors": runtime.store_errors(),
-        "rate_limit_errors": 0 if runtime.rate_limiter is None else runtime.rate_limiter.errors,
-        "rate_limit_fail_open": (
-            0 if runtime.rate_limiter is None else runtime.rate_limiter.fail_open
-        ),
-        "queue_length": len(cluster.admission.queue),
-        "generation": runtime.generation,
-    }
 
 
 def render(snapshots: list[dict[str, Any]]) -> bytes:

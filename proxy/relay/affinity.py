@@ -223,10 +223,17 @@ class Stickiness:
 class Affinity:
     """The key kinds of one config, in the order a request's keys are tried."""
 
-    def __init__(self, kinds: tuple[KeyKind, ...], session_header: bool) -> None:
+    def __init__(
+        self,
+        kinds: tuple[KeyKind, ...],
+        session_header: bool,
+        header_hash: sans_io.HeaderAffinity | None = None,
+    ) -> None:
         self.kinds = kinds
         # Whether the parser keeps a request's Mcp-Session-Id (sticky.mcp_sessions).
         self.session_header = session_header
+        # sticky.header: the strategy the pick uses for requests carrying the header.
+        self.header_hash = header_hash
 
     def for_request(self, request: Request) -> Stickiness:
         return Stickiness(self, request)
@@ -243,7 +250,8 @@ def build_affinity(sticky: StickyConfig, store: SessionStore, counts: SessionCou
             kinds.append(StoredSessions(store, counts))
     if sticky.cookie is not None:
         kinds.append(CookiePin(TokenCodec(sticky.keys, "cookie"), sticky.cookie))
-    return Affinity(tuple(kinds), sticky.mcp_sessions)
+    header_hash = sans_io.HeaderAffinity(sticky.header) if sticky.header else None
+    return Affinity(tuple(kinds), sticky.mcp_sessions, header_hash)
 
 
 async def _both(first: Job, second: Job) -> None:

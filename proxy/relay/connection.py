@@ -6,10 +6,11 @@ written to the client as it arrives. One exchange runs at a time per client conn
 pipelined requests wait in order, with reading paused, until the one before is answered.
 
 The connection keeps what lives as long as it does: the parser, the pipelining queue,
-flow control, timeouts, writes and teardown. Each request's way to a backend and its
-state are its ``Exchange`` (exchange.py); the backend's answer comes back through the
-connection's ``ResponseRelay`` (upstream.py); every answer of the proxy's own is in
-answers.py.
+flow control (``FlowControl``), its state (moved only by ``set_state``, through the table
+of legal moves in states.py), timeouts, writes and teardown. Everything per request is its
+``Exchange`` (exchange.py, with its answer's half in response.py): the backend connection
+reports to the exchange, and the exchange talks back through ``ClientSide``, the small
+interface this class implements (client_side.py).
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import cast
 
 import httptools
 
+from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability import access_log
 from mcplb.proxy.relay import answers, framing, mcp_method, route
 from mcplb.proxy.relay.answers import Answer
+from mcplb.proxy.relay.client_side import Peer
 from mcplb.proxy.relay.exchange import Exchange
+from mcplb.proxy.relay.flow import FlowControl
 from mcplb.proxy.relay.framing import SESSION_HEADER
 from mcplb.proxy.relay.http11 import LAST_CHUNK, chunk
 from mcplb.proxy.relay.request import Request
+from mcplb.proxy.relay.shared import Shared
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
     CLOSED,
@@ -40,15 +44,11 @@ from mcplb.proxy.relay.states import (
     PAUSE_BUFFER_FULL,
     PAUSE_PIPELINE,
     STREAMING,
-    TUNNEL,
+    TUNNELLING,
     UP_PAUSE_CLIENT_FULL,
     WAIT_RESPONSE,
+    transition,
 )
-from mcplb.proxy.relay.upstream import ResponseRelay
-
-if TYPE_CHECKING:
-    from mcplb.proxy.config.schema import Config
-    from mcplb.proxy.server.runtime import Runtime
 
 log = logging.getLogger("mcplb.relay")
 
@@ -66,15 +66,14 @@ class _RequestRejected(Exception):
 class ClientConnection(asyncio.Protocol):
     """Relays requests from one client connection to the backends."""
 
-    def __init__(self, runtime: Runtime, connections: set[ClientConnection]) -> None:
+    def __init__(self, runtime: Shared, connections: set[ClientConnection]) -> None:
         self.runtime = runtime
         self.connections = connections
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self.client_ip = ""
-        self.client_ip_bytes = b""
-        self.state = IDLE
+        self.peer = Peer("", b"http", access_log.for_config(runtime.config.log))
+        self.state = IDLE  # moved by set_state only
         self.requests_seen = 0
         # Answer the current request, then close (shutdown; from the start during its delay).
         self.closing = runtime.stopping
@@ -83,37 +82,35 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.head_size = 0  # bytes of the request line and headers parsed so far
         self.head_bytes = 0  # bytes received since the last request head completed
-        self.read_pauses = 0
-        self.paused_at = 0.0  # when reading from the client last paused
-        self.up_pauses = 0
-        self.write_paused = False
+        self.flow = FlowControl(self.loop)
         self.upgrade_leftover = b""
-        self.relay = ResponseRelay(self)  # the upstream connections' sink, for every exchange
-        self.ex = Exchange(self)  # the current request's state; a new one per request
-        self.forwarded_proto = b"http"
+        self.ex = self._exchange()  # the current request's state; a new one per request
         self.stats = runtime.stats
-        self.access_log = access_log.for_config(runtime.config.log)
         self.feeding = False  # inside data_received: upstream writes wait for its end
         # timeout sweep marks
         self.active = False
         self.mark: tuple[int, int] | None = None
         self.mark_time = 0.0
 
+    def _exchange(self) -> Exchange:
+        return Exchange(self, self.runtime, self.peer, self.loop)
+
     # -- asyncio callbacks: client side ------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport = self.flow.transport = cast(asyncio.Transport, transport)  # uvloop's
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
-        self.client_ip_bytes = self.client_ip.encode()
-        if transport.get_extra_info("ssl_object") is not None:
-            self.forwarded_proto = b"https"
+        proto = b"http" if transport.get_extra_info("ssl_object") is None else b"https"
+        self.peer = Peer(
+            peer[0] if isinstance(peer, tuple) else "unix", proto, self.peer.access_log
+        )
+        self.ex.peer = self.peer
         self.mark_time = self.loop.time()
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.active = True
-        if self.state == TUNNEL:
+        if self.state == TUNNELLING:
             if self.ex.upstream is not None:
                 self.ex.upstream.send(data)
             return
@@ -136,7 +133,7 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(exc.__context__, _RequestRejected):
                 return  # already answered
             log.exception("relay error")
-            self.relay.reject(answers.INTERNAL_ERROR)
+            self.ex.reject(answers.INTERNAL_ERROR)
         except httptools.HttpParserError as exc:
             last = self.queue[-1] if self.queue else self.current
             if self.reading is None and last is not None and last.complete and not last.keep_alive:
@@ -144,43 +141,39 @@ class ClientConnection(asyncio.Protocol):
                 # request is answered, then the connection closes; the rest is ignored.
                 self.parser = None
                 return
-            self.relay.reject(answers.bad_request(f"malformed request: {exc}"))
+            self.ex.reject(answers.bad_request(f"malformed request: {exc}"))
         else:
             # A head still incomplete after this many bytes is too large, even if no
             # header in it has ended yet.
             if (
                 self.current is None
-                and self.head_bytes > self.runtime.config.limits.max_header_bytes
+                and self.head_bytes > self.runtime.frontend.limits.max_header_bytes
             ):
-                self.relay.reject(answers.HEADERS_TOO_LARGE)
+                self.ex.reject(answers.HEADERS_TOO_LARGE)
         finally:
             self.feeding = False
             if self.ex.up_out:
                 self.ex.flush_up()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.access_log and self.state != CLOSED:
+        if self.peer.access_log and self.state != CLOSED:
             # Not closed by us: the client left. Its requests are logged all the same.
             for request in (self.current, *self.queue):
                 if request is not None and not request.logged:
-                    self.relay.log_access(request, client_left=True)
-        self.state = CLOSED
+                    self.ex.log_access(request, client_left=True)
+        self.set_state(CLOSED)
         self.parser = None
         self.connections.discard(self)
-        self.ex.leave_queue()
-        if self.ex.task is not None:
-            self.ex.task.cancel()
-            self.ex.task = None
         # The client left mid-exchange: the backend connection is in an unknown state.
-        self.ex.abandon()
+        self.ex.drop()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
-        self.pause_upstream(UP_PAUSE_CLIENT_FULL)
+        self.flow.write_paused = True
+        self.ex.pause_upstream(UP_PAUSE_CLIENT_FULL)
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        self.resume_upstream(UP_PAUSE_CLIENT_FULL)
+        self.flow.write_paused = False
+        self.ex.resume_upstream(UP_PAUSE_CLIENT_FULL)
 
     # -- httptools callbacks ------------------------------------------------------------
 
@@ -189,7 +182,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0
         self.requests_seen += 1
         if self.current is None:
-            self.state = HEAD
+            self.set_state(HEAD)
         else:
             # A pipelined request: read no further until the one before is answered, so
             # its head cannot grow unchecked (at most one read's worth is parsed now).
@@ -198,8 +191,8 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         assert self.reading is not None
         self.head_size += len(url)
-        if self.head_size > self.runtime.config.limits.max_header_bytes:
-            self.relay.reject(answers.HEADERS_TOO_LARGE)
+        if self.head_size > self.runtime.frontend.limits.max_header_bytes:
+            self.ex.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         self.reading.target += url
 
@@ -209,8 +202,8 @@ class ClientConnection(asyncio.Protocol):
         if request.method:
             return  # a trailer field of a chunked body: never a header of the request
         self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.runtime.config.limits.max_header_bytes:
-            self.relay.reject(answers.HEADERS_TOO_LARGE)
+        if self.head_size > self.runtime.frontend.limits.max_header_bytes:
+            self.ex.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         name = name.lower()
         request.headers.append((name, value))
@@ -267,9 +260,9 @@ class ClientConnection(asyncio.Protocol):
         request = self.reading
         assert request is not None
         request.body_size += len(data)
-        max_body = self.runtime.config.limits.max_body_bytes
+        max_body = self.runtime.frontend.limits.max_body_bytes
         if max_body and request.body_size > max_body:
-            self.relay.reject(answers.BODY_TOO_LARGE)
+            self.ex.reject(answers.BODY_TOO_LARGE)
             raise _RequestRejected
         if request.sniff is not None:
             mcp_method.keep_body(request, data)
@@ -290,7 +283,7 @@ class ClientConnection(asyncio.Protocol):
         otherwise than the proxy. Nothing after it is parsed: the connection ends there."""
         if self.current is None:
             self.current = request
-            self.relay.reject(answers.bad_request(reason))
+            self.ex.reject(answers.bad_request(reason))
             return
         # Pipelined behind an exchange in progress: answered in its turn, after that one.
         request.refusal = reason
@@ -300,42 +293,61 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(request)
         self.pause_reading(PAUSE_PIPELINE)
 
-    def spawn(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``job`` as a task whose unexpected failure ends this connection, loudly."""
-        task = self.loop.create_task(job)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("relay task failed", exc_info=error)
-            self.relay.answer(answers.INTERNAL_ERROR)
-
     def cut(self, reason: str) -> None:
         """End the current exchange now: 502 if nothing was answered yet, else close."""
-        self.relay.answer(answers.bad_gateway(reason))
+        self.ex.answer(answers.bad_gateway(reason))
 
     # -- pipelining and teardown --------------------------------------------------------
 
-    def next_request(self, finished: Request) -> None:
+    # -- ClientSide: what the exchange under way sees of the connection -----------------
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            self.transport.write(data)
+
+    def write_paused(self) -> bool:
+        return self.flow.write_paused
+
+    def pause_reading(self, reason: int) -> None:
+        self.flow.pause_reading(reason)
+
+    def resume_reading(self, reason: int) -> None:
+        paused = self.flow.resume_reading(reason)
+        if paused:
+            self.ex.body_paused += paused
+
+    def set_state(self, state: int) -> None:
+        self.state = transition(self.state, state)
+        self.mark = None  # the sweep's clock for the new state starts at its next pass
+
+    def touch(self) -> None:
+        self.active = True
+
+    def may_keep_alive(self) -> bool:
+        return not self.closing and self.more_may_follow()
+
+    def take_upgrade_leftover(self) -> bytes:
+        leftover, self.upgrade_leftover = self.upgrade_leftover, b""
+        return leftover
+
+    def finish(self, request: Request, keep_alive: bool) -> None:
         """After an answer: close, start the next pipelined request, or wait for one."""
-        if self.access_log and not finished.logged:
-            self.relay.log_access(finished)
-        self.ex.abandon()  # an error answer ended the exchange early
+        ex = self.ex
+        if self.peer.access_log and not request.logged:
+            ex.log_access(request)
+        ex.abandon()  # an error answer ended the exchange early
+        ex.done = True
         keep = (
-            self.ex.client_keep_alive
-            and finished.keep_alive
-            and finished.complete
+            keep_alive
+            and request.keep_alive
+            and request.complete
             and not self.closing
             and self.more_may_follow()
         )
         self.current = None
-        self.ex = Exchange(self)  # the next request starts from a clean state
+        self.ex = self._exchange()  # the next request starts from a clean state
         if not keep:
-            self.close(linger=not finished.complete)  # see _write_answer
+            self.close(linger=not request.complete)  # see Response._write_answer
             return
         if self.queue:
             request = self.queue.popleft()
@@ -345,8 +357,7 @@ class ClientConnection(asyncio.Protocol):
             route.start(self.ex, request)
         else:
             self.resume_reading(PAUSE_PIPELINE)
-            self.state = HEAD if self.reading is not None else IDLE
-            self.mark = None
+            self.set_state(HEAD if self.reading is not None else IDLE)
 
     def more_may_follow(self) -> bool:
         """Whether another request may come on this connection: the parser still reads,
@@ -355,15 +366,15 @@ class ClientConnection(asyncio.Protocol):
         return self.parser is not None or bool(self.queue)
 
     def close(self, linger: bool = False) -> None:
-        self.ex.holding = False
-        self.relay.flush()
+        ex = self.ex
+        ex.holding = False
+        ex.flush()
         request = self.current
-        if self.access_log and request is not None and not request.logged and self.ex.status:
-            self.relay.log_access(request)
-        self.state = CLOSED
+        if self.peer.access_log and request is not None and not request.logged and ex.status:
+            ex.log_access(request)
+        self.set_state(CLOSED)
         self.parser = None
-        self.ex.leave_queue()
-        self.ex.abandon()
+        ex.drop()
         if linger:
             self._linger_close()
         elif self.transport is not None:
@@ -379,7 +390,7 @@ class ClientConnection(asyncio.Protocol):
             return
         with contextlib.suppress(RuntimeError, OSError):
             transport.write_eof()
-        self.resume_reading(self.read_pauses)
+        self.resume_reading(self.flow.reasons)
         self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def shutdown(self, close_idle: bool = True) -> None:
@@ -389,45 +400,12 @@ class ClientConnection(asyncio.Protocol):
         if close_idle and self.current is None and self.state in (IDLE, HEAD):
             self.close()
 
-    # -- flow control -------------------------------------------------------------------
-
-    def pause_reading(self, reason: int) -> None:
-        transport = self.transport
-        if not self.read_pauses:
-            self.paused_at = self.loop.time()
-            if transport is not None and not transport.is_closing():
-                transport.pause_reading()
-        self.read_pauses |= reason
-
-    def resume_reading(self, reason: int) -> None:
-        if not self.read_pauses & reason:
-            return
-        self.read_pauses &= ~reason
-        if self.read_pauses:
-            return
-        self.ex.body_paused += self.loop.time() - self.paused_at
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
-
-    def pause_upstream(self, reason: int) -> None:
-        if not self.up_pauses and self.ex.upstream is not None:
-            self.ex.upstream.pause_reading()
-        self.up_pauses |= reason
-
-    def resume_upstream(self, reason: int) -> None:
-        if not self.up_pauses & reason:
-            return
-        self.up_pauses &= ~reason
-        if not self.up_pauses and self.ex.upstream is not None:
-            self.ex.upstream.resume_reading()
-
     # -- timeouts -----------------------------------------------------------------------
 
     def check_timeouts(self, now: float) -> None:
         """Called by the server's sweep about twice a second."""
         state = self.state
-        timeouts = self.runtime.config.timeouts
+        timeouts = self.runtime.frontend.timeouts
         uploading = (
             state == WAIT_RESPONSE and self.current is not None and not self.current.complete
         )
@@ -450,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
                     self.ex.time_out()
             elif elapsed > timeouts.header:
                 if state == HEAD:
-                    self.relay.reject(answers.HEAD_TIMEOUT)
+                    self.ex.reject(answers.HEAD_TIMEOUT)
                 else:
                     self.close()  # not a byte sent: nothing to answer
             return
@@ -471,10 +449,10 @@ class ClientConnection(asyncio.Protocol):
         time during which the proxy held the client back does not count."""
         request = self.current
         assert request is not None
-        held = self.ex.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
+        held = self.ex.body_paused + self.flow.paused_for(now)
         late = slow_upload(now - self.ex.started - held, request.body_size, self.runtime.config)
         if late is not None:
-            self.relay.reject(late)
+            self.ex.reject(late)
         return late is not None
 
 

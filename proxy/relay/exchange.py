@@ -1,30 +1,37 @@
-"""One exchange: a request and its answer, as the client connection relays it.
+"""One exchange: a request and its answer, the one owner of everything per request.
 
-A fresh ``Exchange`` per request (as uvicorn's ``RequestResponseCycle``) holds everything
-that lives from routing to the last byte of the answer: where it went, the slot it holds,
-how the answer is framed, what was sent. Nothing of it is reset by hand: when the answer is
-done, the connection starts from a new one.
+A fresh ``Exchange`` per request (as uvicorn's ``RequestResponseCycle``, and Envoy's
+router with its upstream request) holds everything that lives from routing to the last
+byte of the answer: where it went, the slot it holds, the backend connection, retries, and
+(in its ``Response``, response.py) how the answer is framed and what was sent. Nothing of
+it is reset by hand: when the answer is done, the client connection starts a new one.
 
 Its methods take the request on once routed (route.py): ``dispatch`` takes a slot on the
-backend or queues for one (the exchange is the admission queue's ``Waiter``), then a pooled
-or new connection, on which ``_attach`` sends the request head and any body kept so far;
-``forward_body`` sends the rest as it arrives. Retries come back through ``resend``; ``end``
-frees the slot and lets the backend connection go. The answer comes back through the
-connection's ``ResponseRelay`` (upstream.py).
+backend or queues for one (the exchange is the admission queue's ``Waiter``), then a
+pooled or new connection, on which ``_attach`` sends the request head and any body kept so
+far; ``forward_body`` sends the rest as it arrives. The backend connection reports to the
+exchange's ``Response`` (its ``ResponseSink``), which asks the exchange whether to retry
+(``retry_after_reset``, ``retry_after_status``) and ends it (``end``). The exchange talks to
+its client connection only through ``ClientSide`` (client_side.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Coroutine
+from typing import Any, Final
 
+from mcplb.proxy.cluster.backends import Backend
+from mcplb.proxy.cluster.pool import UpstreamConnection
 from mcplb.proxy.relay import answers, framing
-from mcplb.proxy.relay.affinity import Stickiness
+from mcplb.proxy.relay.client_side import ClientSide, Peer
 from mcplb.proxy.relay.request import Request
+from mcplb.proxy.relay.response import Response
+from mcplb.proxy.relay.shared import Shared
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
-    CLOSED,
     PAUSE_BUFFER_FULL,
     REPLAY_LIMIT,
     UP_PAUSE_CLIENT_FULL,
@@ -33,57 +40,39 @@ from mcplb.proxy.relay.states import (
 from mcplb.proxy.routing import steps as routing
 from mcplb.proxy.routing.retries import may_retry
 
-if TYPE_CHECKING:
-    from mcplb.proxy.cluster.backends import Backend
-    from mcplb.proxy.cluster.pool import UpstreamConnection
-    from mcplb.proxy.relay.connection import ClientConnection
-
 log = logging.getLogger("mcplb.relay")
 
 # The backends an exchange tried, before any retry: one shared set, not one per request.
 NONE_TRIED: Final[frozenset[str]] = frozenset()
 
 
-class Exchange:
-    """The per-request state of a client connection, and the request's way to a backend."""
+class Exchange(Response):
+    """The per-request state of a client connection, and the request's way to a backend
+    (its answer's half is ``Response``)."""
 
     __slots__ = (
         "attempted",
-        "backend",
         "body_paused",
         "bound_backend",
-        "client_keep_alive",
-        "complete_pending",
-        "conn",
         "finished",
-        "framing",
-        "holding",
+        "peer",
         "queue_timer",
         "queued_at",
-        "response_bytes",
-        "response_started",
         "retries",
-        "served_by",
-        "slot_stream",
-        "started",
-        "status",
-        "sticky",
         "task",
         "up_out",
-        "upstream",
-        "upstream_keep_alive",
-        "upstream_until_close",
+        "up_pauses",
         "waiting_for",
     )
 
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
+    def __init__(
+        self, client: ClientSide, runtime: Shared, peer: Peer, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(client, runtime, loop)
+        self.peer = peer
         # routing and admission
-        self.started = 0.0  # when routing began (loop time)
         self.finished = 0.0  # when the backend's answer ended (loop time; 0: not yet)
-        self.backend: Backend | None = None  # holds a slot here while set
-        self.slot_stream = False  # the slot held on backend is a stream's
-        self.bound_backend: str | None = None  # backend a session id routed to
+        self.bound_backend: str | None = None  # backend a strict affinity key routed to
         self.attempted = NONE_TRIED  # backends tried (retries go elsewhere)
         self.retries = 0
         self.waiting_for: Backend | None = None  # queued for a slot on this (None: any)
@@ -91,34 +80,42 @@ class Exchange:
         self.queued_at = 0.0
         self.task: asyncio.Task[None] | None = None  # a routing step or connect under way
         # upstream
-        self.upstream: UpstreamConnection | None = None
         self.up_out: list[bytes] = []  # request bytes not yet written (see send_up)
+        self.up_pauses = 0  # why reading from the backend is paused (UP_PAUSE_* bits)
         self.body_paused = 0.0  # seconds the body was held back by the proxy itself
-        # the answer
-        self.response_started = False
-        self.status = 0  # for metrics and the access log
-        self.response_bytes = 0
-        self.served_by = ""  # backend name of the answer
-        self.framing = framing.NO_BODY  # how the body is framed toward the client
-        self.upstream_keep_alive = False
-        self.upstream_until_close = False  # the body ends when the backend closes
-        self.client_keep_alive = True
-        self.holding = False  # a session store update must land before the answer goes out
-        self.complete_pending = False  # the backend finished while holding
-        # The request's affinity: the key it was routed by, what its answer teaches.
-        self.sticky: Stickiness | None = None
+
+    def live(self, request: Request) -> bool:
+        """Whether ``request`` is still this exchange's, and the exchange still the one
+        its connection is answering (checked after every await)."""
+        return request is self.request and not self.done
+
+    def spawn(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``job`` as a task whose unexpected failure ends the exchange, loudly."""
+        task = self.loop.create_task(job)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("relay task failed", exc_info=error)
+            self.answer(answers.INTERNAL_ERROR)
 
     def pick(self, request: Request) -> Backend | None:
         """The strategy's pick among the backends this exchange did not try yet."""
-        conn = self.conn
-        return routing.pick(conn.runtime, request, conn.client_ip, self.attempted)
+        runtime = self.runtime
+        return routing.pick(
+            runtime.cluster, runtime.affinity.header_hash, request, self.peer.ip, self.attempted
+        )
 
     # -- admission: request slots and the queue -----------------------------------------
 
     def dispatch(self, request: Request, backend: Backend, fresh: bool = False) -> None:
         """Take a slot on ``backend`` (or queue for one), then a connection to it (a new
         one if ``fresh``)."""
-        admission = self.conn.runtime.cluster.admission
+        admission = self.runtime.cluster.admission
         stream = request.wants_stream
         if stream:
             if admission.streams_full(backend):
@@ -133,22 +130,22 @@ class Exchange:
         self._send_to(request, backend, fresh)
 
     def too_many_streams(self) -> None:
-        self.conn.stats.rejected["max_streams"] += 1
-        self.conn.relay.answer(answers.TOO_MANY_STREAMS)
+        self.runtime.stats.rejected["max_streams"] += 1
+        self.answer(answers.TOO_MANY_STREAMS)
 
     def wait_for_slot(self, target: Backend | None) -> None:
         """Queue until a slot frees up (on ``target``, or anywhere), or 503 after the
         queue timeout; 503 at once when the queue is full."""
-        conn = self.conn
-        admission = conn.runtime.cluster.admission
+        stats = self.runtime.stats
+        admission = self.runtime.cluster.admission
         if not admission.enqueue(self):
-            conn.stats.rejected["queue_full"] += 1
-            conn.relay.answer(answers.QUEUE_FULL)
+            stats.rejected["queue_full"] += 1
+            self.answer(answers.QUEUE_FULL)
             return
-        conn.stats.queued += 1
+        stats.queued += 1
         self.waiting_for = target
-        self.queued_at = conn.loop.time()
-        self.queue_timer = conn.loop.call_later(admission.queue_timeout, self._queue_timed_out)
+        self.queued_at = self.loop.time()
+        self.queue_timer = self.loop.call_later(admission.queue_timeout, self._queue_timed_out)
 
     def leave_queue(self) -> None:
         if self.queue_timer is not None:
@@ -157,20 +154,19 @@ class Exchange:
 
     def _left_queue(self) -> None:
         self.queue_timer = None
-        self.conn.runtime.cluster.admission.leave(self)
-        self.conn.stats.queue_wait.observe(self.conn.loop.time() - self.queued_at)
+        self.runtime.cluster.admission.leave(self)
+        self.runtime.stats.queue_wait.observe(self.loop.time() - self.queued_at)
 
     def _queue_timed_out(self) -> None:
         self._left_queue()
-        self.conn.stats.rejected["queue_timeout"] += 1
-        self.conn.relay.answer(answers.QUEUE_TIMEOUT)
+        self.runtime.stats.rejected["queue_timeout"] += 1
+        self.answer(answers.QUEUE_TIMEOUT)
 
     def retry_admission(self) -> bool:
         """Called by Admission (this is its Waiter) when a slot frees up while queued."""
-        conn = self.conn
-        request = conn.current
-        admission = conn.runtime.cluster.admission
-        if request is None or conn.state == CLOSED or conn.ex is not self:
+        request = self.request
+        admission = self.runtime.cluster.admission
+        if request is None or self.done:
             self.leave_queue()
             return False
         target = admission.admissible(self.waiting_for, lambda: self.pick(request))
@@ -182,12 +178,11 @@ class Exchange:
         admission.hold(target, False)
         self.backend = target
         self.slot_stream = False
-        conn.loop.call_soon(self._send_admitted, request, target)
+        self.loop.call_soon(self._send_admitted, request, target)
         return True
 
     def _send_admitted(self, request: Request, backend: Backend) -> None:
-        conn = self.conn
-        if request is not conn.current or conn.state == CLOSED or self.backend is not backend:
+        if not self.live(request) or self.backend is not backend:
             return  # the client left meanwhile, and its teardown gave the slot back
         self._send_to(request, backend)
 
@@ -196,36 +191,34 @@ class Exchange:
     def _send_to(self, request: Request, backend: Backend, fresh: bool = False) -> None:
         """With a slot held on ``backend``: a pooled connection (unless ``fresh``), else
         a new one."""
-        conn = None if fresh else self.conn.runtime.cluster.pool(backend).take()
+        conn = None if fresh else self.runtime.cluster.pool(backend).take()
         if conn is not None:
             self._attach(request, backend, conn)
         else:
-            self.task = self.conn.spawn(self._connect(request, backend))
+            self.task = self.spawn(self._connect(request, backend))
 
     async def _connect(self, request: Request, backend: Backend) -> None:
         """Open a connection; while nothing was sent, failures may move to another backend."""
-        client = self.conn
         try:
-            conn = await client.runtime.cluster.pool(backend).connect()
+            conn = await self.runtime.cluster.pool(backend).connect()
         except (OSError, TimeoutError) as exc:
             self.task = None
             await self._connect_failed(request, backend, exc)
             return
         self.task = None
-        if request is not client.current or client.state == CLOSED:
-            conn.pool.release(conn, client.loop.time())
+        if not self.live(request):
+            conn.pool.release(conn, self.loop.time())
             return
         self._attach(request, backend, conn)
 
     async def _connect_failed(self, request: Request, backend: Backend, exc: Exception) -> None:
-        client = self.conn
-        runtime = client.runtime
+        runtime = self.runtime
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
         log.warning("connect to backend %s failed: %s", backend.name, reason)
         runtime.cluster.health.connect_failed(backend, reason)
-        client.stats.backends[backend.name].connect_failures += 1
+        runtime.stats.backends[backend.name].connect_failures += 1
         self.release_slot()
-        if request is not client.current or client.state == CLOSED:
+        if not self.live(request):
             return  # the client is gone
         sticky = self.sticky
         if self.bound_backend is not None and sticky is not None and sticky.found is not None:
@@ -233,36 +226,37 @@ class Exchange:
             job = sticky.backend_lost(request)
             if job is not None:
                 await job
-            client.relay.answer_key_not_found(sticky.found)
+            self.answer_key_not_found(sticky.found)
             return
         self.attempted |= {backend.name}
         retry = self.retry_target(request, "connect_failure", sent=False)
         if retry is None:
-            client.relay.answer(answers.UNREACHABLE)
+            self.answer(answers.UNREACHABLE)
         else:
             self.dispatch(request, retry)
 
     def _attach(self, request: Request, backend: Backend, upstream: UpstreamConnection) -> None:
         """Send the request head (and any buffered body) on ``upstream``."""
-        conn = self.conn
+        client = self.client
+        runtime = self.runtime
         self.backend = backend
         self.served_by = backend.name
         self.upstream = upstream
-        upstream.sink = conn.relay
+        upstream.sink = self
         upstream.requests += 1
         upstream.expect_no_body = request.method == b"HEAD"
-        conn.state = WAIT_RESPONSE
-        conn.mark = None
+        client.set_state(WAIT_RESPONSE)
         request_id = None
         if request.request_id is None:
-            request.request_id = request_id = conn.runtime.next_request_id()
+            request.request_id = request_id = runtime.next_request_id()
+        peer = self.peer
         head = framing.request_head(
             request,
             path_prefix=backend.path_prefix,
             host_header=backend.host_header,
-            preserve_host=conn.runtime.config.preserve_host,
-            client_ip=conn.client_ip_bytes,
-            proto=conn.forwarded_proto,
+            preserve_host=runtime.frontend.preserve_host,
+            client_ip=peer.ip_bytes,
+            proto=peer.proto,
             request_id=request_id,
         )
         body = b""
@@ -270,7 +264,7 @@ class Exchange:
             body = b"".join(request.body)
             request.body.clear()
             request.buffered = 0
-            conn.resume_reading(PAUSE_BUFFER_FULL)
+            client.resume_reading(PAUSE_BUFFER_FULL)
         replay = request.replay
         if replay is not None:
             replay.clear()
@@ -279,13 +273,13 @@ class Exchange:
             if len(body) > REPLAY_LIMIT:
                 request.replay = None
         self.send_up(head + body if body else head)
-        if conn.write_paused:
-            conn.pause_upstream(UP_PAUSE_CLIENT_FULL)
+        if client.write_paused():
+            self.pause_upstream(UP_PAUSE_CLIENT_FULL)
 
     def forward_body(self, request: Request, data: bytes) -> None:
         """Send a piece of the body on, or keep it until a connection takes the request."""
         upstream = self.upstream
-        if request is self.conn.current and upstream is not None:
+        if request is self.request and upstream is not None:
             self.send_up(data)
             replay = request.replay
             if replay is not None and not upstream.received:
@@ -296,12 +290,12 @@ class Exchange:
         request.body.append(data)
         request.buffered += len(data)
         if request.buffered > BODY_BUFFER_LIMIT:
-            self.conn.pause_reading(PAUSE_BUFFER_FULL)
+            self.client.pause_reading(PAUSE_BUFFER_FULL)
 
     def send_up(self, data: bytes) -> None:
         """Write towards the backend; what one client read produces (a request head and
         the body that came with it) goes out in one write (``flush_up``)."""
-        if self.conn.feeding:
+        if self.client.feeding:
             self.up_out.append(data)
         elif self.upstream is not None:
             self.upstream.send(data)
@@ -313,6 +307,19 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.send(data)
 
+    def pause_upstream(self, reason: int) -> None:
+        """Stop reading from the backend (the client is full, or the answer is held)."""
+        if not self.up_pauses and self.upstream is not None:
+            self.upstream.pause_reading()
+        self.up_pauses |= reason
+
+    def resume_upstream(self, reason: int) -> None:
+        if not self.up_pauses & reason:
+            return
+        self.up_pauses &= ~reason
+        if not self.up_pauses and self.upstream is not None:
+            self.upstream.resume_reading()
+
     # -- retries ------------------------------------------------------------------------
 
     def retry_target(
@@ -320,8 +327,8 @@ class Exchange:
     ) -> Backend | None:
         """Another backend (or ``same``) to send a failed request to, if the retry policy
         and the budget allow it (``sent``: the request may have reached the backend)."""
-        conn = self.conn
-        config = conn.runtime.config.retries
+        runtime = self.runtime
+        config = runtime.config.retries
         if self.retries >= config.attempts or not may_retry(
             config, condition, request.method, sent
         ):
@@ -329,13 +336,62 @@ class Exchange:
         backend = same or self.pick(request)
         if backend is None:
             return None
-        if not conn.runtime.retry_budget.try_retry(conn.loop.time()):
-            conn.stats.retry_budget_exhausted += 1
+        if not runtime.retry_budget.try_retry(self.loop.time()):
+            runtime.stats.retry_budget_exhausted += 1
             log.warning("retry budget exhausted: not retrying %s", request.method.decode())
             return None
         self.retries += 1
-        conn.stats.backends[backend.name].retries += 1
+        runtime.stats.backends[backend.name].retries += 1
         return backend
+
+    def retry_after_reset(self, request: Request, upstream: UpstreamConnection) -> bool:
+        """The connection died before any response byte: resend the request if it can be
+        replayed and the policy allows; True if so."""
+        backend = self.backend
+        self.end()
+        if upstream.received or request.replay is None or backend is None:
+            return False
+        if upstream.requests > 1:
+            # Most likely the backend closed the idle pooled connection as we wrote: a
+            # fresh connection to the same backend (not another pooled one: it may be as
+            # stale).
+            log.debug("pooled connection to %s was closed; retrying", backend.name)
+            retry = self.retry_target(request, "reset", sent=True, same=backend)
+        elif self.bound_backend is not None:
+            return False
+        else:
+            self.attempted |= {backend.name}
+            retry = self.retry_target(request, "reset", sent=True)
+        if retry is None:
+            return False
+        self.resend(request, retry, fresh=retry is backend)
+        return True
+
+    def retry_after_status(self, request: Request, status: int) -> bool:
+        """Resend a request the backend answered 502/503/504, if configured; True if so."""
+        runtime = self.runtime
+        backend = self.backend
+        upstream = self.upstream
+        if (
+            backend is None
+            or upstream is None
+            or self.bound_backend is not None
+            or not request.complete
+            or request.replay is None
+            or str(status) not in runtime.config.retries.on
+        ):
+            return False
+        self.attempted |= {backend.name}
+        retry = self.retry_target(request, str(status), sent=True)
+        if retry is None:
+            return False
+        runtime.cluster.health.responded(backend, status)
+        runtime.stats.backends[backend.name].requests[(request.method, status // 100)] += 1
+        self.detach_upstream(upstream)
+        upstream.abort()  # its body is not wanted: not worth reading to reuse the connection
+        self.end()
+        self.resend(request, retry)
+        return True
 
     def resend(self, request: Request, backend: Backend, fresh: bool = False) -> None:
         """Send ``request`` again from its replay buffer (``fresh``: on a new connection)."""
@@ -348,46 +404,43 @@ class Exchange:
 
     def time_out(self) -> None:
         """The backend did not answer within timeouts.upstream_header: 504."""
-        conn = self.conn
         if self.backend is not None:
-            conn.runtime.cluster.health.timed_out(self.backend)
-            conn.stats.backends[self.backend.name].timeouts += 1
+            self.runtime.cluster.health.timed_out(self.backend)
+            self.runtime.stats.backends[self.backend.name].timeouts += 1
         self.abandon()
-        conn.relay.answer(answers.GATEWAY_TIMEOUT)
+        self.answer(answers.GATEWAY_TIMEOUT)
 
     def release_slot(self) -> None:
         """Give back the slot of an exchange that never reached its backend."""
         backend = self.backend
         if backend is not None:
             self.backend = None
-            self.conn.runtime.cluster.admission.release(backend, self.slot_stream)
+            self.runtime.cluster.admission.release(backend, self.slot_stream)
             self.slot_stream = False
 
     def detach_upstream(self, upstream: UpstreamConnection) -> None:
         self.upstream = None
         self.up_out.clear()
         upstream.sink = None
-        conn = self.conn
-        if conn.up_pauses:
-            conn.up_pauses = 0
+        if self.up_pauses:
+            self.up_pauses = 0
             upstream.resume_reading()
 
     def end(self, now: float = 0.0) -> None:
         """Detach from the upstream connection and free the slot held on the backend
         (``now``: the loop time, if the caller has it)."""
-        conn = self.conn
         upstream = self.upstream
         backend = self.backend
         self.upstream = None
         self.backend = None
         if backend is not None:
-            conn.runtime.cluster.admission.release(backend, self.slot_stream)
-            backend_stats = conn.stats.backends[backend.name]
-            self.finished = now = now or conn.loop.time()
+            self.runtime.cluster.admission.release(backend, self.slot_stream)
+            backend_stats = self.runtime.stats.backends[backend.name]
+            self.finished = now = now or self.loop.time()
             backend_stats.duration.observe(now - self.started)
             backend_stats.bytes_out += self.response_bytes
-            if conn.current is not None:
-                backend_stats.bytes_in += conn.current.body_size
+            if self.request is not None:
+                backend_stats.bytes_in += self.request.body_size
         self.slot_stream = False
         self.up_out.clear()  # bytes for a connection that is being let go
         if self.sticky is not None:
@@ -395,7 +448,7 @@ class Exchange:
             # GET stream).
             job = self.sticky.on_end()
             if job is not None:
-                conn.spawn(job)
+                self.spawn(job)
         if upstream is not None:
             self.detach_upstream(upstream)
 
@@ -407,3 +460,44 @@ class Exchange:
             self.end()
             if upstream is not None:
                 upstream.abort()
+
+    def drop(self) -> None:
+        """The connection goes on without this exchange (it closed, or the client left):
+        out of the admission queue, its task cancelled, its backend connection dropped."""
+        self.done = True
+        self.leave_queue()
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+        self.abandon()
+
+    def log_access(self, request: Request, client_left: bool = False) -> None:
+        """The access-log line of ``request`` (this exchange's, or one pipelined behind it
+        that never started); ``client_left``: the client closed before the answer ended;
+        before it began, the status is 499 (as nginx logs it)."""
+        access_log = self.peer.access_log
+        assert access_log is not None
+        request.logged = True
+        session = request.session_id
+        # Never the raw id: it is a bearer credential for the session.
+        hashed = hashlib.sha256(session.encode()).hexdigest()[:12] if session else "-"
+        if request is self.request:
+            status = self.status if self.response_started or not client_left else 499
+            duration = (self.finished or self.loop.time()) - self.started
+            backend, bytes_out = self.served_by or "-", self.response_bytes
+        else:  # pipelined behind the current one: never started
+            status, duration, backend, bytes_out = 499, 0.0, "-", 0
+        access_log.request(
+            self.peer.ip,
+            request.method.decode("latin-1"),
+            request.target.decode("latin-1"),
+            request.version,
+            status,
+            backend,
+            duration,
+            request.body_size,
+            bytes_out,
+            hashed,
+            (request.request_id or b"-").decode("latin-1"),
+            client_left,
+        )

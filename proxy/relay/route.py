@@ -13,12 +13,11 @@ the process holds routes at once (``SessionStore.known``), as nearly every MCP r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from mcplb.proxy.relay import answers
 from mcplb.proxy.relay.affinity import KeyFound
+from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.request import Request
-from mcplb.proxy.relay.states import CLOSED, ROUTING
+from mcplb.proxy.relay.states import ROUTING
 from mcplb.proxy.routing import steps as routing
 from mcplb.proxy.routing.rate_limit import (
     MemoryRateLimiter,
@@ -28,43 +27,41 @@ from mcplb.proxy.routing.rate_limit import (
 )
 from mcplb.proxy.sessions import affinity
 
-if TYPE_CHECKING:
-    from mcplb.proxy.relay.exchange import Exchange
-
 
 def start(ex: Exchange, request: Request) -> None:
     """Check the request (400, 421, 413, 405, 429), then route it."""
-    conn = ex.conn
-    conn.state = ROUTING
-    ex.started = conn.loop.time()
-    conn.runtime.retry_budget.record_request(ex.started)
-    max_body = conn.runtime.config.limits.max_body_bytes
+    ex.request = request
+    ex.client.set_state(ROUTING)
+    ex.started = ex.loop.time()
+    runtime = ex.runtime
+    runtime.retry_budget.record_request(ex.started)
+    frontend = runtime.frontend
+    max_body = frontend.limits.max_body_bytes
     if request.refusal is not None:
-        conn.relay.reject(answers.bad_request(request.refusal))
-    elif not conn.runtime.host_policy.allows(request.host):
+        ex.reject(answers.bad_request(request.refusal))
+    elif not frontend.host_policy.allows(request.host):
         # DNS-rebinding protection: a name this listener does not serve never reaches a
         # backend (which, sent its own host:port, could not tell).
-        conn.relay.answer(answers.HOST_NOT_SERVED)
+        ex.answer(answers.HOST_NOT_SERVED)
     elif max_body and request.content_length is not None and request.content_length > max_body:
-        conn.relay.reject(answers.BODY_TOO_LARGE)
+        ex.reject(answers.BODY_TOO_LARGE)
     elif request.method == b"CONNECT":
         # A reverse proxy tunnels nowhere: only configured backends are ever reached.
-        conn.relay.answer(answers.CONNECT_REFUSED)
-    elif conn.runtime.rate_limiter is None or _rate_limit(ex, request):
+        ex.answer(answers.CONNECT_REFUSED)
+    elif frontend.rate_limiter is None or _rate_limit(ex, request):
         route(ex, request)
 
 
 def route(ex: Exchange, request: Request) -> None:
     """A request whose affinity key (a session id, a cookie) names a backend goes there;
     else ``route_new``."""
-    conn = ex.conn
     # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
     # that TypeError costs more than the search.)
     if request.target.find(b"?") >= 0 and affinity.repeated_session_parameter(request.target):
         # A router reading the first and a backend reading the last would disagree.
-        conn.relay.answer(answers.REPEATED_QUERY_SESSION)
+        ex.answer(answers.REPEATED_QUERY_SESSION)
         return
-    sticky = ex.sticky = conn.runtime.affinity.for_request(request)
+    sticky = ex.sticky = ex.runtime.affinity.for_request(request)
     route_key(ex, request, sticky.route_key())
 
 
@@ -73,25 +70,24 @@ def route_key(ex: Exchange, request: Request, found: KeyFound | None) -> None:
     if found is None:
         route_new(ex, request)
     elif found.pending is not None:
-        ex.task = ex.conn.spawn(_route_after_lookup(ex, request, found))
+        ex.task = ex.spawn(_route_after_lookup(ex, request, found))
     else:
         _route_found(ex, request, found)
 
 
 def route_new(ex: Exchange, request: Request) -> None:
     """A request that names no backend by a key: the strategy's pick, else wait or 503."""
-    conn = ex.conn
     backend = ex.pick(request)
     if backend is not None:
         ex.dispatch(request, backend)
         return
-    cluster = conn.runtime.cluster
+    cluster = ex.runtime.cluster
     if request.wants_stream and any(b.available for b in cluster.backends.backends):
         ex.too_many_streams()  # the backends that are up are at their cap
     elif not request.wants_stream and cluster.admission.any_full(cluster.backends.backends):
         ex.wait_for_slot(None)
     else:
-        conn.relay.answer(answers.NO_BACKEND)
+        ex.answer(answers.NO_BACKEND)
 
 
 async def _route_after_lookup(ex: Exchange, request: Request, found: KeyFound) -> None:
@@ -100,15 +96,14 @@ async def _route_after_lookup(ex: Exchange, request: Request, found: KeyFound) -
     found.name = await found.pending
     found.pending = None
     ex.task = None
-    if request is not ex.conn.current or ex.conn.state == CLOSED:
+    if not ex.live(request):
         return
     _route_found(ex, request, found)
 
 
 def _route_found(ex: Exchange, request: Request, found: KeyFound) -> None:
     """Route to the backend ``found`` names (``found.name`` None: no binding)."""
-    conn = ex.conn
-    cluster = conn.runtime.cluster
+    cluster = ex.runtime.cluster
     if found.name is None and found.guessed:
         # A guessed key that is none: route the request as any other.
         found.kind.not_a_key(request)
@@ -125,7 +120,7 @@ def _route_found(ex: Exchange, request: Request, found: KeyFound) -> None:
     backend = routing.session_backend(cluster, found.name)
     if backend is None:
         # Keep the binding: when the backend comes back, its live sessions route again.
-        conn.relay.answer_key_not_found(found)
+        ex.answer_key_not_found(found)
         return
     ex.bound_backend = backend.name
     ex.dispatch(request, backend)
@@ -139,12 +134,12 @@ def _next_key(ex: Exchange, found: KeyFound) -> KeyFound | None:
 def _rate_limit(ex: Exchange, request: Request) -> bool:
     """Take a token from the client's bucket: True to route on now; else the request was
     answered 429, or waits for Redis's answer."""
-    conn = ex.conn
-    limiter = conn.runtime.rate_limiter
+    frontend = ex.runtime.frontend
+    limiter = frontend.rate_limiter
     assert limiter is not None
-    key = routing.rate_key(conn.runtime, request, conn.client_ip)
+    key = routing.rate_key(frontend, request, ex.peer.ip)
     if not isinstance(limiter, MemoryRateLimiter):
-        ex.task = conn.spawn(_route_after_rate_limit(ex, request, limiter, key))
+        ex.task = ex.spawn(_route_after_rate_limit(ex, request, limiter, key))
         return False
     decision = limiter.take(key, ex.started)
     if not decision.allowed:
@@ -157,7 +152,7 @@ async def _route_after_rate_limit(
 ) -> None:
     decision = await limiter.take(key)
     ex.task = None
-    if request is not ex.conn.current or ex.conn.state == CLOSED:
+    if not ex.live(request):
         return
     if decision.allowed:
         route(ex, request)
@@ -166,7 +161,7 @@ async def _route_after_rate_limit(
 
 
 def _answer_rate_limited(ex: Exchange, decision: RateDecision) -> None:
-    rate_limit = ex.conn.runtime.config.rate_limit
+    rate_limit = ex.runtime.frontend.rate_limit
     assert rate_limit is not None
-    ex.conn.stats.rejected["rate_limited"] += 1
-    ex.conn.relay.answer(answers.RATE_LIMITED, rate_limit_headers(rate_limit, decision))
+    ex.runtime.stats.rejected["rate_limited"] += 1
+    ex.answer(answers.RATE_LIMITED, rate_limit_headers(rate_limit, decision))

@@ -1,29 +1,39 @@
 """Where a request goes: the routing steps, in the order the relay takes them.
 
 1. A session id (header, or a legacy SSE query parameter) names its backend: through the
-   session store, or inside a signed id (``session_backend``).
-2. Else a sticky cookie may pin a backend (``pinned``).
+   session store, or inside a signed id; it may serve the session if ``session_backend``
+   says so.
+2. Else a sticky cookie may name a backend (``preferred_backend``: if it is available).
 3. Else the strategy picks among the backends that can take the request (``pick``), and
    with ``panic: fail_open`` an all-down pool is used anyway.
 
 Before them, the rate limit counts the request in its client's bucket (``rate_key``).
 
-Each step is a function of the runtime state and the request; the relay owns the I/O (the
-store lookup, the answer when a step finds nothing).
+Each step is a function of the pieces it reads (the cluster, the frontend) and the
+request; the relay owns the I/O (the store lookup, the answer when a step finds nothing)
+and the affinity keys (``relay.affinity``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Set
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from mcplb.proxy.cluster.backends import Backend
+from mcplb.proxy.cluster.cluster import Cluster
+from mcplb.proxy.routing.frontend import Frontend
+from mcplb.proxy.sessions.affinity import HeaderAffinity
 from mcplb.strategies.base import NO_FACTS, RequestFacts
 
-if TYPE_CHECKING:
-    from mcplb.proxy.cluster.backends import Backend
-    from mcplb.proxy.cluster.cluster import Cluster
-    from mcplb.proxy.relay.request import Request
-    from mcplb.proxy.server.runtime import Runtime
+
+class RoutedRequest(Protocol):
+    """What the steps read of a request (the relay's ``Request`` has it)."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    session_id: str | None
+    wants_stream: bool
 
 
 def session_backend(cluster: Cluster, name: str | None) -> Backend | None:
@@ -41,10 +51,15 @@ def preferred_backend(cluster: Cluster, name: str | None) -> Backend | None:
     return backend if backend is not None and backend.available else None
 
 
-def pick(runtime: Runtime, request: Request, client_ip: str, attempted: Set[str]) -> Backend | None:
+def pick(
+    cluster: Cluster,
+    header_hash: HeaderAffinity | None,
+    request: RoutedRequest,
+    client_ip: str,
+    attempted: Set[str],
+) -> Backend | None:
     """The strategy's pick among the backends that can take ``request`` and were not
     ``attempted`` already; with panic fail_open, the least busy of all when none is up."""
-    cluster = runtime.cluster
     candidates = cluster.candidates
     admission = cluster.admission
     if attempted or admission.per_backend:
@@ -52,12 +67,11 @@ def pick(runtime: Runtime, request: Request, client_ip: str, attempted: Set[str]
         full = admission.streams_full if request.wants_stream else admission.backend_full
         candidates = [b for b in candidates if b.name not in attempted and not full(b)]
     strategy = cluster.strategy
-    header_hash = runtime.header_hash
     if header_hash is not None and header_hash.applies(request.headers):
         strategy = header_hash.strategy
     elif not strategy.uses_request:
         backend = strategy.pick(candidates, NO_FACTS)
-        return backend if backend is not None else panic_pick(runtime, candidates)
+        return backend if backend is not None else panic_pick(cluster, candidates)
     facts = RequestFacts(
         client_ip,
         request.method.decode("ascii", "replace"),
@@ -66,28 +80,28 @@ def pick(runtime: Runtime, request: Request, client_ip: str, attempted: Set[str]
         request.session_id,
     )
     backend = strategy.pick(candidates, facts)
-    return backend if backend is not None else panic_pick(runtime, candidates)
+    return backend if backend is not None else panic_pick(cluster, candidates)
 
 
-def panic_pick(runtime: Runtime, candidates: list[Backend]) -> Backend | None:
+def panic_pick(cluster: Cluster, candidates: list[Backend]) -> Backend | None:
     """With panic: fail_open and every backend down, spread over all of them anyway."""
-    if not runtime.cluster.health.panic_open():
+    if not cluster.health.panic_open():
         return None
     weighted = [b for b in candidates if b.base_weight > 0]
     return min(weighted, key=lambda b: b.in_flight, default=None)
 
 
-def rate_key(runtime: Runtime, request: Request, client_ip: str) -> str:
+def rate_key(frontend: Frontend, request: RoutedRequest, client_ip: str) -> str:
     """The client's rate-limit bucket: the configured header's value, else its address
     (the forwarded client's, behind trusted proxies)."""
-    rate_limit = runtime.config.rate_limit
+    rate_limit = frontend.rate_limit
     header = None if rate_limit is None else rate_limit.header
     if header is not None:
         wanted = header.encode("latin-1")
         for name, value in request.headers:
             if name == wanted:
                 return "h:" + value.decode("latin-1")
-    forwarded = runtime.rate_limit_client
+    forwarded = frontend.rate_limit_client
     if forwarded is not None:
         return "a:" + forwarded.client(client_ip, request.headers)
     return "a:" + client_ip

@@ -6,21 +6,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from mcplb.proxy.cluster.cluster import Cluster
-from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.affinity import SessionCounts, build_affinity
-from mcplb.proxy.routing.host_check import HostPolicy
-from mcplb.proxy.routing.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
+from mcplb.proxy.routing.frontend import Frontend
+from mcplb.proxy.routing.rate_limit import RedisRateLimiter
 from mcplb.proxy.routing.retries import RetryBudget
-from mcplb.proxy.sessions.affinity import HeaderAffinity
 from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
-from mcplb.strategies.forwarded import ForwardedClient, parse_networks
 
 # Settings a running process cannot take over: a reload keeps the old value and says so.
 RESTART_ONLY = (
@@ -37,14 +36,6 @@ RESTART_ONLY = (
 log = logging.getLogger("mcplb")
 
 
-def host_policy(config: Config) -> HostPolicy:
-    """The Host names the listener serves: configured, or the listener's default."""
-    patterns = config.allowed_hosts
-    if patterns is None:
-        patterns = default_allowed_hosts(config.listen_host)
-    return HostPolicy(patterns)
-
-
 class Runtime:
     """Built once from a Config; the relay reads it, nothing here reads the relay."""
 
@@ -57,14 +48,10 @@ class Runtime:
         self.generation = 0  # successful reloads
         # SIGTERM received: /readyz answers 503 and every answer closes its connection.
         self.stopping = False
-        self.host_policy = host_policy(config)
         self.cluster = Cluster(config, probing=probing)
+        self.frontend = Frontend(config)
         self.stats = Stats([b.name for b in self.cluster.backends])
         self.retry_budget = RetryBudget(config.retries.budget_percent)
-        self.rate_limiter: MemoryRateLimiter | RedisRateLimiter | None = build_rate_limiter(
-            config.rate_limit
-        )
-        self.rate_limit_client = _forwarded_client(config)
         # Request ids: 16 hex digits, a random per-process prefix (its top bit set, so that
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
@@ -93,7 +80,6 @@ class Runtime:
         sticky = config.sticky
         # The affinity key kinds, each in the variant the config asks for: chosen once.
         self.affinity = build_affinity(sticky, self.sessions, self.session_counts)
-        self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
         """Switch to a reloaded config without dropping anything: backends that stay keep
@@ -107,18 +93,19 @@ class Runtime:
         # The backend set first: it refuses a config before anything changed.
         changes += await self.cluster.reload(config)
         self.config = config
-        self.host_policy = host_policy(config)
         # Counters for added backends (a known name keeps its own); no await since the
         # cluster switched, so the relay cannot reach a backend without them.
         for backend in self.cluster.backends:
             self.stats.add_backend(backend.name)
         self.retry_budget.percent = config.retries.budget_percent
+        limiter = self.frontend.rate_limiter
         if config.rate_limit != old.rate_limit:
-            limiter, self.rate_limiter = self.rate_limiter, build_rate_limiter(config.rate_limit)
-            self.rate_limit_client = _forwarded_client(config)
+            self.frontend = Frontend(config)
             if isinstance(limiter, RedisRateLimiter):
                 await limiter.close()
             changes.append("rate_limit changed")
+        else:
+            self.frontend = Frontend(config, limiter)
         self._set_affinity(config)
         for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
             if getattr(old, key) != getattr(config, key):
@@ -127,6 +114,39 @@ class Runtime:
             self.generation += 1
         return changes
 
+    def snapshot(self, worker: int) -> dict[str, Any]:
+        """What one worker reports: its counters, its view of each backend, its health counts."""
+        cluster = self.cluster
+        health = cluster.health
+        backends = {}
+        for backend in cluster.backends:
+            backends[backend.name] = {
+                "in_flight": backend.in_flight,
+                "streams": backend.streams,
+                "sessions": backend.sessions,
+                "available": backend.available,
+                "draining": backend.draining,
+                "weight": backend.weight,
+                "healthy": not health.unhealthy(backend),
+                "ejected": health.ejected(backend),
+            }
+        return {
+            "worker": worker,
+            "time": time.time(),
+            "stats": self.stats.snapshot(),
+            "backends": backends,
+            "health": health.counters(),
+            "store_errors": self.store_errors(),
+            "rate_limit_errors": 0
+            if self.frontend.rate_limiter is None
+            else self.frontend.rate_limiter.errors,
+            "rate_limit_fail_open": (
+                0 if self.frontend.rate_limiter is None else self.frontend.rate_limiter.fail_open
+            ),
+            "queue_length": len(cluster.admission.queue),
+            "generation": self.generation,
+        }
+
     def next_request_id(self) -> bytes:
         self._request_number += 1
         return b"%x" % self._request_number
@@ -134,14 +154,6 @@ class Runtime:
     def store_errors(self) -> int:
         errors: int = getattr(self.sessions, "errors", 0)
         return errors
-
-
-def _forwarded_client(config: Config) -> ForwardedClient | None:
-    """Who a rate-limited client is behind ``rate_limit.trusted_proxies`` (None: the peer)."""
-    rate_limit = config.rate_limit
-    if rate_limit is None or not rate_limit.trusted_proxies:
-        return None
-    return ForwardedClient(parse_networks(rate_limit.trusted_proxies))
 
 
 def _restart_only(old: Config, new: Config) -> list[str]:

@@ -21,6 +21,7 @@ from mcplb.proxy.config.loader import file_mtime
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.config.validate import validated, worker_count
 from mcplb.proxy.observability.state_dir import write_json
+from mcplb.proxy.server.worker import bind_socket, note_early_stops, run_worker
 
 log = logging.getLogger("mcplb.supervisor")
 
@@ -125,8 +126,6 @@ class Supervisor:
             if os.getppid() != parent:
                 raise SystemExit  # the supervisor died before the request above
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-            from mcplb.proxy.server.worker import bind_socket, run_worker
-
             sock = bind_socket(self.config.listen_host, self.config.listen_port, True)
             code = run_worker(self.config, sock, index, self.state_dir, self.generation)
         except SystemExit:
@@ -216,3 +215,16 @@ def _describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"signal {signal.Signals(os.WTERMSIG(status)).name}"
     return f"code {os.waitstatus_to_exitcode(status)}"
+
+
+def serve(config: Config) -> int:
+    """Run the proxy with ``config.workers`` processes; blocks until stopped."""
+    if worker_count(config.workers) <= 1:
+        note_early_stops()
+        try:
+            sock = bind_socket(config.listen_host, config.listen_port, False)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
+            return 1
+        return run_worker(config, sock)
+    return Supervisor(config).run()

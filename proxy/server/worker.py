@@ -30,7 +30,7 @@ from mcplb.proxy.config.errors import ConfigError
 from mcplb.proxy.config.loader import file_mtime
 from mcplb.proxy.config.schema import BackendConfig, Config
 from mcplb.proxy.config.tls import TlsError, reload_server_context, server_context
-from mcplb.proxy.config.validate import validated, worker_count
+from mcplb.proxy.config.validate import validated
 from mcplb.proxy.observability import access_log
 from mcplb.proxy.relay.connection import ClientConnection
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
@@ -332,8 +332,8 @@ class ProxyServer:
             await self._admin.cleanup()
         self.runtime.cluster.close_pools()
         await self.runtime.sessions.close()
-        if isinstance(self.runtime.rate_limiter, RedisRateLimiter):
-            await self.runtime.rate_limiter.close()
+        if isinstance(self.runtime.frontend.rate_limiter, RedisRateLimiter):
+            await self.runtime.frontend.rate_limiter.close()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -431,21 +431,6 @@ def run_worker(
         return uvloop.run(run_until_signalled(config, sock, worker, state_dir, generation))
     finally:
         access_log.flush()  # also when an exception ends the loop: no buffered line lost
-
-
-def serve(config: Config) -> int:
-    """Run the proxy with ``config.workers`` processes; blocks until stopped."""
-    if worker_count(config.workers) <= 1:
-        note_early_stops()
-        try:
-            sock = bind_socket(config.listen_host, config.listen_port, False)
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
-            return 1
-        return run_worker(config, sock)
-    from mcplb.proxy.server.supervisor import Supervisor
-
-    return Supervisor(config).run()
 
 
 def setup_logging(level: str = "info") -> None:

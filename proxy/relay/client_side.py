@@ -1,0 +1,62 @@
+"""What an exchange sees of its client connection: a small interface (write, pause and
+resume reading, finish, close), as uvicorn's request cycle sees its protocol, and the
+facts of the client that do not change while it is connected (``Peer``).
+
+``ClientConnection`` implements ``ClientSide``; the exchange and its response depend on
+this module only, so none of them imports the connection (no import cycle)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mcplb.proxy.observability.access_log import AccessLog
+from mcplb.proxy.relay.request import Request
+
+
+class Peer:
+    """The client of one connection, as the exchanges on it report and forward it."""
+
+    __slots__ = ("access_log", "ip", "ip_bytes", "proto")
+
+    def __init__(self, ip: str, proto: bytes, access_log: AccessLog | None) -> None:
+        self.ip = ip
+        self.ip_bytes = ip.encode()
+        self.proto = proto  # X-Forwarded-Proto: b"http" or b"https"
+        self.access_log = access_log
+
+
+class ClientSide(Protocol):
+    """The client connection, as the exchange under way talks to it."""
+
+    # Inside the connection's read: writes toward the backend wait for its end, so that
+    # what one read brought goes out in one write.
+    feeding: bool
+
+    def write(self, data: bytes) -> None:
+        """Write toward the client (nothing once the connection is closed)."""
+
+    def write_paused(self) -> bool:
+        """Whether the client's socket is full (reading from the backend waits)."""
+
+    def pause_reading(self, reason: int) -> None: ...
+
+    def resume_reading(self, reason: int) -> None: ...
+
+    def set_state(self, state: int) -> None:
+        """Move to ``state`` (``states.LEGAL``); the timeout sweep restarts its clock."""
+
+    def touch(self) -> None:
+        """Bytes moved: the idle timeout starts again."""
+
+    def may_keep_alive(self) -> bool:
+        """Whether the connection may stay open after this answer (not shutting down,
+        and another request may come)."""
+
+    def take_upgrade_leftover(self) -> bytes:
+        """The bytes the client sent after an Upgrade request's head."""
+
+    def finish(self, request: Request, keep_alive: bool) -> None:
+        """The answer to ``request`` was sent: go on with the next request, or close."""
+
+    def close(self, linger: bool = False) -> None:
+        """Close now (``linger``: after an error answer, see ``ClientConnection``)."""
