@@ -194,10 +194,6 @@ class OutlierDetector:
         """Consecutive failures counted for ``name`` since its last success or ejection."""
         return self._failures.get(name, 0)
 
-    @property
-    def ejected_count(self) -> int:
-        return len(self._until)
-
     def success(self, name: str) -> None:
         if self._failures.get(name):
             self._failures[name] = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -133,10 +133,3 @@ def unimplemented(cls: type) -> list[str]:
             if getattr(cls, name, None) is getattr(klass, name, None):
                 missing.add(name)
     return sorted(missing)
-
-
-def check_options(options: Mapping[str, Any], allowed: Sequence[str]) -> None:
-    """Raise StrategyOptionError for any option outside ``allowed``."""
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise StrategyOptionError(f"unknown option(s): {', '.join(unknown)}")

@@ -36,6 +36,8 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from mcplb.proxy.cluster.backends import WEIGHT_SCALE  # mcplb_backend_weight's scale
+
 __all__ = [
     "AdminError",
     "Metrics",
@@ -60,7 +62,6 @@ GAUGES = {
     "sessions": "mcplb_sessions_active",
     "ramped_weight": "mcplb_backend_weight",  # configured x WEIGHT_SCALE, ramped
 }
-WEIGHT_SCALE = 100  # mcplb_backend_weight is on this scale (proxy/cluster/backends.py WEIGHT_SCALE)
 TOKEN_ENV = "MCPLB_ADMIN_TOKEN"
 QUANTILE = 0.99
 ERROR_PREFIX = "ERROR: "

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class Waiter(Protocol):
-    """A queued request (the relay's client connection)."""
+    """A queued request (the relay's ``exchange.SlotWait``, while its exchange waits)."""
 
     @property
     def waiting_for(self) -> Backend | None:

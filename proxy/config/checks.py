@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Literal, NamedTuple, TypeVar
+from typing import Final, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from mcplb.strategies.registry import unknown_strategy
@@ -370,7 +370,8 @@ def is_loopback(host: str) -> bool:
 # ---------------------------------------------------------------------------
 # Sessions, headers, Redis
 
-_MIN_KEY_LENGTH = 32  # proxy/sessions/tokens.py MIN_KEY_LENGTH
+# The shortest key sticky.keys accepts (sessions/tokens.py enforces it again on the codec).
+MIN_KEY_LENGTH: Final = 32  # characters of a str key, bytes of a bytes key
 _MAX_REDIS_TIMEOUT = 5.0
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)  # RFC 9110 token
 _TOKEN_CHARS = "letters, digits and !#$%&'*+-.^_`|~"
@@ -380,10 +381,10 @@ KEYS_EXAMPLE = 'e.g. keys: ["${MCPLB_SESSION_KEY}"] with a random secret of at l
 def check_key(value: object) -> str:
     # Never put the value in a message: it is a secret.
     if not isinstance(value, str):
-        raise ValueError(f"must be a string (quote it), at least {_MIN_KEY_LENGTH} characters")
-    if len(value) < _MIN_KEY_LENGTH:
+        raise ValueError(f"must be a string (quote it), at least {MIN_KEY_LENGTH} characters")
+    if len(value) < MIN_KEY_LENGTH:
         raise ValueError(
-            f"must be at least {_MIN_KEY_LENGTH} characters long (this one has {len(value)})"
+            f"must be at least {MIN_KEY_LENGTH} characters long (this one has {len(value)})"
         )
     return value
 

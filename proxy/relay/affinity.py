@@ -52,7 +52,7 @@ from mcplb.proxy.relay.framing import SESSION_HEADER, ResponseHead
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.sessions import affinity as sans_io
 from mcplb.proxy.sessions.store import SessionStore
-from mcplb.proxy.sessions.tokens import TokenCodec
+from mcplb.proxy.sessions.tokens import PURPOSE_COOKIE, PURPOSE_SESSION, TokenCodec
 
 log = logging.getLogger("mcplb.relay")
 
@@ -245,11 +245,11 @@ def build_affinity(sticky: StickyConfig, store: SessionStore, counts: SessionCou
     if sticky.mcp_sessions:
         if sticky.store == "signed":
             # Signed ids name their backend: no table to consult.
-            kinds.append(SignedSessions(TokenCodec(sticky.keys, "session"), counts))
+            kinds.append(SignedSessions(TokenCodec(sticky.keys, PURPOSE_SESSION), counts))
         else:
             kinds.append(StoredSessions(store, counts))
     if sticky.cookie is not None:
-        kinds.append(CookiePin(TokenCodec(sticky.keys, "cookie"), sticky.cookie))
+        kinds.append(CookiePin(TokenCodec(sticky.keys, PURPOSE_COOKIE), sticky.cookie))
     header_hash = sans_io.HeaderAffinity(sticky.header) if sticky.header else None
     return Affinity(tuple(kinds), sticky.mcp_sessions, header_hash)
 

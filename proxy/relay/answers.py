@@ -1,6 +1,6 @@
 """Every answer the proxy gives on its own (not a backend's): status, error code and
-message in one place, and the bytes they make. Pure: the client connection writes them
-(``ClientConnection.answer`` and ``reject``), tests read them here."""
+message in one place, and the bytes they make. Pure: the exchange writes them
+(``Response.answer``, ``reject``), tests read them here."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ this module only, so none of them imports the connection (no import cycle)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 from mcplb.proxy.observability.access_log import AccessLog
@@ -23,6 +24,37 @@ class Peer:
         self.ip_bytes = ip.encode()
         self.proto = proto  # X-Forwarded-Proto: b"http" or b"https"
         self.access_log = access_log
+
+    def log(
+        self,
+        request: Request,
+        status: int,
+        duration: float,
+        backend: str,
+        bytes_out: int,
+        client_left: bool,
+    ) -> None:
+        """The access-log line of one of this client's requests (``backend`` "": none)."""
+        access_log = self.access_log
+        assert access_log is not None
+        request.logged = True
+        session = request.session_id
+        # Never the raw id: it is a bearer credential for the session.
+        hashed = hashlib.sha256(session.encode()).hexdigest()[:12] if session else "-"
+        access_log.request(
+            self.ip,
+            request.method.decode("latin-1"),
+            request.target.decode("latin-1"),
+            request.version,
+            status,
+            backend or "-",
+            duration,
+            request.body_size,
+            bytes_out,
+            hashed,
+            (request.request_id or b"-").decode("latin-1"),
+            client_left,
+        )
 
 
 class ClientSide(Protocol):

@@ -87,10 +87,7 @@ class ClientConnection(asyncio.Protocol):
         self.ex = self._exchange()  # the current request's state; a new one per request
         self.stats = runtime.stats
         self.feeding = False  # inside data_received: upstream writes wait for its end
-        # timeout sweep marks
-        self.active = False
-        self.mark: tuple[int, int] | None = None
-        self.mark_time = 0.0
+        self.sweep = Sweep(0.0)
 
     def _exchange(self) -> Exchange:
         return Exchange(self, self.runtime, self.peer, self.loop)
@@ -105,11 +102,11 @@ class ClientConnection(asyncio.Protocol):
             peer[0] if isinstance(peer, tuple) else "unix", proto, self.peer.access_log
         )
         self.ex.peer = self.peer
-        self.mark_time = self.loop.time()
+        self.sweep.mark_time = self.loop.time()
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.active = True
+        self.sweep.active = True
         if self.state == TUNNELLING:
             if self.ex.upstream is not None:
                 self.ex.upstream.send(data)
@@ -226,7 +223,9 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"transfer-encoding":
             request.chunked = value.lower().rstrip().endswith(b"chunked")
         elif name == b"accept":
-            request.wants_stream = value.find(b"text/event-stream") >= 0  # see route.route
+            request.wants_stream = (
+                value.find(b"text/event-stream") >= 0
+            )  # a stream slot: see Exchange.dispatch
 
     def on_headers_complete(self) -> None:
         request = self.reading
@@ -318,10 +317,10 @@ class ClientConnection(asyncio.Protocol):
 
     def set_state(self, state: int) -> None:
         self.state = transition(self.state, state)
-        self.mark = None  # the sweep's clock for the new state starts at its next pass
+        self.sweep.mark = None  # the sweep's clock for the new state starts at its next pass
 
     def touch(self) -> None:
-        self.active = True
+        self.sweep.active = True
 
     def may_keep_alive(self) -> bool:
         return not self.closing and self.more_may_follow()
@@ -404,20 +403,33 @@ class ClientConnection(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         """Called by the server's sweep about twice a second."""
-        state = self.state
-        timeouts = self.runtime.frontend.timeouts
-        uploading = (
-            state == WAIT_RESPONSE and self.current is not None and not self.current.complete
-        )
-        if uploading:
+        self.sweep.check(self, now)
+
+
+class Sweep:
+    """The timeout sweep's view of one client connection: where it last saw it (state and
+    request count) and since when, and whether bytes moved since its last pass."""
+
+    __slots__ = ("active", "mark", "mark_time")
+
+    def __init__(self, now: float) -> None:
+        self.active = False
+        self.mark: tuple[int, int] | None = None
+        self.mark_time = now
+
+    def check(self, conn: ClientConnection, now: float) -> None:
+        state = conn.state
+        timeouts = conn.runtime.frontend.timeouts
+        current = conn.current
+        if state == WAIT_RESPONSE and current is not None and not current.complete:
             # Still receiving the request body: the client's pace, judged by the body
             # deadline, the minimum rate and the idle timeout below; the backend's
             # upstream_header clock starts once it has it all.
-            if self._body_too_slow(now):
+            if self._body_too_slow(conn, current, now):
                 return
             state = STREAMING
-        if state in (HEAD, WAIT_RESPONSE) or (state == IDLE and self.requests_seen == 0):
-            key = (state, self.requests_seen)
+        if state in (HEAD, WAIT_RESPONSE) or (state == IDLE and conn.requests_seen == 0):
+            key = (state, conn.requests_seen)
             if self.mark != key:
                 self.mark = key
                 self.mark_time = now
@@ -425,34 +437,35 @@ class ClientConnection(asyncio.Protocol):
             elapsed = now - self.mark_time
             if state == WAIT_RESPONSE:
                 if elapsed > timeouts.upstream_header:
-                    self.ex.time_out()
+                    conn.ex.time_out()
             elif elapsed > timeouts.header:
                 if state == HEAD:
-                    self.ex.reject(answers.HEAD_TIMEOUT)
+                    conn.ex.reject(answers.HEAD_TIMEOUT)
                 else:
-                    self.close()  # not a byte sent: nothing to answer
+                    conn.close()  # not a byte sent: nothing to answer
             return
         if self.active:
             self.active = False
             self.mark_time = now
             self.mark = None
         elif now - self.mark_time > timeouts.idle and state != CLOSED:
-            unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
-            self.close()
-            if unsent and self.transport is not None:
+            transport = conn.transport
+            unsent = transport is not None and transport.get_write_buffer_size() > 0
+            conn.close()
+            if unsent and transport is not None:
                 # A client that stopped reading would keep a graceful close (and the
                 # kernel's buffers) waiting for a drain that never comes: reset instead.
-                reset(self.transport)
+                reset(transport)
 
-    def _body_too_slow(self, now: float) -> bool:
+    @staticmethod
+    def _body_too_slow(conn: ClientConnection, request: Request, now: float) -> bool:
         """Cut an upload past ``timeouts.body`` or below ``limits.min_body_rate`` (408);
         time during which the proxy held the client back does not count."""
-        request = self.current
-        assert request is not None
-        held = self.ex.body_paused + self.flow.paused_for(now)
-        late = slow_upload(now - self.ex.started - held, request.body_size, self.runtime.config)
+        ex = conn.ex
+        held = ex.body_paused + conn.flow.paused_for(now)
+        late = slow_upload(now - ex.started - held, request.body_size, conn.runtime.config)
         if late is not None:
-            self.ex.reject(late)
+            ex.reject(late)
         return late is not None
 
 

@@ -18,7 +18,6 @@ its client connection only through ``ClientSide`` (client_side.py).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Coroutine
 from typing import Any, Final
@@ -51,18 +50,15 @@ class Exchange(Response):
     (its answer's half is ``Response``)."""
 
     __slots__ = (
-        "attempted",
         "body_paused",
         "bound_backend",
         "finished",
         "peer",
-        "queue_timer",
-        "queued_at",
-        "retries",
+        "retry",
         "task",
         "up_out",
         "up_pauses",
-        "waiting_for",
+        "wait",
     )
 
     def __init__(
@@ -73,11 +69,8 @@ class Exchange(Response):
         # routing and admission
         self.finished = 0.0  # when the backend's answer ended (loop time; 0: not yet)
         self.bound_backend: str | None = None  # backend a strict affinity key routed to
-        self.attempted = NONE_TRIED  # backends tried (retries go elsewhere)
-        self.retries = 0
-        self.waiting_for: Backend | None = None  # queued for a slot on this (None: any)
-        self.queue_timer: asyncio.TimerHandle | None = None
-        self.queued_at = 0.0
+        self.retry: Retries | None = None  # what failed, and the retries spent
+        self.wait: SlotWait | None = None  # while queued for a slot
         self.task: asyncio.Task[None] | None = None  # a routing step or connect under way
         # upstream
         self.up_out: list[bytes] = []  # request bytes not yet written (see send_up)
@@ -107,7 +100,11 @@ class Exchange(Response):
         """The strategy's pick among the backends this exchange did not try yet."""
         runtime = self.runtime
         return routing.pick(
-            runtime.cluster, runtime.affinity.header_hash, request, self.peer.ip, self.attempted
+            runtime.cluster,
+            runtime.affinity.header_hash,
+            request,
+            self.peer.ip,
+            NONE_TRIED if self.retry is None else self.retry.attempted,
         )
 
     # -- admission: request slots and the queue -----------------------------------------
@@ -136,52 +133,22 @@ class Exchange(Response):
     def wait_for_slot(self, target: Backend | None) -> None:
         """Queue until a slot frees up (on ``target``, or anywhere), or 503 after the
         queue timeout; 503 at once when the queue is full."""
-        stats = self.runtime.stats
-        admission = self.runtime.cluster.admission
-        if not admission.enqueue(self):
-            stats.rejected["queue_full"] += 1
+        wait = SlotWait(self, target)
+        if not self.runtime.cluster.admission.enqueue(wait):
+            self.runtime.stats.rejected["queue_full"] += 1
             self.answer(answers.QUEUE_FULL)
             return
-        stats.queued += 1
-        self.waiting_for = target
-        self.queued_at = self.loop.time()
-        self.queue_timer = self.loop.call_later(admission.queue_timeout, self._queue_timed_out)
+        self.runtime.stats.queued += 1
+        self.wait = wait
+        wait.start()
 
     def leave_queue(self) -> None:
-        if self.queue_timer is not None:
-            self.queue_timer.cancel()
-            self._left_queue()
+        if self.wait is not None:
+            self.wait.leave()
 
-    def _left_queue(self) -> None:
-        self.queue_timer = None
-        self.runtime.cluster.admission.leave(self)
-        self.runtime.stats.queue_wait.observe(self.loop.time() - self.queued_at)
-
-    def _queue_timed_out(self) -> None:
-        self._left_queue()
-        self.runtime.stats.rejected["queue_timeout"] += 1
-        self.answer(answers.QUEUE_TIMEOUT)
-
-    def retry_admission(self) -> bool:
-        """Called by Admission (this is its Waiter) when a slot frees up while queued."""
-        request = self.request
-        admission = self.runtime.cluster.admission
-        if request is None or self.done:
-            self.leave_queue()
-            return False
-        target = admission.admissible(self.waiting_for, lambda: self.pick(request))
-        if target is None:
-            return False
-        self.leave_queue()
-        # The slot is taken now, so the waker counts it; the request is sent on the next
-        # loop turn, not inside the teardown of the connection whose release woke it.
-        admission.hold(target, False)
-        self.backend = target
-        self.slot_stream = False
-        self.loop.call_soon(self._send_admitted, request, target)
-        return True
-
-    def _send_admitted(self, request: Request, backend: Backend) -> None:
+    def send_admitted(self, request: Request, backend: Backend) -> None:
+        """The slot a queued request waited for, taken on its behalf (``SlotWait``)."""
+        self.wait = None
         if not self.live(request) or self.backend is not backend:
             return  # the client left meanwhile, and its teardown gave the slot back
         self._send_to(request, backend)
@@ -228,8 +195,9 @@ class Exchange(Response):
                 await job
             self.answer_key_not_found(sticky.found)
             return
-        self.attempted |= {backend.name}
-        retry = self.retry_target(request, "connect_failure", sent=False)
+        retries = self.retrying()
+        retries.attempted |= {backend.name}
+        retry = retries.target(self, request, "connect_failure", sent=False)
         if retry is None:
             self.answer(answers.UNREACHABLE)
         else:
@@ -320,78 +288,18 @@ class Exchange(Response):
         if not self.up_pauses and self.upstream is not None:
             self.upstream.resume_reading()
 
-    # -- retries ------------------------------------------------------------------------
+    # -- retries (decided by ``Retries``, made at the first failure) --------------------
 
-    def retry_target(
-        self, request: Request, condition: str, sent: bool, same: Backend | None = None
-    ) -> Backend | None:
-        """Another backend (or ``same``) to send a failed request to, if the retry policy
-        and the budget allow it (``sent``: the request may have reached the backend)."""
-        runtime = self.runtime
-        config = runtime.config.retries
-        if self.retries >= config.attempts or not may_retry(
-            config, condition, request.method, sent
-        ):
-            return None
-        backend = same or self.pick(request)
-        if backend is None:
-            return None
-        if not runtime.retry_budget.try_retry(self.loop.time()):
-            runtime.stats.retry_budget_exhausted += 1
-            log.warning("retry budget exhausted: not retrying %s", request.method.decode())
-            return None
-        self.retries += 1
-        runtime.stats.backends[backend.name].retries += 1
-        return backend
+    def retrying(self) -> Retries:
+        if self.retry is None:
+            self.retry = Retries()
+        return self.retry
 
     def retry_after_reset(self, request: Request, upstream: UpstreamConnection) -> bool:
-        """The connection died before any response byte: resend the request if it can be
-        replayed and the policy allows; True if so."""
-        backend = self.backend
-        self.end()
-        if upstream.received or request.replay is None or backend is None:
-            return False
-        if upstream.requests > 1:
-            # Most likely the backend closed the idle pooled connection as we wrote: a
-            # fresh connection to the same backend (not another pooled one: it may be as
-            # stale).
-            log.debug("pooled connection to %s was closed; retrying", backend.name)
-            retry = self.retry_target(request, "reset", sent=True, same=backend)
-        elif self.bound_backend is not None:
-            return False
-        else:
-            self.attempted |= {backend.name}
-            retry = self.retry_target(request, "reset", sent=True)
-        if retry is None:
-            return False
-        self.resend(request, retry, fresh=retry is backend)
-        return True
+        return self.retrying().after_reset(self, request, upstream)
 
     def retry_after_status(self, request: Request, status: int) -> bool:
-        """Resend a request the backend answered 502/503/504, if configured; True if so."""
-        runtime = self.runtime
-        backend = self.backend
-        upstream = self.upstream
-        if (
-            backend is None
-            or upstream is None
-            or self.bound_backend is not None
-            or not request.complete
-            or request.replay is None
-            or str(status) not in runtime.config.retries.on
-        ):
-            return False
-        self.attempted |= {backend.name}
-        retry = self.retry_target(request, str(status), sent=True)
-        if retry is None:
-            return False
-        runtime.cluster.health.responded(backend, status)
-        runtime.stats.backends[backend.name].requests[(request.method, status // 100)] += 1
-        self.detach_upstream(upstream)
-        upstream.abort()  # its body is not wanted: not worth reading to reuse the connection
-        self.end()
-        self.resend(request, retry)
-        return True
+        return self.retrying().after_status(self, request, status)
 
     def resend(self, request: Request, backend: Backend, fresh: bool = False) -> None:
         """Send ``request`` again from its replay buffer (``fresh``: on a new connection)."""
@@ -475,29 +383,151 @@ class Exchange(Response):
         """The access-log line of ``request`` (this exchange's, or one pipelined behind it
         that never started); ``client_left``: the client closed before the answer ended;
         before it began, the status is 499 (as nginx logs it)."""
-        access_log = self.peer.access_log
-        assert access_log is not None
-        request.logged = True
-        session = request.session_id
-        # Never the raw id: it is a bearer credential for the session.
-        hashed = hashlib.sha256(session.encode()).hexdigest()[:12] if session else "-"
         if request is self.request:
             status = self.status if self.response_started or not client_left else 499
             duration = (self.finished or self.loop.time()) - self.started
-            backend, bytes_out = self.served_by or "-", self.response_bytes
+            self.peer.log(
+                request, status, duration, self.served_by, self.response_bytes, client_left
+            )
         else:  # pipelined behind the current one: never started
-            status, duration, backend, bytes_out = 499, 0.0, "-", 0
-        access_log.request(
-            self.peer.ip,
-            request.method.decode("latin-1"),
-            request.target.decode("latin-1"),
-            request.version,
-            status,
-            backend,
-            duration,
-            request.body_size,
-            bytes_out,
-            hashed,
-            (request.request_id or b"-").decode("latin-1"),
-            client_left,
-        )
+            self.peer.log(request, 499, 0.0, "", 0, client_left)
+
+
+class SlotWait:
+    """An exchange queued for a slot (the admission queue's ``Waiter``): which backend it
+    must go to, since when, and the timer of its 503. Exists only while queued."""
+
+    __slots__ = ("ex", "queued_at", "timer", "waiting_for")
+
+    def __init__(self, ex: Exchange, target: Backend | None) -> None:
+        self.ex = ex
+        self.waiting_for = target  # a bound request's backend (None: any)
+        self.queued_at = ex.loop.time()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        ex = self.ex
+        timeout = ex.runtime.cluster.admission.queue_timeout
+        self.timer = ex.loop.call_later(timeout, self._timed_out)
+
+    def leave(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self._left()
+
+    def _left(self) -> None:
+        ex = self.ex
+        self.timer = None
+        ex.wait = None
+        ex.runtime.cluster.admission.leave(self)
+        ex.runtime.stats.queue_wait.observe(ex.loop.time() - self.queued_at)
+
+    def _timed_out(self) -> None:
+        self._left()
+        self.ex.runtime.stats.rejected["queue_timeout"] += 1
+        self.ex.answer(answers.QUEUE_TIMEOUT)
+
+    def retry_admission(self) -> bool:
+        """Called by Admission when a slot frees up while queued."""
+        ex = self.ex
+        request = ex.request
+        admission = ex.runtime.cluster.admission
+        if request is None or ex.done:
+            self.leave()
+            return False
+        target = admission.admissible(self.waiting_for, lambda: ex.pick(request))
+        if target is None:
+            return False
+        self.leave()
+        # The slot is taken now, so the waker counts it; the request is sent on the next
+        # loop turn, not inside the teardown of the connection whose release woke it.
+        admission.hold(target, False)
+        ex.backend = target
+        ex.slot_stream = False
+        ex.loop.call_soon(ex.send_admitted, request, target)
+        return True
+
+
+class Retries:
+    """What one exchange tried and may still try (Envoy's retry state): the backends that
+    failed it and the retries spent; made at its first failure."""
+
+    __slots__ = ("attempted", "count")
+
+    def __init__(self) -> None:
+        self.attempted = NONE_TRIED  # backends tried (retries go elsewhere)
+        self.count = 0
+
+    def target(
+        self,
+        ex: Exchange,
+        request: Request,
+        condition: str,
+        sent: bool,
+        same: Backend | None = None,
+    ) -> Backend | None:
+        """Another backend (or ``same``) to send a failed request to, if the retry policy
+        and the budget allow it (``sent``: the request may have reached the backend)."""
+        runtime = ex.runtime
+        config = runtime.config.retries
+        if self.count >= config.attempts or not may_retry(config, condition, request.method, sent):
+            return None
+        backend = same or ex.pick(request)
+        if backend is None:
+            return None
+        if not runtime.retry_budget.try_retry(ex.loop.time()):
+            runtime.stats.retry_budget_exhausted += 1
+            log.warning("retry budget exhausted: not retrying %s", request.method.decode())
+            return None
+        self.count += 1
+        runtime.stats.backends[backend.name].retries += 1
+        return backend
+
+    def after_reset(self, ex: Exchange, request: Request, upstream: UpstreamConnection) -> bool:
+        """The connection died before any response byte: resend the request if it can be
+        replayed and the policy allows; True if so."""
+        backend = ex.backend
+        ex.end()
+        if upstream.received or request.replay is None or backend is None:
+            return False
+        if upstream.requests > 1:
+            # Most likely the backend closed the idle pooled connection as we wrote: a
+            # fresh connection to the same backend (not another pooled one: it may be as
+            # stale).
+            log.debug("pooled connection to %s was closed; retrying", backend.name)
+            retry = self.target(ex, request, "reset", sent=True, same=backend)
+        elif ex.bound_backend is not None:
+            return False
+        else:
+            self.attempted |= {backend.name}
+            retry = self.target(ex, request, "reset", sent=True)
+        if retry is None:
+            return False
+        ex.resend(request, retry, fresh=retry is backend)
+        return True
+
+    def after_status(self, ex: Exchange, request: Request, status: int) -> bool:
+        """Resend a request the backend answered 502/503/504, if configured; True if so."""
+        runtime = ex.runtime
+        backend = ex.backend
+        upstream = ex.upstream
+        if (
+            backend is None
+            or upstream is None
+            or ex.bound_backend is not None
+            or not request.complete
+            or request.replay is None
+            or str(status) not in runtime.config.retries.on
+        ):
+            return False
+        self.attempted |= {backend.name}
+        retry = self.target(ex, request, str(status), sent=True)
+        if retry is None:
+            return False
+        runtime.cluster.health.responded(backend, status)
+        runtime.stats.backends[backend.name].requests[(request.method, status // 100)] += 1
+        ex.detach_upstream(upstream)
+        upstream.abort()  # its body is not wanted: not worth reading to reuse the connection
+        ex.end()
+        ex.resend(request, retry)
+        return True

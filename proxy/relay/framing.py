@@ -180,16 +180,7 @@ def request_head(
     prefix, hop-by-hop headers dropped (and those Connection names), the session id swapped
     for the backend's own, ``Host`` set to the backend's unless ``preserve_host``, and
     ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none."""
-    target = request.target
-    if not target.startswith(b"/"):
-        target = origin_form(target)
-    upstream_session_id = request.upstream_session_id
-    if upstream_session_id is not None and request.session_in_query:
-        assert request.session_id is not None
-        target = affinity.replace_query_value(target, request.session_id, upstream_session_id)
-        upstream_session_id = None
-    if path_prefix and target != b"*":
-        target = path_prefix + target
+    target, upstream_session_id = upstream_target(request, path_prefix)
     hop = named_hops(request)
     forwarded: list[bytes] = []  # the client's X-Forwarded-For chain, in order
     lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
@@ -230,6 +221,23 @@ def request_head(
         lines += (b"\r\nconnection: upgrade\r\nupgrade: ", token)
     lines.append(b"\r\n\r\n")
     return b"".join(lines)
+
+
+def upstream_target(request: Request, path_prefix: bytes) -> tuple[bytes, str | None]:
+    """The target the backend gets (origin-form, under its path prefix, with a legacy
+    query session id swapped for the backend's own), and the session id still to swap in
+    the Mcp-Session-Id header (None: none, or already in the query)."""
+    target = request.target
+    if not target.startswith(b"/"):
+        target = origin_form(target)
+    upstream_session_id = request.upstream_session_id
+    if upstream_session_id is not None and request.session_in_query:
+        assert request.session_id is not None
+        target = affinity.replace_query_value(target, request.session_id, upstream_session_id)
+        upstream_session_id = None
+    if path_prefix and target != b"*":
+        target = path_prefix + target
+    return target, upstream_session_id
 
 
 def origin_form(target: bytes) -> bytes:

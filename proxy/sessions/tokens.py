@@ -61,9 +61,10 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
+from mcplb.proxy.config.checks import MIN_KEY_LENGTH
+
 VERIFIED_CACHE: Final = 4096  # verified tokens remembered per codec
 MAX_TOKEN: Final = 1024  # characters; longer strings never open, and seal never makes one
-MIN_KEY_LENGTH: Final = 32  # characters of a str key, bytes of a bytes key
 PURPOSE_SESSION: Final = "session"  # rewritten Mcp-Session-Id / legacy session_id values
 PURPOSE_COOKIE: Final = "cookie"  # the sticky cookie's value
 
