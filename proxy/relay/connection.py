@@ -41,6 +41,7 @@ from mcplb.proxy.relay.states import (
     CLOSED,
     HEAD,
     IDLE,
+    LEGAL,
     PAUSE_BUFFER_FULL,
     PAUSE_PIPELINE,
     STREAMING,
@@ -316,7 +317,9 @@ class ClientConnection(asyncio.Protocol):
             self.ex.body_paused += paused
 
     def set_state(self, state: int) -> None:
-        self.state = transition(self.state, state)
+        if state not in LEGAL[self.state]:  # states.transition, inline: on every request
+            transition(self.state, state)  # raises IllegalTransition
+        self.state = state
         self.sweep.mark = None  # the sweep's clock for the new state starts at its next pass
 
     def touch(self) -> None:
