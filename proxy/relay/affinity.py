@@ -3,7 +3,7 @@
 ``Affinity`` is built once per config (``build_affinity``): the kinds of affinity key the
 proxy routes by, each chosen at load time in the variant the config asks for (MCP session
 ids bound in a store, memory or Redis, or signed into the ids; the sticky cookie). The relay
-takes one ``Stickiness`` per request from it (``Affinity.for_request``) and asks that
+takes one ``Stickiness`` per request from it (``Stickiness(affinity, request)``) and asks that
 object, and nothing else, about affinity:
 
 - ``route_key``: where the request's key says it must go (a ``KeyFound``);
@@ -234,9 +234,6 @@ class Affinity:
         self.session_header = session_header
         # sticky.header: the strategy the pick uses for requests carrying the header.
         self.header_hash = header_hash
-
-    def for_request(self, request: Request) -> Stickiness:
-        return Stickiness(self, request)
 
 
 def build_affinity(sticky: StickyConfig, store: SessionStore, counts: SessionCounts) -> Affinity:

@@ -11,6 +11,7 @@ import hashlib
 from typing import Protocol
 
 from mcplb.proxy.observability.access_log import AccessLog
+from mcplb.proxy.relay.flow import FlowControl
 from mcplb.proxy.relay.request import Request
 
 
@@ -63,12 +64,12 @@ class ClientSide(Protocol):
     # Inside the connection's read: writes toward the backend wait for its end, so that
     # what one read brought goes out in one write.
     feeding: bool
+    # Why reading from the client is paused; whether its socket is full (reading from
+    # the backend then waits).
+    flow: FlowControl
 
     def write(self, data: bytes) -> None:
         """Write toward the client (nothing once the connection is closed)."""
-
-    def write_paused(self) -> bool:
-        """Whether the client's socket is full (reading from the backend waits)."""
 
     def pause_reading(self, reason: int) -> None: ...
 

@@ -85,13 +85,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0  # bytes received since the last request head completed
         self.flow = FlowControl(self.loop)
         self.upgrade_leftover = b""
-        self.ex = self._exchange()  # the current request's state; a new one per request
+        self.ex = Exchange(self, runtime, self.peer, self.loop)  # a new one per request
         self.stats = runtime.stats
         self.feeding = False  # inside data_received: upstream writes wait for its end
         self.sweep = Sweep(0.0)
-
-    def _exchange(self) -> Exchange:
-        return Exchange(self, self.runtime, self.peer, self.loop)
 
     # -- asyncio callbacks: client side ------------------------------------------------
 
@@ -305,9 +302,6 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and self.state != CLOSED:
             self.transport.write(data)
 
-    def write_paused(self) -> bool:
-        return self.flow.write_paused
-
     def pause_reading(self, reason: int) -> None:
         self.flow.pause_reading(reason)
 
@@ -347,18 +341,19 @@ class ClientConnection(asyncio.Protocol):
             and self.more_may_follow()
         )
         self.current = None
-        self.ex = self._exchange()  # the next request starts from a clean state
+        self.ex = Exchange(self, self.runtime, self.peer, self.loop)  # a clean state
         if not keep:
             self.close(linger=not request.complete)  # see Response._write_answer
             return
         if self.queue:
             request = self.queue.popleft()
-            if not self.queue:
+            if not self.queue and self.flow.reasons:
                 self.resume_reading(PAUSE_PIPELINE)
             self.current = request
             route.start(self.ex, request)
         else:
-            self.resume_reading(PAUSE_PIPELINE)
+            if self.flow.reasons:
+                self.resume_reading(PAUSE_PIPELINE)
             self.set_state(HEAD if self.reading is not None else IDLE)
 
     def more_may_follow(self) -> bool:

@@ -241,7 +241,7 @@ class Exchange(Response):
             if len(body) > REPLAY_LIMIT:
                 request.replay = None
         self.send_up(head + body if body else head)
-        if client.write_paused():
+        if client.flow.write_paused:
             self.pause_upstream(UP_PAUSE_CLIENT_FULL)
 
     def forward_body(self, request: Request, data: bytes) -> None:
@@ -351,7 +351,7 @@ class Exchange(Response):
                 backend_stats.bytes_in += self.request.body_size
         self.slot_stream = False
         self.up_out.clear()  # bytes for a connection that is being let go
-        if self.sticky is not None:
+        if self.sticky is not None and self.sticky.learner is not None:
             # What the end changes (the legacy transport's session lives as long as its
             # GET stream).
             job = self.sticky.on_end()

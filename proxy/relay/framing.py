@@ -180,7 +180,9 @@ def request_head(
     prefix, hop-by-hop headers dropped (and those Connection names), the session id swapped
     for the backend's own, ``Host`` set to the backend's unless ``preserve_host``, and
     ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none."""
-    target, upstream_session_id = upstream_target(request, path_prefix)
+    target, upstream_session_id = request.target, request.upstream_session_id
+    if path_prefix or upstream_session_id is not None or not target.startswith(b"/"):
+        target, upstream_session_id = upstream_target(request, path_prefix)
     hop = named_hops(request)
     forwarded: list[bytes] = []  # the client's X-Forwarded-For chain, in order
     lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]

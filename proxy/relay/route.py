@@ -14,7 +14,7 @@ the process holds routes at once (``SessionStore.known``), as nearly every MCP r
 from __future__ import annotations
 
 from mcplb.proxy.relay import answers
-from mcplb.proxy.relay.affinity import KeyFound
+from mcplb.proxy.relay.affinity import KeyFound, Stickiness
 from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import ROUTING
@@ -61,8 +61,12 @@ def route(ex: Exchange, request: Request) -> None:
         # A router reading the first and a backend reading the last would disagree.
         ex.answer(answers.REPEATED_QUERY_SESSION)
         return
-    sticky = ex.sticky = ex.runtime.affinity.for_request(request)
-    route_key(ex, request, sticky.route_key())
+    sticky = ex.sticky = Stickiness(ex.runtime.affinity, request)
+    found = sticky.route_key()
+    if found is None:
+        route_new(ex, request)  # (route_key's first case, inline: most requests)
+    else:
+        route_key(ex, request, found)
 
 
 def route_key(ex: Exchange, request: Request, found: KeyFound | None) -> None:
