@@ -20,7 +20,7 @@ from mcplb.proxy.config.schema import (
     TimeoutsConfig,
 )
 from mcplb.proxy.server.worker import ProxyServer
-from tests.redis_server import RedisServer, RedisServerMissing, start_redis
+from tests.support.redis_server import RedisServer, RedisServerMissing, start_redis
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcplb.proxy.config.schema import AdminConfig, StickyConfig
 from mcplb.proxy.server.worker import ProxyServer
-from tests import rawhttp
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, mcp_session, result_text
+from tests.support import rawhttp
+from tests.support.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, mcp_session, result_text
 
 TOKEN = "admin-token-" + "x" * 20
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -16,8 +16,8 @@ from aiohttp import web
 
 from mcplb import __version__
 from tests.conftest import AppFactory
-from tests.eventually import eventually
-from tests.peers import Peers, free_port
+from tests.support.eventually import eventually
+from tests.support.peers import Peers, free_port
 
 MCPLB = [sys.executable, "-m", "mcplb.proxy.cli"]
 

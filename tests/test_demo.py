@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from mcplb.proxy.demo import run as demo
-from tests.peers import REPO_ROOT, free_port
+from tests.support.peers import REPO_ROOT, free_port
 
 SCRIPT = Path(sys.executable).parent / "mcplb"  # what `make demo` runs
 WAIT = 30.0  # seconds for the banner, and for a health change (probes every 2 s, fall 3)

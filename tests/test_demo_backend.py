@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from tests.peers import (
+from tests.support.peers import (
     INITIALIZE,
     MCP_HEADERS,
     McpBackend,

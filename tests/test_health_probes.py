@@ -20,8 +20,8 @@ from mcplb.healthcheck.probes import http_probe, mcp_probe
 from mcplb.proxy.cluster.backends import Backend
 from mcplb.proxy.config.schema import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from tests.conftest import AppFactory, RawHandler, backend_config
-from tests.eventually import eventually
-from tests.peers import (
+from tests.support.eventually import eventually
+from tests.support.peers import (
     LOOPBACK,
     McpBackend,
     Peers,

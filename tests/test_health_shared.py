@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AppFactory
-from tests.peers import Peers, free_port, proxy_admin_port
+from tests.support.peers import Peers, free_port, proxy_admin_port
 
 INTERVAL = 0.2  # seconds between probes of one backend
 

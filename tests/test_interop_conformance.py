@@ -17,8 +17,15 @@ from pathlib import Path
 import pytest
 
 from tests.interop import CONFORMANCE, MISSING, NODE, SERVER_EVERYTHING
-from tests.peers import LOOPBACK, Peers, _logs, _ManagedProcess, free_port, wait_for_port_sync
-from tests.redis_server import start_redis
+from tests.support.peers import (
+    LOOPBACK,
+    Peers,
+    _logs,
+    _ManagedProcess,
+    free_port,
+    wait_for_port_sync,
+)
+from tests.support.redis_server import start_redis
 
 KEY = "interop-conformance-key-" + "c" * 32
 MODES = [("memory", 1), ("signed", 1), ("signed", 2), ("redis", 1), ("redis", 2)]

@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.alternator import Alternator
 from tests.interop import (
     MISSING,
     NODE,
@@ -34,8 +33,9 @@ from tests.interop import (
     start_interop_server_sync,
 )
 from tests.interop.py_client import run_session
-from tests.peers import Peers, ProxyProcess, free_port
-from tests.redis_server import start_redis
+from tests.support.alternator import Alternator
+from tests.support.peers import Peers, ProxyProcess, free_port
+from tests.support.redis_server import start_redis
 
 # The matrix drives the session-era protocol on purpose (resources/subscribe on the GET
 # stream), which the Python SDK flags as removed from its newest protocol revision.

@@ -12,7 +12,7 @@ import pytest
 from mcplb.proxy.server.worker import ProxyServer
 from mcplb.proxy.sessions.store import MemorySessionStore
 from tests.conftest import ProxyFactory, backend_config
-from tests.peers import (
+from tests.support.peers import (
     INITIALIZE,
     MCP_HEADERS,
     McpBackend,

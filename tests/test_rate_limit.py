@@ -29,9 +29,9 @@ from mcplb.proxy.routing.rate_limit import (
     take_token,
 )
 from tests.conftest import AppFactory, FakeClock, ProxyFactory, backend_config
-from tests.peers import Peers, free_port
-from tests.rawhttp import Response, request
-from tests.redis_server import (
+from tests.support.peers import Peers, free_port
+from tests.support.rawhttp import Response, request
+from tests.support.redis_server import (
     RedisServer,
     start_silent_server,
 )

@@ -15,7 +15,7 @@ from aiohttp import web
 from mcplb.proxy.config.schema import RetriesConfig
 from tests.conftest import AppFactory, ProxyFactory, RawHandler, backend_config
 from tests.interop import MISSING, NODE
-from tests.rawhttp import RawClient, request
+from tests.support.rawhttp import RawClient, request
 
 RawServe = Callable[[RawHandler], Awaitable[int]]
 

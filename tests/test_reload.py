@@ -27,8 +27,8 @@ from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AppFactory
-from tests.eventually import eventually
-from tests.peers import (
+from tests.support.eventually import eventually
+from tests.support.peers import (
     McpBackend,
     Peers,
     ProxyProcess,

@@ -21,10 +21,10 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcplb.proxy.config.schema import CookieConfig, RedisConfig, StickyConfig
 from mcplb.proxy.sessions.tokens import TokenCodec
-from tests.alternator import Alternator
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.peers import McpBackend, Peers, free_port, result_text
-from tests.redis_server import start_redis
+from tests.support.alternator import Alternator
+from tests.support.peers import McpBackend, Peers, free_port, result_text
+from tests.support.redis_server import start_redis
 
 KEY_OLD = "old-key-" + "o" * 32
 KEY_NEW = "new-key-" + "n" * 32

@@ -25,9 +25,9 @@ from mcplb.proxy.config.errors import ConfigError
 from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import TimeoutsConfig
 from tests.conftest import AppFactory, session_app
-from tests.eventually import eventually
-from tests.peers import Peers, free_port, proxy_admin_port, wait_for_output
-from tests.rawhttp import RawClient, Response
+from tests.support.eventually import eventually
+from tests.support.peers import Peers, free_port, proxy_admin_port, wait_for_output
+from tests.support.rawhttp import RawClient, Response
 
 DELAY = 2.0  # shutdown_delay of the proxy under test
 SLOW = 1.5  # seconds the slow request takes: started in the delay, it outlives the listener

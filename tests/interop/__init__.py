@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.peers import (
+from tests.support.peers import (
     LOOPBACK,
     _logs,
     _ManagedProcess,

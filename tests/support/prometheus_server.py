@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = REPO_ROOT / "docs" / "observability.md"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERTS_TEST = REPO_ROOT / "deploy" / "prometheus" / "alerts_test.yaml"

@@ -8,7 +8,7 @@ Typical fixtures (pytest-asyncio, auto mode)::
 
     import pytest
     from collections.abc import AsyncIterator, Iterator
-    from tests.peers import (
+    from tests.support.peers import (
         McpBackend, Peers, free_port, mcp_call, start_mcp_backend, start_mcp_backend_sync,
     )
 
@@ -84,7 +84,7 @@ INITIALIZE = {
         "clientInfo": {"name": "raw-test", "version": "0"},
     },
 }
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 POLL_INTERVAL = 0.05
 
