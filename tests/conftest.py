@@ -20,6 +20,7 @@ from mcplb.proxy.config.schema import (
     TimeoutsConfig,
 )
 from mcplb.proxy.server.worker import ProxyServer
+from tests.support.peers import Peers
 from tests.support.redis_server import RedisServer, RedisServerMissing, start_redis
 
 
@@ -69,6 +70,14 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
     yield factory
     for server in servers:
         await server.shutdown(grace=0)
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    """Real MCP backends and ``mcplb run`` proxies as subprocesses, started on demand
+    (tests/support/peers.py); all stopped on teardown, proxies first."""
+    async with Peers() as p:
+        yield p
 
 
 AppFactory = Callable[[web.Application], Awaitable[int]]
@@ -176,3 +185,4 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
+

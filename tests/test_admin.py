@@ -189,12 +189,6 @@ async def test_mutating_calls_need_the_token(admin_proxy: ProxyServer) -> None:
         assert admin_proxy.runtime.cluster.backends.by_name["a"].available is False
 
 
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
-
-
 async def test_drain_keeps_existing_sessions_and_sends_new_ones_elsewhere(
     peers: Peers, start_proxy: ProxyFactory
 ) -> None:

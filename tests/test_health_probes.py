@@ -92,12 +92,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
-
-
 def backend_at(port: int, prefix: str = "", name: str = "b") -> Backend:
     return Backend(backend_config(name, port, prefix=prefix))
 

@@ -44,12 +44,6 @@ class CountingBackend:
 
 
 @pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
-
-
-@pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     # A fresh connection per request: the kernel spreads them over both workers.
     connector = aiohttp.TCPConnector(force_close=True, limit=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,12 +118,6 @@ def direct(
 ) -> Verdicts:
     out = tmp_path_factory.mktemp("conformance-direct")
     return asyncio.run(conformance(f"{everything[0].url}/mcp", out))
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 @pytest.mark.parametrize(("store", "workers"), MODES, ids=[f"{s}-{w}w" for s, w in MODES])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +98,6 @@ def summary() -> Iterator[None]:
         lines.append(f"| {cell} | " + " | ".join(r.get(cell, "-") for r in RESULTS.values()) + " |")
     SUMMARY.parent.mkdir(exist_ok=True)
     SUMMARY.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 def proxy_yaml(port: int, backends: list[InteropServer], sticky: str, workers: int) -> str:

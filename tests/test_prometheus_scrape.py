@@ -54,12 +54,6 @@ async def backend_port(serve_app: AppFactory) -> int:
 
 
 @pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
-
-
-@pytest.fixture
 async def mcplb(peers: Peers, backend_port: int, tmp_path: Path) -> tuple[ProxyProcess, int]:
     """The proxy and its admin port (once that accepts connections)."""
     port, admin_port = free_port(), free_port()

@@ -567,12 +567,6 @@ async def test_proxy_keys_buckets_by_forwarded_address_behind_trusted_proxies(
         assert_limited(await get(proxy.port, bob), burst=1)
 
 
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
-
-
 async def test_replicas_share_buckets_in_redis(
     peers: Peers, tmp_path: Path, backend_port: int, redis_server: RedisServer
 ) -> None:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import httpx2
-import pytest
 from aiohttp import web
 from mcp import ClientSession
 from mcp.client.sse import sse_client
@@ -28,12 +26,6 @@ from tests.support.redis_server import start_redis
 
 KEY_OLD = "old-key-" + "o" * 32
 KEY_NEW = "new-key-" + "n" * 32
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 def fresh_connections(

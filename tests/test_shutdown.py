@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,12 +68,6 @@ async def attempt(port: int, head: bytes, started: float, timeout: float = 10.0)
 def get(path: str, session: str | None = None) -> bytes:
     extra = f"Mcp-Session-Id: {session}\r\n" if session else ""
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -24,12 +24,8 @@ Typical fixtures (pytest-asyncio, auto mode)::
         yield b
         b.stop_sync()
 
-    @pytest.fixture
-    async def peers() -> AsyncIterator[Peers]:
-        # factory: start as many backends/proxies as a test needs; all stopped on teardown
-        async with Peers() as p:
-            yield p
-
+    # ``peers`` (tests/conftest.py) is a Peers: start as many backends/proxies as a test
+    # needs; all stopped on teardown.
     async def test_balanced(peers: Peers, tmp_path: Path) -> None:
         a = await peers.backend("mcp-a")
         b = await peers.backend("mcp-b", stateless=True)
