@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,6 +22,7 @@ from mcplb.proxy.config.schema import (
     TimeoutsConfig,
 )
 from mcplb.proxy.server.worker import ProxyServer
+from tests.support import tiers
 from tests.support.peers import Peers
 from tests.support.redis_server import RedisServer, RedisServerMissing, start_redis
 
@@ -186,3 +189,20 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     yield client
     await client.aclose()
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in (
+        ("service", "needs a program the machine may lack: Redis, Prometheus, dnsmasq, Node"),
+        ("process", "starts a process (a service, a proxy, a backend): not in `make check`"),
+        ("bench", "runs a benchmark or the perf gate (`make test-bench`, once)"),
+        ("compiled", "can tell the compiled build from the pure one (the compiled pass)"),
+    ):
+        config.addinivalue_line("markers", f"{name}: {meaning}; set by tests/support/tiers.py")
+    if os.environ.get(tiers.TIER_VARIABLE) == "check":
+        sys.addaudithook(tiers.refuse_processes)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in tiers.markers(item):
+            item.add_marker(name)
