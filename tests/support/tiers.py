@@ -159,18 +159,16 @@ def import_closure(module: str) -> frozenset[str]:
 @functools.cache
 def module_reaches_compiled(module: str) -> bool:
     """Importing ``module`` loads a compiled module, or a module that starts a proxy."""
-    for name in import_closure(module):
-        if name in compiled_modules():
-            return True
-        path = source_of(name)
-        if (
-            name.startswith(("tests.", "bench."))
-            and name != __name__  # the pattern itself, and this docstring
-            and path
-            and STARTS_PROXY.search(path.read_text())
-        ):
-            return True
-    return False
+    return any(name in compiled_modules() or _starts_proxy(name) for name in import_closure(module))
+
+
+@functools.cache
+def _starts_proxy(module: str) -> bool:
+    """A module of tests/ or bench/ whose source names what starts a proxy process."""
+    path = source_of(module)
+    if path is None or module == __name__ or not module.startswith(("tests.", "bench.")):
+        return False  # (this module holds the pattern, not a use of it)
+    return STARTS_PROXY.search(path.read_text()) is not None
 
 
 # --- what a test reaches, by name -------------------------------------------------------
@@ -180,6 +178,9 @@ def module_reaches_compiled(module: str) -> bool:
 PROCESS_CALLS = frozenset(
     {"create_subprocess_exec", "create_subprocess_shell", "fork", "forkpty", "posix_spawn"}
 )
+
+
+_TRIVIAL = bool | int | float | type(None)  # nothing to follow, nothing to tell
 
 
 def _is_ours(module: str | None) -> bool:
@@ -202,7 +203,11 @@ def _edges(function: types.FunctionType) -> tuple[list[object], frozenset[str], 
     names: set[str] = set()
     for code in _codes(function.__code__):
         names.update(code.co_names)
-        objects.extend(function.__globals__[n] for n in code.co_names if n in function.__globals__)
+        objects.extend(
+            value
+            for n in code.co_names
+            if not isinstance(value := function.__globals__.get(n), _TRIVIAL)
+        )
         strings.update(c for c in code.co_consts if isinstance(c, str))
     for cell in function.__closure__ or ():
         with contextlib.suppress(ValueError):  # empty: a name not yet assigned
@@ -224,6 +229,7 @@ class Reach:
         self.names: set[str] = set()
         self._waiting: dict[str, list[object]] = {}  # attributes of reached classes, by name
         self._seen: set[int] = set()
+        self._services: set[str] | None = None
         self._todo = list(roots)
         while self._todo:
             self._visit(self._todo.pop())
@@ -278,11 +284,14 @@ class Reach:
     def services(self) -> set[str]:
         """The programs needed: SERVICE of the modules whose objects were reached (their
         functions, classes and module-level values: ``NODE``, a path, counts as Node)."""
-        found = {service for name in self.modules if (service := _service_of(name))}
-        found.update(service for key in self._seen if (service := _service_values().get(key)))
-        if self.bench():
-            found.add("bench")
-        return found
+        if self._services is None:
+            found = {service for name in self.modules if (service := _service_of(name))}
+            values = _service_values()
+            found.update(values[key] for key in self._seen & values.keys())
+            if self.bench():
+                found.add("bench")
+            self._services = found
+        return self._services
 
     def process(self) -> bool:
         """A process is started: an external program, or any subprocess."""
