@@ -82,7 +82,7 @@ node-deps: $(NODE_STAMP)
 #                side; TEST_JOBS=1 runs them one after the other), then the benchmarks and
 #                the perf gate once, alone, on the compiled build
 PYTEST := $(PY) -m pytest -q
-TEST_JOBS ?= 2
+TEST_JOBS ?= 3
 
 check: $(STAMP)
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-fast
