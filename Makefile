@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit compiled unit-compiled bench bench-tools bench-latency bench-scale soak system-deps node-deps clean
+.PHONY: demo check test test-fast test-pure test-compiled test-bench compiled-tree lint typecheck compiled bench bench-tools bench-latency bench-scale soak system-deps node-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,29 +68,70 @@ $(NODE_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-unit: $(STAMP) system-deps node-deps bench-tools
-	$(PY) -m pytest -q
+# The suite in tiers. tests/support/tiers.py marks every test from what it reaches (its
+# function, fixtures and parameters, followed through tests/; its module's imports), never
+# from a list: "process" (it starts a process: a proxy, a backend, redis-server, Node...),
+# "service" (a program the machine may lack), "bench" (bench/: the benchmarks and the perf
+# gate), "compiled" (it reaches a module setup.py compiles, or starts a proxy).
+#
+#   make check   ruff, mypy and the tests that start no process: the inner loop, no
+#                service, no Node, no compiled build (MCPLB_TEST_TIER=check makes a test
+#                that starts a service anyway fail, naming itself)
+#   make test    what .ci/run runs: lint and types, every test but the benchmarks on pure
+#                Python, the "compiled" ones on the mypyc build (the two passes side by
+#                side; TEST_JOBS=1 runs them one after the other), then the benchmarks and
+#                the perf gate once, alone, on the compiled build
+PYTEST := $(PY) -m pytest -q
+TEST_JOBS ?= 3
 
-# The same suite on the compiled build: a copy of the tree whose request-path modules are
-# compiled with mypyc (setup.py) next to their sources, first on PYTHONPATH, so that the
-# tests and every process they start import the compiled ones. The sources stay pure
-# Python for everyone else. Needs a C compiler (gcc, present on these machines).
+check: $(STAMP)
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-fast
+
+test-fast: $(STAMP)
+	MCPLB_TEST_TIER=check $(PYTEST) -m "not process and not bench"
+
+test: $(STAMP) system-deps node-deps bench-tools
+	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target \
+		lint typecheck test-pure test-compiled
+	@$(MAKE) --no-print-directory test-bench
+
+test-pure: $(STAMP) system-deps node-deps bench-tools
+	$(PYTEST) -m "not bench"
+
+# The compiled build: a copy of the tree whose request-path modules are compiled with mypyc
+# (setup.py) next to their sources, first on PYTHONPATH, so that the tests and every process
+# they start import the compiled ones. The sources stay pure Python for everyone else. Needs
+# a C compiler (gcc, present on these machines). Built again only when a compiled source
+# (setup.py's COMPILED names: "proxy/relay/http11", ...), setup.py or the venv changed; the
+# copy's other files are refreshed before each run.
 COMPILED := build/compiled
+COMPILED_SOURCES := $(patsubst %,%.py,$(shell sed -n 's/^ *"\([a-z_]*\(\/[a-z_0-9]*\)*\)",$$/\1/p' setup.py))
+COMPILED_STAMP := $(COMPILED)/.built
 
-compiled: $(STAMP)
+$(COMPILED_STAMP): $(STAMP) setup.py pyproject.toml mcplb/__init__.py $(COMPILED_SOURCES)
 	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
 	git ls-files -co --exclude-standard | grep -v '^build/' | tar cf - -T - | tar xf - -C $(COMPILED)
-	ln -sfn $(CURDIR)/$(INTEROP)/node_modules $(COMPILED)/$(INTEROP)/node_modules
 	cd $(COMPILED) && MCPLB_MYPYC=1 $(CURDIR)/$(PY) setup.py --quiet build_ext --inplace >build.log 2>&1 \
 		|| { tail -30 build.log; exit 1; }
+	touch $@
+
+compiled: $(COMPILED_STAMP)
+
+compiled-tree: $(COMPILED_STAMP)
+	rm -rf $(COMPILED)/tests
+	git ls-files -co --exclude-standard | grep -v '^build/' | tar cf - -T - | tar xf - -C $(COMPILED)
+	ln -sfn $(CURDIR)/$(INTEROP)/node_modules $(COMPILED)/$(INTEROP)/node_modules
 
 # test_deploy.py is left out there: it reads the Docker build context from git, and the
 # copy is no checkout (nothing in it runs the compiled modules).
-unit-compiled: compiled system-deps node-deps bench-tools
-	cd $(COMPILED) && MCPLB_BUILD=compiled PYTHONPATH=$(CURDIR)/$(COMPILED) $(CURDIR)/$(PY) -m pytest -q \
-		--ignore=tests/test_deploy.py
+RUN_COMPILED := cd $(COMPILED) && MCPLB_BUILD=compiled PYTHONPATH=$(CURDIR)/$(COMPILED) \
+	$(CURDIR)/$(PYTEST)
 
-test: lint typecheck unit unit-compiled
+test-compiled: compiled-tree system-deps node-deps bench-tools
+	$(RUN_COMPILED) -m "compiled and not bench" --ignore=tests/test_deploy.py
+
+test-bench: compiled-tree bench-tools
+	$(RUN_COMPILED) -m bench
 
 # Load generator and reference proxies for the benchmark (Debian packages).
 bench-tools:

@@ -7,7 +7,8 @@ Usage (from the repository root)::
         [--interval 0.5] [--timeout 0.25] [--rise 2] [--fall 2] [--slow-start 5]
         [--consecutive-failures 3] [--ejection-time 10] [--weight 100] [--json out.json]
 
-It starts three plain HTTP backends (``python -m tests.name_server --name bN --port P``, each
+It starts three plain HTTP backends
+(``python -m tests.support.name_server --name bN --port P``, each
 answering its name on ``GET /`` and ``GET /health``) and mcplb (``python -m mcplb.proxy.cli run
 --config FILE --log-level info``, round_robin, active http probes of ``/health``, passive
 ejection, slow start) on free 127.0.0.1 ports. Then an in-process asyncio/aiohttp load
@@ -770,7 +771,7 @@ def mcplb_conf(port: int, backend_ports: Sequence[int], args: argparse.Namespace
 
 
 def backend_cmd(name: str, port: int) -> list[str]:
-    return [mcplb_python(), "-m", "tests.name_server", "--name", name, "--port", str(port)]
+    return [mcplb_python(), "-m", "tests.support.name_server", "--name", name, "--port", str(port)]
 
 
 def failover_machine_info() -> dict[str, Any]:

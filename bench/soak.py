@@ -6,8 +6,8 @@ Usage (from the repository root)::
         [--workers 2] [--seed 1] [--redis-outage-expected] [--json out.json] [--keep-tmp]
 
 Started here, all on 127.0.0.1 free ports, logs in a temp dir:
-  - ``redis-server`` (no persistence; found as tests/redis_server.py does, ``make system-deps``
-    installs it): mcplb's session store;
+  - ``redis-server`` (no persistence; found as tests/support/redis_server.py does,
+    ``make system-deps`` installs it): mcplb's session store;
   - four demo MCP backends, ``python -m mcplb.proxy.demo.backend --name mcp-X --port P``
     (official MCP
     SDK servers, tools whoami/add/countdown, ``GET /debug/sessions``). mcp-a, mcp-b and mcp-c
@@ -124,7 +124,7 @@ from bench.common import (  # noqa: E402
     tail,
     wait_http,
 )
-from tests.redis_server import RedisServer, RedisServerMissing, start_redis  # noqa: E402
+from tests.support.redis_server import RedisServer, RedisServerMissing, start_redis  # noqa: E402
 
 BACKENDS = ("mcp-a", "mcp-b", "mcp-c")
 VICTIM = "mcp-b"  # SIGKILLed and restarted

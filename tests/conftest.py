@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,7 +22,9 @@ from mcplb.proxy.config.schema import (
     TimeoutsConfig,
 )
 from mcplb.proxy.server.worker import ProxyServer
-from tests.redis_server import RedisServer, RedisServerMissing, start_redis
+from tests.support import tiers
+from tests.support.peers import Peers
+from tests.support.redis_server import RedisServer, RedisServerMissing, start_redis
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
@@ -69,6 +73,14 @@ async def start_proxy() -> AsyncIterator[ProxyFactory]:
     yield factory
     for server in servers:
         await server.shutdown(grace=0)
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    """Real MCP backends and ``mcplb run`` proxies as subprocesses, started on demand
+    (tests/support/peers.py); all stopped on teardown, proxies first."""
+    async with Peers() as p:
+        yield p
 
 
 AppFactory = Callable[[web.Application], Awaitable[int]]
@@ -176,3 +188,21 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in (
+        ("service", "needs a program the machine may lack: Redis, Prometheus, dnsmasq, Node"),
+        ("process", "starts a process (a service, a proxy, a backend): not in `make check`"),
+        ("bench", "runs a benchmark or the perf gate (`make test-bench`, once)"),
+        ("compiled", "can tell the compiled build from the pure one (the compiled pass)"),
+    ):
+        config.addinivalue_line("markers", f"{name}: {meaning}; set by tests/support/tiers.py")
+    if os.environ.get(tiers.TIER_VARIABLE) == "check":
+        sys.addaudithook(tiers.refuse_processes)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in tiers.markers(item):
+            item.add_marker(name)

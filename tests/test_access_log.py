@@ -22,9 +22,9 @@ from aiohttp import web
 from mcplb.proxy.config.schema import LogConfig
 from mcplb.proxy.observability.access_log import PIPE_BUF, AccessLog, BufferedWriter, _whole_lines
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.eventually import eventually
-from tests.peers import Peers, free_port, wait_for_output
-from tests.rawhttp import RawClient
+from tests.support.eventually import eventually
+from tests.support.peers import Peers, free_port, wait_for_output
+from tests.support.rawhttp import RawClient
 
 JSON_LOG = LogConfig(format="json")
 

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mcplb.proxy.config.schema import AdminConfig, StickyConfig
 from mcplb.proxy.server.worker import ProxyServer
-from tests import rawhttp
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, mcp_session, result_text
+from tests.support import rawhttp
+from tests.support.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, mcp_session, result_text
 
 TOKEN = "admin-token-" + "x" * 20
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -187,12 +187,6 @@ async def test_mutating_calls_need_the_token(admin_proxy: ProxyServer) -> None:
                 {"name": "a", "draining": True, "deadline": None},
             )
         assert admin_proxy.runtime.cluster.backends.by_name["a"].available is False
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 async def test_drain_keeps_existing_sessions_and_sends_new_ones_elsewhere(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.prometheus_server import (
+from tests.support.prometheus_server import (
     ALERTS,
     ALERTS_TEST,
     REPO_ROOT,

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.peers import Peers, free_port
+from tests.support.peers import Peers, free_port
 
 SLOW_SECONDS = 0.2
 CLIENTS = 12
@@ -91,7 +91,7 @@ async def test_plugin_strategy_from_config(serve_app: AppFactory, tmp_path: Path
     async with Peers() as peers, aiohttp.ClientSession() as http:
         await peers.proxy(
             f"listen: 127.0.0.1:{port}\n"
-            'strategy: "tests.plugin_strategies:FirstAvailable"\n'
+            'strategy: "tests.support.plugin_strategies:FirstAvailable"\n'
             "backends:\n"
             f"  - {{name: second, url: 'http://127.0.0.1:{ports[1]}'}}\n"
             f"  - {{name: first, url: 'http://127.0.0.1:{ports[0]}'}}\n",

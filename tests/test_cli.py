@@ -16,8 +16,8 @@ from aiohttp import web
 
 from mcplb import __version__
 from tests.conftest import AppFactory
-from tests.eventually import eventually
-from tests.peers import Peers, free_port
+from tests.support.eventually import eventually
+from tests.support.peers import Peers, free_port
 
 MCPLB = [sys.executable, "-m", "mcplb.proxy.cli"]
 
@@ -26,7 +26,7 @@ def mcplb(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MCPLB, *args], capture_output=True, text=True, timeout=60)
 
 
-# `make unit-compiled` runs the suite again on the mypyc build and says so here.
+# `make test-compiled` runs the suite again on the mypyc build and says so here.
 def compiled_modules() -> str:
     """setup.py's COMPILED list ("proxy/relay/http11" ...) as --version names it."""
     text = (Path(__file__).resolve().parent.parent / "setup.py").read_text()

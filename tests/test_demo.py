@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from mcplb.proxy.demo import run as demo
-from tests.peers import REPO_ROOT, free_port
+from tests.support.peers import REPO_ROOT, free_port
 
 SCRIPT = Path(sys.executable).parent / "mcplb"  # what `make demo` runs
 WAIT = 30.0  # seconds for the banner, and for a health change (probes every 2 s, fall 3)
@@ -94,7 +94,7 @@ async def test_the_banner_commands_work_as_printed(
         assert "The access log is off here" in "\n".join(banner)
         top = command_after(banner, "Watch it", 0)
         # Relative from the repository root, as `make demo` prints it; absolute from a copy
-        # of the tree elsewhere (make unit-compiled runs in build/compiled).
+        # of the tree elsewhere (make test-compiled runs in build/compiled).
         script = ".venv/bin/mcplb" if (REPO_ROOT / ".venv").exists() else str(SCRIPT)
         assert top.startswith(f"{script} top --admin http://127.0.0.1:")
         kill = command_after(banner, "Fail a backend", 0)

@@ -6,12 +6,12 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
-from tests.peers import (
+from tests.support.peers import (
     INITIALIZE,
     MCP_HEADERS,
     McpBackend,
@@ -22,12 +22,6 @@ from tests.peers import (
     start_mcp_backend,
     start_mcp_backend_sync,
 )
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

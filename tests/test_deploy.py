@@ -26,8 +26,8 @@ from aiohttp import web
 from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import Config
 from tests.conftest import AppFactory
-from tests.peers import free_port, wait_for_port
-from tests.rawhttp import request
+from tests.support.peers import free_port, wait_for_port
+from tests.support.rawhttp import request
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -25,10 +25,10 @@ from mcplb.proxy.config.schema import (
 from mcplb.proxy.observability.metrics import render
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import FakeClock, ProxyFactory, backend_config, session_app
-from tests.dns_server import DnsServer
-from tests.eventually import eventually
-from tests.peers import Peers, free_port, wait_for_output
-from tests.rawhttp import RawClient, Response
+from tests.support.dns_server import DnsServer
+from tests.support.eventually import eventually
+from tests.support.peers import Peers, free_port, wait_for_output
+from tests.support.rawhttp import RawClient, Response
 
 NAME = "mcp.test"
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")

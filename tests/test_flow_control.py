@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tests.conftest import AppFactory
-from tests.peers import Peers, free_port
+from tests.support.peers import Peers, free_port
 
 GIB = 1 << 30
 PIECE = b"x" * (1 << 20)

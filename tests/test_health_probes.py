@@ -20,8 +20,8 @@ from mcplb.healthcheck.probes import http_probe, mcp_probe
 from mcplb.proxy.cluster.backends import Backend
 from mcplb.proxy.config.schema import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from tests.conftest import AppFactory, RawHandler, backend_config
-from tests.eventually import eventually
-from tests.peers import (
+from tests.support.eventually import eventually
+from tests.support.peers import (
     LOOPBACK,
     McpBackend,
     Peers,
@@ -90,12 +90,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 def backend_at(port: int, prefix: str = "", name: str = "b") -> Backend:

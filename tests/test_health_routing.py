@@ -14,8 +14,8 @@ from aiohttp import web
 from mcplb.proxy.config.schema import ActiveHealthConfig, HealthConfig, PassiveHealthConfig
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.eventually import eventually
-from tests.peers import LOOPBACK, _logs, _ManagedProcess, free_port, wait_for_port
+from tests.support.eventually import eventually
+from tests.support.peers import LOOPBACK, _logs, _ManagedProcess, free_port, wait_for_port
 
 INTERVAL = 0.2
 TIMEOUT = 0.15
@@ -136,14 +136,22 @@ async def test_every_backend_down(
 
 
 class NameServer(_ManagedProcess):
-    """``python -m tests.name_server``: a killable plain HTTP backend."""
+    """``python -m tests.support.name_server``: a killable plain HTTP backend."""
 
     label = "name server"
 
     def __init__(self, name: str, port: int) -> None:
         self.name = name
         self.port = port
-        argv = [sys.executable, "-m", "tests.name_server", "--name", name, "--port", str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.support.name_server",
+            "--name",
+            name,
+            "--port",
+            str(port),
+        ]
         log = _logs() / f"name-server-{name}-{port}.log"
         super().__init__(argv, stdout_path=log, stderr_path=log, own_group=False)
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AppFactory
-from tests.peers import Peers, free_port, proxy_admin_port
+from tests.support.peers import Peers, free_port, proxy_admin_port
 
 INTERVAL = 0.2  # seconds between probes of one backend
 
@@ -41,12 +41,6 @@ class CountingBackend:
         app.router.add_get("/healthz", healthz)
         app.router.add_route("*", "/{tail:.*}", hello)
         return app
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from mcplb.proxy.relay import connection as relay
 from mcplb.proxy.routing.host_check import HostPolicy
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import ProxyFactory, backend_config
-from tests.eventually import eventually
-from tests.rawhttp import RawClient, request
+from tests.support.eventually import eventually
+from tests.support.rawhttp import RawClient, request
 from tests.test_hostile_input import (
     SMUGGLED,
     RawServe,

@@ -26,8 +26,8 @@ from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import ProxyFactory, RawHandler, backend_config
-from tests.eventually import eventually
-from tests.rawhttp import RawClient, request
+from tests.support.eventually import eventually
+from tests.support.rawhttp import RawClient, request
 
 RawServe = Callable[[RawHandler], Awaitable[int]]
 

@@ -11,14 +11,21 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.interop import CONFORMANCE, MISSING, NODE, SERVER_EVERYTHING
-from tests.peers import LOOPBACK, Peers, _logs, _ManagedProcess, free_port, wait_for_port_sync
-from tests.redis_server import start_redis
+from tests.support.peers import (
+    LOOPBACK,
+    Peers,
+    _logs,
+    _ManagedProcess,
+    free_port,
+    wait_for_port_sync,
+)
+from tests.support.redis_server import start_redis
 
 KEY = "interop-conformance-key-" + "c" * 32
 MODES = [("memory", 1), ("signed", 1), ("signed", 2), ("redis", 1), ("redis", 2)]
@@ -111,12 +118,6 @@ def direct(
 ) -> Verdicts:
     out = tmp_path_factory.mktemp("conformance-direct")
     return asyncio.run(conformance(f"{everything[0].url}/mcp", out))
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 @pytest.mark.parametrize(("store", "workers"), MODES, ids=[f"{s}-{w}w" for s, w in MODES])

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.alternator import Alternator
 from tests.interop import (
     MISSING,
     NODE,
@@ -34,8 +33,9 @@ from tests.interop import (
     start_interop_server_sync,
 )
 from tests.interop.py_client import run_session
-from tests.peers import Peers, ProxyProcess, free_port
-from tests.redis_server import start_redis
+from tests.support.alternator import Alternator
+from tests.support.peers import Peers, ProxyProcess, free_port
+from tests.support.redis_server import start_redis
 
 # The matrix drives the session-era protocol on purpose (resources/subscribe on the GET
 # stream), which the Python SDK flags as removed from its newest protocol revision.
@@ -98,12 +98,6 @@ def summary() -> Iterator[None]:
         lines.append(f"| {cell} | " + " | ".join(r.get(cell, "-") for r in RESULTS.values()) + " |")
     SUMMARY.parent.mkdir(exist_ok=True)
     SUMMARY.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 def proxy_yaml(port: int, backends: list[InteropServer], sticky: str, workers: int) -> str:

@@ -20,7 +20,7 @@ from mcplb.proxy.server.worker import ProxyServer
 from mcplb.proxy.sessions import affinity
 from mcplb.proxy.sessions.tokens import TokenCodec
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 KEY = "interop-key-" + "k" * 32
 SESSION = "Mcp-Session-Id"

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 
 from mcplb.proxy.server.worker import ProxyServer
 from mcplb.proxy.sessions.store import MemorySessionStore
 from tests.conftest import ProxyFactory, backend_config
-from tests.peers import (
+from tests.support.peers import (
     INITIALIZE,
     MCP_HEADERS,
     McpBackend,
@@ -21,12 +19,6 @@ from tests.peers import (
     mcp_session,
     result_text,
 )
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 async def three_backends(peers: Peers, stateless: bool = False) -> list[McpBackend]:

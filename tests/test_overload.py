@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mcplb.proxy.config.schema import BackendConfig, StickyConfig
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.eventually import eventually
-from tests.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, wait_for_port
-from tests.rawhttp import RawClient
+from tests.support.eventually import eventually
+from tests.support.peers import INITIALIZE, MCP_HEADERS, Peers, free_port, wait_for_port
+from tests.support.rawhttp import RawClient
 
 LIMIT = 5.0  # seconds any single wait in these tests may take before it counts as a hang
 

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import AppFactory
-from tests.eventually import eventually
-from tests.peers import Peers, ProxyProcess, free_port, wait_for_port
-from tests.prometheus_server import (
+from tests.support.eventually import eventually
+from tests.support.peers import Peers, ProxyProcess, free_port, wait_for_port
+from tests.support.prometheus_server import (
     ALERTS,
     JOB,
     PrometheusMissing,
@@ -51,12 +51,6 @@ async def backend_port(serve_app: AppFactory) -> int:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", hello)
     return await serve_app(app)
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 @pytest.fixture

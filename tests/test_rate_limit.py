@@ -29,9 +29,9 @@ from mcplb.proxy.routing.rate_limit import (
     take_token,
 )
 from tests.conftest import AppFactory, FakeClock, ProxyFactory, backend_config
-from tests.peers import Peers, free_port
-from tests.rawhttp import Response, request
-from tests.redis_server import (
+from tests.support.peers import Peers, free_port
+from tests.support.rawhttp import Response, request
+from tests.support.redis_server import (
     RedisServer,
     start_silent_server,
 )
@@ -565,12 +565,6 @@ async def test_proxy_keys_buckets_by_forwarded_address_behind_trusted_proxies(
         assert_limited(await get(proxy.port, {"X-Forwarded-For": "10.9.9.9, 203.0.113.2"}), 1)
     else:
         assert_limited(await get(proxy.port, bob), burst=1)
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 async def test_replicas_share_buckets_in_redis(

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from tests.conftest import FakeClock
-from tests.eventually import eventually
-from tests.redis_server import (
+from tests.support.eventually import eventually
+from tests.support.redis_server import (
     RedisServer,
     RedisServerMissing,
     find_redis_server,
@@ -367,7 +367,7 @@ async def test_hung_redis_bind_while_healthy_is_bounded(make_store: StoreFactory
 
 
 async def test_unreachable_redis_at_start(make_store: StoreFactory) -> None:
-    from tests.redis_server import free_port
+    from tests.support.redis_server import free_port
 
     one = make_store(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     previous, took = await timed(one.bind("s", "alpha"))

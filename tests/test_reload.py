@@ -27,8 +27,8 @@ from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AppFactory
-from tests.eventually import eventually
-from tests.peers import (
+from tests.support.eventually import eventually
+from tests.support.peers import (
     McpBackend,
     Peers,
     ProxyProcess,
@@ -139,6 +139,11 @@ class CountingBackend:
 BackendsFactory = Callable[..., Awaitable[list[CountingBackend]]]
 
 
+# ``counting`` first: its backends are set up before ``peers`` and so outlive the proxies
+# that relay to them.
+pytestmark = pytest.mark.usefixtures("counting")
+
+
 @pytest.fixture
 async def counting(serve_app: AppFactory) -> AsyncIterator[BackendsFactory]:
     """``await counting("a", "b")``: counting backends, listening."""
@@ -154,13 +159,6 @@ async def counting(serve_app: AppFactory) -> AsyncIterator[BackendsFactory]:
     yield factory
     for backend in started:
         backend.close()
-
-
-@pytest.fixture
-async def peers(counting: BackendsFactory) -> AsyncIterator[Peers]:
-    # After ``counting``: proxies stop before the backends they relay to.
-    async with Peers() as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,13 @@ from mcplb.proxy.config.schema import (
 )
 from mcplb.proxy.server.worker import ProxyServer
 from tests.conftest import AppFactory, ProxyFactory, RawHandler, backend_config
-from tests.peers import INITIALIZE, Peers, free_port, mcp_call, mcp_session, result_text
-from tests.rawhttp import RawClient, Response, request
+from tests.support.peers import INITIALIZE, Peers, free_port, mcp_call, mcp_session, result_text
+from tests.support.rawhttp import RawClient, Response, request
 
 RawServe = Callable[[RawHandler], Awaitable[int]]
 
-FIRST = "tests.plugin_strategies:FirstAvailable"  # list order: which backend is tried is known
+# List order: which backend is tried is known.
+FIRST = "tests.support.plugin_strategies:FirstAvailable"
 NO_EJECTION = HealthConfig(passive=PassiveHealthConfig(enabled=False))
 
 

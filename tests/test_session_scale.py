@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 import httpx2
-import pytest
 from aiohttp import web
 from mcp import ClientSession
 from mcp.client.sse import sse_client
@@ -21,19 +19,13 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcplb.proxy.config.schema import CookieConfig, RedisConfig, StickyConfig
 from mcplb.proxy.sessions.tokens import TokenCodec
-from tests.alternator import Alternator
 from tests.conftest import AppFactory, ProxyFactory, backend_config
-from tests.peers import McpBackend, Peers, free_port, result_text
-from tests.redis_server import start_redis
+from tests.support.alternator import Alternator
+from tests.support.peers import McpBackend, Peers, free_port, result_text
+from tests.support.redis_server import start_redis
 
 KEY_OLD = "old-key-" + "o" * 32
 KEY_NEW = "new-key-" + "n" * 32
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 def fresh_connections(

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +24,9 @@ from mcplb.proxy.config.errors import ConfigError
 from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import TimeoutsConfig
 from tests.conftest import AppFactory, session_app
-from tests.eventually import eventually
-from tests.peers import Peers, free_port, proxy_admin_port, wait_for_output
-from tests.rawhttp import RawClient, Response
+from tests.support.eventually import eventually
+from tests.support.peers import Peers, free_port, proxy_admin_port, wait_for_output
+from tests.support.rawhttp import RawClient, Response
 
 DELAY = 2.0  # shutdown_delay of the proxy under test
 SLOW = 1.5  # seconds the slow request takes: started in the delay, it outlives the listener
@@ -69,12 +68,6 @@ async def attempt(port: int, head: bytes, started: float, timeout: float = 10.0)
 def get(path: str, session: str | None = None) -> bytes:
     extra = f"Mcp-Session-Id: {session}\r\n" if session else ""
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Peers]:
-    async with Peers() as p:
-        yield p
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -25,7 +25,7 @@ from mcplb.strategies.power_of_two import PowerOfTwo
 from mcplb.strategies.random_choice import RandomChoice
 from mcplb.strategies.registry import StrategyLoadError, build, resolve
 from mcplb.strategies.round_robin import RoundRobin
-from tests import plugin_strategies
+from tests.support import plugin_strategies
 
 REQUEST = RequestFacts(client_address="127.0.0.1", method="POST", path="/mcp", headers=[])
 
@@ -239,7 +239,7 @@ def test_round_robin_any_full_cycle_gives_each_backend_exactly_its_weight(
 
 # -- registry ----------------------------------------------------------------------------
 
-PLUGIN = "tests.plugin_strategies"
+PLUGIN = "tests.support.plugin_strategies"
 
 
 def test_resolve_builtin_round_robin() -> None:

@@ -31,8 +31,8 @@ from mcplb.proxy.config.schema import (
 )
 from mcplb.proxy.config.tls import TlsError, backend_context, reload_server_context, server_context
 from tests.conftest import ProxyFactory, backend_config
-from tests.eventually import eventually
-from tests.peers import McpBackend, result_text, start_mcp_backend_sync
+from tests.support.eventually import eventually
+from tests.support.peers import McpBackend, result_text, start_mcp_backend_sync
 
 LOOPBACK = "127.0.0.1"
 STEP = 5.0  # seconds any one network step may take

@@ -31,7 +31,7 @@ from mcplb.proxy.admin.top import (
     run_top,
 )
 from tests.conftest import AppFactory
-from tests.peers import REPO_ROOT, Peers, free_port, wait_for_port
+from tests.support.peers import REPO_ROOT, Peers, free_port, wait_for_port
 
 BOUNDS = ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0"]
 BOUNDS += ["2.5", "5.0", "10.0", "30.0", "60.0", "+Inf"]

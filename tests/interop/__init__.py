@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.peers import (
+from tests.support.peers import (
     LOOPBACK,
     _logs,
     _ManagedProcess,
@@ -22,7 +22,9 @@ from tests.peers import (
     wait_for_port,
     wait_for_port_sync,
 )
+from tests.support.tiers import require
 
+SERVICE = "node"  # tests that reach this package need it (tests/support/tiers.py)
 INTEROP = Path(__file__).resolve().parent
 NODE_MODULES = INTEROP / "node_modules"
 NODE = NODE_MODULES / ".bin" / "node"
@@ -49,6 +51,7 @@ class InteropServer(_ManagedProcess):
         self.url = f"http://{LOOPBACK}:{port}"
         parent = ["--parent-pid", str(os.getpid())]
         if kind == "ts":
+            require(SERVICE)
             argv = [str(NODE), str(INTEROP / "ts_server.mjs"), "--name", name]
         else:
             py_transport = "sse" if transport == "sse" else "streamable-http"
@@ -104,6 +107,7 @@ async def run_ts_clients(
     timeout: float = 120.0,
 ) -> list[dict[str, Any]]:
     """Run ``ts_client.mjs``: the record of each session (see there)."""
+    require(SERVICE)
     argv = [str(NODE), str(INTEROP / "ts_client.mjs"), "--url", url, "--transport", transport]
     argv += ["--sessions", str(sessions), "--concurrency", str(concurrency), "--steps", steps]
     if fresh_connections:

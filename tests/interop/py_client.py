@@ -13,7 +13,7 @@ from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.peers import MCP_ACCEPT, result_text
+from tests.support.peers import MCP_ACCEPT, result_text
 
 TIMEOUT = 20.0
 COUNTER_URI = "demo://counter"

@@ -8,7 +8,7 @@ Typical fixtures (pytest-asyncio, auto mode)::
 
     import pytest
     from collections.abc import AsyncIterator, Iterator
-    from tests.peers import (
+    from tests.support.peers import (
         McpBackend, Peers, free_port, mcp_call, start_mcp_backend, start_mcp_backend_sync,
     )
 
@@ -24,12 +24,8 @@ Typical fixtures (pytest-asyncio, auto mode)::
         yield b
         b.stop_sync()
 
-    @pytest.fixture
-    async def peers() -> AsyncIterator[Peers]:
-        # factory: start as many backends/proxies as a test needs; all stopped on teardown
-        async with Peers() as p:
-            yield p
-
+    # ``peers`` (tests/conftest.py) is a Peers: start as many backends/proxies as a test
+    # needs; all stopped on teardown.
     async def test_balanced(peers: Peers, tmp_path: Path) -> None:
         a = await peers.backend("mcp-a")
         b = await peers.backend("mcp-b", stateless=True)
@@ -84,7 +80,7 @@ INITIALIZE = {
         "clientInfo": {"name": "raw-test", "version": "0"},
     },
 }
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 POLL_INTERVAL = 0.05
 

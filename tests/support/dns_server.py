@@ -22,10 +22,14 @@ import dns.message
 import dns.query
 import dns.rcode
 
+from tests.support.tiers import require
+
+SERVICE = "dnsmasq"  # tests that reach this module need it (tests/support/tiers.py)
 FALLBACK_BINARY = "/usr/sbin/dnsmasq"
 
 
 def find_dnsmasq() -> str:
+    require(SERVICE)
     found = shutil.which("dnsmasq") or (
         FALLBACK_BINARY if os.access(FALLBACK_BINARY, os.X_OK) else None
     )

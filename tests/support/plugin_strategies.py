@@ -1,4 +1,5 @@
-"""Test-only strategy plugins, loaded by path ("tests.plugin_strategies:Name") or entry point.
+"""Test-only strategy plugins, loaded by path ("tests.support.plugin_strategies:Name") or
+entry point.
 
 Some of these are deliberately broken so the registry's error messages can be checked.
 """

@@ -37,12 +37,15 @@ from typing import Any
 import aiohttp
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.tiers import require
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = REPO_ROOT / "docs" / "observability.md"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yaml"
 ALERTS_TEST = REPO_ROOT / "deploy" / "prometheus" / "alerts_test.yaml"
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "mcplb.json"
 
+SERVICE = "prometheus"  # and promtool: tests that reach this module need them
 LOOPBACK = "127.0.0.1"
 JOB = "mcplb"
 START_TIMEOUT = 30.0  # seconds for a started Prometheus to report ready
@@ -58,6 +61,7 @@ class PrometheusMissing(RuntimeError):
 def find_binary(name: str) -> str:
     """``name`` (``prometheus`` or ``promtool``) on PATH, else in /usr/bin, else
     :class:`PrometheusMissing`."""
+    require(name)
     found = shutil.which(name)
     if found is not None:
         return found

@@ -1,6 +1,6 @@
 """A plain HTTP backend process for failure tests: answers its name; killable.
 
-Run as ``python -m tests.name_server --name NAME --port PORT``.
+Run as ``python -m tests.support.name_server --name NAME --port PORT``.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.tiers import require
+
+SERVICE = "redis-server"  # tests that reach this module need it (tests/support/tiers.py)
 FALLBACK_BINARY = "/usr/bin/redis-server"
 START_TIMEOUT = 10.0  # seconds for a started server to answer PING
 
@@ -37,6 +40,7 @@ class RedisServerMissing(RuntimeError):
 
 def find_redis_server(fallback: str = FALLBACK_BINARY) -> str:
     """The redis-server binary: on PATH, else ``fallback``; RedisServerMissing if neither."""
+    require(SERVICE)
     found = shutil.which("redis-server")
     if found is not None:
         return found

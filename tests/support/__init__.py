@@ -1,0 +1,1 @@
+"""What the tests use and are not tests: real peers, raw clients, the tiers."""

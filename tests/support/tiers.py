@@ -1,0 +1,391 @@
+"""The suite's tiers, derived from what each test reaches: never a hand-kept list.
+
+tests/conftest.py puts these markers on every collected test:
+
+``process``   the test starts a process: a proxy or a backend as a subprocess, any program
+              (git, pip, promtool...), or a service below. `make check` runs the tests
+              without it: in-process tests only, no service, no compiled build.
+``service``   the test needs a program this machine may lack: it reaches a support module
+              that declares ``SERVICE = "<program>"`` (redis-server, prometheus, dnsmasq,
+              Node), or bench/ (wrk, HAProxy, nginx).
+``bench``     the test runs a benchmark or the performance gate: it reaches bench/. They run
+              once, in `make test-bench`, not in each build's pass.
+``compiled``  the test can tell the compiled build from the pure one: its module imports,
+              directly or not, a module that setup.py compiles or one that starts a proxy
+              process (``python -m`` the CLI), or a fixture it uses does. The compiled pass
+              (`make test-compiled`) runs only these.
+
+What a test *reaches* is found by following names, not by running it: the global names,
+attribute names and string constants of its function, of every fixture it requests
+(directly or not) and of its parameters' values, followed through the functions and classes
+of tests/ they name and through the values of module-level constants. A class of tests/
+contributes its special methods, and each other attribute once reached code uses its name.
+A name is followed wherever it is used, as a global or as an attribute: the answer may be
+too large, not too small. A module's imports are read from its source with ``ast``
+(importing a module imports its packages' ``__init__`` too).
+
+A test that a mistake here would let into `make check` while it starts a process fails
+there instead of passing by luck: under ``MCPLB_TEST_TIER=check`` the support modules'
+``require(program)`` and an audit hook on process creation raise an error naming the test.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import os
+import re
+import sys
+import types
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TIER_VARIABLE = "MCPLB_TEST_TIER"  # "check": `make check`, where no service may start
+# Packages whose sources are read to follow imports (mcplb/ links to proxy/, strategies/
+# and healthcheck/); anything else is a third-party or standard module, not followed.
+OWN_PACKAGES = ("mcplb", "tests", "bench")
+# What starts a proxy process: the module ``mcplb run`` is, and the console script.
+STARTS_PROXY = re.compile(r"\bmcplb\.proxy\.cli\b|\bbin/mcplb\b")
+
+
+class NotInThisTier(AssertionError):
+    """A test started a process in `make check`: the derivation here missed it."""
+
+
+def _refuse(what: str) -> None:
+    if os.environ.get(TIER_VARIABLE) == "check":
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+        raise NotInThisTier(
+            f"{test} starts {what} under `make check`, which starts no process: "
+            "tests/support/tiers.py did not mark it"
+        )
+
+
+def require(program: str) -> None:
+    """Called by support modules before they start ``program``: an error in `make check`."""
+    _refuse(program)
+
+
+PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.fork", "os.system"})
+
+
+def refuse_processes(event: str, args: tuple[object, ...]) -> None:
+    """An audit hook (sys.addaudithook) for `make check`: no process may start. (uvloop's
+    subprocesses raise no audit event: ``require`` covers the Node ones.)"""
+    if event in PROCESS_EVENTS:
+        _refuse(f"a process ({event} {str(args[0])[:80]})")
+
+
+# --- what setup.py compiles, and the import graph of our own modules -------------------
+
+
+@functools.cache
+def compiled_modules() -> frozenset[str]:
+    """setup.py's COMPILED list as module names ("mcplb.proxy.relay.http11", ...)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in node.targets)
+            and isinstance(node.value, ast.ListComp)
+        ):
+            names = ast.literal_eval(node.value.generators[0].iter)
+            return frozenset("mcplb." + name.replace("/", ".") for name in names)
+    raise AssertionError("setup.py has no COMPILED = [... for name in (...)] list")
+
+
+def source_of(module: str) -> Path | None:
+    """The source file of one of our modules (a package: its __init__.py), or None."""
+    if module.split(".")[0] not in OWN_PACKAGES:
+        return None
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _with_parents(module: str) -> Iterator[str]:
+    parts = module.split(".")
+    for end in range(1, len(parts) + 1):
+        yield ".".join(parts[:end])
+
+
+@functools.cache
+def imports_of(module: str) -> frozenset[str]:
+    """The modules of ours that importing ``module`` imports itself (one step)."""
+    path = source_of(module)
+    if path is None:
+        return frozenset()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.update(_with_parents(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            found.update(_with_parents(base))
+            # ``from package import module`` imports the submodule too.
+            found.update(
+                f"{base}.{alias.name}"
+                for alias in node.names
+                if source_of(f"{base}.{alias.name}") is not None
+            )
+    return frozenset(name for name in found if source_of(name) is not None)
+
+
+@functools.cache
+def import_closure(module: str) -> frozenset[str]:
+    """Every module of ours that importing ``module`` loads, ``module`` and parents included."""
+    seen: set[str] = set()
+    todo = [name for name in _with_parents(module) if source_of(name) is not None]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(imports_of(name) - seen)
+    return frozenset(seen)
+
+
+@functools.cache
+def module_reaches_compiled(module: str) -> bool:
+    """Importing ``module`` loads a compiled module, or a module that starts a proxy."""
+    return any(name in compiled_modules() or _starts_proxy(name) for name in import_closure(module))
+
+
+@functools.cache
+def _starts_proxy(module: str) -> bool:
+    """A module of tests/ or bench/ whose source names what starts a proxy process."""
+    path = source_of(module)
+    if path is None or module == __name__ or not module.startswith(("tests.", "bench.")):
+        return False  # (this module holds the pattern, not a use of it)
+    return STARTS_PROXY.search(path.read_text()) is not None
+
+
+# --- what a test reaches, by name -------------------------------------------------------
+
+# Calls that start a process, as attribute names (``asyncio.create_subprocess_exec``...);
+# the subprocess module is enough by itself.
+PROCESS_CALLS = frozenset(
+    {"create_subprocess_exec", "create_subprocess_shell", "fork", "forkpty", "posix_spawn"}
+)
+
+
+_TRIVIAL = bool | int | float | type(None)  # nothing to follow, nothing to tell
+
+
+def _is_ours(module: str | None) -> bool:
+    return bool(module) and module.split(".")[0] == "tests"  # type: ignore[union-attr]
+
+
+def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
+
+
+@functools.cache
+def _edges(function: types.FunctionType) -> tuple[list[object], frozenset[str], frozenset[str]]:
+    """What ``function`` names: the objects (globals, closure cells, defaults), its string
+    constants, and every name its code uses (global and attribute names alike)."""
+    objects: list[object] = []
+    strings: set[str] = set()
+    names: set[str] = set()
+    for code in _codes(function.__code__):
+        names.update(code.co_names)
+        objects.extend(
+            value
+            for n in code.co_names
+            if not isinstance(value := function.__globals__.get(n), _TRIVIAL)
+        )
+        strings.update(c for c in code.co_consts if isinstance(c, str))
+    for cell in function.__closure__ or ():
+        with contextlib.suppress(ValueError):  # empty: a name not yet assigned
+            objects.append(cell.cell_contents)
+    objects.extend(function.__defaults__ or ())
+    objects.extend((function.__kwdefaults__ or {}).values())
+    return objects, frozenset(strings), frozenset(names)
+
+
+class Reach:
+    """The modules, strings and names reachable from some roots (functions, classes,
+    values). A class of tests/ contributes its special methods at once and each other
+    attribute once some reached code uses its name (``peers.backend(...)`` reaches
+    ``Peers.backend``, not ``Peers.proxy``)."""
+
+    def __init__(self, roots: Iterable[object]) -> None:
+        self.modules: set[str] = set()
+        self.strings: set[str] = set()
+        self.names: set[str] = set()
+        self._waiting: dict[str, list[object]] = {}  # attributes of reached classes, by name
+        self._seen: set[int] = set()
+        self._services: set[str] | None = None
+        self._todo = list(roots)
+        while self._todo:
+            self._visit(self._todo.pop())
+
+    def _use(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name not in self.names:
+                self.names.add(name)
+                self._todo.extend(self._waiting.pop(name, ()))
+
+    def _visit(self, obj: object) -> None:
+        if id(obj) in self._seen:
+            return
+        self._seen.add(id(obj))
+        if isinstance(obj, str):
+            self.strings.add(obj)
+        elif isinstance(obj, types.ModuleType):
+            self.modules.add(obj.__name__)
+        elif isinstance(obj, list | tuple | set | frozenset):
+            self._todo.extend(obj)
+        elif isinstance(obj, dict):
+            self._todo.extend(obj.keys())
+            self._todo.extend(obj.values())
+        elif isinstance(obj, functools.partial):
+            self._todo.extend([obj.func, *obj.args, *obj.keywords.values()])
+        elif isinstance(obj, types.MethodType | staticmethod | classmethod):
+            self._todo.append(obj.__func__)
+        elif isinstance(obj, property):
+            self._todo.extend([obj.fget, obj.fset, obj.fdel])
+        elif isinstance(obj, types.FunctionType):
+            self.modules.add(obj.__module__)
+            if _is_ours(obj.__module__):
+                objects, strings, names = _edges(obj)
+                self._todo.extend(objects)
+                self.strings.update(strings)
+                self._use(names)
+        elif isinstance(obj, type):
+            self.modules.add(obj.__module__)
+            if _is_ours(obj.__module__):
+                for name, value in vars(obj).items():
+                    special = name.startswith("__") and name.endswith("__")
+                    if special or name in self.names:
+                        self._todo.append(value)
+                    else:
+                        self._waiting.setdefault(name, []).append(value)
+                self._todo.extend(obj.__bases__)
+        elif obj is not None:
+            module = getattr(type(obj), "__module__", None)
+            if isinstance(module, str):
+                self.modules.add(module)
+
+    def services(self) -> set[str]:
+        """The programs needed: SERVICE of the modules whose objects were reached (their
+        functions, classes and module-level values: ``NODE``, a path, counts as Node)."""
+        if self._services is None:
+            found = {service for name in self.modules if (service := _service_of(name))}
+            values = _service_values()
+            found.update(values[key] for key in self._seen & values.keys())
+            if self.bench():
+                found.add("bench")
+            self._services = found
+        return self._services
+
+    def process(self) -> bool:
+        """A process is started: an external program, or any subprocess."""
+        return (
+            bool(self.services())
+            or "subprocess" in self.modules
+            or not PROCESS_CALLS.isdisjoint(self.names)
+        )
+
+    def bench(self) -> bool:
+        return any(name.split(".")[0] == "bench" for name in self.modules) or any(
+            "bench/" in text for text in self.strings
+        )
+
+    def compiled(self) -> bool:
+        """A proxy process is started, or an object of ours outside tests/ is used whose
+        module loads a compiled one (tests/ functions were followed, not their modules)."""
+        return any(STARTS_PROXY.search(text) for text in self.strings) or any(
+            module_reaches_compiled(name) for name in self.modules if not _is_ours(name)
+        )
+
+
+def _service_of(module: str) -> str | None:
+    service = getattr(sys.modules.get(module), "SERVICE", None)
+    return service if isinstance(service, str) else None
+
+
+@functools.cache
+def _service_values() -> dict[int, str]:
+    """id -> SERVICE for the values that modules declaring SERVICE assign at top level
+    (not the names they import), None, booleans and numbers aside."""
+    found: dict[int, str] = {}
+    for name, module in list(sys.modules.items()):
+        service = _service_of(name)
+        path = source_of(name)
+        if service is None or path is None:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AnnAssign):
+                targets = [node.target]
+            for target in targets:
+                value = getattr(module, target.id, None) if isinstance(target, ast.Name) else None
+                if isinstance(value, bool | int | float | type(None)):
+                    continue
+                if isinstance(value, str) and value.isidentifier():
+                    continue  # interned: the same object as the same word anywhere
+                found[id(value)] = service
+    return found
+
+
+def _fixture_functions(item: pytest.Item) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The functions of the fixtures ``item`` uses, directly or not: those of its own module,
+    and the others (conftest.py's; pytest's own are followed no further than their name)."""
+    own: list[object] = []
+    shared: list[object] = []
+    info = getattr(item, "_fixtureinfo", None)
+    module = getattr(getattr(item, "function", None), "__module__", None)
+    for name in getattr(item, "fixturenames", ()) if info is not None else ():
+        for fixturedef in info.name2fixturedefs.get(name, ()):
+            func = getattr(fixturedef, "func", None)
+            if isinstance(func, types.FunctionType):
+                (own if func.__module__ == module else shared).append(func)
+    return tuple(own), tuple(shared)
+
+
+@functools.cache
+def _tiers(
+    module: str, function: object, own: tuple[object, ...], shared: tuple[object, ...]
+) -> frozenset[str]:
+    reach = Reach([function, *own, *shared])
+    found = set()
+    if reach.services():
+        found.add("service")
+    if reach.process():
+        found.add("process")
+    if reach.bench():
+        found.add("bench")
+    if module_reaches_compiled(module) or Reach(shared).compiled():
+        found.add("compiled")
+    return frozenset(found)
+
+
+def markers(item: pytest.Item) -> list[str]:
+    """The tier markers of ``item`` ("bench", "compiled", "process", "service"), from its
+    function, its fixtures and its parameters' values."""
+    function = getattr(item, "function", None)
+    module = getattr(function, "__module__", "")
+    found = set(_tiers(module, function, *_fixture_functions(item)))
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:  # a parameter may be a function or a class of tests/
+        reach = Reach(callspec.params.values())
+        found.update(["service", "process"] if reach.services() else [])
+        found.update(["process"] if reach.process() else [])
+        found.update(["bench"] if reach.bench() else [])
+        found.update(["compiled"] if reach.compiled() else [])
+    return sorted(found)
