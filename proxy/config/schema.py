@@ -322,7 +322,12 @@ class Config:
     # Required unless "discovery" is set: it may find them all.
     backends: tuple[BackendConfig, ...] = field(
         default=(),
-        metadata=sections(BackendConfig, "must be a non-empty list of backends", required=True),
+        metadata=sections(
+            BackendConfig,
+            "must be a non-empty list of backends",
+            required=True,
+            unless="discovery",
+        ),
     )
     # Read also when absent: with workers > 1 its default store needs keys.
     sticky: StickyConfig = field(
