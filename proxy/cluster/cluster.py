@@ -33,6 +33,8 @@ class Cluster:
         self._candidates: list[Backend] = []
         self._candidates_version = -1
         self.strategy: Strategy = registry.build(config.strategy, config.strategy_options)
+        for backend in self.backends:  # with the settings of backend_tls, which it may lack
+            backend.tls = backend_context(backend.config, config.backend_tls)
         self.pools: dict[Backend, UpstreamPool] = {b: self._new_pool(b) for b in self.backends}
         self.health = HealthMonitor(
             config.health, self.backends.backends, probing=probing, on_change=self._changed
@@ -79,7 +81,7 @@ class Cluster:
         Every https backend's TLS files are read again: a rotated client certificate (or CA
         bundle) applies to the connections made from then on, the relay's and the probes'."""
         strategy = registry.build(config.strategy, config.strategy_options)
-        contexts = {b.name: backend_context(b) for b in config.backends}
+        contexts = {b.name: backend_context(b, config.backend_tls) for b in config.backends}
         self._timeouts = config.timeouts
         current = {b.name: b for b in self.backends}
         changes: list[str] = []
