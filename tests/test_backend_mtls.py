@@ -31,6 +31,7 @@ from mcplb.proxy.config.schema import (
 )
 from mcplb.proxy.config.validate import machine_issues
 from tests.conftest import ProxyFactory
+from tests.eventually import eventually
 
 LOOPBACK = "127.0.0.1"
 STEP = 5.0  # seconds any one network step may take
@@ -110,7 +111,9 @@ async def serve_tls_app() -> AsyncIterator[ServeApp]:
         transport = request.transport
         peer = None if transport is None else transport.get_extra_info("peercert")
         subject = dict(item[0] for item in peer["subject"]) if peer else {}
-        return web.json_response({"client": subject.get("commonName")})
+        # A connection per request: each handshake shows the certificate of that moment.
+        client = subject.get("commonName")
+        return web.json_response({"client": client}, headers={"Connection": "close"})
 
     async def factory(context: ssl.SSLContext) -> int:
         app = web.Application()
@@ -366,6 +369,48 @@ async def test_a_reload_reads_rotated_client_certificates(
     result = await proxy.reload()
     assert result.ok, result.messages
     assert await get(http, proxy.port) == (200, {"client": "after.client.test"})
+
+
+async def test_watch_config_reloads_when_a_mounted_certificate_is_rotated(
+    start_proxy: ProxyFactory,
+    serve_tls_app: ServeApp,
+    http: aiohttp.ClientSession,
+    good: Issuer,
+    tmp_path: Path,
+) -> None:
+    """With watch_config, the files a config names are watched as the file itself is: a
+    Secret rotated in place (the kubelet swaps the files) applies with no signal at all."""
+    port = await serve_tls_app(good.server(client_ca=good.ca_path))
+    mounted = tmp_path / "secret"
+    mounted.mkdir()
+    cert, key = mounted / "tls.crt", mounted / "tls.key"
+    for path, new in zip((cert, key), good.client_files("first"), strict=True):
+        path.write_bytes(new.read_bytes())
+    source = tmp_path / "mcplb.yaml"
+    source.write_text(
+        "listen: 127.0.0.1:0\n"
+        "watch_config: true\n"
+        f"backend_tls: {{ca: '{good.ca_path}', client_cert: '{cert}', client_key: '{key}'}}\n"
+        f"backends: [{{name: b, url: 'https://{LOOPBACK}:{port}'}}]\n"
+    )
+    shared = BackendTlsConfig(str(good.ca_path), str(cert), str(key))
+    url = f"https://{LOOPBACK}:{port}"
+    backend = BackendConfig("b", url, "https", LOOPBACK, port)
+    proxy = await start_proxy([backend], backend_tls=shared, watch_config=True, source=str(source))
+    assert await get(http, proxy.port) == (200, {"client": "first.client.test"})
+
+    staged = mounted / "..2026_12_06"  # as the kubelet does: new files, then one rename
+    staged.mkdir()
+    for name, new in zip(("tls.crt", "tls.key"), good.client_files("second"), strict=True):
+        (staged / name).write_bytes(new.read_bytes())
+    for name in ("tls.crt", "tls.key"):
+        (staged / name).replace(mounted / name)
+
+    async def rotated() -> bool:
+        return await get(http, proxy.port) == (200, {"client": "second.client.test"})
+
+    await eventually(rotated, within=10.0, every=0.2, what="the rotated client certificate in use")
+    assert source.read_text().startswith("listen:")  # the config file itself never changed
 
 
 # --- client certificates on the listener (listen_tls.client_ca) --------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from mcplb.proxy.config.checks import MAX_WORKERS, Workers
 from mcplb.proxy.config.errors import ConfigIssue
-from mcplb.proxy.config.loader import load_config
+from mcplb.proxy.config.loader import file_mtime, load_config
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.config.tls import (
     TlsError,
@@ -46,9 +46,25 @@ _BACKEND_FILES = ("ca", "client_cert", "client_key")
 
 
 def file_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[ConfigIssue]:
-    """Whether the files the config names exist: the listener's certificate, key and client
-    CA; the CAs and client certificates and keys for backends."""
-    named: list[tuple[str, str]] = []  # (path in the file, file)
+    """Whether the files the config names exist."""
+    return [
+        ConfigIssue(where, f"no such file: {file}", config.lines.get(where))
+        for where, file in named_files(config)
+        if file and not os.path.isfile(file)  # "": invalid, reported by the loader
+    ]
+
+
+def watched_state(config: Config) -> tuple[float | None, ...]:
+    """When the config file and each file it names last changed. With ``watch_config``, a
+    change to any of them reloads: a certificate rotated in place (a Kubernetes Secret
+    volume swaps its files) applies without a restart or a signal."""
+    return tuple(map(file_mtime, [config.source, *(file for _, file in named_files(config))]))
+
+
+def named_files(config: Config) -> list[tuple[str, str]]:
+    """(path in the config, file) of every file the config names: the listener's
+    certificate, key and client CA; the CAs and client certificates and keys for backends."""
+    named: list[tuple[str, str]] = []
     if config.listen_tls is not None:
         named += [
             ("listen_tls.cert", config.listen_tls.cert),
@@ -66,11 +82,7 @@ def file_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[Confi
             file = getattr(backend, name)
             if file is not None:
                 named.append((_backend_path(config, index, name), file))
-    return [
-        ConfigIssue(where, f"no such file: {file}", config.lines.get(where))
-        for where, file in named
-        if file and not os.path.isfile(file)  # "": invalid, reported by the loader
-    ]
+    return named
 
 
 def runtime_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[ConfigIssue]:
