@@ -310,6 +310,15 @@ def test_missing_required_keys_and_bad_backends_are_refused_by_both(
         {"sticky": {"cookie": {"same_site": "lax", "ttl": None}, "keys": ["k" * 32]}},
         {"sticky": {"cookie": None, "header": "X-Tenant"}},
         {"rate_limit": {"rate": "600/m", "key": "header:X-Api-Key"}},
+        {"rate_limit": {"rate": 5, "trusted_proxies": ["10.0.0.1", " ::1 ", "fd00::/8"]}},
+        {"allowed_hosts": "*", "backends": [{"name": "v6", "url": "HTTP://[::1]:9001/api/"}]},
+        {
+            "sticky": {
+                "store": "redis",
+                "redis": {"url": "unix:///run/redis.sock", "timeout": ".25s"},
+            }
+        },
+        {"discovery": {"dns": {"name": "mcp.", "record": "SRV", "resolvers": ["[::1]:53"]}}},
         {"health": {"active": {"method": "head", "expect_status": "200-299"}}},
         {"health": None, "rate_limit": None, "listen_tls": None, "strategy_options": None},
         {"workers": "${WORKERS:-2}", "admin": {"token": "${MCPLB_ADMIN_TOKEN}"}},

@@ -424,7 +424,7 @@ def check_resolver(value: object) -> tuple[str, int]:
     return host, port
 
 
-@accepts({"type": "string", "pattern": "/"})
+@accepts({"type": "string", "pattern": "\\S"})  # "10.0.0.0/8", or an address alone
 def check_network(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError('must be a network in CIDR notation, e.g. "10.0.0.0/8"')
