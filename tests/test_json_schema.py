@@ -19,6 +19,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mcplb.proxy.config.errors import ConfigError
 from mcplb.proxy.config.fields import keys_of
@@ -359,3 +361,77 @@ def test_every_default_in_the_schema_is_accepted_by_both() -> None:
         document = with_value(path, node["default"])
         assert dotted(path) not in refused_by_mcplb(document)
     assert checked > 50
+
+
+# --- what a check accepts, the schema accepts (for every key, new ones too) ------------------
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=70_000),
+    st.floats(min_value=-5, max_value=1e6, allow_nan=False),
+    st.text(alphabet="0123456789.:/-_ smhkKMGTiIbBaAdeHTPrsux[]*$", max_size=14),
+    st.sampled_from(
+        [
+            "auto",
+            "address",
+            "header:X-Key",
+            "reset",
+            "502",
+            "Lax",
+            "none",
+            "GET",
+            "head",
+            "/healthz",
+            "http://127.0.0.1:9001",
+            "https://h/p",
+            "redis://r:6379/1",
+            "unix:///s",
+            "[::1]:53",
+            "10.0.0.1",
+            "a" * 40,
+            "mcp-headless.default.svc",
+            "200-399",
+            "1h30m",
+        ]
+    ),
+)
+
+
+def scalar_keys() -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """(path, check, the schema of one value) of every scalar key and list item."""
+    schema = config_schema()
+
+    def walk(cls: type, node: dict[str, Any], path: str) -> Iterator[Any]:
+        node = next(n for n in node.get("anyOf", [node]) if n.get("type") in ("object", "array"))
+        node = node.get("items", node)
+        for name, (_, spec) in keys_of(cls).items():
+            child = node["properties"][name]
+            if spec.section is not None:
+                yield from walk(spec.section, child, f"{path}.{name}".lstrip("."))
+            elif spec.shape == "items":
+                listed = next(n for n in child.get("anyOf", [child]) if n.get("type") == "array")
+                yield f"{path}.{name}[]".lstrip("."), spec.item, listed["items"]
+            elif spec.check is not None:
+                yield f"{path}.{name}".lstrip("."), spec.check, child
+
+    for path, check, node in walk(Config, schema, ""):
+        yield path, check, {**node, "definitions": schema["definitions"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "check", "node"), list(scalar_keys()), ids=lambda v: v if isinstance(v, str) else ""
+)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(value=SCALARS)
+def test_every_value_a_check_accepts_the_schema_accepts(
+    path: str, check: Any, node: dict[str, Any], value: Any
+) -> None:
+    """An editor must never mark a value mcplb takes: random values (numbers, booleans,
+    null, strings of duration, size, rate, address and URL characters) that a key's check
+    accepts are valid for its schema."""
+    try:
+        check(value)
+    except ValueError:
+        return
+    assert jsonschema.Draft7Validator(node).is_valid(value), f"{path}: {value!r}"
