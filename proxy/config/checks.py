@@ -81,12 +81,16 @@ _SIZE_HINT = (
 
 def _duration(**number: float) -> JsonSchema:
     return {
-        "anyOf": [{"type": "number", **number}, {"type": "string", "pattern": _DURATION_PATTERN}]
+        "anyOf": [{"type": "number", **number}, {"type": "string", "pattern": _DURATION_PATTERN}],
+        "description": 'seconds, or a duration with units: "250ms", "2s", "5m", "1h30m"',
     }
 
 
 def _size(**integer: int) -> JsonSchema:
-    return {"anyOf": [{"type": "integer", **integer}, {"type": "string", "pattern": _SIZE_PATTERN}]}
+    return {
+        "anyOf": [{"type": "integer", **integer}, {"type": "string", "pattern": _SIZE_PATTERN}],
+        "description": 'bytes, or a size with a unit: "512B", "10MB" (1000s), "64KiB" (1024s)',
+    }
 
 
 @accepts(_duration(minimum=0))
@@ -243,6 +247,7 @@ _STRATEGY_PATH_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}", re.ASCII)
 _LISTEN_SCHEMA: JsonSchema = {
     "type": "string",
     "pattern": r"^(?:\[[^\]]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$",
+    "description": '"host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"',
 }
 
 

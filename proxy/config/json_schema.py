@@ -130,8 +130,11 @@ def _scalar(check: Check, hint: Any) -> JsonSchema:
     schema = dict(declared) if declared is not None else _from_type(hint)
     if not schema:
         return {}
-    if list(schema) == ["anyOf"]:
-        return {"anyOf": [*schema["anyOf"], _VARIABLE_REF]}
+    if set(schema) <= {"anyOf", "description"}:  # flat: one level of alternatives
+        return {**schema, "anyOf": [*schema["anyOf"], _VARIABLE_REF]}
+    if "description" in schema:
+        described = {"description": schema.pop("description")}
+        return {"anyOf": [schema, _VARIABLE_REF], **described}
     return {"anyOf": [schema, _VARIABLE_REF]}
 
 
