@@ -435,3 +435,34 @@ def test_every_value_a_check_accepts_the_schema_accepts(
     except ValueError:
         return
     assert jsonschema.Draft7Validator(node).is_valid(value), f"{path}: {value!r}"
+
+
+def named_in_messages(check: Any) -> set[Any]:
+    """The values a check's own messages name ('must be "address", "principal" or
+    "header:NAME", e.g. "header:X-Api-Key"'): its choices and examples, as strings and, for
+    numbers, as numbers too. A choice added to a check shows up here with no test change."""
+    words: set[Any] = set()
+    for bad in (None, {}, [], "\x00", -1, True, "zz", 10**9):
+        try:
+            check(bad)
+        except ValueError as exc:
+            for word in re.findall(r'"([^"]{1,60})"', str(exc)):
+                words.add(word)
+                if re.fullmatch(r"\d+", word):
+                    words.add(int(word))
+    return words
+
+
+@pytest.mark.parametrize(
+    ("path", "check", "node"), list(scalar_keys()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_the_values_a_check_names_in_its_messages_are_valid_for_the_schema(
+    path: str, check: Any, node: dict[str, Any]
+) -> None:
+    validator = jsonschema.Draft7Validator(node)
+    for value in named_in_messages(check):
+        try:
+            check(value)
+        except ValueError:
+            continue
+        assert validator.is_valid(value), f"{path}: {value!r}"

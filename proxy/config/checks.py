@@ -607,7 +607,8 @@ def check_rate(value: object) -> float:
     return rate
 
 
-@accepts({"type": "string", "pattern": f"^(?:address|header:{_TOKEN_RE.pattern})$"})
+# A word ("address"; "principal" with edge auth) or "header:NAME".
+@accepts({"type": "string", "pattern": f"^(?:[a-z]+|header:{_TOKEN_RE.pattern})$"})
 def check_rate_key(value: object) -> str | None:
     if value == "address":
         return None

@@ -172,6 +172,8 @@ def _offered(spec: Key, value: Any) -> bool:
         if spec.check is not None and isinstance(value, str | int | float | bool):
             return bool(spec.check(value) == value)
         if spec.item is not None and isinstance(value, tuple | frozenset):
+            if not value and not spec.empty_ok:
+                return False  # () standing for "derived" (auth.jwt.audience), not a list
             plain = all(isinstance(item, str | int | float | bool) for item in value)
             return plain and all(spec.item(item) == item for item in value)
     except ValueError:
