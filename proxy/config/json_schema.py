@@ -128,8 +128,6 @@ def _scalar(check: Check, hint: Any) -> JsonSchema:
     """What ``check`` accepts (declared, or guessed from the field's type), or a variable."""
     declared = checks.accepted(check)
     schema = dict(declared) if declared is not None else _from_type(hint)
-    if not schema:
-        return {}
     if set(schema) <= {"anyOf", "description"}:  # flat: one level of alternatives
         return {**schema, "anyOf": [*schema["anyOf"], _VARIABLE_REF]}
     if "description" in schema:
@@ -140,13 +138,15 @@ def _scalar(check: Check, hint: Any) -> JsonSchema:
 
 def _from_type(hint: Any) -> JsonSchema:
     """A check without a declared schema: the JSON types its field's type may come from.
-    Loose on purpose (a float may be a duration string): it must not refuse a valid value."""
+    Loose on purpose (a float may be a duration string, a pair is read from a string): it
+    must not refuse a valid value."""
     origin = typing.get_origin(hint)
     if origin is Literal:
         return {"enum": list(typing.get_args(hint))}
     if origin in (typing.Union, types.UnionType):
-        parts = [_from_type(arg) for arg in typing.get_args(hint)]
-        return {} if any(not part for part in parts) else {"anyOf": parts}
+        return {"anyOf": [_from_type(arg) for arg in typing.get_args(hint)]}
+    # Unknown (a pair the check makes of a string, Any): some scalar, never a list or mapping.
+    scalar: JsonSchema = {"type": ["string", "number", "boolean", "null"]}
     simple: Mapping[Any, JsonSchema] = {
         type(None): {"type": "null"},
         bool: {"type": "boolean"},
@@ -154,7 +154,7 @@ def _from_type(hint: Any) -> JsonSchema:
         float: {"type": ["number", "string"]},
         str: {"type": "string"},
     }
-    return dict(simple.get(hint, {}))
+    return dict(simple.get(hint, scalar))
 
 
 def _item_hint(hint: Any) -> Any:
