@@ -29,6 +29,7 @@ from mcplb.proxy.config.schema import (
     Config,
     ListenTlsConfig,
 )
+from mcplb.proxy.config.tls import reload_server_context, server_context
 from mcplb.proxy.config.validate import machine_issues
 from tests.conftest import ProxyFactory
 from tests.eventually import eventually
@@ -446,14 +447,20 @@ async def test_listener_verifies_client_certificates(
             except aiohttp.ClientError as exc:
                 return type(exc).__name__
 
-    assert await status(good.client_files("alice")) == 200
-    for files in (None, good.client_files("late", expired=True), rogue.client_files("eve")):
+    alice, eve = good.client_files("alice"), rogue.client_files("eve")
+    assert await status(alice) == 200
+    for files in (None, good.client_files("late", expired=True), eve):
         assert not isinstance(await status(files), int), files
+
+    # A reload that replaces the client CA: the old one is trusted no more (the context of
+    # new handshakes is built anew, not loaded into).
+    assert proxy.tls is not None
+    reload_server_context(proxy.tls, dataclasses.replace(listen_tls, client_ca=str(rogue.ca_path)))
+    assert not isinstance(await status(alice), int)
+    assert await status(eve) == 200
 
 
 def test_a_listener_without_client_ca_asks_for_no_certificate(tmp_path: Path, good: Issuer) -> None:
-    from mcplb.proxy.config.tls import reload_server_context, server_context
-
     cert, key = good.server_files("plain")
     context = server_context(ListenTlsConfig(str(cert), str(key)))
     assert context.verify_mode == ssl.CERT_NONE

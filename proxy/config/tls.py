@@ -4,9 +4,9 @@ This module imports nothing but the standard library and :mod:`proxy.config.sche
 health checker can build the same backend contexts as the relay.
 
 - :func:`server_context` builds the listener's context: TLS 1.2 or newer, ALPN ``http/1.1``.
-- :func:`reload_server_context` loads a renewed certificate into that same live context:
-  handshakes from then on use it, established connections keep theirs. The new files are
-  validated in a scratch context first, so a bad renewal leaves the old certificate serving.
+- :func:`reload_server_context` gives that same live context a renewed certificate and client
+  CA (a new context it switches each handshake to): handshakes from then on use them,
+  established connections keep theirs. A bad renewal leaves the old certificate serving.
 - :func:`backend_context` builds the context for connections to one https backend.
 
 Every problem with a file is a :class:`TlsError` naming the file and the reason.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeVar
 
 from mcplb.healthcheck.target import TlsSetupError
 from mcplb.proxy.config.schema import BackendConfig, BackendTlsConfig, ListenTlsConfig
@@ -42,49 +42,62 @@ class TlsError(TlsSetupError):
 # --- the listener ---------------------------------------------------------------------------
 
 
+class ListenerContext(ssl.SSLContext):
+    """The listener's context. Each handshake switches to ``current`` from the SNI callback
+    (which OpenSSL calls for every ClientHello, with or without a name), so a reload
+    replaces the certificate and the trusted client CAs whole: a CA taken out of
+    ``client_ca`` stops being trusted, which loading files into a live context cannot do.
+    Whether a client certificate is asked for is this context's own ``verify_mode``."""
+
+    current: ssl.SSLContext
+
+
 def server_context(config: ListenTlsConfig) -> ssl.SSLContext:
     """A server context for the client listener, with ``config.cert`` and ``config.key``;
     with ``config.client_ca``, clients must present a certificate that CA issued."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = _listener_context(ListenerContext, config)
+    context.current = context
+    context.sni_callback = _use_current
+    return context
+
+
+def _use_current(
+    connection: ssl.SSLObject | ssl.SSLSocket, name: str | None, context: ssl.SSLContext
+) -> None:
+    if isinstance(context, ListenerContext) and context.current is not context:
+        connection.context = context.current
+
+
+_C = TypeVar("_C", bound=ssl.SSLContext)
+
+
+def _listener_context(cls: type[_C], config: ListenTlsConfig) -> _C:
+    """A server context (TLS 1.2+, ALPN http/1.1) with the certificate, key and client CA
+    of ``config``; TlsError names a file that cannot be used."""
+    context = cls(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = MIN_VERSION
     context.set_alpn_protocols(ALPN)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     _load_cert_chain(context, config.cert, config.key, "listen_tls.cert", "listen_tls.key")
-    _client_verification(context, config)
+    if config.client_ca is not None:
+        _load_ca(context, config.client_ca, "listen_tls.client_ca")
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
-def _client_verification(context: ssl.SSLContext, config: ListenTlsConfig) -> None:
-    """Require client certificates issued by ``config.client_ca``, or none."""
-    if config.client_ca is None:
-        context.verify_mode = ssl.CERT_NONE
-        return
-    _load_ca(context, config.client_ca, "listen_tls.client_ca")
-    context.verify_mode = ssl.CERT_REQUIRED
-
-
 def reload_server_context(context: ssl.SSLContext, config: ListenTlsConfig) -> None:
-    """Load the (renewed) ``config.cert`` and ``config.key`` into the live ``context``, and
-    ``config.client_ca`` again.
+    """Apply the (renewed) ``config.cert``, ``config.key`` and ``config.client_ca`` to the
+    live ``context`` (made by :func:`server_context`).
 
-    New handshakes use the new certificate; established connections are not affected. The
-    files are first loaded into a scratch context: if they are bad (unreadable, not PEM, a
-    key that does not match), TlsError is raised and ``context`` keeps its old certificate.
-    CAs added to ``client_ca`` are trusted from then on; OpenSSL cannot take a CA out of a
-    live context, so one removed from the file stays trusted until a restart.
+    New handshakes use them; established connections are not affected. The files are
+    loaded into a new context first: if they are bad (unreadable, not PEM, a key that does
+    not match), TlsError is raised and ``context`` keeps serving what it served.
     """
-    scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load_cert_chain(scratch, config.cert, config.key, "listen_tls.cert", "listen_tls.key")
-    _client_verification(scratch, config)
-    try:
-        context.load_cert_chain(config.cert, config.key, password=_no_password)
-        _client_verification(context, config)
-    except (OSError, ssl.SSLError, TlsError) as exc:
-        # Only if the files changed again between the check above and this load.
-        raise TlsError(
-            f"listen_tls: {config.cert} / {config.key} changed while being reloaded "
-            f"({_reason(exc)}); reload again once they are complete"
-        ) from exc
+    if not isinstance(context, ListenerContext):
+        raise TypeError("reload_server_context needs a context made by server_context")
+    renewed = _listener_context(ssl.SSLContext, config)
+    context.current = renewed
+    context.verify_mode = renewed.verify_mode
 
 
 def _load_cert_chain(
