@@ -167,3 +167,10 @@ soak: $(STAMP) system-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache $(INTEROP)/node_modules
+
+# The config's JSON Schema, generated from the schema in code (proxy/config/json_schema.py);
+# tests/test_json_schema.py fails while the committed file is stale.
+.PHONY: schema
+schema: $(STAMP)
+	$(PY) -m mcplb.proxy.cli schema > mcplb.schema.json.tmp
+	mv mcplb.schema.json.tmp mcplb.schema.json

@@ -1,4 +1,4 @@
-"""The ``mcplb`` command: run, check, demo."""
+"""The ``mcplb`` command: run, check, schema, demo, top."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--backends", type=int, default=3, help="number of demo backends (1-26)")
     demo.add_argument("--port", type=int, default=8080, help="proxy port")
 
+    commands.add_parser(
+        "schema", help="print the config's JSON Schema (as mcplb.schema.json, for editors and CI)"
+    )
+
     top = commands.add_parser("top", help="live view of a running proxy (from its admin API)")
     top.add_argument("--admin", default="http://127.0.0.1:9901", help="admin API URL")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
@@ -66,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "run":
         return _run(args.config, args.log_level)
+    if args.command == "schema":
+        from mcplb.proxy.config.json_schema import schema_text
+
+        sys.stdout.write(schema_text())
+        return 0
     if args.command == "top":
         from mcplb.proxy.admin.top import run_top
 

@@ -55,11 +55,13 @@ class Backend:
         self.draining = False  # no new work; existing sessions still served (admin drain)
         self.drain_until: float | None = None  # wall clock; then its sessions end too
         self.available = True  # false while unhealthy, ejected or draining
-        self.tls: ssl.SSLContext | None = None  # built on first use (tls_context)
+        # Built on first use (tls_context), renewed by a reload (Cluster.reload).
+        self.tls: ssl.SSLContext | None = None
 
     def tls_context(self) -> ssl.SSLContext | None:
-        """The client TLS context of an https backend (the relay's verification settings),
-        built once; None for http. Raises TlsError when its ``ca`` cannot be used."""
+        """The client TLS context of an https backend, one per backend: the relay's pool and
+        the health probes both connect with it. None for http. Raises TlsError when its
+        files cannot be used."""
         if self.config.scheme != "https":
             return None
         if self.tls is None:

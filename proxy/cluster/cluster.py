@@ -3,7 +3,6 @@ pools, admission slots, health checks, the balancing strategy)."""
 
 from __future__ import annotations
 
-import ssl
 import time
 
 from mcplb.healthcheck.monitor import HealthMonitor
@@ -34,9 +33,9 @@ class Cluster:
         self._candidates: list[Backend] = []
         self._candidates_version = -1
         self.strategy: Strategy = registry.build(config.strategy, config.strategy_options)
-        self.pools: dict[Backend, UpstreamPool] = {
-            b: self._new_pool(b, backend_context(b.config)) for b in self.backends
-        }
+        for backend in self.backends:  # with the settings of backend_tls, which it may lack
+            backend.tls = backend_context(backend.config, config.backend_tls)
+        self.pools: dict[Backend, UpstreamPool] = {b: self._new_pool(b) for b in self.backends}
         self.health = HealthMonitor(
             config.health, self.backends.backends, probing=probing, on_change=self._changed
         )
@@ -76,10 +75,13 @@ class Cluster:
         """Switch to a reloaded config's backend set without dropping anything: backends
         that stay keep their connections, sessions and health; removed ones (and the old
         endpoint of a moved one) drain until ``timeouts.grace`` from now. Returns what
-        changed, one line each. Raises TlsError (a backend's CA file) or StrategyLoadError
-        before changing anything."""
+        changed, one line each. Raises TlsError (a backend's CA, certificate or key file) or
+        StrategyLoadError before changing anything.
+
+        Every https backend's TLS files are read again: a rotated client certificate (or CA
+        bundle) applies to the connections made from then on, the relay's and the probes'."""
         strategy = registry.build(config.strategy, config.strategy_options)
-        contexts = {b.name: backend_context(b) for b in config.backends}
+        contexts = {b.name: backend_context(b, config.backend_tls) for b in config.backends}
         self._timeouts = config.timeouts
         current = {b.name: b for b in self.backends}
         changes: list[str] = []
@@ -96,7 +98,8 @@ class Cluster:
                 else:
                     changes.append(f"backend {backend_config.name} added")
                 backend = Backend(backend_config)
-                self.pools[backend] = self._new_pool(backend, contexts[backend.name])
+                self.pools[backend] = self._new_pool(backend)
+            backend.tls = contexts[backend.name]
             staying.append(backend)
         changes.extend(f"backend {name} removed (draining)" for name in current)
         deadline = time.time() + config.timeouts.grace
@@ -144,9 +147,9 @@ class Cluster:
         backend.drain_until = until if draining else None
         self.health.refresh(backend)  # available follows draining
 
-    def _new_pool(self, backend: Backend, context: ssl.SSLContext | None) -> UpstreamPool:
+    def _new_pool(self, backend: Backend) -> UpstreamPool:
         timeouts = self._timeouts
-        return UpstreamPool(backend, timeouts.connect, timeouts.upstream_keepalive, context)
+        return UpstreamPool(backend, timeouts.connect, timeouts.upstream_keepalive)
 
     def _changed(self) -> None:
         self.version += 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
@@ -199,12 +198,10 @@ class UpstreamPool:
         backend: Backend,
         connect_timeout: float,
         keepalive_timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.backend = backend
         self.connect_timeout = connect_timeout
         self.keepalive_timeout = keepalive_timeout
-        self.ssl_context = ssl_context
         self.idle: list[UpstreamConnection] = []
         self.closed = False  # its backend was removed: connections are not kept
 
@@ -222,13 +219,15 @@ class UpstreamPool:
         """A new connection; raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
         backend = self.backend
+        # The backend's one context, which its health probes use too (and a reload renews).
+        context = backend.tls_context()
         _, conn = await asyncio.wait_for(
             loop.create_connection(
                 lambda: UpstreamConnection(self),
                 backend.host,
                 backend.port,
-                ssl=self.ssl_context,
-                server_hostname=backend.host if self.ssl_context is not None else None,
+                ssl=context,
+                server_hostname=backend.host if context is not None else None,
             ),
             self.connect_timeout,
         )

@@ -12,12 +12,44 @@ import math
 import re
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Final, Literal, NamedTuple, TypeVar
+from typing import Any, Final, Literal, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from mcplb.strategies.registry import unknown_strategy
 
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[[object], object])
+
+# ---------------------------------------------------------------------------
+# What each check accepts, as JSON Schema: mcplb.schema.json is generated from these and the
+# schema's declarations (proxy/config/json_schema.py). A check's schema may accept more than
+# the check (JSON Schema cannot say "a duration greater than 0" of "0s"), never less: an
+# editor must not mark a config that `mcplb check` accepts. A check without one is described
+# by its field's type.
+
+JsonSchema = dict[str, Any]
+_ACCEPTS: dict[Callable[[object], object], JsonSchema] = {}
+
+
+def accepts(schema: JsonSchema) -> Callable[[_F], _F]:
+    """Declares the JSON Schema of the YAML values the decorated check may accept."""
+
+    def declare(check: _F) -> _F:
+        _ACCEPTS[check] = schema
+        return check
+
+    return declare
+
+
+def accepted(check: Callable[[object], object]) -> JsonSchema | None:
+    """The JSON Schema declared for ``check`` with :func:`accepts`, if any."""
+    return _ACCEPTS.get(check)
+
+
+def anycase(word: str) -> str:
+    """A regular expression matching ``word`` in any case (JSON Schema has no (?i))."""
+    return "".join(f"[{ch.upper()}{ch.lower()}]" if ch.isalpha() else re.escape(ch) for ch in word)
+
 
 # ---------------------------------------------------------------------------
 # Durations and sizes
@@ -26,6 +58,8 @@ _DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)", re.ASCII)
 _DURATION_RE = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h)\s*)+", re.ASCII)
+# The strings parse_duration and parse_size accept, as JSON Schema patterns.
+_DURATION_PATTERN = rf"^\s*(?:{_NUMBER}|(?:{_NUMBER}\s*(?:ms|s|m|h)\s*)+)\s*$"
 _DURATION_HINT = (
     'expected seconds or a number with unit ms, s, m or h (e.g. "250ms", "2s", "1m30s")'
 )
@@ -38,12 +72,28 @@ _SIZE_UNITS = {
     **{f"{p}{s}": _KIBI**n for n, p in enumerate("kmgt", 1) for s in ("i", "ib")},
 }
 _SIZE_RE = re.compile(rf"({_NUMBER})\s*([a-z]*)", re.ASCII | re.IGNORECASE)
+_SIZE_PATTERN = rf"^\s*{_NUMBER}\s*(?:[bB]|[kKmMgGtT][iI]?[bB]?)?\s*$"
 _SIZE_HINT = (
     "expected bytes, optionally with a unit: B, KB/MB/GB (powers of 1000) "
     'or KiB/MiB/GiB (powers of 1024), e.g. "64KiB"'
 )
 
 
+def _duration(**number: float) -> JsonSchema:
+    return {
+        "anyOf": [{"type": "number", **number}, {"type": "string", "pattern": _DURATION_PATTERN}],
+        "description": 'seconds, or a duration with units: "250ms", "2s", "5m", "1h30m"',
+    }
+
+
+def _size(**integer: int) -> JsonSchema:
+    return {
+        "anyOf": [{"type": "integer", **integer}, {"type": "string", "pattern": _SIZE_PATTERN}],
+        "description": 'bytes, or a size with a unit: "512B", "10MB" (1000s), "64KiB" (1024s)',
+    }
+
+
+@accepts(_duration(minimum=0))
 def parse_duration(value: object) -> float:
     """Seconds from a number of seconds or a string like "250ms", "2s", "5m", "1h", "1h30m"."""
     if isinstance(value, str):
@@ -70,6 +120,7 @@ def parse_duration(value: object) -> float:
     return result
 
 
+@accepts(_size(minimum=0))
 def parse_size(value: object) -> int:
     """Bytes from an int or a string like "512B", "1k", "10MB", "64KiB", "10MiB", "1GiB".
 
@@ -110,6 +161,7 @@ def format_seconds(value: float) -> str:
 # Generic checks
 
 
+@accepts({"type": "boolean"})
 def check_bool(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError("must be a boolean (true or false, unquoted)")
@@ -124,6 +176,9 @@ def int_range(low: int, high: int | None, message: str) -> Callable[[object], in
             raise ValueError(message)
         return value
 
+    _ACCEPTS[check] = {"type": "integer", "minimum": low}
+    if high is not None:
+        _ACCEPTS[check]["maximum"] = high
     return check
 
 
@@ -138,6 +193,7 @@ def choice(*options: str) -> Callable[[object], str]:
             return value
         raise ValueError(message)
 
+    _ACCEPTS[check] = {"enum": list(options)}
     return check
 
 
@@ -147,9 +203,13 @@ def optional(check: Callable[[object], _T]) -> Callable[[object], _T | None]:
     def optional(value: object) -> _T | None:
         return None if value is None else check(value)
 
+    inner = accepted(check)
+    if inner is not None:
+        _ACCEPTS[optional] = {"anyOf": [inner, {"type": "null"}]}
     return optional
 
 
+@accepts(_duration(exclusiveMinimum=0))
 def check_positive_duration(value: object) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -157,6 +217,7 @@ def check_positive_duration(value: object) -> float:
     return seconds
 
 
+@accepts(_size(minimum=_KIBI, maximum=_KIBI**2))
 def check_header_size(value: object) -> int:
     size = parse_size(value)
     if not _KIBI <= size <= _KIBI**2:
@@ -164,6 +225,7 @@ def check_header_size(value: object) -> int:
     return size
 
 
+@accepts({"type": "number", "minimum": 0, "maximum": 100})
 def check_percent(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
         raise ValueError("must be a number from 0 to 100")
@@ -181,6 +243,12 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _STRATEGY_NAME_RE = re.compile(r"[a-z0-9_]+", re.ASCII)
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _STRATEGY_PATH_RE = re.compile(rf"{_IDENT}(?:\.{_IDENT})*:{_IDENT}", re.ASCII)
+# "host:port" or "[IPv6]:port" (the host and the port's range checked by check_listen)
+_LISTEN_SCHEMA: JsonSchema = {
+    "type": "string",
+    "pattern": r"^(?:\[[^\]]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$",
+    "description": '"host:port", e.g. "127.0.0.1:8080" or "[::1]:8080"',
+}
 
 
 def _valid_host(host: str) -> bool:
@@ -206,6 +274,7 @@ def valid_ip(text: str) -> bool:
     return True
 
 
+@accepts(_LISTEN_SCHEMA)
 def check_listen(value: object) -> tuple[str, int]:
     if isinstance(value, list):
         # An unquoted [::1]:8080 is read by YAML as a flow list.
@@ -238,6 +307,7 @@ def check_listen(value: object) -> tuple[str, int]:
 Workers = int | Literal["auto"]
 
 
+@accepts({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_WORKERS}, {"const": "auto"}]})
 def check_workers(value: object) -> Workers:
     if value == "auto":
         return "auto"  # one per CPU: validate.py counts them, loading stays pure
@@ -248,6 +318,12 @@ def check_workers(value: object) -> Workers:
     return value
 
 
+@accepts(
+    {
+        "type": "string",
+        "pattern": f"^(?:{_STRATEGY_NAME_RE.pattern}|{_STRATEGY_PATH_RE.pattern})$",
+    }
+)
 def check_strategy(value: object) -> str:
     if isinstance(value, str) and (
         _STRATEGY_NAME_RE.fullmatch(value) or _STRATEGY_PATH_RE.fullmatch(value)
@@ -258,6 +334,7 @@ def check_strategy(value: object) -> str:
     raise ValueError('must be a built-in strategy name ([a-z0-9_]+) or "package.module:ClassName"')
 
 
+@accepts({"type": "string", "pattern": f"^{_NAME_RE.pattern}$"})
 def check_name(value: object) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ValueError(
@@ -292,6 +369,7 @@ def _host_and_port(host_port: str, host: str | None) -> tuple[str, str]:
     return host, port
 
 
+@accepts({"type": "string", "pattern": f"^{anycase('http')}[Ss]?://[^\\s?#@/]+(?:/[^\\s?#]*)?$"})
 def check_url(value: object) -> Url:
     if not isinstance(value, str) or not value:
         raise ValueError('must be a URL string such as "http://127.0.0.1:9001"')
@@ -325,12 +403,14 @@ def check_url(value: object) -> Url:
     )
 
 
+@accepts({"type": "string", "pattern": f"^{_HOST_LABEL}(?:\\.{_HOST_LABEL})*\\.?$"})
 def check_dns_name(value: object) -> str:
     if not isinstance(value, str) or not _HOSTNAME_RE.fullmatch(value) or valid_ip(value):
         raise ValueError('must be a DNS name, e.g. "mcp-headless.default.svc.cluster.local"')
     return value
 
 
+@accepts({"type": "string", "pattern": "^(?:/[^?# \\t\\r\\n]*)?$"})
 def check_path_prefix(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError('must be a URL path such as "/api", or ""')
@@ -339,6 +419,7 @@ def check_path_prefix(value: object) -> str:
     return value.rstrip("/")
 
 
+@accepts(_LISTEN_SCHEMA)
 def check_resolver(value: object) -> tuple[str, int]:
     host, port = check_listen(value)
     if not valid_ip(host):
@@ -348,6 +429,7 @@ def check_resolver(value: object) -> tuple[str, int]:
     return host, port
 
 
+@accepts({"type": "string", "pattern": "\\S"})  # "10.0.0.0/8", or an address alone
 def check_network(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError('must be a network in CIDR notation, e.g. "10.0.0.0/8"')
@@ -378,6 +460,7 @@ _TOKEN_CHARS = "letters, digits and !#$%&'*+-.^_`|~"
 KEYS_EXAMPLE = 'e.g. keys: ["${MCPLB_SESSION_KEY}"] with a random secret of at least 32 characters'
 
 
+@accepts({"type": "string", "minLength": MIN_KEY_LENGTH})
 def check_key(value: object) -> str:
     # Never put the value in a message: it is a secret.
     if not isinstance(value, str):
@@ -389,6 +472,7 @@ def check_key(value: object) -> str:
     return value
 
 
+@accepts({"type": "string", "pattern": f"^{_TOKEN_RE.pattern}$"})
 def check_cookie_name(value: object) -> str:
     if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise ValueError(f"must be a cookie name: {_TOKEN_CHARS}")
@@ -398,6 +482,9 @@ def check_cookie_name(value: object) -> str:
 CookieSameSite = Literal["Lax", "Strict", "None"]
 
 
+@accepts(
+    {"type": "string", "pattern": f"^(?:{anycase('lax')}|{anycase('strict')}|{anycase('none')})$"}
+)
 def check_same_site(value: object) -> CookieSameSite:
     # Case-insensitive like the Set-Cookie attribute; kept in its usual spelling.
     options: dict[str, CookieSameSite] = {"lax": "Lax", "strict": "Strict", "none": "None"}
@@ -406,6 +493,7 @@ def check_same_site(value: object) -> CookieSameSite:
     raise ValueError('must be "Lax", "Strict" or "None"')
 
 
+@accepts({"type": "string", "pattern": f"^{_TOKEN_RE.pattern}$"})
 def check_header_name(value: object) -> str:
     if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise ValueError(f'must be a header name ({_TOKEN_CHARS}), e.g. "X-Tenant-Id"')
@@ -418,6 +506,7 @@ def check_header_name(value: object) -> str:
     return name
 
 
+@accepts({"type": "string", "pattern": f"^(?:{anycase('redis')}[Ss]?|{anycase('unix')}):"})
 def check_redis_url(value: object) -> str:
     # The URL may hold a password: messages never repeat it.
     if not isinstance(value, str) or not value:
@@ -448,6 +537,7 @@ def check_redis_url(value: object) -> str:
     return value
 
 
+@accepts(_duration(exclusiveMinimum=0, maximum=_MAX_REDIS_TIMEOUT))
 def check_redis_timeout(value: object) -> float:
     seconds = check_positive_duration(value)
     if seconds > _MAX_REDIS_TIMEOUT:
@@ -458,12 +548,14 @@ def check_redis_timeout(value: object) -> float:
     return seconds
 
 
+@accepts({"type": "string", "minLength": 1})
 def check_prefix(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError('must be a non-empty string, e.g. "mcplb:session:"')
     return value
 
 
+@accepts({"anyOf": [{"type": "string", "minLength": 16}, {"type": "null"}]})
 def check_token(value: object) -> str | None:
     if value is None:
         return None
@@ -478,6 +570,7 @@ def check_token(value: object) -> str | None:
 _RETRY_CONDITIONS = ("connect_failure", "reset", "502", "503", "504")
 
 
+@accepts({"enum": [*_RETRY_CONDITIONS, *(int(c) for c in _RETRY_CONDITIONS if c.isdigit())]})
 def check_retry_condition(value: object) -> str:
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if isinstance(text, str) and text in _RETRY_CONDITIONS:
@@ -489,6 +582,14 @@ _RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:/\s*([smh]))?\s*", re.ASCII)
 
 
+@accepts(
+    {
+        "anyOf": [
+            {"type": "number", "exclusiveMinimum": 0},
+            {"type": "string", "pattern": f"^{_RATE_RE.pattern}$"},
+        ]
+    }
+)
 def check_rate(value: object) -> float:
     """Tokens per second: a number, or "N/s", "N/m", "N/h"."""
     try:
@@ -507,6 +608,8 @@ def check_rate(value: object) -> float:
     return rate
 
 
+# A word ("address"; "principal" with edge auth) or "header:NAME".
+@accepts({"type": "string", "pattern": f"^(?:[a-z]+|header:{_TOKEN_RE.pattern})$"})
 def check_rate_key(value: object) -> str | None:
     if value == "address":
         return None
@@ -515,6 +618,7 @@ def check_rate_key(value: object) -> str | None:
     raise ValueError('must be "address" or "header:NAME", e.g. "header:X-Api-Key"')
 
 
+@accepts({"type": "string", "minLength": 1})
 def check_file_path(value: object) -> str:
     # Whether the file exists is the machine's business: validate.py checks that.
     if not isinstance(value, str) or not value:
@@ -522,12 +626,14 @@ def check_file_path(value: object) -> str:
     return value
 
 
+@accepts({"type": "string", "pattern": f"^(?:{anycase('get')}|{anycase('head')})$"})
 def check_method(value: object) -> str:
     if isinstance(value, str) and value.upper() in ("GET", "HEAD"):
         return value.upper()
     raise ValueError("must be GET or HEAD")
 
 
+@accepts({"type": "string", "pattern": "^/[\\x21\\x22\\x24-\\x7e]*$"})
 def check_probe_path(value: object) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError('must be a path starting with "/", e.g. "/healthz"')
@@ -544,6 +650,14 @@ _STATUS_HINT = 'must be a status code or a range of them, e.g. 200 or "200-399"'
 _STATUS_RE = re.compile(r"\s*(\d{1,3})\s*(?:-\s*(\d{1,3})\s*)?", re.ASCII)
 
 
+@accepts(
+    {
+        "anyOf": [
+            {"type": "integer", "minimum": 100, "maximum": 599},
+            {"type": "string", "pattern": f"^{_STATUS_RE.pattern}$"},
+        ]
+    }
+)
 def check_status_range(value: object) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         low = high = value
@@ -559,6 +673,7 @@ def check_status_range(value: object) -> tuple[int, int]:
     return low, high
 
 
+@accepts({"type": "string", "pattern": "\\S"})
 def check_tool_name(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a tool name (a non-empty string)")

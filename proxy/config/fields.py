@@ -25,7 +25,7 @@ from mcplb.proxy.config.yaml_tree import INVALID, Entry, Val, join
 
 _T = TypeVar("_T")
 KEY: Final = "mcplb.config.key"  # the field metadata entry holding its Key
-_NO_DEFAULT: Final[Any] = object()  # a Key without a default of its own
+NO_DEFAULT: Final[Any] = object()  # a Key without a default of its own
 
 Check = Callable[[object], Any]
 # Reads a list or mapping value itself (None when absent): (value, path, context, the field's
@@ -42,9 +42,16 @@ class Key:
     yaml: str | None = None  # the YAML name, when not the field's
     into: tuple[str, ...] = ()  # fields the checked tuple is spread over ("listen": host, port)
     required: bool = False
-    default: Any = _NO_DEFAULT  # the default when the section is given, if not the field's
+    default: Any = NO_DEFAULT  # the default when the section is given, if not the field's
     section: type | None = None  # the dataclass a mapping (or each list item) is read as
     always: bool = False  # read also when absent: the section's rule applies to its defaults
+    # What the generated JSON Schema (proxy/config/json_schema.py) needs to know of a reader:
+    shape: str = "scalar"  # "scalar", "items", "section", "sections" or "mapping"
+    item: Check | None = None  # "items": each item's check
+    scalar_ok: bool = False  # "items": a single item without brackets is accepted
+    empty_ok: bool = False  # "items": [] is accepted
+    null_off: bool = False  # "section": null means None
+    unless: str | None = None  # required unless this key (of the same mapping) is present
 
 
 def key(
@@ -53,7 +60,7 @@ def key(
     yaml: str | None = None,
     into: tuple[str, ...] = (),
     required: bool = False,
-    default: Any = _NO_DEFAULT,
+    default: Any = NO_DEFAULT,
 ) -> dict[str, Key]:
     """Field metadata for a scalar key checked by ``check``."""
     return {KEY: Key(check=check, yaml=yaml, into=into, required=required, default=default)}
@@ -76,7 +83,7 @@ def items(
         )
         return INVALID if found is None else convert(found)
 
-    return {KEY: Key(read=read)}
+    return {KEY: Key(read=read, shape="items", item=check, scalar_ok=scalar_ok, empty_ok=empty_ok)}
 
 
 def section(cls: type, *, null_off: bool = False, always: bool = False) -> dict[str, Key]:
@@ -90,12 +97,15 @@ def section(cls: type, *, null_off: bool = False, always: bool = False) -> dict[
         own = isinstance(default, cls) and default != cls()
         return build(cls, val, path, ctx, default if own else None)
 
-    return {KEY: Key(read=read, section=cls, always=always)}
+    return {KEY: Key(read=read, section=cls, always=always, shape="section", null_off=null_off)}
 
 
-def sections(cls: type, message: str, *, required: bool = False) -> dict[str, Key]:
+def sections(
+    cls: type, message: str, *, required: bool = False, unless: str | None = None
+) -> dict[str, Key]:
     """Field metadata for a non-empty list of mappings each read as ``cls``; the list rule of
-    ``cls`` (in the Context) makes the setting of them."""
+    ``cls`` (in the Context) makes the setting of them. ``unless``: the key, beside this one,
+    whose presence makes this one optional."""
 
     def read(val: Val | None, path: str, ctx: Context, default: Any) -> Any:
         if val is None or val.value is INVALID:
@@ -106,7 +116,7 @@ def sections(cls: type, message: str, *, required: bool = False) -> dict[str, Ke
         reads = [read_section(cls, item, f"{path}[{i}]", ctx) for i, item in enumerate(val.value)]
         return ctx.list_rules[cls](reads, ctx)
 
-    return {KEY: Key(read=read, section=cls, required=required)}
+    return {KEY: Key(read=read, section=cls, required=required, shape="sections", unless=unless)}
 
 
 def free_mapping() -> dict[str, Key]:
@@ -129,7 +139,7 @@ def free_mapping() -> dict[str, Key]:
                 )
         return options
 
-    return {KEY: Key(read=read)}
+    return {KEY: Key(read=read, shape="mapping")}
 
 
 _declared: dict[type, dict[str, Key]] = {}
@@ -265,7 +275,12 @@ def read_section(
     keys; ``values`` is the dict to fill (the Context's ``top``)."""
     keys = keys_of(cls)
     if required is None:
-        required = tuple(name for name, (_, spec) in keys.items() if spec.required)
+        given = val.value if val is not None and isinstance(val.value, dict) else {}
+        required = tuple(
+            name
+            for name, (_, spec) in keys.items()
+            if spec.required and (spec.unless is None or spec.unless not in given)
+        )
     defaults = _defaults(cls, default)
     if values is None:
         values = dict(defaults)
@@ -303,7 +318,7 @@ def _defaults(cls: type, instance: Any) -> dict[str, Any]:
             values[f.name] = getattr(instance, f.name)
         elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
             values[f.name] = field_default(cls, f.name)
-        if overrides.get(f.name, _NO_DEFAULT) is not _NO_DEFAULT:
+        if overrides.get(f.name, NO_DEFAULT) is not NO_DEFAULT:
             values[f.name] = overrides[f.name]
     return values
 

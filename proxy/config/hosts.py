@@ -8,12 +8,15 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from mcplb.proxy.config.checks import accepts
+
 # The names a loopback listener answers to when ``allowed_hosts`` is not set.
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 _NAME_RE = re.compile(r"(\*\.)?[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 
 
+@accepts({"type": "string", "pattern": "\\S"})
 def check_host_pattern(value: object) -> str:
     """A config entry: a host name, ``*.domain``, an IP address (IPv6 in brackets), or
     ``*`` for any host. Ports are not part of a pattern: they are ignored when matching."""

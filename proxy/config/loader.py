@@ -34,10 +34,7 @@ def _parse(
     if root is None:
         return None
     context = Context(issues, lines, RULES, LIST_RULES)
-    # With DNS discovery the static backends are optional: discovery may find them all.
-    discovering = isinstance(root.value, dict) and "discovery" in root.value
-    required = () if discovering else None
-    read = read_section(Config, root, "", context, required=required, values=context.top)
+    read = read_section(Config, root, "", context, values=context.top)
     return Config(**{**read.values, "source": source, "lines": lines})
 
 

@@ -16,6 +16,7 @@ from mcplb.proxy.config.schema import (
     ActiveHealthConfig,
     AdminConfig,
     BackendConfig,
+    BackendTlsConfig,
     CookieConfig,
     DiscoveryConfig,
     DnsDiscoveryConfig,
@@ -64,15 +65,33 @@ def _backend(read: Read, ctx: Context) -> BackendConfig | None:
     if ca is not None and not verify and url is not None and url.scheme == "https":
         _issue(ctx, read, "ca", "is not used with verify: false (remove one of them)")
     if url is not None and url.scheme != "https":
-        for name, is_set in (("ca", ca is not None), ("verify", not verify)):
-            if is_set:
+        tls_keys = ("ca", "verify", "client_cert", "client_key")
+        for name in tls_keys:
+            if read.values[name] != read.defaults[name]:
                 _issue(ctx, read, name, "only used with https:// backend urls")
+    else:
+        _client_pair(read, ctx)
     if url is not None and url.path_prefix.rsplit("/", 1)[-1].lower() == "mcp":
         path = join(read.path, "url")
         ctx.issues.append(ConfigWarning(path, _mcp_suffix_warning(url), read.line("url")))
     if "name" not in read.given or url is None:
         return None
     return BackendConfig(**read.values)
+
+
+def _client_pair(read: Read, ctx: Context) -> None:
+    """A client certificate goes with its key: each of the two needs the other."""
+    cert, key = read.values["client_cert"], read.values["client_key"]
+    if (cert is None) != (key is None) and read.valid("client_cert") and read.valid("client_key"):
+        given, missing = (
+            ("client_cert", "client_key") if key is None else ("client_key", "client_cert")
+        )
+        _issue(ctx, read, given, f"needs {missing} too (a client certificate and its key)")
+
+
+def _backend_tls(read: Read, ctx: Context) -> BackendTlsConfig:
+    _client_pair(read, ctx)
+    return BackendTlsConfig(**read.values)
 
 
 def _mcp_suffix_warning(url: Url) -> str:
@@ -202,7 +221,7 @@ def _listen_tls(read: Read, ctx: Context) -> ListenTlsConfig | None:
     # Also with one file missing or invalid (the config is refused then): validate.py still
     # checks that the other one exists, so that one run lists both problems.
     cert, key = read.values.get("cert", ""), read.values.get("key", "")
-    return ListenTlsConfig(cert, key) if cert or key else None
+    return ListenTlsConfig(cert, key, read.values["client_ca"]) if cert or key else None
 
 
 def _admin(read: Read, ctx: Context) -> AdminConfig:
@@ -283,6 +302,7 @@ RULES: Mapping[type, Rule] = {
     CookieConfig: _cookie,
     RateLimitConfig: _rate_limit,
     ListenTlsConfig: _listen_tls,
+    BackendTlsConfig: _backend_tls,
     AdminConfig: _admin,
     ActiveHealthConfig: _active_health,
     PassiveHealthConfig: _passive_health,

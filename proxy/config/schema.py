@@ -37,6 +37,7 @@ from mcplb.healthcheck.config import (
     ProbeType as ProbeType,
 )
 from mcplb.proxy.config import checks as c
+from mcplb.proxy.config import fields  # fields.key where a field named "key" hides key()
 from mcplb.proxy.config.checks import CookieSameSite as CookieSameSite
 from mcplb.proxy.config.checks import Workers as Workers
 from mcplb.proxy.config.errors import ConfigIssue
@@ -69,6 +70,10 @@ class BackendConfig:
     ca: str | None = field(default=None, metadata=key(c.check_file_path))
     # https only: False skips certificate checks (logged loudly)
     verify: bool = field(default=True, metadata=key(c.check_bool))
+    # https only: the client certificate (PEM chain) and its key this backend requires
+    # (mTLS); None = backend_tls's, if any. Read again on every reload.
+    client_cert: str | None = field(default=None, metadata=key(c.check_file_path))
+    client_key: str | None = field(default=None, metadata=key(c.check_file_path))
 
 
 SessionStoreKind = Literal["memory", "signed", "redis"]
@@ -232,6 +237,20 @@ class ListenTlsConfig:
 
     cert: str = field(metadata=key(c.check_file_path, required=True))  # PEM certificate chain
     key: str = field(metadata=key(c.check_file_path, required=True))  # PEM private key
+    # PEM CA bundle: clients must present a certificate it issued; None = no client certs
+    client_ca: str | None = field(default=None, metadata=fields.key(c.check_file_path))
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTlsConfig:
+    """``backend_tls``: TLS toward every https backend, static or discovered; a backend's
+    own ``ca``, ``client_cert`` and ``client_key`` win over these."""
+
+    # CA bundle to verify backends with (None = the system CAs)
+    ca: str | None = field(default=None, metadata=key(c.check_file_path))
+    # client certificate (PEM chain) and key for backends that require mTLS
+    client_cert: str | None = field(default=None, metadata=key(c.check_file_path))
+    client_key: str | None = field(default=None, metadata=key(c.check_file_path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +341,12 @@ class Config:
     # Required unless "discovery" is set: it may find them all.
     backends: tuple[BackendConfig, ...] = field(
         default=(),
-        metadata=sections(BackendConfig, "must be a non-empty list of backends", required=True),
+        metadata=sections(
+            BackendConfig,
+            "must be a non-empty list of backends",
+            required=True,
+            unless="discovery",
+        ),
     )
     # Read also when absent: with workers > 1 its default store needs keys.
     sticky: StickyConfig = field(
@@ -343,6 +367,10 @@ class Config:
     # None = plain HTTP
     listen_tls: ListenTlsConfig | None = field(
         default=None, metadata=section(ListenTlsConfig, null_off=True)
+    )
+    # None = each https backend's own settings only
+    backend_tls: BackendTlsConfig | None = field(
+        default=None, metadata=section(BackendTlsConfig, null_off=True)
     )
     # reload when the config file changes
     watch_config: bool = field(default=False, metadata=key(c.check_bool))

@@ -17,9 +17,8 @@ from types import FrameType
 from typing import NoReturn
 
 from mcplb.proxy.config.errors import ConfigError
-from mcplb.proxy.config.loader import file_mtime
 from mcplb.proxy.config.schema import Config
-from mcplb.proxy.config.validate import validated, worker_count
+from mcplb.proxy.config.validate import validated, watched_state, worker_count
 from mcplb.proxy.observability.state_dir import write_json
 from mcplb.proxy.server.worker import bind_socket, note_early_stops, run_worker
 
@@ -40,7 +39,7 @@ class Supervisor:
         self.started: dict[int, float] = {}
         self.stopping = False
         self.reload_requested = False
-        self.watched = file_mtime(config.source)
+        self.watched = watched_state(config)
         self.generation = 0  # reloads handed to the workers
         self.reload_failures = 0
 
@@ -139,7 +138,7 @@ class Supervisor:
         self.reload_requested = True
 
     def _check_watched_file(self) -> None:
-        mtime = file_mtime(self.config.source)
+        mtime = watched_state(self.config)
         if mtime != self.watched:
             self.watched = mtime
             if not self.config.watch_config:

@@ -27,10 +27,9 @@ from mcplb.proxy.cluster.discovery import (
     write_shared,
 )
 from mcplb.proxy.config.errors import ConfigError
-from mcplb.proxy.config.loader import file_mtime
 from mcplb.proxy.config.schema import BackendConfig, Config
 from mcplb.proxy.config.tls import TlsError, reload_server_context, server_context
-from mcplb.proxy.config.validate import validated
+from mcplb.proxy.config.validate import validated, watched_state
 from mcplb.proxy.observability import access_log
 from mcplb.proxy.relay.connection import ClientConnection
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
@@ -109,7 +108,7 @@ class ProxyServer:
         self._reloading = asyncio.Lock()
         # Watch the file only where no supervisor does it for every worker.
         self._watch = state_dir is None
-        self._watched = file_mtime(config.source)
+        self._watched = watched_state(config)
         # DNS discovery: the file's backends, and those found (merged into runtime.config).
         self.static_backends = config.backends
         self.discovered: tuple[BackendConfig, ...] = ()
@@ -291,7 +290,7 @@ class ProxyServer:
     def _check_watched_file(self) -> None:
         if not self._watch:
             return
-        mtime = file_mtime(self.runtime.config.source)
+        mtime = watched_state(self.runtime.config)
         if mtime != self._watched:
             self._watched = mtime
             if not self.runtime.config.watch_config:
