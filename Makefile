@@ -126,3 +126,22 @@ soak: $(STAMP) system-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache $(INTEROP)/node_modules
+
+# Wheels in dist/: `make wheel` the compiled build (the request path compiled with mypyc:
+# mcplb-*-cp3*-linux_*.whl; without a C compiler setup.py says so and builds pure),
+# `make wheel-pure` the pure-Python reference (mcplb-*-py3-none-any.whl). Each says which
+# build it made; `mcplb --version` of an installed copy says it too. build/lib* is removed
+# first: setuptools would put a previous build's compiled modules in a pure wheel.
+WHEEL_BUILD := rm -rf build/lib.* build/temp.* build/bdist.* && $(PY) -m pip wheel --quiet --no-build-isolation --no-deps --wheel-dir dist .
+WHEEL_SAYS := $(PY) -c 'import sys, zipfile; w = sys.argv[1]; n = sum(x.endswith(".so") and "native__mypyc" not in x for x in zipfile.ZipFile(w).namelist()); print(w + ": " + (f"compiled ({n} modules)" if n else "pure Python"))'
+
+.PHONY: wheel wheel-pure
+wheel: $(STAMP)
+	rm -f dist/mcplb-*.whl
+	MCPLB_MYPYC=1 $(WHEEL_BUILD)
+	@for w in dist/mcplb-*.whl; do $(WHEEL_SAYS) $$w; done
+
+wheel-pure: $(STAMP)
+	rm -f dist/mcplb-*-none-any.whl
+	env -u MCPLB_MYPYC $(WHEEL_BUILD)
+	@$(WHEEL_SAYS) dist/mcplb-*-none-any.whl

@@ -18,6 +18,7 @@ import sysconfig
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 # The modules on the path of every request, as files under the package's own names
 # (mcplb/ links to the top-level folders, so mypyc names the modules mcplb.proxy.*).
@@ -78,10 +79,22 @@ def missing_compiler() -> str | None:
     return None
 
 
-def note_fallback(why: str) -> None:
-    # stderr, one line: pip shows it with -v, `make wheel` and the Dockerfile say the
+# Why the compiled build was asked for and not made, said once by the command that builds
+# (pip runs this file once per build hook: the line is not repeated for each).
+fallback: list[str] = []
+
+
+def note_fallback() -> None:
+    # stderr, one line: pip shows it with -v; `make wheel` and the Dockerfile say the
     # build they made anyway (from the wheel's contents, from mcplb --version).
-    print(FALLBACK.format(why=why), file=sys.stderr, flush=True)
+    if fallback:
+        print(FALLBACK.format(why=fallback.pop()), file=sys.stderr, flush=True)
+
+
+class BuildPy(build_py):
+    def run(self) -> None:
+        note_fallback()
+        super().run()
 
 
 class BuildExt(build_ext):
@@ -89,10 +102,12 @@ class BuildExt(build_ext):
     the pure modules too: the extensions are dropped, the .py files are all there."""
 
     def run(self) -> None:
+        note_fallback()
         try:
             super().run()
         except Exception as exc:  # setuptools' CompileError, LinkError, ExecError ...
-            note_fallback(f"the compiled build failed ({type(exc).__name__}: {exc})")
+            fallback.append(f"the compiled build failed ({type(exc).__name__}: {exc})")
+            note_fallback()
             self.extensions = []
             self.distribution.ext_modules = []
 
@@ -107,11 +122,11 @@ def extensions() -> list[object]:
         except ImportError:
             why = "mypy is not installed in the build environment"
     if why is not None:
-        note_fallback(why)
+        fallback.append(why)
         return []
     # group_name: mypyc's shared library becomes mcplb/native__mypyc.*.so, inside the
     # package (by default it is a top-level module with a hash for a name).
     return list(mypycify(COMPILED, opt_level="3", group_name="mcplb.native"))
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+setup(ext_modules=extensions(), cmdclass={"build_py": BuildPy, "build_ext": BuildExt})
