@@ -55,7 +55,9 @@ from bench.common import (  # noqa: E402
     HOST,
     NotReady,
     WrkResult,
+    WrongBuild,
     add_run_options,
+    build_label,
     catch_signals,
     drop_tmp,
     free_ports,
@@ -68,6 +70,7 @@ from bench.common import (  # noqa: E402
     mcplb_cmd,
     mcplb_config,
     mcplb_python,
+    measured_build,
     nginx_backend,
     nginx_cmd,
     nginx_conf,
@@ -167,6 +170,7 @@ class TargetResult:
     cpu_share: float | None = None
     cpu_ratio_haproxy: float | None = None
     cpus: list[int] = field(default_factory=list)  # where the server's processes ran
+    build: str = ""  # mcplb: the version line the process logged (checked_build)
 
 
 def bench_target(
@@ -215,6 +219,14 @@ def bench_target(
                 res.status, res.reason = "failed", f"failed to start: {exc}"
                 log_step(target, res.reason)
                 return res
+            if target.startswith("mcplb"):
+                try:
+                    res.build = measured_build(log)
+                except WrongBuild as exc:
+                    res.status, res.reason = "failed", str(exc)
+                    log_step(target, res.reason)
+                    return res
+                log_step(target, f"measuring {res.build}")
             pids = group_pids(proc.pid)  # nginx: its master and its worker
             pin_proxies(pids, [], cpus)
             res.cpus = sorted(set().union(*(os.sched_getaffinity(pid) for pid in pids)))
@@ -355,6 +367,9 @@ def report(
     pinned = sorted({cpu for r in results for cpu in r.cpus})
     if pinned:
         print(f"proxies on CPU {','.join(map(str, pinned))}; wrk and the backends on the others")
+    for r in results:
+        if r.build:
+            print(f"{r.target} measured ({build_label(r.build)}): {r.build}")
     print()
     print(format_table(results))
     data: dict[str, Any] = {

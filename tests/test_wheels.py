@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,29 +15,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.builds import compiled_modules, version_line
+from tests.builds import compiled_modules, source_tree, version_line
 from tests.conftest import AppFactory
 from tests.peers import free_port, wait_for_port
 from tests.rawhttp import request
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("setup.py", "pyproject.toml", "README.md", "mcplb/__init__.py", "mcplb/py.typed")
-FOLDERS = ("proxy", "strategies", "healthcheck")
 FALLBACK = "building the pure-Python modules instead (mcplb --version says so)"
-
-
-def source_tree(tmp: Path) -> Path:
-    """What the wheel is built from (the Dockerfile's build context): the package's files,
-    no compiled module, no build directory; mcplb/ linking to the folders as in a checkout."""
-    src = tmp / "src"
-    for name in SOURCES:
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, src / name)
-    skip = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
-    for folder in FOLDERS:
-        shutil.copytree(ROOT / folder, src / folder, ignore=skip)
-        (src / "mcplb" / folder).symlink_to(Path("..") / folder)
-    return src
 
 
 def build_wheel(src: Path, out: Path, **env: str) -> subprocess.CompletedProcess[str]:
