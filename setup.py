@@ -126,7 +126,11 @@ def extensions() -> list[object]:
         return []
     # group_name: mypyc's shared library becomes mcplb/native__mypyc.*.so, inside the
     # package (by default it is a top-level module with a hash for a name).
-    return list(mypycify(COMPILED, opt_level="3", group_name="mcplb.native"))
+    try:
+        return list(mypycify(COMPILED, opt_level="3", group_name="mcplb.native"))
+    except SystemExit as exc:  # mypy's errors, printed above (missing stubs: [compile] extra)
+        fallback.append(f"mypyc stopped ({exc.code}): is the 'compile' extra installed?")
+        return []
 
 
 setup(ext_modules=extensions(), cmdclass={"build_py": BuildPy, "build_ext": BuildExt})
