@@ -1,11 +1,12 @@
-"""The wheels `make wheel` and `make wheel-pure` build: the compiled one installed in a fresh
-virtualenv runs the compiled modules and relays a request; without a C compiler the
-compiled build falls back to the pure one, in one line, and the install does not fail."""
+"""The wheel `make wheel` builds (in a copy of the source tree): installed in a fresh
+virtualenv it runs the compiled modules and relays a request; without a C compiler it
+falls back to the pure build, says so in one line, and does not fail."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,14 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 FALLBACK = "building the pure-Python modules instead (mcplb --version says so)"
 
 
-def build_wheel(src: Path, out: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """pip wheel as `make wheel` runs it (this venv has mypy and setuptools)."""
-    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def make_wheel(src: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`make wheel` in the copy, with this interpreter (its venv has the compile extra)."""
+    shutil.copy2(ROOT / "Makefile", src / "Makefile")
+    (src / ".stamp").touch()  # the venv exists: this one
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MCPLB_MYPYC")}
     return subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "wheel", "-v", "--no-build-isolation", "--no-deps"),
-            *("--wheel-dir", str(out), str(src)),
-        ],
+        ["make", "-C", str(src), "wheel", f"PY={sys.executable}", "STAMP=.stamp"],
         env={**environ, **env},
         capture_output=True,
         text=True,
@@ -54,11 +54,13 @@ async def test_compiled_wheel_installs_in_a_fresh_venv_and_relays(
     tmp_path: Path, serve_app: AppFactory
 ) -> None:
     src = source_tree(tmp_path)
-    built = await asyncio.to_thread(build_wheel, src, tmp_path / "dist", MCPLB_MYPYC="1")
+    built = await asyncio.to_thread(make_wheel, src)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     assert FALLBACK not in built.stdout + built.stderr
-    (wheel,) = (tmp_path / "dist").glob("mcplb-*.whl")
+    (wheel,) = (src / "dist").glob("mcplb-*.whl")
     assert "-cp3" in wheel.name and "linux" in wheel.name  # a platform wheel
+    said = f"dist/{wheel.name}: compiled ({len(compiled_modules())} modules)"
+    assert said in built.stdout.splitlines()
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names if not name.startswith("mcplb-")}
     assert top == {"mcplb"}  # mypyc's shared library too: mcplb/native__mypyc...
@@ -113,13 +115,14 @@ async def test_compiled_wheel_installs_in_a_fresh_venv_and_relays(
 def test_without_a_compiler_the_build_is_pure_and_says_so(tmp_path: Path) -> None:
     src = source_tree(tmp_path)
     missing = str(tmp_path / "no-such-compiler" / "cc")
-    built = build_wheel(src, tmp_path / "dist", MCPLB_MYPYC="1", CC=missing)
+    built = make_wheel(src, CC=missing)
     output = built.stdout + built.stderr
     assert built.returncode == 0, output[-3000:]
-    said = [line.strip() for line in output.splitlines() if FALLBACK in line]
+    said = [line for line in output.splitlines() if FALLBACK in line]
     assert said == [f"mcplb: no C compiler found (CC={missing!r}): {FALLBACK}"]
-    (wheel,) = (tmp_path / "dist").glob("mcplb-*.whl")
+    (wheel,) = (src / "dist").glob("mcplb-*.whl")
     assert wheel.name.endswith("-py3-none-any.whl")
+    assert f"dist/{wheel.name}: pure Python" in built.stdout.splitlines()
     zipfile.ZipFile(wheel).extractall(tmp_path / "installed")
     version = subprocess.run(
         [sys.executable, "-P", "-m", "mcplb.proxy.cli", "--version"],
