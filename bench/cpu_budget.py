@@ -21,7 +21,9 @@ default configuration: access log on, into /dev/null; metrics on), the pure buil
 build is the one its log's version line names, and a target called compiled that runs pure
 stops the run (``checked_build``). The rounds alternate the order of the targets; the figure
 is the median CPU µs per request (user + system from /proc), and its ratio to the reference
-relay's in the same rounds.
+relay's in the same rounds, and the difference (what mcplb adds to the relaying itself).
+The requests run one after the other: compare the kinds of request by those two columns,
+which the load of the moment moves less than the absolute figures.
 
 The budget (docs/benchmarks.md): each per-request feature to come (header validation against
 the body, task routing, JWT checks, tracing) adds at most 1.5 µs per request to the compiled
@@ -189,7 +191,7 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     found: dict[str, dict[str, list[float]]] = data["found"]
     head = ["request", "reference µs"]
     for name in args.builds:
-        head += [f"mcplb {name} µs", "/reference"]
+        head += [f"mcplb {name} µs", "/reference", "added µs"]
     rows = []
     medians: dict[str, dict[str, float]] = {}
     for scenario, runs in found.items():
@@ -198,7 +200,8 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
         row = [scenario, f"{us['reference']:.1f}"]
         for name in args.builds:
             mcplb = us[f"mcplb {name}"]
-            row += [f"{mcplb:.1f}", f"{mcplb / us['reference']:.2f}x"]
+            added = mcplb - us["reference"]
+            row += [f"{mcplb:.1f}", f"{mcplb / us['reference']:.2f}x", f"{added:.1f}"]
         rows.append(row)
     data["median_us"] = medians
     lines = [
