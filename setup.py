@@ -6,7 +6,7 @@ without mypy or a working C compiler the build says so in one line and goes on p
 install never fails for want of a compiler). ``mcplb --version`` says which build runs.
 
     make wheel          # dist/mcplb-*.whl, compiled (make wheel-pure: the pure one)
-    pip install mypy setuptools && MCPLB_MYPYC=1 pip install --no-build-isolation .
+    pip install '.[compile]' && MCPLB_MYPYC=1 pip install --no-build-isolation .
 """
 
 from __future__ import annotations
