@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python bench/cpu_gate.py [--rounds 5] [--requests 20000] [--connections 20]
     .venv/bin/python bench/cpu_gate.py --access-log     # what the access log costs
+    PYTHONPATH=build/compiled .venv/bin/python bench/cpu_gate.py    # the compiled build
 
 It starts one minimal backend, the reference relay of ``bench/minimal.py`` and mcplb (one
 worker, the default configuration: access log on, here into /dev/null; metrics and health
@@ -19,6 +20,10 @@ same machine, load and noise in the same run, so their ratio is steadier still. 
 (``LIMIT``; ``LIMIT_COMPILED`` for the mypyc build) was set from repeated runs (see
 docs/benchmarks.md); ``make test`` runs this through tests/test_perf_gate.py, on both
 builds, and fails above it.
+
+The report ends with the version line of the mcplb measured (``measured: ...``), and the
+limit is that build's; a pure process where the compiled build was asked for
+(``MCPLB_BUILD=compiled``) stops the run. ``bench/cpu_budget.py`` measures MCP requests too.
 
 Exit status: 0 within the limit, 1 above it, 2 a server failed to start or a run failed.
 """

@@ -5,6 +5,11 @@ Usage (from the repository root)::
     .venv/bin/python bench/http_bench.py [--duration 10] [--connections 50] [--threads 1]
         [--targets direct,mcplb,haproxy,nginx] [--mcplb-workers 1] [--json out.json]
     .venv/bin/python bench/http_bench.py --self-test     # check the wrk-output parser only
+    PYTHONPATH=build/compiled .venv/bin/python bench/http_bench.py ...   # the compiled build
+
+Each mcplb target's line "measured: ..." is the version line that process logged: pure
+Python, or the compiled modules (``bench.common.measured_build``; a pure process where the
+compiled build was asked for fails the target rather than be reported as compiled).
 
 In one run it starts two nginx backends (1 worker each, fixed tiny response), then for every
 target starts the proxy on a free 127.0.0.1 port, waits until it answers ``GET /`` with 200,
@@ -19,7 +24,7 @@ load generator and the backends share the machine).
 
 Targets:
   direct   wrk straight at backend 1 (wrk and the backend share the cores left to them)
-  mcplb    ``python -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends),
+  mcplb    ``python -P -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends),
            access log off like the others
   mcplb-log  the same with the access log on (the default), written to a file
   reference  the minimal relay of bench/minimal.py (uvloop + httptools, keep-alive pool)
