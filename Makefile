@@ -174,3 +174,25 @@ clean:
 schema: $(STAMP)
 	$(PY) -m mcplb.proxy.cli schema > mcplb.schema.json.tmp
 	mv mcplb.schema.json.tmp mcplb.schema.json
+
+# Wheels in dist/: `make wheel` the compiled build (the request path compiled with mypyc:
+# mcplb-*-cp3*-linux_*.whl; without a C compiler setup.py says so and builds pure),
+# `make wheel-pure` the pure-Python reference (mcplb-*-py3-none-any.whl). Each prints the
+# line setup.py said, if any, and which build it made; `mcplb --version` of an installed
+# copy says it too. build/lib* is removed first: setuptools would put a previous build's
+# compiled modules in a pure wheel. pip's output goes to build/wheel.log.
+WHEEL_CLEAN := rm -rf build/lib.* build/temp.* build/bdist.* && mkdir -p build
+WHEEL_BUILD := $(PY) -m pip wheel -v --no-build-isolation --no-deps --wheel-dir dist . >build/wheel.log 2>&1 \
+	|| { tail -30 build/wheel.log; exit 1; }; sed -n 's/^ *\(mcplb: .*\)/\1/p' build/wheel.log
+WHEEL_SAYS := $(PY) -c 'import sys, zipfile; w = sys.argv[1]; n = sum(x.endswith(".so") and "native__mypyc" not in x for x in zipfile.ZipFile(w).namelist()); print(w + ": " + (f"compiled ({n} modules)" if n else "pure Python"))'
+
+.PHONY: wheel wheel-pure
+wheel: $(STAMP)
+	rm -f dist/mcplb-*.whl && $(WHEEL_CLEAN)
+	export MCPLB_MYPYC=1 && $(WHEEL_BUILD)
+	@for w in dist/mcplb-*.whl; do $(WHEEL_SAYS) $$w; done
+
+wheel-pure: $(STAMP)
+	rm -f dist/mcplb-*-none-any.whl && $(WHEEL_CLEAN)
+	unset MCPLB_MYPYC && $(WHEEL_BUILD)
+	@$(WHEEL_SAYS) dist/mcplb-*-none-any.whl

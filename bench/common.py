@@ -19,6 +19,10 @@
   ``nginx_backend``, ``haproxy_conf``.
 - the machine: ``machine_info`` (CPUs, kernel, load, tool versions), ``first_line``,
   ``package_version``.
+- the build measured: ``pin_mcplb_import`` (run at import: every mcplb started imports the
+  package this process imports, PYTHONPATH=build/compiled included), ``mcplb_version``,
+  ``logged_version`` (the line a started ``mcplb run`` logged), ``checked_build`` (refuses a
+  pure process where the compiled build was asked for).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import asyncio
 import contextlib
 import ctypes
 import http.client
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import re
@@ -235,6 +241,127 @@ def drop_tmp(tmp: Path, keep: bool) -> None:
 def mcplb_python() -> str:
     venv = REPO_ROOT / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable
+
+
+# --------------------------------------------------------------------------- the build measured
+
+# What `mcplb --version` prints and `mcplb run` logs first: the build of that process.
+VERSION_LINE = re.compile(r"mcplb \S+ \((?:pure Python|compiled: [^)]*)\)")
+MCPLB_MODULE = [mcplb_python(), "-P", "-m", "mcplb.proxy.cli"]
+
+
+class WrongBuild(RuntimeError):
+    """The process measured runs another build than the one asked for."""
+
+
+def chosen_tree() -> Path | None:
+    """The first PYTHONPATH entry that holds an ``mcplb`` package (build/compiled), if any:
+    the build the user chose for this run."""
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and (Path(entry) / "mcplb" / "__init__.py").is_file():
+            return Path(entry).resolve()
+    return None
+
+
+def mcplb_home() -> Path:
+    """The folder holding the ``mcplb`` package the benchmark measures: the PYTHONPATH
+    entry chosen (build/compiled), else the one this process finds (the checkout, or an
+    installed copy)."""
+    chosen = chosen_tree()
+    if chosen is not None:
+        return chosen
+    spec = importlib.util.find_spec("mcplb")
+    if spec is None or spec.origin is None:
+        return REPO_ROOT
+    return Path(spec.origin).parent.parent
+
+
+def pin_mcplb_import() -> None:
+    """The mcplb measured is the one PYTHONPATH names, in this process and in every mcplb
+    a benchmark starts. The scripts put their own tree first on sys.path (for ``bench``),
+    and from the repository root its pure ``mcplb/`` shadowed PYTHONPATH=build/compiled:
+    here that entry goes first again for ``mcplb`` (``bench`` is imported already), first
+    on the children's PYTHONPATH, and mcplb_cmd's ``python -P`` keeps their working
+    directory off their path."""
+    home = str(mcplb_home())
+    if "mcplb" not in sys.modules and chosen_tree() is not None:
+        sys.path.insert(0, home)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths[:1] != [home]:
+        os.environ["PYTHONPATH"] = os.pathsep.join([home, *(p for p in paths if p != home)])
+
+
+pin_mcplb_import()  # at import: before any process is started
+
+
+def mcplb_version() -> str:
+    """``mcplb --version`` of the mcplb that mcplb_cmd starts (same python, same path)."""
+    out = subprocess.run(
+        [*MCPLB_MODULE, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=VERSION_TIMEOUT,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    line = out.stdout.strip()
+    if not VERSION_LINE.fullmatch(line):
+        raise WrongBuild(f"mcplb --version printed {line!r}: {out.stderr.strip()}")
+    return line
+
+
+def logged_version(log: Path) -> str | None:
+    """The version line a started ``mcplb run`` logged (at info level, its first line)."""
+    try:
+        found = VERSION_LINE.search(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return found[0] if found else None
+
+
+def compiled_here() -> bool:
+    """Whether the mcplb this process imports has compiled modules (a build/compiled tree)."""
+    home = mcplb_home() / "mcplb"
+    for folder in ("proxy", "strategies", "healthcheck"):
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if any((home / folder).resolve().rglob(f"*{suffix}")):
+                return True
+    return False
+
+
+def checked_build(line: str) -> str:
+    """The version line of a measured mcplb, refused (WrongBuild) when the run was meant to
+    measure the compiled build and the process ran pure Python: MCPLB_BUILD=compiled in the
+    environment, or this benchmark imports a compiled mcplb (PYTHONPATH=build/compiled)."""
+    wanted = os.environ.get("MCPLB_BUILD") == "compiled" or compiled_here()
+    if wanted and "(pure Python)" in line:
+        raise WrongBuild(
+            f"the compiled build was asked for (MCPLB_BUILD={os.environ.get('MCPLB_BUILD')}, "
+            f"PYTHONPATH={os.environ.get('PYTHONPATH')}) but the mcplb measured runs pure "
+            f"Python ({line}): not reporting it as compiled"
+        )
+    return line
+
+
+def measured_build(log: Path | None = None) -> str:
+    """The checked version line of the mcplb measured: the one its log holds, else the one
+    ``mcplb --version`` prints with the same command."""
+    line = (logged_version(log) if log is not None else None) or mcplb_version()
+    return checked_build(line)
+
+
+def in_process_version() -> str:
+    """The version line of the mcplb this process imports."""
+    from mcplb import __version__
+    from mcplb.proxy.cli import build
+
+    return f"mcplb {__version__} ({build()})"
+
+
+def build_label(line: str) -> str:
+    """A version line in short: "compiled (35 modules)" or "pure Python"."""
+    found = re.search(r"\(compiled: ([^)]*)\)", line)
+    return f"compiled ({len(found[1].split(', '))} modules)" if found else "pure Python"
 
 
 # --------------------------------------------------------------------------- ports, readiness
@@ -547,8 +674,10 @@ def mcplb_config(
 
 
 def mcplb_cmd(config: Path, *options: str) -> list[str]:
-    """``python -m mcplb.proxy.cli run --config FILE [options]`` with mcplb's python."""
-    return [mcplb_python(), "-m", "mcplb.proxy.cli", "run", "--config", str(config), *options]
+    """``python -P -m mcplb.proxy.cli run --config FILE [options]`` with mcplb's python. -P:
+    the working directory is not put first on the path (from the repository root its pure
+    modules would shadow PYTHONPATH=build/compiled); ``pin_mcplb_import`` says which."""
+    return [*MCPLB_MODULE, "run", "--config", str(config), *options]
 
 
 NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -676,6 +805,9 @@ def machine_info(tools: Sequence[str] = (), mcplb: bool = True) -> dict[str, Any
     }
     info.update({tool: _TOOL_VERSIONS[tool]() for tool in tools})
     info["python"] = f"{platform.python_implementation()} {platform.python_version()}"
+    # The build measured: the mcplb processes started (as mcplb_cmd starts them), or with
+    # ``mcplb`` False this process's own (a benchmark that measures in-process).
+    info["mcplb_build"] = measured_build() if mcplb else checked_build(in_process_version())
     if mcplb:
         info["mcplb_python"] = first_line(
             [

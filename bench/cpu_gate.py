@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python bench/cpu_gate.py [--rounds 5] [--requests 20000] [--connections 20]
     .venv/bin/python bench/cpu_gate.py --access-log     # what the access log costs
+    PYTHONPATH=build/compiled .venv/bin/python bench/cpu_gate.py    # the compiled build
 
 It starts one minimal backend, the reference relay of ``bench/minimal.py`` and mcplb (one
 worker, the default configuration: access log on, here into /dev/null; metrics and health
@@ -19,6 +20,10 @@ same machine, load and noise in the same run, so their ratio is steadier still. 
 (``LIMIT``; ``LIMIT_COMPILED`` for the mypyc build) was set from repeated runs (see
 docs/benchmarks.md); ``make test`` runs this through tests/test_perf_gate.py, on both
 builds, and fails above it.
+
+The report ends with the version line of the mcplb measured (``measured: ...``), and the
+limit is that build's; a pure process where the compiled build was asked for
+(``MCPLB_BUILD=compiled``) stops the run. ``bench/cpu_budget.py`` measures MCP requests too.
 
 Exit status: 0 within the limit, 1 above it, 2 a server failed to start or a run failed.
 """
@@ -41,19 +46,20 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     NotReady,
+    build_label,
     cpu_seconds,
     free_ports,
     mcplb_cmd,
     mcplb_config,
     mcplb_python,
+    measured_build,
     pin_proxies,
     spawn,
     stop_process,
     tail,
     wait_http,
 )
-from bench.loadgen import closed_loop  # noqa: E402
-from mcplb.proxy.cli import build  # noqa: E402
+from bench.loadgen import REQUEST, closed_loop  # noqa: E402
 
 # mcplb's CPU per request over the reference relay's, median of the rounds. Set from ten
 # runs on the project's 2-core machine (idle): medians 2.93-2.99, 2.97 typical. 21% above
@@ -67,9 +73,9 @@ START_TIMEOUT = 20.0
 RUN_TIMEOUT = 60.0
 
 
-def limit() -> float:
-    """The limit of the build that this process, and the mcplb it starts, import."""
-    return LIMIT if build() == "pure Python" else LIMIT_COMPILED
+def limit(build: str) -> float:
+    """The limit of the build the measured mcplb printed (its ``mcplb --version`` line)."""
+    return LIMIT if "(pure Python)" in build else LIMIT_COMPILED
 
 
 @dataclass
@@ -78,18 +84,24 @@ class GateResult:
     mcplb_us: list[float] = field(default_factory=list)  # CPU µs per request, per round
     reference_us: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    build: str = ""  # the mcplb --version line of the mcplb measured (checked_build)
 
     @property
     def ratio(self) -> float:
         return statistics.median(self.ratios)
 
+    @property
+    def limit(self) -> float:
+        return limit(self.build)
+
     def summary(self) -> str:
         return (
-            f"mcplb/reference CPU per request: {self.ratio:.2f} ({build()}, limit {limit()}; "
-            "rounds "
+            f"mcplb/reference CPU per request: {self.ratio:.2f} "
+            f"({build_label(self.build)}, limit {self.limit}; rounds "
             + " ".join(f"{r:.2f}" for r in self.ratios)
             + f"); mcplb {statistics.median(self.mcplb_us):.1f} µs, reference "
-            f"{statistics.median(self.reference_us):.1f} µs per request; {self.seconds:.0f} s"
+            f"{statistics.median(self.reference_us):.1f} µs per request; {self.seconds:.0f} s\n"
+            f"measured: {self.build}"
         )
 
 
@@ -102,9 +114,13 @@ def gate_config(tmp: Path, port: int, backend: int, *settings: str) -> Path:
 
 
 def start_mcplb(
-    config: Path, log: Path, procs: list[subprocess.Popen[bytes]]
+    config: Path,
+    log: Path,
+    procs: list[subprocess.Popen[bytes]],
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``mcplb run`` with its access log (stdout) written into /dev/null, stderr to ``log``."""
+    """``mcplb run`` with its access log (stdout) written into /dev/null, stderr to ``log``
+    (its first line says its build: ``measured_build``)."""
     with open(os.devnull, "wb") as devnull, open(log, "wb") as err:
         proc = subprocess.Popen(
             mcplb_cmd(config),
@@ -112,16 +128,19 @@ def start_mcplb(
             stdout=devnull,
             stderr=err,
             cwd=REPO_ROOT,
+            env=env,
             start_new_session=True,
         )
     procs.append(proc)
     return proc
 
 
-async def cpu_per_request(pid: int, port: int, requests: int, connections: int) -> float:
+async def cpu_per_request(
+    pid: int, port: int, requests: int, connections: int, request: bytes = REQUEST
+) -> float:
     """CPU seconds process ``pid`` spends per request of a closed-loop run on ``port``."""
     before = cpu_seconds(pid)
-    run = await closed_loop(port, requests, connections, RUN_TIMEOUT)
+    run = await closed_loop(port, requests, connections, RUN_TIMEOUT, request)
     spent = cpu_seconds(pid) - before
     if run.errors:
         raise RuntimeError(f"port {port}: {run.errors} answers were not 200")
@@ -129,19 +148,27 @@ async def cpu_per_request(pid: int, port: int, requests: int, connections: int) 
 
 
 async def alternate(
-    targets: dict[str, tuple[int, int]], rounds: int, requests: int, connections: int
+    targets: dict[str, tuple[int, int]],
+    rounds: int,
+    requests: int,
+    connections: int,
+    request: dict[str, bytes] | None = None,
 ) -> dict[str, list[float]]:
     """CPU µs per request of each target (name -> (pid, port)), one figure per round; the
     order of the targets is reversed every other round. After a warm-up (connections
-    pooled, code paths hot) of a fifth of ``requests`` each."""
-    for _, port in targets.values():
-        await closed_loop(port, requests // 5, connections, RUN_TIMEOUT)
+    pooled, code paths hot) of a fifth of ``requests`` each. ``request``: the bytes each
+    target gets (name -> request; a GET / by default)."""
+    sent = {name: (request or {}).get(name, REQUEST) for name in targets}
+    for name, (_, port) in targets.items():
+        await closed_loop(port, requests // 5, connections, RUN_TIMEOUT, sent[name])
     found: dict[str, list[float]] = {name: [] for name in targets}
     names = list(targets)
     for n in range(rounds):
         for name in names if n % 2 == 0 else names[::-1]:
             pid, port = targets[name]
-            found[name].append(1e6 * await cpu_per_request(pid, port, requests, connections))
+            found[name].append(
+                1e6 * await cpu_per_request(pid, port, requests, connections, sent[name])
+            )
     return found
 
 
@@ -184,6 +211,7 @@ async def measure(rounds: int = 5, requests: int = 20000, connections: int = 20)
                 ratios=[m / r for m, r in zip(found["mcplb"], found["reference"], strict=True)],
                 mcplb_us=found["mcplb"],
                 reference_us=found["reference"],
+                build=measured_build(tmp / "mcplb.log"),
             )
             result.seconds = loop.time() - started
             return result
@@ -218,12 +246,14 @@ async def access_log_cost(rounds: int, requests: int, connections: int) -> str:
                 targets[name] = (proc.pid, port)
             pin_proxies([pid for pid, _ in targets.values()], [procs[0].pid])
             found = await alternate(targets, rounds, requests, connections)
+            build = measured_build(tmp / f"{on}.log")
         finally:
             os.sched_setaffinity(0, affinity)
             for proc in procs:
                 stop_process(proc)
     with_log, without = (statistics.median(found[n]) for n in ("log on", "log off"))
     return (
+        f"measured: {build}\n"
         f"CPU per request: access log on {with_log:.1f} µs, off {without:.1f} µs: the log costs "
         f"{with_log - without:.1f} µs, {without / with_log:.2f}x the requests per CPU second"
     )
@@ -251,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate run failed: {exc}", file=sys.stderr)
         return 2
     print(result.summary())
-    return 0 if result.ratio <= limit() else 1
+    return 0 if result.ratio <= result.limit else 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ Usage (from the repository root)::
     .venv/bin/python bench/http_bench.py [--duration 10] [--connections 50] [--threads 1]
         [--targets direct,mcplb,haproxy,nginx] [--mcplb-workers 1] [--json out.json]
     .venv/bin/python bench/http_bench.py --self-test     # check the wrk-output parser only
+    PYTHONPATH=build/compiled .venv/bin/python bench/http_bench.py ...   # the compiled build
+
+Each mcplb target's line "measured: ..." is the version line that process logged: pure
+Python, or the compiled modules (``bench.common.measured_build``; a pure process where the
+compiled build was asked for fails the target rather than be reported as compiled).
 
 In one run it starts two nginx backends (1 worker each, fixed tiny response), then for every
 target starts the proxy on a free 127.0.0.1 port, waits until it answers ``GET /`` with 200,
@@ -19,7 +24,7 @@ load generator and the backends share the machine).
 
 Targets:
   direct   wrk straight at backend 1 (wrk and the backend share the cores left to them)
-  mcplb    ``python -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends),
+  mcplb    ``python -P -m mcplb.proxy.cli run --config FILE`` (round_robin over both backends),
            access log off like the others
   mcplb-log  the same with the access log on (the default), written to a file
   reference  the minimal relay of bench/minimal.py (uvloop + httptools, keep-alive pool)
@@ -55,7 +60,9 @@ from bench.common import (  # noqa: E402
     HOST,
     NotReady,
     WrkResult,
+    WrongBuild,
     add_run_options,
+    build_label,
     catch_signals,
     drop_tmp,
     free_ports,
@@ -68,6 +75,7 @@ from bench.common import (  # noqa: E402
     mcplb_cmd,
     mcplb_config,
     mcplb_python,
+    measured_build,
     nginx_backend,
     nginx_cmd,
     nginx_conf,
@@ -167,6 +175,7 @@ class TargetResult:
     cpu_share: float | None = None
     cpu_ratio_haproxy: float | None = None
     cpus: list[int] = field(default_factory=list)  # where the server's processes ran
+    build: str = ""  # mcplb: the version line the process logged (checked_build)
 
 
 def bench_target(
@@ -215,6 +224,14 @@ def bench_target(
                 res.status, res.reason = "failed", f"failed to start: {exc}"
                 log_step(target, res.reason)
                 return res
+            if target.startswith("mcplb"):
+                try:
+                    res.build = measured_build(log)
+                except WrongBuild as exc:
+                    res.status, res.reason = "failed", str(exc)
+                    log_step(target, res.reason)
+                    return res
+                log_step(target, f"measuring {res.build}")
             pids = group_pids(proc.pid)  # nginx: its master and its worker
             pin_proxies(pids, [], cpus)
             res.cpus = sorted(set().union(*(os.sched_getaffinity(pid) for pid in pids)))
@@ -355,6 +372,9 @@ def report(
     pinned = sorted({cpu for r in results for cpu in r.cpus})
     if pinned:
         print(f"proxies on CPU {','.join(map(str, pinned))}; wrk and the backends on the others")
+    for r in results:
+        if r.build:
+            print(f"{r.target} measured ({build_label(r.build)}): {r.build}")
     print()
     print(format_table(results))
     data: dict[str, Any] = {

@@ -42,6 +42,7 @@ from bench.common import (  # noqa: E402
     mcplb_cmd,
     mcplb_config,
     mcplb_python,
+    measured_build,
     nginx_backend,
     nginx_cmd,
     nginx_conf,
@@ -175,6 +176,7 @@ def report(runs: dict[str, list[Result]], args: argparse.Namespace) -> str:
         )
     head = ["target", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "late"]
     return (
+        f"measured: {measured_build()}\n"
         f"open loop, {args.rate:g} req/s for {args.duration:g} s x {args.rounds} rounds, "
         f"{args.connections} connections; medians over the rounds\n"
         + table([*head, "p99/haproxy"], rows)

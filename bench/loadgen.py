@@ -87,8 +87,11 @@ class Result:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, on_answer: Callable[[_Connection, bool], None]) -> None:
+    def __init__(
+        self, on_answer: Callable[[_Connection, bool], None], request: bytes = REQUEST
+    ) -> None:
         self.on_answer = on_answer
+        self.request = request
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.due = 0.0  # when the request in flight was due
@@ -100,7 +103,7 @@ class _Connection(asyncio.Protocol):
     def send(self, due: float) -> None:
         self.due = due
         assert self.transport is not None
-        self.transport.write(REQUEST)
+        self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         self.parser.feed_data(data)
@@ -114,12 +117,12 @@ class _Connection(asyncio.Protocol):
 
 
 async def _connect(
-    port: int, n: int, on_answer: Callable[[_Connection, bool], None]
+    port: int, n: int, on_answer: Callable[[_Connection, bool], None], request: bytes = REQUEST
 ) -> list[_Connection]:
     loop = asyncio.get_running_loop()
     conns = []
     for _ in range(n):
-        _, conn = await loop.create_connection(lambda: _Connection(on_answer), HOST, port)
+        _, conn = await loop.create_connection(lambda: _Connection(on_answer, request), HOST, port)
         conns.append(conn)
     return conns
 
@@ -130,8 +133,11 @@ def _close(conns: list[_Connection]) -> None:
             conn.transport.close()
 
 
-async def closed_loop(port: int, requests: int, connections: int, timeout: float) -> Result:
-    """``requests`` answers over ``connections`` connections, each one request at a time."""
+async def closed_loop(
+    port: int, requests: int, connections: int, timeout: float, request: bytes = REQUEST
+) -> Result:
+    """``requests`` answers over ``connections`` connections, each one request at a time;
+    each request the bytes ``request`` (a GET / by default)."""
     result = Result()
     done = asyncio.get_running_loop().create_future()
     sent = 0
@@ -146,7 +152,7 @@ async def closed_loop(port: int, requests: int, connections: int, timeout: float
         elif result.answers == requests and not done.done():
             done.set_result(None)
 
-    conns = await _connect(port, connections, on_answer)
+    conns = await _connect(port, connections, on_answer, request)
     started = time.monotonic()
     try:
         for conn in conns[:requests]:

@@ -4,7 +4,9 @@
     .venv/bin/python bench/minimal.py relay PORT BACKEND_PORT[,BACKEND_PORT...]
     .venv/bin/python bench/minimal.py sse PORT [INTERVAL]
 
-- ``backend``: answers every request with ``200`` and a 2-byte body, keep-alive.
+- ``backend``: answers every request with ``200`` and a 2-byte body, keep-alive; an MCP
+  ``initialize`` (a body naming that method) also gets an ``Mcp-Session-Id``, so that MCP
+  requests can be measured with a session (``bench/cpu_budget.py``).
 - ``relay``: the reference relay. It forwards each request's bytes unchanged to a backend
   (round robin), over a keep-alive pool of upstream connections, and relays the response
   bytes back; llhttp finds where each message ends. It does what a proxy cannot skip
@@ -36,15 +38,32 @@ import uvloop
 
 HOST = "127.0.0.1"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+SESSION_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: %s\r\n"
+    b"Content-Length: %d\r\n\r\n%s"
+)
+INITIALIZE = b'"method":"initialize"'
+sessions = itertools.count(1)
 
 
 class Backend(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.initialize = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        self.initialize = self.initialize or INITIALIZE in body
+
+    def answer(self) -> bytes:
+        if not self.initialize:
+            return ANSWER
+        self.initialize = False
+        body = b'{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25"}}'
+        return SESSION_ANSWER % (b"bench-session-%d" % next(sessions), len(body), body)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -55,7 +74,7 @@ class Backend(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if self.transport is not None:
-            self.transport.write(ANSWER)
+            self.transport.write(self.answer())
             if not self.parser.should_keep_alive():
                 self.transport.close()
 

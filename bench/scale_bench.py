@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     .venv/bin/python bench/scale_bench.py backends [--requests 10000] [--rounds 3]
     .venv/bin/python bench/scale_bench.py sessions [--sessions 1000000]
-    .venv/bin/python bench/scale_bench.py streams [--streams 10000] [--events 10]
+    .venv/bin/python bench/scale_bench.py streams [--streams 10000] [--events 10] [--workers 2]
     .venv/bin/python bench/scale_bench.py health [--requests 10000] [--rounds 3]
 
 - ``backends``: mcplb's CPU time per request (as bench/cpu_gate.py measures it: a
@@ -14,16 +14,22 @@ Usage (from the repository root)::
 - ``sessions``: a million bindings in the memory session store (in this process): the
   resident memory they add, the time of an expiry sweep with nothing due, and the cost of
   a lookup at that size.
-- ``streams``: event streams held open through one mcplb worker, from this process, to
-  the event backend of bench/minimal.py (one event per stream per second, stamped with
-  the time it was sent). It reports mcplb's resident memory before and with the streams
-  open, and each event's delay, through mcplb and, in the same run, straight from the
-  backend; the difference of the p99s is what mcplb adds.
+- ``streams``: event streams held open through mcplb (``--workers``, one by default), from
+  this process, to the event backend of bench/minimal.py (one event per stream per second,
+  stamped with the time it was sent). It reports the resident memory of all of mcplb's
+  processes before and with the streams open, the descriptors each worker holds, each
+  event's delay through mcplb and, in the same run, straight from the backend (the
+  difference of the p99s is what mcplb adds), and the streams lost (closed, or not a 200,
+  before their last event). Issue 27's targets, for 10,000 streams on two workers: RSS
+  growth under 100 MiB, added p99 under 5 ms, none lost. One worker needs two descriptors
+  a stream: mcplb raises its soft limit to the hard one, and says how many that allows.
 - ``health``: 1,000 backends, active HTTP probes every 2 s on each (500 probes a second)
   or none: CPU per request and requests per second of the two, alternated.
 
 The proxies run on one CPU, the backends and this process on the other(s)
-(``pin_proxies``). The machine is shared: compare figures within a run.
+(``pin_proxies``; with several workers, ``streams`` leaves the scheduler to place them).
+The machine is shared: compare figures within a run. Each report starts with the version
+line of the mcplb it measured.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -49,10 +57,14 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402
     NotReady,
+    checked_build,
     free_ports,
+    group_rss,
     haproxy_conf,
+    in_process_version,
     mcplb_config,
     mcplb_python,
+    measured_build,
     pin_proxies,
     spawn,
     stop_process,
@@ -72,10 +84,12 @@ START_TIMEOUT = 60.0
 CONNECTIONS = 20
 
 
-def config(tmp: Path, name: str, port: int, backend: int, count: int, *settings: str) -> Path:
-    """One worker in front of ``count`` backend entries, all the same backend."""
+def config(
+    tmp: Path, name: str, port: int, backend: int, count: int, *settings: str, workers: int = 1
+) -> Path:
+    """``workers`` (one) in front of ``count`` backend entries, all the same backend."""
     path = tmp / f"{name}.yaml"
-    head = ["workers: 1", "admin: {listen: '127.0.0.1:0'}", *settings]
+    head = [f"workers: {workers}", "admin: {listen: '127.0.0.1:0'}", *settings]
     path.write_text(mcplb_config(port, head, {f"b{i}": backend for i in range(count)}))
     return path
 
@@ -163,6 +177,7 @@ async def bench_backends(args: argparse.Namespace, tmp: Path) -> str:
         servers.close()
     head = ["strategy", *(f"{n} backends µs" for n in SIZES), "1000/2"]
     return (
+        f"measured: {measured_build()}\n"
         f"CPU µs per request (median of {args.rounds} rounds of {args.requests} requests)\n"
         + table(head, rows)
     )
@@ -202,8 +217,9 @@ async def bench_health(args: argparse.Namespace, tmp: Path) -> str:
         [name, f"{statistics.median(found[name]):.1f}", f"{statistics.median(rates[name]):,.0f}"]
         for name in targets
     ]
-    return "1,000 backends, active HTTP probes every 2 s each\n" + table(
-        ["", "CPU µs per request", "req/s"], rows
+    return (
+        f"measured: {measured_build()}\n1,000 backends, active HTTP probes every 2 s each\n"
+        + table(["", "CPU µs per request", "req/s"], rows)
     )
 
 
@@ -248,12 +264,15 @@ def bench_sessions(args: argparse.Namespace) -> str:
         ["expiry sweep, nothing due", f"{sweep_ms:.2f} ms ({dropped} dropped)"],
         ["lookup (get)", f"{get_ns:.0f} ns"],
     ]
-    return f"{count:,} sessions in the memory store\n" + table(["", "value"], rows)
+    line = checked_build(in_process_version())  # this process measured
+    return f"measured: {line}\n{count:,} sessions in the memory store\n" + table(
+        ["", "value"], rows
+    )
 
 
 def raise_open_files(needed: int) -> None:
-    """Allow ``needed`` descriptors here and in the processes started after (mcplb holds
-    two per stream: the client's and the backend's); root may raise the hard limit."""
+    """Allow ``needed`` descriptors here and in the processes started after (the backend
+    holds one per stream, this process one); root may raise the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= needed:
         return
@@ -265,52 +284,116 @@ def raise_open_files(needed: int) -> None:
             print(f"open files limited to {hard}: fewer streams will open", file=sys.stderr)
 
 
+async def wait_workers(pgid: int, workers: int, log: Path) -> dict[int, int]:
+    """pid -> RSS KiB of mcplb's processes once every worker listens (bounded)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        listening = log.read_text(errors="replace").count("listening on ")
+        if listening >= workers:
+            await asyncio.sleep(1)  # settled: the worker's first sweep, admin API up
+            return group_rss(pgid)
+        await asyncio.sleep(0.1)
+    raise NotReady(f"{workers} workers did not all start\n{tail(log)}")
+
+
+def open_descriptors(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
 async def bench_streams(args: argparse.Namespace, tmp: Path) -> str:
-    raise_open_files(2 * args.streams + 1000)
+    raise_open_files(args.streams + 1000)
     servers = Servers(tmp)
     loop = asyncio.get_running_loop()
+    log = tmp / "streams.log"
     try:
         sse, proxy = free_ports(2)
         backend_pid = servers.minimal("sse", sse, "1").pid
-        conf = config(tmp, "streams", proxy, sse, 1, "timeouts: {idle: 120s}")
+        # Plain event streams: no MCP session store needed across the workers.
+        settings = ["timeouts: {idle: 120s}"]
+        if args.workers > 1:
+            settings.append("sticky: {mcp_sessions: false}")
+        conf = config(tmp, "streams", proxy, sse, 1, *settings, workers=args.workers)
         # GET / through it would open a stream: wait for the port instead.
-        mcplb = start_mcplb(conf, tmp / "streams.log", servers.procs)
-        await loop.run_in_executor(
-            None, wait_port, mcplb, proxy, START_TIMEOUT, tmp / "streams.log"
-        )
-        pin_proxies([mcplb.pid], [backend_pid])
-        rss_before = (vm_rss_kib(mcplb.pid) or 0) / 1024
-        results = {}
+        mcplb = start_mcplb(conf, log, servers.procs)
+        await loop.run_in_executor(None, wait_port, mcplb, proxy, START_TIMEOUT, log)
+        before = await wait_workers(mcplb.pid, args.workers, log)
+        build = measured_build(log)
+        if args.workers == 1:
+            pin_proxies([mcplb.pid], [backend_pid])
+        results: dict[str, Held] = {}
         for name, port in (("direct", sse), ("mcplb", proxy)):
-            delays = await hold_streams(port, args.streams, args.events)
+            pgid = mcplb.pid if name == "mcplb" else None
+            results[name] = await hold_streams(port, args.streams, args.events, pgid)
             if name == "mcplb":
-                rss_with = (vm_rss_kib(mcplb.pid) or 0) / 1024
-            results[name] = delays
+                during = results[name].rss
+                fds = results[name].fds
     finally:
         servers.close()
 
     def pct(values: list[float], p: float) -> float:
+        if not values:
+            return float("nan")
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1e3
 
     rows = [
-        [name, str(len(d)), f"{pct(d, 50):.2f}", f"{pct(d, 99):.2f}", f"{max(d) * 1e3:.2f}"]
-        for name, d in results.items()
+        [
+            name,
+            f"{held.opened:,}",
+            f"{held.lost:,}",
+            str(len(held.delays)),
+            f"{pct(held.delays, 50):.2f}",
+            f"{pct(held.delays, 99):.2f}",
+            f"{max(held.delays, default=0) * 1e3:.2f}",
+        ]
+        for name, held in results.items()
     ]
-    added = pct(results["mcplb"], 99) - pct(results["direct"], 99)
-    return (
-        f"{args.streams:,} event streams, {args.events} events each\n"
-        + table(["path", "events", "p50 ms", "p99 ms", "max ms"], rows)
-        + f"\nadded p99: {added:.2f} ms; mcplb RSS {rss_before:.0f} MiB idle, "
-        f"{rss_with:.0f} MiB with the streams open (+{rss_with - rss_before:.0f} MiB)"
+    added = pct(results["mcplb"].delays, 99) - pct(results["direct"].delays, 99)
+    supervisor = [] if args.workers == 1 else [mcplb.pid]
+    rss_before = sum(before.values()) / 1024
+    rss_with = sum(during.values()) / 1024
+    per_worker = ", ".join(
+        f"{fds.get(pid, 0):,}" for pid in sorted(before) if pid not in supervisor
     )
+    lost = results["mcplb"].lost
+    verdict = (
+        "within issue 27's targets (RSS growth < 100 MiB, added p99 < 5 ms, no stream lost)"
+        if rss_with - rss_before < 100 and added < 5 and lost == 0
+        else "OUTSIDE issue 27's targets (RSS growth < 100 MiB, added p99 < 5 ms, none lost)"
+    )
+    return (
+        f"measured: {build}\n"
+        f"{args.streams:,} event streams, {args.events} events each, mcplb workers: "
+        f"{args.workers}\n"
+        + table(["path", "opened", "lost", "events", "p50 ms", "p99 ms", "max ms"], rows)
+        + f"\nadded p99: {added:.2f} ms; mcplb RSS (all {len(before)} processes) "
+        f"{rss_before:.0f} MiB idle, {rss_with:.0f} MiB with the streams open "
+        f"(+{rss_with - rss_before:.0f} MiB); descriptors per worker with the streams open: "
+        f"{per_worker}\n{verdict}"
+    )
+
+
+@dataclass
+class Held:
+    """What ``hold_streams`` saw: the events' delays, the streams opened and lost, and, for
+    a proxy started by the benchmark, its processes' RSS and descriptors while all were
+    open."""
+
+    delays: list[float] = field(default_factory=list)
+    opened: int = 0
+    lost: int = 0
+    rss: dict[int, int] = field(default_factory=dict)
+    fds: dict[int, int] = field(default_factory=dict)
 
 
 class _Stream(asyncio.Protocol):
     REQUEST = b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
 
-    def __init__(self, delays: list[float], events: int, done: Callable[[], None]) -> None:
-        self.delays = delays
+    def __init__(self, held: Held, events: int, done: Callable[[bool], None]) -> None:
+        self.held = held
         self.events = events
         self.done = done
         self.buffer = b""
@@ -318,49 +401,70 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         self.transport.write(self.REQUEST)
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
+        if not self.buffer and self.first and not data.startswith(b"HTTP/1.1 200 "):
+            self.finish(False)  # refused (a 503, a 502): lost
+            return
         self.buffer += data
         while self.events and (start := self.buffer.find(b"data: ")) >= 0:
             end = self.buffer.find(b"\n", start)
             if end < 0:
                 break
             if not self.first:  # it may have waited for all the streams to open
-                self.delays.append(now - float(self.buffer[start + 6 : end]))
+                self.held.delays.append(now - float(self.buffer[start + 6 : end]))
             self.first = False
             self.buffer = self.buffer[end:]
             self.events -= 1
             if self.events == 0:
-                self.done()
+                self.finish(True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish(False)  # closed before its last event: lost
+
+    def finish(self, complete: bool) -> None:
+        if self.events > 0 or complete:
+            self.events = 0
+            self.done(complete)
 
 
-async def hold_streams(port: int, count: int, events: int) -> list[float]:
-    """Open ``count`` streams, take ``events`` events on each, close them; the delays."""
+async def hold_streams(port: int, count: int, events: int, pgid: int | None = None) -> Held:
+    """Open ``count`` streams, take ``events`` events on each, close them. With ``pgid``
+    (a proxy's process group), its RSS and descriptors once every stream is open."""
     loop = asyncio.get_running_loop()
-    delays: list[float] = []
+    held = Held()
     remaining = count
     finished = loop.create_future()
 
-    def one_done() -> None:
+    def one_done(complete: bool) -> None:
         nonlocal remaining
         remaining -= 1
+        held.lost += not complete
         if remaining == 0 and not finished.done():
             finished.set_result(None)
 
     streams = []
     for _ in range(count):
         _, stream = await loop.create_connection(
-            lambda: _Stream(delays, events + 1, one_done), "127.0.0.1", port
+            lambda: _Stream(held, events + 1, one_done), "127.0.0.1", port
         )
         streams.append(stream)
-    await asyncio.wait_for(finished, events * 3 + 60)
+    held.opened = len(streams)
+    if pgid is not None:
+        await asyncio.sleep(2)  # every stream's head through: each holds both descriptors
+        held.rss = group_rss(pgid)
+        held.fds = {pid: open_descriptors(pid) for pid in held.rss}
+    try:
+        await asyncio.wait_for(finished, events * 3 + 60)
+    except TimeoutError:
+        held.lost += remaining  # still waiting for events: lost too
     for stream in streams:
         if stream.transport is not None:
             stream.transport.close()
-    return delays
+    return held
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--streams", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1, help="streams: mcplb's workers")
     args = parser.parse_args(argv)
     if args.bench == "sessions":
         print(bench_sessions(args))

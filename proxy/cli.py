@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from mcplb import __version__
 from mcplb.proxy.config.errors import ConfigError, ConfigIssue
 from mcplb.proxy.config.schema import Config
-from mcplb.proxy.config.validate import validated
+from mcplb.proxy.config.validate import validated, worker_count
 
 
 def build() -> str:
@@ -110,10 +110,21 @@ def _check(path: str) -> int:
         f"{path}: ok ({len(config.backends)} backends{found}, strategy {config.strategy}, "
         f"listen {config.listen_host}:{config.listen_port}, workers {config.workers})"
     )
+    # What `run` will get: it raises the soft limit to the hard one at start.
+    import resource
+
+    from mcplb.proxy.server.open_files import OpenFiles, hard_limit
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limits = OpenFiles(soft, max(soft, hard_limit()))
+    print(f"{path}: {limits.describe(worker_count(config.workers))}")
     return 0
 
 
 def _run(path: str, log_level: str | None) -> int:
+    import logging
+
+    from mcplb.proxy.server.open_files import raise_open_files
     from mcplb.proxy.server.supervisor import serve
     from mcplb.proxy.server.worker import setup_logging
 
@@ -121,6 +132,9 @@ def _run(path: str, log_level: str | None) -> int:
     if config is None:
         return 1
     setup_logging(log_level or config.log.level)
+    log = logging.getLogger("mcplb")
+    log.info("mcplb %s (%s)", __version__, build())
+    log.info("%s", raise_open_files().describe(worker_count(config.workers)))
     return serve(config)
 
 
