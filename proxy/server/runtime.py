@@ -73,10 +73,8 @@ class Runtime:
         sticky = config.sticky
         self.sessions: SessionStore = (
             RedisSessionStore(
-                sticky.redis.url,
+                sticky.redis,
                 ttl=sticky.session_ttl,
-                timeout=sticky.redis.timeout,
-                prefix=sticky.redis.prefix,
                 max_local=sticky.max_sessions,
                 on_expire=self._session_expired,
                 outage_share=None if state_dir is None else OutageShare(state_dir / "sessions"),
