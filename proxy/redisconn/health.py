@@ -37,11 +37,15 @@ class RedisHealth:
         name: str,
         meanwhile: str,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        backoff_max: float = BACKOFF_MAX,
     ) -> None:
+        """``backoff_max``: the longest wait between probes."""
         self.errors = 0  # Redis failures seen (connect, timeout, protocol), for metrics
         self.healthy = True  # False: requests skip Redis until a probe succeeds
         self.retry_at = 0.0  # while down: the clock time from which a probe may run
         self._backoff = BACKOFF_MIN
+        self._backoff_max = backoff_max
         self._logger = logger
         self._name = name
         self._meanwhile = meanwhile
@@ -63,7 +67,7 @@ class RedisHealth:
         if self.healthy or probe:
             self.healthy = False
             self.retry_at = self._clock() + self._backoff
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+            self._backoff = min(self._backoff * 2, self._backoff_max)
         kind = error_kind(error)
         more = self._log.due(kind)
         if more is not None:

@@ -17,17 +17,23 @@ master to name (the old one down, the new one not yet promoted) discovery fails 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from mcplb.proxy.config.schema import RedisConfig
+from mcplb.proxy.redisconn.health import BACKOFF_MAX, BACKOFF_MIN
 
 HEALTH_CHECK_INTERVAL = 15  # PING a pooled connection idle longer than this before reusing it
+# With Sentinel a probe asks a sentinel first, which answers at once whether there is a
+# master yet: probing every BACKOFF_MIN costs little and ends an outage soon after the
+# promotion (doubling to BACKOFF_MAX would add up to seconds to each failover).
+SENTINEL_BACKOFF_MAX = BACKOFF_MIN
 
 
 class RedisLink:
@@ -43,6 +49,7 @@ class RedisLink:
             "retry": Retry(NoBackoff(), 0),
         }
         self.sentinel: Sentinel | None = None
+        self.backoff_max = SENTINEL_BACKOFF_MAX if config.sentinels else BACKOFF_MAX
         if not config.sentinels:
             self.client: aioredis.Redis = aioredis.Redis.from_url(config.url, **options)
             return
@@ -63,6 +70,24 @@ class RedisLink:
         self.client = self.sentinel.master_for(
             config.service, password=config.password, **options, **tls
         )
+
+    async def master_moved(self, timeout: float) -> bool:
+        """With Sentinel: whether the sentinels now name another master than the one this
+        client's connections went to (its idle connections are closed then). In a
+        coordinated failover (``SENTINEL FAILOVER``, or an operator's) the old master keeps
+        accepting writes until the sentinels demote it, and those writes are lost when it
+        resyncs from the new master: a store that asks this now and then learns which of
+        its writes to check. False without Sentinel, or when the sentinels do not answer
+        (the store's own commands find that outage)."""
+        if self.sentinel is None:
+            return False
+        pool = cast(SentinelConnectionPool, self.client.connection_pool)
+        before = pool.master_address
+        try:
+            await asyncio.wait_for(pool.get_master_address(), timeout)  # type: ignore[no-untyped-call]
+        except Exception:
+            return False
+        return before is not None and pool.master_address != before
 
     async def drop_connections(self) -> None:
         """Close every pooled connection (while no request uses Redis): new ones are opened

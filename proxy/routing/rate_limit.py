@@ -159,7 +159,13 @@ class RedisRateLimiter:
         # EVALSHA, and SCRIPT LOAD + EVALSHA again on NOSCRIPT (a restarted or new Redis).
         self._script = self._link.client.register_script(TAKE_SCRIPT)
         # Down: answer fail-open until its retry_at, then let one call probe.
-        self._health = RedisHealth(log, "rate limit", "letting requests through unlimited", clock)
+        self._health = RedisHealth(
+            log,
+            "rate limit",
+            "letting requests through unlimited",
+            clock,
+            backoff_max=self._link.backoff_max,
+        )
         self._probing = False
         self._closed = False
 

@@ -54,6 +54,7 @@ T = TypeVar("T")
 
 TOMBSTONE = ""  # the Redis value of a forgotten session (backend names are never empty)
 BATCH = 256  # background refreshes/write-backs per pipeline
+MASTER_CHECK = 1.0  # with Sentinel: seconds between asking the sentinels for the master
 
 
 class _Failed:
@@ -95,8 +96,13 @@ class RedisSessionStore(SessionStore):
         self._redis = self._link.client
         # Down: requests skip Redis; the background task probes it.
         self._health = RedisHealth(
-            log, "Redis session store", "answering from the local table", clock
+            log,
+            "Redis session store",
+            "answering from the local table",
+            clock,
+            backoff_max=self._link.backoff_max,
         )
+        self._master_check_at = 0.0  # time.monotonic() of the next check (Sentinel only)
         self._synced: dict[str, float] = {}  # session id -> clock time of its last TTL refresh
         self._pending: dict[str, str] = {}  # local hits due for a Redis refresh -> local backend
         self._dirty: dict[str, str | None] = {}  # local changes Redis missed (None: forgotten)
@@ -287,9 +293,12 @@ class RedisSessionStore(SessionStore):
                     await asyncio.sleep(self._health.wait())
                     if not await self._probe():
                         continue
+                if self._link.sentinel is not None and time.monotonic() >= self._master_check_at:
+                    self._master_check_at = time.monotonic() + MASTER_CHECK
+                    await self._check_master()
                 if not self._dirty and not self._pending:
                     self._wake.clear()
-                    await self._wake.wait()
+                    await self._idle()
                     continue
                 await self._sync_batch()
             except asyncio.CancelledError:
@@ -297,6 +306,30 @@ class RedisSessionStore(SessionStore):
             except Exception:  # a bug here must not stop refreshes for good
                 log.exception("Redis session store: background sync failed")
                 await asyncio.sleep(BACKOFF_MAX)
+
+    async def _idle(self) -> None:
+        """Until there is work (with Sentinel: at most until the next master check)."""
+        if self._link.sentinel is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), MASTER_CHECK)
+
+    async def _check_master(self) -> None:
+        """After a failover the old master may have taken some of our writes before it was
+        demoted (then lost them): check every binding made here, as a refresh does (one
+        missing from Redis is written back, one changed is adopted)."""
+        if not await self._link.master_moved(self._timeout):
+            return
+        for session_id in self._bound_here:
+            backend = self._local.peek(session_id)
+            if backend is not None:
+                self._pending[session_id] = backend
+        log.warning(
+            "Redis session store: the sentinels name a new master; checking the %d bindings "
+            "made here",
+            len(self._pending),
+        )
 
     async def _probe(self) -> bool:
         """Whether Redis answers again (then requests use it again)."""
