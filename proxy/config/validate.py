@@ -38,7 +38,8 @@ def machine_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[Co
 
 
 def file_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[ConfigIssue]:
-    """Whether the files the config names exist: the TLS certificate and key, backend CAs."""
+    """Whether the files the config names exist: the TLS certificate and key, backend and
+    Redis CAs."""
     named: list[tuple[str, str]] = []  # (path in the file, file)
     if config.listen_tls is not None:
         named += [
@@ -48,6 +49,10 @@ def file_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[Confi
     for index, backend in enumerate(config.backends):
         if backend.ca is not None:
             named.append((_ca_path(config, index), backend.ca))
+    redis = [("sticky.redis", config.sticky.redis)]
+    if config.rate_limit is not None:
+        redis.append(("rate_limit.redis", config.rate_limit.redis))
+    named += [(f"{path}.ca", section.ca) for path, section in redis if section.ca is not None]
     return [
         ConfigIssue(where, f"no such file: {file}", config.lines.get(where))
         for where, file in named
