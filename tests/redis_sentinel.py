@@ -64,10 +64,23 @@ class SentinelProcess(RedisServer):
     """One sentinel watching SERVICE, its config file in its own directory (a sentinel
     rewrites it)."""
 
-    def __init__(self, command: list[str], port: int, master_port: int) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        port: int,
+        master_port: int,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        """``password``: the servers' (``auth-pass``); ``sentinel_password``: this
+        sentinel's own (``requirepass``)."""
         super().__init__(command[0], port)
         self.command_prefix = command
+        self.password = sentinel_password
         self.config = self.dir / "sentinel.conf"
+        auth = f"sentinel auth-pass {SERVICE} {password}\n" if password else ""
+        if sentinel_password:
+            auth += f"requirepass {sentinel_password}\n"
         self.config.write_text(
             f"port {port}\n"
             f"bind {self.host}\n"
@@ -76,7 +89,7 @@ class SentinelProcess(RedisServer):
             f"sentinel monitor {SERVICE} {self.host} {master_port} {QUORUM}\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} {FAILOVER_TIMEOUT_MS}\n"
-            f"sentinel parallel-syncs {SERVICE} 1\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n" + auth
         )
 
     def argv(self) -> list[str]:
@@ -180,21 +193,31 @@ class SentinelGroup:
             await process.stop()
 
 
-async def start_sentinel_group() -> SentinelGroup:
-    """A master, its replica and three sentinels, ready for a failover."""
+async def start_sentinel_group(
+    password: str | None = None, sentinel_password: str | None = None
+) -> SentinelGroup:
+    """A master, its replica and three sentinels, ready for a failover; ``password``
+    guards the servers (``requirepass``, ``masterauth``), ``sentinel_password`` the
+    sentinels."""
+    auth = ("--requirepass", password, "--masterauth", password) if password else ()
     sentinel_command = find_redis_sentinel()
     binary = find_redis_server()
     started: list[RedisServer] = []
     try:
-        master = RedisServer(binary, free_port())
+        master = RedisServer(binary, free_port(), auth)
+        master.password = password
         started.append(master)
         await master.start()
-        replica = RedisServer(binary, free_port(), ("--replicaof", master.host, str(master.port)))
+        replica_of = ("--replicaof", master.host, str(master.port))
+        replica = RedisServer(binary, free_port(), (*auth, *replica_of))
+        replica.password = password
         started.append(replica)
         await replica.start()
         sentinels = []
         for _ in range(3):
-            sentinel = SentinelProcess(sentinel_command, free_port(), master.port)
+            sentinel = SentinelProcess(
+                sentinel_command, free_port(), master.port, password, sentinel_password
+            )
             started.append(sentinel)
             await sentinel.start()
             sentinels.append(sentinel)

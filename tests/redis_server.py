@@ -66,6 +66,7 @@ class RedisServer:
         self.binary = binary
         self.port = port
         self.args = args
+        self.password: str | None = None  # sent with AUTH before each command() when set
         self.dir = Path(tempfile.mkdtemp(prefix="mcplb-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         _servers.add(self)
@@ -134,7 +135,7 @@ class RedisServer:
         try:
             writer.write(b"PING\r\n")
             line = await asyncio.wait_for(reader.readline(), 0.5)
-            return line.startswith(b"+PONG")
+            return line.startswith((b"+PONG", b"-NOAUTH"))  # up (asks for a password)
         except (OSError, TimeoutError):
             return False
         finally:
@@ -184,11 +185,12 @@ class RedisServer:
             asyncio.open_connection(self.host, self.port), START_TIMEOUT
         )
         try:
-            parts = [f"*{len(args)}\r\n".encode()]
-            for arg in args:
-                data = arg.encode()
-                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-            writer.write(b"".join(parts))
+            if self.password is not None:
+                writer.write(_encode("AUTH", self.password))
+                reply = await asyncio.wait_for(_read_reply(reader, "AUTH"), START_TIMEOUT)
+                if reply != "OK":
+                    raise RuntimeError(f"AUTH answered {reply!r}")
+            writer.write(_encode(*args))
             return await asyncio.wait_for(_read_reply(reader, args[0]), START_TIMEOUT)
         finally:
             writer.close()
@@ -197,6 +199,14 @@ class RedisServer:
 
 
 Reply = int | str | None | list["Reply"]
+
+
+def _encode(*args: str) -> bytes:
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 async def _read_reply(reader: asyncio.StreamReader, command: str) -> Reply:

@@ -16,11 +16,14 @@ other. What each test measures is printed (``pytest -s``) and asserted:
 - the rate limiter: limits hold before and after the switch, and in between requests pass
   unlimited only as its documented fail-open choice says (each counted in
   ``mcplb_rate_limit_fail_open_total``).
+- passwords: the store authenticates to the sentinels and to the master they name; a
+  wrong one is a Redis outage (local answers, errors counted), never a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -30,7 +33,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mcplb.proxy.sessions.redis_store import MASTER_CHECK
+from mcplb.proxy.config.schema import RedisConfig
+from mcplb.proxy.sessions.redis_store import MASTER_CHECK, RedisSessionStore
 from tests.eventually import eventually
 from tests.peers import McpBackend, Peers, ProxyProcess, free_port, proxy_admin_port
 from tests.redis_sentinel import SERVICE, SWITCH_TIMEOUT, SentinelGroup, start_sentinel_group
@@ -373,3 +377,40 @@ async def test_rate_limits_hold_before_and_after_a_failover(
     # beyond the limit.
     assert during <= fail_open + burst + rate * (recovered_at - killed_at) + 1
     assert fail_open > 0
+
+
+async def test_passwords_for_the_servers_and_the_sentinels() -> None:
+    """The store authenticates to the sentinels (sentinel_password) and to the master they
+    name (password); with a wrong one it answers from its local table and counts errors."""
+    group = await start_sentinel_group(password="server-secret", sentinel_password="s-secret")
+    try:
+        sentinels = tuple(("127.0.0.1", s.port) for s in group.sentinels)
+        good = RedisConfig(
+            timeout=0.5,
+            prefix=PREFIX,
+            sentinels=sentinels,
+            service=SERVICE,
+            password="server-secret",
+            sentinel_password="s-secret",
+        )
+        store = RedisSessionStore(good, ttl=60.0, max_local=100)
+        try:
+            await store.bind("s1", "a")
+            assert await group.master.command("GET", PREFIX + "s1") == "a"
+            assert store.errors == 0
+        finally:
+            await store.close()
+        for wrong in (
+            dataclasses.replace(good, password="nope"),
+            dataclasses.replace(good, sentinel_password="nope"),
+        ):
+            store = RedisSessionStore(wrong, ttl=60.0, max_local=100)
+            try:
+                await store.bind("s2", "b")
+                assert await store.get("s2") == "b"  # the local table
+                assert store.errors == 1 and not store.healthy
+                assert await group.master.command("EXISTS", PREFIX + "s2") == 0
+            finally:
+                await store.close()
+    finally:
+        await group.stop()
