@@ -71,23 +71,25 @@ class RedisLink:
             config.service, password=config.password, **options, **tls
         )
 
-    async def master_moved(self, timeout: float) -> bool:
-        """With Sentinel: whether the sentinels now name another master than the one this
-        client's connections went to (its idle connections are closed then). In a
-        coordinated failover (``SENTINEL FAILOVER``, or an operator's) the old master keeps
-        accepting writes until the sentinels demote it, and those writes are lost when it
-        resyncs from the new master: a store that asks this now and then learns which of
-        its writes to check. False without Sentinel, or when the sentinels do not answer
-        (the store's own commands find that outage)."""
+    async def master(self, timeout: float) -> tuple[str, int] | None:
+        """With Sentinel: the master's address as the sentinels name it now (if it moved,
+        the idle connections to the old one are closed). None without Sentinel, or when the
+        sentinels do not answer (the store's own commands find that outage).
+
+        A store that asks this now and then learns when the master changed, and so which of
+        its writes to check: in a coordinated failover (``SENTINEL FAILOVER``, or an
+        operator's) the old master keeps accepting writes until the sentinels demote it,
+        and loses them when it resyncs from the new master; after a master's death, the
+        writes it acknowledged but had not yet sent to its replica are lost."""
         if self.sentinel is None:
-            return False
+            return None
         pool = cast(SentinelConnectionPool, self.client.connection_pool)
-        before = pool.master_address
         try:
-            await asyncio.wait_for(pool.get_master_address(), timeout)  # type: ignore[no-untyped-call]
+            address = await asyncio.wait_for(pool.get_master_address(), timeout)  # type: ignore[no-untyped-call]
         except Exception:
-            return False
-        return before is not None and pool.master_address != before
+            return None
+        host, port = address
+        return str(host), int(port)
 
     async def drop_connections(self) -> None:
         """Close every pooled connection (while no request uses Redis): new ones are opened

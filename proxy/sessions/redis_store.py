@@ -103,6 +103,7 @@ class RedisSessionStore(SessionStore):
             backoff_max=self._link.backoff_max,
         )
         self._master_check_at = 0.0  # time.monotonic() of the next check (Sentinel only)
+        self._master: tuple[str, int] | None = None  # the master at the last check
         self._synced: dict[str, float] = {}  # session id -> clock time of its last TTL refresh
         self._pending: dict[str, str] = {}  # local hits due for a Redis refresh -> local backend
         self._dirty: dict[str, str | None] = {}  # local changes Redis missed (None: forgotten)
@@ -316,10 +317,15 @@ class RedisSessionStore(SessionStore):
             await asyncio.wait_for(self._wake.wait(), MASTER_CHECK)
 
     async def _check_master(self) -> None:
-        """After a failover the old master may have taken some of our writes before it was
-        demoted (then lost them): check every binding made here, as a refresh does (one
-        missing from Redis is written back, one changed is adopted)."""
-        if not await self._link.master_moved(self._timeout):
+        """After a failover the old master may have lost some of our writes (taken before
+        its demotion, or not yet replicated at its death): when the sentinels name another
+        master than at the last check, check every binding made here, as a refresh does
+        (one missing from Redis is written back, one changed is adopted)."""
+        master = await self._link.master(self._timeout)
+        if master is None:
+            return
+        previous, self._master = self._master, master
+        if previous is None or previous == master:
             return
         for session_id in self._bound_here:
             backend = self._local.peek(session_id)
@@ -343,6 +349,8 @@ class RedisSessionStore(SessionStore):
             return False
         self._shared.clear()  # the next outage shares afresh
         self._health.recovered(f"writing back {len(self._dirty)} local changes")
+        if self._link.sentinel is not None:
+            await self._check_master()  # the outage may have been a failover
         return True
 
     async def _sync_batch(self) -> None:
