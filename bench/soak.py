@@ -148,7 +148,7 @@ REDIS_DOWN = 3.0  # seconds redis-server stays down
 GRACE = 5.0  # timeouts.grace: also how long a backend removed by a reload drains
 DRAIN_SLACK = 0.6  # the drain deadline is enforced by a 0.5 s sweep
 REDIS_RECONNECT = (
-    5.0  # proxy/sessions/redis_store.py BACKOFF_MAX: longest wait before it retries Redis
+    5.0  # proxy/redisconn/health.py BACKOFF_MAX: longest wait before it retries Redis
 )
 MIN_WARMUP = 5.0
 
@@ -179,7 +179,7 @@ START_TIMEOUT = 20.0
 EXAMPLES = 200  # unexpected failures listed one by one in the JSON report
 STORE_LOG_PREFIX = "Redis session store: "  # proxy/sessions/redis_store.py's warnings
 STORE_BACK = "Redis answers again"
-BACKOFF_MIN = 0.5  # proxy/sessions/redis_store.py: the first backoff after a Redis failure
+BACKOFF_MIN = 0.5  # proxy/redisconn/health.py: the first backoff after a Redis failure
 LOG_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
     r"\[(?P<pid>\d+)\]: (?P<msg>.*)$"
