@@ -147,9 +147,7 @@ F_REDIS = 0.75
 REDIS_DOWN = 3.0  # seconds redis-server stays down
 GRACE = 5.0  # timeouts.grace: also how long a backend removed by a reload drains
 DRAIN_SLACK = 0.6  # the drain deadline is enforced by a 0.5 s sweep
-REDIS_RECONNECT = (
-    5.0  # proxy/redisconn/health.py BACKOFF_MAX: longest wait before it retries Redis
-)
+REDIS_RECONNECT = 5.0  # proxy/redisconn/health.py BACKOFF_MAX: longest wait before it retries Redis
 MIN_WARMUP = 5.0
 
 MCP_PATH = "/mcp"
