@@ -23,7 +23,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict mcplb
 
-# Real peers the tests start on their own ports: redis-server, prometheus with promtool
+# Real peers the tests start on their own ports: redis-server and redis-sentinel, prometheus with promtool
 # for the metrics and alert-rule tests, and dnsmasq for DNS discovery (Debian packages;
 # services stay stopped).
 system-deps:
@@ -32,6 +32,14 @@ system-deps:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server \
 			&& (service redis-server stop >/dev/null 2>&1 || true); \
 		else echo "the tests need redis-server: apt-get install redis-server"; exit 1; fi; \
+	fi
+	@# redis-sentinel for the failover tests (one master, one replica, three sentinels).
+	@if ! command -v redis-sentinel >/dev/null 2>&1 && [ ! -x /usr/bin/redis-sentinel ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-sentinel \
+			&& (service redis-sentinel stop >/dev/null 2>&1 || true) \
+			&& (update-rc.d redis-sentinel disable >/dev/null 2>&1 || true); \
+		else echo "the tests need redis-sentinel: apt-get install redis-sentinel"; exit 1; fi; \
 	fi
 	@if ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1 \
 		&& ! { [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; }; then \

@@ -3,7 +3,8 @@
 Usage (from the repository root)::
 
     .venv/bin/python bench/soak.py [--duration 150] [--clients 16] [--down 10]
-        [--workers 2] [--seed 1] [--redis-outage-expected] [--json out.json] [--keep-tmp]
+        [--workers 2] [--seed 1] [--redis-outage-expected] [--sentinel] [--json out.json]
+        [--keep-tmp]
 
 Started here, all on 127.0.0.1 free ports, logs in a temp dir:
   - ``redis-server`` (no persistence; found as tests/support/redis_server.py does,
@@ -39,6 +40,10 @@ Faults, at fixed fractions of ``--duration`` D (t = seconds since the load start
           5 s), SIGHUP;
   (each reload must also be logged as "config reloaded" by every worker, and not rejected)
   0.75 D  redis-server SIGKILLed, started again (empty) on the same port 3 s later.
+          With ``--sentinel`` the store is a Sentinel group instead (tests/support/redis_sentinel.py:
+          master, replica, three sentinels; ``sticky.redis.sentinels``): the master is
+          SIGKILLed, the sentinels promote the replica (its time is reported), and the old
+          master restarts 3 s later (empty), which the sentinels make a replica.
 A master that exits on SIGHUP (no reload support) is detected and reported; the reload is
 then "not applied" and the second one is skipped (its orphaned workers keep serving).
 
@@ -124,6 +129,7 @@ from bench.common import (  # noqa: E402
     tail,
     wait_http,
 )
+from tests.support.redis_sentinel import SERVICE, SentinelGroup, start_sentinel_group  # noqa: E402
 from tests.support.redis_server import RedisServer, RedisServerMissing, start_redis  # noqa: E402
 
 BACKENDS = ("mcp-a", "mcp-b", "mcp-c")
@@ -141,9 +147,7 @@ F_REDIS = 0.75
 REDIS_DOWN = 3.0  # seconds redis-server stays down
 GRACE = 5.0  # timeouts.grace: also how long a backend removed by a reload drains
 DRAIN_SLACK = 0.6  # the drain deadline is enforced by a 0.5 s sweep
-REDIS_RECONNECT = (
-    5.0  # proxy/sessions/redis_store.py BACKOFF_MAX: longest wait before it retries Redis
-)
+REDIS_RECONNECT = 5.0  # proxy/redisconn/health.py BACKOFF_MAX: longest wait before it retries Redis
 MIN_WARMUP = 5.0
 
 MCP_PATH = "/mcp"
@@ -173,7 +177,7 @@ START_TIMEOUT = 20.0
 EXAMPLES = 200  # unexpected failures listed one by one in the JSON report
 STORE_LOG_PREFIX = "Redis session store: "  # proxy/sessions/redis_store.py's warnings
 STORE_BACK = "Redis answers again"
-BACKOFF_MIN = 0.5  # proxy/sessions/redis_store.py: the first backoff after a Redis failure
+BACKOFF_MIN = 0.5  # proxy/redisconn/health.py: the first backoff after a Redis failure
 LOG_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
     r"\[(?P<pid>\d+)\]: (?P<msg>.*)$"
@@ -337,17 +341,18 @@ def soak_config(
     workers: int,
     port: int,
     admin_port: int,
-    redis_url: str,
+    redis: list[str],
     ports: dict[str, int],
     names: tuple[str, ...],
     weights: dict[str, int],
 ) -> str:
+    """``redis``: the lines of sticky.redis (redis_lines)."""
     settings = [
         "sticky:",
         "  mcp_sessions: true",
         "  store: redis",
         "  redis:",
-        f'    url: "{redis_url}"',
+        *redis,
         "health:",
         "  active:",
         "    type: mcp",
@@ -368,6 +373,14 @@ def soak_config(
     head = [f"workers: {workers}", "strategy: round_robin"]
     backends = {n: ports[n] for n in names}
     return mcplb_config(port, head, backends, settings, weights)
+
+
+def redis_lines(redis: RedisServer, group: SentinelGroup | None) -> list[str]:
+    """sticky.redis: the server's url, or the Sentinel group's sentinels and service."""
+    if group is None:
+        return [f'    url: "{redis.url}"']
+    sentinels = ", ".join(f'"{address}"' for address in group.addresses)
+    return [f"    sentinels: [{sentinels}]", f"    service: {SERVICE}"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -392,6 +405,7 @@ class Soak:
         mcplb: subprocess.Popen[bytes],
         redis: RedisServer,
         conf_path: Path,
+        group: SentinelGroup | None = None,
     ) -> None:
         self.args = args
         self.tmp = tmp
@@ -401,7 +415,8 @@ class Soak:
         self.proxy_port = proxy_port
         self.admin_port = admin_port
         self.mcplb = mcplb
-        self.redis = redis
+        self.redis = redis  # with a Sentinel group: its first master
+        self.group = group
         self.conf_path = conf_path
         self.mcplb_log = tmp / "mcplb.log"
         self.url = f"http://{HOST}:{proxy_port}{MCP_PATH}"
@@ -921,11 +936,18 @@ class Soak:
         self.tl.redis_kill = self.now()
         await self.redis.kill()
         self.event(f"SIGKILL redis-server (port {self.redis.port})")
+        if self.group is not None:
+            try:
+                new = await self.group.wait_for_new_master(self.redis.port)
+                self.event(f"the sentinels promoted the replica (port {new})")
+            except TimeoutError as exc:
+                self.findings.append(Finding(self.now(), f"no Sentinel failover: {exc}"))
         await self.sleep_until(self.tl.redis_kill + REDIS_DOWN)
         try:
             await self.redis.restart()
             self.tl.redis_up = self.now()
-            self.event(f"redis-server restarted on port {self.redis.port} (empty)")
+            role = " (the sentinels make it a replica)" if self.group is not None else ""
+            self.event(f"redis-server restarted on port {self.redis.port} (empty){role}")
         except RuntimeError as exc:
             self.findings.append(Finding(self.now(), f"redis-server did not restart: {exc}"))
 
@@ -957,7 +979,7 @@ class Soak:
             self.args.workers,
             self.proxy_port,
             self.admin_port,
-            self.redis.url,
+            redis_lines(self.redis, self.group),
             self.ports,
             names,
             weights,
@@ -1590,6 +1612,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="count 404s for sessions while Redis is down (and for 5 s after) as expected",
     )
+    p.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="Redis with Sentinel (master, replica, three sentinels); the master is killed",
+    )
     add_run_options(p, start_timeout=False)
     args = p.parse_args(argv)
     if args.duration < 30:
@@ -1616,6 +1643,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TMPDIR"] = str(tmp)
     procs: list[subprocess.Popen[bytes]] = []
     redis: RedisServer | None = None
+    group: SentinelGroup | None = None
     soak: Soak | None = None
     report: dict[str, Any] | None = None
     setup_error = ""
@@ -1624,8 +1652,13 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, list[str]] = {}
     mcplb_log = tmp / "mcplb.log"
     try:
-        redis = asyncio.run(start_redis())
-        log_step("redis", f"redis-server on port {redis.port}")
+        if args.sentinel:
+            group = asyncio.run(start_sentinel_group())
+            redis = group.master
+            log_step("redis", f"Sentinel group: master on port {redis.port}, {group.addresses}")
+        else:
+            redis = asyncio.run(start_redis())
+            log_step("redis", f"redis-server on port {redis.port}")
         ports_list = free_ports(len(ALL_BACKENDS) + 2)
         ports = dict(zip(ALL_BACKENDS, ports_list, strict=False))
         proxy_port, admin_port = ports_list[-2:]
@@ -1640,7 +1673,7 @@ def main(argv: list[str] | None = None) -> int:
         log_step("backends", ", ".join(f"{n} :{ports[n]}" for n in ALL_BACKENDS))
         conf = tmp / "mcplb.yaml"
         conf_text = soak_config(
-            args.workers, proxy_port, admin_port, redis.url, ports, BACKENDS, {}
+            args.workers, proxy_port, admin_port, redis_lines(redis, group), ports, BACKENDS, {}
         )
         conf.write_text(conf_text)
         commands["mcplb"] = mcplb_cmd(conf, "--log-level", "info")
@@ -1649,7 +1682,17 @@ def main(argv: list[str] | None = None) -> int:
         wait_http(mcplb, admin_port, "/status", START_TIMEOUT, mcplb_log)
         log_step("mcplb", f"pid {mcplb.pid}, port {proxy_port}, admin {admin_port}")
         soak = Soak(
-            args, tmp, procs, backend_procs, ports, proxy_port, admin_port, mcplb, redis, conf
+            args,
+            tmp,
+            procs,
+            backend_procs,
+            ports,
+            proxy_port,
+            admin_port,
+            mcplb,
+            redis,
+            conf,
+            group,
         )
         interrupted = asyncio.run(interruptible(soak.run(), restore=raise_interrupt))
 
@@ -1674,7 +1717,9 @@ def main(argv: list[str] | None = None) -> int:
             left = group_pids(soak.mcplb.pid)
             if left:
                 print(f"cleanup: mcplb processes still alive: {left}", file=sys.stderr)
-        if redis is not None:
+        if group is not None:
+            asyncio.run(group.stop())
+        elif redis is not None:
             asyncio.run(redis.stop())
         log_tail = tail(mcplb_log, 30) if report is not None or setup_error else ""
         drop_tmp(tmp, args.keep_tmp)

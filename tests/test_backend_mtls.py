@@ -32,7 +32,7 @@ from mcplb.proxy.config.schema import (
 from mcplb.proxy.config.tls import reload_server_context, server_context
 from mcplb.proxy.config.validate import machine_issues
 from tests.conftest import ProxyFactory
-from tests.eventually import eventually
+from tests.support.eventually import eventually
 
 LOOPBACK = "127.0.0.1"
 STEP = 5.0  # seconds any one network step may take

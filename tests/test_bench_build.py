@@ -14,7 +14,7 @@ import pytest
 
 from bench.common import WrongBuild, build_label, checked_build
 from mcplb import __version__
-from tests.builds import source_tree, version_line
+from tests.support.builds import source_tree, version_line
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE = [sys.executable, "bench/cpu_gate.py", "--rounds", "1", "--requests", "500"]

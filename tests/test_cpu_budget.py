@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.builds import source_tree, version_line
+from tests.support.builds import source_tree, version_line
 
 ROOT = Path(__file__).resolve().parent.parent
 

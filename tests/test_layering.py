@@ -76,6 +76,7 @@ def test_no_import_cycle_between_modules() -> None:
 LAYERS = [
     "config",
     "observability",
+    "redisconn",
     "sessions",
     "cluster",
     "routing",

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from mcplb.proxy.server.open_files import RESERVED, OpenFiles
 from tests.conftest import AppFactory
-from tests.eventually import eventually
-from tests.peers import free_port, wait_for_port
-from tests.rawhttp import request
+from tests.support.eventually import eventually
+from tests.support.peers import free_port, wait_for_port
+from tests.support.rawhttp import request
 
 MCPLB = [sys.executable, "-m", "mcplb.proxy.cli"]
 LOW = 1024

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 import redis.asyncio as aioredis
 
+from mcplb.proxy.config.schema import RedisConfig
 from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from tests.conftest import FakeClock
@@ -45,10 +46,10 @@ async def make_store() -> AsyncIterator[StoreFactory]:
 
     def factory(url: str, **options: Any) -> RedisSessionStore:
         options.setdefault("ttl", 60.0)
-        options.setdefault("timeout", TIMEOUT)
-        options.setdefault("prefix", PREFIX)
+        timeout = options.pop("timeout", TIMEOUT)
+        prefix = options.pop("prefix", PREFIX)
         options.setdefault("max_local", 1000)
-        store = RedisSessionStore(url, **options)
+        store = RedisSessionStore(RedisConfig(url, timeout, prefix), **options)
         stores.append(store)
         return store
 
@@ -390,7 +391,7 @@ async def test_failure_logs_are_rate_limited_with_a_count(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("mcplb.proxy.sessions.redis_store.LOG_INTERVAL", 0.4)
+    monkeypatch.setattr("mcplb.proxy.redisconn.health.LOG_INTERVAL", 0.4)
     caplog.set_level(logging.WARNING, logger="mcplb.sessions")
     silent = await start_silent_server()
     try:

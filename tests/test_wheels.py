@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.builds import compiled_modules, source_tree, version_line
+from tests.support.builds import compiled_modules, source_tree, version_line
 from tests.conftest import AppFactory
-from tests.peers import free_port, wait_for_port
-from tests.rawhttp import request
+from tests.support.peers import free_port, wait_for_port
+from tests.support.rawhttp import request
 
 ROOT = Path(__file__).resolve().parent.parent
 FALLBACK = "building the pure-Python modules instead (mcplb --version says so)"

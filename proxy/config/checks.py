@@ -455,6 +455,7 @@ def is_loopback(host: str) -> bool:
 # The shortest key sticky.keys accepts (sessions/tokens.py enforces it again on the codec).
 MIN_KEY_LENGTH: Final = 32  # characters of a str key, bytes of a bytes key
 _MAX_REDIS_TIMEOUT = 5.0
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)  # RFC 9110 token
 _TOKEN_CHARS = "letters, digits and !#$%&'*+-.^_`|~"
 KEYS_EXAMPLE = 'e.g. keys: ["${MCPLB_SESSION_KEY}"] with a random secret of at least 32 characters'
@@ -534,6 +535,35 @@ def check_redis_url(value: object) -> str:
     database = parts.path.removeprefix("/")
     if database and not (database.isascii() and database.isdigit()):
         raise ValueError('the path must be a database number, e.g. "redis://127.0.0.1:6379/0"')
+    return value
+
+
+def check_host_port(value: object) -> tuple[str, int]:
+    """A ``HOST:PORT`` address (IPv6 in brackets), port 1 to 65535."""
+    if not isinstance(value, str):
+        raise ValueError('must be "HOST:PORT", e.g. "10.0.0.5:26379"')
+    host, port = check_listen(value)
+    if port == 0:
+        raise ValueError("port must be a number between 1 and 65535")
+    return host, port
+
+
+def check_sentinel_service(value: object) -> str:
+    # What Sentinel accepts as a master name (sentinel.conf "sentinel monitor NAME ...").
+    if not isinstance(value, str) or not _SERVICE_RE.fullmatch(value):
+        raise ValueError(
+            'must be the master\'s name as the sentinels know it, e.g. "mymaster" (letters, '
+            "digits, . _ -)"
+        )
+    return value
+
+
+def check_password(value: object) -> str:
+    # A secret: never put it in a message.
+    if not isinstance(value, str) or not value:
+        raise ValueError('must be a non-empty string, e.g. "${REDIS_PASSWORD}"')
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
     return value
 
 

@@ -195,6 +195,40 @@ def _unused_redis(read: Read, ctx: Context, store: str | None) -> None:
             ctx.issues.append(ConfigIssue(path, message, entry.line))
 
 
+_SENTINEL_ONLY = ("service", "password", "sentinel_password", "tls", "ca")
+
+
+def _redis(read: Read, ctx: Context) -> RedisConfig:
+    """One server (``url``) or a Sentinel service (``sentinels`` and ``service``), not both;
+    the keys only Sentinel connections read need ``sentinels`` (one server takes its password
+    and TLS in the url: ``rediss://:PASSWORD@HOST``)."""
+    entries = read.section.entries
+    if "sentinels" in entries:
+        if "url" in entries:
+            message = (
+                "cannot be given with url: the sentinels name the master (remove url, or "
+                "sentinels for one server)"
+            )
+            _issue(ctx, read, "sentinels", message)
+        if "service" not in entries:
+            message = (
+                "needs service: the master's name as the sentinels know it (sentinel monitor "
+                "NAME ...), e.g. service: mymaster"
+            )
+            _issue(ctx, read, "sentinels", message)
+        if "ca" in entries and read.valid("tls") and not read.values["tls"]:
+            _issue(ctx, read, "ca", "only used with tls: true")
+    else:
+        for name in _SENTINEL_ONLY:
+            if name in entries:
+                message = (
+                    "only used with sentinels (for one server, write the password and "
+                    'rediss:// for TLS in url: "rediss://:PASSWORD@HOST:PORT/0")'
+                )
+                _issue(ctx, read, name, message)
+    return RedisConfig(**read.values)
+
+
 def _cookie(read: Read, ctx: Context) -> CookieConfig | None:
     if read.val is not None and read.val.value is not None and not isinstance(read.val.value, dict):
         return None  # reported (not a mapping, or already invalid): no knock-on errors
@@ -301,6 +335,7 @@ RULES: Mapping[type, Rule] = {
     StickyConfig: _sticky,
     CookieConfig: _cookie,
     RateLimitConfig: _rate_limit,
+    RedisConfig: _redis,
     ListenTlsConfig: _listen_tls,
     BackendTlsConfig: _backend_tls,
     AdminConfig: _admin,

@@ -81,7 +81,8 @@ SessionStoreKind = Literal["memory", "signed", "redis"]
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    """Where ``sticky.store: redis`` keeps session bindings."""
+    """Where a Redis store (sessions, rate limits) keeps its data: one server (``url``) or
+    the master of a Sentinel ``service`` (``sentinels``)."""
 
     # redis://, rediss:// (TLS) or unix://; may hold a password (messages never repeat it)
     url: str = field(default="redis://127.0.0.1:6379/0", metadata=key(c.check_redis_url))
@@ -89,6 +90,22 @@ class RedisConfig:
     timeout: float = field(default=0.25, metadata=key(c.check_redis_timeout))
     # prepended to every key; non-empty
     prefix: str = field(default="mcplb:session:", metadata=key(c.check_prefix))
+    # Sentinel, in place of url: the sentinels' HOST:PORT addresses and the master's name
+    sentinels: tuple[tuple[str, int], ...] = field(
+        default=(),
+        metadata=items(
+            c.check_host_port,
+            'must be a list of sentinel addresses, e.g. ["10.0.0.5:26379", "10.0.0.6:26379"]',
+            scalar_ok=True,
+        ),
+    )
+    service: str | None = field(default=None, metadata=key(c.check_sentinel_service))
+    # with sentinels: the password of the Redis servers, and of the sentinels (secrets)
+    password: str | None = field(default=None, repr=False, metadata=key(c.check_password))
+    sentinel_password: str | None = field(default=None, repr=False, metadata=key(c.check_password))
+    # with sentinels: TLS to the servers and the sentinels, verified with ca (or system CAs)
+    tls: bool = field(default=False, metadata=key(c.check_bool))
+    ca: str | None = field(default=None, metadata=key(c.check_file_path))
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,10 @@ def named_files(config: Config) -> list[tuple[str, str]]:
             file = getattr(backend, name)
             if file is not None:
                 named.append((_backend_path(config, index, name), file))
+    redis = [("sticky.redis", config.sticky.redis)]
+    if config.rate_limit is not None:
+        redis.append(("rate_limit.redis", config.rate_limit.redis))
+    named += [(f"{path}.ca", section.ca) for path, section in redis if section.ca is not None]
     return named
 
 

@@ -9,7 +9,12 @@ refused. ``take_token`` is the pure bucket step; the stores keep ``(tokens, stam
 - ``RedisRateLimiter``: one hash per key in a shared Redis, updated atomically by a Lua
   script on Redis's own clock, so every replica shares one bucket per client. Redis never
   blocks or refuses a request: a failure (or a call slower than the timeout) lets the request
-  through (fails open), and Redis is left alone for a backoff before it is tried again.
+  through (fails open), and Redis is left alone for a backoff before it is tried again
+  (``proxy/redisconn/health.py``). With Sentinel (``redis.sentinels``) the probe after the
+  backoff reaches the master the sentinels name then (``proxy/redisconn/link.py``): during a
+  failover requests are not limited, and afterwards the buckets are those the new master
+  holds (the replica's copy: at most the few replies it had not received yet are lost,
+  which can only give a client back tokens it had spent).
 """
 
 from __future__ import annotations
@@ -23,19 +28,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from mcplb.proxy.config.schema import RateLimitConfig
-from mcplb.proxy.sessions.redis_store import (
-    BACKOFF_MAX,
-    BACKOFF_MIN,
-    HEALTH_CHECK_INTERVAL,
-    LogThrottle,
-    drop_connections,
-    error_kind,
-)
+from mcplb.proxy.redisconn.health import RedisHealth
+from mcplb.proxy.redisconn.link import RedisLink
 
 log = logging.getLogger("mcplb.ratelimit")
 
@@ -155,49 +150,49 @@ class RedisRateLimiter:
     ) -> None:
         """``clock`` paces the backoff after failures and the warnings."""
         self.config = config
-        self.errors = 0  # Redis failures (connect, timeout, script), for metrics
         self.fail_open = 0  # requests let through without a Redis answer (failed or backing off)
         self._timeout = config.redis.timeout
         self._prefix = config.redis.prefix
-        self._clock = clock
         self._open = RateDecision(True, max(0, config.burst - 1), 0.0, 0.0)
         self._args = (repr(config.rate), str(config.burst), repr(EPSILON))
-        self._redis = aioredis.Redis.from_url(
-            config.redis.url,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            health_check_interval=HEALTH_CHECK_INTERVAL,
-            # No retries inside redis-py: one failure fails open at once, then backs off.
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._link = RedisLink(config.redis)
         # EVALSHA, and SCRIPT LOAD + EVALSHA again on NOSCRIPT (a restarted or new Redis).
-        self._script = self._redis.register_script(TAKE_SCRIPT)
-        self._healthy = True  # False: answer fail-open until retry_at, then let one call probe
-        self._retry_at = 0.0
-        self._backoff = BACKOFF_MIN
+        self._script = self._link.client.register_script(TAKE_SCRIPT)
+        # Down: answer fail-open until its retry_at, then let one call probe.
+        self._health = RedisHealth(
+            log,
+            "rate limit",
+            "letting requests through unlimited",
+            clock,
+            backoff_max=self._link.backoff_max,
+        )
         self._probing = False
         self._closed = False
-        self._log = LogThrottle(clock)
 
     @property
     def healthy(self) -> bool:
         """Whether requests currently ask Redis (False while backing off after a failure)."""
-        return self._healthy
+        return self._health.healthy
+
+    @property
+    def errors(self) -> int:
+        """Redis failures (connect, timeout, script), for metrics."""
+        return self._health.errors
 
     async def take(self, key: str) -> RateDecision:
         if self._closed:
             self.fail_open += 1
             return self._open
-        probe = not self._healthy
+        probe = not self._health.healthy
         if probe:
             # One request at a time finds out whether Redis is back; the rest do not wait.
-            if self._probing or self._clock() < self._retry_at:
+            if self._probing or not self._health.probe_due():
                 self.fail_open += 1
                 return self._open
             self._probing = True
         try:
             if probe:
-                await drop_connections(self._redis)  # the others fail open meanwhile
+                await self._link.drop_connections()  # the others fail open meanwhile
             reply = await asyncio.wait_for(
                 self._script(keys=[self._prefix + bucket_key(key)], args=self._args),
                 self._timeout,
@@ -207,46 +202,22 @@ class RedisRateLimiter:
                 bool(int(allowed)), float(tokens), self.config.rate, self.config.burst
             )
         except Exception as error:  # any failure: let the request through
-            self._failed(error, probe)
+            self._health.failed(error, probe=probe)
             self.fail_open += 1
             return self._open
         finally:
             if probe:
                 self._probing = False
         if probe:
-            self._healthy = True
-            self._backoff = BACKOFF_MIN
-            log.warning("rate limit: Redis answers again; limiting requests again")
+            self._health.recovered("limiting requests again")
         return decision
 
     async def close(self) -> None:
         self._closed = True
         try:
-            await asyncio.wait_for(self._redis.aclose(close_connection_pool=True), self._timeout)
+            await asyncio.wait_for(self._link.close(), self._timeout)
         except Exception as error:  # closing must not fail shutdown either
             log.debug("closing the Redis client failed: %r", error)
-
-    def _failed(self, error: Exception, probe: bool) -> None:
-        self.errors += 1
-        # Calls already in flight when Redis failed do not stretch the backoff; a probe does.
-        if self._healthy or probe:
-            self._healthy = False
-            self._retry_at = self._clock() + self._backoff
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX)
-        self._warn(error_kind(error), error)
-
-    def _warn(self, kind: str, error: Exception) -> None:
-        more = self._log.due(kind)
-        if more is None:
-            return
-        log.warning(
-            "rate limit: Redis %s error: %s%s; letting requests through unlimited "
-            "(%d Redis errors in all)",
-            kind,
-            str(error) or type(error).__name__,
-            more,
-            self.errors,
-        )
 
 
 def _ceil(seconds: float) -> int:

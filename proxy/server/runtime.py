@@ -61,10 +61,8 @@ class Runtime:
         self.session_counts = SessionCounts(self.cluster, self.stats)
         self.sessions: SessionStore = (
             RedisSessionStore(
-                sticky.redis.url,
+                sticky.redis,
                 ttl=sticky.session_ttl,
-                timeout=sticky.redis.timeout,
-                prefix=sticky.redis.prefix,
                 max_local=sticky.max_sessions,
                 on_expire=self.session_counts.expired,
                 outage_share=None if state_dir is None else OutageShare(state_dir / "sessions"),

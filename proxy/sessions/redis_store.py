@@ -22,8 +22,11 @@ Redis is never allowed to fail or stall a request: every command is bounded by `
 (socket timeouts and an ``asyncio.wait_for``), and any Redis error is counted in ``errors``,
 logged (rate-limited) on ``mcplb.sessions``, and answered from the local table. After a failure
 the store stops sending requests' commands to Redis; a background task pings it after a
-backoff (0.5 s doubling to 5 s) and, once it answers, writes back the local changes made
-meanwhile (binds and forgets; last writer wins) before requests use Redis again.
+backoff (0.5 s doubling to 5 s; ``proxy/redisconn/health.py``) and, once it answers, writes
+back the local changes made meanwhile (binds and forgets; last writer wins) before requests
+use Redis again. With Sentinel (``redis.sentinels``) that probe reaches the master the
+sentinels name then (``proxy/redisconn/link.py``): a failover is an outage like any other,
+from the old master's death until the sentinels promote the replica.
 
 Needs Redis >= 6.2 (GETEX, SET ... GET).
 """
@@ -39,13 +42,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
+from mcplb.proxy.config.schema import RedisConfig
+from mcplb.proxy.redisconn.health import BACKOFF_MAX, RedisHealth
+from mcplb.proxy.redisconn.link import RedisLink
 from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
 
@@ -54,11 +53,8 @@ log = logging.getLogger("mcplb.sessions")
 T = TypeVar("T")
 
 TOMBSTONE = ""  # the Redis value of a forgotten session (backend names are never empty)
-BACKOFF_MIN = 0.5  # seconds without Redis after a failure, doubling while it stays down...
-BACKOFF_MAX = 5.0  # ...up to this
-LOG_INTERVAL = 5.0  # at most one warning per kind of failure per this many seconds
-HEALTH_CHECK_INTERVAL = 15  # PING a pooled connection idle longer than this before reusing it
 BATCH = 256  # background refreshes/write-backs per pipeline
+MASTER_CHECK = 1.0  # with Sentinel: seconds between asking the sentinels for the master
 
 
 class _Failed:
@@ -73,11 +69,9 @@ class RedisSessionStore(SessionStore):
 
     def __init__(
         self,
-        url: str,
+        redis: RedisConfig,
         *,
         ttl: float,
-        timeout: float,
-        prefix: str,
         max_local: int,
         clock: Callable[[], float] = time.monotonic,
         on_expire: Callable[[str, str], None] | None = None,
@@ -88,10 +82,9 @@ class RedisSessionStore(SessionStore):
         the local table other than through ``bind``/``forget`` (idle expiry, size cap, or
         another replica forgetting or re-binding it); ``outage_share`` hands bindings to the other
         workers of this host while Redis is down."""
-        self.errors = 0  # Redis failures seen (connect, timeout, protocol), for metrics
         self._ttl_ms = max(1, math.ceil(ttl * 1000))
-        self._timeout = timeout
-        self._prefix = prefix
+        self._timeout = redis.timeout
+        self._prefix = redis.prefix
         self._clock = clock
         self._on_expire = on_expire
         self._refresh_every = ttl / 10
@@ -99,17 +92,18 @@ class RedisSessionStore(SessionStore):
         self._outage_share = outage_share
         self._shared: set[str] = set()  # shared during the current outage
         self._local = MemorySessionStore(ttl, max_local, clock, on_expire=self._local_dropped)
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=HEALTH_CHECK_INTERVAL,
-            decode_responses=True,
-            # No retries inside redis-py: a failure goes local at once, and backs off.
-            retry=Retry(NoBackoff(), 0),
+        self._link = RedisLink(redis, decode_responses=True)
+        self._redis = self._link.client
+        # Down: requests skip Redis; the background task probes it.
+        self._health = RedisHealth(
+            log,
+            "Redis session store",
+            "answering from the local table",
+            clock,
+            backoff_max=self._link.backoff_max,
         )
-        self._healthy = True  # False: requests skip Redis; the background task probes it
-        self._backoff = BACKOFF_MIN
+        self._master_check_at = 0.0  # time.monotonic() of the next check (Sentinel only)
+        self._master: tuple[str, int] | None = None  # the master at the last check
         self._synced: dict[str, float] = {}  # session id -> clock time of its last TTL refresh
         self._pending: dict[str, str] = {}  # local hits due for a Redis refresh -> local backend
         self._dirty: dict[str, str | None] = {}  # local changes Redis missed (None: forgotten)
@@ -117,12 +111,16 @@ class RedisSessionStore(SessionStore):
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
-        self._log = LogThrottle()
 
     @property
     def healthy(self) -> bool:
         """Whether requests currently use Redis (False while backing off after a failure)."""
-        return self._healthy
+        return self._health.healthy
+
+    @property
+    def errors(self) -> int:
+        """Redis failures seen (connect, timeout, protocol), for metrics."""
+        return self._health.errors
 
     def __len__(self) -> int:
         """Bindings in the local table."""
@@ -151,7 +149,7 @@ class RedisSessionStore(SessionStore):
         backend = self._local.known(session_id)
         if backend is not None:
             self._schedule_refresh(session_id, backend)
-            if not self._healthy:
+            if not self._health.healthy:
                 self._share(session_id, backend)
         return backend
 
@@ -206,7 +204,7 @@ class RedisSessionStore(SessionStore):
                 await self._worker
             self._worker = None
         try:
-            await asyncio.wait_for(self._redis.aclose(close_connection_pool=True), self._timeout)
+            await asyncio.wait_for(self._link.close(), self._timeout)
         except Exception as error:  # closing must not fail shutdown either
             log.debug("closing the Redis client failed: %r", error)
 
@@ -224,36 +222,17 @@ class RedisSessionStore(SessionStore):
             self._worker = asyncio.get_running_loop().create_task(
                 self._sync_loop(), name="mcplb-redis-sessions"
             )
-        return self._healthy
+        return self._health.healthy
 
     async def _command(self, command: Awaitable[T]) -> T | _Failed:
         """Run one Redis command (or pipeline), bounded by the timeout; count and log failures."""
         try:
             return await asyncio.wait_for(command, self._timeout)
         except Exception as error:
-            self._failed(error)
+            if self._health.healthy:
+                self._wake.set()  # the background task probes after the backoff
+            self._health.failed(error)
             return _FAILED
-
-    def _failed(self, error: Exception) -> None:
-        self.errors += 1
-        self._warn(error_kind(error), error)
-        if self._healthy:
-            self._healthy = False
-            self._backoff = BACKOFF_MIN
-            self._wake.set()
-
-    def _warn(self, kind: str, error: Exception) -> None:
-        more = self._log.due(kind)
-        if more is None:
-            return
-        log.warning(
-            "Redis session store: %s error: %s%s; answering from the local table "
-            "(%d Redis errors in all)",
-            kind,
-            str(error) or type(error).__name__,
-            more,
-            self.errors,
-        )
 
     # -- local bookkeeping ----------------------------------------------------------------
 
@@ -311,24 +290,16 @@ class RedisSessionStore(SessionStore):
     async def _sync_loop(self) -> None:
         while True:
             try:
-                if not self._healthy:
-                    await asyncio.sleep(self._backoff)
-                    # Connections from before the failure are likely dead (a restarted
-                    # Redis): each would fail once and send requests local again.
-                    await drop_connections(self._redis)
-                    if isinstance(await self._command(self._redis.ping()), _Failed):
-                        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+                if not self._health.healthy:
+                    await asyncio.sleep(self._health.wait())
+                    if not await self._probe():
                         continue
-                    self._healthy = True
-                    self._backoff = BACKOFF_MIN
-                    self._shared.clear()  # the next outage shares afresh
-                    log.warning(
-                        "Redis session store: Redis answers again; writing back %d local changes",
-                        len(self._dirty),
-                    )
+                if self._link.sentinel is not None and time.monotonic() >= self._master_check_at:
+                    self._master_check_at = time.monotonic() + MASTER_CHECK
+                    await self._check_master()
                 if not self._dirty and not self._pending:
                     self._wake.clear()
-                    await self._wake.wait()
+                    await self._idle()
                     continue
                 await self._sync_batch()
             except asyncio.CancelledError:
@@ -336,6 +307,51 @@ class RedisSessionStore(SessionStore):
             except Exception:  # a bug here must not stop refreshes for good
                 log.exception("Redis session store: background sync failed")
                 await asyncio.sleep(BACKOFF_MAX)
+
+    async def _idle(self) -> None:
+        """Until there is work (with Sentinel: at most until the next master check)."""
+        if self._link.sentinel is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), MASTER_CHECK)
+
+    async def _check_master(self) -> None:
+        """After a failover the old master may have lost some of our writes (taken before
+        its demotion, or not yet replicated at its death): when the sentinels name another
+        master than at the last check, check every binding made here, as a refresh does
+        (one missing from Redis is written back, one changed is adopted)."""
+        master = await self._link.master(self._timeout)
+        if master is None:
+            return
+        previous, self._master = self._master, master
+        if previous is None or previous == master:
+            return
+        for session_id in self._bound_here:
+            backend = self._local.peek(session_id)
+            if backend is not None:
+                self._pending[session_id] = backend
+        log.warning(
+            "Redis session store: the sentinels name a new master; checking the %d bindings "
+            "made here",
+            len(self._pending),
+        )
+
+    async def _probe(self) -> bool:
+        """Whether Redis answers again (then requests use it again)."""
+        # Connections from before the failure are likely dead (a restarted Redis, a
+        # failed-over master): each would fail once and send requests local again.
+        await self._link.drop_connections()
+        try:
+            await asyncio.wait_for(self._redis.ping(), self._timeout)
+        except Exception as error:
+            self._health.failed(error, probe=True)
+            return False
+        self._shared.clear()  # the next outage shares afresh
+        self._health.recovered(f"writing back {len(self._dirty)} local changes")
+        if self._link.sentinel is not None:
+            await self._check_master()  # the outage may have been a failover
+        return True
 
     async def _sync_batch(self) -> None:
         writes = _take(self._dirty, BATCH)
@@ -368,13 +384,6 @@ class RedisSessionStore(SessionStore):
             await self._command(pipe.execute())  # if lost, the next use refreshes again
 
 
-async def drop_connections(client: aioredis.Redis) -> None:
-    """Close every pooled connection (while no request uses Redis): new ones are opened
-    on demand."""
-    with contextlib.suppress(Exception):
-        await client.connection_pool.disconnect()
-
-
 def _text(value: str | bytes) -> str:
     return value if isinstance(value, str) else value.decode()
 
@@ -383,34 +392,3 @@ def _take(table: dict[str, T], count: int) -> list[tuple[str, T]]:
     """Remove and return up to ``count`` of the oldest entries."""
     keys = list(itertools.islice(table, count))
     return [(key, table.pop(key)) for key in keys]
-
-
-class LogThrottle:
-    """At most one log line per kind of error per LOG_INTERVAL; the lines left out are
-    counted into the next one."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._state: dict[str, tuple[float, int]] = {}  # kind -> (last logged, left out)
-
-    def due(self, kind: str) -> str | None:
-        """None to stay quiet now, else the text to add about the lines left out."""
-        now = self._clock()
-        last, suppressed = self._state.get(kind, (-math.inf, 0))
-        if now - last < LOG_INTERVAL:
-            self._state[kind] = (last, suppressed + 1)
-            return None
-        self._state[kind] = (now, 0)
-        return f" ({suppressed} more since the last report)" if suppressed else ""
-
-
-def error_kind(error: Exception) -> str:
-    if isinstance(error, TimeoutError | RedisTimeoutError):
-        return "timeout"
-    if isinstance(error, RedisConnectionError | OSError):
-        return "connection"
-    if isinstance(error, ResponseError):
-        return "response"
-    if isinstance(error, RedisError):
-        return "protocol"
-    return "unexpected"

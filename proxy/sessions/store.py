@@ -82,6 +82,11 @@ class MemorySessionStore(SessionStore):
         self._bindings.move_to_end(session_id)
         return backend
 
+    def peek(self, session_id: str) -> str | None:
+        """The backend of a live binding, without counting this as a use."""
+        entry = self._bindings.get(session_id)
+        return None if entry is None or entry[1] <= self._clock() else entry[0]
+
     async def bind(self, session_id: str, backend: str) -> str | None:
         previous = self._bindings.get(session_id)
         self._bindings[session_id] = self._entry(backend, self._clock())

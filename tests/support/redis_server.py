@@ -65,9 +65,12 @@ class RedisServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, binary: str, port: int) -> None:
+    def __init__(self, binary: str, port: int, args: tuple[str, ...] = ()) -> None:
+        """``args``: more redis-server options (replication, persistence), after ours."""
         self.binary = binary
         self.port = port
+        self.args = args
+        self.password: str | None = None  # sent with AUTH before each command() when set
         self.dir = Path(tempfile.mkdtemp(prefix="mcplb-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         _servers.add(self)
@@ -75,6 +78,25 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+    def argv(self) -> list[str]:
+        """The command line: no persistence unless ``args`` asks for it."""
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.dir),
+            *self.args,
+        ]
 
     @property
     def alive(self) -> bool:
@@ -87,21 +109,7 @@ class RedisServer:
         log_path = self.dir / "redis.log"
         with open(log_path, "ab") as log_file:
             self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    self.host,
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                    str(self.dir),
-                ],
+                self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -131,7 +139,7 @@ class RedisServer:
         try:
             writer.write(b"PING\r\n")
             line = await asyncio.wait_for(reader.readline(), 0.5)
-            return line.startswith(b"+PONG")
+            return line.startswith((b"+PONG", b"-NOAUTH"))  # up (asks for a password)
         except (OSError, TimeoutError):
             return False
         finally:
@@ -174,33 +182,54 @@ class RedisServer:
         """Whether ``key`` exists (EXISTS over a fresh connection; no client library)."""
         return await self.command("EXISTS", key) == 1
 
-    async def command(self, *args: str) -> int | str | None:
-        """Send one command; its reply if an integer, a simple or bulk string, or nil."""
+    async def command(self, *args: str) -> Reply:
+        """Send one command; its reply: an integer, a simple or bulk string, nil, or an
+        array of those (nested)."""
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), START_TIMEOUT
         )
         try:
-            parts = [f"*{len(args)}\r\n".encode()]
-            for arg in args:
-                data = arg.encode()
-                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-            writer.write(b"".join(parts))
-            line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
-            kind, rest = line[:1], line[1:].rstrip(b"\r\n")
-            if kind == b":":
-                return int(rest)
-            if kind == b"+":
-                return rest.decode()
-            if kind == b"$":
-                if int(rest) < 0:
-                    return None
-                data = await asyncio.wait_for(reader.readexactly(int(rest) + 2), START_TIMEOUT)
-                return data[:-2].decode()
-            raise RuntimeError(f"redis-server replied {line!r} to {args[0]}")
+            if self.password is not None:
+                writer.write(_encode("AUTH", self.password))
+                reply = await asyncio.wait_for(_read_reply(reader, "AUTH"), START_TIMEOUT)
+                if reply != "OK":
+                    raise RuntimeError(f"AUTH answered {reply!r}")
+            writer.write(_encode(*args))
+            return await asyncio.wait_for(_read_reply(reader, args[0]), START_TIMEOUT)
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+Reply = int | str | None | list["Reply"]
+
+
+def _encode(*args: str) -> bytes:
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+async def _read_reply(reader: asyncio.StreamReader, command: str) -> Reply:
+    line = await reader.readline()
+    kind, rest = line[:1], line[1:].rstrip(b"\r\n")
+    if kind == b":":
+        return int(rest)
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"$":
+        if int(rest) < 0:
+            return None
+        data = await reader.readexactly(int(rest) + 2)
+        return data[:-2].decode()
+    if kind == b"*":
+        if int(rest) < 0:
+            return None
+        return [await _read_reply(reader, command) for _ in range(int(rest))]
+    raise RuntimeError(f"redis-server replied {line!r} to {command}")
 
 
 async def start_redis(port: int | None = None) -> RedisServer:
