@@ -40,8 +40,9 @@ Faults, at fixed fractions of ``--duration`` D (t = seconds since the load start
           5 s), SIGHUP;
   (each reload must also be logged as "config reloaded" by every worker, and not rejected)
   0.75 D  redis-server SIGKILLed, started again (empty) on the same port 3 s later.
-          With ``--sentinel`` the store is a Sentinel group instead (tests/support/redis_sentinel.py:
-          master, replica, three sentinels; ``sticky.redis.sentinels``): the master is
+          With ``--sentinel`` the store is a Sentinel group instead
+          (tests/support/redis_sentinel.py: master, replica, three sentinels;
+          ``sticky.redis.sentinels``): the master is
           SIGKILLed, the sentinels promote the replica (its time is reported), and the old
           master restarts 3 s later (empty), which the sentinels make a replica.
 A master that exits on SIGHUP (no reload support) is detected and reported; the reload is

@@ -317,7 +317,7 @@ def test_unknown_top_level_key_without_close_match() -> None:
     assert error(with_top("zzz: 1")) == (
         "zzz: unknown key (expected one of: listen, workers, strategy, strategy_options, "
         "preserve_host, allowed_hosts, backends, sticky, timeouts, limits, health, admin, log, "
-        "retries, rate_limit, listen_tls, watch_config, discovery) (line 1)"
+        "retries, rate_limit, listen_tls, backend_tls, watch_config, discovery) (line 1)"
     )
 
 
@@ -343,12 +343,12 @@ def test_unknown_top_level_key_without_close_match() -> None:
         (
             with_backend("    zzz: 2\n"),
             "backends[0].zzz: unknown key (expected one of: name, url, weight, max_sessions,"
-            " max_connections, max_streams, ca, verify) (line 4)",
+            " max_connections, max_streams, ca, verify, client_cert, client_key) (line 4)",
         ),
         (
             with_backend("    1: 2\n"),
             "backends[0].1: unknown key (expected one of: name, url, weight, max_sessions,"
-            " max_connections, max_streams, ca, verify) (line 4)",
+            " max_connections, max_streams, ca, verify, client_cert, client_key) (line 4)",
         ),
     ],
 )

@@ -310,7 +310,7 @@ def test_listen_tls_unknown_key(tmp_path: Path) -> None:
     )
     body = f"cert: '{cert}'\nkey: '{cert}'\nca: '{cert}'"
     assert error(section_doc("listen_tls", body)) == (
-        "listen_tls.ca: unknown key (expected one of: cert, key) (line 7)"
+        "listen_tls.ca: unknown key (expected one of: cert, key, client_ca) (line 7)"
     )
 
 

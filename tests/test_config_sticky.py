@@ -232,7 +232,8 @@ def test_keys_are_not_in_repr() -> None:
         ),
         (
             "redis: {port: 1}",
-            "sticky.redis.port: unknown key (expected one of: url, timeout, prefix) (line 6)",
+            "sticky.redis.port: unknown key (expected one of: url, timeout, prefix, sentinels,"
+            " service, password, sentinel_password, tls, ca) (line 6)",
         ),
     ],
 )

@@ -25,8 +25,8 @@ from aiohttp import web
 
 from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import Config
-from tests.support.builds import version_line
 from tests.conftest import AppFactory
+from tests.support.builds import version_line
 from tests.support.peers import free_port, wait_for_port
 from tests.support.rawhttp import request
 

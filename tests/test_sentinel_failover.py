@@ -37,7 +37,12 @@ from mcplb.proxy.config.schema import RedisConfig
 from mcplb.proxy.sessions.redis_store import MASTER_CHECK, RedisSessionStore
 from tests.support.eventually import eventually
 from tests.support.peers import McpBackend, Peers, ProxyProcess, free_port, proxy_admin_port
-from tests.support.redis_sentinel import SERVICE, SWITCH_TIMEOUT, SentinelGroup, start_sentinel_group
+from tests.support.redis_sentinel import (
+    SERVICE,
+    SWITCH_TIMEOUT,
+    SentinelGroup,
+    start_sentinel_group,
+)
 
 PREFIX = "mcplb-failover:"
 RECOVERED = "Redis session store: Redis answers again"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.support.builds import compiled_modules, source_tree, version_line
 from tests.conftest import AppFactory
+from tests.support.builds import compiled_modules, source_tree, version_line
 from tests.support.peers import free_port, wait_for_port
 from tests.support.rawhttp import request
 
