@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mcplb import __version__
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("setup.py", "pyproject.toml", "README.md", "mcplb/__init__.py", "mcplb/py.typed")
 FOLDERS = ("proxy", "strategies", "healthcheck")
 
