@@ -176,9 +176,11 @@ class Stickiness:
     def route_key(self, after: KeyFound | None = None) -> KeyFound | None:
         """The first key the request carries (of the kinds after ``after``'s)."""
         kinds = self.affinity.kinds
-        start = 0 if after is None else kinds.index(after.kind) + 1
-        for index in range(start, len(kinds)):
-            found = kinds[index].route_key(self.request)
+        if after is not None:
+            kinds = kinds[kinds.index(after.kind) + 1 :]
+        request = self.request
+        for kind in kinds:
+            found = kind.route_key(request)
             if found is not None:
                 self.found = found
                 return found

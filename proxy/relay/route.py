@@ -61,7 +61,11 @@ def route(ex: Exchange, request: Request) -> None:
         # A router reading the first and a backend reading the last would disagree.
         ex.answer(answers.REPEATED_QUERY_SESSION)
         return
-    sticky = ex.sticky = Stickiness(ex.runtime.affinity, request)
+    keys = ex.runtime.affinity
+    if not keys.kinds:  # no affinity configured: nothing to ask, nothing to learn
+        route_new(ex, request)
+        return
+    sticky = ex.sticky = Stickiness(keys, request)
     found = sticky.route_key()
     if found is None:
         route_new(ex, request)  # (route_key's first case, inline: most requests)
