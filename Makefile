@@ -83,8 +83,8 @@ node-deps: $(NODE_STAMP)
 # gate), "compiled" (it reaches a module setup.py compiles, or starts a proxy).
 #
 #   make check   ruff, mypy and the tests that start no process: the inner loop, no
-#                service, no Node, no compiled build (MCPLB_TEST_TIER=check makes a test
-#                that starts a service anyway fail, naming itself)
+#                service, no Node, no compiled build, in two shards (MCPLB_TEST_TIER=check
+#                makes a test that starts a process anyway fail, naming itself)
 #   make test    what .ci/run runs: lint and types, every test but the benchmarks on pure
 #                Python, the "compiled" ones on the mypyc build (the two passes side by
 #                side; TEST_JOBS=1 runs them one after the other), then the benchmarks and
@@ -93,10 +93,13 @@ PYTEST := $(PY) -m pytest -q
 TEST_JOBS ?= 3
 
 check: $(STAMP)
-	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck test-fast
+	@$(MAKE) --no-print-directory -j4 --output-sync=target lint typecheck test-fast
 
-test-fast: $(STAMP)
-	MCPLB_TEST_TIER=check $(PYTEST) -m "not process and not bench"
+# In two halves side by side (--shard, tests/conftest.py): the machine has two cores.
+test-fast: test-fast-1 test-fast-2
+
+test-fast-%: $(STAMP)
+	MCPLB_TEST_TIER=check $(PYTEST) -m "not process and not bench" --shard $*/2
 
 test: $(STAMP) system-deps node-deps bench-tools
 	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target \

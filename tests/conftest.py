@@ -200,6 +200,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {meaning}; set by tests/support/tiers.py")
     if os.environ.get(tiers.TIER_VARIABLE) == "check":
         sys.addaudithook(tiers.refuse_processes)
+    if shard := config.getoption("--shard"):
+        config.pluginmanager.register(tiers.Shard(shard), "tiers-shard")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--shard",
+        metavar="K/N",
+        help="run only the Kth of every N selected tests (make check runs N side by side)",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -389,3 +389,22 @@ def markers(item: pytest.Item) -> list[str]:
         found.update(["bench"] if reach.bench() else [])
         found.update(["compiled"] if reach.compiled() else [])
     return sorted(found)
+
+
+class Shard:
+    """``--shard K/N``: of the selected tests, only the Kth of every N (a plugin, so that it
+    runs after ``-m`` has selected). `make check` runs the N shards side by side."""
+
+    def __init__(self, spec: str) -> None:
+        k, n = (int(part) for part in spec.split("/"))
+        if not 1 <= k <= n:
+            raise pytest.UsageError(f"--shard {spec}: K/N with 1 <= K <= N")
+        self.k, self.n = k, n
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        others = [item for i, item in enumerate(items) if i % self.n != self.k - 1]
+        config.hook.pytest_deselected(items=others)
+        items[:] = items[self.k - 1 :: self.n]
