@@ -248,6 +248,16 @@ class AdminConfig:
     token: str | None = field(default=None, repr=False, metadata=key(c.check_token))
     # /metrics needs the token too (Prometheus can send it)
     protect_metrics: bool = field(default=False, metadata=key(c.check_bool))
+    # Host names the admin API answers to; None: loopback names on a loopback listener,
+    # any host otherwise (as the proxy's allowed_hosts): the DNS-rebinding defence.
+    allowed_hosts: tuple[str, ...] | None = field(
+        default=None,
+        metadata=items(
+            check_host_pattern,
+            'must be a list of host names, e.g. [admin.internal, "10.0.0.5"]',
+            scalar_ok=True,
+        ),
+    )
 
 
 DnsRecord = Literal["A", "AAAA", "SRV"]
