@@ -253,8 +253,10 @@ class Exchange:
         conn.state = WAIT_RESPONSE
         conn.mark = None
         request_id = None
+        runtime = conn.runtime
         if request.request_id is None:
-            request.request_id = request_id = conn.runtime.next_request_id()
+            request.request_id = request_id = runtime.next_request_id()
+        trusted = runtime.rate_limit_client
         head = framing.request_head(
             request,
             path_prefix=backend.path_prefix,
@@ -263,6 +265,8 @@ class Exchange:
             client_ip=conn.client_ip_bytes,
             proto=conn.forwarded_proto,
             request_id=request_id,
+            via=runtime.via,
+            trusted_peer=trusted is not None and trusted.trusts(conn.client_ip),
         )
         body = b""
         if request.body:

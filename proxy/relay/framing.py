@@ -175,11 +175,18 @@ def request_head(
     client_ip: bytes,
     proto: bytes,
     request_id: bytes | None,
+    via: bytes = b"",
+    trusted_peer: bool = False,
 ) -> bytes:
     """The request head the backend gets: origin-form target under the backend's path
     prefix, hop-by-hop headers dropped (and those Connection names), the session id swapped
     for the backend's own, ``Host`` set to the backend's unless ``preserve_host``, and
-    ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none."""
+    ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none;
+    ``via``: this proxy's ``Via`` entry (RFC 9110 section 7.6.3), added after the client's
+    (``loops`` refuses a request that already carries it); ``trusted_peer``: the client is
+    one of ``rate_limit.trusted_proxies``, whose ``Forwarded``, ``X-Real-IP`` and
+    ``X-Forwarded-Port`` go on; from anyone else they are dropped (a backend would take
+    them for the proxy's word)."""
     target = request.target
     if not target.startswith(b"/"):
         target = origin_form(target)
@@ -202,7 +209,11 @@ def request_head(
         elif name == b"x-forwarded-for":
             forwarded.append(value)
             continue
-        elif name == b"x-forwarded-proto" or name == b"x-forwarded-host":
+        elif (
+            name == b"x-forwarded-proto"
+            or name == b"x-forwarded-host"
+            or (name in CLIENT_FORWARDING and not trusted_peer)
+        ):
             continue
         elif name == SESSION_HEADER and upstream_session_id is not None:
             value = upstream_session_id.encode("latin-1")
@@ -223,6 +234,8 @@ def request_head(
         lines += (b"\r\nx-forwarded-host: ", request.host)
     if request_id is not None:
         lines += (b"\r\nx-request-id: ", request_id)
+    if via:
+        lines += (b"\r\nvia: ", via)
     if request.chunked:
         lines.append(b"\r\ntransfer-encoding: chunked")
     token = upgrade_token(request.headers) if request.upgrade else None
@@ -230,6 +243,24 @@ def request_head(
         lines += (b"\r\nconnection: upgrade\r\nupgrade: ", token)
     lines.append(b"\r\n\r\n")
     return b"".join(lines)
+
+
+# Forwarding fields only a trusted proxy in front may send (X-Forwarded-For, -Proto and
+# -Host are rebuilt by the proxy for everyone).
+CLIENT_FORWARDING: Final = frozenset((b"forwarded", b"x-real-ip", b"x-forwarded-port"))
+
+
+def loops(request: Request, via: bytes) -> bool:
+    """Whether the request already passed through this proxy: its ``Via`` fields name
+    ``via``'s pseudonym (a discovered or configured backend that is the proxy itself)."""
+    pseudonym = via.rpartition(b" ")[2]
+    for name, value in request.headers:
+        if name == b"via":
+            for entry in value.split(b","):
+                parts = entry.split()
+                if len(parts) >= 2 and parts[1] == pseudonym:
+                    return True
+    return False
 
 
 def origin_form(target: bytes) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mcplb.proxy.relay import answers
+from mcplb.proxy.relay import answers, framing
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import CLOSED, ROUTING
 from mcplb.proxy.routing import steps as routing
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 def start(ex: Exchange, request: Request) -> None:
-    """Check the request (400, 421, 413, 405, 429), then route it."""
+    """Check the request (400, 421, 413, 508, 405, 429), then route it."""
     conn = ex.conn
     conn.state = ROUTING
     ex.started = conn.loop.time()
@@ -45,6 +45,9 @@ def start(ex: Exchange, request: Request) -> None:
         conn.relay.answer(answers.HOST_NOT_SERVED)
     elif max_body and request.content_length is not None and request.content_length > max_body:
         conn.relay.reject(answers.BODY_TOO_LARGE)
+    elif framing.loops(request, conn.runtime.via):
+        # A backend (configured or discovered) that is this proxy: one round, not a storm.
+        conn.relay.answer(answers.LOOP_DETECTED)
     elif request.method == b"CONNECT":
         # A reverse proxy tunnels nowhere: only configured backends are ever reached.
         conn.relay.answer(answers.CONNECT_REFUSED)

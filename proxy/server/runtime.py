@@ -4,8 +4,10 @@ the session store and the request policies' state."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import socket
 from pathlib import Path
 
 from mcplb.proxy.cluster.cluster import Cluster
@@ -65,6 +67,7 @@ class Runtime:
             config.rate_limit
         )
         self.rate_limit_client = _forwarded_client(config)
+        self.via = via_entry(config)
         # Request ids: 16 hex digits, a random per-process prefix (its top bit set, so that
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
@@ -163,6 +166,15 @@ def _forwarded_client(config: Config) -> ForwardedClient | None:
     if rate_limit is None or not rate_limit.trusted_proxies:
         return None
     return ForwardedClient(parse_networks(rate_limit.trusted_proxies))
+
+
+def via_entry(config: Config) -> bytes:
+    """This proxy's ``Via`` entry (RFC 9110 section 7.6.3): ``1.1 mcplb-`` and a pseudonym
+    the same in every worker of one instance (a hash of the host name and the listen
+    address), different between instances, that reveals neither. A request that comes
+    back carrying it (a backend that is the proxy itself) gets 508."""
+    seed = f"{socket.gethostname()} {config.listen_host} {config.listen_port}"
+    return b"1.1 mcplb-" + hashlib.sha256(seed.encode()).hexdigest()[:12].encode()
 
 
 def _restart_only(old: Config, new: Config) -> list[str]:
