@@ -289,6 +289,20 @@ class DnsDiscoveryConfig:
             c.check_resolver, 'must be a list of "IP:port", e.g. ["10.96.0.10:53"]', empty_ok=True
         ),
     )
+    # Networks whose addresses may be adopted although local (loopback, link-local): by
+    # default answers naming them are refused, as unspecified and multicast addresses and
+    # the proxy's own endpoints always are (see proxy/cluster/discovery.py).
+    allow_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=items(
+            c.check_network,
+            'must be a list of networks, e.g. ["127.0.0.0/8"]',
+            scalar_ok=True,
+            empty_ok=True,
+        ),
+    )
+    # backends adopted from one answer at most (sorted; the rest are left out, logged)
+    max_backends: int = field(default=64, metadata=key(_AT_LEAST_ONE))
 
 
 @dataclass(frozen=True, slots=True)
