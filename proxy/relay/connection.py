@@ -224,7 +224,9 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"connection":
             request.connection = True
         elif name == b"x-request-id":
-            request.request_id = value
+            # Logged and forwarded as the request's id: only a short id of safe bytes;
+            # any other is replaced by the proxy's own (framing.request_head).
+            request.request_id = value if framing.usable_request_id(value) else None
         elif name == SESSION_HEADER:
             # The backend would read the first of two, a router the last: one per request.
             if request.session_id is not None:

@@ -9,6 +9,7 @@ feeding values (tests/test_framing.py); the relay only applies what they return.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import httptools
@@ -181,7 +182,8 @@ def request_head(
     """The request head the backend gets: origin-form target under the backend's path
     prefix, hop-by-hop headers dropped (and those Connection names), the session id swapped
     for the backend's own, ``Host`` set to the backend's unless ``preserve_host``, and
-    ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none;
+    ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none or one
+    that is not ``usable_request_id`` (dropped then);
     ``via``: this proxy's ``Via`` entry (RFC 9110 section 7.6.3), added after the client's
     (``loops`` refuses a request that already carries it); ``trusted_peer``: the client is
     one of ``rate_limit.trusted_proxies``, whose ``Forwarded``, ``X-Real-IP`` and
@@ -217,6 +219,8 @@ def request_head(
             continue
         elif name == SESSION_HEADER and upstream_session_id is not None:
             value = upstream_session_id.encode("latin-1")
+        elif name == b"x-request-id" and request_id is not None:
+            continue  # not usable (usable_request_id): the proxy's own replaces it
         lines += (name, b": ", value, b"\r\n")
     # The fields added below, each ending where the next one's constant begins: fewer
     # pieces to join.
@@ -243,6 +247,16 @@ def request_head(
         lines += (b"\r\nconnection: upgrade\r\nupgrade: ", token)
     lines.append(b"\r\n\r\n")
     return b"".join(lines)
+
+
+# A client's X-Request-Id is kept (logged, forwarded) only if it is this short and of these
+# bytes: UUIDs, ULIDs, base64 and trace ids fit; spaces, quotes and controls, which would
+# forge access-log fields, do not.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
+
+
+def usable_request_id(value: bytes) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 # Forwarding fields only a trusted proxy in front may send (X-Forwarded-For, -Proto and
