@@ -272,7 +272,16 @@ async def bench_streams(args: argparse.Namespace, tmp: Path) -> str:
     try:
         sse, proxy = free_ports(2)
         backend_pid = servers.minimal("sse", sse, "1").pid
-        conf = config(tmp, "streams", proxy, sse, 1, "timeouts: {idle: 120s}")
+        # Every stream comes from this one address: lift the per-address connection cap.
+        conf = config(
+            tmp,
+            "streams",
+            proxy,
+            sse,
+            1,
+            "timeouts: {idle: 120s}",
+            f"limits: {{max_connections_per_client: {2 * args.streams + 1000}}}",
+        )
         # GET / through it would open a stream: wait for the port instead.
         mcplb = start_mcplb(conf, tmp / "streams.log", servers.procs)
         await loop.run_in_executor(

@@ -142,6 +142,8 @@ class TimeoutsConfig:
     header: float = _timeout(10.0)  # a client must send its complete request head within this
     upstream_header: float = _timeout(60.0)  # a backend must send its response head within this
     idle: float = _timeout(300.0)  # no byte either way on a connection or stream
+    # a client connection between two requests (keep-alive); see config.example.yaml
+    keepalive: float = _timeout(15.0)
     body: float = _timeout(60.0)  # a client must send its whole request body within this
     upstream_keepalive: float = _timeout(4.0)  # pooled idle upstream connections closed after
     grace: float = _timeout(30.0)  # on SIGTERM, in-flight requests get this long to finish
@@ -169,6 +171,14 @@ class LimitsConfig:
     # A request body slower than this (bytes a second, averaged from its start, judged
     # after BODY_RATE_GRACE seconds) gets 408: a trickling upload holds a request slot.
     min_body_rate: int = field(default=1024, metadata=key(c.parse_size))  # 0 = no minimum
+    # Client connections per worker, in all and from one address; past either, 503 and
+    # close. None: sized from the descriptor limit (proxy/routing/connection_caps.py).
+    max_client_connections: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
+    max_connections_per_client: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
 
 
 RetryCondition = Literal["connect_failure", "reset", "502", "503", "504"]

@@ -49,6 +49,9 @@ QUEUE_FULL = Answer(503, "overloaded", "too many requests queued", retry_after=T
 QUEUE_TIMEOUT = Answer(
     503, "overloaded", "no backend slot freed up within queue_timeout", retry_after=True
 )
+TOO_MANY_CONNECTIONS = Answer(
+    503, "too_many_connections", "connection limit reached", retry_after=True
+)
 TOO_MANY_STREAMS = Answer(503, "too_many_streams", "event stream limit reached", retry_after=True)
 # The backend
 UNREACHABLE = bad_gateway("no backend could be reached")

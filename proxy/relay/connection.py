@@ -115,6 +115,13 @@ class ClientConnection(asyncio.Protocol):
         if transport.get_extra_info("ssl_object") is not None:
             self.forwarded_proto = b"https"
         self.mark_time = self.loop.time()
+        if not self.runtime.connection_caps.admit(self.client_ip):
+            # limits.max_client_connections or max_connections_per_client: say so, close.
+            self.client_ip = ""  # nothing to release in connection_lost
+            self.state = CLOSED
+            self.transport.write(answers.render(answers.TOO_MANY_CONNECTIONS, close=True))
+            self.transport.close()
+            return
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -167,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
             for request in (self.current, *self.queue):
                 if request is not None and not request.logged:
                     self.relay.log_access(request, client_left=True)
+        if self.client_ip and self in self.connections:
+            self.runtime.connection_caps.release(self.client_ip)
         self.state = CLOSED
         self.parser = None
         self.connections.discard(self)
@@ -462,7 +471,10 @@ class ClientConnection(asyncio.Protocol):
             self.active = False
             self.mark_time = now
             self.mark = None
-        elif now - self.mark_time > timeouts.idle and state != CLOSED:
+        elif (
+            now - self.mark_time > (timeouts.keepalive if state == IDLE else timeouts.idle)
+            and state != CLOSED
+        ):
             unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
             self.close()
             if unsent and self.transport is not None:

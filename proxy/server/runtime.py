@@ -14,6 +14,7 @@ from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.stats import Stats
+from mcplb.proxy.routing.connection_caps import ConnectionCaps, default_caps, open_files_limit
 from mcplb.proxy.routing.host_check import HostPolicy
 from mcplb.proxy.routing.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
 from mcplb.proxy.routing.retries import RetryBudget
@@ -68,6 +69,7 @@ class Runtime:
         )
         self.rate_limit_client = _forwarded_client(config)
         self.via = via_entry(config)
+        self.connection_caps = ConnectionCaps(*caps(config))
         # Request ids: 16 hex digits, a random per-process prefix (its top bit set, so that
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
@@ -118,6 +120,7 @@ class Runtime:
         for backend in self.cluster.backends:
             self.stats.add_backend(backend.name)
         self.retry_budget.percent = config.retries.budget_percent
+        self.connection_caps.total, self.connection_caps.per_client = caps(config)
         if config.rate_limit != old.rate_limit:
             limiter, self.rate_limiter = self.rate_limiter, build_rate_limiter(config.rate_limit)
             self.rate_limit_client = _forwarded_client(config)
@@ -166,6 +169,14 @@ def _forwarded_client(config: Config) -> ForwardedClient | None:
     if rate_limit is None or not rate_limit.trusted_proxies:
         return None
     return ForwardedClient(parse_networks(rate_limit.trusted_proxies))
+
+
+def caps(config: Config) -> tuple[int, int]:
+    """The client connection caps: configured, or sized from the descriptor limit."""
+    limits = config.limits
+    return default_caps(
+        limits.max_client_connections, limits.max_connections_per_client, open_files_limit()
+    )
 
 
 def via_entry(config: Config) -> bytes:

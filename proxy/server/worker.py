@@ -34,6 +34,7 @@ from mcplb.proxy.config.tls import TlsError, reload_server_context, server_conte
 from mcplb.proxy.config.validate import validated, worker_count
 from mcplb.proxy.observability import access_log
 from mcplb.proxy.relay.connection import ClientConnection
+from mcplb.proxy.routing.connection_caps import raise_open_files_limit
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
 from mcplb.proxy.server.runtime import Runtime
 
@@ -442,6 +443,7 @@ def run_worker(
 
 def serve(config: Config) -> int:
     """Run the proxy with ``config.workers`` processes; blocks until stopped."""
+    raise_open_files_limit()  # the connection caps are sized from it
     if worker_count(config.workers) <= 1:
         note_early_stops()
         try:
