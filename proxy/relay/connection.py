@@ -197,6 +197,10 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.state == CLOSED:
+            # The request before was answered at once and the connection closed inside this
+            # same feed_data (421, 429, 503): nothing after it is read.
+            raise _RequestRejected
         self.reading = Request()
         self.head_size = 0
         self.requests_seen += 1
