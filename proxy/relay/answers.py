@@ -52,6 +52,12 @@ QUEUE_TIMEOUT = Answer(
 TOO_MANY_CONNECTIONS = Answer(
     503, "too_many_connections", "connection limit reached", retry_after=True
 )
+LOCAL_RESOURCES = Answer(
+    503,
+    "overloaded",
+    "the proxy is out of local resources (descriptors, memory, ports)",
+    retry_after=True,
+)
 TOO_MANY_STREAMS = Answer(503, "too_many_streams", "event stream limit reached", retry_after=True)
 # The backend
 UNREACHABLE = bad_gateway("no backend could be reached")

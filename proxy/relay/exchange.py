@@ -19,6 +19,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
+from mcplb.proxy.cluster.pool import local_failure
 from mcplb.proxy.relay import answers, framing, session_out
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import (
@@ -222,6 +223,14 @@ class Exchange:
         client = self.conn
         runtime = client.runtime
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+        if local_failure(exc):
+            # The proxy's own exhaustion: no health penalty, no binding forgotten.
+            log.warning("connect to backend %s failed here: %s", backend.name, reason)
+            client.stats.rejected["local_resources"] += 1
+            self.release_slot()
+            if request is client.current and client.state != CLOSED:
+                client.relay.answer(answers.LOCAL_RESOURCES)
+            return
         log.warning("connect to backend %s failed: %s", backend.name, reason)
         runtime.cluster.health.connect_failed(backend, reason)
         client.stats.backends[backend.name].connect_failures += 1
