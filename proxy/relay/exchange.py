@@ -25,6 +25,7 @@ from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
     CLOSED,
+    MAX_READ,
     PAUSE_BUFFER_FULL,
     REPLAY_LIMIT,
     UP_PAUSE_CLIENT_FULL,
@@ -307,7 +308,9 @@ class Exchange:
             return
         request.body.append(data)
         request.buffered += len(data)
-        if request.buffered > BODY_BUFFER_LIMIT:
+        if request.buffered + MAX_READ > BODY_BUFFER_LIMIT:
+            # Paused before a next read could take the buffer past the limit: the read
+            # under way comes whole (checked after it, a 256 KiB buffer held 500 KiB).
             self.conn.pause_reading(PAUSE_BUFFER_FULL)
 
     def send_up(self, data: bytes) -> None:

@@ -26,5 +26,8 @@ UP_PAUSE_HOLD: Final = 2
 # Request body bytes kept per request while no connection is ready (or while queued
 # behind a pipelined request); past this, reading from the client pauses.
 BODY_BUFFER_LIMIT: Final = 256 * 1024
+# The most one read hands ``data_received`` (uvloop's UV_STREAM_RECV_BUF_SIZE): reading
+# pauses while the buffer could not take one more whole.
+MAX_READ: Final = 256_000
 # Request body bytes kept for a replay when a reused connection turns out closed.
 REPLAY_LIMIT: Final = 64 * 1024
