@@ -122,17 +122,17 @@ class Exchange:
         """Take a slot on ``backend`` (or queue for one), then a connection to it (a new
         one if ``fresh``)."""
         admission = self.conn.runtime.cluster.admission
-        stream = request.wants_stream
-        if stream:
-            if admission.streams_full(backend):
-                self.too_many_streams()
-                return
-        elif admission.limited and not admission.can_hold(backend):
+        if request.wants_stream and admission.streams_full(backend):
+            self.too_many_streams()  # it asks for a stream: no use sending it
+            return
+        # Every request takes a request slot, whatever its Accept header says: only the
+        # backend's answer makes it a stream (ResponseRelay.upstream_head).
+        if admission.limited and not admission.can_hold(backend):
             self.wait_for_slot(backend if self.bound_backend is not None else None)
             return
-        admission.hold(backend, stream)
+        admission.hold(backend, False)
         self.backend = backend
-        self.slot_stream = stream
+        self.slot_stream = False
         self._send_to(request, backend, fresh)
 
     def too_many_streams(self) -> None:

@@ -99,9 +99,11 @@ def route_new(ex: Exchange, request: Request) -> None:
         ex.dispatch(request, backend)
         return
     cluster = runtime.cluster
-    if request.wants_stream and any(b.available for b in cluster.backends.backends):
-        ex.too_many_streams()  # the backends that are up are at their cap
-    elif not request.wants_stream and cluster.admission.any_full(cluster.backends.backends):
+    admission = cluster.admission
+    backends = cluster.backends.backends
+    if request.wants_stream and any(b.available and admission.streams_full(b) for b in backends):
+        ex.too_many_streams()  # the backends that are up are at their stream cap
+    elif admission.any_full(backends):
         ex.wait_for_slot(None)
     else:
         conn.relay.answer(answers.NO_BACKEND)

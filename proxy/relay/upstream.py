@@ -83,6 +83,14 @@ class ResponseRelay:
         if 502 <= status <= 504 and self._retry_after_status(request, status):
             return
         ex = conn.ex
+        if not ex.slot_stream and self._over_stream_cap(headers):
+            upstream = ex.upstream
+            assert upstream is not None
+            ex.detach_upstream(upstream)
+            upstream.abort()  # the stream it opened is not taken
+            ex.end()
+            ex.too_many_streams()
+            return
         conn.state = STREAMING
         ex.response_started = True
         ex.upstream_keep_alive = keep_alive
@@ -290,6 +298,20 @@ class ResponseRelay:
             return None
         ex.attempted |= {backend.name}
         return ex.retry_target(request, "reset", sent=True)
+
+    def _over_stream_cap(self, headers: Headers) -> bool:
+        """The response is an event stream and its backend (or the worker) has as many
+        as ``max_streams`` allows: it is refused, whatever the request asked for."""
+        ex = self.conn.ex
+        backend = ex.backend
+        if backend is None or ex.upstream is None:
+            return False
+        if not self.conn.runtime.cluster.admission.streams_full(backend):
+            return False
+        for name, value in headers:
+            if name == b"content-type":
+                return value.lower().startswith(b"text/event-stream")
+        return False
 
     def _retry_after_status(self, request: Request, status: int) -> bool:
         """Resend a request the backend answered 502/503/504, if configured; True if so."""
