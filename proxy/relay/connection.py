@@ -476,7 +476,8 @@ class ClientConnection(asyncio.Protocol):
             self.mark_time = now
             self.mark = None
         elif (
-            now - self.mark_time > (timeouts.keepalive if state == IDLE else timeouts.idle)
+            now - self.mark_time
+            > (min(timeouts.keepalive, timeouts.idle) if state == IDLE else timeouts.idle)
             and state != CLOSED
         ):
             unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
