@@ -157,6 +157,13 @@ def check_positive_duration(value: object) -> float:
     return seconds
 
 
+def check_request_buffer(value: object) -> int:
+    size = parse_size(value)
+    if not 0 <= size <= 256 * _KIBI:
+        raise ValueError("must be between 0 and 256KiB (0 to 262144 bytes)")
+    return size
+
+
 def check_header_size(value: object) -> int:
     size = parse_size(value)
     if not _KIBI <= size <= _KIBI**2:

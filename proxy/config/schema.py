@@ -168,9 +168,12 @@ class LimitsConfig:
     )
     # a queued request waits this long, then gets 503
     queue_timeout: float = field(default=5.0, metadata=key(c.check_positive_duration))
-    # A request body slower than this (bytes a second, averaged from its start, judged
-    # after BODY_RATE_GRACE seconds) gets 408: a trickling upload holds a request slot.
+    # A request body slower than this (bytes a second over the last BODY_RATE_WINDOW
+    # seconds, a sliding window) gets 408: a trickling upload holds a connection or a slot.
     min_body_rate: int = field(default=1024, metadata=key(c.parse_size))  # 0 = no minimum
+    # A request body is read up to this size (or whole) before the request takes a slot:
+    # a slow upload holds no slot while it trickles in (nginx buffers bodies too).
+    request_buffer: int = field(default=65536, metadata=key(c.check_request_buffer))
     # Client connections per worker, in all and from one address; past either, 503 and
     # close. None: sized from the descriptor limit (proxy/routing/connection_caps.py).
     max_client_connections: int | None = field(

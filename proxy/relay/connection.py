@@ -34,6 +34,7 @@ from mcplb.proxy.relay.http11 import LAST_CHUNK, chunk
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
+    BUFFERING,
     CLOSED,
     HEAD,
     IDLE,
@@ -45,6 +46,7 @@ from mcplb.proxy.relay.states import (
     WAIT_RESPONSE,
 )
 from mcplb.proxy.relay.upstream import ResponseRelay
+from mcplb.proxy.routing.body_pace import BodyPace
 
 if TYPE_CHECKING:
     from mcplb.proxy.config.schema import Config
@@ -57,6 +59,7 @@ LINGER_SECONDS = 2.0
 # limits.min_body_rate is judged once a body has been arriving this long (seconds during
 # which the proxy was not itself holding the client back).
 BODY_RATE_GRACE = 5.0
+BODY_RATE_WINDOW = 5.0  # seconds over which limits.min_body_rate is judged (BodyPace)
 
 
 class _RequestRejected(Exception):
@@ -73,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         self.sticky = runtime.config.sticky.mcp_sessions
         self.max_header_bytes = runtime.config.limits.max_header_bytes
         self.max_body_bytes = runtime.config.limits.max_body_bytes
+        self.request_buffer = runtime.config.limits.request_buffer
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -276,10 +280,35 @@ class ClientConnection(asyncio.Protocol):
             mcp_method.count_head(self.stats, request)
         if self.current is None:
             self.current = request
-            route.start(self.ex, request)
+            self.ex.body_since = self.loop.time()
+            if self._buffers(request):
+                self.state = BUFFERING  # route once the body is read (_buffered)
+            else:
+                route.start(self.ex, request)
         else:
             self.queue.append(request)
             self.pause_reading(PAUSE_PIPELINE)
+
+    def _buffers(self, request: Request) -> bool:
+        """Whether the body is read (up to limits.request_buffer) before the request takes
+        a slot: a slow upload then holds no slot while it trickles in."""
+        if request.upgrade or not self.request_buffer:
+            return False
+        length = request.content_length
+        if length is None:
+            if not request.chunked:
+                return False
+        elif length == 0 or (self.max_body_bytes and length > self.max_body_bytes):
+            return False
+        # Expect: 100-continue: the client waits for the backend's 100 before the body.
+        return not any(name == b"expect" for name, _ in request.headers)
+
+    def _buffered(self, request: Request) -> None:
+        """The body is read (or its first ``request_buffer`` bytes): route the request.
+        Reading waits until a backend connection takes what was read."""
+        if not request.complete:
+            self.pause_reading(PAUSE_BUFFER_FULL)  # resumed when the body is sent on
+        route.start(self.ex, request)
 
     def on_body(self, data: bytes) -> None:
         request = self.reading
@@ -291,6 +320,8 @@ class ClientConnection(asyncio.Protocol):
         if request.sniff is not None:
             mcp_method.keep_body(request, data)
         self.ex.forward_body(request, chunk(data) if request.chunked else data)
+        if self.state == BUFFERING and request.buffered >= self.request_buffer:
+            self._buffered(request)
 
     def on_message_complete(self) -> None:
         request = self.reading
@@ -301,6 +332,8 @@ class ClientConnection(asyncio.Protocol):
             mcp_method.count_body(self.stats, request)
         if request.chunked:
             self.ex.forward_body(request, LAST_CHUNK)
+        if self.state == BUFFERING and request is self.current:
+            self._buffered(request)
 
     def _refuse_head(self, request: Request, reason: str) -> None:
         """400 and close for a head whose framing or routing fields the backend could read
@@ -446,7 +479,9 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         timeouts = self.runtime.config.timeouts
         uploading = (
-            state == WAIT_RESPONSE and self.current is not None and not self.current.complete
+            state in (WAIT_RESPONSE, BUFFERING)
+            and self.current is not None
+            and not self.current.complete
         )
         if uploading:
             # Still receiving the request body: the client's pace, judged by the body
@@ -492,8 +527,15 @@ class ClientConnection(asyncio.Protocol):
         time during which the proxy held the client back does not count."""
         request = self.current
         assert request is not None
-        held = self.ex.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
-        late = slow_upload(now - self.ex.started - held, request.body_size, self.config)
+        ex = self.ex
+        held = ex.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
+        elapsed = now - (ex.body_since or ex.started) - held
+        late = slow_upload(elapsed, request.body_size, self.config)
+        if late is None and self.config.limits.min_body_rate:
+            if ex.pace is None:
+                ex.pace = BodyPace(BODY_RATE_WINDOW)
+            if ex.pace.too_slow(elapsed, request.body_size, self.config.limits.min_body_rate):
+                late = answers.BODY_TOO_SLOW
         if late is not None:
             self.relay.reject(late)
         return late is not None
@@ -511,7 +553,7 @@ def reset(transport: asyncio.Transport) -> None:
 def slow_upload(elapsed: float, received: int, config: Config) -> Answer | None:
     """408 for an upload going on for ``elapsed`` seconds (not counting the proxy's own
     pauses) with ``received`` bytes so far, if past ``timeouts.body`` or, after a grace
-    time, below ``limits.min_body_rate``."""
+    time, below ``limits.min_body_rate`` on average (``BodyPace`` judges the recent pace)."""
     if elapsed > config.timeouts.body:
         return answers.BODY_TIMEOUT
     if elapsed > BODY_RATE_GRACE and received < config.limits.min_body_rate * elapsed:

@@ -24,6 +24,7 @@ from mcplb.proxy.relay import answers, framing, session_out
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
+    BUFFERING,
     CLOSED,
     MAX_READ,
     PAUSE_BUFFER_FULL,
@@ -32,6 +33,7 @@ from mcplb.proxy.relay.states import (
     WAIT_RESPONSE,
 )
 from mcplb.proxy.routing import steps as routing
+from mcplb.proxy.routing.body_pace import BodyPace
 from mcplb.proxy.routing.retries import may_retry
 from mcplb.proxy.sessions import affinity
 
@@ -53,6 +55,7 @@ class Exchange:
         "attempted",
         "backend",
         "body_paused",
+        "body_since",
         "bound_backend",
         "client_keep_alive",
         "complete_pending",
@@ -61,6 +64,7 @@ class Exchange:
         "framing",
         "holding",
         "legacy_session",
+        "pace",
         "queue_timer",
         "queued_at",
         "response_bytes",
@@ -97,6 +101,8 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.up_out: list[bytes] = []  # request bytes not yet written (see send_up)
         self.body_paused = 0.0  # seconds the body was held back by the proxy itself
+        self.body_since = 0.0  # when its head was read (loop time; 0: not read here)
+        self.pace: BodyPace | None = None  # its body's recent rate, once judged
         # the answer
         self.response_started = False
         self.status = 0  # for metrics and the access log
@@ -308,7 +314,7 @@ class Exchange:
             return
         request.body.append(data)
         request.buffered += len(data)
-        if request.buffered + MAX_READ > BODY_BUFFER_LIMIT:
+        if request.buffered + MAX_READ > BODY_BUFFER_LIMIT and self.conn.state != BUFFERING:
             # Paused before a next read could take the buffer past the limit: the read
             # under way comes whole (checked after it, a 256 KiB buffer held 500 KiB).
             self.conn.pause_reading(PAUSE_BUFFER_FULL)

@@ -13,6 +13,7 @@ WAIT_RESPONSE: Final = 3
 STREAMING: Final = 4
 TUNNEL: Final = 5
 CLOSED: Final = 6
+BUFFERING: Final = 7  # reading a request body up to limits.request_buffer, before routing
 
 # Reasons to stop reading from the client (bits); reading resumes when none is left.
 PAUSE_PIPELINE: Final = 1
