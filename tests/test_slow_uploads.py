@@ -117,3 +117,29 @@ def test_the_window_forgets_an_early_burst() -> None:
     slow = BodyPace(5.0)
     assert any(slow.too_slow(t / 2, 400 * t, 1024) for t in range(1, 40))  # 0.8 KiB/s
     assert len(slow.marks) <= 12
+
+
+async def test_one_address_cannot_hold_every_slot(
+    start_proxy: ProxyFactory, serve_app: AppFactory
+) -> None:
+    """max_in_flight_per_client 2: one address holds or queues for at most 2 requests;
+    another address is served meanwhile."""
+    proxy = await start_proxy(
+        [backend_config("a", await serve_app(app()))],
+        limits={"max_in_flight": 4, "max_in_flight_per_client": 2, "queue_timeout": 5.0},
+    )
+
+    async def get(source: str) -> int:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", proxy.port, local_addr=(source, 0)
+        )
+        writer.write(b"GET /g HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        return int(head.split(b" ", 2)[1])
+
+    greedy = await asyncio.gather(*(get("127.0.0.2") for _ in range(6)))
+    assert sorted(greedy) == [200, 200, 429, 429, 429, 429]
+    both = await asyncio.gather(get("127.0.0.3"), *(get("127.0.0.2") for _ in range(2)))
+    assert both[0] == 200
+    assert proxy.runtime.client_slots.by_client == {}  # all given back

@@ -162,6 +162,11 @@ class LimitsConfig:
     max_in_flight: int | None = field(default=None, metadata=key(c.optional(_AT_LEAST_ONE)))
     # event streams per worker; excess gets 503 at once
     max_streams: int | None = field(default=None, metadata=key(c.optional(_AT_LEAST_ONE)))
+    # requests of one client address holding a slot or queued, per worker; past it, 429.
+    # None: no cap (behind a load balancer every client has its address).
+    max_in_flight_per_client: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
     # requests waiting for a slot per worker; past it, 503 at once
     max_queue: int = field(
         default=1000, metadata=key(c.int_range(0, None, "must be an integer >= 0"))

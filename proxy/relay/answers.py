@@ -44,6 +44,9 @@ BODY_TOO_SLOW = Answer(
 )
 # Overload
 RATE_LIMITED = Answer(429, "rate_limited", "too many requests from this client; retry later")
+CLIENT_BUSY = Answer(
+    429, "too_many_requests", "too many requests in progress from this client", retry_after=True
+)
 NO_BACKEND = Answer(503, "no_backend", "no backend available", retry_after=True)
 QUEUE_FULL = Answer(503, "overloaded", "too many requests queued", retry_after=True)
 QUEUE_TIMEOUT = Answer(

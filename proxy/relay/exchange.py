@@ -58,6 +58,7 @@ class Exchange:
         "body_since",
         "bound_backend",
         "client_keep_alive",
+        "client_slot",
         "complete_pending",
         "conn",
         "finished",
@@ -102,6 +103,7 @@ class Exchange:
         self.up_out: list[bytes] = []  # request bytes not yet written (see send_up)
         self.body_paused = 0.0  # seconds the body was held back by the proxy itself
         self.body_since = 0.0  # when its head was read (loop time; 0: not read here)
+        self.client_slot = False  # counted in runtime.client_slots
         self.pace: BodyPace | None = None  # its body's recent rate, once judged
         # the answer
         self.response_started = False
@@ -131,6 +133,14 @@ class Exchange:
         if request.wants_stream and admission.streams_full(backend):
             self.too_many_streams()  # it asks for a stream: no use sending it
             return
+        if not self.client_slot:
+            # limits.max_in_flight_per_client: one address cannot hold or queue for
+            # every slot (given back by give_client_slot).
+            if not self.conn.runtime.client_slots.take(self.conn.client_ip):
+                self.conn.stats.rejected["client_busy"] += 1
+                self.conn.relay.answer(answers.CLIENT_BUSY)
+                return
+            self.client_slot = True
         # Every request takes a request slot, whatever its Accept header says: only the
         # backend's answer makes it a stream (ResponseRelay.upstream_head).
         if admission.limited and not admission.can_hold(backend):
@@ -419,9 +429,16 @@ class Exchange:
         if upstream is not None:
             self.detach_upstream(upstream)
 
+    def give_client_slot(self) -> None:
+        """The request no longer holds or waits for a request slot (ended, or a stream)."""
+        if self.client_slot:
+            self.client_slot = False
+            self.conn.runtime.client_slots.give(self.conn.client_ip)
+
     def abandon(self) -> None:
         """End an exchange cut short: free its slot, and drop its backend connection,
         whose state is unknown."""
+        self.give_client_slot()
         upstream = self.upstream
         if upstream is not None or self.backend is not None:
             self.end()

@@ -119,6 +119,7 @@ class ResponseRelay:
             if stream and not ex.slot_stream:
                 ex.slot_stream = True
                 conn.runtime.cluster.admission.became_stream(backend)
+                ex.give_client_slot()
             # (Most answers name no session and open no stream: nothing to rewrite.)
             if conn.runtime.cookie_codec is not None or (
                 conn.sticky

@@ -71,3 +71,28 @@ class ConnectionCaps:
         else:
             self.by_client[client] = held - 1
         self.open = max(0, self.open - 1)
+
+
+class ClientSlots:
+    """Requests of each client address that hold a request slot or wait in the queue;
+    ``take`` refuses past the cap. Entries leave at zero, as in ``ConnectionCaps``."""
+
+    __slots__ = ("by_client", "cap")
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.by_client: dict[str, int] = {}
+
+    def take(self, client: str) -> bool:
+        held = self.by_client.get(client, 0)
+        if self.cap is not None and held >= self.cap:
+            return False
+        self.by_client[client] = held + 1
+        return True
+
+    def give(self, client: str) -> None:
+        held = self.by_client.get(client, 0)
+        if held <= 1:
+            self.by_client.pop(client, None)
+        else:
+            self.by_client[client] = held - 1

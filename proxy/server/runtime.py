@@ -14,7 +14,12 @@ from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.stats import Stats
-from mcplb.proxy.routing.connection_caps import ConnectionCaps, default_caps, open_files_limit
+from mcplb.proxy.routing.connection_caps import (
+    ClientSlots,
+    ConnectionCaps,
+    default_caps,
+    open_files_limit,
+)
 from mcplb.proxy.routing.host_check import HostPolicy
 from mcplb.proxy.routing.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
 from mcplb.proxy.routing.retries import RetryBudget
@@ -70,6 +75,7 @@ class Runtime:
         self.rate_limit_client = _forwarded_client(config)
         self.via = via_entry(config)
         self.connection_caps = ConnectionCaps(*caps(config))
+        self.client_slots = ClientSlots(config.limits.max_in_flight_per_client)
         # Request ids: 16 hex digits, a random per-process prefix (its top bit set, so that
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
@@ -121,6 +127,7 @@ class Runtime:
             self.stats.add_backend(backend.name)
         self.retry_budget.percent = config.retries.budget_percent
         self.connection_caps.total, self.connection_caps.per_client = caps(config)
+        self.client_slots.cap = config.limits.max_in_flight_per_client
         if config.rate_limit != old.rate_limit:
             limiter, self.rate_limiter = self.rate_limiter, build_rate_limiter(config.rate_limit)
             self.rate_limit_client = _forwarded_client(config)
