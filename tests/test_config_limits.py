@@ -157,7 +157,9 @@ def test_limits_concurrency_values() -> None:
         (
             "zzz: 5",
             "limits.zzz: unknown key (expected one of: max_header_bytes, max_body_bytes,"
-            " max_in_flight, max_streams, max_queue, queue_timeout, min_body_rate) (line 5)",
+            " max_in_flight, max_streams, max_in_flight_per_client, max_queue,"
+            " queue_timeout, min_body_rate, request_buffer, max_client_connections,"
+            " max_connections_per_client) (line 5)",
         ),
     ],
 )

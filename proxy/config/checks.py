@@ -217,6 +217,14 @@ def check_positive_duration(value: object) -> float:
     return seconds
 
 
+@accepts(_size(minimum=0, maximum=256 * _KIBI))
+def check_request_buffer(value: object) -> int:
+    size = parse_size(value)
+    if not 0 <= size <= 256 * _KIBI:
+        raise ValueError("must be between 0 and 256KiB (0 to 262144 bytes)")
+    return size
+
+
 @accepts(_size(minimum=_KIBI, maximum=_KIBI**2))
 def check_header_size(value: object) -> int:
     size = parse_size(value)

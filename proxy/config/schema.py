@@ -164,6 +164,8 @@ class TimeoutsConfig:
     header: float = _timeout(10.0)  # a client must send its complete request head within this
     upstream_header: float = _timeout(60.0)  # a backend must send its response head within this
     idle: float = _timeout(300.0)  # no byte either way on a connection or stream
+    # a client connection between two requests (keep-alive); see config.example.yaml
+    keepalive: float = _timeout(15.0)
     body: float = _timeout(60.0)  # a client must send its whole request body within this
     upstream_keepalive: float = _timeout(4.0)  # pooled idle upstream connections closed after
     grace: float = _timeout(30.0)  # on SIGTERM, in-flight requests get this long to finish
@@ -182,15 +184,31 @@ class LimitsConfig:
     max_in_flight: int | None = field(default=None, metadata=key(c.optional(_AT_LEAST_ONE)))
     # event streams per worker; excess gets 503 at once
     max_streams: int | None = field(default=None, metadata=key(c.optional(_AT_LEAST_ONE)))
+    # requests of one client address holding a slot or queued, per worker; past it, 429.
+    # None: no cap (behind a load balancer every client has its address).
+    max_in_flight_per_client: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
     # requests waiting for a slot per worker; past it, 503 at once
     max_queue: int = field(
         default=1000, metadata=key(c.int_range(0, None, "must be an integer >= 0"))
     )
     # a queued request waits this long, then gets 503
     queue_timeout: float = field(default=5.0, metadata=key(c.check_positive_duration))
-    # A request body slower than this (bytes a second, averaged from its start, judged
-    # after BODY_RATE_GRACE seconds) gets 408: a trickling upload holds a request slot.
+    # A request body slower than this (bytes a second over the last BODY_RATE_WINDOW
+    # seconds, a sliding window) gets 408: a trickling upload holds a connection or a slot.
     min_body_rate: int = field(default=1024, metadata=key(c.parse_size))  # 0 = no minimum
+    # A request body is read up to this size (or whole) before the request takes a slot:
+    # a slow upload holds no slot while it trickles in (nginx buffers bodies too).
+    request_buffer: int = field(default=65536, metadata=key(c.check_request_buffer))
+    # Client connections per worker, in all and from one address; past either, 503 and
+    # close. None: sized from the descriptor limit (proxy/routing/connection_caps.py).
+    max_client_connections: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
+    max_connections_per_client: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
 
 
 RetryCondition = Literal["connect_failure", "reset", "502", "503", "504"]
@@ -284,6 +302,16 @@ class AdminConfig:
     token: str | None = field(default=None, repr=False, metadata=key(c.check_token))
     # /metrics needs the token too (Prometheus can send it)
     protect_metrics: bool = field(default=False, metadata=key(c.check_bool))
+    # Host names the admin API answers to; None: loopback names on a loopback listener,
+    # any host otherwise (as the proxy's allowed_hosts): the DNS-rebinding defence.
+    allowed_hosts: tuple[str, ...] | None = field(
+        default=None,
+        metadata=items(
+            check_host_pattern,
+            'must be a list of host names, e.g. [admin.internal, "10.0.0.5"]',
+            scalar_ok=True,
+        ),
+    )
 
 
 DnsRecord = Literal["A", "AAAA", "SRV"]
@@ -315,6 +343,20 @@ class DnsDiscoveryConfig:
             c.check_resolver, 'must be a list of "IP:port", e.g. ["10.96.0.10:53"]', empty_ok=True
         ),
     )
+    # Networks whose addresses may be adopted although local (loopback, link-local): by
+    # default answers naming them are refused, as unspecified and multicast addresses and
+    # the proxy's own endpoints always are (see proxy/cluster/discovery.py).
+    allow_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=items(
+            c.check_network,
+            'must be a list of networks, e.g. ["127.0.0.0/8"]',
+            scalar_ok=True,
+            empty_ok=True,
+        ),
+    )
+    # backends adopted from one answer at most (sorted; the rest are left out, logged)
+    max_backends: int = field(default=64, metadata=key(_AT_LEAST_ONE))
 
 
 @dataclass(frozen=True, slots=True)

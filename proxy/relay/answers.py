@@ -35,6 +35,7 @@ REPEATED_QUERY_SESSION = bad_request("more than one session id in the query")
 HEADERS_TOO_LARGE = Answer(431, "headers_too_large", "request head exceeds max_header_bytes")
 BODY_TOO_LARGE = Answer(413, "body_too_large", "request body exceeds max_body_bytes")
 HOST_NOT_SERVED = Answer(421, "misdirected_request", "this host name is not served here")
+LOOP_DETECTED = Answer(508, "loop_detected", "the request already passed through this proxy")
 CONNECT_REFUSED = Answer(405, "method_not_allowed", "CONNECT is not supported")
 HEAD_TIMEOUT = Answer(408, "request_timeout", "request head not received in time")
 BODY_TIMEOUT = Answer(408, "request_timeout", "request body not received within timeouts.body")
@@ -43,10 +44,22 @@ BODY_TOO_SLOW = Answer(
 )
 # Overload
 RATE_LIMITED = Answer(429, "rate_limited", "too many requests from this client; retry later")
+CLIENT_BUSY = Answer(
+    429, "too_many_requests", "too many requests in progress from this client", retry_after=True
+)
 NO_BACKEND = Answer(503, "no_backend", "no backend available", retry_after=True)
 QUEUE_FULL = Answer(503, "overloaded", "too many requests queued", retry_after=True)
 QUEUE_TIMEOUT = Answer(
     503, "overloaded", "no backend slot freed up within queue_timeout", retry_after=True
+)
+TOO_MANY_CONNECTIONS = Answer(
+    503, "too_many_connections", "connection limit reached", retry_after=True
+)
+LOCAL_RESOURCES = Answer(
+    503,
+    "overloaded",
+    "the proxy is out of local resources (descriptors, memory, ports)",
+    retry_after=True,
 )
 TOO_MANY_STREAMS = Answer(503, "too_many_streams", "event stream limit reached", retry_after=True)
 # The backend

@@ -7,6 +7,7 @@ the pure functions of ``framing``; it holds no I/O.
 from __future__ import annotations
 
 from mcplb.proxy.relay.http11 import Headers
+from mcplb.proxy.routing.body_pace import BodyPace
 
 
 class Request:
@@ -16,17 +17,20 @@ class Request:
         "body",
         "body_size",
         "buffered",
+        "buffering",
         "chunked",
         "complete",
         "connection",
         "content_length",
         "duplicate",
+        "head_at",
         "headers",
         "hop_names",
         "host",
         "keep_alive",
         "logged",
         "method",
+        "pace",
         "refusal",
         "replay",
         "request_id",
@@ -64,5 +68,9 @@ class Request:
         self.complete = False
         self.body: list[bytes] = []  # framed chunks not yet sent upstream
         self.buffered = 0
+        # Its body is read before it is routed (request_buffer.py), up to request_buffer.
+        self.buffering = False
+        self.head_at = 0.0  # when its head was read, if it was answered next (loop time)
+        self.pace: BodyPace | None = None  # its body's recent rate, once judged (Sweep)
         self.body_size = 0
         self.replay: list[bytes] | None = []  # framed bytes sent upstream, for a replay

@@ -13,7 +13,7 @@ the process holds routes at once (``SessionStore.known``), as nearly every MCP r
 
 from __future__ import annotations
 
-from mcplb.proxy.relay import answers
+from mcplb.proxy.relay import answers, framing
 from mcplb.proxy.relay.affinity import KeyFound, Stickiness
 from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.request import Request
@@ -29,7 +29,7 @@ from mcplb.proxy.sessions import affinity
 
 
 def start(ex: Exchange, request: Request) -> None:
-    """Check the request (400, 421, 413, 405, 429), then route it."""
+    """Check the request (400, 421, 413, 508, 405, 429), then route it."""
     ex.request = request
     ex.client.set_state(ROUTING)
     ex.started = ex.loop.time()
@@ -45,6 +45,9 @@ def start(ex: Exchange, request: Request) -> None:
         ex.answer(answers.HOST_NOT_SERVED)
     elif max_body and request.content_length is not None and request.content_length > max_body:
         ex.reject(answers.BODY_TOO_LARGE)
+    elif framing.loops(request, frontend.via):
+        # A backend (configured or discovered) that is this proxy: one round, not a storm.
+        ex.answer(answers.LOOP_DETECTED)
     elif request.method == b"CONNECT":
         # A reverse proxy tunnels nowhere: only configured backends are ever reached.
         ex.answer(answers.CONNECT_REFUSED)
@@ -90,9 +93,11 @@ def route_new(ex: Exchange, request: Request) -> None:
         ex.dispatch(request, backend)
         return
     cluster = ex.runtime.cluster
-    if request.wants_stream and any(b.available for b in cluster.backends.backends):
-        ex.too_many_streams()  # the backends that are up are at their cap
-    elif not request.wants_stream and cluster.admission.any_full(cluster.backends.backends):
+    admission = cluster.admission
+    backends = cluster.backends.backends
+    if request.wants_stream and any(b.available and admission.streams_full(b) for b in backends):
+        ex.too_many_streams()  # the backends that are up are at their stream cap
+    elif admission.any_full(backends):
         ex.wait_for_slot(None)
     else:
         ex.answer(answers.NO_BACKEND)

@@ -63,9 +63,16 @@ def pick(
     candidates = cluster.candidates
     admission = cluster.admission
     if attempted or admission.per_backend:
-        # A stream takes a stream slot, not a request slot: full request slots don't matter.
-        full = admission.streams_full if request.wants_stream else admission.backend_full
-        candidates = [b for b in candidates if b.name not in attempted and not full(b)]
+        # A request for a stream takes a request slot until its answer is a stream, and
+        # is refused where streams are full.
+        streams = request.wants_stream
+        candidates = [
+            b
+            for b in candidates
+            if b.name not in attempted
+            and not admission.backend_full(b)
+            and not (streams and admission.streams_full(b))
+        ]
     strategy = cluster.strategy
     if header_hash is not None and header_hash.applies(request.headers):
         strategy = header_hash.strategy

@@ -97,13 +97,11 @@ class Runtime:
             self.stats.add_backend(backend.name)
         self.retry_budget.percent = config.retries.budget_percent
         limiter = self.frontend.rate_limiter
+        self.frontend = Frontend(config, self.frontend)
         if config.rate_limit != old.rate_limit:
-            self.frontend = Frontend(config)
             if isinstance(limiter, RedisRateLimiter):
                 await limiter.close()
             changes.append("rate_limit changed")
-        else:
-            self.frontend = Frontend(config, limiter)
         self._set_affinity(config)
         for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
             if getattr(old, key) != getattr(config, key):
