@@ -76,6 +76,7 @@ LAYERS = [
     "observability",
     "sessions",
     "cluster",
+    "auth",
     "routing",
     "relay",
     "admin",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mcplb.proxy.auth.edge import EdgeAuth, KeysPending, Metadata
 from mcplb.proxy.relay import answers
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import CLOSED, ROUTING
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 
 def start(ex: Exchange, request: Request) -> None:
-    """Check the request (400, 421, 413, 405, 429), then route it."""
+    """Check the request (400, 421, 413, 405, 401/403, 429), then route it."""
     conn = ex.conn
     conn.state = ROUTING
     ex.started = conn.loop.time()
@@ -48,7 +49,13 @@ def start(ex: Exchange, request: Request) -> None:
     elif request.method == b"CONNECT":
         # A reverse proxy tunnels nowhere: only configured backends are ever reached.
         conn.relay.answer(answers.CONNECT_REFUSED)
-    elif conn.runtime.rate_limiter is None or _rate_limit(ex, request):
+    elif conn.runtime.auth is None or _authorize(ex, request):
+        limit(ex, request)
+
+
+def limit(ex: Exchange, request: Request) -> None:
+    """The rate limit (429), then ``route``."""
+    if ex.conn.runtime.rate_limiter is None or _rate_limit(ex, request):
         route(ex, request)
 
 
@@ -146,6 +153,37 @@ def _not_a_session(request: Request) -> None:
     """A guessed query session id that is none: route the request as any other."""
     request.session_id = None
     request.session_in_query = False
+
+
+def _authorize(ex: Exchange, request: Request) -> bool:
+    """Edge authentication (``auth:``): True to go on now; else the request was answered
+    (401/403, or the Protected Resource Metadata), or waits for the JWKS."""
+    conn = ex.conn
+    auth = conn.runtime.auth
+    assert auth is not None
+    outcome = auth.check(request)
+    if outcome is None:
+        return True
+    if isinstance(outcome, KeysPending):
+        ex.task = conn.spawn(_authorize_after_keys(ex, request, auth))
+    elif isinstance(outcome, Metadata):
+        conn.relay.answer_document(*answers.resource_metadata(outcome))
+    else:
+        auth.log_refusal(conn.client_ip, outcome)
+        conn.stats.rejected["unauthorized" if outcome.status == 401 else outcome.code] += 1
+        conn.relay.answer(*answers.auth_refusal(outcome))
+    return False
+
+
+async def _authorize_after_keys(ex: Exchange, request: Request, auth: EdgeAuth) -> None:
+    await auth.keys_fetched()
+    ex.task = None
+    if request is not ex.conn.current or ex.conn.state == CLOSED:
+        return
+    # Checked again with the keys fetched (a kid still unknown is refused: the next fetch
+    # may start only after jwks_min_refresh).
+    if _authorize(ex, request):
+        limit(ex, request)
 
 
 def _rate_limit(ex: Exchange, request: Request) -> bool:

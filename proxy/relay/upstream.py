@@ -372,6 +372,17 @@ class ResponseRelay:
             lingering = True
         conn.close(linger=lingering)
 
+    def answer_document(self, status: int, body: bytes, headers: Headers) -> None:
+        """Answer the current request with a JSON document of the proxy's own (the
+        Protected Resource Metadata)."""
+        conn = self.conn
+        request = conn.current
+        keep = request is not None and request.complete and request.keep_alive
+        conn.ex.status = status
+        self._write_answer(
+            http11.json_response(status, body, close=not keep, extra_headers=headers), keep
+        )
+
     def answer_session_not_found(self) -> None:
         conn = self.conn
         conn.stats.session_not_found += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Set
 from typing import TYPE_CHECKING
 
+from mcplb.proxy.config.checks import RATE_KEY_PRINCIPAL
 from mcplb.proxy.sessions import affinity
 from mcplb.strategies.base import NO_FACTS, RequestFacts
 
@@ -85,11 +86,16 @@ def panic_pick(runtime: Runtime, candidates: list[Backend]) -> Backend | None:
 
 
 def rate_key(runtime: Runtime, request: Request, client_ip: str) -> str:
-    """The client's rate-limit bucket: the configured header's value, else its address
-    (the forwarded client's, behind trusted proxies)."""
+    """The client's rate-limit bucket: the configured header's value, or the principal
+    (``key: principal``), else its address (the forwarded client's, behind trusted
+    proxies)."""
     rate_limit = runtime.config.rate_limit
     header = None if rate_limit is None else rate_limit.header
-    if header is not None:
+    if header == RATE_KEY_PRINCIPAL:
+        # The token's issuer and subject (auth:); the address for requests without one.
+        if request.principal is not None:
+            return "p:" + request.principal
+    elif header is not None:
         wanted = header.encode("latin-1")
         for name, value in request.headers:
             if name == wanted:

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+from mcplb.proxy.auth.edge import EdgeAuth, build_auth
 from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
@@ -65,6 +66,7 @@ class Runtime:
             config.rate_limit
         )
         self.rate_limit_client = _forwarded_client(config)
+        self.auth: EdgeAuth | None = build_auth(config.auth)
         # Request ids: 16 hex digits, a random per-process prefix (its top bit set, so that
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
@@ -121,6 +123,9 @@ class Runtime:
             if isinstance(limiter, RedisRateLimiter):
                 await limiter.close()
             changes.append("rate_limit changed")
+        if config.auth != old.auth:
+            self.auth = build_auth(config.auth)  # new keys fetched and tokens verified anew
+            changes.append("auth changed")
         self._set_affinity(config)
         for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
             if getattr(old, key) != getattr(config, key):
