@@ -260,8 +260,8 @@ class EdgeAuth:
         """Fetch the JWKS in the background if one is due and may start."""
         if self.schedule.due(now):
             self._start_fetch(now)
-        else:
-            self.refresh_at = min(
+        else:  # due once both hold: keys older than refresh, no try within min_refresh
+            self.refresh_at = max(
                 self.schedule.fetched_at + self.schedule.refresh,
                 self.schedule.tried_at + self.schedule.min_refresh,
             )
