@@ -63,10 +63,10 @@ def test_resource_must_be_https_unless_loopback() -> None:
 
 def test_jwks_url_https_and_jwt_required() -> None:
     text = (
-        HEAD
-        + "auth:\n  resource: https://m.example.com\n  jwt:\n    issuer: https://i.example.com\n    jwks_url: http://i.example.com/jwks\n"
+        "auth:\n  resource: https://m.example.com\n  jwt:\n"
+        "    issuer: https://i.example.com\n    jwks_url: http://i.example.com/jwks\n"
     )
-    [(path, message, line)] = issues(text.removeprefix(HEAD))
+    [(path, message, line)] = issues(text)
     assert (path, line) == ("auth.jwt.jwks_url", 6) and "https" in message
     [(path, message, line)] = issues("auth:\n  resource: https://m.example.com\n")
     assert path == "auth" and message == 'missing required key "jwt"' and line == 3
