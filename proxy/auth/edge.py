@@ -197,15 +197,11 @@ class EdgeAuth:
             return self.missing
         if count > 1:
             return self._invalid(400, "invalid_request", "more than one Authorization header")
-        if len(value) > self.max_token + 7:
-            return self._invalid(401, "invalid_token", "token larger than max_token_bytes")
-        if value[:7].lower() != b"bearer ":
-            return self.missing  # another scheme: challenge for a bearer token (RFC 6750 3.1)
-        token = value[7:].strip(b" \t")
         now = self.clock()
-        grant = self.cache.get(token)
+        # Cached by the whole field value: a hit needs no parsing (it was a bearer token).
+        grant = self.cache.get(value)
         if grant is None:
-            found = self._verify(token, now)
+            found = self._new_token(value, now)
             if not isinstance(found, Grant):
                 return found
             grant = found
@@ -221,10 +217,17 @@ class EdgeAuth:
             self._rewrite(request, grant)
         return None
 
-    def _verify(self, token: bytes, now: float) -> Grant | Refusal | KeysPending:
+    def _new_token(self, value: bytes, now: float) -> Grant | Refusal | KeysPending:
+        """A token not in the cache: its Authorization field ``value`` checked, verified,
+        cached."""
+        if len(value) > self.max_token + 7:
+            return self._invalid(401, "invalid_token", "token larger than max_token_bytes")
+        if value[:7].lower() != b"bearer ":
+            return self.missing  # another scheme: challenge for a bearer token (RFC 6750 3.1)
+        token = value[7:].strip(b" \t")
         keys = self.keys if self.schedule.usable(now) else {}
         try:
-            grant = self.verifier.verify(token, keys, now)
+            grant = self.verifier.verify(token, value, keys, now)
         except Failure as failure:
             if (failure.unknown_key or not keys) and self._start_fetch(now):
                 return KEYS_PENDING

@@ -41,7 +41,8 @@ class Grant:
         kid: str | None,
         scope_ok: bool,
     ) -> None:
-        self.raw = raw  # the token, to tell it from another with the same cache key
+        # The Authorization field value, to tell it from another with the same cache key
+        self.raw = raw
         self.principal = principal
         self.subject = subject
         self.scopes = scopes
@@ -80,9 +81,12 @@ class TokenVerifier:
             "require": ["exp", "iss", "aud", "sub"],
         }
 
-    def verify(self, token: bytes, keys: Mapping[str | None, SigningKey], now: float) -> Grant:
-        """The grant of ``token`` (its bytes after "Bearer "), or raises ``Failure``.
-        ``now``: wall-clock seconds."""
+    def verify(
+        self, token: bytes, raw: bytes, keys: Mapping[str | None, SigningKey], now: float
+    ) -> Grant:
+        """The grant of ``token`` (its bytes after "Bearer "; ``raw``: the whole
+        Authorization value, the grant's cache key), or raises ``Failure``. ``now``:
+        wall-clock seconds."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -115,7 +119,7 @@ class TokenVerifier:
             raise Failure("token signature invalid") from None
         except jwt.PyJWTError:
             raise Failure("token invalid") from None
-        return self._grant(token, claims, kid, now)
+        return self._grant(raw, claims, kid, now)
 
     def _key(self, keys: Mapping[str | None, SigningKey], kid: str | None) -> SigningKey:
         key = keys.get(kid)
@@ -125,7 +129,7 @@ class TokenVerifier:
             raise Failure("token signing key not known", unknown_key=kid is not None)
         return key
 
-    def _grant(self, token: bytes, claims: dict[str, Any], kid: str | None, now: float) -> Grant:
+    def _grant(self, raw: bytes, claims: dict[str, Any], kid: str | None, now: float) -> Grant:
         exp, nbf, sub = claims["exp"], claims.get("nbf"), claims["sub"]
         if not _number(exp) or (nbf is not None and not _number(nbf)):
             raise Failure("token exp or nbf not a number")
@@ -138,7 +142,7 @@ class TokenVerifier:
         scopes = token_scopes(claims)
         scope_ok = self.required.issubset(scopes)
         principal = self.issuer + " " + sub  # the issuer is a URL: no space in it
-        return Grant(token, principal, sub, scopes, float(exp) + self.leeway, kid, scope_ok)
+        return Grant(raw, principal, sub, scopes, float(exp) + self.leeway, kid, scope_ok)
 
 
 def token_scopes(claims: Mapping[str, Any]) -> tuple[str, ...]:
@@ -183,9 +187,10 @@ class GrantCache:
     def __len__(self) -> int:
         return len(self._grants)
 
-    def get(self, token: bytes) -> Grant | None:
-        grant = self._grants.get(token[-32:])
-        if grant is not None and grant.raw == token:
+    def get(self, raw: bytes) -> Grant | None:
+        """The grant cached for the Authorization field value ``raw``."""
+        grant = self._grants.get(raw[-32:])
+        if grant is not None and grant.raw == raw:
             return grant
         return None
 
