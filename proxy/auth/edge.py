@@ -147,6 +147,7 @@ class EdgeAuth:
         self.refresh_at = 0.0  # wall clock: a background JWKS fetch is due from then
         self.fetches = 0  # JWKS fetches started, and failed (for tests and metrics)
         self.fetch_failures = 0
+        self.verified = 0  # tokens whose signature was checked (once each, while cached)
         self._inflight: asyncio.Task[None] | None = None
         self.forward_token = config.forward_token
         self.subject_header = config.identity_headers.subject.encode()
@@ -234,6 +235,7 @@ class EdgeAuth:
             if not keys:
                 return self._invalid(503, "auth_unavailable", "signing keys unavailable")
             return self._invalid(401, "invalid_token", failure.reason)
+        self.verified += 1
         self.cache.put(grant)
         return grant
 
