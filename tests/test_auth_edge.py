@@ -272,7 +272,9 @@ async def test_required_claims() -> None:
     for claim in ("exp", "sub", "aud", "iss"):
         outcome = await checked(auth, request(RSA_A.sign(**{claim: None})))
         assert isinstance(outcome, Refusal), claim
-        assert outcome.message == f'token lacks the "{claim}" claim', claim
+        assert outcome.message == f"token lacks the {claim} claim", claim
+        challenge = outcome.challenge.decode()
+        assert f'error_description="token lacks the {claim} claim", ' in challenge
 
 
 def test_metadata_paths_and_methods() -> None:

@@ -114,7 +114,9 @@ class TokenVerifier:
         except jwt.InvalidIssuerError:
             raise Failure("token from another issuer (iss)") from None
         except jwt.MissingRequiredClaimError as error:
-            raise Failure(f'token lacks the "{error.claim}" claim') from None
+            # No quotes: the reason goes into the challenge's error_description (RFC 6750
+            # section 3: no %x22 or %x5C in it).
+            raise Failure(f"token lacks the {error.claim} claim") from None
         except jwt.InvalidSignatureError:
             raise Failure("token signature invalid") from None
         except jwt.PyJWTError:
