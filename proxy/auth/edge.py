@@ -252,6 +252,8 @@ class EdgeAuth:
         request.headers = headers
 
     def _invalid(self, status: int, code: str, message: str) -> Refusal:
+        if status == 503:  # the token may be fine: no signing key to tell
+            return Refusal(status, code, message, f"Bearer {self._metadata_param}".encode())
         error = "invalid_request" if status == 400 else "invalid_token"
         challenge = f'Bearer error="{error}", error_description="{message}", {self._metadata_param}'
         return Refusal(status, code, message, challenge.encode())
