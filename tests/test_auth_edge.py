@@ -127,11 +127,16 @@ async def test_a_valid_token_passes_and_its_signature_is_checked_once() -> None:
     assert auth.verified == 1 and idp.calls == 1 and len(auth.cache) == 1
     assert auth.check(request(RSA_A.sign(sub="bob"))) is None
     assert auth.verified == 2 and len(auth.cache) == 2
-    # Past jwks_min_refresh, before jwks_refresh: the next background fetch is due at the
-    # later of the two, not at every request.
-    clock.now += 11
+    # A fetch for an unknown kid fails at T0+11; past jwks_min_refresh after it, before
+    # jwks_refresh: the next background fetch is due at the later of the two, not at
+    # every request.
+    idp.down = True
+    clock.now = T0 + 11
+    unknown = jwt.encode({"iss": ISSUER}, RSA_A.private, algorithm="RS256", headers={"kid": "z"})
+    assert isinstance(await checked(auth, request(unknown)), Refusal)
+    clock.now = T0 + 22
     assert auth.check(request(token)) is None
-    assert auth.refresh_at == T0 + 300 and idp.calls == 1
+    assert auth.refresh_at == T0 + 300 and idp.calls == 2
 
 
 async def test_expiry_is_checked_on_every_use_of_a_cached_token() -> None:
