@@ -288,6 +288,18 @@ async def test_required_claims() -> None:
         assert f'error_description="token lacks the {claim} claim", ' in challenge
 
 
+def test_cors_preflight_passes_without_a_token() -> None:
+    auth = make(Idp(RSA_A), Clock())
+    preflight = request(
+        None, (b"origin", b"https://app.example"), (b"access-control-request-method", b"POST")
+    )
+    preflight.method = b"OPTIONS"
+    assert auth.check(preflight) is None and preflight.principal is None
+    bare = request(None)
+    bare.method = b"OPTIONS"  # no preflight headers: an OPTIONS like any other request
+    assert auth.check(bare) is auth.missing
+
+
 def test_metadata_paths_and_methods() -> None:
     auth = make(Idp(RSA_A), Clock())
     for target in (

@@ -119,6 +119,14 @@ class RefusalLog:
 Fetch = Callable[[str, float], Awaitable[bytes]]
 
 
+def _preflight(request: Request) -> bool:
+    """A CORS preflight: OPTIONS with Origin and Access-Control-Request-Method. It carries
+    no credentials by definition; the backend answers it (and the real request that
+    follows needs its token)."""
+    names = {name for name, _ in request.headers}
+    return b"origin" in names and b"access-control-request-method" in names
+
+
 def build_auth(config: AuthConfig | None) -> EdgeAuth | None:
     """The auth step ``config`` asks for; None when edge authentication is off."""
     return None if config is None else EdgeAuth(config)
@@ -195,6 +203,8 @@ class EdgeAuth:
             elif name in (subject_header, scopes_header):
                 identity = True
         if value is None:
+            if request.method == b"OPTIONS" and _preflight(request):
+                return None  # browsers send CORS preflights without credentials (Fetch spec)
             return self.missing
         if count > 1:
             return self._invalid(400, "invalid_request", "more than one Authorization header")
