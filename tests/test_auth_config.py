@@ -3,6 +3,8 @@ and the defaults it fills in (the audience is the resource)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mcplb.proxy.config.errors import ConfigError
@@ -87,3 +89,14 @@ def test_identity_headers_checked() -> None:
     text = auth() + "  identity_headers: {subject: x-s, scopes: x-s}\n"
     [(path, message, _)] = issues(text)
     assert path == "auth.identity_headers.scopes" and message == "must differ from subject"
+
+
+@pytest.mark.parametrize(
+    ("document", "heading"),
+    [("README.md", "## Authentication at the edge"), ("docs/deploy.md", "**Authentication at")],
+)
+def test_the_documented_auth_examples_pass_check(document: str, heading: str) -> None:
+    text = (Path(__file__).resolve().parent.parent / document).read_text()
+    block = text.split(heading, 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(HEAD + block)
+    assert config.auth is not None and config.auth.resource == "https://mcp.example.com/mcp"
