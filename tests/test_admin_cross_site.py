@@ -16,8 +16,8 @@ from mcplb.proxy.config.errors import ConfigError
 from mcplb.proxy.config.loader import load_config
 from mcplb.proxy.config.schema import AdminConfig
 from mcplb.proxy.server.worker import ProxyServer
-from tests.support import rawhttp
 from tests.conftest import AppFactory, ProxyFactory, backend_config
+from tests.support import rawhttp
 from tests.test_admin import minting_app
 
 

@@ -9,6 +9,7 @@ loader (proxy/config/loader.py) reads YAML with both.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,7 +42,16 @@ from mcplb.proxy.config import fields  # fields.key where a field named "key" hi
 from mcplb.proxy.config.checks import CookieSameSite as CookieSameSite
 from mcplb.proxy.config.checks import Workers as Workers
 from mcplb.proxy.config.errors import ConfigIssue
-from mcplb.proxy.config.fields import declare, free_mapping, items, key, section, sections
+from mcplb.proxy.config.fields import (
+    KEY,
+    Key,
+    declare,
+    free_mapping,
+    items,
+    key,
+    section,
+    sections,
+)
 from mcplb.proxy.config.hosts import check_host_pattern
 
 _AT_LEAST_ONE = c.int_range(1, None, "must be an integer >= 1")
@@ -266,6 +276,86 @@ class RateLimitConfig:
     )
 
 
+def _scopes(message: str) -> dict[str, Key]:
+    return items(c.check_scope, message, scalar_ok=True, empty_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """``auth.jwt``: JWT access tokens signed by ``issuer``, keys from its JWKS."""
+
+    issuer: str = field(metadata=key(c.check_issuer, required=True))  # the "iss" it must carry
+    # fetched, cached, refreshed on an unknown "kid" (at most every jwks_min_refresh)
+    jwks_url: str = field(metadata=key(c.check_auth_url, required=True))
+    # "aud" must hold one of these; () = [auth.resource]
+    audience: tuple[str, ...] = field(
+        default=(),
+        metadata=items(
+            c.check_audience,
+            "must be a list of audiences, e.g. [https://mcp.example.com/mcp]",
+            scalar_ok=True,
+        ),
+    )
+    algorithms: tuple[str, ...] = field(
+        default=("RS256", "ES256"),
+        metadata=items(
+            c.check_jwt_algorithm,
+            "must be a list of algorithms, e.g. [RS256, ES256]",
+            scalar_ok=True,
+        ),
+    )
+    # every token must carry all of these ("scope" or "scp"); else 403 insufficient_scope
+    required_scopes: tuple[str, ...] = field(
+        default=(), metadata=_scopes("must be a list of scopes, e.g. [mcp:tools]")
+    )
+    # clock skew allowed on exp and nbf, seconds
+    leeway: float = field(default=30.0, metadata=key(c.parse_duration))
+    # the JWKS is fetched again this often (Cache-Control max-age, if longer, wins)
+    jwks_refresh: float = field(default=300.0, metadata=key(c.check_positive_duration))
+    # an unknown "kid" fetches the JWKS at most this often: a kid flood cannot hammer the IdP
+    jwks_min_refresh: float = field(default=10.0, metadata=key(c.check_positive_duration))
+    # the IdP unreachable: cached keys keep working this long after the last fetch
+    jwks_max_stale: float = field(default=86400.0, metadata=key(c.check_positive_duration))
+    jwks_timeout: float = field(default=5.0, metadata=key(c.check_positive_duration))
+    # verified tokens kept per process (each token's signature checked once)
+    token_cache: int = field(default=10_000, metadata=key(_AT_LEAST_ONE))
+    # longer Authorization values get 401 before any parsing
+    max_token_bytes: int = field(default=8192, metadata=key(c.parse_size))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeadersConfig:
+    """``auth.identity_headers``: what the backend gets when ``forward_token`` is false.
+    Incoming headers of these names are always removed."""
+
+    subject: str = field(default="x-auth-subject", metadata=key(c.check_identity_header))
+    scopes: str = field(default="x-auth-scopes", metadata=key(c.check_identity_header))
+
+
+_REQUIRED_SECTION = dataclasses.replace(section(JwtConfig)[KEY], required=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``auth``: an OAuth 2.1 resource server at the edge (off when absent)."""
+
+    # the canonical URI clients use (RFC 8707), as published; the default audience
+    resource: str = field(metadata=key(c.check_resource, required=True))
+    jwt: JwtConfig = field(metadata={KEY: _REQUIRED_SECTION})
+    # True: the backend gets the client's Authorization; False: identity headers instead
+    forward_token: bool = field(default=True, metadata=key(c.check_bool))
+    identity_headers: IdentityHeadersConfig = field(
+        default_factory=IdentityHeadersConfig, metadata=section(IdentityHeadersConfig)
+    )
+    # published in the Protected Resource Metadata (RFC 9728 section 2)
+    scopes_supported: tuple[str, ...] = field(
+        default=(), metadata=_scopes("must be a list of scopes, e.g. [mcp:tools, mcp:read]")
+    )
+    resource_documentation: str | None = field(
+        default=None, metadata=key(c.optional(c.check_auth_url))
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ListenTlsConfig:
     """TLS on the client listener."""
@@ -423,6 +513,8 @@ class Config:
     rate_limit: RateLimitConfig | None = field(
         default=None, metadata=section(RateLimitConfig, null_off=True)
     )
+    # None = no edge authentication
+    auth: AuthConfig | None = field(default=None, metadata=section(AuthConfig, null_off=True))
     # None = plain HTTP
     listen_tls: ListenTlsConfig | None = field(
         default=None, metadata=section(ListenTlsConfig, null_off=True)

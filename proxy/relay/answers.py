@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mcplb.proxy.auth.edge import Metadata, Refusal
 from mcplb.proxy.relay import http11
 
 
@@ -88,3 +89,22 @@ def session_not_found(*, close: bool) -> bytes:
     """404 with the JSON-RPC error MCP clients read as "initialize again" (the spec's
     answer to an unknown or ended session)."""
     return http11.json_response(404, http11.SESSION_NOT_FOUND, close=close)
+
+
+def auth_refusal(refusal: Refusal) -> tuple[Answer, list[tuple[bytes, bytes]]]:
+    """401 / 403 / 400 from edge authentication, with its WWW-Authenticate challenge
+    (RFC 6750 section 3, RFC 9728 section 5.1); 503 when no signing key could be fetched."""
+    answer = Answer(
+        refusal.status, refusal.code, refusal.message, retry_after=refusal.status == 503
+    )
+    return answer, [(b"www-authenticate", refusal.challenge), (b"cache-control", b"no-store")]
+
+
+def resource_metadata(document: Metadata) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The Protected Resource Metadata (RFC 9728 section 3.2): public, cacheable JSON; GET
+    only."""
+    if document.status == 405:
+        body = b'{"error":"method_not_allowed","message":"metadata is served to GET only"}'
+        return 405, body, [(b"allow", b"GET")]
+    headers = [(b"cache-control", b"max-age=300"), (b"access-control-allow-origin", b"*")]
+    return 200, document.body, headers

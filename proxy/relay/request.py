@@ -31,6 +31,7 @@ class Request:
         "logged",
         "method",
         "pace",
+        "principal",
         "refusal",
         "replay",
         "request_id",
@@ -58,6 +59,8 @@ class Request:
         self.session_in_query = False  # legacy SSE transport: the session id is in the query
         self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
         self.request_id: bytes | None = None
+        # auth: the token's issuer and subject ("iss sub"), once verified; None without auth
+        self.principal: str | None = None
         self.sniff: list[bytes] | None = None  # a small JSON-RPC body, read for its method
         self.logged = False
         self.content_length: int | None = None

@@ -343,6 +343,16 @@ class Response:
             log.warning("%d %s: %s %s", status, answer.code, method, answer.message)
         self._write_answer(answers.render(answer, close=not keep, headers=headers), keep)
 
+    def answer_document(self, status: int, body: bytes, headers: Headers) -> None:
+        """Answer with a JSON document of the proxy's own (Protected Resource Metadata)."""
+        request = self.request
+        if self.done or request is None:
+            return
+        keep = request.complete and request.keep_alive and self.client.may_keep_alive()
+        self.status = status
+        response = http11.json_response(status, body, close=not keep, extra_headers=headers)
+        self._write_answer(response, keep)
+
     def reject(self, answer: Answer) -> None:
         """Answer a request that could not be parsed or accepted, then close."""
         if self.done:

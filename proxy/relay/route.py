@@ -13,6 +13,7 @@ the process holds routes at once (``SessionStore.known``), as nearly every MCP r
 
 from __future__ import annotations
 
+from mcplb.proxy.auth.edge import EdgeAuth, KeysPending, Metadata
 from mcplb.proxy.relay import answers, framing
 from mcplb.proxy.relay.affinity import KeyFound, Stickiness
 from mcplb.proxy.relay.exchange import Exchange
@@ -29,7 +30,7 @@ from mcplb.proxy.sessions import affinity
 
 
 def start(ex: Exchange, request: Request) -> None:
-    """Check the request (400, 421, 413, 508, 405, 429), then route it."""
+    """Check the request (400, 421, 413, 508, 405, 401/403, 429), then route it."""
     ex.request = request
     ex.client.set_state(ROUTING)
     ex.started = ex.loop.time()
@@ -51,7 +52,13 @@ def start(ex: Exchange, request: Request) -> None:
     elif request.method == b"CONNECT":
         # A reverse proxy tunnels nowhere: only configured backends are ever reached.
         ex.answer(answers.CONNECT_REFUSED)
-    elif frontend.rate_limiter is None or _rate_limit(ex, request):
+    elif frontend.auth is None or _authorize(ex, request, frontend.auth):
+        limit(ex, request)
+
+
+def limit(ex: Exchange, request: Request) -> None:
+    """The rate limit (429), then ``route``."""
+    if ex.runtime.frontend.rate_limiter is None or _rate_limit(ex, request):
         route(ex, request)
 
 
@@ -142,6 +149,35 @@ def _route_found(ex: Exchange, request: Request, found: KeyFound) -> None:
 def _next_key(ex: Exchange, found: KeyFound) -> KeyFound | None:
     assert ex.sticky is not None
     return ex.sticky.route_key(after=found)
+
+
+def _authorize(ex: Exchange, request: Request, auth: EdgeAuth) -> bool:
+    """Edge authentication (``auth:``): True to go on now; else the request was answered
+    (401/403, or the Protected Resource Metadata), or waits for the JWKS."""
+    outcome = auth.check(request)
+    if outcome is None:
+        return True
+    if isinstance(outcome, KeysPending):
+        ex.task = ex.spawn(_authorize_after_keys(ex, request, auth))
+    elif isinstance(outcome, Metadata):
+        ex.answer_document(*answers.resource_metadata(outcome))
+    else:
+        auth.log_refusal(ex.peer.ip, outcome)
+        stats = ex.runtime.stats
+        stats.rejected["unauthorized" if outcome.status == 401 else outcome.code] += 1
+        ex.answer(*answers.auth_refusal(outcome))
+    return False
+
+
+async def _authorize_after_keys(ex: Exchange, request: Request, auth: EdgeAuth) -> None:
+    await auth.keys_fetched()
+    ex.task = None
+    if not ex.live(request):
+        return
+    # Checked again with the keys fetched (a kid still unknown is refused: the next fetch
+    # may start only after jwks_min_refresh).
+    if _authorize(ex, request, auth):
+        limit(ex, request)
 
 
 def _rate_limit(ex: Exchange, request: Request) -> bool:

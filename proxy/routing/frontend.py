@@ -1,16 +1,23 @@
 """The client side of the proxy, built from one config (HAProxy's frontend): which Host
-names the listener serves, the rate limit, the limits and timeouts a client is held to,
-the client connection caps and per-client slot counts, and the proxy's ``Via`` entry.
-Its other half is ``cluster.Cluster``, the backend side. A reload builds a new one; the
-relay reads the current one when it needs it."""
+names the listener serves, edge authentication, the rate limit, the limits and timeouts a
+client is held to, the client connection caps and per-client slot counts, and the proxy's
+``Via`` entry. Its other half is ``cluster.Cluster``, the backend side. A reload builds a
+new one; the relay reads the current one when it needs it."""
 
 from __future__ import annotations
 
 import hashlib
 import socket
 
+from mcplb.proxy.auth.edge import EdgeAuth, build_auth
 from mcplb.proxy.config.hosts import default_allowed_hosts
-from mcplb.proxy.config.schema import Config, LimitsConfig, RateLimitConfig, TimeoutsConfig
+from mcplb.proxy.config.schema import (
+    AuthConfig,
+    Config,
+    LimitsConfig,
+    RateLimitConfig,
+    TimeoutsConfig,
+)
 from mcplb.proxy.routing.connection_caps import (
     ClientSlots,
     ConnectionCaps,
@@ -25,9 +32,11 @@ RateLimiter = MemoryRateLimiter | RedisRateLimiter
 
 
 class Frontend:
-    """Host policy, rate limiter, client limits, timeouts and caps of one config."""
+    """Host policy, auth, rate limiter, client limits, timeouts and caps of one config."""
 
     __slots__ = (
+        "auth",
+        "auth_config",
         "client_slots",
         "connection_caps",
         "host_policy",
@@ -43,7 +52,8 @@ class Frontend:
     def __init__(self, config: Config, previous: Frontend | None = None) -> None:
         """``previous``: the frontend of the config before a reload. Its rate limiter is
         kept when ``rate_limit`` is unchanged (its buckets, or its Redis connection, live
-        on); its connection and slot counts always are (open connections and requests in
+        on), and its auth step when ``auth`` is unchanged (its keys and verified tokens);
+        its connection and slot counts always are (open connections and requests in
         progress outlive a reload), held to the new caps."""
         self.host_policy = host_policy(config)
         self.limits: LimitsConfig = config.limits
@@ -67,6 +77,13 @@ class Frontend:
             self.client_slots = previous.client_slots
             self.client_slots.cap = per_slots
         self.via = via_entry(config)
+        # Edge authentication (``auth:``), checked before the rate limit (route.start).
+        self.auth_config: AuthConfig | None = config.auth
+        self.auth: EdgeAuth | None = (
+            previous.auth
+            if previous is not None and previous.auth_config == config.auth
+            else build_auth(config.auth)
+        )
 
 
 def host_policy(config: Config) -> HostPolicy:

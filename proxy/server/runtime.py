@@ -102,6 +102,8 @@ class Runtime:
             if isinstance(limiter, RedisRateLimiter):
                 await limiter.close()
             changes.append("rate_limit changed")
+        if config.auth != old.auth:  # the new Frontend's auth fetches keys and verifies anew
+            changes.append("auth changed")
         self._set_affinity(config)
         for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
             if getattr(old, key) != getattr(config, key):
