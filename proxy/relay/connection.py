@@ -105,10 +105,8 @@ class ClientConnection(asyncio.Protocol):
         self.ex.peer = self.peer
         self.sweep.mark_time = self.loop.time()
         if not self.runtime.frontend.connection_caps.admit(self.peer.ip):
-            # limits.max_client_connections or max_connections_per_client: say so, close.
-            self.set_state(CLOSED)
-            self.transport.write(answers.render(answers.TOO_MANY_CONNECTIONS, close=True))
-            self.transport.close()
+            self.set_state(CLOSED)  # limits.max_client_connections or ..._per_client
+            refuse(self.transport, answers.TOO_MANY_CONNECTIONS)
             return
         self.connections.add(self)
 
@@ -184,10 +182,8 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.state == CLOSED:
-            # The request before was answered at once and the connection closed inside this
-            # same feed_data (421, 429, 503): nothing after it is read.
-            raise _RequestRejected
+        if self.state == CLOSED:  # answered at once (421, 429...) and closed in this read
+            raise _RequestRejected  # nothing after it is read
         self.reading = Request()
         self.head_size = 0
         self.requests_seen += 1
@@ -224,8 +220,7 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"connection":
             request.connection = True
         elif name == b"x-request-id":
-            # Logged and forwarded as the request's id: only a short id of safe bytes;
-            # any other is replaced by the proxy's own (framing.request_head).
+            # Logged and forwarded: a short id of safe bytes, else the proxy's own replaces it.
             request.request_id = value if framing.usable_request_id(value) else None
         elif name == SESSION_HEADER:
             # The backend would read the first of two, a router the last: one per request.
@@ -266,22 +261,10 @@ class ClientConnection(asyncio.Protocol):
         if self.current is None:
             self.current = request
             request.head_at = self.loop.time()
-            if request_buffer.buffers_first(request, self.runtime.frontend.limits):
-                request.buffering = True
-                self.set_state(BUFFERING)  # routed once the body is read (_route_buffered)
-            else:
-                route.start(self.ex, request)
+            request_buffer.begin(self, self.ex, request, self.runtime.frontend.limits)
         else:
             self.queue.append(request)
             self.pause_reading(PAUSE_PIPELINE)
-
-    def _route_buffered(self, request: Request) -> None:
-        """A BUFFERING request read far enough (``request_buffer.read_enough``): route it.
-        Reading the rest waits until a backend connection takes what was read."""
-        request.buffering = False
-        if not request.complete:
-            self.pause_reading(PAUSE_BUFFER_FULL)  # resumed when the body is sent on
-        route.start(self.ex, request)
 
     def on_body(self, data: bytes) -> None:
         request = self.reading
@@ -294,8 +277,8 @@ class ClientConnection(asyncio.Protocol):
         if request.sniff is not None:
             mcp_method.keep_body(request, data)
         self.ex.forward_body(request, chunk(data) if request.chunked else data)
-        if request.buffering and request_buffer.read_enough(request, self.runtime.frontend.limits):
-            self._route_buffered(request)
+        if request.buffering:
+            request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)
 
     def on_message_complete(self) -> None:
         request = self.reading
@@ -307,7 +290,7 @@ class ClientConnection(asyncio.Protocol):
         if request.chunked:
             self.ex.forward_body(request, LAST_CHUNK)
         if request.buffering and request is self.current:
-            self._route_buffered(request)
+            request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)
 
     def _refuse_head(self, request: Request, reason: str) -> None:
         """400 and close for a head whose framing or routing fields the backend could read
@@ -514,6 +497,12 @@ class Sweep:
         if late is not None:
             ex.reject(late)
         return late is not None
+
+
+def refuse(transport: asyncio.Transport, answer: Answer) -> None:
+    """Answer a connection that is not taken on (past a connection cap), and close it."""
+    transport.write(answers.render(answer, close=True))
+    transport.close()
 
 
 def reset(transport: asyncio.Transport) -> None:

@@ -191,46 +191,13 @@ class Exchange(Response):
             conn = await self.runtime.cluster.pool(backend).connect()
         except (OSError, TimeoutError) as exc:
             self.task = None
-            await self._connect_failed(request, backend, exc)
+            await connect_failed(self, request, backend, exc)
             return
         self.task = None
         if not self.live(request):
             conn.pool.release(conn, self.loop.time())
             return
         self._attach(request, backend, conn)
-
-    async def _connect_failed(self, request: Request, backend: Backend, exc: Exception) -> None:
-        runtime = self.runtime
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-        if local_failure(exc):
-            # The proxy's own exhaustion (EMFILE...): no health penalty, no binding forgotten.
-            log.warning("connect to backend %s failed here: %s", backend.name, reason)
-            runtime.stats.rejected["local_resources"] += 1
-            self.release_slot()
-            if self.live(request):
-                self.answer(answers.LOCAL_RESOURCES)
-            return
-        log.warning("connect to backend %s failed: %s", backend.name, reason)
-        runtime.cluster.health.connect_failed(backend, reason)
-        runtime.stats.backends[backend.name].connect_failures += 1
-        self.release_slot()
-        if not self.live(request):
-            return  # the client is gone
-        sticky = self.sticky
-        if self.bound_backend is not None and sticky is not None and sticky.found is not None:
-            # Its keys died with it; the client must start over elsewhere.
-            job = sticky.backend_lost(request)
-            if job is not None:
-                await job
-            self.answer_key_not_found(sticky.found)
-            return
-        retries = self.retrying()
-        retries.attempted |= {backend.name}
-        retry = retries.target(self, request, "connect_failure", sent=False)
-        if retry is None:
-            self.answer(answers.UNREACHABLE)
-        else:
-            self.dispatch(request, retry)
 
     def _attach(self, request: Request, backend: Backend, upstream: UpstreamConnection) -> None:
         """Send the request head (and any buffered body) on ``upstream``."""
@@ -427,6 +394,43 @@ class Exchange(Response):
             )
         else:  # pipelined behind the current one: never started
             self.peer.log(request, 499, 0.0, "", 0, client_left)
+
+
+async def connect_failed(ex: Exchange, request: Request, backend: Backend, exc: Exception) -> None:
+    """A connect to ``backend`` failed: 503 for the proxy's own exhaustion (no health
+    penalty, no binding forgotten); else the backend's failure: health told, a strict
+    key's binding lost (404), or a retry elsewhere, or 502."""
+    runtime = ex.runtime
+    reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+    if local_failure(exc):
+        # The proxy's own exhaustion (EMFILE...): no health penalty, no binding forgotten.
+        log.warning("connect to backend %s failed here: %s", backend.name, reason)
+        runtime.stats.rejected["local_resources"] += 1
+        ex.release_slot()
+        if ex.live(request):
+            ex.answer(answers.LOCAL_RESOURCES)
+        return
+    log.warning("connect to backend %s failed: %s", backend.name, reason)
+    runtime.cluster.health.connect_failed(backend, reason)
+    runtime.stats.backends[backend.name].connect_failures += 1
+    ex.release_slot()
+    if not ex.live(request):
+        return  # the client is gone
+    sticky = ex.sticky
+    if ex.bound_backend is not None and sticky is not None and sticky.found is not None:
+        # Its keys died with it; the client must start over elsewhere.
+        job = sticky.backend_lost(request)
+        if job is not None:
+            await job
+        ex.answer_key_not_found(sticky.found)
+        return
+    retries = ex.retrying()
+    retries.attempted |= {backend.name}
+    retry = retries.target(ex, request, "connect_failure", sent=False)
+    if retry is None:
+        ex.answer(answers.UNREACHABLE)
+    else:
+        ex.dispatch(request, retry)
 
 
 class SlotWait:

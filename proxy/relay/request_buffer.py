@@ -7,15 +7,41 @@ body (or sends part of it and stops): nginx reads the body first by default for 
 reason. A request with a body of at most ``request_buffer`` bytes (64 KiB by default) is
 routed once it is whole; a longer one once that many bytes arrived, the rest streamed as
 today (judged by ``timeouts.body`` and the sliding-window ``limits.min_body_rate``). While
-BUFFERING, the bytes stay on ``Request.body`` (``Exchange.forward_body`` keeps them, and
-``ClientConnection._route_buffered`` pauses reading when the request is routed before its
-body ended). Pure: the connection applies what these functions return.
+BUFFERING, the bytes stay on ``Request.body`` (``Exchange.forward_body`` keeps them);
+``start_when_read`` routes the request and pauses reading when it was routed before its
+body ended. The client connection calls ``begin`` when a head is complete and
+``body_read`` after every piece of body.
 """
 
 from __future__ import annotations
 
 from mcplb.proxy.config.schema import LimitsConfig
+from mcplb.proxy.relay import route
+from mcplb.proxy.relay.client_side import ClientSide
+from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.request import Request
+from mcplb.proxy.relay.states import BUFFERING, PAUSE_BUFFER_FULL
+
+
+def begin(client: ClientSide, ex: Exchange, request: Request, limits: LimitsConfig) -> None:
+    """A request whose head is read, to be answered next: BUFFERING until its body is read
+    (``buffers_first``), else routed now."""
+    if buffers_first(request, limits):
+        request.buffering = True
+        client.set_state(BUFFERING)
+    else:
+        route.start(ex, request)
+
+
+def body_read(client: ClientSide, ex: Exchange, request: Request, limits: LimitsConfig) -> None:
+    """More of ``request``'s body was read (or all of it): route a BUFFERING request that
+    ``read_enough``. Reading the rest waits until a backend connection takes what was
+    read."""
+    if request.buffering and read_enough(request, limits):
+        request.buffering = False
+        if not request.complete:
+            client.pause_reading(PAUSE_BUFFER_FULL)  # resumed when the body is sent on
+        route.start(ex, request)
 
 
 def buffers_first(request: Request, limits: LimitsConfig) -> bool:
