@@ -311,8 +311,12 @@ async def bench_streams(args: argparse.Namespace, tmp: Path) -> str:
     try:
         sse, proxy = free_ports(2)
         backend_pid = servers.minimal("sse", sse, "1").pid
-        # Plain event streams: no MCP session store needed across the workers.
-        settings = ["timeouts: {idle: 120s}"]
+        # Plain event streams: no MCP session store needed across the workers. Every stream
+        # comes from this one address: lift the per-address connection cap.
+        settings = [
+            "timeouts: {idle: 120s}",
+            f"limits: {{max_connections_per_client: {2 * args.streams + 1000}}}",
+        ]
         if args.workers > 1:
             settings.append("sticky: {mcp_sessions: false}")
         conf = config(tmp, "streams", proxy, sse, 1, *settings, workers=args.workers)

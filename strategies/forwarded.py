@@ -51,6 +51,10 @@ class ForwardedClient:
                 return client
         return client
 
+    def trusts(self, peer: str) -> bool:
+        """Whether the socket peer is a trusted proxy (its forwarding headers go on)."""
+        return self._address(peer)[1]
+
     def _address(self, text: str) -> tuple[str, bool]:
         """``text``'s canonical form (port stripped, IPv4-mapped IPv6 as IPv4) and whether
         it lies in a trusted network; text that is not an address is kept and untrusted."""

@@ -158,7 +158,10 @@ async def test_aborted_upload_is_logged_as_499(
     access_records: pytest.LogCaptureFixture,
 ) -> None:
     port, received, _ = holding_backend
-    proxy = await start_proxy([backend_config("a", port)], log=JSON_LOG)
+    # request_buffer 0: the head goes to the backend before the body is read.
+    proxy = await start_proxy(
+        [backend_config("a", port)], log=JSON_LOG, limits={"request_buffer": 0}
+    )
     client = await RawClient.connect(proxy.port)
     await client.send(
         b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Request-Id: up-1\r\n"

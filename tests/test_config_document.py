@@ -194,7 +194,10 @@ def test_example_file_mentions_every_key() -> None:
         "queue_timeout", "retries", "attempts", "budget_percent", "on", "non_idempotent",
         "rate_limit", "rate", "burst", "key", "trusted_proxies", "listen_tls", "cert",
         "watch_config", "shutdown_delay", "discovery", "dns", "record", "port", "scheme",
-        "resolvers",
+        "resolvers", "keepalive", "max_in_flight_per_client", "request_buffer",
+        "max_client_connections", "max_connections_per_client", "allow_networks",
+        "max_backends", "auth", "resource", "jwt", "issuer", "jwks_url", "audience",
+        "algorithms", "required_scopes", "forward_token",
     ]  # fmt: skip
     for key in keys:
         assert f"{key}:" in text, key
@@ -317,7 +320,7 @@ def test_unknown_top_level_key_without_close_match() -> None:
     assert error(with_top("zzz: 1")) == (
         "zzz: unknown key (expected one of: listen, workers, strategy, strategy_options, "
         "preserve_host, allowed_hosts, backends, sticky, timeouts, limits, health, admin, log, "
-        "retries, rate_limit, listen_tls, backend_tls, watch_config, discovery) (line 1)"
+        "retries, rate_limit, auth, listen_tls, backend_tls, watch_config, discovery) (line 1)"
     )
 
 

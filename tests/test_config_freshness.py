@@ -66,8 +66,9 @@ async def test_an_upload_on_a_kept_alive_connection_gets_the_reloaded_body_timeo
     relay = Relay()
     await answered_then_reloaded(relay)
     relay.backend_connection()
-    relay.send(POST % 8 + b"x")  # 1 of its 8 bytes: still uploading
-    started = relay.conn.ex.started
+    relay.send(POST % 8 + b"x")  # 1 of its 8 bytes: still uploading (buffered, unrouted)
+    assert relay.conn.current is not None
+    started = relay.conn.current.head_at  # the body's clock starts with its head
     relay.conn.check_timeouts(started + 4.0)  # within the rate grace time
     assert relay.client.take() == b""
     relay.conn.check_timeouts(started + 7.5)  # timeouts.body: 7 s now (60 s before)

@@ -29,7 +29,15 @@ SIZE_HINT = (
 )
 
 
-TIMEOUT_KEYS = ["connect", "header", "upstream_header", "idle", "upstream_keepalive", "grace"]
+TIMEOUT_KEYS = [
+    "connect",
+    "header",
+    "upstream_header",
+    "idle",
+    "keepalive",
+    "upstream_keepalive",
+    "grace",
+]
 
 
 @pytest.mark.parametrize("key", TIMEOUT_KEYS)
@@ -157,7 +165,9 @@ def test_limits_concurrency_values() -> None:
         (
             "zzz: 5",
             "limits.zzz: unknown key (expected one of: max_header_bytes, max_body_bytes,"
-            " max_in_flight, max_streams, max_queue, queue_timeout, min_body_rate) (line 5)",
+            " max_in_flight, max_streams, max_in_flight_per_client, max_queue,"
+            " queue_timeout, min_body_rate, request_buffer, max_client_connections,"
+            " max_connections_per_client) (line 5)",
         ),
     ],
 )

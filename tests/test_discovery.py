@@ -85,7 +85,13 @@ OPEN = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
 
 
 def dns_config(dns_server: DnsServer, port: int, **fields: object) -> DiscoveryConfig:
-    settings: dict[str, object] = {"name": NAME, "port": port, "interval": 0.2}
+    # The backends are on 127.0.0.2-4: loopback, refused unless allowed.
+    settings: dict[str, object] = {
+        "name": NAME,
+        "port": port,
+        "interval": 0.2,
+        "allow_networks": ("127.0.0.0/8",),
+    }
     settings.update(fields)
     host, _, resolver_port = dns_server.address.rpartition(":")
     return DiscoveryConfig(
@@ -291,7 +297,8 @@ workers: 2
 log: {{access: false}}
 sticky: {{store: signed, keys: ["discovery-test-key-0123456789abcdefgh"]}}
 discovery:
-  dns: {{name: {NAME}, port: {backends}, interval: 0.2s, resolvers: ["{dns_server.address}"]}}
+  dns: {{name: {NAME}, port: {backends}, interval: 0.2s, resolvers: ["{dns_server.address}"],
+        allow_networks: [127.0.0.0/8]}}
 """,
             tmp_path,
             port=port,
@@ -321,7 +328,8 @@ listen: 127.0.0.1:0
 admin: {{enabled: false}}
 backends: [{{name: static, url: "http://127.0.0.2:{backends}"}}]
 discovery:
-  dns: {{name: {NAME}, port: {backends}, interval: 0.2s, resolvers: ["{dns_server.address}"]}}
+  dns: {{name: {NAME}, port: {backends}, interval: 0.2s, resolvers: ["{dns_server.address}"],
+        allow_networks: [127.0.0.0/8]}}
 """
     path.write_text(text)
     proxy = ProxyServer(load_config(path))

@@ -233,8 +233,16 @@ async def test_slow_bodies_cannot_hold_every_request_slot(
 ) -> None:
     """Before: 200 slow-body connections held max_in_flight slots for the idle timeout
     (300 s) and every normal request timed out in the queue."""
+    # request_buffer 0: each slow body takes its slot at once, as before request bodies
+    # were buffered (tests/test_slow_uploads.py has the buffered case).
     proxy, _ = await rate_limited_proxy(
-        start_proxy, serve_raw, monkeypatch, 0.5, max_in_flight=4, queue_timeout=4.0
+        start_proxy,
+        serve_raw,
+        monkeypatch,
+        0.5,
+        max_in_flight=4,
+        queue_timeout=4.0,
+        request_buffer=0,
     )
     slow = [await RawClient.connect(proxy.port) for _ in range(8)]
     for client in slow:

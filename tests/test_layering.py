@@ -79,6 +79,7 @@ LAYERS = [
     "redisconn",
     "sessions",
     "cluster",
+    "auth",
     "routing",
     "relay",
     "admin",

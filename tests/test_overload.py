@@ -496,20 +496,28 @@ async def test_worker_stream_cap(
     await no_leak(proxy)
 
 
-async def test_a_stream_does_not_wait_for_a_request_slot(
+async def test_a_request_for_a_stream_waits_for_a_request_slot_until_it_is_one(
     start_proxy: ProxyFactory, serve_app: AppFactory, gate: Gate, http: aiohttp.ClientSession
 ) -> None:
+    """Accept: text/event-stream is the client's word: the request takes a request slot
+    (max_connections counts it) until the backend's answer is a stream (issue 29, N7)."""
     proxy = await start_proxy(
-        [await serve(serve_app, gate, "a", max_connections=1)], limits={"queue_timeout": 1.0}
+        [await serve(serve_app, gate, "a", max_connections=1)], limits={"queue_timeout": 5.0}
     )
     client = Client(http, proxy)
     busy = client.start("r0")
     await gate.arrived(1)
     gate.release("s0")
+    opening = asyncio.create_task(open_stream(http, proxy, "s0", path="/sse"))
     try:
-        stream = await asyncio.wait_for(open_stream(http, proxy, "s0", path="/sse"), LIMIT)
+        await eventually(lambda: queued(proxy) == 1, within=LIMIT)
+        gate.release("r0")
+        await asyncio.wait_for(busy, LIMIT)
+        stream = await asyncio.wait_for(opening, LIMIT)
         assert stream.status == 200
-        assert proxy.runtime.stats.queued == 0
+        # A stream now: its request slot is free for the next request.
+        gate.release("r1")
+        await asyncio.wait_for(client.start("r1"), LIMIT)
         stream.close()
     finally:
         gate.release("r0")

@@ -22,9 +22,11 @@ from mcplb import __version__
 from mcplb.proxy.cluster.backends import WEIGHT_SCALE
 from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.checks import parse_duration
+from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.metrics import render
 from mcplb.proxy.observability.state_dir import write_json
+from mcplb.proxy.routing.host_check import HostPolicy
 
 
 class Runtime(Protocol):
@@ -152,9 +154,55 @@ def create_admin_app(
     started: float,
     reload: Callable[[], Awaitable[ReloadResult]] | None = None,
 ) -> web.Application:
-    app = web.Application()
+    admin = runtime.config.admin
+    patterns = admin.allowed_hosts or default_allowed_hosts(admin.listen_host)
+    app = web.Application(middlewares=[same_site_only(HostPolicy(patterns))])
     app.add_routes(AdminApi(runtime, state, started, reload).routes())
     return app
+
+
+# A state-changing request's body must be JSON, a type a browser cannot send cross-site
+# without a CORS preflight (which the admin API never answers); without a body, any type
+# but those a page may send without a preflight (tools send none, or octet-stream).
+_JSON_TYPES = ("application/json",)
+_SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def same_site_only(hosts: HostPolicy) -> Any:
+    """The admin API's defence against web pages (DNS rebinding, cross-site requests).
+
+    Every request: its ``Host`` must be one the admin listener serves (loopback names on a
+    loopback listener, like the proxy's own listener), else 421: a page whose domain was
+    re-pointed at 127.0.0.1 sends its own name. Every state-changing request (not GET or
+    HEAD): an ``Origin``, when sent, must be the admin API's own (``http://`` + its Host),
+    and a body must be JSON (an empty one not typed as a form or text), else 403. A browser sends
+    ``Origin`` on every cross-site POST, and without a preflight it can only send the
+    "simple" types (text/plain, form encodings), so neither check can be met from a page.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        raw = request.headers.getall("Host", [])
+        host = raw[0].encode("utf-8", "surrogateescape") if len(raw) == 1 else None
+        if not hosts.allows(host):
+            return _refusal(421, "misdirected_request", "this host name is not served here")
+        if request.method in ("GET", "HEAD"):
+            return await handler(request)
+        origin = request.headers.getall("Origin", [])
+        if origin and (len(origin) > 1 or origin[0].lower() != f"http://{raw[0]}".lower()):
+            return _refusal(403, "forbidden", "cross-site requests are refused")
+        kind = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        has_body = (request.content_length or 0) > 0 or "Transfer-Encoding" in request.headers
+        if kind in _SIMPLE_TYPES or (has_body and kind not in _JSON_TYPES):
+            return _refusal(403, "forbidden", "send the body as application/json")
+        return await handler(request)
+
+    return middleware
+
+
+def _refusal(status: int, error: str, message: str) -> web.Response:
+    return web.json_response({"error": error, "message": message}, status=status)
 
 
 class AdminApi:

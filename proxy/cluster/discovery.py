@@ -6,13 +6,24 @@ callback that applies it the way a config reload applies a changed ``backends`` 
 set, logged and counted: it never empties the pool. With several workers, worker 0 looks
 the name up and writes the set to the state directory; the others adopt it from there
 (``read_shared``), as they adopt its active health verdicts.
+
+DNS answers are untrusted input (anyone who controls the zone, or spoofs it, writes them):
+an address is adopted only if it could be a backend elsewhere on the network
+(``AddressScreen``). Loopback and link-local addresses (the machine itself, the cloud
+metadata service at 169.254.169.254) are refused unless ``allow_networks`` names them;
+unspecified and multicast addresses and the proxy's own listener and admin API always are.
+At most ``max_backends`` addresses of one answer are adopted. A loop through another
+route (a name of the proxy's own host) still ends at once: the relay refuses with 508 a
+request carrying the proxy's own ``Via`` entry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -32,12 +43,100 @@ SHARED_FILE = "discovery.json"  # in the supervisor's state directory
 MAX_LOOKUP_SECONDS = 5.0  # one lookup (all its retries) gives up after this
 
 
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AddressScreen:
+    """Which discovered addresses may become backends (see the module's docstring)."""
+
+    def __init__(self, allow_networks: Iterable[str], own: Iterable[tuple[str, int, str]]) -> None:
+        """``own``: the proxy's endpoints, (host, port, what): the listener, the admin API."""
+        self.allowed = tuple(ipaddress.ip_network(n, strict=False) for n in allow_networks)
+        self.own: list[tuple[IpAddress | None, int, str]] = []
+        for host, port, what in own:
+            try:
+                ip: IpAddress | None = _ip(host)
+            except ValueError:
+                ip = None  # "localhost": its addresses are loopback, refused unless allowed
+            self.own.append((ip, port, what))
+        self._local: frozenset[IpAddress] | None = None
+
+    def refusal(self, address: Address) -> str | None:
+        """Why ``address`` is not adopted, or None."""
+        host, port = address
+        try:
+            ip = _ip(host)
+        except ValueError:
+            return "not an IP address"
+        for own_ip, own_port, what in self.own:
+            if port == own_port and (
+                ip == own_ip or ((own_ip is None or own_ip.is_unspecified) and self._is_local(ip))
+            ):
+                return what
+        if ip.is_unspecified:
+            return "an unspecified address (this host)"
+        if ip.is_multicast:
+            return "a multicast address"
+        if any(ip in network for network in self.allowed):
+            return None
+        if ip.is_loopback:
+            return "a loopback address"
+        if ip.is_link_local:
+            return "a link-local address"
+        return None
+
+    def _is_local(self, ip: IpAddress) -> bool:
+        """Whether ``ip`` is this host's (what a listener on 0.0.0.0 or :: answers on)."""
+        if ip.is_loopback or ip.is_unspecified:
+            return True
+        if self._local is None:
+            found: set[IpAddress] = set()
+            try:
+                for info in socket.getaddrinfo(socket.gethostname(), None):
+                    found.add(_ip(str(info[4][0])))
+            except (OSError, ValueError):
+                pass  # best effort: the Via check ends any loop left
+            self._local = frozenset(found)
+        return ip in self._local
+
+    def screen(self, addresses: Iterable[Address], limit: int) -> tuple[list[Address], list[str]]:
+        """The addresses to adopt (at most ``limit``, in order), and one line per address
+        left out."""
+        kept: list[Address] = []
+        notes: list[str] = []
+        for address in addresses:
+            why = self.refusal(address)
+            if why is not None:
+                notes.append(f"{_label(address)} refused: {why}")
+            elif len(kept) < limit:
+                kept.append(address)
+            else:
+                notes.append(f"{_label(address)} left out: over discovery.dns.max_backends")
+        return kept, notes
+
+
+def _ip(host: str) -> IpAddress:
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 class DnsDiscovery:
     """Looks ``config.name`` up; remembers the last set it found and counts the outcomes."""
 
-    def __init__(self, config: DnsDiscoveryConfig, counts: Counter[str] | None = None) -> None:
-        """``counts``: where to count lookups by result (the runtime's stats)."""
+    def __init__(
+        self,
+        config: DnsDiscoveryConfig,
+        counts: Counter[str] | None = None,
+        screen: AddressScreen | None = None,
+    ) -> None:
+        """``counts``: where to count lookups by result (the runtime's stats); ``screen``:
+        which addresses may be adopted (default: refuse local ones, no own endpoints)."""
         self.config = config
+        self.screen = AddressScreen(config.allow_networks, ()) if screen is None else screen
+        self._answer: tuple[Address, ...] = ()  # the last answer as found, before screening
+        self._kept: tuple[Address, ...] = ()  # what the screen kept of it
         self.resolver = dns.asyncresolver.Resolver(configure=not config.resolvers)
         if config.resolvers:
             self.resolver.nameservers = [
@@ -93,6 +192,13 @@ class DnsDiscovery:
                 len(self.addresses),
             )
             return None
+        if found != self._answer:
+            self._answer = found
+            kept, notes = self.screen.screen(found, self.config.max_backends)
+            for note in notes:
+                log.warning("discovery: %s %s: %s", record, name, note)
+            self._kept = tuple(kept)
+        found = self._kept
         if not found:
             self.counts["empty"] += 1
             log.warning(

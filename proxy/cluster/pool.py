@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
+
+# Errors of this process or host, not of the backend: out of descriptors (EMFILE,
+# ENFILE), of memory or buffers, of local ports (EADDRNOTAVAIL, EADDRINUSE). Counting them
+# against the backend would eject healthy backends and forget their sessions whenever the
+# proxy itself is exhausted, which a client can make happen.
+LOCAL_ERRNOS: Final = frozenset(
+    (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EADDRNOTAVAIL, errno.EADDRINUSE)
+)
+
+
+def local_failure(exc: BaseException) -> bool:
+    """Whether a failed connect was this process's fault (see ``LOCAL_ERRNOS``)."""
+    return isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS
+
 
 if TYPE_CHECKING:
     from mcplb.proxy.cluster.backends import Backend

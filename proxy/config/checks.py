@@ -217,6 +217,14 @@ def check_positive_duration(value: object) -> float:
     return seconds
 
 
+@accepts(_size(minimum=0, maximum=256 * _KIBI))
+def check_request_buffer(value: object) -> int:
+    size = parse_size(value)
+    if not 0 <= size <= 256 * _KIBI:
+        raise ValueError("must be between 0 and 256KiB (0 to 262144 bytes)")
+    return size
+
+
 @accepts(_size(minimum=_KIBI, maximum=_KIBI**2))
 def check_header_size(value: object) -> int:
     size = parse_size(value)
@@ -638,14 +646,21 @@ def check_rate(value: object) -> float:
     return rate
 
 
+# rate_limit.key "principal": the token's issuer and subject (auth:), else the address.
+# Stored in rate_limit.header as ":principal", which no header name can be.
+RATE_KEY_PRINCIPAL = ":principal"
+
+
 # A word ("address"; "principal" with edge auth) or "header:NAME".
 @accepts({"type": "string", "pattern": f"^(?:[a-z]+|header:{_TOKEN_RE.pattern})$"})
 def check_rate_key(value: object) -> str | None:
     if value == "address":
         return None
+    if value == "principal":
+        return RATE_KEY_PRINCIPAL
     if isinstance(value, str) and value.startswith("header:"):
         return check_header_name(value.removeprefix("header:"))
-    raise ValueError('must be "address" or "header:NAME", e.g. "header:X-Api-Key"')
+    raise ValueError('must be "address", "principal" or "header:NAME", e.g. "header:X-Api-Key"')
 
 
 @accepts({"type": "string", "minLength": 1})
@@ -708,3 +723,103 @@ def check_tool_name(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a tool name (a non-empty string)")
     return value
+
+
+# ---------------------------------------------------------------------------
+# Edge authentication (auth:)
+
+# JWS algorithms with public keys (RFC 7518, RFC 8037). Never "none"; never HS*: an HMAC
+# "verified" with a key from the JWKS would accept a token signed with the public key.
+JWT_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+def check_jwt_algorithm(value: object) -> str:
+    if isinstance(value, str):
+        if value.lower() == "none":
+            raise ValueError('"none" would accept unsigned tokens: never allowed')
+        if value.upper().startswith("HS"):
+            raise ValueError(
+                f'"{value}" is a shared-secret algorithm: with a JWKS of public keys it would '
+                "accept tokens signed with a public key; use RS*, PS*, ES* or EdDSA"
+            )
+        for name in JWT_ALGORITHMS:
+            if value == name:
+                return name
+    raise ValueError(f"must be one of {', '.join(JWT_ALGORITHMS)}")
+
+
+def _auth_url(value: object, what: str) -> str:
+    """An absolute http(s) URL with a host, no user info, no fragment; https unless its
+    host is a loopback one."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be {what}, an absolute URL")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"cannot be parsed ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f'must be {what}, an absolute https:// URL, e.g. "https://{value}"')
+    if "@" in parts.netloc:
+        raise ValueError("must not contain user info (user:password@)")
+    if "#" in value:
+        raise ValueError("must not have a fragment")
+    if parts.scheme != "https" and not is_loopback(host):
+        raise ValueError("must use https (plain http only for a loopback host)")
+    return value
+
+
+def check_resource(value: object) -> str:
+    # RFC 8707 section 2 / RFC 9728: the canonical URI clients ask tokens for; no query.
+    url = _auth_url(value, "the MCP server's canonical URI")
+    if "?" in url:
+        raise ValueError("must not have a query string (RFC 8707 section 2)")
+    return url
+
+
+def check_issuer(value: object) -> str:
+    url = _auth_url(value, "the authorization server's issuer identifier")
+    if "?" in url:
+        raise ValueError("must not have a query string (RFC 8414 section 2)")
+    return url
+
+
+def check_auth_url(value: object) -> str:
+    return _auth_url(value, "a URL")
+
+
+def check_audience(value: object) -> str:
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise ValueError("must be an audience value (a non-empty string, usually a URI)")
+    return value
+
+
+def check_scope(value: object) -> str:
+    # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(not ("\x21" <= ch <= "\x7e") or ch in '"\\' for ch in value)
+    ):
+        raise ValueError('must be a scope name (printable ASCII, no space, " or \\)')
+    return value
+
+
+def check_identity_header(value: object) -> str:
+    name = check_header_name(value)
+    if name in ("authorization", "host", "content-length", "transfer-encoding", "connection"):
+        raise ValueError(f'cannot be "{name}": the proxy and the backend read it')
+    return name

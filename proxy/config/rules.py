@@ -7,6 +7,7 @@ compare only valid values (or defaults): a bad value is reported already.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from mcplb.proxy.config.checks import KEYS_EXAMPLE, Url, format_seconds, is_loopback
@@ -15,11 +16,14 @@ from mcplb.proxy.config.fields import Context, ListRule, Read, Rule, keys_of
 from mcplb.proxy.config.schema import (
     ActiveHealthConfig,
     AdminConfig,
+    AuthConfig,
     BackendConfig,
     BackendTlsConfig,
     CookieConfig,
     DiscoveryConfig,
     DnsDiscoveryConfig,
+    IdentityHeadersConfig,
+    JwtConfig,
     ListenTlsConfig,
     PassiveHealthConfig,
     RateLimitConfig,
@@ -258,6 +262,37 @@ def _listen_tls(read: Read, ctx: Context) -> ListenTlsConfig | None:
     return ListenTlsConfig(cert, key, read.values["client_ca"]) if cert or key else None
 
 
+def _auth(read: Read, ctx: Context) -> AuthConfig | None:
+    values = read.values
+    if "resource" not in values or "jwt" not in values or values["jwt"] is None:
+        return None  # a required key missing or invalid: reported already
+    jwt: JwtConfig = values["jwt"]
+    if not jwt.audience:
+        # RFC 8707 / MCP: a token must have been issued for this resource.
+        values["jwt"] = dataclasses.replace(jwt, audience=(values["resource"],))
+    return AuthConfig(**values)
+
+
+def _jwt(read: Read, ctx: Context) -> JwtConfig | None:
+    values = read.values
+    both = read.valid("jwks_min_refresh") and read.valid("jwks_refresh")
+    if both and values["jwks_min_refresh"] > values["jwks_refresh"]:
+        refresh = format_seconds(values["jwks_refresh"])
+        _issue(ctx, read, "jwks_min_refresh", f"must not exceed jwks_refresh ({refresh})")
+    if not values["algorithms"] and "algorithms" in read.section.entries:
+        _issue(ctx, read, "algorithms", "must name at least one algorithm, e.g. [RS256]")
+    if "issuer" not in values or "jwks_url" not in values:
+        return None
+    return JwtConfig(**values)
+
+
+def _identity_headers(read: Read, ctx: Context) -> IdentityHeadersConfig:
+    values = read.values
+    if values["subject"] == values["scopes"] and read.valid("subject") and read.valid("scopes"):
+        _issue(ctx, read, "scopes", "must differ from subject")
+    return IdentityHeadersConfig(**values)
+
+
 def _admin(read: Read, ctx: Context) -> AdminConfig:
     values = read.values
     host, token = values["listen_host"], values["token"]
@@ -338,6 +373,9 @@ RULES: Mapping[type, Rule] = {
     RedisConfig: _redis,
     ListenTlsConfig: _listen_tls,
     BackendTlsConfig: _backend_tls,
+    AuthConfig: _auth,
+    JwtConfig: _jwt,
+    IdentityHeadersConfig: _identity_headers,
     AdminConfig: _admin,
     ActiveHealthConfig: _active_health,
     PassiveHealthConfig: _passive_health,

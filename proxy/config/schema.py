@@ -9,6 +9,7 @@ loader (proxy/config/loader.py) reads YAML with both.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,7 +42,16 @@ from mcplb.proxy.config import fields  # fields.key where a field named "key" hi
 from mcplb.proxy.config.checks import CookieSameSite as CookieSameSite
 from mcplb.proxy.config.checks import Workers as Workers
 from mcplb.proxy.config.errors import ConfigIssue
-from mcplb.proxy.config.fields import declare, free_mapping, items, key, section, sections
+from mcplb.proxy.config.fields import (
+    KEY,
+    Key,
+    declare,
+    free_mapping,
+    items,
+    key,
+    section,
+    sections,
+)
 from mcplb.proxy.config.hosts import check_host_pattern
 
 _AT_LEAST_ONE = c.int_range(1, None, "must be an integer >= 1")
@@ -164,6 +174,8 @@ class TimeoutsConfig:
     header: float = _timeout(10.0)  # a client must send its complete request head within this
     upstream_header: float = _timeout(60.0)  # a backend must send its response head within this
     idle: float = _timeout(300.0)  # no byte either way on a connection or stream
+    # a client connection between two requests (keep-alive); see config.example.yaml
+    keepalive: float = _timeout(15.0)
     body: float = _timeout(60.0)  # a client must send its whole request body within this
     upstream_keepalive: float = _timeout(4.0)  # pooled idle upstream connections closed after
     grace: float = _timeout(30.0)  # on SIGTERM, in-flight requests get this long to finish
@@ -182,15 +194,31 @@ class LimitsConfig:
     max_in_flight: int | None = field(default=None, metadata=key(c.optional(_AT_LEAST_ONE)))
     # event streams per worker; excess gets 503 at once
     max_streams: int | None = field(default=None, metadata=key(c.optional(_AT_LEAST_ONE)))
+    # requests of one client address holding a slot or queued, per worker; past it, 429.
+    # None: no cap (behind a load balancer every client has its address).
+    max_in_flight_per_client: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
     # requests waiting for a slot per worker; past it, 503 at once
     max_queue: int = field(
         default=1000, metadata=key(c.int_range(0, None, "must be an integer >= 0"))
     )
     # a queued request waits this long, then gets 503
     queue_timeout: float = field(default=5.0, metadata=key(c.check_positive_duration))
-    # A request body slower than this (bytes a second, averaged from its start, judged
-    # after BODY_RATE_GRACE seconds) gets 408: a trickling upload holds a request slot.
+    # A request body slower than this (bytes a second over the last BODY_RATE_WINDOW
+    # seconds, a sliding window) gets 408: a trickling upload holds a connection or a slot.
     min_body_rate: int = field(default=1024, metadata=key(c.parse_size))  # 0 = no minimum
+    # A request body is read up to this size (or whole) before the request takes a slot:
+    # a slow upload holds no slot while it trickles in (nginx buffers bodies too).
+    request_buffer: int = field(default=65536, metadata=key(c.check_request_buffer))
+    # Client connections per worker, in all and from one address; past either, 503 and
+    # close. None: sized from the descriptor limit (proxy/routing/connection_caps.py).
+    max_client_connections: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
+    max_connections_per_client: int | None = field(
+        default=None, metadata=key(c.optional(_AT_LEAST_ONE))
+    )
 
 
 RetryCondition = Literal["connect_failure", "reset", "502", "503", "504"]
@@ -248,6 +276,86 @@ class RateLimitConfig:
     )
 
 
+def _scopes(message: str) -> dict[str, Key]:
+    return items(c.check_scope, message, scalar_ok=True, empty_ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """``auth.jwt``: JWT access tokens signed by ``issuer``, keys from its JWKS."""
+
+    issuer: str = field(metadata=key(c.check_issuer, required=True))  # the "iss" it must carry
+    # fetched, cached, refreshed on an unknown "kid" (at most every jwks_min_refresh)
+    jwks_url: str = field(metadata=key(c.check_auth_url, required=True))
+    # "aud" must hold one of these; () = [auth.resource]
+    audience: tuple[str, ...] = field(
+        default=(),
+        metadata=items(
+            c.check_audience,
+            "must be a list of audiences, e.g. [https://mcp.example.com/mcp]",
+            scalar_ok=True,
+        ),
+    )
+    algorithms: tuple[str, ...] = field(
+        default=("RS256", "ES256"),
+        metadata=items(
+            c.check_jwt_algorithm,
+            "must be a list of algorithms, e.g. [RS256, ES256]",
+            scalar_ok=True,
+        ),
+    )
+    # every token must carry all of these ("scope" or "scp"); else 403 insufficient_scope
+    required_scopes: tuple[str, ...] = field(
+        default=(), metadata=_scopes("must be a list of scopes, e.g. [mcp:tools]")
+    )
+    # clock skew allowed on exp and nbf, seconds
+    leeway: float = field(default=30.0, metadata=key(c.parse_duration))
+    # the JWKS is fetched again this often (Cache-Control max-age, if longer, wins)
+    jwks_refresh: float = field(default=300.0, metadata=key(c.check_positive_duration))
+    # an unknown "kid" fetches the JWKS at most this often: a kid flood cannot hammer the IdP
+    jwks_min_refresh: float = field(default=10.0, metadata=key(c.check_positive_duration))
+    # the IdP unreachable: cached keys keep working this long after the last fetch
+    jwks_max_stale: float = field(default=86400.0, metadata=key(c.check_positive_duration))
+    jwks_timeout: float = field(default=5.0, metadata=key(c.check_positive_duration))
+    # verified tokens kept per process (each token's signature checked once)
+    token_cache: int = field(default=10_000, metadata=key(_AT_LEAST_ONE))
+    # longer Authorization values get 401 before any parsing
+    max_token_bytes: int = field(default=8192, metadata=key(c.parse_size))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeadersConfig:
+    """``auth.identity_headers``: what the backend gets when ``forward_token`` is false.
+    Incoming headers of these names are always removed."""
+
+    subject: str = field(default="x-auth-subject", metadata=key(c.check_identity_header))
+    scopes: str = field(default="x-auth-scopes", metadata=key(c.check_identity_header))
+
+
+_REQUIRED_SECTION = dataclasses.replace(section(JwtConfig)[KEY], required=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``auth``: an OAuth 2.1 resource server at the edge (off when absent)."""
+
+    # the canonical URI clients use (RFC 8707), as published; the default audience
+    resource: str = field(metadata=key(c.check_resource, required=True))
+    jwt: JwtConfig = field(metadata={KEY: _REQUIRED_SECTION})
+    # True: the backend gets the client's Authorization; False: identity headers instead
+    forward_token: bool = field(default=True, metadata=key(c.check_bool))
+    identity_headers: IdentityHeadersConfig = field(
+        default_factory=IdentityHeadersConfig, metadata=section(IdentityHeadersConfig)
+    )
+    # published in the Protected Resource Metadata (RFC 9728 section 2)
+    scopes_supported: tuple[str, ...] = field(
+        default=(), metadata=_scopes("must be a list of scopes, e.g. [mcp:tools, mcp:read]")
+    )
+    resource_documentation: str | None = field(
+        default=None, metadata=key(c.optional(c.check_auth_url))
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ListenTlsConfig:
     """TLS on the client listener."""
@@ -284,6 +392,16 @@ class AdminConfig:
     token: str | None = field(default=None, repr=False, metadata=key(c.check_token))
     # /metrics needs the token too (Prometheus can send it)
     protect_metrics: bool = field(default=False, metadata=key(c.check_bool))
+    # Host names the admin API answers to; None: loopback names on a loopback listener,
+    # any host otherwise (as the proxy's allowed_hosts): the DNS-rebinding defence.
+    allowed_hosts: tuple[str, ...] | None = field(
+        default=None,
+        metadata=items(
+            check_host_pattern,
+            'must be a list of host names, e.g. [admin.internal, "10.0.0.5"]',
+            scalar_ok=True,
+        ),
+    )
 
 
 DnsRecord = Literal["A", "AAAA", "SRV"]
@@ -315,6 +433,20 @@ class DnsDiscoveryConfig:
             c.check_resolver, 'must be a list of "IP:port", e.g. ["10.96.0.10:53"]', empty_ok=True
         ),
     )
+    # Networks whose addresses may be adopted although local (loopback, link-local): by
+    # default answers naming them are refused, as unspecified and multicast addresses and
+    # the proxy's own endpoints always are (see proxy/cluster/discovery.py).
+    allow_networks: tuple[str, ...] = field(
+        default=(),
+        metadata=items(
+            c.check_network,
+            'must be a list of networks, e.g. ["127.0.0.0/8"]',
+            scalar_ok=True,
+            empty_ok=True,
+        ),
+    )
+    # backends adopted from one answer at most (sorted; the rest are left out, logged)
+    max_backends: int = field(default=64, metadata=key(_AT_LEAST_ONE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +513,8 @@ class Config:
     rate_limit: RateLimitConfig | None = field(
         default=None, metadata=section(RateLimitConfig, null_off=True)
     )
+    # None = no edge authentication
+    auth: AuthConfig | None = field(default=None, metadata=section(AuthConfig, null_off=True))
     # None = plain HTTP
     listen_tls: ListenTlsConfig | None = field(
         default=None, metadata=section(ListenTlsConfig, null_off=True)

@@ -59,6 +59,21 @@ class _Clock:
 
 _clock = _Clock()
 
+# nginx's escape=default: '"', '\\' and bytes below 32 or above 126 as \xHH, so that a
+# client's bytes can neither end a quoted field, start a line, forge "key=value" fields
+# after one (spaces stay: the request line has them) nor reach a terminal as controls.
+_ESCAPES = {c: f"\\x{c:02X}" for c in (*range(32), ord('"'), ord("\\"), *range(127, 256))}
+
+
+def escape(text: str) -> str:
+    """``text`` as nginx's ``escape=default`` writes it (characters past U+00FF as the
+    \\xHH of their UTF-8 bytes)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text  # nearly every field: no copy
+    if any(ord(c) > 255 for c in text):
+        text = text.encode("utf-8", "surrogateescape").decode("latin-1")
+    return text.translate(_ESCAPES)
+
 
 class BufferedWriter:
     """Lines for one file descriptor, written by size, by time, and when asked."""
@@ -204,9 +219,9 @@ class AccessLog:
         else:
             line = (
                 f"{client} - - [{_clock.text}] "
-                f'"{method} {target} HTTP/{version}" {status} '
+                f'"{escape(method)} {escape(target)} HTTP/{version}" {status} '
                 f"{bytes_out} backend={backend} duration={seconds} "
-                f"session={session} request_id={request_id}"
+                f"session={session} request_id={escape(request_id)}"
             )
             if client_left:
                 line += " client_left=1"

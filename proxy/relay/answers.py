@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mcplb.proxy.auth.edge import Metadata, Refusal
 from mcplb.proxy.relay import http11
 
 
@@ -35,6 +36,7 @@ REPEATED_QUERY_SESSION = bad_request("more than one session id in the query")
 HEADERS_TOO_LARGE = Answer(431, "headers_too_large", "request head exceeds max_header_bytes")
 BODY_TOO_LARGE = Answer(413, "body_too_large", "request body exceeds max_body_bytes")
 HOST_NOT_SERVED = Answer(421, "misdirected_request", "this host name is not served here")
+LOOP_DETECTED = Answer(508, "loop_detected", "the request already passed through this proxy")
 CONNECT_REFUSED = Answer(405, "method_not_allowed", "CONNECT is not supported")
 HEAD_TIMEOUT = Answer(408, "request_timeout", "request head not received in time")
 BODY_TIMEOUT = Answer(408, "request_timeout", "request body not received within timeouts.body")
@@ -43,10 +45,22 @@ BODY_TOO_SLOW = Answer(
 )
 # Overload
 RATE_LIMITED = Answer(429, "rate_limited", "too many requests from this client; retry later")
+CLIENT_BUSY = Answer(
+    429, "too_many_requests", "too many requests in progress from this client", retry_after=True
+)
 NO_BACKEND = Answer(503, "no_backend", "no backend available", retry_after=True)
 QUEUE_FULL = Answer(503, "overloaded", "too many requests queued", retry_after=True)
 QUEUE_TIMEOUT = Answer(
     503, "overloaded", "no backend slot freed up within queue_timeout", retry_after=True
+)
+TOO_MANY_CONNECTIONS = Answer(
+    503, "too_many_connections", "connection limit reached", retry_after=True
+)
+LOCAL_RESOURCES = Answer(
+    503,
+    "overloaded",
+    "the proxy is out of local resources (descriptors, memory, ports)",
+    retry_after=True,
 )
 TOO_MANY_STREAMS = Answer(503, "too_many_streams", "event stream limit reached", retry_after=True)
 # The backend
@@ -75,3 +89,22 @@ def session_not_found(*, close: bool) -> bytes:
     """404 with the JSON-RPC error MCP clients read as "initialize again" (the spec's
     answer to an unknown or ended session)."""
     return http11.json_response(404, http11.SESSION_NOT_FOUND, close=close)
+
+
+def auth_refusal(refusal: Refusal) -> tuple[Answer, list[tuple[bytes, bytes]]]:
+    """401 / 403 / 400 from edge authentication, with its WWW-Authenticate challenge
+    (RFC 6750 section 3, RFC 9728 section 5.1); 503 when no signing key could be fetched."""
+    answer = Answer(
+        refusal.status, refusal.code, refusal.message, retry_after=refusal.status == 503
+    )
+    return answer, [(b"www-authenticate", refusal.challenge), (b"cache-control", b"no-store")]
+
+
+def resource_metadata(document: Metadata) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The Protected Resource Metadata (RFC 9728 section 3.2): public, cacheable JSON; GET
+    only."""
+    if document.status == 405:
+        body = b'{"error":"method_not_allowed","message":"metadata is served to GET only"}'
+        return 405, body, [(b"allow", b"GET")]
+    headers = [(b"cache-control", b"max-age=300"), (b"access-control-allow-origin", b"*")]
+    return 200, document.body, headers

@@ -25,9 +25,9 @@ from typing import cast
 
 import httptools
 
-from mcplb.proxy.config.schema import Config
+from mcplb.proxy.config.schema import Config, TimeoutsConfig
 from mcplb.proxy.observability import access_log
-from mcplb.proxy.relay import answers, framing, mcp_method, route
+from mcplb.proxy.relay import answers, framing, mcp_method, request_buffer, route
 from mcplb.proxy.relay.answers import Answer
 from mcplb.proxy.relay.client_side import Peer
 from mcplb.proxy.relay.exchange import Exchange
@@ -38,6 +38,7 @@ from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.shared import Shared
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
+    BUFFERING,
     CLOSED,
     HEAD,
     IDLE,
@@ -50,6 +51,7 @@ from mcplb.proxy.relay.states import (
     WAIT_RESPONSE,
     transition,
 )
+from mcplb.proxy.routing.body_pace import BodyPace
 
 log = logging.getLogger("mcplb.relay")
 
@@ -58,6 +60,7 @@ LINGER_SECONDS = 2.0
 # limits.min_body_rate is judged once a body has been arriving this long (seconds during
 # which the proxy was not itself holding the client back).
 BODY_RATE_GRACE = 5.0
+BODY_RATE_WINDOW = 5.0  # seconds over which limits.min_body_rate is judged (BodyPace)
 
 
 class _RequestRejected(Exception):
@@ -101,6 +104,10 @@ class ClientConnection(asyncio.Protocol):
         )
         self.ex.peer = self.peer
         self.sweep.mark_time = self.loop.time()
+        if not self.runtime.frontend.connection_caps.admit(self.peer.ip):
+            self.set_state(CLOSED)  # limits.max_client_connections or ..._per_client
+            refuse(self.transport, answers.TOO_MANY_CONNECTIONS)
+            return
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -156,9 +163,11 @@ class ClientConnection(asyncio.Protocol):
             for request in (self.current, *self.queue):
                 if request is not None and not request.logged:
                     self.ex.log_access(request, client_left=True)
+        if self in self.connections:  # counted by connection_caps.admit
+            self.connections.discard(self)
+            self.runtime.frontend.connection_caps.release(self.peer.ip)
         self.set_state(CLOSED)
         self.parser = None
-        self.connections.discard(self)
         # The client left mid-exchange: the backend connection is in an unknown state.
         self.ex.drop()
 
@@ -173,6 +182,8 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.state == CLOSED:  # answered at once (421, 429...) and closed in this read
+            raise _RequestRejected  # nothing after it is read
         self.reading = Request()
         self.head_size = 0
         self.requests_seen += 1
@@ -209,7 +220,8 @@ class ClientConnection(asyncio.Protocol):
         elif name == b"connection":
             request.connection = True
         elif name == b"x-request-id":
-            request.request_id = value
+            # Logged and forwarded: a short id of safe bytes, else the proxy's own replaces it.
+            request.request_id = value if framing.usable_request_id(value) else None
         elif name == SESSION_HEADER:
             # The backend would read the first of two, a router the last: one per request.
             if request.session_id is not None:
@@ -248,7 +260,8 @@ class ClientConnection(asyncio.Protocol):
             mcp_method.count_head(self.stats, request)
         if self.current is None:
             self.current = request
-            route.start(self.ex, request)
+            request.head_at = self.loop.time()
+            request_buffer.begin(self, self.ex, request, self.runtime.frontend.limits)
         else:
             self.queue.append(request)
             self.pause_reading(PAUSE_PIPELINE)
@@ -264,6 +277,8 @@ class ClientConnection(asyncio.Protocol):
         if request.sniff is not None:
             mcp_method.keep_body(request, data)
         self.ex.forward_body(request, chunk(data) if request.chunked else data)
+        if request.buffering:
+            request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)
 
     def on_message_complete(self) -> None:
         request = self.reading
@@ -274,6 +289,8 @@ class ClientConnection(asyncio.Protocol):
             mcp_method.count_body(self.stats, request)
         if request.chunked:
             self.ex.forward_body(request, LAST_CHUNK)
+        if request.buffering and request is self.current:
+            request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)
 
     def _refuse_head(self, request: Request, reason: str) -> None:
         """400 and close for a head whose framing or routing fields the backend could read
@@ -419,7 +436,7 @@ class Sweep:
         state = conn.state
         timeouts = conn.runtime.frontend.timeouts
         current = conn.current
-        if state == WAIT_RESPONSE and current is not None and not current.complete:
+        if state in (WAIT_RESPONSE, BUFFERING) and current is not None and not current.complete:
             # Still receiving the request body: the client's pace, judged by the body
             # deadline, the minimum rate and the idle timeout below; the backend's
             # upstream_header clock starts once it has it all.
@@ -446,7 +463,7 @@ class Sweep:
             self.active = False
             self.mark_time = now
             self.mark = None
-        elif now - self.mark_time > timeouts.idle and state != CLOSED:
+        elif now - self.mark_time > self._idle_limit(state, timeouts) and state != CLOSED:
             transport = conn.transport
             unsent = transport is not None and transport.get_write_buffer_size() > 0
             conn.close()
@@ -456,15 +473,36 @@ class Sweep:
                 reset(transport)
 
     @staticmethod
+    def _idle_limit(state: int, timeouts: TimeoutsConfig) -> float:
+        """Between requests, the shorter of ``keepalive`` and ``idle`` (a config that
+        lowered idle keeps closing idle connections that soon); else ``idle``."""
+        return min(timeouts.keepalive, timeouts.idle) if state == IDLE else timeouts.idle
+
+    @staticmethod
     def _body_too_slow(conn: ClientConnection, request: Request, now: float) -> bool:
-        """Cut an upload past ``timeouts.body`` or below ``limits.min_body_rate`` (408);
-        time during which the proxy held the client back does not count."""
+        """Cut an upload past ``timeouts.body`` or below ``limits.min_body_rate`` (408), on
+        average or over the last ``BODY_RATE_WINDOW`` (``BodyPace``); time during which the
+        proxy held the client back does not count."""
         ex = conn.ex
         held = ex.body_paused + conn.flow.paused_for(now)
-        late = slow_upload(now - ex.started - held, request.body_size, conn.runtime.config)
+        elapsed = now - (request.head_at or ex.started) - held
+        config = conn.runtime.config
+        late = slow_upload(elapsed, request.body_size, config)
+        rate = config.limits.min_body_rate
+        if late is None and rate:
+            if request.pace is None:
+                request.pace = BodyPace(BODY_RATE_WINDOW)
+            if request.pace.too_slow(elapsed, request.body_size, rate):
+                late = answers.BODY_TOO_SLOW
         if late is not None:
             ex.reject(late)
         return late is not None
+
+
+def refuse(transport: asyncio.Transport, answer: Answer) -> None:
+    """Answer a connection that is not taken on (past a connection cap), and close it."""
+    transport.write(answers.render(answer, close=True))
+    transport.close()
 
 
 def reset(transport: asyncio.Transport) -> None:
@@ -479,7 +517,7 @@ def reset(transport: asyncio.Transport) -> None:
 def slow_upload(elapsed: float, received: int, config: Config) -> Answer | None:
     """408 for an upload going on for ``elapsed`` seconds (not counting the proxy's own
     pauses) with ``received`` bytes so far, if past ``timeouts.body`` or, after a grace
-    time, below ``limits.min_body_rate``."""
+    time, below ``limits.min_body_rate`` on average (``BodyPace`` judges the recent pace)."""
     if elapsed > config.timeouts.body:
         return answers.BODY_TIMEOUT
     if elapsed > BODY_RATE_GRACE and received < config.limits.min_body_rate * elapsed:

@@ -23,7 +23,7 @@ from collections.abc import Coroutine
 from typing import Any, Final
 
 from mcplb.proxy.cluster.backends import Backend
-from mcplb.proxy.cluster.pool import UpstreamConnection
+from mcplb.proxy.cluster.pool import UpstreamConnection, local_failure
 from mcplb.proxy.relay import answers, framing
 from mcplb.proxy.relay.client_side import ClientSide, Peer
 from mcplb.proxy.relay.request import Request
@@ -31,6 +31,7 @@ from mcplb.proxy.relay.response import Response
 from mcplb.proxy.relay.shared import Shared
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
+    MAX_READ,
     PAUSE_BUFFER_FULL,
     REPLAY_LIMIT,
     UP_PAUSE_CLIENT_FULL,
@@ -52,6 +53,7 @@ class Exchange(Response):
     __slots__ = (
         "body_paused",
         "bound_backend",
+        "client_slot",
         "finished",
         "peer",
         "retry",
@@ -69,6 +71,7 @@ class Exchange(Response):
         # routing and admission
         self.finished = 0.0  # when the backend's answer ended (loop time; 0: not yet)
         self.bound_backend: str | None = None  # backend a strict affinity key routed to
+        self.client_slot = False  # counted in frontend.client_slots (give_client_slot)
         self.retry: Retries | None = None  # what failed, and the retries spent
         self.wait: SlotWait | None = None  # while queued for a slot
         self.task: asyncio.Task[None] | None = None  # a routing step or connect under way
@@ -113,18 +116,36 @@ class Exchange(Response):
         """Take a slot on ``backend`` (or queue for one), then a connection to it (a new
         one if ``fresh``)."""
         admission = self.runtime.cluster.admission
-        stream = request.wants_stream
-        if stream:
-            if admission.streams_full(backend):
-                self.too_many_streams()
-                return
-        elif admission.limited and not admission.can_hold(backend):
+        if request.wants_stream and admission.streams_full(backend):
+            self.too_many_streams()  # it asks for a stream: no use sending it
+            return
+        if not self.client_slot and not self._take_client_slot():
+            return
+        # Every request takes a request slot, whatever its Accept header says: only the
+        # backend's answer makes it a stream (Response.upstream_head).
+        if admission.limited and not admission.can_hold(backend):
             self.wait_for_slot(backend if self.bound_backend is not None else None)
             return
-        admission.hold(backend, stream)
+        admission.hold(backend, False)
         self.backend = backend
-        self.slot_stream = stream
+        self.slot_stream = False
         self._send_to(request, backend, fresh)
+
+    def _take_client_slot(self) -> bool:
+        """limits.max_in_flight_per_client: one address cannot hold or queue for every
+        slot; else 429 (given back by ``give_client_slot``)."""
+        if not self.runtime.frontend.client_slots.take(self.peer.ip):
+            self.runtime.stats.rejected["client_busy"] += 1
+            self.answer(answers.CLIENT_BUSY)
+            return False
+        self.client_slot = True
+        return True
+
+    def give_client_slot(self) -> None:
+        """The request no longer holds or waits for a request slot (ended, or a stream)."""
+        if self.client_slot:
+            self.client_slot = False
+            self.runtime.frontend.client_slots.give(self.peer.ip)
 
     def too_many_streams(self) -> None:
         self.runtime.stats.rejected["max_streams"] += 1
@@ -170,38 +191,13 @@ class Exchange(Response):
             conn = await self.runtime.cluster.pool(backend).connect()
         except (OSError, TimeoutError) as exc:
             self.task = None
-            await self._connect_failed(request, backend, exc)
+            await connect_failed(self, request, backend, exc)
             return
         self.task = None
         if not self.live(request):
             conn.pool.release(conn, self.loop.time())
             return
         self._attach(request, backend, conn)
-
-    async def _connect_failed(self, request: Request, backend: Backend, exc: Exception) -> None:
-        runtime = self.runtime
-        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-        log.warning("connect to backend %s failed: %s", backend.name, reason)
-        runtime.cluster.health.connect_failed(backend, reason)
-        runtime.stats.backends[backend.name].connect_failures += 1
-        self.release_slot()
-        if not self.live(request):
-            return  # the client is gone
-        sticky = self.sticky
-        if self.bound_backend is not None and sticky is not None and sticky.found is not None:
-            # Its keys died with it; the client must start over elsewhere.
-            job = sticky.backend_lost(request)
-            if job is not None:
-                await job
-            self.answer_key_not_found(sticky.found)
-            return
-        retries = self.retrying()
-        retries.attempted |= {backend.name}
-        retry = retries.target(self, request, "connect_failure", sent=False)
-        if retry is None:
-            self.answer(answers.UNREACHABLE)
-        else:
-            self.dispatch(request, retry)
 
     def _attach(self, request: Request, backend: Backend, upstream: UpstreamConnection) -> None:
         """Send the request head (and any buffered body) on ``upstream``."""
@@ -218,6 +214,7 @@ class Exchange(Response):
         if request.request_id is None:
             request.request_id = request_id = runtime.next_request_id()
         peer = self.peer
+        trusted = runtime.frontend.rate_limit_client
         head = framing.request_head(
             request,
             path_prefix=backend.path_prefix,
@@ -226,6 +223,8 @@ class Exchange(Response):
             client_ip=peer.ip_bytes,
             proto=peer.proto,
             request_id=request_id,
+            via=runtime.frontend.via,
+            trusted_peer=trusted is not None and trusted.trusts(peer.ip),
         )
         body = b""
         if request.body:
@@ -257,7 +256,10 @@ class Exchange(Response):
             return
         request.body.append(data)
         request.buffered += len(data)
-        if request.buffered > BODY_BUFFER_LIMIT:
+        if request.buffered + MAX_READ > BODY_BUFFER_LIMIT and not request.buffering:
+            # Paused before a next read could take the buffer past the limit: the read
+            # under way comes whole (checked after it, a 256 KiB buffer held 500 KiB).
+            # (While buffered before routing, request_buffer.py bounds it.)
             self.client.pause_reading(PAUSE_BUFFER_FULL)
 
     def send_up(self, data: bytes) -> None:
@@ -363,6 +365,7 @@ class Exchange(Response):
     def abandon(self) -> None:
         """End an exchange cut short: free its slot, and drop its backend connection,
         whose state is unknown."""
+        self.give_client_slot()
         upstream = self.upstream
         if upstream is not None or self.backend is not None:
             self.end()
@@ -391,6 +394,43 @@ class Exchange(Response):
             )
         else:  # pipelined behind the current one: never started
             self.peer.log(request, 499, 0.0, "", 0, client_left)
+
+
+async def connect_failed(ex: Exchange, request: Request, backend: Backend, exc: Exception) -> None:
+    """A connect to ``backend`` failed: 503 for the proxy's own exhaustion (no health
+    penalty, no binding forgotten); else the backend's failure: health told, a strict
+    key's binding lost (404), or a retry elsewhere, or 502."""
+    runtime = ex.runtime
+    reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+    if local_failure(exc):
+        # The proxy's own exhaustion (EMFILE...): no health penalty, no binding forgotten.
+        log.warning("connect to backend %s failed here: %s", backend.name, reason)
+        runtime.stats.rejected["local_resources"] += 1
+        ex.release_slot()
+        if ex.live(request):
+            ex.answer(answers.LOCAL_RESOURCES)
+        return
+    log.warning("connect to backend %s failed: %s", backend.name, reason)
+    runtime.cluster.health.connect_failed(backend, reason)
+    runtime.stats.backends[backend.name].connect_failures += 1
+    ex.release_slot()
+    if not ex.live(request):
+        return  # the client is gone
+    sticky = ex.sticky
+    if ex.bound_backend is not None and sticky is not None and sticky.found is not None:
+        # Its keys died with it; the client must start over elsewhere.
+        job = sticky.backend_lost(request)
+        if job is not None:
+            await job
+        ex.answer_key_not_found(sticky.found)
+        return
+    retries = ex.retrying()
+    retries.attempted |= {backend.name}
+    retry = retries.target(ex, request, "connect_failure", sent=False)
+    if retry is None:
+        ex.answer(answers.UNREACHABLE)
+    else:
+        ex.dispatch(request, retry)
 
 
 class SlotWait:

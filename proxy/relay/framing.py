@@ -9,6 +9,7 @@ feeding values (tests/test_framing.py); the relay only applies what they return.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import httptools
@@ -175,31 +176,29 @@ def request_head(
     client_ip: bytes,
     proto: bytes,
     request_id: bytes | None,
+    via: bytes = b"",
+    trusted_peer: bool = False,
 ) -> bytes:
     """The request head the backend gets: origin-form target under the backend's path
     prefix, hop-by-hop headers dropped (and those Connection names), the session id swapped
-    for the backend's own, ``Host`` set to the backend's unless ``preserve_host``, and
-    ``X-Forwarded-*`` added. ``request_id``: an id to add when the client sent none."""
+    for the backend's own, ``Host`` set to the backend's unless ``preserve_host``,
+    ``X-Forwarded-*`` added, and ``via`` (RFC 9110 section 7.6.3; ``loops``).
+    ``request_id``: an id to add when the client sent none or an unusable one
+    (``usable_request_id``); ``trusted_peer``: a client in ``rate_limit.trusted_proxies``,
+    whose ``CLIENT_FORWARDING`` fields go on (from anyone else a backend would take them
+    for the proxy's word)."""
     target, upstream_session_id = request.target, request.upstream_session_id
     if path_prefix or upstream_session_id is not None or not target.startswith(b"/"):
         target, upstream_session_id = upstream_target(request, path_prefix)
-    hop = named_hops(request)
-    forwarded: list[bytes] = []  # the client's X-Forwarded-For chain, in order
     lines = [request.method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in request.headers:
-        if name in http11.HOP_BY_HOP or name in hop:
-            continue
-        if name == b"host":
-            if not preserve_host:
-                continue
-        elif name == b"x-forwarded-for":
-            forwarded.append(value)
-            continue
-        elif name == b"x-forwarded-proto" or name == b"x-forwarded-host":
-            continue
-        elif name == SESSION_HEADER and upstream_session_id is not None:
-            value = upstream_session_id.encode("latin-1")
-        lines += (name, b": ", value, b"\r\n")
+    forwarded = _client_fields(
+        request,
+        lines,
+        preserve_host,
+        upstream_session_id,
+        request_id is not None,
+        REBUILT if trusted_peer else REBUILT_AND_FORWARDING,
+    )
     # The fields added below, each ending where the next one's constant begins: fewer
     # pieces to join.
     if not preserve_host or request.host is None:
@@ -216,6 +215,8 @@ def request_head(
         lines += (b"\r\nx-forwarded-host: ", request.host)
     if request_id is not None:
         lines += (b"\r\nx-request-id: ", request_id)
+    if via:
+        lines += (b"\r\nvia: ", via)
     if request.chunked:
         lines.append(b"\r\ntransfer-encoding: chunked")
     token = upgrade_token(request.headers) if request.upgrade else None
@@ -223,6 +224,35 @@ def request_head(
         lines += (b"\r\nconnection: upgrade\r\nupgrade: ", token)
     lines.append(b"\r\n\r\n")
     return b"".join(lines)
+
+
+def _client_fields(
+    request: Request,
+    lines: list[bytes],
+    preserve_host: bool,
+    upstream_session_id: str | None,
+    own_request_id: bool,
+    dropped: frozenset[bytes],
+) -> list[bytes]:
+    """Append the client's header fields the backend gets to ``lines``; return its
+    X-Forwarded-For chain, in order (``own_request_id``: the proxy's own replaces any)."""
+    hop = named_hops(request)
+    forwarded: list[bytes] = []
+    for name, value in request.headers:
+        if name in http11.HOP_BY_HOP or name in hop or name in dropped:
+            continue
+        if name == b"host":
+            if not preserve_host:
+                continue
+        elif name == b"x-forwarded-for":
+            forwarded.append(value)
+            continue
+        elif name == SESSION_HEADER and upstream_session_id is not None:
+            value = upstream_session_id.encode("latin-1")
+        elif name == b"x-request-id" and own_request_id:
+            continue  # not usable (usable_request_id): the proxy's own replaces it
+        lines += (name, b": ", value, b"\r\n")
+    return forwarded
 
 
 def upstream_target(request: Request, path_prefix: bytes) -> tuple[bytes, str | None]:
@@ -240,6 +270,37 @@ def upstream_target(request: Request, path_prefix: bytes) -> tuple[bytes, str | 
     if path_prefix and target != b"*":
         target = path_prefix + target
     return target, upstream_session_id
+
+
+# A client's X-Request-Id is kept (logged, forwarded) only if it is this short and of these
+# bytes: UUIDs, ULIDs, base64 and trace ids fit; spaces, quotes and controls, which would
+# forge access-log fields, do not.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+/=@-]{1,128}")
+
+
+def usable_request_id(value: bytes) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+# Forwarding fields only a trusted proxy in front may send (X-Forwarded-For, -Proto and
+# -Host are rebuilt by the proxy for everyone).
+CLIENT_FORWARDING: Final = frozenset((b"forwarded", b"x-real-ip", b"x-forwarded-port"))
+# Rebuilt by the proxy for everyone: the client's are dropped.
+REBUILT: Final = frozenset((b"x-forwarded-proto", b"x-forwarded-host"))
+REBUILT_AND_FORWARDING: Final = REBUILT | CLIENT_FORWARDING
+
+
+def loops(request: Request, via: bytes) -> bool:
+    """Whether the request already passed through this proxy: its ``Via`` fields name
+    ``via``'s pseudonym (a discovered or configured backend that is the proxy itself)."""
+    pseudonym = via.rpartition(b" ")[2]
+    for name, value in request.headers:
+        if name == b"via":
+            for entry in value.split(b","):
+                parts = entry.split()
+                if len(parts) >= 2 and parts[1] == pseudonym:
+                    return True
+    return False
 
 
 def origin_form(target: bytes) -> bytes:

@@ -7,6 +7,7 @@ the pure functions of ``framing``; it holds no I/O.
 from __future__ import annotations
 
 from mcplb.proxy.relay.http11 import Headers
+from mcplb.proxy.routing.body_pace import BodyPace
 
 
 class Request:
@@ -16,17 +17,21 @@ class Request:
         "body",
         "body_size",
         "buffered",
+        "buffering",
         "chunked",
         "complete",
         "connection",
         "content_length",
         "duplicate",
+        "head_at",
         "headers",
         "hop_names",
         "host",
         "keep_alive",
         "logged",
         "method",
+        "pace",
+        "principal",
         "refusal",
         "replay",
         "request_id",
@@ -54,6 +59,8 @@ class Request:
         self.session_in_query = False  # legacy SSE transport: the session id is in the query
         self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
         self.request_id: bytes | None = None
+        # auth: the token's issuer and subject ("iss sub"), once verified; None without auth
+        self.principal: str | None = None
         self.sniff: list[bytes] | None = None  # a small JSON-RPC body, read for its method
         self.logged = False
         self.content_length: int | None = None
@@ -64,5 +71,9 @@ class Request:
         self.complete = False
         self.body: list[bytes] = []  # framed chunks not yet sent upstream
         self.buffered = 0
+        # Its body is read before it is routed (request_buffer.py), up to request_buffer.
+        self.buffering = False
+        self.head_at = 0.0  # when its head was read, if it was answered next (loop time)
+        self.pace: BodyPace | None = None  # its body's recent rate, once judged (Sweep)
         self.body_size = 0
         self.replay: list[bytes] | None = []  # framed bytes sent upstream, for a replay

@@ -125,6 +125,12 @@ class Response:
     def spawn(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         raise NotImplementedError
 
+    def give_client_slot(self) -> None:
+        raise NotImplementedError
+
+    def too_many_streams(self) -> None:
+        raise NotImplementedError
+
     # -- writing ------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -156,6 +162,8 @@ class Response:
             return
         if 502 <= status <= 504 and self.retry_after_status(request, status):
             return
+        if not self.slot_stream and _over_stream_cap(self, headers):
+            return
         client.set_state(STREAMING)
         self.response_started = True
         self.upstream_keep_alive = keep_alive
@@ -184,6 +192,7 @@ class Response:
             if head.content_type.startswith(b"text/event-stream") and not self.slot_stream:
                 self.slot_stream = True
                 runtime.cluster.admission.became_stream(backend)
+                self.give_client_slot()  # a stream holds no request slot
             sticky = self.sticky
             if sticky is not None:
                 rewritten, job = sticky.on_head(status, head, backend.name)
@@ -334,6 +343,16 @@ class Response:
             log.warning("%d %s: %s %s", status, answer.code, method, answer.message)
         self._write_answer(answers.render(answer, close=not keep, headers=headers), keep)
 
+    def answer_document(self, status: int, body: bytes, headers: Headers) -> None:
+        """Answer with a JSON document of the proxy's own (Protected Resource Metadata)."""
+        request = self.request
+        if self.done or request is None:
+            return
+        keep = request.complete and request.keep_alive and self.client.may_keep_alive()
+        self.status = status
+        response = http11.json_response(status, body, close=not keep, extra_headers=headers)
+        self._write_answer(response, keep)
+
     def reject(self, answer: Answer) -> None:
         """Answer a request that could not be parsed or accepted, then close."""
         if self.done:
@@ -367,3 +386,25 @@ class Response:
             # Input may still be arriving (an upload answered early): close lingering, or
             # the unread bytes would reset the connection and lose the answer.
             self.client.close(linger=not request.complete)
+
+
+def _over_stream_cap(res: Response, headers: Headers) -> bool:
+    """A response that is an event stream while its backend (or the worker) has as many as
+    ``max_streams`` allows: refused with 503 and its backend connection dropped, whatever
+    the request asked for (issue 29, N7). True if so."""
+    backend = res.backend
+    upstream = res.upstream
+    if backend is None or upstream is None:
+        return False
+    if not res.runtime.cluster.admission.streams_full(backend):
+        return False
+    if not any(
+        name == b"content-type" and value.lower().startswith(b"text/event-stream")
+        for name, value in headers
+    ):
+        return False
+    res.detach_upstream(upstream)
+    upstream.abort()  # the stream it opened is not taken
+    res.end()
+    res.too_many_streams()
+    return True

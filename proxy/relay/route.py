@@ -13,7 +13,8 @@ the process holds routes at once (``SessionStore.known``), as nearly every MCP r
 
 from __future__ import annotations
 
-from mcplb.proxy.relay import answers
+from mcplb.proxy.auth.edge import EdgeAuth, KeysPending, Metadata
+from mcplb.proxy.relay import answers, framing
 from mcplb.proxy.relay.affinity import KeyFound, Stickiness
 from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.request import Request
@@ -29,7 +30,7 @@ from mcplb.proxy.sessions import affinity
 
 
 def start(ex: Exchange, request: Request) -> None:
-    """Check the request (400, 421, 413, 405, 429), then route it."""
+    """Check the request (400, 421, 413, 508, 405, 401/403, 429), then route it."""
     ex.request = request
     ex.client.set_state(ROUTING)
     ex.started = ex.loop.time()
@@ -45,10 +46,19 @@ def start(ex: Exchange, request: Request) -> None:
         ex.answer(answers.HOST_NOT_SERVED)
     elif max_body and request.content_length is not None and request.content_length > max_body:
         ex.reject(answers.BODY_TOO_LARGE)
+    elif framing.loops(request, frontend.via):
+        # A backend (configured or discovered) that is this proxy: one round, not a storm.
+        ex.answer(answers.LOOP_DETECTED)
     elif request.method == b"CONNECT":
         # A reverse proxy tunnels nowhere: only configured backends are ever reached.
         ex.answer(answers.CONNECT_REFUSED)
-    elif frontend.rate_limiter is None or _rate_limit(ex, request):
+    elif frontend.auth is None or _authorize(ex, request, frontend.auth):
+        limit(ex, request)
+
+
+def limit(ex: Exchange, request: Request) -> None:
+    """The rate limit (429), then ``route``."""
+    if ex.runtime.frontend.rate_limiter is None or _rate_limit(ex, request):
         route(ex, request)
 
 
@@ -90,9 +100,11 @@ def route_new(ex: Exchange, request: Request) -> None:
         ex.dispatch(request, backend)
         return
     cluster = ex.runtime.cluster
-    if request.wants_stream and any(b.available for b in cluster.backends.backends):
-        ex.too_many_streams()  # the backends that are up are at their cap
-    elif not request.wants_stream and cluster.admission.any_full(cluster.backends.backends):
+    admission = cluster.admission
+    backends = cluster.backends.backends
+    if request.wants_stream and any(b.available and admission.streams_full(b) for b in backends):
+        ex.too_many_streams()  # the backends that are up are at their stream cap
+    elif admission.any_full(backends):
         ex.wait_for_slot(None)
     else:
         ex.answer(answers.NO_BACKEND)
@@ -137,6 +149,35 @@ def _route_found(ex: Exchange, request: Request, found: KeyFound) -> None:
 def _next_key(ex: Exchange, found: KeyFound) -> KeyFound | None:
     assert ex.sticky is not None
     return ex.sticky.route_key(after=found)
+
+
+def _authorize(ex: Exchange, request: Request, auth: EdgeAuth) -> bool:
+    """Edge authentication (``auth:``): True to go on now; else the request was answered
+    (401/403, or the Protected Resource Metadata), or waits for the JWKS."""
+    outcome = auth.check(request)
+    if outcome is None:
+        return True
+    if isinstance(outcome, KeysPending):
+        ex.task = ex.spawn(_authorize_after_keys(ex, request, auth))
+    elif isinstance(outcome, Metadata):
+        ex.answer_document(*answers.resource_metadata(outcome))
+    else:
+        auth.log_refusal(ex.peer.ip, outcome)
+        stats = ex.runtime.stats
+        stats.rejected["unauthorized" if outcome.status == 401 else outcome.code] += 1
+        ex.answer(*answers.auth_refusal(outcome))
+    return False
+
+
+async def _authorize_after_keys(ex: Exchange, request: Request, auth: EdgeAuth) -> None:
+    await auth.keys_fetched()
+    ex.task = None
+    if not ex.live(request):
+        return
+    # Checked again with the keys fetched (a kid still unknown is refused: the next fetch
+    # may start only after jwks_min_refresh).
+    if _authorize(ex, request, auth):
+        limit(ex, request)
 
 
 def _rate_limit(ex: Exchange, request: Request) -> bool:

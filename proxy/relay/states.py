@@ -13,17 +13,30 @@ WAIT_RESPONSE: Final = 3  # for the backend's response head
 STREAMING: Final = 4  # relaying the response body
 TUNNELLING: Final = 5  # relaying the bytes of a switched protocol, both ways
 CLOSED: Final = 6
+BUFFERING: Final = 7  # for a request body, read up to limits.request_buffer before routing
 
-NAMES: Final = ("IDLE", "HEAD", "ROUTING", "WAIT_RESPONSE", "STREAMING", "TUNNELLING", "CLOSED")
+NAMES: Final = (
+    "IDLE",
+    "HEAD",
+    "ROUTING",
+    "WAIT_RESPONSE",
+    "STREAMING",
+    "TUNNELLING",
+    "CLOSED",
+    "BUFFERING",
+)
 
 # The legal moves. Any state may close. A request starts (ROUTING) from its head, or from
 # the answer before it when it was pipelined; the answer's end goes back to IDLE, or to
-# HEAD when the next request's head is already being read. A retry sends the request
-# again (WAIT_RESPONSE again); a retry after a routing step that waited stays ROUTING.
+# HEAD when the next request's head is already being read. A request with a body may
+# first be BUFFERING (request_buffer.py): it starts once its body is read. A retry sends
+# the request again (WAIT_RESPONSE again); a retry after a routing step that waited stays
+# ROUTING.
 _ANSWERED: Final = frozenset((IDLE, HEAD, ROUTING))
 LEGAL: Final[dict[int, frozenset[int]]] = {
     IDLE: frozenset((HEAD, CLOSED)),
-    HEAD: frozenset((ROUTING, CLOSED)),
+    HEAD: frozenset((ROUTING, BUFFERING, CLOSED)),
+    BUFFERING: frozenset((ROUTING, CLOSED)),
     ROUTING: _ANSWERED | {WAIT_RESPONSE, CLOSED},
     WAIT_RESPONSE: _ANSWERED | {WAIT_RESPONSE, STREAMING, CLOSED},
     STREAMING: _ANSWERED | {TUNNELLING, CLOSED},
@@ -55,5 +68,8 @@ UP_PAUSE_HOLD: Final = 2
 # Request body bytes kept per request while no connection is ready (or while queued
 # behind a pipelined request); past this, reading from the client pauses.
 BODY_BUFFER_LIMIT: Final = 256 * 1024
+# The most one read hands ``data_received`` (uvloop's UV_STREAM_RECV_BUF_SIZE): reading
+# pauses while the buffer could not take one more whole.
+MAX_READ: Final = 256_000
 # Request body bytes kept for a replay when a reused connection turns out closed.
 REPLAY_LIMIT: Final = 64 * 1024

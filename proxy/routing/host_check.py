@@ -12,13 +12,21 @@ from collections.abc import Sequence
 
 
 def host_name(host: bytes) -> bytes:
-    """The name part of a ``Host`` value, lower-cased, without the port."""
+    """The name part of a ``Host`` value, lower-cased, without the port; ``b""`` when the
+    value is not ``name``, ``name:port`` or ``[v6]``/``[v6]:port`` with a port of digits
+    (``localhost:evil.example``, ``[::1]evil.example`` and ``localhost:`` name nothing)."""
     host = host.strip().lower()
     if host.startswith(b"["):
         end = host.find(b"]")
-        return host if end < 0 else host[: end + 1]
-    colon = host.rfind(b":")
-    return host if colon < 0 else host[:colon]
+        if end < 0:
+            return b""
+        name, rest = host[: end + 1], host[end + 1 :]
+    else:
+        name, colon, port = host.partition(b":")
+        rest = colon + port
+    if rest and not (rest[:1] == b":" and 1 < len(rest) <= 6 and rest[1:].isdigit()):
+        return b""
+    return name
 
 
 class HostPolicy:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from mcplb.proxy.cluster.backends import Backend
 from mcplb.proxy.cluster.cluster import Cluster
+from mcplb.proxy.config.checks import RATE_KEY_PRINCIPAL
 from mcplb.proxy.routing.frontend import Frontend
 from mcplb.proxy.sessions.affinity import HeaderAffinity
 from mcplb.strategies.base import NO_FACTS, RequestFacts
@@ -34,6 +35,7 @@ class RoutedRequest(Protocol):
     headers: list[tuple[bytes, bytes]]
     session_id: str | None
     wants_stream: bool
+    principal: str | None  # auth: the token's "iss sub", once verified
 
 
 def session_backend(cluster: Cluster, name: str | None) -> Backend | None:
@@ -63,9 +65,16 @@ def pick(
     candidates = cluster.candidates
     admission = cluster.admission
     if attempted or admission.per_backend:
-        # A stream takes a stream slot, not a request slot: full request slots don't matter.
-        full = admission.streams_full if request.wants_stream else admission.backend_full
-        candidates = [b for b in candidates if b.name not in attempted and not full(b)]
+        # A request for a stream takes a request slot until its answer is a stream, and
+        # is refused where streams are full.
+        streams = request.wants_stream
+        candidates = [
+            b
+            for b in candidates
+            if b.name not in attempted
+            and not admission.backend_full(b)
+            and not (streams and admission.streams_full(b))
+        ]
     strategy = cluster.strategy
     if header_hash is not None and header_hash.applies(request.headers):
         strategy = header_hash.strategy
@@ -92,11 +101,16 @@ def panic_pick(cluster: Cluster, candidates: list[Backend]) -> Backend | None:
 
 
 def rate_key(frontend: Frontend, request: RoutedRequest, client_ip: str) -> str:
-    """The client's rate-limit bucket: the configured header's value, else its address
-    (the forwarded client's, behind trusted proxies)."""
+    """The client's rate-limit bucket: the configured header's value, or the principal
+    (``key: principal``), else its address (the forwarded client's, behind trusted
+    proxies)."""
     rate_limit = frontend.rate_limit
     header = None if rate_limit is None else rate_limit.header
-    if header is not None:
+    if header == RATE_KEY_PRINCIPAL:
+        # The token's issuer and subject (auth:); the address for requests without one.
+        if request.principal is not None:
+            return "p:" + request.principal
+    elif header is not None:
         wanted = header.encode("latin-1")
         for name, value in request.headers:
             if name == wanted:

@@ -97,13 +97,13 @@ class Runtime:
             self.stats.add_backend(backend.name)
         self.retry_budget.percent = config.retries.budget_percent
         limiter = self.frontend.rate_limiter
+        self.frontend = Frontend(config, self.frontend)
         if config.rate_limit != old.rate_limit:
-            self.frontend = Frontend(config)
             if isinstance(limiter, RedisRateLimiter):
                 await limiter.close()
             changes.append("rate_limit changed")
-        else:
-            self.frontend = Frontend(config, limiter)
+        if config.auth != old.auth:  # the new Frontend's auth fetches keys and verifies anew
+            changes.append("auth changed")
         self._set_affinity(config)
         for key in ("strategy", "strategy_options", "limits", "retries", "timeouts", "health"):
             if getattr(old, key) != getattr(config, key):

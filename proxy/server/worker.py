@@ -19,6 +19,7 @@ from aiohttp import web
 from mcplb.proxy.admin.app import ReloadResult, WorkerState, create_admin_app
 from mcplb.proxy.cluster.discovery import (
     Address,
+    AddressScreen,
     DnsDiscovery,
     backend_configs,
     merge,
@@ -130,9 +131,9 @@ class ProxyServer:
         )
         self._sweeper = loop.create_task(self._sweep())
         await self.runtime.cluster.health.start()
-        self._start_discovery()
         if self.config.admin.enabled and self.worker == 0:
             await self._start_admin()
+        self._start_discovery()  # after the admin API: its port is refused as a backend
 
     async def _start_admin(self) -> None:
         admin = self.config.admin
@@ -224,7 +225,13 @@ class ProxyServer:
         discovery = self.runtime.config.discovery
         if discovery is None or self.worker != 0:
             return
-        self.discovery = DnsDiscovery(discovery.dns, self.runtime.stats.discovery)
+        config = self.runtime.config
+        own = [(config.listen_host, self.port, "the proxy's own listener")]
+        if config.admin.enabled:
+            admin_port = self.admin_port or config.admin.listen_port
+            own.append((config.admin.listen_host, admin_port, "the proxy's admin API"))
+        screen = AddressScreen(discovery.dns.allow_networks, own)
+        self.discovery = DnsDiscovery(discovery.dns, self.runtime.stats.discovery, screen)
         loop = asyncio.get_running_loop()
         self._discovering = loop.create_task(self.discovery.run(self._found))
 

@@ -76,4 +76,4 @@ RETRY_CONDITION_HINT = "must be one of connect_failure, reset, 502, 503, 504"
 # --- rate limiting ------------------------------------------------------------
 
 RATE_HINT = 'must be requests per second, or a string such as "600/m" or "5/s"'
-RATE_KEY_HINT = 'must be "address" or "header:NAME", e.g. "header:X-Api-Key"'
+RATE_KEY_HINT = 'must be "address", "principal" or "header:NAME", e.g. "header:X-Api-Key"'
