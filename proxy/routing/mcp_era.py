@@ -46,6 +46,19 @@ from typing import Any, Final
 FIRST_MODERN: Final = "2026-07-28"
 _REVISION: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only
 
+# Why a request was refused, as a metric label (a fixed set: never a client's value).
+REASONS: Final = (
+    "repeated_header",
+    "body_unread",
+    "not_a_request",
+    "method_mismatch",
+    "name_unexpected",
+    "name_missing_in_body",
+    "name_malformed",
+    "name_mismatch",
+    "version_mismatch",
+)
+
 HEADER_MISMATCH: Final = -32020  # the spec's HeaderMismatch (SEP-2243's -32001, renumbered)
 
 VERSION_HEADER: Final = b"mcp-protocol-version"
@@ -142,7 +155,16 @@ class Verdict:
     """What ``validate`` found: the era, the values the metrics and routing may use (all
     from the body, checked against the headers), or why the request is refused."""
 
-    __slots__ = ("has_name", "message_id", "method", "modern", "name", "refusal", "task_ids")
+    __slots__ = (
+        "has_name",
+        "message_id",
+        "method",
+        "modern",
+        "name",
+        "reason",
+        "refusal",
+        "task_ids",
+    )
 
     def __init__(self) -> None:
         self.modern = False
@@ -152,6 +174,7 @@ class Verdict:
         self.task_ids: tuple[str, ...] = ()  # tasks/*: (taskId,); subscriptions/listen: its filter
         self.message_id: Any = None  # the request's JSON-RPC id (None: null)
         self.refusal: str | None = None  # set: answer 400 HeaderMismatch, send nothing on
+        self.reason = ""  # the refusal's kind, one of REASONS: the metric's label
 
     @property
     def task_id(self) -> str:
@@ -223,39 +246,47 @@ def validate(head: Head, body: bytes | None) -> Verdict:
                 verdict.modern = True
     if not verdict.modern:
         return verdict  # legacy: the headers are not read, the body's values stand
-    verdict.refusal = _refusal(head, message, verdict, unread=body is None)
+    found = _refusal(head, message, verdict, unread=body is None)
+    if found is not None:
+        verdict.reason, verdict.refusal = found
     return verdict
 
 
-def _refusal(head: Head, message: Any, verdict: Verdict, *, unread: bool) -> str | None:
-    """Why a modern request's headers cannot be believed, or None."""
+def _refusal(head: Head, message: Any, verdict: Verdict, *, unread: bool) -> tuple[str, str] | None:
+    """Why a modern request's headers cannot be believed (reason, message), or None."""
     if head.repeated is not None:
-        return f"{_header_name(head.repeated)} header sent more than once"
+        return "repeated_header", f"{_header_name(head.repeated)} header sent more than once"
     if unread and head.claims:
-        return "routing headers on a body too large to check them against"
+        return "body_unread", "routing headers on a body too large to check them against"
     if not isinstance(message, dict) or not verdict.method:
         if head.claims:
-            return "routing headers on a body that is not one JSON-RPC request"
+            return "not_a_request", "routing headers on a body that is not one JSON-RPC request"
         return None
     if head.method is not None:
         sent = head.method.strip(_OWS)
         if sent != verdict.method.encode("utf-8"):
             shown = _quote(sent.decode("latin-1"))
-            return (
+            return "method_mismatch", (
                 f"Mcp-Method header value '{shown}' does not match body value "
                 f"'{_quote(verdict.method)}'"
             )
     if head.name is not None:
         field = NAME_FIELD.get(verdict.method)
         if field is None:
-            return f"Mcp-Name header sent for method '{_quote(verdict.method)}', which has none"
+            return (
+                "name_unexpected",
+                f"Mcp-Name header sent for method '{_quote(verdict.method)}', which has none",
+            )
         if not verdict.has_name:
-            return f"Mcp-Name header sent but the body has no string params.{field}"
+            return (
+                "name_missing_in_body",
+                f"Mcp-Name header sent but the body has no string params.{field}",
+            )
         name = decode_name(head.name)
         if name is None:
-            return "Mcp-Name header value is malformed"
+            return "name_malformed", "Mcp-Name header value is malformed"
         if name != verdict.name:
-            return (
+            return "name_mismatch", (
                 f"Mcp-Name header value '{_quote(name)}' does not match body value "
                 f"'{_quote(verdict.name)}'"
             )
@@ -268,7 +299,7 @@ def _refusal(head: Head, message: Any, verdict: Verdict, *, unread: bool) -> str
         and (not isinstance(declared, str) or declared.encode("utf-8") != head.version)
     ):
         shown = _quote(head.version.decode("latin-1"))
-        return (
+        return "version_mismatch", (
             f"MCP-Protocol-Version header value '{shown}' does not match body value "
             f"'{_quote(str(declared))}'"
         )
