@@ -25,7 +25,7 @@ COMPILED = [
         "proxy/relay/answers",
         "proxy/relay/framing",
         "proxy/relay/mcp_method",
-        "proxy/relay/session_out",
+        "proxy/relay/affinity",
         "proxy/relay/exchange",
         "proxy/relay/route",
         "proxy/relay/upstream",

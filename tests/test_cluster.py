@@ -208,7 +208,7 @@ def test_load_indexing_strategies_hear_of_every_slot_held_and_released(strategy:
         backend = cluster.strategy.pick(cluster.candidates, RequestFacts("", "", "", ()))
         assert backend is not None
         cluster.admission.hold(backend, False)
-        backend.sessions += 1  # as Runtime.session_bound does, with its notice
+        backend.sessions += 1  # as SessionCounts.bound does, with its notice
         cluster.strategy.load_changed(backend)
         held.append(backend)
     assert sorted(b.in_flight for b in cluster.backends) == [2] * 20

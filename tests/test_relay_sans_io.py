@@ -18,12 +18,12 @@ from mcplb.proxy.cluster.pool import UpstreamConnection
 from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.relay import answers
+from mcplb.proxy.relay.affinity import SignedSessions, StoredSessions, with_session_id
 from mcplb.proxy.relay.connection import ClientConnection, slow_upload
 from mcplb.proxy.relay.framing import LENGTH, ResponseHead
 from mcplb.proxy.relay.http11 import SESSION_NOT_FOUND, wire_fields
 from mcplb.proxy.relay.mcp_method import jsonrpc_method
 from mcplb.proxy.relay.request import Request
-from mcplb.proxy.relay.session_out import session_header, with_session_id
 from mcplb.proxy.server.runtime import Runtime
 
 KEY = "k" * 32
@@ -565,35 +565,35 @@ def runtime_of(config: str) -> Runtime:
 
 async def test_session_header_cases() -> None:
     runtime = runtime_of(SIGNED)
-    backend = runtime.cluster.backends.get("a")
-    assert backend is not None and runtime.session_codec is not None
+    signed = runtime.affinity.kinds[0]
+    assert isinstance(signed, SignedSessions)
     head = ResponseHead(
         LENGTH, wire_fields([(b"mcp-session-id", b"raw")]), True, False, b"raw", b""
     )
     fresh = Request()
     # A new session: sealed, counted, nothing to store.
-    headers, job = session_header(runtime, fresh, head, "raw", 200, backend)
+    headers, job, _ = signed.on_head(fresh, None, 200, head, "a", None)
     assert headers is not None and job is None
-    assert runtime.session_codec.open(headers[2].decode()) == ("a", "raw")
+    assert signed.codec.open(headers[2].decode()) == ("a", "raw")
     # The same session again: the client's own token, no new seal.
     known = Request()
     known.session_id, known.upstream_session_id = "client-token", "raw"
-    headers, job = session_header(runtime, known, head, "raw", 200, backend)
+    headers, job, _ = signed.on_head(known, None, 200, head, "a", None)
     assert (headers, job) == (wire_fields([(b"mcp-session-id", b"client-token")]), None)
     # With the memory store, a new session is a store job for the caller to await, and
     # the backend's fields go out as they are.
     memory = runtime_of(CONFIG)
-    backend = memory.cluster.backends.get("a")
-    assert backend is not None
-    headers, job = session_header(memory, fresh, head, "raw", 200, backend)
+    stored = memory.affinity.kinds[0]
+    assert isinstance(stored, StoredSessions)
+    headers, job, _ = stored.on_head(fresh, None, 200, head, "a", None)
     assert headers is None and job is not None
     await job
     assert await memory.sessions.get("raw") == "a"
     # The same session again, or an error answer: nothing to change, nothing to store.
     again = Request()
     again.session_id = "raw"
-    assert session_header(memory, again, head, "raw", 200, backend) == (None, None)
-    assert session_header(memory, fresh, head, "raw", 400, backend) == (None, None)
+    assert stored.on_head(again, None, 200, head, "a", None) == (None, None, None)
+    assert stored.on_head(fresh, None, 400, head, "a", None) == (None, None, None)
 
 
 @pytest.mark.parametrize(

@@ -68,11 +68,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, runtime: Runtime, connections: set[ClientConnection]) -> None:
         self.runtime = runtime
-        self.config = runtime.config
         self.connections = connections
-        self.sticky = runtime.config.sticky.mcp_sessions
-        self.max_header_bytes = runtime.config.limits.max_header_bytes
-        self.max_body_bytes = runtime.config.limits.max_body_bytes
         self.loop = asyncio.get_event_loop()
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -95,8 +91,6 @@ class ClientConnection(asyncio.Protocol):
         self.relay = ResponseRelay(self)  # the upstream connections' sink, for every exchange
         self.ex = Exchange(self)  # the current request's state; a new one per request
         self.forwarded_proto = b"http"
-        cookie = runtime.config.sticky.cookie
-        self.cookie_name = b"" if cookie is None else cookie.name.encode("latin-1")
         self.stats = runtime.stats
         self.access_log = access_log.for_config(runtime.config.log)
         self.feeding = False  # inside data_received: upstream writes wait for its end
@@ -154,7 +148,10 @@ class ClientConnection(asyncio.Protocol):
         else:
             # A head still incomplete after this many bytes is too large, even if no
             # header in it has ended yet.
-            if self.current is None and self.head_bytes > self.max_header_bytes:
+            if (
+                self.current is None
+                and self.head_bytes > self.runtime.config.limits.max_header_bytes
+            ):
                 self.relay.reject(answers.HEADERS_TOO_LARGE)
         finally:
             self.feeding = False
@@ -201,7 +198,7 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         assert self.reading is not None
         self.head_size += len(url)
-        if self.head_size > self.max_header_bytes:
+        if self.head_size > self.runtime.config.limits.max_header_bytes:
             self.relay.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         self.reading.target += url
@@ -212,7 +209,7 @@ class ClientConnection(asyncio.Protocol):
         if request.method:
             return  # a trailer field of a chunked body: never a header of the request
         self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.max_header_bytes:
+        if self.head_size > self.runtime.config.limits.max_header_bytes:
             self.relay.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         name = name.lower()
@@ -229,7 +226,7 @@ class ClientConnection(asyncio.Protocol):
             # The backend would read the first of two, a router the last: one per request.
             if request.session_id is not None:
                 request.duplicate = name
-            if self.sticky:
+            if self.runtime.affinity.session_header:
                 request.session_id = value.decode("latin-1")
         elif name == b"content-length":
             request.content_length = int(value)
@@ -270,7 +267,8 @@ class ClientConnection(asyncio.Protocol):
         request = self.reading
         assert request is not None
         request.body_size += len(data)
-        if self.max_body_bytes and request.body_size > self.max_body_bytes:
+        max_body = self.runtime.config.limits.max_body_bytes
+        if max_body and request.body_size > max_body:
             self.relay.reject(answers.BODY_TOO_LARGE)
             raise _RequestRejected
         if request.sniff is not None:
@@ -474,7 +472,7 @@ class ClientConnection(asyncio.Protocol):
         request = self.current
         assert request is not None
         held = self.ex.body_paused + (now - self.paused_at if self.read_pauses else 0.0)
-        late = slow_upload(now - self.ex.started - held, request.body_size, self.config)
+        late = slow_upload(now - self.ex.started - held, request.body_size, self.runtime.config)
         if late is not None:
             self.relay.reject(late)
         return late is not None

@@ -19,7 +19,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
-from mcplb.proxy.relay import answers, framing, session_out
+from mcplb.proxy.relay import answers, framing
+from mcplb.proxy.relay.affinity import Stickiness
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import (
     BODY_BUFFER_LIMIT,
@@ -31,7 +32,6 @@ from mcplb.proxy.relay.states import (
 )
 from mcplb.proxy.routing import steps as routing
 from mcplb.proxy.routing.retries import may_retry
-from mcplb.proxy.sessions import affinity
 
 if TYPE_CHECKING:
     from mcplb.proxy.cluster.backends import Backend
@@ -58,17 +58,16 @@ class Exchange:
         "finished",
         "framing",
         "holding",
-        "legacy_session",
         "queue_timer",
         "queued_at",
         "response_bytes",
         "response_started",
         "retries",
-        "scanner",
         "served_by",
         "slot_stream",
         "started",
         "status",
+        "sticky",
         "task",
         "up_out",
         "upstream",
@@ -106,8 +105,8 @@ class Exchange:
         self.client_keep_alive = True
         self.holding = False  # a session store update must land before the answer goes out
         self.complete_pending = False  # the backend finished while holding
-        self.scanner: affinity.EndpointScanner | None = None  # legacy SSE: endpoint event
-        self.legacy_session: str | None = None  # legacy SSE session bound for this stream
+        # The request's affinity: the key it was routed by, what its answer teaches.
+        self.sticky: Stickiness | None = None
 
     def pick(self, request: Request) -> Backend | None:
         """The strategy's pick among the backends this exchange did not try yet."""
@@ -228,11 +227,13 @@ class Exchange:
         self.release_slot()
         if request is not client.current or client.state == CLOSED:
             return  # the client is gone
-        if self.bound_backend is not None:
-            # Its sessions died with it; the client must initialize elsewhere.
-            if request.session_id is not None and runtime.session_codec is None:
-                await session_out.forget(runtime, request.session_id)
-            client.relay.answer_session_not_found()
+        sticky = self.sticky
+        if self.bound_backend is not None and sticky is not None and sticky.found is not None:
+            # Its keys died with it; the client must start over elsewhere.
+            job = sticky.backend_lost(request)
+            if job is not None:
+                await job
+            client.relay.answer_key_not_found(sticky.found)
             return
         self.attempted |= {backend.name}
         retry = self.retry_target(request, "connect_failure", sent=False)
@@ -259,7 +260,7 @@ class Exchange:
             request,
             path_prefix=backend.path_prefix,
             host_header=backend.host_header,
-            preserve_host=conn.config.preserve_host,
+            preserve_host=conn.runtime.config.preserve_host,
             client_ip=conn.client_ip_bytes,
             proto=conn.forwarded_proto,
             request_id=request_id,
@@ -388,12 +389,13 @@ class Exchange:
             if conn.current is not None:
                 backend_stats.bytes_in += conn.current.body_size
         self.slot_stream = False
-        self.scanner = None
         self.up_out.clear()  # bytes for a connection that is being let go
-        if self.legacy_session is not None:
-            # The legacy transport's session lives as long as its GET stream.
-            conn.spawn(session_out.forget(conn.runtime, self.legacy_session))
-            self.legacy_session = None
+        if self.sticky is not None:
+            # What the end changes (the legacy transport's session lives as long as its
+            # GET stream).
+            job = self.sticky.on_end()
+            if job is not None:
+                conn.spawn(job)
         if upstream is not None:
             self.detach_upstream(upstream)
 

@@ -1,9 +1,10 @@
 """The routing pipeline of one request, in the order it runs: ``start`` checks what the
-proxy refuses on its own (400, 421, 413, 405) and the rate limit (429); ``route`` takes a
-session id to its backend (through the store, or inside a signed id); ``route_new`` takes
-any other request to a sticky cookie's backend or the strategy's pick, else queues it or
-answers 503. The decisions are the functions of ``routing.steps``; these functions own
-the I/O around them (store and Redis lookups, answers) and end in ``Exchange.dispatch``.
+proxy refuses on its own (400, 421, 413, 405) and the rate limit (429); ``route`` asks the
+request's affinity object (``relay.affinity.Stickiness``) for a key naming a backend (a
+session id, through the store or inside a signed id; a sticky cookie) and takes the
+request there; ``route_new`` takes any other request to the strategy's pick, else queues
+it or answers 503. The decisions are the functions of ``routing.steps``; these functions
+own the I/O around them (store and Redis lookups, answers) and end in ``Exchange.dispatch``.
 
 A step that must wait (a Redis lookup, a binding this process does not hold) runs as the
 exchange's task and goes on only if the request is still the one being answered; a binding
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mcplb.proxy.relay import answers
+from mcplb.proxy.relay.affinity import KeyFound
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import CLOSED, ROUTING
 from mcplb.proxy.routing import steps as routing
@@ -36,7 +38,7 @@ def start(ex: Exchange, request: Request) -> None:
     conn.state = ROUTING
     ex.started = conn.loop.time()
     conn.runtime.retry_budget.record_request(ex.started)
-    max_body = conn.max_body_bytes
+    max_body = conn.runtime.config.limits.max_body_bytes
     if request.refusal is not None:
         conn.relay.reject(answers.bad_request(request.refusal))
     elif not conn.runtime.host_policy.allows(request.host):
@@ -53,49 +55,37 @@ def start(ex: Exchange, request: Request) -> None:
 
 
 def route(ex: Exchange, request: Request) -> None:
-    """A session id (header, or legacy query) routes to its backend; else ``route_new``."""
+    """A request whose affinity key (a session id, a cookie) names a backend goes there;
+    else ``route_new``."""
     conn = ex.conn
     # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
     # that TypeError costs more than the search.)
-    has_query = request.target.find(b"?") >= 0
-    if has_query and affinity.repeated_session_parameter(request.target):
+    if request.target.find(b"?") >= 0 and affinity.repeated_session_parameter(request.target):
         # A router reading the first and a backend reading the last would disagree.
         conn.relay.answer(answers.REPEATED_QUERY_SESSION)
         return
-    guessed = False
-    if conn.sticky and request.session_id is None and has_query:
-        # Legacy SSE: the session is in the query, under whatever key the server chose.
-        found = affinity.query_session(request.target)
-        if found is not None:
-            request.session_id, named = found
-            request.session_in_query = True
-            guessed = not named
-    if request.session_id is not None:
-        codec = conn.runtime.session_codec
-        if codec is None:
-            name = conn.runtime.sessions.known(request.session_id)
-            if name is None:
-                ex.task = conn.spawn(_route_session(ex, request, guessed))
-            else:
-                _route_bound(ex, request, name, guessed)
-            return
-        opened = codec.open(request.session_id)
-        if opened is not None or not guessed:
-            _route_signed_session(ex, request, opened)
-            return
-        _not_a_session(request)
-    route_new(ex, request)
+    sticky = ex.sticky = conn.runtime.affinity.for_request(request)
+    route_key(ex, request, sticky.route_key())
+
+
+def route_key(ex: Exchange, request: Request, found: KeyFound | None) -> None:
+    """Route by the key ``found`` (None: the request carries none)."""
+    if found is None:
+        route_new(ex, request)
+    elif found.pending is not None:
+        ex.task = ex.conn.spawn(_route_after_lookup(ex, request, found))
+    else:
+        _route_found(ex, request, found)
 
 
 def route_new(ex: Exchange, request: Request) -> None:
-    """A request that names no session: cookie pin or strategy, else wait or 503."""
+    """A request that names no backend by a key: the strategy's pick, else wait or 503."""
     conn = ex.conn
-    runtime = conn.runtime
-    backend = routing.pinned(runtime, request, conn.cookie_name) or ex.pick(request)
+    backend = ex.pick(request)
     if backend is not None:
         ex.dispatch(request, backend)
         return
-    cluster = runtime.cluster
+    cluster = conn.runtime.cluster
     if request.wants_stream and any(b.available for b in cluster.backends.backends):
         ex.too_many_streams()  # the backends that are up are at their cap
     elif not request.wants_stream and cluster.admission.any_full(cluster.backends.backends):
@@ -104,48 +94,46 @@ def route_new(ex: Exchange, request: Request) -> None:
         conn.relay.answer(answers.NO_BACKEND)
 
 
-def _route_signed_session(ex: Exchange, request: Request, opened: tuple[str, str] | None) -> None:
-    """A signed id names its backend: no lookup. Tampered or foreign ids open to None."""
-    backend = routing.session_backend(ex.conn.runtime, opened[0] if opened else None)
-    if opened is None or backend is None:
-        ex.conn.relay.answer_session_not_found()
-        return
-    request.upstream_session_id = opened[1]
-    ex.bound_backend = backend.name
-    ex.dispatch(request, backend)
-
-
-async def _route_session(ex: Exchange, request: Request, guessed: bool) -> None:
-    conn = ex.conn
-    session_id = request.session_id
-    assert session_id is not None
-    name = await conn.runtime.sessions.get(session_id)
+async def _route_after_lookup(ex: Exchange, request: Request, found: KeyFound) -> None:
+    """A key this process does not hold: the store's answer (e.g. Redis) names the backend."""
+    assert found.pending is not None
+    found.name = await found.pending
+    found.pending = None
     ex.task = None
-    if request is not conn.current or conn.state == CLOSED:
+    if request is not ex.conn.current or ex.conn.state == CLOSED:
         return
-    _route_bound(ex, request, name, guessed)
+    _route_found(ex, request, found)
 
 
-def _route_bound(ex: Exchange, request: Request, name: str | None, guessed: bool) -> None:
-    """Route to the backend the session's binding names (``name``; None: no binding)."""
+def _route_found(ex: Exchange, request: Request, found: KeyFound) -> None:
+    """Route to the backend ``found`` names (``found.name`` None: no binding)."""
     conn = ex.conn
-    if name is None and guessed:
-        _not_a_session(request)
-        route_new(ex, request)
+    cluster = conn.runtime.cluster
+    if found.name is None and found.guessed:
+        # A guessed key that is none: route the request as any other.
+        found.kind.not_a_key(request)
+        assert ex.sticky is not None
+        route_key(ex, request, ex.sticky.route_key(after=found))
         return
-    backend = routing.session_backend(conn.runtime, name)
+    if not found.strict:
+        backend = routing.preferred_backend(cluster, found.name)
+        if backend is None:
+            route_key(ex, request, _next_key(ex, found))
+        else:
+            ex.dispatch(request, backend)
+        return
+    backend = routing.session_backend(cluster, found.name)
     if backend is None:
         # Keep the binding: when the backend comes back, its live sessions route again.
-        conn.relay.answer_session_not_found()
+        conn.relay.answer_key_not_found(found)
         return
     ex.bound_backend = backend.name
     ex.dispatch(request, backend)
 
 
-def _not_a_session(request: Request) -> None:
-    """A guessed query session id that is none: route the request as any other."""
-    request.session_id = None
-    request.session_in_query = False
+def _next_key(ex: Exchange, found: KeyFound) -> KeyFound | None:
+    assert ex.sticky is not None
+    return ex.sticky.route_key(after=found)
 
 
 def _rate_limit(ex: Exchange, request: Request) -> bool:

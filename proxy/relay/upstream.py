@@ -4,7 +4,8 @@ proxy's own answer, and the access-log line once it is done.
 One ``ResponseRelay`` per client connection is the sink of every upstream connection the
 connection's exchanges use (``pool.ResponseSink``); the state of the answer under way is
 the current exchange's (``conn.ex``). How a response is framed and which of its headers go
-on is decided by ``framing.response_head``; its session ids by ``session_out``.
+on is decided by ``framing.response_head``; what its session ids and cookie become by
+the request's affinity object (``affinity.Stickiness``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from mcplb.proxy.relay import answers, framing, http11, session_out
+from mcplb.proxy.relay import answers, framing, http11
+from mcplb.proxy.relay.affinity import Job, KeyFound
 from mcplb.proxy.relay.answers import Answer
-from mcplb.proxy.relay.framing import ResponseHead
 from mcplb.proxy.relay.http11 import LAST_CHUNK, Headers, chunk
 from mcplb.proxy.relay.request import Request
-from mcplb.proxy.relay.session_out import Job
 from mcplb.proxy.relay.states import (
     CLOSED,
     PAUSE_BUFFER_FULL,
@@ -107,16 +107,14 @@ class ResponseRelay:
         ex.upstream_until_close = head.until_close
         rewritten = None
         if backend is not None:
-            stream = head.content_type.startswith(b"text/event-stream")
-            if stream and not ex.slot_stream:
+            if head.content_type.startswith(b"text/event-stream") and not ex.slot_stream:
                 ex.slot_stream = True
                 conn.runtime.cluster.admission.became_stream(backend)
-            # (Most answers name no session and open no stream: nothing to rewrite.)
-            if conn.runtime.cookie_codec is not None or (
-                conn.sticky
-                and (head.session_id is not None or request.session_id is not None or stream)
-            ):
-                rewritten = self._session_headers(request, head, status, backend)
+            sticky = ex.sticky
+            if sticky is not None:
+                rewritten, job = sticky.on_head(status, head, backend.name)
+                if job is not None:
+                    self._hold_for(job)
         # The head's pieces go into the output as they are: the write joins them once,
         # with the body that came in the same read.
         out = self.out
@@ -124,57 +122,16 @@ class ResponseRelay:
         out += head.wire if rewritten is None else rewritten
         out.append(b"\r\n")
 
-    def _session_headers(
-        self, request: Request, head: ResponseHead, status: int, backend: Backend
-    ) -> list[bytes] | None:
-        """The fields, in wire form, with the session id the client must see and the
-        sticky cookie (None: the backend's, unchanged); the answer is held while a store
-        update they ask for lands."""
-        conn = self.conn
-        runtime = conn.runtime
-        out = None
-        if conn.sticky:
-            if head.session_id is not None:
-                session_id = head.session_id.decode("latin-1")
-                out, job = session_out.session_header(
-                    runtime, request, head, session_id, status, backend
-                )
-                if job is not None:
-                    self._hold_for(job)
-            if request.session_id is None:
-                if (
-                    head.session_id is None
-                    and request.method == b"GET"
-                    and head.content_type.startswith(b"text/event-stream")
-                ):
-                    conn.ex.scanner = session_out.endpoint_scanner(runtime, backend)
-            elif status == 404 or (request.method == b"DELETE" and 200 <= status < 300):
-                job = session_out.ended(runtime, request.session_id, conn.ex.bound_backend)
-                if job is not None:
-                    self._hold_for(job)
-        if runtime.cookie_codec is not None:
-            set_cookie = session_out.cookie_for(runtime, request, backend, conn.cookie_name)
-            if set_cookie is not None:
-                if out is None:
-                    out = head.wire.copy()
-                out += (b"set-cookie", b": ", set_cookie, b"\r\n")
-        return out
-
     def upstream_body(self, data: bytes) -> None:
         conn = self.conn
         ex = conn.ex
         conn.active = True
         ex.response_bytes += len(data)
-        scanner = ex.scanner
-        if scanner is not None:
-            data = scanner.feed(data)
-            if scanner.done:
-                ex.scanner = None
-                if scanner.session_id is not None and ex.backend is not None:
-                    job = session_out.legacy_learned(conn.runtime, scanner.session_id, ex.backend)
-                    if job is not None:
-                        self._hold_for(job)
-                        ex.legacy_session = scanner.session_id
+        sticky = ex.sticky
+        if sticky is not None and sticky.learner is not None:
+            data, job = sticky.on_body(data)
+            if job is not None:
+                self._hold_for(job)
             if not data:
                 return
         if ex.framing == framing.CHUNKED:
@@ -190,10 +147,15 @@ class ResponseRelay:
         if ex.holding:
             ex.complete_pending = True
             return
-        if ex.scanner is not None:
-            rest, ex.scanner = ex.scanner.flush(), None
+        sticky = ex.sticky
+        if sticky is not None and sticky.learner is not None:
+            rest, job = sticky.on_complete()
             if rest:
                 self.out.append(chunk(rest) if ex.framing == framing.CHUNKED else rest)
+            if job is not None:
+                self._hold_for(job)
+                ex.complete_pending = True
+                return
         if ex.framing == framing.CHUNKED:
             self.out.append(LAST_CHUNK)
         now = self.read_time or conn.loop.time()
@@ -372,13 +334,14 @@ class ResponseRelay:
             lingering = True
         conn.close(linger=lingering)
 
-    def answer_session_not_found(self) -> None:
+    def answer_key_not_found(self, found: KeyFound) -> None:
+        """404 for a key (a session id) whose backend is unknown or cannot serve it."""
         conn = self.conn
         conn.stats.session_not_found += 1
         conn.ex.status = 404
         request = conn.current
         keep = request is not None and request.complete and request.keep_alive
-        self._write_answer(answers.session_not_found(close=not keep), keep)
+        self._write_answer(found.kind.not_found(close=not keep), keep)
 
     def _write_answer(self, data: bytes, keep_alive: bool) -> None:
         conn = self.conn

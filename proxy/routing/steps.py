@@ -17,34 +17,27 @@ from __future__ import annotations
 from collections.abc import Set
 from typing import TYPE_CHECKING
 
-from mcplb.proxy.sessions import affinity
 from mcplb.strategies.base import NO_FACTS, RequestFacts
 
 if TYPE_CHECKING:
     from mcplb.proxy.cluster.backends import Backend
+    from mcplb.proxy.cluster.cluster import Cluster
     from mcplb.proxy.relay.request import Request
     from mcplb.proxy.server.runtime import Runtime
 
 
-def session_backend(runtime: Runtime, name: str | None) -> Backend | None:
+def session_backend(cluster: Cluster, name: str | None) -> Backend | None:
     """The backend a session is bound to, if it may serve the session now: known, not
     refusing sessions (down), and not past the end of its drain."""
-    backend = runtime.cluster.backends.get(name) if name is not None else None
-    if backend is None or runtime.cluster.health.refuses_sessions(backend) or backend.drain_over():
+    backend = cluster.backends.get(name) if name is not None else None
+    if backend is None or cluster.health.refuses_sessions(backend) or backend.drain_over():
         return None
     return backend
 
 
-def pinned(runtime: Runtime, request: Request, cookie_name: bytes) -> Backend | None:
-    """The backend a sticky cookie names, if it can take the request."""
-    codec = runtime.cookie_codec
-    if codec is None or runtime.config.sticky.cookie is None:
-        return None
-    value = affinity.cookie_value(request.headers, cookie_name)
-    opened = codec.open(value) if value else None
-    if opened is None:
-        return None
-    backend = runtime.cluster.backends.get(opened[0])
+def preferred_backend(cluster: Cluster, name: str | None) -> Backend | None:
+    """The backend a preference (a sticky cookie) names, if it can take the request."""
+    backend = cluster.backends.get(name) if name is not None else None
     return backend if backend is not None and backend.available else None
 
 

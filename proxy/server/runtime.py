@@ -12,6 +12,7 @@ from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.hosts import default_allowed_hosts
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.stats import Stats
+from mcplb.proxy.relay.affinity import SessionCounts, build_affinity
 from mcplb.proxy.routing.host_check import HostPolicy
 from mcplb.proxy.routing.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
 from mcplb.proxy.routing.retries import RetryBudget
@@ -19,7 +20,6 @@ from mcplb.proxy.sessions.affinity import HeaderAffinity
 from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
-from mcplb.proxy.sessions.tokens import TokenCodec
 from mcplb.strategies.forwarded import ForwardedClient, parse_networks
 
 # Settings a running process cannot take over: a reload keeps the old value and says so.
@@ -71,6 +71,7 @@ class Runtime:
         prefix = int.from_bytes(os.urandom(3), "big") | 0x800000
         self._request_number = prefix << 40
         sticky = config.sticky
+        self.session_counts = SessionCounts(self.cluster, self.stats)
         self.sessions: SessionStore = (
             RedisSessionStore(
                 sticky.redis.url,
@@ -78,23 +79,20 @@ class Runtime:
                 timeout=sticky.redis.timeout,
                 prefix=sticky.redis.prefix,
                 max_local=sticky.max_sessions,
-                on_expire=self._session_expired,
+                on_expire=self.session_counts.expired,
                 outage_share=None if state_dir is None else OutageShare(state_dir / "sessions"),
             )
             if sticky.store == "redis"
             else MemorySessionStore(
-                sticky.session_ttl, sticky.max_sessions, on_expire=self._session_expired
+                sticky.session_ttl, sticky.max_sessions, on_expire=self.session_counts.expired
             )
         )
         self._set_affinity(config)
 
     def _set_affinity(self, config: Config) -> None:
         sticky = config.sticky
-        # Signed ids name their backend: no table to consult (store "signed").
-        self.session_codec = (
-            TokenCodec(sticky.keys, "session") if sticky.store == "signed" else None
-        )
-        self.cookie_codec = TokenCodec(sticky.keys, "cookie") if sticky.cookie else None
+        # The affinity key kinds, each in the variant the config asks for: chosen once.
+        self.affinity = build_affinity(sticky, self.sessions, self.session_counts)
         self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
@@ -129,22 +127,6 @@ class Runtime:
             self.generation += 1
         return changes
 
-    def session_bound(self, backend_name: str) -> None:
-        backend = self.cluster.backends.get(backend_name)
-        if backend is not None:
-            backend.sessions += 1
-            self.stats.backends[backend_name].sessions_created += 1
-            if self.cluster.strategy.tracks_load:
-                self.cluster.strategy.load_changed(backend)
-
-    def session_ended(self, backend_name: str) -> None:
-        backend = self.cluster.backends.get(backend_name)
-        if backend is not None and backend.sessions > 0:
-            backend.sessions -= 1
-            self.stats.backends[backend_name].sessions_ended += 1
-            if self.cluster.strategy.tracks_load:
-                self.cluster.strategy.load_changed(backend)
-
     def next_request_id(self) -> bytes:
         self._request_number += 1
         return b"%x" % self._request_number
@@ -152,9 +134,6 @@ class Runtime:
     def store_errors(self) -> int:
         errors: int = getattr(self.sessions, "errors", 0)
         return errors
-
-    def _session_expired(self, session_id: str, backend_name: str) -> None:
-        self.session_ended(backend_name)
 
 
 def _forwarded_client(config: Config) -> ForwardedClient | None:

@@ -1,0 +1,599 @@
+"""Session affinity as one object per request, in Envoy's stateful-session shape.
+
+``Affinity`` is built once per config (``build_affinity``): the kinds of affinity key the
+proxy routes by, each chosen at load time in the variant the config asks for (MCP session
+ids bound in a store, memory or Redis, or signed into the ids; the sticky cookie). The relay
+takes one ``Stickiness`` per request from it (``Affinity.for_request``) and asks that
+object, and nothing else, about affinity:
+
+- ``route_key``: where the request's key says it must go (a ``KeyFound``);
+- ``on_head``, ``on_body``, ``on_complete``: what the response teaches (a minted session
+  id, a legacy SSE endpoint event, a DELETE or 404 that ends a session) and how its head
+  and body must read toward the client;
+- ``on_end``: what the end of the exchange changes (a legacy stream's session ends with it);
+- ``backend_lost``: the bound backend could not be reached (its keys died with it).
+
+Store updates are returned as jobs (coroutines), not run: the relay holds the answer until
+a job has landed, so that a client never uses a key the store does not know yet.
+
+Adding a key kind (for the next developer: MCP 2026-07-28 task ids)
+-------------------------------------------------------------------
+Write a class with the methods of ``KeyKind`` and add an instance to the tuple
+``build_affinity`` returns; the relay needs no new branch. For task ids:
+
+- ``route_key(request)``: a validated ``Mcp-Name`` header on ``tasks/get``, ``tasks/update``
+  or ``tasks/cancel`` (the method is ``request.sniff``'s, see ``mcp_method``); return
+  ``KeyFound(self, name=<backend>)`` (or ``pending=<coroutine>`` for a store lookup), with
+  ``strict=True``: a task lives on one backend, a miss is answered by ``not_found``.
+  Return None for a request without that key: the next kind is asked.
+- ``on_head(request, found, status, head, backend, wire)``: return a ``Learner`` when the
+  answer may carry a task (a JSON or SSE answer to a request that may create one); its
+  ``feed`` sees every body chunk (JSON body, or SSE events: the task is in the final one),
+  and ``flush`` returns a job binding the task id (``resultType: "task"``) to ``backend``
+  with the TTL from its ``ttlMs``. A learner that never changes the body returns each
+  chunk as it came.
+- ``not_found(close)``: the answer for a key whose backend is gone or unknown.
+- ``backend_lost(request)`` / ``not_a_key(request)``: see ``KeyKind``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from functools import partial
+from typing import Any, Protocol
+
+from mcplb.proxy.cluster.cluster import Cluster
+from mcplb.proxy.config.schema import CookieConfig, StickyConfig
+from mcplb.proxy.observability.stats import Stats
+from mcplb.proxy.relay import answers
+from mcplb.proxy.relay.framing import SESSION_HEADER, ResponseHead
+from mcplb.proxy.relay.request import Request
+from mcplb.proxy.sessions import affinity as sans_io
+from mcplb.proxy.sessions.store import SessionStore
+from mcplb.proxy.sessions.tokens import TokenCodec
+
+log = logging.getLogger("mcplb.relay")
+
+Job = Coroutine[Any, Any, None]
+
+
+class KeyFound:
+    """Where a request's key says it must go: ``name`` (a backend name), or ``pending``, a
+    lookup whose result is the name (None: no binding). ``strict``: the request must go
+    there or be answered ``kind.not_found`` (a session, a task); else it is a preference (a
+    cookie) and the request is routed as any other when the backend cannot take it.
+    ``guessed``: the key may not be one at all (a legacy query parameter of an unknown
+    name): a miss routes the request as any other, after ``kind.not_a_key``."""
+
+    __slots__ = ("guessed", "kind", "name", "pending", "strict")
+
+    def __init__(
+        self,
+        kind: KeyKind,
+        name: str | None = None,
+        pending: Coroutine[Any, Any, str | None] | None = None,
+        *,
+        strict: bool = True,
+        guessed: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self.pending = pending
+        self.strict = strict
+        self.guessed = guessed
+
+
+class Learner(Protocol):
+    """What a key kind learns from one response body (a legacy endpoint event; task ids)."""
+
+    done: bool  # nothing more to see in the body: the relay stops feeding it
+
+    def feed(self, data: bytes) -> tuple[bytes, Job | None]:
+        """A body chunk: the bytes that may go to the client now (possibly rewritten, or
+        none while it holds them) and a store update to hold the answer for."""
+
+    def flush(self) -> tuple[bytes, Job | None]:
+        """The body ended: the bytes still held, and a store update."""
+
+    def end(self) -> Job | None:
+        """The exchange ended (the body's end, or cut short): what that changes."""
+
+
+class KeyKind(Protocol):
+    """One kind of affinity key: what the proxy reads of it in requests and learns of it
+    from responses. Methods run on every request and response: the common case (no key of
+    this kind) must return at once."""
+
+    def route_key(self, request: Request) -> KeyFound | None:
+        """Where ``request``'s key of this kind says it must go; None: it has none."""
+
+    def not_a_key(self, request: Request) -> None:
+        """A guessed key (``KeyFound.guessed``) turned out to be none: forget it."""
+
+    def not_found(self, close: bool) -> bytes:
+        """The whole answer for a strict key whose backend is unknown or cannot serve it."""
+
+    def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
+        """The backend the key routed to could not be reached: its keys died with it."""
+
+    def on_head(
+        self,
+        request: Request,
+        found: KeyFound | None,
+        status: int,
+        head: ResponseHead,
+        backend: str,
+        wire: list[bytes] | None,
+    ) -> tuple[list[bytes] | None, Job | None, Learner | None]:
+        """A final response head from ``backend``: its fields in wire form as the client
+        must see them (``wire``: as earlier kinds left them, None: the backend's; return
+        None to leave them), a store update to hold the answer for, and a body learner."""
+
+
+class SessionCounts:
+    """The MCP sessions each backend holds, as this process knows them (for
+    least_sessions and the metrics); one writer, shared by the stores' expiry."""
+
+    def __init__(self, cluster: Cluster, stats: Stats) -> None:
+        self.cluster = cluster
+        self.stats = stats
+
+    def bound(self, backend_name: str) -> None:
+        backend = self.cluster.backends.get(backend_name)
+        if backend is not None:
+            backend.sessions += 1
+            self.stats.backends[backend_name].sessions_created += 1
+            if self.cluster.strategy.tracks_load:
+                self.cluster.strategy.load_changed(backend)
+
+    def ended(self, backend_name: str) -> None:
+        backend = self.cluster.backends.get(backend_name)
+        if backend is not None and backend.sessions > 0:
+            backend.sessions -= 1
+            self.stats.backends[backend_name].sessions_ended += 1
+            if self.cluster.strategy.tracks_load:
+                self.cluster.strategy.load_changed(backend)
+
+    def expired(self, session_id: str, backend_name: str) -> None:
+        """A store's ``on_expire``."""
+        self.ended(backend_name)
+
+
+class Stickiness:
+    """The affinity of one request: the key it was routed by, and what its answer taught.
+    The relay's one handle on affinity (Envoy's per-request ``SessionState``)."""
+
+    __slots__ = ("affinity", "found", "learner", "request")
+
+    def __init__(self, affinity: Affinity, request: Request) -> None:
+        self.affinity = affinity
+        self.request = request
+        self.found: KeyFound | None = None  # the key the request was routed by
+        self.learner: Learner | None = None
+
+    def route_key(self, after: KeyFound | None = None) -> KeyFound | None:
+        """The first key the request carries (of the kinds after ``after``'s)."""
+        kinds = self.affinity.kinds
+        start = 0 if after is None else kinds.index(after.kind) + 1
+        for index in range(start, len(kinds)):
+            found = kinds[index].route_key(self.request)
+            if found is not None:
+                self.found = found
+                return found
+        self.found = None
+        return None
+
+    def on_head(
+        self, status: int, head: ResponseHead, backend: str
+    ) -> tuple[list[bytes] | None, Job | None]:
+        """The fields the client must see (None: the backend's) and a job to hold for."""
+        wire: list[bytes] | None = None
+        held: Job | None = None
+        for kind in self.affinity.kinds:
+            wire, job, learner = kind.on_head(self.request, self.found, status, head, backend, wire)
+            if job is not None:
+                held = job if held is None else _both(held, job)
+            if learner is not None:
+                self.learner = learner if self.learner is None else _Learners(self.learner, learner)
+        return wire, held
+
+    def on_body(self, data: bytes) -> tuple[bytes, Job | None]:
+        learner = self.learner
+        if learner is None or learner.done:
+            return data, None
+        return learner.feed(data)
+
+    def on_complete(self) -> tuple[bytes, Job | None]:
+        learner = self.learner
+        if learner is None or learner.done:
+            return b"", None
+        return learner.flush()
+
+    def on_end(self) -> Job | None:
+        learner, self.learner = self.learner, None
+        return None if learner is None else learner.end()
+
+    def backend_lost(self, request: Request) -> Job | None:
+        found = self.found
+        return None if found is None else found.kind.backend_lost(request, found)
+
+
+class Affinity:
+    """The key kinds of one config, in the order a request's keys are tried."""
+
+    def __init__(self, kinds: tuple[KeyKind, ...], session_header: bool) -> None:
+        self.kinds = kinds
+        # Whether the parser keeps a request's Mcp-Session-Id (sticky.mcp_sessions).
+        self.session_header = session_header
+
+    def for_request(self, request: Request) -> Stickiness:
+        return Stickiness(self, request)
+
+
+def build_affinity(sticky: StickyConfig, store: SessionStore, counts: SessionCounts) -> Affinity:
+    """The kinds the config asks for, each in its variant: chosen here, once."""
+    kinds: list[KeyKind] = []
+    if sticky.mcp_sessions:
+        if sticky.store == "signed":
+            # Signed ids name their backend: no table to consult.
+            kinds.append(SignedSessions(TokenCodec(sticky.keys, "session"), counts))
+        else:
+            kinds.append(StoredSessions(store, counts))
+    if sticky.cookie is not None:
+        kinds.append(CookiePin(TokenCodec(sticky.keys, "cookie"), sticky.cookie))
+    return Affinity(tuple(kinds), sticky.mcp_sessions)
+
+
+async def _both(first: Job, second: Job) -> None:
+    await asyncio.gather(first, second)
+
+
+class _Learners:
+    """Two kinds learning from the same body, one after the other."""
+
+    def __init__(self, first: Learner, second: Learner) -> None:
+        self.first = first
+        self.second = second
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, Job | None]:
+        data, one = self.first.feed(data) if not self.first.done else (data, None)
+        data, two = self.second.feed(data) if not self.second.done else (data, None)
+        self.done = self.first.done and self.second.done
+        return data, _either(one, two)
+
+    def flush(self) -> tuple[bytes, Job | None]:
+        rest, one = self.first.flush() if not self.first.done else (b"", None)
+        if rest and not self.second.done:
+            rest, two = self.second.feed(rest)
+        else:
+            two = None
+        more, three = self.second.flush() if not self.second.done else (b"", None)
+        self.done = True
+        return rest + more, _either(_either(one, two), three)
+
+    def end(self) -> Job | None:
+        return _either(self.first.end(), self.second.end())
+
+
+def _either(one: Job | None, two: Job | None) -> Job | None:
+    if one is None:
+        return two
+    return one if two is None else _both(one, two)
+
+
+# -- MCP session ids ----------------------------------------------------------------------
+
+
+class _Sessions:
+    """What both variants of session ids share: where a request names its session (the
+    Mcp-Session-Id header, or a legacy SSE query parameter), and when a response ends one."""
+
+    counts: SessionCounts
+
+    def route_key(self, request: Request) -> KeyFound | None:
+        guessed = False
+        if request.session_id is None:
+            if request.target.find(b"?") < 0:
+                return None
+            # Legacy SSE: the session is in the query, under whatever key the server chose.
+            found = sans_io.query_session(request.target)
+            if found is None:
+                return None
+            request.session_id, named = found
+            request.session_in_query = True
+            guessed = not named
+        return self._lookup(request, request.session_id, guessed)
+
+    def _lookup(self, request: Request, session_id: str, guessed: bool) -> KeyFound | None:
+        raise NotImplementedError
+
+    def not_a_key(self, request: Request) -> None:
+        request.session_id = None
+        request.session_in_query = False
+
+    def not_found(self, close: bool) -> bytes:
+        return answers.session_not_found(close=close)
+
+    def on_head(
+        self,
+        request: Request,
+        found: KeyFound | None,
+        status: int,
+        head: ResponseHead,
+        backend: str,
+        wire: list[bytes] | None,
+    ) -> tuple[list[bytes] | None, Job | None, Learner | None]:
+        job = None
+        if head.session_id is not None:
+            wire, job = self._session_header(
+                request, head.session_id.decode("latin-1"), status, backend, wire, head
+            )
+        if request.session_id is None:
+            if (
+                head.session_id is None
+                and request.method == b"GET"
+                and head.content_type.startswith(b"text/event-stream")
+            ):
+                return wire, job, self._endpoint_learner(backend)
+        elif status == 404 or (request.method == b"DELETE" and 200 <= status < 300):
+            # The backend ended (DELETE) or does not know (404) the session.
+            ended = self._ended(request.session_id, found)
+            job = ended if job is None else _both(job, ended) if ended is not None else job
+        return wire, job, None
+
+    def _session_header(
+        self,
+        request: Request,
+        session_id: str,
+        status: int,
+        backend: str,
+        wire: list[bytes] | None,
+        head: ResponseHead,
+    ) -> tuple[list[bytes] | None, Job | None]:
+        raise NotImplementedError
+
+    def _ended(self, session_id: str, found: KeyFound | None) -> Job | None:
+        raise NotImplementedError
+
+    def _endpoint_learner(self, backend: str) -> Learner:
+        raise NotImplementedError
+
+
+class StoredSessions(_Sessions):
+    """Session ids as the backends mint them, bound in a store (memory or Redis)."""
+
+    def __init__(self, store: SessionStore, counts: SessionCounts) -> None:
+        self.store = store
+        self.counts = counts
+
+    def _lookup(self, request: Request, session_id: str, guessed: bool) -> KeyFound | None:
+        # A binding this process holds routes at once, as nearly every MCP request's.
+        name = self.store.known(session_id)
+        if name is not None:
+            return KeyFound(self, name, guessed=guessed)
+        return KeyFound(self, pending=self.store.get(session_id), guessed=guessed)
+
+    def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
+        # Its sessions died with it; the client must initialize elsewhere.
+        return None if request.session_id is None else self.forget(request.session_id)
+
+    def _session_header(
+        self,
+        request: Request,
+        session_id: str,
+        status: int,
+        backend: str,
+        wire: list[bytes] | None,
+        head: ResponseHead,
+    ) -> tuple[list[bytes] | None, Job | None]:
+        """The backend's own id goes to the client; a new one is bound first."""
+        if not 200 <= status < 300:
+            return wire, None
+        if request.session_id is None:
+            return wire, self.bind(session_id, backend)
+        if session_id != request.session_id and request.method != b"DELETE":
+            # The backend replaced the session with a new one: bind that one too.
+            return wire, self.bind(session_id, backend)
+        return wire, None
+
+    def _ended(self, session_id: str, found: KeyFound | None) -> Job | None:
+        return self.forget(session_id)
+
+    def _endpoint_learner(self, backend: str) -> Learner:
+        return EndpointLearner(sans_io.EndpointScanner(None), self, backend)
+
+    def legacy_learned(self, session_id: str, backend: str) -> Job | None:
+        return self.bind(session_id, backend)
+
+    async def bind(self, session_id: str, backend: str) -> None:
+        previous = await self.store.bind(session_id, backend)
+        if previous is not None:
+            self.counts.ended(previous)
+        self.counts.bound(backend)
+
+    async def forget(self, session_id: str) -> None:
+        name = await self.store.forget(session_id)
+        if name is not None:
+            self.counts.ended(name)
+
+
+class SignedSessions(_Sessions):
+    """Session ids signed with the backend's name in them: no table, the id routes itself."""
+
+    def __init__(self, codec: TokenCodec, counts: SessionCounts) -> None:
+        self.codec = codec
+        self.counts = counts
+
+    def _lookup(self, request: Request, session_id: str, guessed: bool) -> KeyFound | None:
+        # Tampered or foreign ids open to None.
+        opened = self.codec.open(session_id)
+        if opened is None:
+            if guessed:
+                self.not_a_key(request)
+                return None
+            return KeyFound(self)
+        request.upstream_session_id = opened[1]
+        return KeyFound(self, opened[0])
+
+    def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
+        return None
+
+    def _session_header(
+        self,
+        request: Request,
+        session_id: str,
+        status: int,
+        backend: str,
+        wire: list[bytes] | None,
+        head: ResponseHead,
+    ) -> tuple[list[bytes] | None, Job | None]:
+        """Never the backend's raw id, on every response (TypeScript clients adopt the id
+        of every response, and TypeScript servers repeat it on every response)."""
+        ok = 200 <= status < 300
+        if request.session_id is None:
+            if ok:
+                try:
+                    token = self.codec.seal(backend, session_id)
+                except ValueError:  # not visible ASCII, or too long to carry: 404s follow
+                    log.warning("backend %s minted a session id that cannot be signed", backend)
+                    return wire, None
+                self.counts.bound(backend)
+            else:
+                # The SDK's quirk: a fresh, unused id on a 400. Sealed all the same.
+                token = self.seal_or_keep(backend, session_id)
+        elif session_id == request.upstream_session_id:
+            token = request.session_id  # the same session: the client's own token, no HMAC
+        else:
+            token = self.seal_or_keep(backend, session_id)  # minted anew: seal it
+            if ok:
+                self.counts.bound(backend)
+        return with_session_id(head.wire if wire is None else wire, token), None
+
+    def _ended(self, session_id: str, found: KeyFound | None) -> Job | None:
+        if found is not None and found.name is not None:
+            self.counts.ended(found.name)
+        return None
+
+    def _endpoint_learner(self, backend: str) -> Learner:
+        return EndpointLearner(
+            sans_io.EndpointScanner(partial(self.seal_or_keep, backend)), self, backend
+        )
+
+    def legacy_learned(self, session_id: str, backend: str) -> Job | None:
+        # Already sealed in the event.
+        self.counts.bound(backend)
+        return None
+
+    def seal_or_keep(self, backend: str, session_id: str) -> str:
+        """The signed id, or the backend's own when it cannot be signed (the client will
+        get 404 for it and start over)."""
+        try:
+            return self.codec.seal(backend, session_id)
+        except ValueError:
+            log.warning("backend %s minted a session id that cannot be signed", backend)
+            return session_id
+
+
+class EndpointLearner:
+    """A legacy SSE stream's first event: the endpoint URL naming its session (rewritten
+    when ids are signed). With a store, the session lives as long as its stream."""
+
+    __slots__ = ("backend", "done", "kind", "scanner", "session_id")
+
+    def __init__(
+        self, scanner: sans_io.EndpointScanner, kind: StoredSessions | SignedSessions, backend: str
+    ) -> None:
+        self.scanner = scanner
+        self.kind = kind
+        self.backend = backend
+        self.done = False
+        self.session_id: str | None = None  # bound in the store for this stream's life
+
+    def feed(self, data: bytes) -> tuple[bytes, Job | None]:
+        scanner = self.scanner
+        data = scanner.feed(data)
+        if not scanner.done:
+            return data, None
+        self.done = True
+        found = scanner.session_id
+        job = None if found is None else self.kind.legacy_learned(found, self.backend)
+        if job is not None:
+            self.session_id = found
+        return data, job
+
+    def flush(self) -> tuple[bytes, Job | None]:
+        self.done = True
+        return self.scanner.flush(), None
+
+    def end(self) -> Job | None:
+        session_id = self.session_id
+        if session_id is None or not isinstance(self.kind, StoredSessions):
+            return None
+        self.session_id = None
+        return self.kind.forget(session_id)
+
+
+def with_session_id(wire: list[bytes], token: str) -> list[bytes]:
+    """Fields in wire form (``framing.ResponseHead.wire``) with the value of every
+    Mcp-Session-Id replaced by ``token``; the others as they are."""
+    value = token.encode("latin-1")
+    out = wire.copy()
+    for at in range(0, len(out), 4):  # name, ": ", value, CRLF for each field
+        if out[at] == SESSION_HEADER:
+            out[at + 2] = value
+    return out
+
+
+# -- the sticky cookie --------------------------------------------------------------------
+
+
+class CookiePin:
+    """``sticky.cookie``: a signed cookie naming the backend that served the client; a
+    preference, not a must (a pinned backend that is down gives way to the strategy)."""
+
+    def __init__(self, codec: TokenCodec, config: CookieConfig) -> None:
+        self.codec = codec
+        self.config = config
+        self.name = config.name.encode("latin-1")
+
+    def _pinned(self, request: Request) -> str | None:
+        value = sans_io.cookie_value(request.headers, self.name)
+        opened = self.codec.open(value) if value else None
+        return None if opened is None else opened[0]
+
+    def route_key(self, request: Request) -> KeyFound | None:
+        name = self._pinned(request)
+        return None if name is None else KeyFound(self, name, strict=False)
+
+    def not_a_key(self, request: Request) -> None:
+        return None
+
+    def not_found(self, close: bool) -> bytes:
+        raise AssertionError("a cookie is never strict")
+
+    def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
+        return None
+
+    def on_head(
+        self,
+        request: Request,
+        found: KeyFound | None,
+        status: int,
+        head: ResponseHead,
+        backend: str,
+        wire: list[bytes] | None,
+    ) -> tuple[list[bytes] | None, Job | None, Learner | None]:
+        """A Set-Cookie pinning the client to ``backend``, unless its cookie already does."""
+        if self._pinned(request) == backend:
+            return wire, None, None
+        out = head.wire.copy() if wire is None else wire
+        out += (
+            b"set-cookie",
+            b": ",
+            sans_io.set_cookie(self.config, self.codec.seal(backend, "")),
+            b"\r\n",
+        )
+        return out, None, None
