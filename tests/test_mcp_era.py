@@ -290,7 +290,6 @@ def refused(headers: list[tuple[bytes, bytes]], raw: bytes | None) -> str:
         (modern((b"Mcp-Method", b"tools/call")), b"\xff\xfe{}", "not one JSON-RPC request"),
         (modern((b"Mcp-Method", b"tools/call")), b"[" * 100 + b"]" * 100, "not one"),
         (modern((b"Mcp-Method", b"tools/call")), b"", "not one JSON-RPC request"),
-        (modern((b"Mcp-Method", b"tools/call")), None, "too large"),
         # the header's version against the body's
         (
             modern(),
@@ -306,6 +305,14 @@ def refused(headers: list[tuple[bytes, bytes]], raw: bytes | None) -> str:
 )
 def test_refused(headers: list[tuple[bytes, bytes]], raw: bytes | None, why: str) -> None:
     assert why in refused(headers, raw)
+
+
+def test_an_unread_body_takes_nothing_from_the_headers() -> None:
+    verdict = judge(modern((b"Mcp-Method", b"tasks/get"), (b"Mcp-Name", b"t1")), None)
+    assert verdict.modern and verdict.refusal is None
+    assert (verdict.method, verdict.name, verdict.task_ids) == ("", "", ())
+    repeated = judge(modern((b"Mcp-Name", b"a"), (b"Mcp-Name", b"b")), None)
+    assert repeated.refusal is not None  # two copies are refused whatever the body
 
 
 def test_repeated_identical_protocol_versions_are_one() -> None:

@@ -87,16 +87,17 @@ JSON = (b"content-type", b"application/json")
 def test_the_headers_are_never_counted() -> None:
     """Before: a body `tools/call echo` sent with Mcp-Method: tools/list and Mcp-Name:
     drop_tables counted as tools/list drop_tables."""
-    stats = sniffed(
-        [
-            JSON,
-            (b"MCP-Protocol-Version", b"2026-07-28"),
-            (b"Mcp-Method", b"tools/list"),
-            (b"Mcp-Name", b"drop_tables"),
-        ],
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}',
-    )
-    assert dict(stats.mcp) == {("tools/call", "echo"): 1}
+    call = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}'
+    lies = [(b"Mcp-Method", b"tools/list"), (b"Mcp-Name", b"drop_tables")]
+    # A 2025 request: the headers mean nothing, the body counts.
+    legacy = sniffed([JSON, (b"MCP-Protocol-Version", b"2025-11-25"), *lies], call)
+    assert dict(legacy.mcp) == {("tools/call", "echo"): 1}
+    # A 2026 request: refused (counted as a mismatch where it is answered), not as a call.
+    modern = sniffed([JSON, (b"MCP-Protocol-Version", b"2026-07-28"), *lies], call)
+    assert not modern.mcp
+    honest = [(b"Mcp-Method", b"tools/call"), (b"Mcp-Name", b"echo")]
+    checked = sniffed([JSON, (b"MCP-Protocol-Version", b"2026-07-28"), *honest], call)
+    assert dict(checked.mcp) == {("tools/call", "echo"): 1}
     headers_only = sniffed([(b"Mcp-Method", b"tools/list")], b"{}")
     assert not headers_only.mcp
 

@@ -254,8 +254,10 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             self._refuse_head(request, refusal)
             raise _RequestRejected
-        if request.method == b"POST" and (request.content_length or 0) <= mcp_method.SNIFF_LIMIT:
+        if request.method == b"POST":
             mcp_method.count_head(self.stats, request)
+            if request.mcp is not None and request.sniff is None:
+                mcp_method.judge_unread(request)  # too large to hold back: nothing taken
         if self.current is None:
             self.current = request
             route.start(self.ex, request)
@@ -273,6 +275,10 @@ class ClientConnection(asyncio.Protocol):
             raise _RequestRejected
         if request.sniff is not None:
             mcp_method.keep_body(request, data)
+            if request.sniff is None and request.mcp is not None:
+                mcp_method.judge_unread(request)  # past the bound: routed without a check
+                if request is self.current:
+                    route.resume_after_body(self.ex, request)
         self.ex.forward_body(request, chunk(data) if request.chunked else data)
 
     def on_message_complete(self) -> None:
@@ -280,8 +286,10 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         request.complete = True
         self.reading = None
-        if request.sniff is not None:
+        if request.sniff is not None or request.mcp is not None:
             mcp_method.count_body(self.stats, request)
+            if request.mcp is not None and request is self.current:
+                route.resume_after_body(self.ex, request)
         if request.chunked:
             self.ex.forward_body(request, LAST_CHUNK)
 

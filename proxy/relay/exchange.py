@@ -49,6 +49,7 @@ class Exchange:
 
     __slots__ = (
         "attempted",
+        "awaiting_body",
         "backend",
         "body_paused",
         "bound_backend",
@@ -80,6 +81,9 @@ class Exchange:
         self.conn = conn
         # routing and admission
         self.started = 0.0  # when routing began (loop time)
+        # A 2026-07-28 request waits for its body (up to mcp_era.MAX_CHECKED) to be checked
+        # against its routing headers before it is routed (route.resume_after_body).
+        self.awaiting_body = False
         self.finished = 0.0  # when the backend's answer ended (loop time; 0: not yet)
         self.backend: Backend | None = None  # holds a slot here while set
         self.slot_stream = False  # the slot held on backend is a stream's

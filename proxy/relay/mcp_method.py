@@ -1,7 +1,11 @@
 """Which MCP method (and tool) a request calls, for the metrics by method: from its small
 JSON-RPC body only. The 2026-07-28 routing headers (Mcp-Method, Mcp-Name) are claims a
 client makes; they are never counted as such (proxy/routing/mcp_era.py checks them against
-the body, and a request whose headers lie is refused and counted as a mismatch)."""
+the body, and a request whose headers lie is refused and counted as a mismatch).
+
+A 2026-07-28 POST (``request.mcp``) has its body read up to ``mcp_era.MAX_CHECKED`` before
+it is routed: ``count_body`` then judges it (``request.verdict``) and counts it by the
+verdict's values."""
 
 from __future__ import annotations
 
@@ -9,19 +13,31 @@ from typing import Final
 
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.request import Request
-from mcplb.proxy.routing.mcp_era import parse_message
+from mcplb.proxy.routing.mcp_era import MAX_CHECKED, Head, parse_message, validate
 
-# JSON-RPC bodies up to this size are read for their method.
-SNIFF_LIMIT: Final = 16 * 1024
+# JSON-RPC bodies up to this size are read for their method (a 2026-07-28 request's, to
+# check its routing headers before routing, too).
+SNIFF_LIMIT: Final = MAX_CHECKED
 
 
 def count_head(stats: Stats, request: Request) -> None:
-    """Mark an MCP POST's JSON body to be read (``request.sniff``) once it is complete."""
+    """Read a POST's head: mark its body to be read (``request.sniff``) when it is JSON or
+    the request is a 2026-07-28 one, whose routing claims go to ``request.mcp``."""
+    head: Head | None = None
+    json_body = False
     for name, value in request.headers:
         if name == b"content-type":
-            if value.startswith(b"application/json"):
-                request.sniff = []
-            return
+            json_body = value.startswith(b"application/json")
+        elif name.startswith(b"mcp-"):
+            if head is None:
+                head = Head()
+            head.see(name, value)
+    if head is not None and head.modern:
+        request.mcp = head
+        if (request.content_length or 0) <= SNIFF_LIMIT:
+            request.sniff = []
+    elif json_body and (request.content_length or 0) <= SNIFF_LIMIT:
+        request.sniff = []
 
 
 def keep_body(request: Request, data: bytes) -> None:
@@ -35,12 +51,29 @@ def keep_body(request: Request, data: bytes) -> None:
 
 
 def count_body(stats: Stats, request: Request) -> None:
-    """Count a complete body kept by ``keep_body`` by its method."""
-    if request.sniff is not None:
-        method, tool = jsonrpc_method(b"".join(request.sniff))
+    """Count a complete body kept by ``keep_body`` by its method; judge a 2026-07-28
+    request's (``request.verdict``), counted unless refused."""
+    sniff = request.sniff
+    if request.mcp is not None:
+        request.sniff = None
+        verdict = request.verdict = validate(
+            request.mcp, b"".join(sniff) if sniff is not None else None
+        )
+        if verdict.refusal is None and verdict.method:
+            stats.count_mcp(verdict.method, verdict.name)
+    elif sniff is not None:
+        method, tool = jsonrpc_method(b"".join(sniff))
         request.sniff = None
         if method:
             stats.count_mcp(method, tool)
+
+
+def judge_unread(request: Request) -> None:
+    """A 2026-07-28 request whose body is past what is read before routing: judged without
+    it (nothing is taken from its headers)."""
+    if request.mcp is not None and request.verdict is None:
+        request.sniff = None
+        request.verdict = validate(request.mcp, None)
 
 
 def jsonrpc_method(body: bytes) -> tuple[str, str]:

@@ -7,6 +7,7 @@ the pure functions of ``framing``; it holds no I/O.
 from __future__ import annotations
 
 from mcplb.proxy.relay.http11 import Headers
+from mcplb.proxy.routing.mcp_era import Head, Verdict
 
 
 class Request:
@@ -26,6 +27,7 @@ class Request:
         "host",
         "keep_alive",
         "logged",
+        "mcp",
         "method",
         "refusal",
         "replay",
@@ -36,6 +38,7 @@ class Request:
         "target",
         "upgrade",
         "upstream_session_id",
+        "verdict",
         "version",
         "wants_stream",
     )
@@ -55,6 +58,10 @@ class Request:
         self.upstream_session_id: str | None = None  # the backend's own id (signed ids)
         self.request_id: bytes | None = None
         self.sniff: list[bytes] | None = None  # a small JSON-RPC body, read for its method
+        # An MCP 2026-07-28 POST (modern MCP-Protocol-Version): its routing claims, held
+        # until the body is checked against them (routing/mcp_era.py); then the verdict.
+        self.mcp: Head | None = None
+        self.verdict: Verdict | None = None
         self.logged = False
         self.content_length: int | None = None
         self.chunked = False

@@ -19,6 +19,7 @@ from mcplb.proxy.relay import answers
 from mcplb.proxy.relay.affinity import KeyFound
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import CLOSED, ROUTING
+from mcplb.proxy.routing import mcp_era
 from mcplb.proxy.routing import steps as routing
 from mcplb.proxy.routing.rate_limit import (
     MemoryRateLimiter,
@@ -55,9 +56,20 @@ def start(ex: Exchange, request: Request) -> None:
 
 
 def route(ex: Exchange, request: Request) -> None:
-    """A request whose affinity key (a session id, a cookie) names a backend goes there;
-    else ``route_new``."""
+    """A request whose affinity key (a session id, a task id, a cookie) names a backend
+    goes there; else ``route_new``. A 2026-07-28 request is routed only once its routing
+    headers were checked against its body (``request.verdict``): it waits for the body, or
+    is answered 400 HeaderMismatch."""
     conn = ex.conn
+    if request.mcp is not None:
+        verdict = request.verdict
+        if verdict is None:
+            ex.awaiting_body = True  # the connection calls resume_after_body
+            return
+        if verdict.refusal is not None:
+            conn.stats.mcp_header_mismatches[verdict.reason] += 1
+            conn.relay.answer_json(400, mcp_era.mismatch_body(verdict))
+            return
     # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
     # that TypeError costs more than the search.)
     if request.target.find(b"?") >= 0 and affinity.repeated_session_parameter(request.target):
@@ -66,6 +78,13 @@ def route(ex: Exchange, request: Request) -> None:
         return
     sticky = ex.sticky = conn.runtime.affinity.for_request(request)
     route_key(ex, request, sticky.route_key())
+
+
+def resume_after_body(ex: Exchange, request: Request) -> None:
+    """The body a 2026-07-28 request waited for was judged: route it now."""
+    if ex.awaiting_body and request is ex.conn.current and ex.conn.state != CLOSED:
+        ex.awaiting_body = False
+        route(ex, request)
 
 
 def route_key(ex: Exchange, request: Request, found: KeyFound | None) -> None:
@@ -124,6 +143,12 @@ def _route_found(ex: Exchange, request: Request, found: KeyFound) -> None:
         return
     backend = routing.session_backend(cluster, found.name)
     if backend is None:
+        if found.guessed:
+            # A key that may have outlived its state (a task whose holder is down): route
+            # the request as any other; that server answers it (never an error made up
+            # here). The binding is kept: when the holder comes back, requests go there.
+            route_key(ex, request, _next_key(ex, found))
+            return
         # Keep the binding: when the backend comes back, its live sessions route again.
         conn.relay.answer_key_not_found(found)
         return

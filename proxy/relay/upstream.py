@@ -334,6 +334,19 @@ class ResponseRelay:
             lingering = True
         conn.close(linger=lingering)
 
+    def answer_json(self, status: int, body: bytes) -> None:
+        """Answer the current request with a JSON body of the proxy's own (a JSON-RPC error
+        for an MCP request), only if no response byte was sent."""
+        conn = self.conn
+        request = conn.current
+        if conn.ex.response_started or request is None:
+            conn.close()
+            return
+        keep = request.complete and request.keep_alive and not conn.closing
+        conn.ex.status = status
+        conn.stats.proxy_errors[str(status)] += 1
+        self._write_answer(http11.json_response(status, body, close=not keep), keep)
+
     def answer_key_not_found(self, found: KeyFound) -> None:
         """404 for a key (a session id) whose backend is unknown or cannot serve it."""
         conn = self.conn

@@ -28,6 +28,8 @@ The rules are the spec's (docs/specification/2026-07-28/basic/transports/streama
   an object, the field not a string); routing headers on a body that is not one JSON-RPC
   request (a batch array, a response, not JSON); an ``MCP-Protocol-Version`` that differs
   from the body's ``_meta`` protocol version, or sent twice with different values.
+- A body larger than MAX_CHECKED (64 KiB) is not held back for the check: nothing is
+  taken from its headers (they are forwarded untouched, the backend checks them).
 - A modern request *without* ``Mcp-Method``/``Mcp-Name`` is not refused here: the server
   refuses it (the spec makes that the server's duty), and mcplb routes and counts it by
   the body, which it has read anyway.
@@ -49,7 +51,6 @@ _REVISION: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits onl
 # Why a request was refused, as a metric label (a fixed set: never a client's value).
 REASONS: Final = (
     "repeated_header",
-    "body_unread",
     "not_a_request",
     "method_mismatch",
     "name_unexpected",
@@ -91,6 +92,10 @@ _B64_CLOSE: Final = b"?="
 _B64: Final = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _FIELD_VALUE: Final = re.compile(rb"[\x20-\x7e\t]*")  # RFC 9110 field-value, no obs-text
 _OWS: Final = b" \t"
+
+# The largest body read before routing a modern request, to check its routing headers and
+# find its task id: far above any tasks/* or discover message, and above most tool calls.
+MAX_CHECKED: Final = 64 * 1024
 
 # One decoder for every body, given text (json.loads of bytes first guesses the encoding).
 _DECODER: Final = json.JSONDecoder()
@@ -220,9 +225,12 @@ def _quote(value: str) -> str:
 
 
 def validate(head: Head, body: bytes | None) -> Verdict:
-    """Judge a POST whose head is ``head`` and whose complete body is ``body`` (None: not
-    read, because it was past the sniff bound or not JSON: then a modern request carrying
-    routing headers is refused, as nothing can vouch for them)."""
+    """Judge a POST whose head is ``head`` and whose complete body is ``body``. None: the
+    body was not read, being past the bound the proxy reads before routing (MAX_CHECKED);
+    then nothing is taken from the headers (the verdict has no method, name or task: the
+    request is routed by the strategy and counted by no name) and they go to the backend
+    untouched, which must check them itself (the spec's "Servers that process the request
+    body MUST reject requests where the values ... do not match")."""
     verdict = Verdict()
     message = parse_message(body) if body is not None else None
     verdict.modern = head.modern
@@ -256,8 +264,8 @@ def _refusal(head: Head, message: Any, verdict: Verdict, *, unread: bool) -> tup
     """Why a modern request's headers cannot be believed (reason, message), or None."""
     if head.repeated is not None:
         return "repeated_header", f"{_header_name(head.repeated)} header sent more than once"
-    if unread and head.claims:
-        return "body_unread", "routing headers on a body too large to check them against"
+    if unread:
+        return None  # nothing is taken from the headers (see validate)
     if not isinstance(message, dict) or not verdict.method:
         if head.claims:
             return "not_a_request", "routing headers on a body that is not one JSON-RPC request"

@@ -87,12 +87,27 @@ class Runtime:
                 sticky.session_ttl, sticky.max_sessions, on_expire=self.session_counts.expired
             )
         )
+        # MCP task bindings (task id -> backend), apart from the sessions: no session count.
+        # store: signed cannot carry them (see sticky.mcp_tasks): they live in memory then.
+        self.tasks: SessionStore = (
+            RedisSessionStore(
+                sticky.redis.url,
+                ttl=sticky.task_ttl_max,
+                timeout=sticky.redis.timeout,
+                prefix=sticky.redis.prefix + "task:",
+                max_local=sticky.max_sessions,
+            )
+            if sticky.store == "redis"
+            else MemorySessionStore(sticky.task_ttl_max, sticky.max_sessions)
+        )
         self._set_affinity(config)
 
     def _set_affinity(self, config: Config) -> None:
         sticky = config.sticky
         # The affinity key kinds, each in the variant the config asks for: chosen once.
-        self.affinity = build_affinity(sticky, self.sessions, self.session_counts)
+        self.affinity = build_affinity(
+            sticky, self.sessions, self.session_counts, self.tasks if sticky.mcp_tasks else None
+        )
         self.header_hash = HeaderAffinity(sticky.header) if sticky.header else None
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
