@@ -8,8 +8,9 @@ The MCP probe speaks both eras (basic/versioning.mdx of 2026-07-28): first the e
 last worked for the backend (cached per backend; legacy at first, so that nothing changes
 for the servers probed today), the other if that one got an answer that is not the era's
 (a 4xx to initialize; no recognized modern error to server/discover). Modern is
-``server/discover`` (a 2026-07-28 server MUST implement it; an UnsupportedProtocolVersionError, -32022, that lists a revision the
-server supports is alive too: a live modern server that speaks another revision), then
+``server/discover`` (a 2026-07-28 server MUST implement it; an
+UnsupportedProtocolVersionError, -32022, that lists a revision the server supports is alive
+too: a live modern server that speaks another revision), then
 ``tools/list`` for ``expect_tools``; legacy is ``initialize``, ``ping``, ``tools/list``,
 and the DELETE of the probe's session.
 """
