@@ -207,3 +207,54 @@ async def test_probe_of_a_dead_server_tries_one_era(
 ) -> None:
     backend = Backend(backend_config("gone", free_port()))
     assert await probes.mcp_probe(http, backend, MCP) == (False, "connect refused")
+
+
+# --- long calls: timeouts.mcp_call, and the proxy's 504 as a JSON-RPC error -----------------
+
+
+def modern_call(rid: int, name: str, arguments: dict[str, object]) -> tuple[str, dict[str, str]]:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "mcplb-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments, "_meta": meta},
+    }
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": name,
+    }
+    return json.dumps(body), headers
+
+
+async def test_a_silent_long_call_outlives_upstream_header(
+    started: list[Peer], proxies: Peers, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Before: a call sending nothing until its result got 504 after upstream_header, with a
+    body that was not JSON-RPC. Now MCP calls get timeouts.mcp_call, and the proxy's 504
+    for a 2026 request is a JSON-RPC error with the request's id."""
+    server = await start(started, "ts2026", "slow")
+    port = free_port()
+    text = f"listen: '127.0.0.1:{port}'\nbackends:\n"
+    text += f"  - {{name: slow, url: 'http://127.0.0.1:{server.port}'}}\n"
+    text += "timeouts: {upstream_header: 1s, mcp_call: 3s}\n"
+    proxy = await proxies.proxy(text, tmp_path, port=port)
+    url = f"{proxy.url}/mcp"
+    body, headers = modern_call(7, "silent", {"delay": 2})
+    async with http.post(url, data=body, headers=headers) as response:
+        assert response.status == 200  # 2 s of silence: past upstream_header, within mcp_call
+        assert "silent 2" in await response.text()
+    body, headers = modern_call(8, "silent", {"delay": 6})
+    async with http.post(url, data=body, headers=headers) as response:
+        assert response.status == 504
+        answer = await response.json()
+    assert answer["id"] == 8 and answer["jsonrpc"] == "2.0"
+    assert answer["error"]["code"] == -32603
+    assert answer["error"]["data"] == {"status": 504, "error": "gateway_timeout"}

@@ -454,7 +454,10 @@ class ClientConnection(asyncio.Protocol):
                 return
             elapsed = now - self.mark_time
             if state == WAIT_RESPONSE:
-                if elapsed > timeouts.upstream_header:
+                request = self.current
+                long_call = request is not None and request.mcp_call
+                # An MCP call may send nothing until its result (a long tool call).
+                if elapsed > (timeouts.mcp_call if long_call else timeouts.upstream_header):
                     self.ex.time_out()
             elif elapsed > timeouts.header:
                 if state == HEAD:

@@ -61,11 +61,18 @@ def count_body(stats: Stats, request: Request) -> None:
         )
         if verdict.refusal is None and verdict.method:
             stats.count_mcp(verdict.method, verdict.name)
+        request.mcp_call = True
+        request.rpc_id = verdict.message_id
     elif sniff is not None:
-        method, tool = jsonrpc_method(b"".join(sniff))
         request.sniff = None
+        message = parse_message(b"".join(sniff))
+        method, tool = message_method(message)
         if method:
             stats.count_mcp(method, tool)
+            if isinstance(message, dict) and "id" in message:
+                request.mcp_call = True
+                rpc_id = message["id"]
+                request.rpc_id = rpc_id if isinstance(rpc_id, str | int) else None
 
 
 def judge_unread(request: Request) -> None:
@@ -78,7 +85,11 @@ def judge_unread(request: Request) -> None:
 
 def jsonrpc_method(body: bytes) -> tuple[str, str]:
     """The method of a JSON-RPC request (and the tool of a tools/call), or ("", "")."""
-    message = parse_message(body)
+    return message_method(parse_message(body))
+
+
+def message_method(message: object) -> tuple[str, str]:
+    """``jsonrpc_method`` of a parsed message."""
     if isinstance(message, list):  # a batch (2025-03-26): count its first request
         message = message[0] if message else None
     if not isinstance(message, dict) or not isinstance(message.get("method"), str):

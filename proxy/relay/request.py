@@ -28,10 +28,12 @@ class Request:
         "keep_alive",
         "logged",
         "mcp",
+        "mcp_call",
         "method",
         "refusal",
         "replay",
         "request_id",
+        "rpc_id",
         "session_id",
         "session_in_query",
         "sniff",
@@ -62,6 +64,11 @@ class Request:
         # until the body is checked against them (routing/mcp_era.py); then the verdict.
         self.mcp: Head | None = None
         self.verdict: Verdict | None = None
+        # A JSON-RPC request (an MCP call, either era): its answer may take long
+        # (timeouts.mcp_call), and the proxy's own errors for it are JSON-RPC errors
+        # carrying its id (``rpc_id``).
+        self.mcp_call = False
+        self.rpc_id: object = None
         self.logged = False
         self.content_length: int | None = None
         self.chunked = False

@@ -318,6 +318,20 @@ class ResponseRelay:
         if status >= 500:
             method = request.method.decode()
             log.warning("%d %s: %s %s", status, answer.code, method, answer.message)
+        if request.verdict is not None:
+            # A 2026-07-28 client reads a JSON-RPC error for its request, with its id. (A
+            # 2025 request keeps the proxy's JSON body, as before: legacy is unchanged.)
+            body = answers.jsonrpc_error(answer, request.rpc_id)
+            self._write_answer(
+                http11.json_response(
+                    status,
+                    body,
+                    close=not keep,
+                    extra_headers=answers.extra_headers(answer, headers),
+                ),
+                keep,
+            )
+            return
         self._write_answer(answers.render(answer, close=not keep, headers=headers), keep)
 
     def reject(self, answer: Answer) -> None:
