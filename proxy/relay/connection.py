@@ -465,6 +465,9 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self.close()  # not a byte sent: nothing to answer
             return
+        keepalive = timeouts.sse_keepalive
+        if keepalive and self.ex.sse_at and now - self.ex.sse_at >= keepalive:
+            self.relay.keep_alive(now)
         if self.active:
             self.active = False
             self.mark_time = now

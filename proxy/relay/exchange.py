@@ -66,6 +66,8 @@ class Exchange:
         "retries",
         "served_by",
         "slot_stream",
+        "sse_at",
+        "sse_tail",
         "started",
         "status",
         "sticky",
@@ -108,6 +110,11 @@ class Exchange:
         self.upstream_until_close = False  # the body ends when the backend closes
         self.client_keep_alive = True
         self.holding = False  # a session store update must land before the answer goes out
+        # An event stream answer the proxy may add keep-alive comments to (sse_keepalive):
+        # when it last wrote to it (0: not such a stream) and the last bytes it relayed
+        # (a keep-alive goes only where an event has ended).
+        self.sse_at = 0.0
+        self.sse_tail = b""
         self.complete_pending = False  # the backend finished while holding
         # The request's affinity: the key it was routed by, what its answer teaches.
         self.sticky: Stickiness | None = None

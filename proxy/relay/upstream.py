@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from mcplb.proxy.cluster.backends import Backend
     from mcplb.proxy.relay.connection import ClientConnection
 
+KEEP_ALIVE = b": keep-alive\n\n"  # an SSE comment line, then a blank line (no event)
+
 log = logging.getLogger("mcplb.relay")
 
 
@@ -107,9 +109,15 @@ class ResponseRelay:
         ex.upstream_until_close = head.until_close
         rewritten = None
         if backend is not None:
-            if head.content_type.startswith(b"text/event-stream") and not ex.slot_stream:
-                ex.slot_stream = True
-                conn.runtime.cluster.admission.became_stream(backend)
+            if head.content_type.startswith(b"text/event-stream"):
+                if not ex.slot_stream:
+                    ex.slot_stream = True
+                    conn.runtime.cluster.admission.became_stream(backend)
+                if ex.framing in (framing.CHUNKED, framing.UNTIL_CLOSE):
+                    # Keep-alive comments may be added between its events (not to a
+                    # Content-Length body: the length would no longer match).
+                    ex.sse_at = now if status == 200 else 0.0
+                    ex.sse_tail = b"\n\n"
             sticky = ex.sticky
             if sticky is not None:
                 rewritten, job = sticky.on_head(status, head, backend.name)
@@ -127,6 +135,9 @@ class ResponseRelay:
         ex = conn.ex
         conn.active = True
         ex.response_bytes += len(data)
+        if ex.sse_at:
+            ex.sse_at = self.read_time or conn.loop.time()
+            ex.sse_tail = (ex.sse_tail + data)[-4:] if len(data) < 4 else data[-4:]
         sticky = ex.sticky
         if sticky is not None and sticky.learner is not None:
             data, job = sticky.on_body(data)
@@ -347,6 +358,22 @@ class ResponseRelay:
             conn.stats.proxy_errors[str(answer.status)] += 1
             lingering = True
         conn.close(linger=lingering)
+
+    def keep_alive(self, now: float) -> None:
+        """An SSE comment on a quiet event stream, where an event has ended and the client
+        has read what it was sent: it keeps intermediaries in front from cutting the
+        stream; clients ignore comments. Not backend activity (``conn.active`` untouched:
+        timeouts.idle still ends a stream the backend abandoned)."""
+        conn = self.conn
+        ex = conn.ex
+        tail = ex.sse_tail
+        transport = conn.transport
+        if transport is None or transport.get_write_buffer_size() > 0:
+            return
+        if not (tail.endswith(b"\n\n") or tail.endswith(b"\r\r") or tail.endswith(b"\r\n\r\n")):
+            return  # inside an event: wait for its end
+        ex.sse_at = now
+        transport.write(chunk(KEEP_ALIVE) if ex.framing == framing.CHUNKED else KEEP_ALIVE)
 
     def answer_json(self, status: int, body: bytes) -> None:
         """Answer the current request with a JSON body of the proxy's own (a JSON-RPC error
