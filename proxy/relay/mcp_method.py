@@ -13,7 +13,13 @@ from typing import Final
 
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.request import Request
-from mcplb.proxy.routing.mcp_era import MAX_CHECKED, Head, parse_message, validate
+from mcplb.proxy.routing.mcp_era import (
+    MAX_CHECKED,
+    VERSION_HEADER,
+    parse_message,
+    read_head,
+    validate,
+)
 
 # JSON-RPC bodies up to this size are read for their method (a 2026-07-28 request's, to
 # check its routing headers before routing, too).
@@ -23,20 +29,21 @@ SNIFF_LIMIT: Final = MAX_CHECKED
 def count_head(stats: Stats, request: Request) -> None:
     """Read a POST's head: mark its body to be read (``request.sniff``) when it is JSON or
     the request is a 2026-07-28 one, whose routing claims go to ``request.mcp``."""
-    head: Head | None = None
     json_body = False
+    modern = False
     for name, value in request.headers:
         if name == b"content-type":
             json_body = value.startswith(b"application/json")
-        elif name.startswith(b"mcp-"):
-            if head is None:
-                head = Head()
-            head.see(name, value)
-    if head is not None and head.modern:
-        request.mcp = head
-        if (request.content_length or 0) <= SNIFF_LIMIT:
-            request.sniff = []
-    elif json_body and (request.content_length or 0) <= SNIFF_LIMIT:
+        elif name == VERSION_HEADER and value.lstrip(b" \t")[:4] >= b"2026":
+            modern = True  # perhaps: read_head decides (a 2025 request pays nothing more)
+    if modern:
+        head = read_head(request.headers)
+        if head.modern or head.repeated is not None:
+            request.mcp = head
+            if (request.content_length or 0) <= SNIFF_LIMIT:
+                request.sniff = []
+            return
+    if json_body and (request.content_length or 0) <= SNIFF_LIMIT:
         request.sniff = []
 
 
