@@ -383,3 +383,35 @@ async def test_python_sdk_2026_client_through_the_proxy(
             result = await client.call_tool("whoami", {})
             served.add(result.content[0].text)  # type: ignore[union-attr]
     assert served == {"t0", "t1", "t2"}  # sessionless: spread by round robin
+
+
+async def test_two_replicas_share_tasks_through_redis(
+    backends: list[TasksBackend], peers: Peers, tmp_path: Path
+) -> None:
+    """Each task created through one replica and polled through the other."""
+    redis = await start_redis()
+    try:
+        sticky = f"sticky:\n  store: redis\n  redis: {{url: '{redis.url}'}}\n"
+        urls = []
+        for name in ("a", "b"):
+            port = free_port()
+            text = config(backends, port, workers=2, sticky=sticky)
+            proxy = await peers.proxy(text, tmp_path, port=port, name=name)
+            urls.append(f"{proxy.url}/mcp")
+        at_holder = completed = 0
+        async with aiohttp.ClientSession() as http:
+            for i in range(TASK_COUNT):
+                task_id = await create_task(http, urls[i % 2], i)
+                answer = await tasks_get(http, urls[(i + 1) % 2], task_id, 1000 + i)
+                if answer.get("result", {}).get("servedBy") == task_id.split("-")[0]:
+                    at_holder += 1
+                for poll in range(100):
+                    if answer.get("result", {}).get("status") == "completed":
+                        completed += 1
+                        break
+                    await asyncio.sleep(0.02)
+                    answer = await tasks_get(http, urls[(i + poll) % 2], task_id, 2000 + poll)
+        print(f"\ntwo replicas, redis: {at_holder}/{TASK_COUNT} at the holder, {completed} done")
+        assert (at_holder, completed) == (TASK_COUNT, TASK_COUNT)
+    finally:
+        await redis.stop()
