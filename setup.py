@@ -33,6 +33,7 @@ COMPILED = [
         "proxy/relay/framing",
         "proxy/relay/mcp_method",
         "proxy/relay/flow",
+        "proxy/relay/keepalive",
         "proxy/relay/client_side",
         "proxy/relay/affinity",
         "proxy/relay/shared",

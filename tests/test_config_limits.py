@@ -29,7 +29,15 @@ SIZE_HINT = (
 )
 
 
-TIMEOUT_KEYS = ["connect", "header", "upstream_header", "idle", "upstream_keepalive", "grace"]
+TIMEOUT_KEYS = [
+    "connect",
+    "header",
+    "upstream_header",
+    "mcp_call",
+    "idle",
+    "upstream_keepalive",
+    "grace",
+]
 
 
 @pytest.mark.parametrize("key", TIMEOUT_KEYS)
