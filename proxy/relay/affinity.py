@@ -16,24 +16,15 @@ object, and nothing else, about affinity:
 Store updates are returned as jobs (coroutines), not run: the relay holds the answer until
 a job has landed, so that a client never uses a key the store does not know yet.
 
-Adding a key kind (for the next developer: MCP 2026-07-28 task ids)
--------------------------------------------------------------------
+Adding a key kind
+-----------------
 Write a class with the methods of ``KeyKind`` and add an instance to the tuple
-``build_affinity`` returns; the relay needs no new branch. For task ids:
-
-- ``route_key(request)``: a validated ``Mcp-Name`` header on ``tasks/get``, ``tasks/update``
-  or ``tasks/cancel`` (the method is ``request.sniff``'s, see ``mcp_method``); return
-  ``KeyFound(self, name=<backend>)`` (or ``pending=<coroutine>`` for a store lookup), with
-  ``strict=True``: a task lives on one backend, a miss is answered by ``not_found``.
-  Return None for a request without that key: the next kind is asked.
-- ``on_head(request, found, status, head, backend, wire)``: return a ``Learner`` when the
-  answer may carry a task (a JSON or SSE answer to a request that may create one); its
-  ``feed`` sees every body chunk (JSON body, or SSE events: the task is in the final one),
-  and ``flush`` returns a job binding the task id (``resultType: "task"``) to ``backend``
-  with the TTL from its ``ttlMs``. A learner that never changes the body returns each
-  chunk as it came.
-- ``not_found(close)``: the answer for a key whose backend is gone or unknown.
-- ``backend_lost(request)`` / ``not_a_key(request)``: see ``KeyKind``.
+``build_affinity`` returns; the relay needs no new branch. ``McpTasks`` (MCP 2026-07-28 task
+ids, SEP-2663) is one: ``route_key`` reads the task id of the request's verdict (its body's,
+checked against ``Mcp-Name`` before routing: route.read_before_routing) and returns a
+``guessed`` key (an unknown task, or one whose holder is down, routes as any other request);
+``on_head`` returns a ``Learner`` for a tools/call's JSON or SSE answer, whose ``flush``
+binds a created task to its backend with the TTL from its ``ttlMs``.
 """
 
 from __future__ import annotations

@@ -427,10 +427,14 @@ class Sweep:
         state = conn.state
         timeouts = conn.runtime.frontend.timeouts
         current = conn.current
-        if state == WAIT_RESPONSE and current is not None and not current.complete:
-            # Still receiving the request body: the client's pace, judged by the body
-            # deadline, the minimum rate and the idle timeout below; the backend's
-            # upstream_header clock starts once it has it all.
+        if (
+            (state == WAIT_RESPONSE or conn.ex.awaiting_body)
+            and current is not None
+            and not current.complete
+        ):
+            # Still receiving the request body (sent on, or read before routing): the
+            # client's pace, judged by the body deadline, the minimum rate and the idle
+            # timeout below; the backend's upstream_header clock starts once it has it all.
             if self._body_too_slow(conn, current, now):
                 return
             state = STREAMING

@@ -348,12 +348,10 @@ class Response:
         self._write_answer(data, keep)
 
     def answer_json(self, status: int, body: bytes) -> None:
-        """Answer with the proxy's own JSON body (a refused MCP request's JSON-RPC error)."""
+        """Answer with the proxy's own JSON body (a refused MCP request's JSON-RPC error):
+        a routing step's answer, before any response byte."""
         request = self.request
-        if self.done or request is None:
-            return
-        if self.response_started:
-            self.client.close()
+        if self.done or request is None or self.response_started:
             return
         keep = request.complete and request.keep_alive and self.client.may_keep_alive()
         self.status = status
