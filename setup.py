@@ -49,6 +49,8 @@ COMPILED = [
         "proxy/routing/steps",
         "proxy/routing/host_check",
         "proxy/routing/retries",
+        "proxy/routing/mcp_era",
+        "proxy/routing/mcp_tasks",
         "proxy/sessions/affinity",
         "proxy/observability/stats",
         "proxy/observability/access_log",
