@@ -49,3 +49,24 @@ async def test_a_modern_body_that_arrives_in_pieces_is_checked_then_routed(
     assert resp.status == 200
     assert recorder.requests and recorder.requests[0].body == body
     await client.close()
+
+
+async def test_a_modern_post_expecting_100_continue_gets_it_from_the_proxy(
+    start_proxy: ProxyFactory, serve_raw: RawServe
+) -> None:
+    """The proxy waits for the body, the client for 100 Continue: the proxy sends it, and
+    the backend, which gets the whole body, sees no Expect field (no second 100)."""
+    recorder = Recorder()
+    proxy = await start_proxy([backend_config("a", await serve_raw(recorder.handle))])
+    body = b'{"jsonrpc":"2.0","id":7,"method":"tools/list"}'
+    client = await RawClient.connect(proxy.port)
+    await client.send(
+        MODERN_HEAD + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    interim = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    await client.send(body)
+    resp = await client.response(timeout=4)
+    assert resp.status == 200
+    assert recorder.requests[0].body == body and recorder.requests[0].values(b"expect") == []
+    await client.close()

@@ -97,12 +97,26 @@ def read_before_routing(ex: Exchange, request: Request) -> bool:
     verdict = request.verdict
     if verdict is None:
         ex.awaiting_body = True
+        _continue(ex, request)
         return True
     if verdict.refusal is not None:
         ex.runtime.stats.mcp_header_mismatches[verdict.reason] += 1
         ex.answer_json(400, mcp_era.mismatch_body(verdict))
         return True
     return False
+
+
+def _continue(ex: Exchange, request: Request) -> None:
+    """A client that waits for 100 Continue before it sends the body the proxy waits for:
+    the proxy answers it (as nginx does when it reads a body itself) and drops the Expect
+    field, so that the backend does not send a second one."""
+    headers = request.headers
+    for index, (name, value) in enumerate(headers):
+        if name == b"expect" and value.lower() == b"100-continue":
+            del headers[index]
+            if request.version == "1.1" and not request.complete:
+                ex.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
 
 
 def body_read(ex: Exchange, request: Request) -> None:
