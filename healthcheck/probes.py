@@ -1,8 +1,18 @@
-"""Active health probes: one HTTP request, or one short MCP client session.
+"""Active health probes: one HTTP request, or a short MCP exchange in either era.
 
 Both probes send the backend's own ``Host`` (``backend.host_header``), finish within
 ``cfg.timeout`` (the MCP probe's closing DELETE gets its own ``cfg.timeout``), and never
 raise: they return ``(ok, detail)`` with a short human-readable detail.
+
+The MCP probe speaks both eras (basic/versioning.mdx of 2026-07-28): first the era that
+last worked for the backend (cached per backend; legacy at first, so that nothing changes
+for the servers probed today), the other if that one got an answer that is not the era's
+(a 4xx to initialize; no recognized modern error to server/discover). Modern is
+``server/discover`` (a 2026-07-28 server MUST implement it; an
+UnsupportedProtocolVersionError, -32022, that lists a revision the server supports is alive
+too: a live modern server that speaks another revision), then
+``tools/list`` for ``expect_tools``; legacy is ``initialize``, ``ping``, ``tools/list``,
+and the DELETE of the probe's session.
 """
 
 from __future__ import annotations
@@ -22,6 +32,11 @@ from mcplb.healthcheck.state import seconds
 from mcplb.healthcheck.target import HealthTarget, TlsSetupError
 
 PROTOCOL_VERSION: Final = "2025-11-25"
+MODERN_VERSION: Final = "2026-07-28"
+UNSUPPORTED_VERSION: Final = -32022  # UnsupportedProtocolVersionError
+# The errors only a modern server gives: HeaderMismatch, MissingRequiredClientCapability,
+# UnsupportedProtocolVersion (the spec's "recognized modern JSON-RPC error").
+MODERN_ERRORS: Final = frozenset({-32020, -32021, -32022})
 USER_AGENT: Final = "mcplb-health"
 MAX_BODY: Final = 4 * 1024 * 1024  # largest MCP response the probe reads (tools/list)
 MAX_TOOL_PAGES: Final = 20
@@ -33,6 +48,22 @@ VERSION_HEADER: Final = "MCP-Protocol-Version"
 
 class ProbeFailed(Exception):
     """A probe step failed; the message is the probe's detail."""
+
+
+class WrongEra(ProbeFailed):
+    """The backend answered, but not as a server of the era the probe spoke."""
+
+
+class Unsupported(ProbeFailed):
+    """A modern server refused the revision (-32022); ``supported`` is its list."""
+
+    def __init__(self, message: str, supported: list[str]) -> None:
+        super().__init__(message)
+        self.supported = supported
+
+
+# The era that last worked, per backend (by its probe URL): the configured backends only.
+_ERAS: dict[str, str] = {}
 
 
 def probe_url(backend: HealthTarget, path: str) -> URL:
@@ -130,28 +161,45 @@ class _McpClient:
         self.step = "initialize"
         self._next_id = 0
 
-    async def request(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
-        """Send a JSON-RPC request; its result, or ProbeFailed."""
+    async def request(
+        self, method: str, params: Mapping[str, Any] | None = None, *, modern: str | None = None
+    ) -> Any:
+        """Send a JSON-RPC request; its result, or ProbeFailed. ``modern``: as a client of
+        that 2026-07-28-era revision (version in ``_meta`` and the header, routing headers),
+        where an answer that is no modern JSON-RPC error raises WrongEra."""
         self.step = method
         self._next_id += 1
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id, "method": method}
+        headers = self.headers
+        if modern is not None:
+            params = {**(params or {}), "_meta": _modern_meta(modern)}
+            headers = {**headers, VERSION_HEADER: modern, "Mcp-Method": method}
         if params is not None:
             message["params"] = params
         async with self.session.post(
-            self.url, data=json.dumps(message), headers=self.headers, ssl=probe_tls(self.backend)
+            self.url, data=json.dumps(message), headers=headers, ssl=probe_tls(self.backend)
         ) as r:
             if method == "initialize" and 200 <= r.status < 300:
                 # Bound only from a successful initialize (a stateful SDK server also sets a
                 # fresh, unused id on some 400s).
                 self.session_id = r.headers.get(SESSION_HEADER)
+            if modern is not None and not 200 <= r.status < 300:
+                raise await _modern_refusal(r, method)
             if not 200 <= r.status < 300:
+                if method == "initialize" and 400 <= r.status < 500:
+                    raise WrongEra(f"{method}: HTTP {r.status}{await _error_suffix(r)}")
                 raise ProbeFailed(f"{method}: HTTP {r.status}{await _error_suffix(r)}")
             reply = await _read_reply(r, self._next_id)
         if reply is None:
             raise ProbeFailed(f"{method}: no JSON-RPC response")
         error = reply.get("error")
         if error is not None:
-            raise ProbeFailed(f"{method}: JSON-RPC error{_error_text(error)}")
+            text = f"{method}: JSON-RPC error{_error_text(error)}"
+            if method == "server/discover":
+                # Every modern server implements it: an error is a legacy server's answer.
+                code = error.get("code") if isinstance(error, dict) else None
+                raise ProbeFailed(text) if code in MODERN_ERRORS else WrongEra(text)
+            raise ProbeFailed(text)
         if "result" not in reply:
             raise ProbeFailed(f"{method}: JSON-RPC response without a result")
         return reply["result"]
@@ -182,6 +230,36 @@ class _McpClient:
                 return f"HTTP {r.status}"
         except Exception as exc:
             return describe_error(exc)
+
+
+def _modern_meta(version: str) -> dict[str, Any]:
+    return {
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientInfo": {"name": USER_AGENT, "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+
+
+async def _modern_refusal(response: aiohttp.ClientResponse, method: str) -> ProbeFailed:
+    """What a modern request's error status means: -32022 with the server's revisions
+    (Unsupported), another JSON-RPC error (a modern server's refusal: ProbeFailed), or no
+    JSON-RPC error at all (a legacy server, per the spec's fallback rule: WrongEra)."""
+    detail = f"{method}: HTTP {response.status}"
+    try:
+        body = await response.content.read(64 * 1024)
+        error = json.loads(body).get("error")
+    except Exception:
+        return WrongEra(detail)
+    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+        return WrongEra(detail)
+    detail += f" ({_error_text(error).removeprefix(' ')})"
+    data = error.get("data")
+    supported = data.get("supported") if isinstance(data, dict) else None
+    if error["code"] == UNSUPPORTED_VERSION and isinstance(supported, list):
+        return Unsupported(detail, [v for v in supported if isinstance(v, str)])
+    if error["code"] in MODERN_ERRORS:
+        return ProbeFailed(detail)  # a modern server refusing the probe
+    return WrongEra(detail)  # "not a recognized modern JSON-RPC error": a legacy server
 
 
 async def _error_suffix(response: aiohttp.ClientResponse) -> str:
@@ -231,7 +309,9 @@ async def _read_sse_reply(
             raise ProbeFailed("response too large")
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
         if not line:  # end of an event
-            if data and event == "message":
+            # (An event with empty data is a priming event, as the TypeScript SDK sends
+            # first on a resumable stream: no message.)
+            if data and event == "message" and any(data):
                 try:
                     found = _match(json.loads("\n".join(data)), request_id)
                 except ValueError:
@@ -260,10 +340,82 @@ def _match(message: Any, request_id: int) -> dict[str, Any] | None:
 async def mcp_probe(
     session: aiohttp.ClientSession, backend: HealthTarget, cfg: ActiveHealthConfig
 ) -> tuple[bool, str]:
-    """Speak MCP like a client: initialize, notifications/initialized, ping, tools/list (if
-    ``cfg.expect_tools``), then DELETE the probe's own session (if one was issued)."""
+    """Speak MCP like a client of the era that last worked for this backend (legacy
+    first: unchanged for every server that speaks 2025, dual-era ones included), then of
+    the other era if the backend answered as a server of that one (a modern-only server
+    refuses initialize with 400)."""
+    key = str(probe_url(backend, cfg.path))
+    first = _ERAS.get(key, "legacy")
+    ok, detail, wrong_era = await _probe_era(session, backend, cfg, first)
+    if wrong_era:
+        other = "legacy" if first == "modern" else "modern"
+        ok, other_detail, other_wrong = await _probe_era(session, backend, cfg, other)
+        if ok or not other_wrong:
+            _ERAS[key] = other
+            detail = other_detail
+        # else: neither era's answer (a wrong path, a Host refused): the first one's detail
+    return ok, detail
+
+
+async def _probe_era(
+    session: aiohttp.ClientSession, backend: HealthTarget, cfg: ActiveHealthConfig, era: str
+) -> tuple[bool, str, bool]:
+    """(ok, detail, the backend answered as a server of the other era)."""
+    if era == "modern":
+        return await _modern_probe(session, backend, cfg)
+    return await _legacy_probe(session, backend, cfg)
+
+
+async def _modern_probe(
+    session: aiohttp.ClientSession, backend: HealthTarget, cfg: ActiveHealthConfig
+) -> tuple[bool, str, bool]:
+    """server/discover, then tools/list (expect_tools) at a revision the server supports."""
     client = _McpClient(session, backend, cfg)
-    ok, detail = True, ""
+    version = MODERN_VERSION
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            try:
+                result = await client.request("server/discover", modern=version)
+                supported = result.get("supportedVersions") if isinstance(result, dict) else None
+                detail = "MCP server/discover ok"
+            except Unsupported as exc:
+                supported, detail = exc.supported, f"MCP alive ({exc})"
+                if not supported:
+                    raise ProbeFailed(str(exc)) from None
+            if isinstance(supported, list) and version not in supported:
+                modern = sorted(v for v in supported if isinstance(v, str) and v >= version)
+                if not modern:
+                    raise WrongEra(f"server/discover: no 2026-era revision in {supported}")
+                version = modern[-1]
+            if cfg.expect_tools:
+                names = await _list_tools(client, version)
+                missing = [tool for tool in cfg.expect_tools if tool not in names]
+                if missing:
+                    raise ProbeFailed(f"tools/list: missing tools: {', '.join(missing)}")
+                detail = f"{detail}, {len(cfg.expect_tools)} expected tools listed"
+    except WrongEra as exc:
+        return False, str(exc), True
+    except ProbeFailed as exc:
+        return False, str(exc), False
+    except TimeoutError:
+        return False, f"timeout after {seconds(cfg.timeout)} (in {client.step})", False
+    except Exception as exc:  # a probe never raises; cancellation still propagates
+        reason = describe_error(exc)
+        return (
+            False,
+            reason if client.step == "server/discover" else f"{client.step}: {reason}",
+            False,
+        )
+    return True, detail, False
+
+
+async def _legacy_probe(
+    session: aiohttp.ClientSession, backend: HealthTarget, cfg: ActiveHealthConfig
+) -> tuple[bool, str, bool]:
+    """initialize, notifications/initialized, ping, tools/list (if ``cfg.expect_tools``),
+    then DELETE the probe's own session (if one was issued)."""
+    client = _McpClient(session, backend, cfg)
+    ok, detail, wrong_era = True, "", False
     try:
         async with asyncio.timeout(cfg.timeout):
             result = await client.request(
@@ -284,6 +436,8 @@ async def mcp_probe(
                 if missing:
                     raise ProbeFailed(f"tools/list: missing tools: {', '.join(missing)}")
                 detail = f"MCP ping ok, {len(cfg.expect_tools)} expected tools listed"
+    except WrongEra as exc:
+        ok, detail, wrong_era = False, str(exc), True
     except ProbeFailed as exc:
         ok, detail = False, str(exc)
     except TimeoutError:
@@ -300,14 +454,15 @@ async def mcp_probe(
             problem = f"timeout after {seconds(cfg.timeout)}"
         if problem is not None:
             detail += f" (DELETE of the probe session failed: {problem})"
-    return ok, detail
+    return ok, detail, wrong_era
 
 
-async def _list_tools(client: _McpClient) -> set[str]:
+async def _list_tools(client: _McpClient, modern: str | None = None) -> set[str]:
     names: set[str] = set()
     cursor: str | None = None
     for _ in range(MAX_TOOL_PAGES):
-        result = await client.request("tools/list", {"cursor": cursor} if cursor else None)
+        params = {"cursor": cursor} if cursor else None
+        result = await client.request("tools/list", params, modern=modern)
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(tools, list):
             raise ProbeFailed("tools/list: malformed result")

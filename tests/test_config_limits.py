@@ -33,6 +33,7 @@ TIMEOUT_KEYS = [
     "connect",
     "header",
     "upstream_header",
+    "mcp_call",
     "idle",
     "keepalive",
     "upstream_keepalive",

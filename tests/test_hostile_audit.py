@@ -277,26 +277,24 @@ async def test_deeply_nested_json_body_is_relayed_not_a_500(
 async def test_client_chosen_mcp_labels_are_bounded(
     start_proxy: ProxyFactory, serve_raw: RawServe
 ) -> None:
-    """Before: 120 requests with made-up Mcp-Method/Mcp-Name values grew /metrics from
-    12.7 KB to 6 MB and filled the series cap, so real methods counted as "other"."""
+    """Before: 120 requests with made-up methods and names grew /metrics from 12.7 KB to
+    6 MB and filled the series cap, so real methods counted as "other"."""
     proxy, _ = await recording_proxy(start_proxy, serve_raw)
     client = await RawClient.connect(proxy.port)
-    for i in range(150):
+
+    async def post(body: bytes, headers: bytes = b"") -> None:
         await client.send(
-            b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-            b"Mcp-Method: made/up-%d\r\nMcp-Name: %b\r\n\r\n{}" % (i, b"n%d" % i * 200)
+            b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n%b\r\n%b" % (len(body), headers, body)
         )
         await client.response()
+
+    for i in range(150):  # the labels come from the body: the headers are only claims
+        name = b"n%d" % i * 200
+        await post(b'{"method":"made/up-%d","params":{"name":"%b"}}' % (i, name))
     for i in range(150):
-        await client.send(
-            b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
-            b"Mcp-Method: tools/call\r\nMcp-Name: tool-%d\r\n\r\n{}" % i
-        )
-        await client.response()
-    await client.send(
-        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nMcp-Method: tools/list\r\n\r\n{}"
-    )
-    await client.response()
+        await post(b'{"method":"tools/call","params":{"name":"tool-%d"}}' % i)
+    await post(b'{"method":"tools/list"}', b"Mcp-Method: made/up\r\nMcp-Name: x\r\n")
     await client.close()
     counts = proxy.runtime.stats.mcp
     assert counts[("tools/list", "")] == 1  # a real method is never crowded out

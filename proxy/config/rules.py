@@ -155,7 +155,40 @@ def _sticky(read: Read, ctx: Context) -> StickyConfig:
         else:
             line = ctx.lines.get("workers")
         ctx.issues.append(ConfigIssue(join(read.path, "keys"), message, line))
+    _mcp_sticky_warnings(read, ctx, store if store_ok else None, several)
     return StickyConfig(**{**values, "store": store, "keys": values["keys"] if keys_ok else ()})
+
+
+# MCP 2026-07-28 routing headers: claims checked against the body, but per request.
+_ROUTING_HEADERS = {"mcp-name": "Mcp-Name", "mcp-method": "Mcp-Method"}
+
+
+def _mcp_sticky_warnings(read: Read, ctx: Context, store: str | None, several: bool) -> None:
+    """What is valid but wrong for MCP 2026-07-28 routing: hashing a routing header, and task
+    bindings that a signed store cannot carry across workers."""
+    values = read.values
+    header = values["header"]
+    if read.valid("header") and header in _ROUTING_HEADERS:
+        message = (
+            f"hashing {_ROUTING_HEADERS[header]} sends requests of one task to different "
+            "backends: the tools/call creating a task names the tool, the tasks/get polling "
+            "it names the task id; task affinity (mcp_tasks, on by default) routes tasks/* to "
+            "the backend holding the task"
+        )
+        ctx.issues.append(ConfigWarning(join(read.path, "header"), message, read.line("header")))
+    if values["mcp_tasks"] and store == "signed" and several:
+        message = (
+            "task bindings (mcp_tasks) cannot be carried by store: signed: a task id is minted "
+            "by the backend inside an answer body and sent back in request bodies and "
+            "Mcp-Name, so sealing it would mean rewriting bodies of every tasks/* call; they "
+            "live in each worker's memory instead, and a tasks/* request reaching another "
+            "worker or replica goes to the strategy's pick. Use store: redis to route tasks "
+            "across workers and replicas (or mcp_tasks: false to silence this)"
+        )
+        line = read.line("mcp_tasks") if "mcp_tasks" in read.given else read.line("store")
+        if line is None:
+            line = ctx.lines.get("workers")
+        ctx.issues.append(ConfigWarning(join(read.path, "mcp_tasks"), message, line))
 
 
 def _workers(workers: int | str) -> str:

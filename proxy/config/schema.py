@@ -162,6 +162,11 @@ class StickyConfig:
     cookie: CookieConfig | None = field(default=None, metadata=section(CookieConfig))
     # lower-case header name whose value is hashed to a backend
     header: str | None = field(default=None, metadata=key(c.optional(c.check_header_name)))
+    # MCP 2026-07-28 tasks (SEP-2663): learn task id -> backend from the answer creating a
+    # task, route tasks/get|update|cancel (by the validated Mcp-Name) to that backend
+    mcp_tasks: bool = field(default=True, metadata=key(c.check_bool))
+    # a task binding lives the task's ttlMs, at most this (and this when ttlMs is null)
+    task_ttl_max: float = field(default=3600.0, metadata=key(c.check_positive_duration))
 
 
 def _timeout(seconds: float) -> Any:
@@ -179,6 +184,12 @@ class TimeoutsConfig:
     body: float = _timeout(60.0)  # a client must send its whole request body within this
     upstream_keepalive: float = _timeout(4.0)  # pooled idle upstream connections closed after
     grace: float = _timeout(30.0)  # on SIGTERM, in-flight requests get this long to finish
+    # An MCP POST (a JSON-RPC request) may run a long tool call that sends nothing until its
+    # result: its backend gets this long for the response head instead of upstream_header.
+    mcp_call: float = _timeout(300.0)
+    # On a text/event-stream answer quiet this long, write an SSE comment (":") between
+    # events, so that intermediaries do not cut a quiet stream. 0 turns it off.
+    sse_keepalive: float = field(default=15.0, metadata=key(c.parse_duration))
     # On SIGTERM, keep accepting (answering with Connection: close, /readyz 503) this
     # long before the grace period: a load balancer in front needs time to stop sending.
     # No delay is the default: the only timeout that may be 0.

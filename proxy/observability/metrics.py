@@ -164,7 +164,15 @@ def _traffic(stats: dict[str, Any]) -> Iterable[Metric]:
     )
     for (method, tool), count in sorted(stats["mcp"].items()):
         mcp.add_metric([method, tool], count)
-    return [*histograms.values(), requests, *counters.values(), errors, mcp]
+    mismatches = CounterMetricFamily(
+        "mcplb_mcp_header_mismatches",
+        "MCP requests refused (400 HeaderMismatch) because their routing headers did not "
+        "match their body.",
+        labels=["reason"],
+    )
+    for reason, count in sorted(stats["mcp_header_mismatches"].items()):
+        mismatches.add_metric([reason], count)
+    return [*histograms.values(), requests, *counters.values(), errors, mcp, mismatches]
 
 
 def _buckets(counts: list[int]) -> list[tuple[str, float]]:

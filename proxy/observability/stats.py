@@ -30,10 +30,12 @@ BUCKETS: Final[tuple[float, ...]] = (
     30.0,
     60.0,
 )
-# Method and tool names come from clients and become Prometheus labels: a method counts
-# under its own name only if the MCP specification defines it (2024-11-05 to 2026-07-28),
-# and a tool name only in the spec's form, up to MCP_TOOL_CAP names per worker. So no
-# client can grow /metrics or crowd the real methods out.
+# Method and tool names come from request bodies (never from the routing headers, which are
+# claims: proxy/routing/mcp_era.py) and become Prometheus labels: a method counts under its
+# own name only if the MCP specification defines it (2024-11-05 to 2026-07-28, with the
+# tasks extension), and a name only for the methods in MCP_NAMED (tools/call: the `tool`
+# label), in the spec's form, up to MCP_TOOL_CAP names per method and worker. So no client
+# can grow /metrics, and one method's names (task ids, say) can never crowd out another's.
 KNOWN_MCP_METHODS = frozenset(
     {
         "initialize",
@@ -53,10 +55,12 @@ KNOWN_MCP_METHODS = frozenset(
         "sampling/createMessage",
         "elicitation/create",
         "roots/list",
+        "subscriptions/listen",
         "tasks/get",
+        "tasks/update",
+        "tasks/cancel",
         "tasks/result",
         "tasks/list",
-        "tasks/cancel",
         "notifications/initialized",
         "notifications/cancelled",
         "notifications/progress",
@@ -68,9 +72,12 @@ KNOWN_MCP_METHODS = frozenset(
         "notifications/prompts/list_changed",
         "notifications/elicitation/complete",
         "notifications/tasks/status",
+        "notifications/tasks",
+        "notifications/subscriptions/acknowledged",
     }
 )
-MCP_TOOL_CAP = 50
+MCP_NAMED = frozenset({"tools/call"})  # the methods whose name is a label (`tool`)
+MCP_TOOL_CAP = 50  # distinct names per named method and worker
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # the spec's tool name characters
 
 
@@ -140,7 +147,9 @@ class Stats:
         self.proxy_errors: Counter[str] = Counter()  # status code -> answers made by the proxy
         self.session_not_found = 0
         self.mcp: Counter[tuple[str, str]] = Counter()  # (method, tool)
-        self.mcp_tools = 0  # distinct tool names counted under their own name
+        self.mcp_names: Counter[str] = Counter()  # method -> names counted under their own
+        # refused MCP requests whose routing headers did not match their body, by reason
+        self.mcp_header_mismatches: Counter[str] = Counter()
         self.loop_lag = 0.0
         # reason (queue_full, queue_timeout, max_streams, rate_limited) -> refused requests
         self.rejected: Counter[str] = Counter()
@@ -156,13 +165,16 @@ class Stats:
         self.backends.setdefault(name, BackendStats())
 
     def count_mcp(self, method: str, tool: str) -> None:
+        """Count one MCP request by its body's method and, for MCP_NAMED methods, name."""
         if method not in KNOWN_MCP_METHODS:
             method, tool = "other", ""
+        elif method not in MCP_NAMED:
+            tool = ""
         elif tool and (method, tool) not in self.mcp:
-            if self.mcp_tools >= MCP_TOOL_CAP or not _TOOL_NAME.fullmatch(tool):
+            if self.mcp_names[method] >= MCP_TOOL_CAP or not _TOOL_NAME.fullmatch(tool):
                 tool = "other"
             else:
-                self.mcp_tools += 1
+                self.mcp_names[method] += 1
         self.mcp[(method, tool)] += 1
 
     def snapshot(self) -> dict[str, Any]:
@@ -171,6 +183,7 @@ class Stats:
             "proxy_errors": dict(self.proxy_errors),
             "session_not_found": self.session_not_found,
             "mcp": [[m, t, n] for (m, t), n in self.mcp.items()],
+            "mcp_header_mismatches": dict(self.mcp_header_mismatches),
             "loop_lag": self.loop_lag,
             "rejected": dict(self.rejected),
             "queued": self.queued,
@@ -188,6 +201,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "proxy_errors": Counter(),
         "session_not_found": 0,
         "mcp": Counter(),
+        "mcp_header_mismatches": Counter(),
         "loop_lag": 0.0,
         "rejected": Counter(),
         "queued": 0,
@@ -212,6 +226,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         total["session_not_found"] += snap["session_not_found"]
         for method, tool, count in snap["mcp"]:
             total["mcp"][(method, tool)] += count
+        total["mcp_header_mismatches"].update(snap.get("mcp_header_mismatches", {}))
         total["loop_lag"] = max(total["loop_lag"], snap["loop_lag"])
         total["rejected"].update(snap["rejected"])
         total["reloads"].update(snap["reloads"])

@@ -16,24 +16,15 @@ object, and nothing else, about affinity:
 Store updates are returned as jobs (coroutines), not run: the relay holds the answer until
 a job has landed, so that a client never uses a key the store does not know yet.
 
-Adding a key kind (for the next developer: MCP 2026-07-28 task ids)
--------------------------------------------------------------------
+Adding a key kind
+-----------------
 Write a class with the methods of ``KeyKind`` and add an instance to the tuple
-``build_affinity`` returns; the relay needs no new branch. For task ids:
-
-- ``route_key(request)``: a validated ``Mcp-Name`` header on ``tasks/get``, ``tasks/update``
-  or ``tasks/cancel`` (the method is ``request.sniff``'s, see ``mcp_method``); return
-  ``KeyFound(self, name=<backend>)`` (or ``pending=<coroutine>`` for a store lookup), with
-  ``strict=True``: a task lives on one backend, a miss is answered by ``not_found``.
-  Return None for a request without that key: the next kind is asked.
-- ``on_head(request, found, status, head, backend, wire)``: return a ``Learner`` when the
-  answer may carry a task (a JSON or SSE answer to a request that may create one); its
-  ``feed`` sees every body chunk (JSON body, or SSE events: the task is in the final one),
-  and ``flush`` returns a job binding the task id (``resultType: "task"``) to ``backend``
-  with the TTL from its ``ttlMs``. A learner that never changes the body returns each
-  chunk as it came.
-- ``not_found(close)``: the answer for a key whose backend is gone or unknown.
-- ``backend_lost(request)`` / ``not_a_key(request)``: see ``KeyKind``.
+``build_affinity`` returns; the relay needs no new branch. ``McpTasks`` (MCP 2026-07-28 task
+ids, SEP-2663) is one: ``route_key`` reads the task id of the request's verdict (its body's,
+checked against ``Mcp-Name`` before routing: route.read_before_routing) and returns a
+``guessed`` key (an unknown task, or one whose holder is down, routes as any other request);
+``on_head`` returns a ``Learner`` for a tools/call's JSON or SSE answer, whose ``flush``
+binds a created task to its backend with the TTL from its ``ttlMs``.
 """
 
 from __future__ import annotations
@@ -50,6 +41,7 @@ from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay import answers
 from mcplb.proxy.relay.framing import SESSION_HEADER, ResponseHead
 from mcplb.proxy.relay.request import Request
+from mcplb.proxy.routing import mcp_tasks
 from mcplb.proxy.sessions import affinity as sans_io
 from mcplb.proxy.sessions.store import SessionStore
 from mcplb.proxy.sessions.tokens import PURPOSE_COOKIE, PURPOSE_SESSION, TokenCodec
@@ -238,8 +230,14 @@ class Affinity:
         self.header_hash = header_hash
 
 
-def build_affinity(sticky: StickyConfig, store: SessionStore, counts: SessionCounts) -> Affinity:
-    """The kinds the config asks for, each in its variant: chosen here, once."""
+def build_affinity(
+    sticky: StickyConfig,
+    store: SessionStore,
+    counts: SessionCounts,
+    tasks: SessionStore | None = None,
+) -> Affinity:
+    """The kinds the config asks for, each in its variant: chosen here, once. ``tasks``:
+    where MCP task bindings live (sticky.mcp_tasks)."""
     kinds: list[KeyKind] = []
     if sticky.mcp_sessions:
         if sticky.store == "signed":
@@ -247,6 +245,10 @@ def build_affinity(sticky: StickyConfig, store: SessionStore, counts: SessionCou
             kinds.append(SignedSessions(TokenCodec(sticky.keys, PURPOSE_SESSION), counts))
         else:
             kinds.append(StoredSessions(store, counts))
+    if tasks is not None:
+        # Before the cookie (a must, not a preference); a tasks/* request is a 2026-07-28
+        # one, which the session kinds pass by.
+        kinds.append(McpTasks(tasks, sticky.task_ttl_max))
     if sticky.cookie is not None:
         kinds.append(CookiePin(TokenCodec(sticky.keys, PURPOSE_COOKIE), sticky.cookie))
     header_hash = sans_io.HeaderAffinity(sticky.header) if sticky.header else None
@@ -301,6 +303,10 @@ class _Sessions:
     counts: SessionCounts
 
     def route_key(self, request: Request) -> KeyFound | None:
+        if request.mcp is not None:
+            # MCP 2026-07-28 has no sessions: a stray Mcp-Session-Id is ignored (the spec:
+            # "ignore it, and do not mint or echo session IDs"), never answered 404 here.
+            return None
         guessed = False
         if request.session_id is None:
             if request.target.find(b"?") < 0:
@@ -333,6 +339,8 @@ class _Sessions:
         backend: str,
         wire: list[bytes] | None,
     ) -> tuple[list[bytes] | None, Job | None, Learner | None]:
+        if request.mcp is not None:
+            return wire, None, None  # a 2026-07-28 request: no session is bound for it
         job = None
         if head.session_id is not None:
             wire, job = self._session_header(
@@ -604,3 +612,133 @@ class CookiePin:
             b"\r\n",
         )
         return out, None, None
+
+
+# -- MCP 2026-07-28 tasks (SEP-2663) ------------------------------------------------------
+
+
+class McpTasks:
+    """Task ids: learned from the answer that creates a task (``resultType: "task"`` in a
+    JSON body or in the final event of an SSE answer), bound to the backend that gave it
+    for the task's ``ttlMs`` (at most ``sticky.task_ttl_max``), and routed by the task id
+    of ``tasks/get``, ``tasks/update``, ``tasks/cancel`` (and the first of a
+    ``subscriptions/listen``'s ``taskIds``) as the request's verdict gives it: the body's
+    ``params.taskId``, checked against ``Mcp-Name`` (routing/mcp_era.py).
+
+    An unknown or expired task id routes the request as any other (the strategy's pick;
+    that server answers): the key is ``guessed``. So does a task whose holder is down or
+    past its drain (route.py): never an error made up here, and the binding is kept, so
+    that requests go back to the holder when it returns. A draining holder still gets its
+    tasks' requests, as a session's."""
+
+    def __init__(self, store: SessionStore, ttl_max: float) -> None:
+        self.store = store
+        self.ttl_max = ttl_max
+
+    def route_key(self, request: Request) -> KeyFound | None:
+        verdict = request.verdict
+        if verdict is None or not verdict.task_ids:
+            return None
+        task_id = verdict.task_ids[0]
+        name = self.store.known(task_id)
+        if name is not None:
+            return KeyFound(self, name, guessed=True)
+        return KeyFound(self, pending=self.store.get(task_id), guessed=True)
+
+    def not_a_key(self, request: Request) -> None:
+        return None
+
+    def not_found(self, close: bool) -> bytes:
+        raise AssertionError("a task id is guessed: a miss routes as any other request")
+
+    def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
+        return None  # the holder may come back with its tasks: the binding stays
+
+    def on_head(
+        self,
+        request: Request,
+        found: KeyFound | None,
+        status: int,
+        head: ResponseHead,
+        backend: str,
+        wire: list[bytes] | None,
+    ) -> tuple[list[bytes] | None, Job | None, Learner | None]:
+        verdict = request.verdict
+        if verdict is None or verdict.method != "tools/call" or not 200 <= status < 300:
+            return wire, None, None
+        content_type = head.content_type
+        if content_type.startswith(b"application/json"):
+            return wire, None, JsonTaskLearner(self, backend, verdict.message_id)
+        if content_type.startswith(b"text/event-stream"):
+            return wire, None, SseTaskLearner(self, backend, verdict.message_id)
+        return wire, None, None
+
+    def learned(self, created: mcp_tasks.CreatedTask | None, backend: str) -> Job | None:
+        if created is None:
+            return None
+        ttl = self.ttl_max
+        if created.ttl_ms is not None:
+            ttl = min(ttl, created.ttl_ms / 1000)
+        return self._bind(created.task_id, backend, ttl)
+
+    async def _bind(self, task_id: str, backend: str, ttl: float) -> None:
+        await self.store.bind(task_id, backend, ttl)
+
+
+class JsonTaskLearner:
+    """A JSON answer to a tools/call, held (up to ``mcp_tasks.MAX_EVENT``) until it is
+    complete: if it creates a task, the binding lands before the client can poll it."""
+
+    __slots__ = ("backend", "done", "held", "kind", "message_id", "size")
+
+    def __init__(self, kind: McpTasks, backend: str, message_id: Any) -> None:
+        self.kind = kind
+        self.backend = backend
+        self.message_id = message_id
+        self.held: list[bytes] = []
+        self.size = 0
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, Job | None]:
+        self.size += len(data)
+        if self.size > mcp_tasks.MAX_EVENT:  # a real result, not a task handle: let it go
+            self.done = True
+            held, self.held = self.held, []
+            return b"".join(held) + data, None
+        self.held.append(data)
+        return b"", None
+
+    def flush(self) -> tuple[bytes, Job | None]:
+        self.done = True
+        body, self.held = b"".join(self.held), []
+        found = mcp_tasks.task_from_json(body, self.message_id)
+        return body, self.kind.learned(found, self.backend)
+
+    def end(self) -> Job | None:
+        return None
+
+
+class SseTaskLearner:
+    """An SSE answer to a tools/call, passed on as it comes; its final event, read at the
+    end, may create a task (bound before the end of the answer goes out)."""
+
+    __slots__ = ("backend", "done", "kind", "message_id", "reader")
+
+    def __init__(self, kind: McpTasks, backend: str, message_id: Any) -> None:
+        self.kind = kind
+        self.backend = backend
+        self.message_id = message_id
+        self.reader = mcp_tasks.SseLastEvent()
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, Job | None]:
+        self.reader.feed(data)
+        return data, None
+
+    def flush(self) -> tuple[bytes, Job | None]:
+        self.done = True
+        found = mcp_tasks.task_from_sse(self.reader.last, self.message_id)
+        return b"", self.kind.learned(found, self.backend)
+
+    def end(self) -> Job | None:
+        return None

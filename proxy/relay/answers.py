@@ -4,6 +4,7 @@ message in one place, and the bytes they make. Pure: the exchange writes them
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from mcplb.proxy.auth.edge import Metadata, Refusal
@@ -77,12 +78,60 @@ def render(
 ) -> bytes:
     """The whole response for ``answer`` (``close``: with Connection: close), with
     Retry-After when it says so, then ``headers``."""
+    return http11.error_response(
+        answer.status,
+        answer.code,
+        answer.message,
+        close=close,
+        extra_headers=extra_headers(answer, headers),
+    )
+
+
+def render_jsonrpc(
+    answer: Answer,
+    rpc_id: object,
+    *,
+    close: bool,
+    headers: Sequence[tuple[bytes, bytes]] | None = None,
+) -> bytes:
+    """``render`` for a 2026-07-28 MCP request: the body a JSON-RPC error with its id."""
+    return http11.json_response(
+        answer.status,
+        jsonrpc_error(answer, rpc_id),
+        close=close,
+        extra_headers=extra_headers(answer, headers),
+    )
+
+
+def extra_headers(
+    answer: Answer, headers: Sequence[tuple[bytes, bytes]] | None
+) -> list[tuple[bytes, bytes]]:
+    """Retry-After when the answer says so, then ``headers``."""
     extra = [(b"retry-after", b"1")] if answer.retry_after else []
     if headers:
         extra += headers
-    return http11.error_response(
-        answer.status, answer.code, answer.message, close=close, extra_headers=extra
-    )
+    return extra
+
+
+# JSON-RPC's "Internal error": the code of every error the proxy writes for an MCP call
+# (the HTTP status and the proxy's own code say which, in ``data``).
+JSONRPC_PROXY_ERROR = -32603
+
+
+def jsonrpc_error(answer: Answer, rpc_id: object) -> bytes:
+    """The body of ``answer`` for an MCP (JSON-RPC) request whose id is ``rpc_id``."""
+    return json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": rpc_id,
+            "error": {
+                "code": JSONRPC_PROXY_ERROR,
+                "message": answer.message,
+                "data": {"status": answer.status, "error": answer.code},
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def session_not_found(*, close: bool) -> bytes:

@@ -34,6 +34,7 @@ from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.flow import FlowControl
 from mcplb.proxy.relay.framing import SESSION_HEADER
 from mcplb.proxy.relay.http11 import LAST_CHUNK, chunk
+from mcplb.proxy.relay.keepalive import SseKeepAlive
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.shared import Shared
 from mcplb.proxy.relay.states import (
@@ -256,8 +257,10 @@ class ClientConnection(asyncio.Protocol):
         if refusal is not None:
             self._refuse_head(request, refusal)
             raise _RequestRejected
-        if request.method == b"POST" and (request.content_length or 0) <= mcp_method.SNIFF_LIMIT:
+        if request.method == b"POST":
             mcp_method.count_head(self.stats, request)
+            if request.mcp is not None and request.sniff is None:
+                mcp_method.judge_unread(request)  # too large to hold back: nothing taken
         if self.current is None:
             self.current = request
             request.head_at = self.loop.time()
@@ -276,6 +279,9 @@ class ClientConnection(asyncio.Protocol):
             raise _RequestRejected
         if request.sniff is not None:
             mcp_method.keep_body(request, data)
+            if request.sniff is None and request.mcp is not None:
+                mcp_method.judge_unread(request)  # past the bound: nothing taken
+                route.body_read(self.ex, request)
         self.ex.forward_body(request, chunk(data) if request.chunked else data)
         if request.buffering:
             request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)
@@ -285,8 +291,10 @@ class ClientConnection(asyncio.Protocol):
         assert request is not None
         request.complete = True
         self.reading = None
-        if request.sniff is not None:
+        if request.sniff is not None or request.mcp is not None:
             mcp_method.count_body(self.stats, request)
+            if request.mcp is not None:
+                route.body_read(self.ex, request)
         if request.chunked:
             self.ex.forward_body(request, LAST_CHUNK)
         if request.buffering and request is self.current:
@@ -436,10 +444,14 @@ class Sweep:
         state = conn.state
         timeouts = conn.runtime.frontend.timeouts
         current = conn.current
-        if state in (WAIT_RESPONSE, BUFFERING) and current is not None and not current.complete:
-            # Still receiving the request body: the client's pace, judged by the body
-            # deadline, the minimum rate and the idle timeout below; the backend's
-            # upstream_header clock starts once it has it all.
+        if (
+            (state in (WAIT_RESPONSE, BUFFERING) or conn.ex.awaiting_body)
+            and current is not None
+            and not current.complete
+        ):
+            # Still receiving the request body (sent on, buffered, or read before routing):
+            # the client's pace, judged by the body deadline, the minimum rate and the idle
+            # timeout below; the backend's upstream_header clock starts once it has it all.
             if self._body_too_slow(conn, current, now):
                 return
             state = STREAMING
@@ -451,7 +463,11 @@ class Sweep:
                 return
             elapsed = now - self.mark_time
             if state == WAIT_RESPONSE:
-                if elapsed > timeouts.upstream_header:
+                # An MCP call may send nothing until its result (a long tool call).
+                limit = (
+                    timeouts.mcp_call if current and current.mcp_call else timeouts.upstream_header
+                )
+                if elapsed > limit:
                     conn.ex.time_out()
             elif elapsed > timeouts.header:
                 if state == HEAD:
@@ -459,6 +475,9 @@ class Sweep:
                 else:
                     conn.close()  # not a byte sent: nothing to answer
             return
+        keepalive = conn.ex.keepalive
+        if keepalive is not None and timeouts.sse_keepalive:
+            self._keep_alive(conn, keepalive, now, timeouts.sse_keepalive)
         if self.active:
             self.active = False
             self.mark_time = now
@@ -477,6 +496,21 @@ class Sweep:
         """Between requests, the shorter of ``keepalive`` and ``idle`` (a config that
         lowered idle keeps closing idle connections that soon); else ``idle``."""
         return min(timeouts.keepalive, timeouts.idle) if state == IDLE else timeouts.idle
+
+    @staticmethod
+    def _keep_alive(
+        conn: ClientConnection, keepalive: SseKeepAlive, now: float, every: float
+    ) -> None:
+        """An SSE comment on an event stream quiet for ``every`` seconds, once the client
+        has read what it was sent: it keeps intermediaries in front from cutting the
+        stream (clients ignore comments). Not backend activity: ``active`` is untouched,
+        so timeouts.idle still ends a stream the backend abandoned."""
+        transport = conn.transport
+        if transport is None or transport.get_write_buffer_size() > 0:
+            return
+        comment = keepalive.due(now, every)
+        if comment is not None:
+            conn.write(comment)
 
     @staticmethod
     def _body_too_slow(conn: ClientConnection, request: Request, now: float) -> bool:

@@ -1,40 +1,49 @@
-"""Which MCP method (and tool) a request calls, for the metrics by method: from the
-2026-07-28 routing headers when present, else from its small JSON-RPC body."""
+"""Which MCP method (and tool) a request calls, for the metrics by method: from its small
+JSON-RPC body only. The 2026-07-28 routing headers (Mcp-Method, Mcp-Name) are claims a
+client makes; they are never counted as such (proxy/routing/mcp_era.py checks them against
+the body, and a request whose headers lie is refused and counted as a mismatch).
+
+A 2026-07-28 POST (``request.mcp``) has its body read up to ``mcp_era.MAX_CHECKED`` before
+it is routed: ``count_body`` then judges it (``request.verdict``) and counts it by the
+verdict's values."""
 
 from __future__ import annotations
 
-import json
 from typing import Final
 
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.request import Request
+from mcplb.proxy.routing.mcp_era import (
+    MAX_CHECKED,
+    VERSION_HEADER,
+    parse_message,
+    read_head,
+    validate,
+)
 
-# JSON-RPC bodies up to this size are read for their method.
-SNIFF_LIMIT: Final = 16 * 1024
-# A body with more openers than this is not parsed for its method: the JSON parser recurses
-# once per level, and a body of nothing but brackets would exhaust the stack.
-SNIFF_MAX_NESTING = 64
-# One decoder for every body, given text: json.loads of bytes first guesses their encoding
-# (UTF-16 and UTF-32 too) in Python code, a third of its time on a small message. MCP
-# messages are UTF-8; a body that is not is an error here, and is not counted.
-_DECODER: Final = json.JSONDecoder()
+# JSON-RPC bodies up to this size are read for their method (a 2026-07-28 request's, to
+# check its routing headers before routing, too).
+SNIFF_LIMIT: Final = MAX_CHECKED
 
 
 def count_head(stats: Stats, request: Request) -> None:
-    """Count an MCP POST by its routing headers, or mark its JSON body to be read
-    (``request.sniff``) once it is complete."""
-    method = tool = None
+    """Read a POST's head: mark its body to be read (``request.sniff``) when it is JSON or
+    the request is a 2026-07-28 one, whose routing claims go to ``request.mcp``."""
     json_body = False
+    modern = False
     for name, value in request.headers:
-        if name == b"mcp-method":
-            method = value
-        elif name == b"mcp-name":
-            tool = value
-        elif name == b"content-type":
+        if name == b"content-type":
             json_body = value.startswith(b"application/json")
-    if method is not None:
-        stats.count_mcp(method.decode("latin-1"), (tool or b"").decode("latin-1"))
-    elif json_body:
+        elif name == VERSION_HEADER and value.lstrip(b" \t")[:4] >= b"2026":
+            modern = True  # perhaps: read_head decides (a 2025 request pays nothing more)
+    if modern:
+        head = read_head(request.headers)
+        if head.modern or head.repeated is not None:
+            request.mcp = head
+            if (request.content_length or 0) <= SNIFF_LIMIT:
+                request.sniff = []
+            return
+    if json_body and (request.content_length or 0) <= SNIFF_LIMIT:
         request.sniff = []
 
 
@@ -49,23 +58,46 @@ def keep_body(request: Request, data: bytes) -> None:
 
 
 def count_body(stats: Stats, request: Request) -> None:
-    """Count a complete body kept by ``keep_body`` by its method."""
-    if request.sniff is not None:
-        method, tool = jsonrpc_method(b"".join(request.sniff))
+    """Count a complete body kept by ``keep_body`` by its method; judge a 2026-07-28
+    request's (``request.verdict``), counted unless refused."""
+    sniff = request.sniff
+    if request.mcp is not None:
         request.sniff = None
+        verdict = request.verdict = validate(
+            request.mcp, b"".join(sniff) if sniff is not None else None
+        )
+        if verdict.refusal is None and verdict.method:
+            stats.count_mcp(verdict.method, verdict.name)
+        request.mcp_call = True
+        request.rpc_id = verdict.message_id
+    elif sniff is not None:
+        request.sniff = None
+        message = parse_message(b"".join(sniff))
+        method, tool = message_method(message)
         if method:
             stats.count_mcp(method, tool)
+            if isinstance(message, dict) and "id" in message:
+                request.mcp_call = True
+                rpc_id = message["id"]
+                request.rpc_id = rpc_id if isinstance(rpc_id, str | int) else None
+
+
+def judge_unread(request: Request) -> None:
+    """A 2026-07-28 request whose body is past what is read before routing: judged without
+    it (nothing is taken from its headers)."""
+    if request.mcp is not None and request.verdict is None:
+        request.sniff = None
+        request.verdict = validate(request.mcp, None)
 
 
 def jsonrpc_method(body: bytes) -> tuple[str, str]:
     """The method of a JSON-RPC request (and the tool of a tools/call), or ("", "")."""
-    if body.count(b"[") + body.count(b"{") > SNIFF_MAX_NESTING:
-        return "", ""  # nesting is at most the number of openers: bounded, no recursion
-    try:
-        message = _DECODER.decode(body.decode("utf-8"))
-    except ValueError:  # not UTF-8 (UnicodeDecodeError), or not JSON
-        return "", ""
-    if isinstance(message, list):  # a batch: count its first request
+    return message_method(parse_message(body))
+
+
+def message_method(message: object) -> tuple[str, str]:
+    """``jsonrpc_method`` of a parsed message."""
+    if isinstance(message, list):  # a batch (2025-03-26): count its first request
         message = message[0] if message else None
     if not isinstance(message, dict) or not isinstance(message.get("method"), str):
         return "", ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mcplb.proxy.relay.http11 import Headers
 from mcplb.proxy.routing.body_pace import BodyPace
+from mcplb.proxy.routing.mcp_era import Head, Verdict
 
 
 class Request:
@@ -29,18 +30,22 @@ class Request:
         "host",
         "keep_alive",
         "logged",
+        "mcp",
+        "mcp_call",
         "method",
         "pace",
         "principal",
         "refusal",
         "replay",
         "request_id",
+        "rpc_id",
         "session_id",
         "session_in_query",
         "sniff",
         "target",
         "upgrade",
         "upstream_session_id",
+        "verdict",
         "version",
         "wants_stream",
     )
@@ -62,6 +67,15 @@ class Request:
         # auth: the token's issuer and subject ("iss sub"), once verified; None without auth
         self.principal: str | None = None
         self.sniff: list[bytes] | None = None  # a small JSON-RPC body, read for its method
+        # An MCP 2026-07-28 POST (modern MCP-Protocol-Version): its routing claims, held
+        # until the body is checked against them (routing/mcp_era.py); then the verdict.
+        self.mcp: Head | None = None
+        self.verdict: Verdict | None = None
+        # A JSON-RPC request (an MCP call, either era): its answer may take long
+        # (timeouts.mcp_call), and the proxy's own errors for it are JSON-RPC errors
+        # carrying its id (``rpc_id``).
+        self.mcp_call = False
+        self.rpc_id: object = None
         self.logged = False
         self.content_length: int | None = None
         self.chunked = False

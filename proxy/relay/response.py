@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import httptools
@@ -27,6 +27,7 @@ from mcplb.proxy.relay.affinity import Job, KeyFound, Stickiness
 from mcplb.proxy.relay.answers import Answer
 from mcplb.proxy.relay.client_side import ClientSide
 from mcplb.proxy.relay.http11 import LAST_CHUNK, Headers, chunk
+from mcplb.proxy.relay.keepalive import SseKeepAlive
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.shared import Shared
 from mcplb.proxy.relay.states import (
@@ -51,6 +52,7 @@ class Response:
         "complete_pending",
         "done",
         "holding",
+        "keepalive",
         "loop",
         "out",
         "read_time",
@@ -98,6 +100,8 @@ class Response:
         self.holding = False  # a session store update must land before the answer goes out
         self.complete_pending = False  # the backend finished while holding
         self.tunnelling = False
+        # An event stream the proxy may add keep-alive comments to (sse_keepalive).
+        self.keepalive: SseKeepAlive | None = None
 
     # -- what the other half decides (Exchange) -----------------------------------------
 
@@ -189,10 +193,13 @@ class Response:
         self.upstream_until_close = head.until_close
         rewritten = None
         if backend is not None:
-            if head.content_type.startswith(b"text/event-stream") and not self.slot_stream:
-                self.slot_stream = True
-                runtime.cluster.admission.became_stream(backend)
-                self.give_client_slot()  # a stream holds no request slot
+            if head.content_type.startswith(b"text/event-stream"):
+                if not self.slot_stream:
+                    self.slot_stream = True
+                    runtime.cluster.admission.became_stream(backend)
+                    self.give_client_slot()  # a stream holds no request slot
+                if status == 200 and head.framing in (framing.CHUNKED, framing.UNTIL_CLOSE):
+                    self.keepalive = SseKeepAlive(now, head.framing == framing.CHUNKED)
             sticky = self.sticky
             if sticky is not None:
                 rewritten, job = sticky.on_head(status, head, backend.name)
@@ -208,6 +215,8 @@ class Response:
     def upstream_body(self, data: bytes) -> None:
         self.client.touch()
         self.response_bytes += len(data)
+        if self.keepalive is not None:
+            self.keepalive.relayed(data, self.read_time or self.loop.time())
         sticky = self.sticky
         if sticky is not None and sticky.learner is not None:
             data, job = sticky.on_body(data)
@@ -341,15 +350,24 @@ class Response:
         if status >= 500:
             method = request.method.decode()
             log.warning("%d %s: %s %s", status, answer.code, method, answer.message)
-        self._write_answer(answers.render(answer, close=not keep, headers=headers), keep)
+        if request.verdict is None:
+            data = answers.render(answer, close=not keep, headers=headers)
+        else:  # 2026-07-28: a JSON-RPC error with the request's id (2025: unchanged)
+            data = answers.render_jsonrpc(answer, request.rpc_id, close=not keep, headers=headers)
+        self._write_answer(data, keep)
 
-    def answer_document(self, status: int, body: bytes, headers: Headers) -> None:
-        """Answer with a JSON document of the proxy's own (Protected Resource Metadata)."""
+    def answer_json(
+        self, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """Answer with a JSON body of the proxy's own, before any response byte: a refused
+        MCP request's JSON-RPC error, or a document (Protected Resource Metadata)."""
         request = self.request
-        if self.done or request is None:
+        if self.done or request is None or self.response_started:
             return
         keep = request.complete and request.keep_alive and self.client.may_keep_alive()
         self.status = status
+        if status >= 400:
+            self.runtime.stats.proxy_errors[str(status)] += 1
         response = http11.json_response(status, body, close=not keep, extra_headers=headers)
         self._write_answer(response, keep)
 

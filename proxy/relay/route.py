@@ -9,6 +9,10 @@ own the I/O around them (store and Redis lookups, answers) and end in ``Exchange
 A step that must wait (a Redis lookup, a binding this process does not hold) runs as the
 exchange's task and goes on only if the request is still the one being answered; a binding
 the process holds routes at once (``SessionStore.known``), as nearly every MCP request's.
+
+A request whose routing depends on its body is held back until the body is read (up to a
+bound): ``read_before_routing``, the one place that decides it (today a 2026-07-28 POST,
+whose routing headers are checked against its body before anything is taken from them).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from mcplb.proxy.relay.affinity import KeyFound, Stickiness
 from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.relay.states import ROUTING
+from mcplb.proxy.routing import mcp_era
 from mcplb.proxy.routing import steps as routing
 from mcplb.proxy.routing.rate_limit import (
     MemoryRateLimiter,
@@ -63,8 +68,11 @@ def limit(ex: Exchange, request: Request) -> None:
 
 
 def route(ex: Exchange, request: Request) -> None:
-    """A request whose affinity key (a session id, a cookie) names a backend goes there;
-    else ``route_new``."""
+    """A request whose affinity key (a session id, a task id, a cookie) names a backend
+    goes there; else ``route_new``. First, a request whose body decides its routing waits
+    for it (``read_before_routing``)."""
+    if request.mcp is not None and read_before_routing(ex, request):
+        return
     # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
     # that TypeError costs more than the search.)
     if request.target.find(b"?") >= 0 and affinity.repeated_session_parameter(request.target):
@@ -81,6 +89,52 @@ def route(ex: Exchange, request: Request) -> None:
         route_new(ex, request)  # (route_key's first case, inline: most requests)
     else:
         route_key(ex, request, found)
+
+
+# -- read before routing ----------------------------------------------------------------
+# The one place where a request waits for its body before it is routed. Today: a
+# 2026-07-28 POST (``request.mcp``), whose body is kept while it arrives up to
+# ``mcp_era.MAX_CHECKED`` (64 KiB; ``mcp_method.keep_body``) and judged against its routing
+# headers (``mcp_method.count_body``, or ``judge_unread`` past the bound: nothing is then
+# taken from the headers). Meanwhile the body is buffered for the backend as any body
+# waiting for a connection (``Exchange.forward_body``); the request stays ROUTING.
+
+
+def read_before_routing(ex: Exchange, request: Request) -> bool:
+    """True if ``request`` is not to be routed now: its body is not judged yet (the
+    connection calls ``body_read`` when it is), or its routing headers lie (answered
+    400 HeaderMismatch, counted; nothing reaches a backend)."""
+    verdict = request.verdict
+    if verdict is None:
+        ex.awaiting_body = True
+        _continue(ex, request)
+        return True
+    if verdict.refusal is not None:
+        ex.runtime.stats.mcp_header_mismatches[verdict.reason] += 1
+        ex.answer_json(400, mcp_era.mismatch_body(verdict))
+        return True
+    return False
+
+
+def _continue(ex: Exchange, request: Request) -> None:
+    """A client that waits for 100 Continue before it sends the body the proxy waits for:
+    the proxy answers it (as nginx does when it reads a body itself) and drops the Expect
+    field, so that the backend does not send a second one."""
+    headers = request.headers
+    for index, (name, value) in enumerate(headers):
+        if name == b"expect" and value.lower() == b"100-continue":
+            del headers[index]
+            if request.version == "1.1" and not request.complete:
+                ex.client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+
+
+def body_read(ex: Exchange, request: Request) -> None:
+    """The body ``request`` waited for was judged (complete, or past the bound): route it,
+    if it got as far as waiting (a rate-limit lookup may still be under way: it routes)."""
+    if ex.awaiting_body and ex.live(request):
+        ex.awaiting_body = False
+        route(ex, request)
 
 
 def route_key(ex: Exchange, request: Request, found: KeyFound | None) -> None:
@@ -139,6 +193,11 @@ def _route_found(ex: Exchange, request: Request, found: KeyFound) -> None:
         return
     backend = routing.session_backend(cluster, found.name)
     if backend is None:
+        if found.guessed:
+            # A key that may have outlived its state (a task whose holder is down): routed
+            # as any other request; that server answers (never an error made up here).
+            route_key(ex, request, _next_key(ex, found))
+            return
         # Keep the binding: when the backend comes back, its live sessions route again.
         ex.answer_key_not_found(found)
         return
@@ -160,7 +219,7 @@ def _authorize(ex: Exchange, request: Request, auth: EdgeAuth) -> bool:
     if isinstance(outcome, KeysPending):
         ex.task = ex.spawn(_authorize_after_keys(ex, request, auth))
     elif isinstance(outcome, Metadata):
-        ex.answer_document(*answers.resource_metadata(outcome))
+        ex.answer_json(*answers.resource_metadata(outcome))
     else:
         auth.log_refusal(ex.peer.ip, outcome)
         stats = ex.runtime.stats

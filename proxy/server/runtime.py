@@ -72,12 +72,25 @@ class Runtime:
                 sticky.session_ttl, sticky.max_sessions, on_expire=self.session_counts.expired
             )
         )
+        # MCP task bindings (task id -> backend), apart from the sessions: no session count.
+        # store: signed cannot carry them (see sticky.mcp_tasks): they live in memory then.
+        self.tasks: SessionStore = (
+            RedisSessionStore(
+                dataclasses.replace(sticky.redis, prefix=sticky.redis.prefix + "task:"),
+                ttl=sticky.task_ttl_max,
+                max_local=sticky.max_sessions,
+            )
+            if sticky.store == "redis"
+            else MemorySessionStore(sticky.task_ttl_max, sticky.max_sessions)
+        )
         self._set_affinity(config)
 
     def _set_affinity(self, config: Config) -> None:
         sticky = config.sticky
         # The affinity key kinds, each in the variant the config asks for: chosen once.
-        self.affinity = build_affinity(sticky, self.sessions, self.session_counts)
+        self.affinity = build_affinity(
+            sticky, self.sessions, self.session_counts, self.tasks if sticky.mcp_tasks else None
+        )
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
         """Switch to a reloaded config without dropping anything: backends that stay keep

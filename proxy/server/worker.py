@@ -175,6 +175,7 @@ class ProxyServer:
             ticks += 1
             if ticks % 20 == 0:
                 self.runtime.sessions.expire()
+                self.runtime.tasks.expire()
 
     async def reload(self) -> ReloadResult:
         """Re-read the config file and apply it; an invalid file changes nothing."""
@@ -338,6 +339,7 @@ class ProxyServer:
             await self._admin.cleanup()
         self.runtime.cluster.close_pools()
         await self.runtime.sessions.close()
+        await self.runtime.tasks.close()
         if isinstance(self.runtime.frontend.rate_limiter, RedisRateLimiter):
             await self.runtime.frontend.rate_limiter.close()
         if self._server is not None:

@@ -162,14 +162,15 @@ class RedisSessionStore(SessionStore):
         self._synced[session_id] = self._clock()
         return _text(value)
 
-    async def bind(self, session_id: str, backend: str) -> str | None:
-        previous = await self._local.bind(session_id, backend)
+    async def bind(self, session_id: str, backend: str, ttl: float | None = None) -> str | None:
+        previous = await self._local.bind(session_id, backend, ttl)
+        ttl_ms = self._ttl_ms if ttl is None else max(1, min(self._ttl_ms, math.ceil(ttl * 1000)))
         self._bound_here.add(session_id)
         self._pending.pop(session_id, None)
         if self._usable():
             self._synced[session_id] = self._clock()
             key = self._prefix + session_id
-            old = await self._command(self._redis.set(key, backend, px=self._ttl_ms, get=True))
+            old = await self._command(self._redis.set(key, backend, px=ttl_ms, get=True))
             if not isinstance(old, _Failed):
                 self._dirty.pop(session_id, None)
                 return (_text(old) if isinstance(old, str | bytes) else None) or previous

@@ -26,8 +26,10 @@ class SessionStore(ABC):
         return None
 
     @abstractmethod
-    async def bind(self, session_id: str, backend: str) -> str | None:
-        """Record that ``backend`` owns ``session_id``; return the previous owner, if any."""
+    async def bind(self, session_id: str, backend: str, ttl: float | None = None) -> str | None:
+        """Record that ``backend`` owns ``session_id``; return the previous owner, if any.
+        ``ttl``: this binding's first lifetime if shorter than the store's (an MCP task's
+        ttlMs); a use refreshes it to the store's."""
 
     @abstractmethod
     async def forget(self, session_id: str) -> str | None:
@@ -87,9 +89,15 @@ class MemorySessionStore(SessionStore):
         entry = self._bindings.get(session_id)
         return None if entry is None or entry[1] <= self._clock() else entry[0]
 
-    async def bind(self, session_id: str, backend: str) -> str | None:
+    async def bind(self, session_id: str, backend: str, ttl: float | None = None) -> str | None:
         previous = self._bindings.get(session_id)
-        self._bindings[session_id] = self._entry(backend, self._clock())
+        now = self._clock()
+        if ttl is not None and ttl < self._ttl:
+            # Its own expiry: a shorter one than its neighbours' may wait behind them in
+            # ``expire`` (bounded by the size cap), but ``known`` never returns it late.
+            self._bindings[session_id] = (backend, int((now + ttl) * 1000) / 1000)
+        else:
+            self._bindings[session_id] = self._entry(backend, now)
         self._bindings.move_to_end(session_id)
         while len(self._bindings) > self._max:
             self._drop(next(iter(self._bindings)))
