@@ -291,7 +291,11 @@ def pin_mcplb_import() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([home, *(p for p in paths if p != home)])
 
 
-pin_mcplb_import()  # at import: before any process is started
+# At import, before any process is started, when a benchmark script runs (python
+# bench/x.py or -m bench.x); not when the tests import these helpers: the test process's
+# environment is not ours to change (its PYTHONPATH reached pip in test_wheels).
+if Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parent:
+    pin_mcplb_import()
 
 
 def mcplb_version() -> str:

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from mcplb.proxy.demo import run as demo
-from tests.support.peers import REPO_ROOT, free_port
+from tests.support.peers import REPO_ROOT, free_port, wait_for_port
 
 SCRIPT = Path(sys.executable).parent / "mcplb"  # what `make demo` runs
 WAIT = 30.0  # seconds for the banner, and for a health change (probes every 2 s, fall 3)
@@ -100,6 +100,9 @@ async def test_the_banner_commands_work_as_printed(
         kill = command_after(banner, "Fail a backend", 0)
         restart = command_after(banner, "Fail a backend", 1)
 
+        # The banner is printed just before the proxy binds its port (serve): a client as
+        # fast as this one waits for it (on a loaded machine the first GET was refused).
+        await wait_for_port("127.0.0.1", port)
         # Traffic writes no access line to the terminal.
         async with aiohttp.ClientSession() as http:
             for _ in range(20):

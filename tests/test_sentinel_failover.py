@@ -226,7 +226,11 @@ async def test_sessions_survive_a_master_kill_under_load(
                 lost[phase].append(session)
 
     failed_early = [f for f in load.failures if f[0] < killed_at]
-    failed_late = [f for f in load.failures if f[0] > recovered_at + 0.5]
+    # After "Redis answers again", each replica writes back the bindings it made alone
+    # during the outage; until it has, the other replica may still answer 404 for them (the
+    # documented outage behaviour). 0.5 s sufficed on an idle machine, not beside a second
+    # test pass: 3 s, still far below what a binding never written back would show.
+    failed_late = [f for f in load.failures if f[0] > recovered_at + 3.0]
     kinds = sorted({what for _, what in load.failures})
     settled_lost = [s for s in lost["before"] if s.bound_at < killed_at - SETTLED]
     print(

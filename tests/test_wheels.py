@@ -25,14 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 FALLBACK = "building the pure-Python modules instead (mcplb --version says so)"
 
 
+def clean_environ() -> dict[str, str]:
+    """This environment without what points at a build: the compiled pass sets PYTHONPATH,
+    and pip in a fresh venv would find mcplb there, call it installed and install nothing."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MCPLB_MYPYC")}
+
+
 def make_wheel(src: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """`make wheel` in the copy, with this interpreter (its venv has the compile extra)."""
     shutil.copy2(ROOT / "Makefile", src / "Makefile")
     (src / ".stamp").touch()  # the venv exists: this one
-    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MCPLB_MYPYC")}
     return subprocess.run(
         ["make", "-C", str(src), "wheel", f"PY={sys.executable}", "STAMP=.stamp"],
-        env={**environ, **env},
+        env={**clean_environ(), **env},
         capture_output=True,
         text=True,
         timeout=900,
@@ -70,13 +75,18 @@ async def test_compiled_wheel_installs_in_a_fresh_venv_and_relays(
         assert [n for n in names if n.startswith(path + ".") and n.endswith(".so")], module
         assert path + ".py" in names  # the sources stay beside them
 
-    venv = tmp_path / "venv"
+    venv, environ = tmp_path / "venv", clean_environ()
     await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "venv", str(venv)], check=True, timeout=120
+        subprocess.run,
+        [sys.executable, "-m", "venv", str(venv)],
+        env=environ,
+        check=True,
+        timeout=120,
     )
     install = await asyncio.to_thread(
         subprocess.run,
         [str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
+        env=environ,
         capture_output=True,
         text=True,
         timeout=600,
@@ -84,7 +94,12 @@ async def test_compiled_wheel_installs_in_a_fresh_venv_and_relays(
     assert install.returncode == 0, install.stdout + install.stderr
     mcplb = venv / "bin" / "mcplb"
     version = subprocess.run(
-        [str(mcplb), "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [str(mcplb), "--version"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert version.stdout.strip() == version_line(compiled=True)
 
@@ -96,7 +111,11 @@ async def test_compiled_wheel_installs_in_a_fresh_venv_and_relays(
     log = tmp_path / "mcplb.log"
     with log.open("wb") as out:
         proxy = subprocess.Popen(
-            [str(mcplb), "run", "--config", str(config)], cwd=tmp_path, stdout=out, stderr=out
+            [str(mcplb), "run", "--config", str(config)],
+            cwd=tmp_path,
+            env=environ,
+            stdout=out,
+            stderr=out,
         )
     try:
         await wait_for_port("127.0.0.1", port)

@@ -277,11 +277,15 @@ class ClientConnection(asyncio.Protocol):
         if max_body and request.body_size > max_body:
             self.ex.reject(answers.BODY_TOO_LARGE)
             raise _RequestRejected
-        if request.sniff is not None:
-            mcp_method.keep_body(request, data)
-            if request.sniff is None and request.mcp is not None:
-                mcp_method.judge_unread(request)  # past the bound: nothing taken
-                route.body_read(self.ex, request)
+        # Past the bound, keep_body says so: reading request.sniff again after the call
+        # would be wrong under mypyc, which keeps the attribute narrowed to a list.
+        if (
+            request.sniff is not None
+            and not mcp_method.keep_body(request, data)
+            and request.mcp is not None
+        ):
+            mcp_method.judge_unread(request)  # past the bound: nothing taken
+            route.body_read(self.ex, request)
         self.ex.forward_body(request, chunk(data) if request.chunked else data)
         if request.buffering:
             request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)

@@ -47,14 +47,17 @@ def count_head(stats: Stats, request: Request) -> None:
         request.sniff = []
 
 
-def keep_body(request: Request, data: bytes) -> None:
-    """Keep a piece of a body marked to be read, while it is small enough to be worth it."""
+def keep_body(request: Request, data: bytes) -> bool:
+    """Keep a piece of a body marked to be read, while it is small enough to be worth it;
+    False once it is not (what was kept is dropped)."""
     sniff = request.sniff
-    if sniff is not None:
-        if request.body_size > SNIFF_LIMIT:
-            request.sniff = None  # too large to be a JSON-RPC message worth reading
-        else:
-            sniff.append(data)
+    if sniff is None:
+        return False
+    if request.body_size > SNIFF_LIMIT:
+        request.sniff = None  # too large to be a JSON-RPC message worth reading
+        return False
+    sniff.append(data)
+    return True
 
 
 def count_body(stats: Stats, request: Request) -> None:
