@@ -107,7 +107,7 @@ test: $(STAMP) system-deps node-deps bench-tools
 	@$(MAKE) --no-print-directory test-bench
 
 test-pure: $(STAMP) system-deps node-deps bench-tools
-	$(PYTEST) -m "not bench" --basetemp=$(CURDIR)/build/tmp-pure
+	$(PYTEST) -m "not bench"
 
 # The compiled build: a copy of the tree whose request-path modules are compiled with mypyc
 # (setup.py) next to their sources, first on PYTHONPATH, so that the tests and every process
@@ -139,8 +139,7 @@ RUN_COMPILED := cd $(COMPILED) && MCPLB_BUILD=compiled PYTHONPATH=$(CURDIR)/$(CO
 	$(CURDIR)/$(PYTEST)
 
 test-compiled: compiled-tree system-deps node-deps bench-tools
-	$(RUN_COMPILED) -m "compiled and not bench" --ignore=tests/test_deploy.py \
-		--basetemp=$(CURDIR)/build/tmp-compiled
+	$(RUN_COMPILED) -m "compiled and not bench" --ignore=tests/test_deploy.py
 
 test-bench: compiled-tree bench-tools
 	$(RUN_COMPILED) -m bench
