@@ -52,19 +52,19 @@ def test_response_framing(
     )
     sent = [(n, v) for n, v in head.headers if n in (b"content-length", b"transfer-encoding")]
     sent += [(n, v) for n, v in head.headers if n == b"connection"]
-    assert (head.framing, head.keep_alive, head.until_close, sent) == expected
+    assert (head.body_framing, head.keep_alive, head.until_close, sent) == expected
 
 
 def test_client_that_must_close_gets_connection_close() -> None:
     head = response_head(200, [CL], method=b"GET", version="1.1", upgrade=False, keep_alive=False)
-    assert (head.framing, head.keep_alive) == (LENGTH, False)
+    assert (head.body_framing, head.keep_alive) == (LENGTH, False)
     assert head.headers[-1] == (b"connection", b"close")
 
 
 def test_switching_protocols_tunnels_only_an_upgrade_request() -> None:
     upgrade = [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]
     head = response_head(101, upgrade, method=b"GET", version="1.1", upgrade=True, keep_alive=False)
-    assert (head.framing, head.keep_alive) == (TUNNEL, True)
+    assert (head.body_framing, head.keep_alive) == (TUNNEL, True)
     assert head.headers == [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
 
 

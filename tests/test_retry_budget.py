@@ -10,8 +10,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from mcplb.proxy.cluster.retry_budget import BUDGET_FLOOR, BUDGET_WINDOW, RetryBudget
 from mcplb.proxy.config.schema import RetriesConfig, RetryCondition
-from mcplb.proxy.routing.retries import BUDGET_FLOOR, BUDGET_WINDOW, RetryBudget, may_retry
+from mcplb.proxy.routing.retries import may_retry
 
 T0 = 1000.0  # a loop clock some way in; a whole second, so T0 + x falls in second 1000 + x
 

@@ -1,5 +1,5 @@
 """A cluster: the backend set of one config and what follows its membership (connection
-pools, admission slots, health checks, the balancing strategy)."""
+pools, admission slots, health checks, the balancing strategy), and its retry budget."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from mcplb.healthcheck.monitor import HealthMonitor
 from mcplb.proxy.cluster.admission import Admission
 from mcplb.proxy.cluster.backends import Backend, BackendSet
 from mcplb.proxy.cluster.pool import UpstreamPool
+from mcplb.proxy.cluster.retry_budget import RetryBudget
 from mcplb.proxy.config.schema import BackendConfig, Config
 from mcplb.proxy.config.tls import backend_context
 from mcplb.strategies import registry
@@ -16,7 +17,7 @@ from mcplb.strategies.base import Strategy
 
 
 class Cluster:
-    """The backends and their pools, admission, health and strategy.
+    """The backends and their pools, admission, health and strategy; the retry budget.
 
     One owner per flag: ``draining`` (and its deadline) is written here only
     (``set_draining``, retirement by a reload); ``available`` and ``weight`` only by the
@@ -40,6 +41,8 @@ class Cluster:
             config.health, self.backends.backends, probing=probing, on_change=self._changed
         )
         self.admission = Admission(config.limits, self.backends)
+        # Retries as a share of the requests this cluster got (the relay counts both).
+        self.retry_budget = RetryBudget(config.retries.budget_percent)
         self._use_strategy(self.strategy)
 
     @property
@@ -112,6 +115,7 @@ class Cluster:
         self._changed()
         self._use_strategy(strategy)
         self.admission.configure(config.limits, staying)
+        self.retry_budget.percent = config.retries.budget_percent  # its history kept
         return changes
 
     def retire_over(self) -> list[Backend]:

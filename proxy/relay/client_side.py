@@ -7,6 +7,7 @@ this module only, so none of them imports the connection (no import cycle)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Protocol
 
@@ -25,6 +26,13 @@ class Peer:
         self.ip_bytes = ip.encode()
         self.proto = proto  # X-Forwarded-Proto: b"http" or b"https"
         self.access_log = access_log
+
+    @staticmethod
+    def of(transport: asyncio.BaseTransport, access_log: AccessLog | None) -> Peer:
+        """The client at the other end of ``transport`` (a Unix socket's: "unix")."""
+        peer = transport.get_extra_info("peername")
+        proto = b"http" if transport.get_extra_info("ssl_object") is None else b"https"
+        return Peer(peer[0] if isinstance(peer, tuple) else "unix", proto, access_log)
 
     def log(
         self,
@@ -67,6 +75,9 @@ class ClientSide(Protocol):
     # Why reading from the client is paused; whether its socket is full (reading from
     # the backend then waits).
     flow: FlowControl
+    # Bytes moved (set by whoever moves them: a flag, not a call, on every read): the
+    # idle timeout starts again at the sweep's next pass.
+    active: bool
 
     def write(self, data: bytes) -> None:
         """Write toward the client (nothing once the connection is closed)."""
@@ -78,15 +89,9 @@ class ClientSide(Protocol):
     def set_state(self, state: int) -> None:
         """Move to ``state`` (``states.LEGAL``); the timeout sweep restarts its clock."""
 
-    def touch(self) -> None:
-        """Bytes moved: the idle timeout starts again."""
-
     def may_keep_alive(self) -> bool:
         """Whether the connection may stay open after this answer (not shutting down,
         and another request may come)."""
-
-    def take_upgrade_leftover(self) -> bytes:
-        """The bytes the client sent after an Upgrade request's head."""
 
     def finish(self, request: Request, keep_alive: bool) -> None:
         """The answer to ``request`` was sent: go on with the next request, or close."""

@@ -7,7 +7,8 @@ pipelined requests wait in order, with reading paused, until the one before is a
 
 The connection keeps what lives as long as it does: the parser, the pipelining queue,
 flow control (``FlowControl``), its state (moved only by ``set_state``, through the table
-of legal moves in states.py), timeouts, writes and teardown. Everything per request is its
+of legal moves in states.py: its own moves inline, the exchange's through ``set_state``),
+timeouts, writes and teardown. Everything per request is its
 ``Exchange`` (exchange.py, with its answer's half in response.py): the backend connection
 reports to the exchange, and the exchange talks back through ``ClientSide``, the small
 interface this class implements (client_side.py).
@@ -88,22 +89,17 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0  # bytes of the request line and headers parsed so far
         self.head_bytes = 0  # bytes received since the last request head completed
         self.flow = FlowControl(self.loop)
-        self.upgrade_leftover = b""
         self.ex = Exchange(self, runtime, self.peer, self.loop)  # a new one per request
         self.stats = runtime.stats
         self.feeding = False  # inside data_received: upstream writes wait for its end
+        self.active = False  # bytes moved since the sweep's last pass (ClientSide.active)
         self.sweep = Sweep(0.0)
 
     # -- asyncio callbacks: client side ------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.flow.transport = cast(asyncio.Transport, transport)  # uvloop's
-        peer = transport.get_extra_info("peername")
-        proto = b"http" if transport.get_extra_info("ssl_object") is None else b"https"
-        self.peer = Peer(
-            peer[0] if isinstance(peer, tuple) else "unix", proto, self.peer.access_log
-        )
-        self.ex.peer = self.peer
+        self.ex.peer = self.peer = Peer.of(transport, self.peer.access_log)
         self.sweep.mark_time = self.loop.time()
         if not self.runtime.frontend.connection_caps.admit(self.peer.ip):
             self.set_state(CLOSED)  # limits.max_client_connections or ..._per_client
@@ -112,7 +108,7 @@ class ClientConnection(asyncio.Protocol):
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.sweep.active = True
+        self.active = True
         if self.state == TUNNELLING:
             if self.ex.upstream is not None:
                 self.ex.upstream.send(data)
@@ -121,9 +117,10 @@ class ClientConnection(asyncio.Protocol):
         if self.current is None:
             self.head_bytes += len(data)
         if parser is None:
-            if self.current is not None and self.current.upgrade:
-                self.upgrade_leftover += data  # early bytes of a protocol being switched to
-                if len(self.upgrade_leftover) > BODY_BUFFER_LIMIT:
+            current = self.current
+            if current is not None and current.upgrade:
+                current.early_tunnel += data  # early bytes of a protocol being switched to
+                if len(current.early_tunnel) > BODY_BUFFER_LIMIT:
                     self.pause_reading(PAUSE_BUFFER_FULL)  # until the switch is answered
             return
         self.feeding = True
@@ -131,7 +128,9 @@ class ClientConnection(asyncio.Protocol):
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.parser = None
-            self.upgrade_leftover = data[exc.args[0] :]
+            upgrade = self.queue[-1] if self.queue else self.current  # the last head read
+            if upgrade is not None:
+                upgrade.early_tunnel = data[exc.args[0] :]
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _RequestRejected):
                 return  # already answered
@@ -189,7 +188,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_size = 0
         self.requests_seen += 1
         if self.current is None:
-            self.set_state(HEAD)
+            if HEAD not in LEGAL[self.state]:  # set_state, inline (every request)
+                transition(self.state, HEAD)  # raises IllegalTransition
+            self.state = HEAD
+            self.sweep.mark = None
         else:
             # A pipelined request: read no further until the one before is answered, so
             # its head cannot grow unchecked (at most one read's worth is parsed now).
@@ -233,10 +235,8 @@ class ClientConnection(asyncio.Protocol):
             request.content_length = int(value)
         elif name == b"transfer-encoding":
             request.chunked = value.lower().rstrip().endswith(b"chunked")
-        elif name == b"accept":
-            request.wants_stream = (
-                value.find(b"text/event-stream") >= 0
-            )  # a stream slot: see Exchange.dispatch
+        elif name == b"accept":  # a GET for a stream takes a stream slot (Exchange.dispatch)
+            request.wants_stream = value.find(b"text/event-stream") >= 0
 
     def on_headers_complete(self) -> None:
         request = self.reading
@@ -263,7 +263,8 @@ class ClientConnection(asyncio.Protocol):
                 mcp_method.judge_unread(request)  # too large to hold back: nothing taken
         if self.current is None:
             self.current = request
-            request.head_at = self.loop.time()
+            if request.content_length or request.chunked:  # a body, which Sweep may time
+                request.head_at = self.loop.time()
             request_buffer.begin(self, self.ex, request, self.runtime.frontend.limits)
         else:
             self.queue.append(request)
@@ -345,15 +346,11 @@ class ClientConnection(asyncio.Protocol):
         self.state = state
         self.sweep.mark = None  # the sweep's clock for the new state starts at its next pass
 
-    def touch(self) -> None:
-        self.sweep.active = True
-
     def may_keep_alive(self) -> bool:
-        return not self.closing and self.more_may_follow()
-
-    def take_upgrade_leftover(self) -> bytes:
-        leftover, self.upgrade_leftover = self.upgrade_leftover, b""
-        return leftover
+        # Not shutting down, and another request may come: the parser still reads, or
+        # requests already parsed wait their turn (a refused head stops the parser, but
+        # the requests pipelined before it are answered first). (``finish`` inlines it.)
+        return not self.closing and (self.parser is not None or bool(self.queue))
 
     def finish(self, request: Request, keep_alive: bool) -> None:
         """After an answer: close, start the next pipelined request, or wait for one."""
@@ -362,38 +359,37 @@ class ClientConnection(asyncio.Protocol):
             ex.log_access(request)
         ex.abandon()  # an error answer ended the exchange early
         ex.done = True
+        queue = self.queue
         keep = (
             keep_alive
             and request.keep_alive
             and request.complete
             and not self.closing
-            and self.more_may_follow()
+            and (self.parser is not None or bool(queue))  # may_keep_alive, inline
         )
         self.current = None
         self.ex = Exchange(self, self.runtime, self.peer, self.loop)  # a clean state
         if not keep:
             self.close(linger=not request.complete)  # see Response._write_answer
             return
-        if self.queue:
-            request = self.queue.popleft()
-            if not self.queue and self.flow.reasons:
+        if queue:
+            request = queue.popleft()
+            if not queue and self.flow.reasons:
                 self.resume_reading(PAUSE_PIPELINE)
             self.current = request
             route.start(self.ex, request)
-        else:
-            if self.flow.reasons:
-                self.resume_reading(PAUSE_PIPELINE)
-            self.set_state(HEAD if self.reading is not None else IDLE)
-
-    def more_may_follow(self) -> bool:
-        """Whether another request may come on this connection: the parser still reads,
-        or requests already parsed wait their turn (a refused head stops the parser, but
-        the requests pipelined before it are answered first)."""
-        return self.parser is not None or bool(self.queue)
+            return
+        if self.flow.reasons:
+            self.resume_reading(PAUSE_PIPELINE)
+        state = HEAD if self.reading is not None else IDLE
+        if state not in LEGAL[self.state]:  # set_state, inline (every answer)
+            transition(self.state, state)
+        self.state = state
+        self.sweep.mark = None
 
     def close(self, linger: bool = False) -> None:
         ex = self.ex
-        ex.holding = False
+        ex.hold = None  # the answer goes out as it is
         ex.flush()
         request = self.current
         if self.peer.access_log and request is not None and not request.logged and ex.status:
@@ -401,23 +397,12 @@ class ClientConnection(asyncio.Protocol):
         self.set_state(CLOSED)
         self.parser = None
         ex.drop()
-        if linger:
-            self._linger_close()
-        elif self.transport is not None:
-            self.transport.close()
-
-    def _linger_close(self) -> None:
-        """Close after an error answer without losing it: stop sending, discard what the
-        client still sends for a moment (closing with unread input would reset the
-        connection, and the client could lose the answer), then close (nginx's lingering
-        close)."""
-        transport = self.transport
-        if transport is None:
+        if self.transport is None:
             return
-        with contextlib.suppress(RuntimeError, OSError):
-            transport.write_eof()
-        self.resume_reading(self.flow.reasons)
-        self.loop.call_later(LINGER_SECONDS, transport.close)
+        if linger:
+            linger_close(self.transport, self.flow, self.loop)
+        else:
+            self.transport.close()
 
     def shutdown(self, close_idle: bool = True) -> None:
         """Stop after the current exchange; close now if there is none (with
@@ -435,12 +420,12 @@ class ClientConnection(asyncio.Protocol):
 
 class Sweep:
     """The timeout sweep's view of one client connection: where it last saw it (state and
-    request count) and since when, and whether bytes moved since its last pass."""
+    request count) and since when (whether bytes moved since its last pass is the
+    connection's ``active``)."""
 
-    __slots__ = ("active", "mark", "mark_time")
+    __slots__ = ("mark", "mark_time")
 
     def __init__(self, now: float) -> None:
-        self.active = False
         self.mark: tuple[int, int] | None = None
         self.mark_time = now
 
@@ -482,8 +467,8 @@ class Sweep:
         keepalive = conn.ex.keepalive
         if keepalive is not None and timeouts.sse_keepalive:
             self._keep_alive(conn, keepalive, now, timeouts.sse_keepalive)
-        if self.active:
-            self.active = False
+        if conn.active:
+            conn.active = False
             self.mark_time = now
             self.mark = None
         elif now - self.mark_time > self._idle_limit(state, timeouts) and state != CLOSED:
@@ -535,6 +520,19 @@ class Sweep:
         if late is not None:
             ex.reject(late)
         return late is not None
+
+
+def linger_close(
+    transport: asyncio.Transport, flow: FlowControl, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Close after an error answer without losing it: stop sending, discard what the
+    client still sends for a moment (closing with unread input would reset the
+    connection, and the client could lose the answer), then close (nginx's lingering
+    close)."""
+    with contextlib.suppress(RuntimeError, OSError):
+        transport.write_eof()
+    flow.resume_reading(flow.reasons)
+    loop.call_later(LINGER_SECONDS, transport.close)
 
 
 def refuse(transport: asyncio.Transport, answer: Answer) -> None:

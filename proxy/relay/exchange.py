@@ -3,8 +3,10 @@
 A fresh ``Exchange`` per request (as uvicorn's ``RequestResponseCycle``, and Envoy's
 router with its upstream request) holds everything that lives from routing to the last
 byte of the answer: where it went, the slot it holds, the backend connection, retries, and
-(in its ``Response``, response.py) how the answer is framed and what was sent. Nothing of
-it is reset by hand: when the answer is done, the client connection starts a new one.
+(in its base classes) how the backend's answer is framed and what was sent (``Response``,
+response.py), what the client was told and the proxy's own answers (``Reply``, reply.py).
+Nothing of it is reset by hand: when the answer is done, the client connection starts a
+new one.
 
 Its methods take the request on once routed (route.py): ``dispatch`` takes a slot on the
 backend or queues for one (the exchange is the admission queue's ``Waiter``), then a
@@ -19,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Final
 
 from mcplb.proxy.cluster.backends import Backend
 from mcplb.proxy.cluster.pool import UpstreamConnection, local_failure
@@ -48,7 +49,7 @@ NONE_TRIED: Final[frozenset[str]] = frozenset()
 
 class Exchange(Response):
     """The per-request state of a client connection, and the request's way to a backend
-    (its answer's half is ``Response``)."""
+    (the answer's half is ``Response``, and its base ``Reply``)."""
 
     __slots__ = (
         "awaiting_body",
@@ -60,7 +61,6 @@ class Exchange(Response):
         "retry",
         "task",
         "up_out",
-        "up_pauses",
         "wait",
     )
 
@@ -79,27 +79,12 @@ class Exchange(Response):
         self.task: asyncio.Task[None] | None = None  # a routing step or connect under way
         # upstream
         self.up_out: list[bytes] = []  # request bytes not yet written (see send_up)
-        self.up_pauses = 0  # why reading from the backend is paused (UP_PAUSE_* bits)
         self.body_paused = 0.0  # seconds the body was held back by the proxy itself
 
     def live(self, request: Request) -> bool:
         """Whether ``request`` is still this exchange's, and the exchange still the one
         its connection is answering (checked after every await)."""
         return request is self.request and not self.done
-
-    def spawn(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``job`` as a task whose unexpected failure ends the exchange, loudly."""
-        task = self.loop.create_task(job)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:
-            log.error("relay task failed", exc_info=error)
-            self.answer(answers.INTERNAL_ERROR)
 
     def pick(self, request: Request) -> Backend | None:
         """The strategy's pick among the backends this exchange did not try yet."""
@@ -121,8 +106,14 @@ class Exchange(Response):
         if request.wants_stream and admission.streams_full(backend):
             self.too_many_streams()  # it asks for a stream: no use sending it
             return
-        if not self.client_slot and not self._take_client_slot():
-            return
+        if not self.client_slot:
+            # limits.max_in_flight_per_client: one address cannot hold or queue for every
+            # slot; else 429 (given back by ``give_client_slot``, or at the end).
+            if not self.runtime.frontend.client_slots.take(self.peer.ip):
+                self.runtime.stats.rejected["client_busy"] += 1
+                self.answer(answers.CLIENT_BUSY)
+                return
+            self.client_slot = True
         # Every request takes a request slot, whatever its Accept header says: only the
         # backend's answer makes it a stream (Response.upstream_head).
         if admission.limited and not admission.can_hold(backend):
@@ -132,16 +123,6 @@ class Exchange(Response):
         self.backend = backend
         self.slot_stream = False
         self._send_to(request, backend, fresh)
-
-    def _take_client_slot(self) -> bool:
-        """limits.max_in_flight_per_client: one address cannot hold or queue for every
-        slot; else 429 (given back by ``give_client_slot``)."""
-        if not self.runtime.frontend.client_slots.take(self.peer.ip):
-            self.runtime.stats.rejected["client_busy"] += 1
-            self.answer(answers.CLIENT_BUSY)
-            return False
-        self.client_slot = True
-        return True
 
     def give_client_slot(self) -> None:
         """The request no longer holds or waits for a request slot (ended, or a stream)."""
@@ -154,16 +135,8 @@ class Exchange(Response):
         self.answer(answers.TOO_MANY_STREAMS)
 
     def wait_for_slot(self, target: Backend | None) -> None:
-        """Queue until a slot frees up (on ``target``, or anywhere), or 503 after the
-        queue timeout; 503 at once when the queue is full."""
-        wait = SlotWait(self, target)
-        if not self.runtime.cluster.admission.enqueue(wait):
-            self.runtime.stats.rejected["queue_full"] += 1
-            self.answer(answers.QUEUE_FULL)
-            return
-        self.runtime.stats.queued += 1
-        self.wait = wait
-        wait.start()
+        """Queue until a slot frees up (on ``target``, or anywhere): ``SlotWait``."""
+        self.wait = SlotWait.enqueue(self, target)
 
     def leave_queue(self) -> None:
         if self.wait is not None:
@@ -241,7 +214,11 @@ class Exchange(Response):
                 replay.append(body)
             if len(body) > REPLAY_LIMIT:
                 request.replay = None
-        self.send_up(head + body if body else head)
+        data = head + body if body else head
+        if client.feeding:  # send_up, inline (every request)
+            self.up_out.append(data)
+        else:
+            upstream.send(data)
         if client.flow.write_paused:
             self.pause_upstream(UP_PAUSE_CLIENT_FULL)
 
@@ -278,19 +255,6 @@ class Exchange(Response):
         out.clear()
         if self.upstream is not None:
             self.upstream.send(data)
-
-    def pause_upstream(self, reason: int) -> None:
-        """Stop reading from the backend (the client is full, or the answer is held)."""
-        if not self.up_pauses and self.upstream is not None:
-            self.upstream.pause_reading()
-        self.up_pauses |= reason
-
-    def resume_upstream(self, reason: int) -> None:
-        if not self.up_pauses & reason:
-            return
-        self.up_pauses &= ~reason
-        if not self.up_pauses and self.upstream is not None:
-            self.upstream.resume_reading()
 
     # -- retries (decided by ``Retries``, made at the first failure) --------------------
 
@@ -339,12 +303,15 @@ class Exchange(Response):
             upstream.resume_reading()
 
     def end(self, now: float = 0.0) -> None:
-        """Detach from the upstream connection and free the slot held on the backend
-        (``now``: the loop time, if the caller has it)."""
+        """Detach from the upstream connection and free the slots held on the backend and
+        for the client (``now``: the loop time, if the caller has it)."""
         upstream = self.upstream
         backend = self.backend
         self.upstream = None
         self.backend = None
+        if self.client_slot:  # give_client_slot, inline: every request ends here
+            self.client_slot = False
+            self.runtime.frontend.client_slots.give(self.peer.ip)
         if backend is not None:
             self.runtime.cluster.admission.release(backend, self.slot_stream)
             backend_stats = self.runtime.stats.backends[backend.name]
@@ -367,7 +334,8 @@ class Exchange(Response):
     def abandon(self) -> None:
         """End an exchange cut short: free its slot, and drop its backend connection,
         whose state is unknown."""
-        self.give_client_slot()
+        if self.client_slot:
+            self.give_client_slot()
         upstream = self.upstream
         if upstream is not None or self.backend is not None:
             self.end()
@@ -447,10 +415,20 @@ class SlotWait:
         self.queued_at = ex.loop.time()
         self.timer: asyncio.TimerHandle | None = None
 
-    def start(self) -> None:
-        ex = self.ex
-        timeout = ex.runtime.cluster.admission.queue_timeout
-        self.timer = ex.loop.call_later(timeout, self._timed_out)
+    @staticmethod
+    def enqueue(ex: Exchange, target: Backend | None) -> SlotWait | None:
+        """``ex`` queued for a slot (on ``target``, or anywhere), with its 503 after the
+        queue timeout; None if the queue is full (answered 503 at once)."""
+        wait = SlotWait(ex, target)
+        admission = ex.runtime.cluster.admission
+        stats = ex.runtime.stats
+        if not admission.enqueue(wait):
+            stats.rejected["queue_full"] += 1
+            ex.answer(answers.QUEUE_FULL)
+            return None
+        stats.queued += 1
+        wait.timer = ex.loop.call_later(admission.queue_timeout, wait._timed_out)
+        return wait
 
     def leave(self) -> None:
         if self.timer is not None:
@@ -517,7 +495,7 @@ class Retries:
         backend = same or ex.pick(request)
         if backend is None:
             return None
-        if not runtime.retry_budget.try_retry(ex.loop.time()):
+        if not runtime.cluster.retry_budget.try_retry(ex.loop.time()):
             runtime.stats.retry_budget_exhausted += 1
             log.warning("retry budget exhausted: not retrying %s", request.method.decode())
             return None

@@ -37,18 +37,18 @@ CONNECTION_KEEP_ALIVE: Final = (b"connection", b": ", b"keep-alive", b"\r\n")
 class ResponseHead:
     """What ``response_head`` decided for one response."""
 
-    __slots__ = ("content_type", "framing", "keep_alive", "session_id", "until_close", "wire")
+    __slots__ = ("body_framing", "content_type", "keep_alive", "session_id", "until_close", "wire")
 
     def __init__(
         self,
-        framing: int,
+        body_framing: int,
         wire: list[bytes],
         keep_alive: bool,
         until_close: bool,
         session_id: bytes | None,
         content_type: bytes,
     ) -> None:
-        self.framing = framing  # NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE or TUNNEL
+        self.body_framing = body_framing  # NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE or TUNNEL
         # The end-to-end header fields to send, framing ones included, already in wire
         # form (name, ": ", value, CRLF for each): the common response is sent as it is,
         # without a second pass over its fields.
@@ -236,7 +236,7 @@ def _client_fields(
 ) -> list[bytes]:
     """Append the client's header fields the backend gets to ``lines``; return its
     X-Forwarded-For chain, in order (``own_request_id``: the proxy's own replaces any)."""
-    hop = named_hops(request)
+    hop = named_hops(request) if request.connection else http11.NO_NAMES
     forwarded: list[bytes] = []
     for name, value in request.headers:
         if name in http11.HOP_BY_HOP or name in hop or name in dropped:

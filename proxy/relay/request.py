@@ -24,6 +24,7 @@ class Request:
         "connection",
         "content_length",
         "duplicate",
+        "early_tunnel",
         "head_at",
         "headers",
         "hop_names",
@@ -91,3 +92,6 @@ class Request:
         self.pace: BodyPace | None = None  # its body's recent rate, once judged (Sweep)
         self.body_size = 0
         self.replay: list[bytes] | None = []  # framed bytes sent upstream, for a replay
+        # An Upgrade request's: what the client sent after its head, for the protocol it
+        # switches to (sent on once the backend agreed: Response.upstream_tunnel).
+        self.early_tunnel = b""

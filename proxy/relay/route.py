@@ -40,7 +40,7 @@ def start(ex: Exchange, request: Request) -> None:
     ex.client.set_state(ROUTING)
     ex.started = ex.loop.time()
     runtime = ex.runtime
-    runtime.retry_budget.record_request(ex.started)
+    runtime.cluster.retry_budget.record_request(ex.started)
     frontend = runtime.frontend
     max_body = frontend.limits.max_body_bytes
     if request.refusal is not None:

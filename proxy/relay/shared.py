@@ -13,7 +13,6 @@ from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.affinity import Affinity
 from mcplb.proxy.routing.frontend import Frontend
-from mcplb.proxy.routing.retries import RetryBudget
 
 
 class Shared(Protocol):
@@ -21,10 +20,9 @@ class Shared(Protocol):
 
     config: Config
     frontend: Frontend  # host policy, rate limiter, client limits and timeouts
-    cluster: Cluster  # backends, pools, admission, health, strategy
+    cluster: Cluster  # backends, pools, admission, health, strategy, retry budget
     affinity: Affinity
     stats: Stats
-    retry_budget: RetryBudget
     stopping: bool  # SIGTERM received: every answer closes its connection
 
     def next_request_id(self) -> bytes: ...

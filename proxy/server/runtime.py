@@ -16,7 +16,6 @@ from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.affinity import SessionCounts, build_affinity
 from mcplb.proxy.routing.frontend import Frontend
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
-from mcplb.proxy.routing.retries import RetryBudget
 from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
@@ -51,7 +50,6 @@ class Runtime:
         self.cluster = Cluster(config, probing=probing)
         self.frontend = Frontend(config)
         self.stats = Stats([b.name for b in self.cluster.backends])
-        self.retry_budget = RetryBudget(config.retries.budget_percent)
         # Request ids: 16 hex digits, a random per-process prefix (its top bit set, so that
         # every id has all 16) counting up in the low 40 bits; formatted with one "%x"
         # (an f-string and encode cost as much as the rest of the request head).
@@ -108,7 +106,6 @@ class Runtime:
         # cluster switched, so the relay cannot reach a backend without them.
         for backend in self.cluster.backends:
             self.stats.add_backend(backend.name)
-        self.retry_budget.percent = config.retries.budget_percent
         limiter = self.frontend.rate_limiter
         self.frontend = Frontend(config, self.frontend)
         if config.rate_limit != old.rate_limit:
