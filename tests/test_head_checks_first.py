@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mcplb.proxy.config.loader import parse_config
 from mcplb.proxy.config.schema import RateLimitConfig, RedisConfig
+from mcplb.proxy.relay.states import PAUSE_CHECKING
 from tests.conftest import AppFactory, ProxyFactory, backend_config
 from tests.support.redis_server import RedisServer
 
@@ -37,15 +41,16 @@ FRAMINGS = {
 
 
 class Backend:
-    """An aiohttp backend that records the paths it was asked for."""
+    """An aiohttp backend that records the paths it was asked for (and the body sizes)."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
+        self.sizes: list[int] = []
 
     def app(self) -> web.Application:
         async def handle(request: web.Request) -> web.Response:
             self.paths.append(request.path)
-            await request.read()
+            self.sizes.append(len(await request.read()))
             return web.Response(text="ok")
 
         application = web.Application()
@@ -172,7 +177,7 @@ async def test_a_redis_rate_limit_answers_before_the_body_and_lets_the_next_thro
     )
     assert status(answer) == 429
     assert_closed_after(answer, rest)
-    assert seen.paths == ["/whole", "/first"]
+    assert (seen.paths, seen.sizes) == (["/whole", "/first"], [200_000, 0])
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
@@ -226,3 +231,70 @@ async def test_a_modern_post_refused_at_the_head_is_not_read(
     assert status(answer) == 401
     assert_closed_after(answer, rest)
     assert seen.paths == []
+
+
+class SlowIdp:
+    """A JWKS endpoint that answers only when told: the proxy's first token check waits
+    for it (KEYS_PENDING)."""
+
+    def __init__(self) -> None:
+        self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
+        self.jwk = {**public, "kid": "k1", "use": "sig"}
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def app(self) -> web.Application:
+        async def jwks(request: web.Request) -> web.Response:
+            self.asked.set()
+            await self.release.wait()
+            return web.json_response({"keys": [self.jwk]})
+
+        application = web.Application()
+        application.router.add_get("/jwks", jwks)
+        return application
+
+    def token(self) -> str:
+        claims = {
+            "iss": "https://idp.example.com",
+            "sub": "alice",
+            "aud": "https://mcp.example.com/mcp",
+            "exp": int(time.time()) + 600,
+        }
+        return jwt.encode(claims, self.private, algorithm="RS256", headers={"kid": "k1"})
+
+
+async def test_no_body_is_read_while_the_jwks_is_awaited(
+    start_proxy: ProxyFactory, backend: tuple[Backend, int], serve_app: AppFactory
+) -> None:
+    """A token whose key is not held yet waits for one JWKS fetch with reading paused
+    (PAUSE_CHECKING); once the key is in, the request is routed and its body, read then,
+    reaches the backend whole."""
+    seen, port = backend
+    idp = SlowIdp()
+    idp_port = await serve_app(idp.app())
+    auth = parse_config(
+        f"""
+backends: [{{name: a, url: "http://127.0.0.1:9"}}]
+auth:
+  resource: https://mcp.example.com/mcp
+  jwt: {{issuer: "https://idp.example.com", jwks_url: "http://127.0.0.1:{idp_port}/jwks"}}
+"""
+    ).auth
+    proxy = await start_proxy([backend_config("a", port)], auth=auth)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    head = (
+        f"POST /up HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {idp.token()}\r\n"
+        "Content-Length: 300000\r\n\r\n"
+    )
+    writer.write(head.encode())
+    await asyncio.wait_for(idp.asked.wait(), ANSWER_WITHIN)
+    (conn,) = proxy.connections
+    assert conn.flow.reasons & PAUSE_CHECKING  # the head is in, the check waits: no body
+    writer.write(b"b" * 300_000)
+    idp.release.set()
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_WITHIN)
+    assert status(answer) == 200
+    assert (seen.paths, seen.sizes) == (["/up"], [300_000])
+    assert not conn.flow.reasons
+    writer.close()
