@@ -270,6 +270,8 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading(PAUSE_PIPELINE)
 
     def on_body(self, data: bytes) -> None:
+        if self.state == CLOSED:  # refused at its head and closing: keep none of the body
+            raise _RequestRejected
         request = self.reading
         assert request is not None
         request.body_size += len(data)
