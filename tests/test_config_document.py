@@ -198,7 +198,7 @@ def test_example_file_mentions_every_key() -> None:
         "resolvers", "keepalive", "max_in_flight_per_client", "request_buffer",
         "max_client_connections", "max_connections_per_client", "allow_networks",
         "max_backends", "auth", "resource", "jwt", "issuer", "jwks_url", "audience",
-        "algorithms", "required_scopes", "forward_token",
+        "algorithms", "required_scopes", "forward_token", "tools",
     ]  # fmt: skip
     for key in keys:
         assert f"{key}:" in text, key

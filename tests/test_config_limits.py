@@ -492,7 +492,7 @@ def test_rate_limit_redis_invalid(line: str, message: str) -> None:
         (
             "rate: 1\nzzz: 2",
             "rate_limit.zzz: unknown key (expected one of: rate, burst, key, trusted_proxies,"
-            " store, redis) (line 6)",
+            " store, tools, redis) (line 6)",
         ),
     ],
 )

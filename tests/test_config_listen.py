@@ -15,6 +15,7 @@ from mcplb.proxy.config.schema import (
     ListenTlsConfig,
     RateLimitConfig,
     RetriesConfig,
+    ToolRateConfig,
 )
 from mcplb.proxy.config.validate import file_issues, validated, worker_count
 from tests.support.config_docs import (
@@ -374,7 +375,11 @@ def test_example_commented_blocks_uncommented(tmp_path: Path) -> None:
     config = parse_config(text, environ={})
     assert config.limits == LimitsConfig(max_in_flight=1000, max_streams=1000)
     assert config.listen_tls == ListenTlsConfig(str(cert), str(key))
-    assert config.rate_limit == RateLimitConfig(rate=10.0, trusted_proxies=("10.0.0.0/8",))
+    assert config.rate_limit == RateLimitConfig(
+        rate=10.0,
+        trusted_proxies=("10.0.0.0/8",),
+        tools=(ToolRateConfig("search_*", 10 / 60, 5),),
+    )
     assert config.retries == RetriesConfig()
 
 

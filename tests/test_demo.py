@@ -100,8 +100,8 @@ async def test_the_banner_commands_work_as_printed(
         kill = command_after(banner, "Fail a backend", 0)
         restart = command_after(banner, "Fail a backend", 1)
 
-        # The banner is printed just before the proxy binds its port (serve): a client as
-        # fast as this one waits for it (on a loaded machine the first GET was refused).
+        # The banner is printed once the port listens (serve's bound callback: see
+        # test_demo_banner_after_bind.py); the wait is a cheap second check.
         await wait_for_port("127.0.0.1", port)
         # Traffic writes no access line to the terminal.
         async with aiohttp.ClientSession() as http:

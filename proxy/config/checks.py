@@ -663,6 +663,21 @@ def check_rate_key(value: object) -> str | None:
     raise ValueError('must be "address", "principal" or "header:NAME", e.g. "header:X-Api-Key"')
 
 
+# A rate_limit.tools rule's name: an MCP tool name (the spec's characters, and "/" some
+# servers use to namespace theirs), or a glob of one with "*" (any run) and "?" (one).
+# Bounded and plain: it is a metrics label and the RateLimit-Policy name.
+_TOOL_PATTERN_RE = re.compile(r"[A-Za-z0-9_./*?-]{1,128}", re.ASCII)
+
+
+@accepts({"type": "string", "pattern": "^[A-Za-z0-9_./*?-]{1,128}$"})
+def check_tool_pattern(value: object) -> str:
+    if isinstance(value, str) and _TOOL_PATTERN_RE.fullmatch(value):
+        return value
+    raise ValueError(
+        'must be a tool name or a glob of one, 1 to 128 of A-Z a-z 0-9 _ . / - * ?, e.g. "search_*"'
+    )
+
+
 @accepts({"type": "string", "minLength": 1})
 def check_file_path(value: object) -> str:
     # Whether the file exists is the machine's business: validate.py checks that.

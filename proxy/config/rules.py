@@ -29,6 +29,7 @@ from mcplb.proxy.config.schema import (
     RateLimitConfig,
     RedisConfig,
     StickyConfig,
+    ToolRateConfig,
 )
 from mcplb.proxy.config.yaml_tree import join
 
@@ -283,6 +284,24 @@ def _cookie(read: Read, ctx: Context) -> CookieConfig | None:
 # --- other sections ---------------------------------------------------------------------
 
 
+def _tool_rules(reads: list[Read], ctx: Context) -> tuple[ToolRateConfig, ...]:
+    """The valid per-tool rules; each name once (the first that matches a call applies)."""
+    rules: list[ToolRateConfig] = []
+    first_index: dict[str, int] = {}
+    for index, read in enumerate(reads):
+        name = read.given.get("name")
+        if name in first_index:
+            message = f'duplicate rule name "{name}" (already used by tools[{first_index[name]}])'
+            value = read.value("name")
+            line = None if value is None else value.line
+            ctx.issues.append(ConfigIssue(join(read.path, "name"), message, line))
+        elif name:
+            first_index[name] = index
+        if "name" in read.given and "rate" in read.given:
+            rules.append(ToolRateConfig(**read.values))
+    return tuple(rules)
+
+
 def _rate_limit(read: Read, ctx: Context) -> RateLimitConfig:
     _unused_redis(read, ctx, read.values["store"] if read.valid("store") else None)
     return RateLimitConfig(**read.values)
@@ -415,4 +434,7 @@ RULES: Mapping[type, Rule] = {
     DiscoveryConfig: _discovery,
     DnsDiscoveryConfig: _dns,
 }
-LIST_RULES: Mapping[type, ListRule] = {BackendConfig: _backends}
+LIST_RULES: Mapping[type, ListRule] = {
+    BackendConfig: _backends,
+    ToolRateConfig: _tool_rules,
+}

@@ -260,6 +260,17 @@ class RetriesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolRateConfig:
+    """One ``rate_limit.tools`` rule: the calls of the tools whose name matches ``name``
+    (exact, or a glob of ``*`` and ``?``, case-sensitive) take a token from a bucket of
+    their own per client, besides the client's main bucket."""
+
+    name: str = field(metadata=key(c.check_tool_pattern, required=True))
+    rate: float = field(metadata=key(c.check_rate, required=True))
+    burst: int = field(default=1, metadata=key(_AT_LEAST_ONE))
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimitConfig:
     """A token bucket per client: ``rate`` tokens a second, holding at most ``burst``."""
 
@@ -279,6 +290,13 @@ class RateLimitConfig:
     )
     store: Literal["memory", "redis"] = field(
         default="memory", metadata=key(c.choice("memory", "redis"))
+    )
+    # per-tool rules (the first whose name matches a tools/call's tool), in the same store
+    tools: tuple[ToolRateConfig, ...] = field(
+        default=(),
+        metadata=sections(
+            ToolRateConfig, 'must be a list of rules, e.g. [{name: "search_*", rate: 10/m}]'
+        ),
     )
     # read only with store "redis"
     redis: RedisConfig = field(

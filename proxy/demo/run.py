@@ -318,11 +318,13 @@ def run_demo(backends: int = 3, port: int = 8080, host: str = "127.0.0.1") -> in
         config = demo_config(host, port, names, ports, admin_port)
         url = f"http://{_url_host(host)}:{port}/mcp"
         pids = [proc.pid for proc in procs]
-        print(banner(names, ports, pids, url, f"{host}:{port}", admin_port), flush=True)
+        shown = banner(names, ports, pids, url, f"{host}:{port}", admin_port)
 
         from mcplb.proxy.server.supervisor import serve
 
-        return serve(config)
+        # Printed once the port is bound and listening: a client as fast as the reader
+        # is not refused, and a port taken since the check above shows no banner at all.
+        return serve(config, bound=lambda: print(shown, flush=True))
     except KeyboardInterrupt:  # Ctrl-C before the proxy took over the signals
         return 130
     finally:

@@ -58,10 +58,18 @@ def _admission(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Iterab
     )
     for reason, count in sorted(stats["rejected"].items()):
         rejected.add_metric([reason], count)
+    by_tool_rule = CounterMetricFamily(
+        "mcplb_tool_rate_limited",
+        "Tool calls refused by a rate_limit.tools rule (also in mcplb_rejected).",
+        labels=["rule"],
+    )
+    for rule, count in sorted(stats["tool_rate_limited"].items()):
+        by_tool_rule.add_metric([rule], count)
     wait = HistogramMetricFamily("mcplb_queue_wait_seconds", "Time spent waiting for a slot.")
     wait.add_metric([], _buckets(stats["queue_wait"]["counts"]), stats["queue_wait"]["sum"])
     return [
         rejected,
+        by_tool_rule,
         CounterMetricFamily("mcplb_queued", "Requests that waited for a slot.", stats["queued"]),
         wait,
         GaugeMetricFamily(

@@ -153,6 +153,8 @@ class Stats:
         self.loop_lag = 0.0
         # reason (queue_full, queue_timeout, max_streams, rate_limited) -> refused requests
         self.rejected: Counter[str] = Counter()
+        # rate_limit.tools rule name (from the config, never a client's) -> refused calls
+        self.tool_rate_limited: Counter[str] = Counter()
         self.queued = 0  # requests that waited for a slot
         self.queue_wait = Histogram()
         self.retry_budget_exhausted = 0
@@ -186,6 +188,7 @@ class Stats:
             "mcp_header_mismatches": dict(self.mcp_header_mismatches),
             "loop_lag": self.loop_lag,
             "rejected": dict(self.rejected),
+            "tool_rate_limited": dict(self.tool_rate_limited),
             "queued": self.queued,
             "queue_wait": self.queue_wait.snapshot(),
             "retry_budget_exhausted": self.retry_budget_exhausted,
@@ -204,6 +207,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "mcp_header_mismatches": Counter(),
         "loop_lag": 0.0,
         "rejected": Counter(),
+        "tool_rate_limited": Counter(),
         "queued": 0,
         "queue_wait": {"counts": [0] * (len(BUCKETS) + 1), "sum": 0.0},
         "retry_budget_exhausted": 0,
@@ -229,6 +233,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         total["mcp_header_mismatches"].update(snap.get("mcp_header_mismatches", {}))
         total["loop_lag"] = max(total["loop_lag"], snap["loop_lag"])
         total["rejected"].update(snap["rejected"])
+        total["tool_rate_limited"].update(snap.get("tool_rate_limited", {}))
         total["reloads"].update(snap["reloads"])
         total["discovery"].update(snap.get("discovery", {}))
         total["queued"] += snap["queued"]

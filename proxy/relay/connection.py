@@ -28,7 +28,7 @@ import httptools
 
 from mcplb.proxy.config.schema import Config, TimeoutsConfig
 from mcplb.proxy.observability import access_log
-from mcplb.proxy.relay import answers, framing, mcp_method, request_buffer, route
+from mcplb.proxy.relay import answers, framing, mcp_method, route
 from mcplb.proxy.relay.answers import Answer
 from mcplb.proxy.relay.client_side import Peer
 from mcplb.proxy.relay.exchange import Exchange
@@ -265,12 +265,14 @@ class ClientConnection(asyncio.Protocol):
             self.current = request
             if request.content_length or request.chunked:  # a body, which Sweep may time
                 request.head_at = self.loop.time()
-            request_buffer.begin(self, self.ex, request, self.runtime.frontend.limits)
+            route.start(self.ex, request)
         else:
             self.queue.append(request)
             self.pause_reading(PAUSE_PIPELINE)
 
     def on_body(self, data: bytes) -> None:
+        if self.state == CLOSED:  # refused at its head and closing: keep none of the body
+            raise _RequestRejected
         request = self.reading
         assert request is not None
         request.body_size += len(data)
@@ -286,10 +288,9 @@ class ClientConnection(asyncio.Protocol):
             and request.mcp is not None
         ):
             mcp_method.judge_unread(request)  # past the bound: nothing taken
-            route.body_read(self.ex, request)
         self.ex.forward_body(request, chunk(data) if request.chunked else data)
         if request.buffering:
-            request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)
+            route.body_read(self.ex, request)
 
     def on_message_complete(self) -> None:
         request = self.reading
@@ -298,12 +299,10 @@ class ClientConnection(asyncio.Protocol):
         self.reading = None
         if request.sniff is not None or request.mcp is not None:
             mcp_method.count_body(self.stats, request)
-            if request.mcp is not None:
-                route.body_read(self.ex, request)
         if request.chunked:
             self.ex.forward_body(request, LAST_CHUNK)
-        if request.buffering and request is self.current:
-            request_buffer.body_read(self, self.ex, request, self.runtime.frontend.limits)
+        if request.buffering:
+            route.body_read(self.ex, request)
 
     def _refuse_head(self, request: Request, reason: str) -> None:
         """400 and close for a head whose framing or routing fields the backend could read
@@ -433,11 +432,7 @@ class Sweep:
         state = conn.state
         timeouts = conn.runtime.frontend.timeouts
         current = conn.current
-        if (
-            (state in (WAIT_RESPONSE, BUFFERING) or conn.ex.awaiting_body)
-            and current is not None
-            and not current.complete
-        ):
+        if state in (WAIT_RESPONSE, BUFFERING) and current is not None and not current.complete:
             # Still receiving the request body (sent on, buffered, or read before routing):
             # the client's pace, judged by the body deadline, the minimum rate and the idle
             # timeout below; the backend's upstream_header clock starts once it has it all.

@@ -52,7 +52,6 @@ class Exchange(Response):
     (the answer's half is ``Response``, and its base ``Reply``)."""
 
     __slots__ = (
-        "awaiting_body",
         "body_paused",
         "bound_backend",
         "client_slot",
@@ -71,7 +70,6 @@ class Exchange(Response):
         self.peer = peer
         # routing and admission
         self.finished = 0.0  # when the backend's answer ended (loop time; 0: not yet)
-        self.awaiting_body = False  # held until its body is read (route.read_before_routing)
         self.bound_backend: str | None = None  # backend a strict affinity key routed to
         self.client_slot = False  # counted in frontend.client_slots (give_client_slot)
         self.retry: Retries | None = None  # what failed, and the retries spent

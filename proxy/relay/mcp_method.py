@@ -15,11 +15,13 @@ from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.routing.mcp_era import (
     MAX_CHECKED,
+    MAX_VALUE,
     VERSION_HEADER,
     parse_message,
     read_head,
     validate,
 )
+from mcplb.proxy.routing.rate_limit import UNKNOWN_TOOL
 
 # JSON-RPC bodies up to this size are read for their method (a 2026-07-28 request's, to
 # check its routing headers before routing, too).
@@ -31,9 +33,14 @@ def count_head(stats: Stats, request: Request) -> None:
     the request is a 2026-07-28 one, whose routing claims go to ``request.mcp``."""
     json_body = False
     modern = False
+    # Perhaps a tool call until its body is read whole (rate_limit.tools): a body never
+    # read (too large, not declared JSON: a lenient server may parse it anyway) counts
+    # against every per-tool rule.
+    request.tool = UNKNOWN_TOOL
     for name, value in request.headers:
         if name == b"content-type":
-            json_body = value.startswith(b"application/json")
+            # (Media types are case-insensitive: "Application/JSON" is read too.)
+            json_body = value[:16].lower() == b"application/json"
         elif name == VERSION_HEADER and value.lstrip(b" \t")[:4] >= b"2026":
             modern = True  # perhaps: read_head decides (a 2025 request pays nothing more)
     if modern:
@@ -73,9 +80,14 @@ def count_body(stats: Stats, request: Request) -> None:
             stats.count_mcp(verdict.method, verdict.name)
         request.mcp_call = True
         request.rpc_id = verdict.message_id
+        if verdict.method == "tools/call":
+            request.tool = verdict.name if verdict.has_name else UNKNOWN_TOOL
+        elif verdict.method:
+            request.tool = None  # (no method: not one request, or not JSON: unknown)
     elif sniff is not None:
         request.sniff = None
         message = parse_message(b"".join(sniff))
+        request.tool = called_tool(message)
         method, tool = message_method(message)
         if method:
             stats.count_mcp(method, tool)
@@ -96,6 +108,20 @@ def judge_unread(request: Request) -> None:
 def jsonrpc_method(body: bytes) -> tuple[str, str]:
     """The method of a JSON-RPC request (and the tool of a tools/call), or ("", "")."""
     return message_method(parse_message(body))
+
+
+def called_tool(message: object) -> str | None:
+    """The tool a parsed body calls (``Request.tool``): its name for a tools/call, None for
+    anything that is no tool call (another method, a response), UNKNOWN_TOOL when that
+    cannot be told (a batch, not JSON, a name that is no string of at most MAX_VALUE)."""
+    if not isinstance(message, dict):
+        return UNKNOWN_TOOL
+    method = message.get("method")
+    if method != "tools/call":
+        return None
+    params = message.get("params")
+    name = params.get("name") if isinstance(params, dict) else None
+    return name if isinstance(name, str) and len(name) <= MAX_VALUE else UNKNOWN_TOOL
 
 
 def message_method(message: object) -> tuple[str, str]:

@@ -56,9 +56,9 @@ class Reply:
         if status >= 500:
             method = request.method.decode()
             log.warning("%d %s: %s %s", status, answer.code, method, answer.message)
-        if request.verdict is None:
+        if request.mcp is None:
             data = answers.render(answer, close=not keep, headers=headers)
-        else:  # 2026-07-28: a JSON-RPC error with the request's id (2025: unchanged)
+        else:  # 2026-07-28: a JSON-RPC error with the request's id (null before the body)
             data = answers.render_jsonrpc(answer, request.rpc_id, close=not keep, headers=headers)
         self._write_answer(data, keep)
 

@@ -36,6 +36,7 @@ class Request:
         "method",
         "pace",
         "principal",
+        "read_bound",
         "refusal",
         "replay",
         "request_id",
@@ -44,6 +45,7 @@ class Request:
         "session_in_query",
         "sniff",
         "target",
+        "tool",
         "upgrade",
         "upstream_session_id",
         "verdict",
@@ -75,6 +77,10 @@ class Request:
         # A JSON-RPC request (an MCP call, either era): its answer may take long
         # (timeouts.mcp_call), and the proxy's own errors for it are JSON-RPC errors
         # carrying its id (``rpc_id``).
+        # A POST's tool (tools/call params.name, from a body read whole and, in 2026-07-28,
+        # checked against Mcp-Name): for rate_limit.tools. None: not a tool call;
+        # rate_limit.UNKNOWN_TOOL: perhaps one, its name not read (mcp_method.py).
+        self.tool: str | None = None
         self.mcp_call = False
         self.rpc_id: object = None
         self.logged = False
@@ -86,8 +92,10 @@ class Request:
         self.complete = False
         self.body: list[bytes] = []  # framed chunks not yet sent upstream
         self.buffered = 0
-        # Its body is read before it is routed (request_buffer.py), up to request_buffer.
+        # Its head was checked and its body is being read before it is routed
+        # (route.read_before_routing; how much: request_buffer.py).
         self.buffering = False
+        self.read_bound = 0  # limits.request_buffer's bound for it (request_buffer.py)
         self.head_at = 0.0  # when its head was read, if it was answered next (loop time)
         self.pace: BodyPace | None = None  # its body's recent rate, once judged (Sweep)
         self.body_size = 0

@@ -1,41 +1,55 @@
-"""The routing pipeline of one request, in the order it runs: ``start`` checks what the
-proxy refuses on its own (400, 421, 413, 405) and the rate limit (429); ``route`` asks the
-request's affinity object (``relay.affinity.Stickiness``) for a key naming a backend (a
-session id, through the store or inside a signed id; a sticky cookie) and takes the
-request there; ``route_new`` takes any other request to the strategy's pick, else queues
-it or answers 503. The decisions are the functions of ``routing.steps``; these functions
-own the I/O around them (store and Redis lookups, answers) and end in ``Exchange.dispatch``.
+"""The routing pipeline of one request, in the order it runs:
+
+1. ``start``, as soon as the head is read: every check that needs only the head, before
+   any of the body is read or a ``100 Continue`` sent: what the proxy refuses on its own
+   (400, 421, 413, 508, 405), edge authentication (401/403) and the rate limit (429). An
+   unauthenticated or limited client cannot make the proxy hold a body buffer: it is
+   answered at once, and a refused request whose body is still to come closes the
+   connection after the answer (lingering, as nginx's discarded body: the client reads
+   the answer, and no body byte is ever parsed as a request).
+2. ``read_before_routing``: the one place a request waits for its body (up to a bound)
+   before it is routed; request_buffer.py decides whether and how much.
+3. ``checked``, once that much body is read: the checks that need it (a 2026-07-28 POST's
+   routing headers against its body, 400; the per-tool rate rules, 429).
+4. ``route``: the request's affinity object (``relay.affinity.Stickiness``) names a
+   backend by a key (a session id, through the store or inside a signed id; a sticky
+   cookie) and takes the request there; ``route_new`` takes any other request to the
+   strategy's pick, else queues it or answers 503.
+
+The decisions are the functions of ``routing.steps``; these functions own the I/O around
+them (store and Redis lookups, answers) and end in ``Exchange.dispatch``.
 
 A step that must wait (a Redis lookup, a binding this process does not hold) runs as the
 exchange's task and goes on only if the request is still the one being answered; a binding
 the process holds routes at once (``SessionStore.known``), as nearly every MCP request's.
-
-A request whose routing depends on its body is held back until the body is read (up to a
-bound): ``read_before_routing``, the one place that decides it (today a 2026-07-28 POST,
-whose routing headers are checked against its body before anything is taken from them).
+While a head check waits, reading from the client pauses (``PAUSE_CHECKING``): no body is
+kept for a request not yet let in.
 """
 
 from __future__ import annotations
 
 from mcplb.proxy.auth.edge import EdgeAuth, KeysPending, Metadata
-from mcplb.proxy.relay import answers, framing
+from mcplb.proxy.config.schema import RateLimitConfig
+from mcplb.proxy.relay import answers, framing, request_buffer
 from mcplb.proxy.relay.affinity import KeyFound, Stickiness
 from mcplb.proxy.relay.exchange import Exchange
 from mcplb.proxy.relay.request import Request
-from mcplb.proxy.relay.states import ROUTING
+from mcplb.proxy.relay.states import BUFFERING, PAUSE_BUFFER_FULL, PAUSE_CHECKING, ROUTING
 from mcplb.proxy.routing import mcp_era
 from mcplb.proxy.routing import steps as routing
 from mcplb.proxy.routing.rate_limit import (
     MemoryRateLimiter,
     RateDecision,
     RedisRateLimiter,
+    ToolRule,
     rate_limit_headers,
 )
 from mcplb.proxy.sessions import affinity
 
 
 def start(ex: Exchange, request: Request) -> None:
-    """Check the request (400, 421, 413, 508, 405, 401/403, 429), then route it."""
+    """Check the head (400, 421, 413, 508, 405, 401/403, 429), then read the body the
+    request waits for (``read_before_routing``)."""
     ex.request = request
     ex.client.set_state(ROUTING)
     ex.started = ex.loop.time()
@@ -62,58 +76,39 @@ def start(ex: Exchange, request: Request) -> None:
 
 
 def limit(ex: Exchange, request: Request) -> None:
-    """The rate limit (429), then ``route``."""
+    """The rate limit (429), then ``read_before_routing``."""
     if ex.runtime.frontend.rate_limiter is None or _rate_limit(ex, request):
-        route(ex, request)
-
-
-def route(ex: Exchange, request: Request) -> None:
-    """A request whose affinity key (a session id, a task id, a cookie) names a backend
-    goes there; else ``route_new``. First, a request whose body decides its routing waits
-    for it (``read_before_routing``)."""
-    if request.mcp is not None and read_before_routing(ex, request):
-        return
-    # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
-    # that TypeError costs more than the search.)
-    if request.target.find(b"?") >= 0 and affinity.repeated_session_parameter(request.target):
-        # A router reading the first and a backend reading the last would disagree.
-        ex.answer(answers.REPEATED_QUERY_SESSION)
-        return
-    keys = ex.runtime.affinity
-    if not keys.kinds:  # no affinity configured: nothing to ask, nothing to learn
-        route_new(ex, request)
-        return
-    sticky = ex.sticky = Stickiness(keys, request)
-    found = sticky.route_key()
-    if found is None:
-        route_new(ex, request)  # (route_key's first case, inline: most requests)
-    else:
-        route_key(ex, request, found)
+        read_before_routing(ex, request)
 
 
 # -- read before routing ----------------------------------------------------------------
-# The one place where a request waits for its body before it is routed. Today: a
-# 2026-07-28 POST (``request.mcp``), whose body is kept while it arrives up to
-# ``mcp_era.MAX_CHECKED`` (64 KiB; ``mcp_method.keep_body``) and judged against its routing
-# headers (``mcp_method.count_body``, or ``judge_unread`` past the bound: nothing is then
-# taken from the headers). Meanwhile the body is buffered for the backend as any body
-# waiting for a connection (``Exchange.forward_body``); the request stays ROUTING.
+# The one place where a request waits for its body before it is routed, for any of the
+# reasons request_buffer.py weighs (limits.request_buffer against slow uploads; a
+# 2026-07-28 POST whose routing headers are checked against its body; a tool call the
+# per-tool rate rules must name), up to the largest bound among them. Meanwhile the
+# request is BUFFERING, its body kept on ``Request.body`` (``Exchange.forward_body``).
 
 
-def read_before_routing(ex: Exchange, request: Request) -> bool:
-    """True if ``request`` is not to be routed now: its body is not judged yet (the
-    connection calls ``body_read`` when it is), or its routing headers lie (answered
-    400 HeaderMismatch, counted; nothing reaches a backend)."""
-    verdict = request.verdict
-    if verdict is None:
-        ex.awaiting_body = True
-        _continue(ex, request)
-        return True
-    if verdict.refusal is not None:
-        ex.runtime.stats.mcp_header_mismatches[verdict.reason] += 1
-        ex.answer_json(400, mcp_era.mismatch_body(verdict))
-        return True
-    return False
+def read_before_routing(ex: Exchange, request: Request) -> None:
+    """Go on with ``request`` (``checked``) if its body is not to be read first, or is read
+    already; else wait for it (the connection calls ``body_read`` for every piece)."""
+    frontend = ex.runtime.frontend
+    tools = frontend.rate_limit_tools is not None
+    bound = request_buffer.buffer_bound(request, frontend.limits)
+    if request_buffer.reads_first(request, bound, tools):
+        client = ex.client
+        request.read_bound = bound
+        if not request_buffer.read_enough(request, bound, tools):
+            request.buffering = True
+            client.set_state(BUFFERING)
+            # Kept while queued behind another request (or while a head check waited),
+            # its body may have paused reading at Exchange.forward_body's limit: from
+            # here the bound above holds it.
+            client.resume_reading(PAUSE_BUFFER_FULL)
+            _continue(ex, request)
+            return
+        client.pause_reading(PAUSE_BUFFER_FULL)  # enough came already: as in body_read
+    checked(ex, request)
 
 
 def _continue(ex: Exchange, request: Request) -> None:
@@ -130,11 +125,52 @@ def _continue(ex: Exchange, request: Request) -> None:
 
 
 def body_read(ex: Exchange, request: Request) -> None:
-    """The body ``request`` waited for was judged (complete, or past the bound): route it,
-    if it got as far as waiting (a rate-limit lookup may still be under way: it routes)."""
-    if ex.awaiting_body and ex.live(request):
-        ex.awaiting_body = False
+    """More of ``request``'s body was read (or all of it): go on with a request that
+    waited for it once enough is read. Reading the rest waits until a backend connection
+    takes what was read (``Exchange._attach`` resumes it)."""
+    if not request.buffering or not ex.live(request):
+        return  # not waiting (or a pipelined request, whose turn has not come)
+    tools = ex.runtime.frontend.rate_limit_tools is not None
+    if request_buffer.read_enough(request, request.read_bound, tools):
+        request.buffering = False
+        client = ex.client
+        if not request.complete:
+            client.pause_reading(PAUSE_BUFFER_FULL)  # resumed when the body is sent on
+        client.set_state(ROUTING)
+        checked(ex, request)
+
+
+def checked(ex: Exchange, request: Request) -> None:
+    """The checks that need the body: a 2026-07-28 POST whose routing headers lie is
+    answered 400 HeaderMismatch (counted; nothing reaches a backend); a tool call past its
+    per-tool rate rule 429. Then ``route``."""
+    verdict = request.verdict
+    if verdict is not None and verdict.refusal is not None:
+        ex.runtime.stats.mcp_header_mismatches[verdict.reason] += 1
+        ex.answer_json(400, mcp_era.mismatch_body(verdict))
+    elif request.tool is None or _limit_tool(ex, request):
         route(ex, request)
+
+
+def route(ex: Exchange, request: Request) -> None:
+    """A request whose affinity key (a session id, a task id, a cookie) names a backend
+    goes there; else ``route_new``."""
+    # (find, not "in": bytes.__contains__ first tries its argument as an int, and building
+    # that TypeError costs more than the search.)
+    if request.target.find(b"?") >= 0 and affinity.repeated_session_parameter(request.target):
+        # A router reading the first and a backend reading the last would disagree.
+        ex.answer(answers.REPEATED_QUERY_SESSION)
+        return
+    keys = ex.runtime.affinity
+    if not keys.kinds:  # no affinity configured: nothing to ask, nothing to learn
+        route_new(ex, request)
+        return
+    sticky = ex.sticky = Stickiness(keys, request)
+    found = sticky.route_key()
+    if found is None:
+        route_new(ex, request)  # (route_key's first case, inline: most requests)
+    else:
+        route_key(ex, request, found)
 
 
 def route_key(ex: Exchange, request: Request, found: KeyFound | None) -> None:
@@ -210,6 +246,13 @@ def _next_key(ex: Exchange, found: KeyFound) -> KeyFound | None:
     return ex.sticky.route_key(after=found)
 
 
+def _hold_body(ex: Exchange, request: Request) -> None:
+    """A head check waits (the JWKS, Redis): read none of a body meanwhile (what came in
+    the same read as the head is kept, at most one read). Resumed when the check ends."""
+    if request.chunked or request.content_length:
+        ex.client.pause_reading(PAUSE_CHECKING)
+
+
 def _authorize(ex: Exchange, request: Request, auth: EdgeAuth) -> bool:
     """Edge authentication (``auth:``): True to go on now; else the request was answered
     (401/403, or the Protected Resource Metadata), or waits for the JWKS."""
@@ -217,6 +260,7 @@ def _authorize(ex: Exchange, request: Request, auth: EdgeAuth) -> bool:
     if outcome is None:
         return True
     if isinstance(outcome, KeysPending):
+        _hold_body(ex, request)
         ex.task = ex.spawn(_authorize_after_keys(ex, request, auth))
     elif isinstance(outcome, Metadata):
         ex.answer_json(*answers.resource_metadata(outcome))
@@ -229,7 +273,10 @@ def _authorize(ex: Exchange, request: Request, auth: EdgeAuth) -> bool:
 
 
 async def _authorize_after_keys(ex: Exchange, request: Request, auth: EdgeAuth) -> None:
-    await auth.keys_fetched()
+    try:
+        await auth.keys_fetched()
+    finally:
+        ex.client.resume_reading(PAUSE_CHECKING)
     ex.task = None
     if not ex.live(request):
         return
@@ -240,14 +287,15 @@ async def _authorize_after_keys(ex: Exchange, request: Request, auth: EdgeAuth) 
 
 
 def _rate_limit(ex: Exchange, request: Request) -> bool:
-    """Take a token from the client's bucket: True to route on now; else the request was
+    """Take a token from the client's bucket: True to go on now; else the request was
     answered 429, or waits for Redis's answer."""
     frontend = ex.runtime.frontend
     limiter = frontend.rate_limiter
     assert limiter is not None
     key = routing.rate_key(frontend, request, ex.peer.ip)
     if not isinstance(limiter, MemoryRateLimiter):
-        ex.task = ex.spawn(_route_after_rate_limit(ex, request, limiter, key))
+        _hold_body(ex, request)
+        ex.task = ex.spawn(_after_rate_limit(ex, request, limiter, key))
         return False
     decision = limiter.take(key, ex.started)
     if not decision.allowed:
@@ -255,21 +303,81 @@ def _rate_limit(ex: Exchange, request: Request) -> bool:
     return decision.allowed
 
 
-async def _route_after_rate_limit(
+async def _after_rate_limit(
     ex: Exchange, request: Request, limiter: RedisRateLimiter, key: str
 ) -> None:
-    decision = await limiter.take(key)
+    try:
+        decision = await limiter.take(key)
+    finally:
+        ex.client.resume_reading(PAUSE_CHECKING)
     ex.task = None
     if not ex.live(request):
         return
     if decision.allowed:
-        route(ex, request)
+        read_before_routing(ex, request)
     else:
         _answer_rate_limited(ex, decision)
 
 
-def _answer_rate_limited(ex: Exchange, decision: RateDecision) -> None:
-    rate_limit = ex.runtime.frontend.rate_limit
-    assert rate_limit is not None
-    ex.runtime.stats.rejected["rate_limited"] += 1
-    ex.answer(answers.RATE_LIMITED, rate_limit_headers(rate_limit, decision))
+def _answer_rate_limited(
+    ex: Exchange, decision: RateDecision, rule: ToolRule | None = None
+) -> None:
+    """429 with the RateLimit fields of the main bucket, or of the per-tool ``rule``."""
+    stats = ex.runtime.stats
+    stats.rejected["rate_limited"] += 1
+    bucket: RateLimitConfig | ToolRule | None = rule
+    if rule is None:
+        bucket = ex.runtime.frontend.rate_limit
+    else:
+        stats.tool_rate_limited[rule.name] += 1  # the config's name: a bounded label
+    assert bucket is not None
+    ex.answer(answers.RATE_LIMITED, rate_limit_headers(bucket, decision))
+
+
+# -- per-tool rate rules (rate_limit.tools) -------------------------------------------
+
+
+def _limit_tool(ex: Exchange, request: Request) -> bool:
+    """Take a token from the client's bucket of each per-tool rule the call falls under
+    (``ToolRules.applying``): True to route on now; else answered 429, or waiting for
+    Redis."""
+    frontend = ex.runtime.frontend
+    tools = frontend.rate_limit_tools
+    if tools is None:
+        return True  # no rules configured (the tool was noted all the same)
+    assert request.tool is not None
+    rules = tools.applying(request.tool)
+    if not rules:
+        return True
+    key = routing.rate_key(frontend, request, ex.peer.ip)
+    limiter = frontend.rate_limiter
+    if not isinstance(limiter, MemoryRateLimiter):
+        assert limiter is not None
+        ex.task = ex.spawn(_route_after_tool_limit(ex, request, limiter, rules, key))
+        return False
+    for rule in rules:
+        decision = limiter.take(rule.bucket(key), ex.started, rule.rate, rule.burst)
+        if not decision.allowed:
+            _answer_rate_limited(ex, decision, rule)
+            return False
+    return True
+
+
+async def _route_after_tool_limit(
+    ex: Exchange,
+    request: Request,
+    limiter: RedisRateLimiter,
+    rules: tuple[ToolRule, ...],
+    key: str,
+) -> None:
+    for rule in rules:
+        decision = await limiter.take(rule.bucket(key), rule.rate, rule.burst)
+        if not ex.live(request):
+            ex.task = None
+            return
+        if not decision.allowed:
+            ex.task = None
+            _answer_rate_limited(ex, decision, rule)
+            return
+    ex.task = None
+    route(ex, request)

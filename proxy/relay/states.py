@@ -13,7 +13,7 @@ WAIT_RESPONSE: Final = 3  # for the backend's response head
 STREAMING: Final = 4  # relaying the response body
 TUNNELLING: Final = 5  # relaying the bytes of a switched protocol, both ways
 CLOSED: Final = 6
-BUFFERING: Final = 7  # for a request body, read up to limits.request_buffer before routing
+BUFFERING: Final = 7  # for a request body, read before routing (request_buffer.py)
 
 NAMES: Final = (
     "IDLE",
@@ -28,16 +28,17 @@ NAMES: Final = (
 
 # The legal moves. Any state may close. A request starts (ROUTING) from its head, or from
 # the answer before it when it was pipelined; the answer's end goes back to IDLE, or to
-# HEAD when the next request's head is already being read. A request with a body may
-# first be BUFFERING (request_buffer.py): it starts once its body is read. A retry sends
+# HEAD when the next request's head is already being read. A request with a body may be
+# BUFFERING once its head is checked (request_buffer.py), and ROUTING again once enough of
+# its body is read. A retry sends
 # the request again (WAIT_RESPONSE again); a retry after a routing step that waited stays
 # ROUTING.
 _ANSWERED: Final = frozenset((IDLE, HEAD, ROUTING))
 LEGAL: Final[dict[int, frozenset[int]]] = {
     IDLE: frozenset((HEAD, CLOSED)),
-    HEAD: frozenset((ROUTING, BUFFERING, CLOSED)),
+    HEAD: frozenset((ROUTING, CLOSED)),
     BUFFERING: frozenset((ROUTING, CLOSED)),
-    ROUTING: _ANSWERED | {WAIT_RESPONSE, CLOSED},
+    ROUTING: _ANSWERED | {BUFFERING, WAIT_RESPONSE, CLOSED},
     WAIT_RESPONSE: _ANSWERED | {WAIT_RESPONSE, STREAMING, CLOSED},
     STREAMING: _ANSWERED | {TUNNELLING, CLOSED},
     TUNNELLING: frozenset((CLOSED,)),
@@ -60,6 +61,8 @@ def transition(state: int, new: int) -> int:
 PAUSE_PIPELINE: Final = 1
 PAUSE_UPSTREAM_FULL: Final = 2
 PAUSE_BUFFER_FULL: Final = 4
+# A head check that waits (the JWKS, a Redis rate limit): no body is read until it passes.
+PAUSE_CHECKING: Final = 8
 
 # Reasons to stop reading from the backend (bits).
 UP_PAUSE_CLIENT_FULL: Final = 1

@@ -25,7 +25,13 @@ from mcplb.proxy.routing.connection_caps import (
     open_files_limit,
 )
 from mcplb.proxy.routing.host_check import HostPolicy
-from mcplb.proxy.routing.rate_limit import MemoryRateLimiter, RedisRateLimiter, build_rate_limiter
+from mcplb.proxy.routing.rate_limit import (
+    MemoryRateLimiter,
+    RedisRateLimiter,
+    ToolRules,
+    build_rate_limiter,
+    build_tool_rules,
+)
 from mcplb.strategies.forwarded import ForwardedClient, parse_networks
 
 RateLimiter = MemoryRateLimiter | RedisRateLimiter
@@ -44,6 +50,7 @@ class Frontend:
         "preserve_host",
         "rate_limit",
         "rate_limit_client",
+        "rate_limit_tools",
         "rate_limiter",
         "timeouts",
         "via",
@@ -65,6 +72,8 @@ class Frontend:
             if previous is not None and previous.rate_limit == config.rate_limit
             else build_rate_limiter(config.rate_limit)
         )
+        # The per-tool rules (rate_limit.tools): their buckets live in rate_limiter's store.
+        self.rate_limit_tools: ToolRules | None = build_tool_rules(config.rate_limit)
         self.rate_limit_client = _forwarded_client(config)
         total, per_client = caps(config)
         per_slots = config.limits.max_in_flight_per_client

@@ -20,15 +20,17 @@ refused. ``take_token`` is the pure bucket step; the stores keep ``(tokens, stam
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
-from mcplb.proxy.config.schema import RateLimitConfig
+from mcplb.proxy.config.schema import RateLimitConfig, ToolRateConfig
 from mcplb.proxy.redisconn.health import RedisHealth
 from mcplb.proxy.redisconn.link import RedisLink
 
@@ -97,9 +99,14 @@ class MemoryRateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: str, now: float) -> RateDecision:
+    def take(
+        self, key: str, now: float, rate: float | None = None, burst: int | None = None
+    ) -> RateDecision:
+        """Take a token from ``key``'s bucket (``rate``/``burst``: a per-tool rule's own,
+        else the config's)."""
         key = bucket_key(key)
-        rate, burst = self.config.rate, self.config.burst
+        if rate is None or burst is None:
+            rate, burst = self.config.rate, self.config.burst
         tokens, stamp = self._buckets.pop(key, (float(burst), now))
         decision, tokens, stamp = take_token(tokens, stamp, now, rate, burst)
         self._buckets[key] = (tokens, stamp)  # re-inserted: now the most recently used
@@ -179,32 +186,40 @@ class RedisRateLimiter:
         """Redis failures (connect, timeout, script), for metrics."""
         return self._health.errors
 
-    async def take(self, key: str) -> RateDecision:
+    async def take(
+        self, key: str, rate: float | None = None, burst: int | None = None
+    ) -> RateDecision:
+        """Take a token from ``key``'s bucket (``rate``/``burst``: a per-tool rule's own,
+        else the config's); allowed without asking when Redis is down."""
+        if rate is None or burst is None:
+            rate, burst = self.config.rate, self.config.burst
+            args, fail_open = self._args, self._open
+        else:
+            args = (repr(rate), str(burst), repr(EPSILON))
+            fail_open = RateDecision(True, max(0, burst - 1), 0.0, 0.0)
         if self._closed:
             self.fail_open += 1
-            return self._open
+            return fail_open
         probe = not self._health.healthy
         if probe:
             # One request at a time finds out whether Redis is back; the rest do not wait.
             if self._probing or not self._health.probe_due():
                 self.fail_open += 1
-                return self._open
+                return fail_open
             self._probing = True
         try:
             if probe:
                 await self._link.drop_connections()  # the others fail open meanwhile
             reply = await asyncio.wait_for(
-                self._script(keys=[self._prefix + bucket_key(key)], args=self._args),
+                self._script(keys=[self._prefix + bucket_key(key)], args=args),
                 self._timeout,
             )
             allowed, tokens = reply
-            decision = _decide(
-                bool(int(allowed)), float(tokens), self.config.rate, self.config.burst
-            )
+            decision = _decide(bool(int(allowed)), float(tokens), rate, burst)
         except Exception as error:  # any failure: let the request through
             self._health.failed(error, probe=probe)
             self.fail_open += 1
-            return self._open
+            return fail_open
         finally:
             if probe:
                 self._probing = False
@@ -225,16 +240,19 @@ def _ceil(seconds: float) -> int:
 
 
 def rate_limit_headers(
-    config: RateLimitConfig, decision: RateDecision
+    config: RateLimitConfig | ToolRule, decision: RateDecision
 ) -> list[tuple[bytes, bytes]]:
-    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers), the legacy
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers) of the main
+    bucket or of a per-tool rule's (named after the rule), the legacy
     RateLimit-Limit/-Remaining/-Reset trio, and Retry-After when refused."""
-    window = max(1, _ceil(config.burst / config.rate))
+    rate, burst = config.rate, config.burst
+    policy = config.policy if isinstance(config, ToolRule) else POLICY
+    window = max(1, _ceil(burst / rate))
     reset = _ceil(decision.reset)
     headers = [
-        (b"ratelimit-policy", f"{POLICY};q={config.burst};w={window}".encode()),
-        (b"ratelimit", f"{POLICY};r={decision.remaining};t={reset}".encode()),
-        (b"ratelimit-limit", str(config.burst).encode()),
+        (b"ratelimit-policy", f"{policy};q={burst};w={window}".encode()),
+        (b"ratelimit", f"{policy};r={decision.remaining};t={reset}".encode()),
+        (b"ratelimit-limit", str(burst).encode()),
         (b"ratelimit-remaining", str(decision.remaining).encode()),
         (b"ratelimit-reset", str(reset).encode()),
     ]
@@ -252,3 +270,59 @@ def build_rate_limiter(
     if config.store == "redis":
         return RedisRateLimiter(config)
     return MemoryRateLimiter(config)
+
+
+# -- per-tool rules (rate_limit.tools) ---------------------------------------------------
+
+# ``Request.tool`` of a POST that may be a tool call whose tool is not known: its body was
+# not read whole before routing (past the 64 KiB read bound, not JSON), is a batch, or its
+# name is no string of at most mcp_era.MAX_VALUE characters. Such a call counts against
+# every rule: padding a body past the bound must not slip a call past its tool's limit. (A
+# client naming its tool this, NUL included, only limits itself more.)
+UNKNOWN_TOOL = "\x00unknown"
+
+
+class ToolRule:
+    """One ``rate_limit.tools`` rule, compiled: which tool names it matches, its bucket."""
+
+    __slots__ = ("burst", "match", "name", "policy", "rate")
+
+    def __init__(self, config: ToolRateConfig) -> None:
+        self.name = config.name  # the metrics label and policy name: config's, never a client's
+        self.rate = config.rate
+        self.burst = config.burst
+        self.policy = f'"{config.name}"'  # a quoted string (checks.py: no quote in a name)
+        # Python 3.11's fnmatch.translate makes "*" atomic: no backtracking blow-up on a
+        # long name (the names matched are at most mcp_era.MAX_VALUE characters anyway).
+        self.match = re.compile(fnmatch.translate(config.name)).match
+
+    def bucket(self, client: str) -> str:
+        """The bucket of ``client`` (rate_key's key) under this rule: one per rule and
+        client, whatever tool names the client sends."""
+        return f"t:{self.name}:{client}"
+
+
+class ToolRules:
+    """The per-tool rules of one config: the first rule whose name matches a call's tool
+    applies; a call whose tool is unknown (``UNKNOWN_TOOL``) takes a token under each."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self, configs: tuple[ToolRateConfig, ...]) -> None:
+        self.rules = tuple(ToolRule(config) for config in configs)
+
+    def applying(self, tool: str) -> tuple[ToolRule, ...]:
+        """The rules a call of ``tool`` counts against (none, one, or all when unknown)."""
+        if tool == UNKNOWN_TOOL:
+            return self.rules
+        for rule in self.rules:
+            if rule.match(tool) is not None:
+                return (rule,)
+        return ()
+
+
+def build_tool_rules(config: RateLimitConfig | None) -> ToolRules | None:
+    """The per-tool rules ``config`` has; None when there are none."""
+    if config is None or not config.tools:
+        return None
+    return ToolRules(config.tools)

@@ -12,6 +12,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
@@ -31,8 +32,9 @@ POLL_INTERVAL = 0.2  # seconds between checks for dead workers, reloads and file
 class Supervisor:
     """The parent process: forks workers, forwards signals, replaces workers that die."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, bound: Callable[[], None] | None = None) -> None:
         self.config = config
+        self.bound = bound  # called once the port is reserved (serve)
         self.workers: dict[int, int] = {}  # pid -> worker index
         # Workers publish counters and read drain decisions here (see proxy/admin/app.py).
         self.state_dir = Path(tempfile.mkdtemp(prefix="mcplb-state-"))
@@ -51,6 +53,8 @@ class Supervisor:
                 "cannot listen on %s:%d: %s", self.config.listen_host, self.config.listen_port, exc
             )
             return 1
+        if self.bound is not None:
+            self.bound()  # (the workers listen on it as soon as they start)
         # Keep the port (and a port 0 choice) ours while workers come and go.
         workers = worker_count(self.config.workers)
         self.config = dataclasses.replace(
@@ -216,8 +220,10 @@ def _describe(status: int) -> str:
     return f"code {os.waitstatus_to_exitcode(status)}"
 
 
-def serve(config: Config) -> int:
-    """Run the proxy with ``config.workers`` processes; blocks until stopped."""
+def serve(config: Config, bound: Callable[[], None] | None = None) -> int:
+    """Run the proxy with ``config.workers`` processes; blocks until stopped. ``bound``
+    is called once the port is the proxy's (with one worker: listening), never if it
+    cannot be had (``mcplb demo`` prints its banner then, so that what it shows works)."""
     if worker_count(config.workers) <= 1:
         note_early_stops()
         try:
@@ -225,5 +231,7 @@ def serve(config: Config) -> int:
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", config.listen_host, config.listen_port, exc)
             return 1
+        if bound is not None:
+            bound()
         return run_worker(config, sock)
-    return Supervisor(config).run()
+    return Supervisor(config, bound).run()
