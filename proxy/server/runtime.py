@@ -89,7 +89,11 @@ class Runtime:
         sticky = config.sticky
         # The affinity key kinds, each in the variant the config asks for: chosen once.
         self.affinity = build_affinity(
-            sticky, self.sessions, self.session_counts, self.tasks if sticky.mcp_tasks else None
+            sticky,
+            self.sessions,
+            self.session_counts,
+            self.tasks if sticky.mcp_tasks else None,
+            config.auth,
         )
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:
