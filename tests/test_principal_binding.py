@@ -132,7 +132,9 @@ def test_the_digest_of_a_token_leaving_the_verified_cache_leaves_with_it() -> No
     tokens = [codec.seal("a", f"raw-{i}", ALICE) for i in range(5000)]
     for token in tokens:
         assert codec.open(token) is not None
-    assert len(codec._digests) <= len(codec._verified) <= 4096
+        assert codec.belongs(token, ALICE) is None  # confirmed: then a lookup, a compare
+        assert codec.belongs(token, BOB) == "principal"  # not Alice's confirmation
+    assert len(codec._confirmed) <= len(codec._digests) <= len(codec._verified) <= 4096
     assert codec.belongs(tokens[-1], ALICE) is None
 
 

@@ -117,7 +117,15 @@ class TokenCodec:
     PURPOSE_COOKIE); a token sealed for one purpose never opens for another.
     """
 
-    __slots__ = ("_digests", "_owners", "_principal_macs", "_signer", "_verified", "_verifiers")
+    __slots__ = (
+        "_confirmed",
+        "_digests",
+        "_owners",
+        "_principal_macs",
+        "_signer",
+        "_verified",
+        "_verifiers",
+    )
 
     def __init__(self, keys: Sequence[str | bytes], purpose: str) -> None:
         if isinstance(keys, str | bytes):
@@ -150,6 +158,9 @@ class TokenCodec:
         self._verified: dict[str, tuple[str, str]] = {}
         # The principal digest of each verified token that carries one (evicted with it).
         self._digests: dict[str, bytes] = {}
+        # The principal each of those was last confirmed for: a session's next requests
+        # cost a dict lookup and a compare (evicted with it too).
+        self._confirmed: dict[str, str] = {}
         # Principals' digests under each key (the first seals, all are accepted), cached.
         self._principal_macs: tuple[hmac.HMAC, ...] = tuple(principal_macs)
         self._owners: dict[str, tuple[bytes, ...]] = {}
@@ -204,6 +215,7 @@ class TokenCodec:
                     oldest = next(iter(self._verified))  # oldest first
                     del self._verified[oldest]
                     self._digests.pop(oldest, None)
+                    self._confirmed.pop(oldest, None)
                 self._verified[token] = opened
                 if unpacked[2]:
                     self._digests[token] = unpacked[2]
@@ -217,6 +229,8 @@ class TokenCodec:
         "principal" (sealed for another)."""
         if principal is None:
             return "anonymous"
+        if self._confirmed.get(token) == principal:
+            return None
         sealed = self._digests.get(token)
         if sealed is None:
             if token not in self._verified and self.open(token) is not None:
@@ -225,6 +239,8 @@ class TokenCodec:
                 return "unbound"
         for digest in self._digests_of(principal):
             if hmac.compare_digest(digest, sealed):
+                if token in self._verified:
+                    self._confirmed[token] = principal
                 return None
         return "principal"
 
