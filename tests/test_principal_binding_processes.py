@@ -98,13 +98,16 @@ class Stack:
         self.redis: RedisServer | None = None
 
     async def start(self, *, redis: bool, tasks: bool = False) -> None:
-        started = [TasksBackend(f"t{i}", free_port()) for i in range(2 if tasks else 0)]
-        self.peers.started.extend(started)
+        # The session servers first, each waited for, then the task servers: on a loaded
+        # machine, four Python processes importing at once can each take longer than the
+        # 15 s the demo backend's start waits for its port.
         if redis:
             self.redis = await start_redis()
         for name in ("a", "b"):
             backend = await self.peers.backend(name)
             self.sessions.append((name, backend.port))
+        started = [TasksBackend(f"t{i}", free_port()) for i in range(2 if tasks else 0)]
+        self.peers.started.extend(started)
         for task_backend in started:
             await wait_for_port(LOOPBACK, task_backend.port, 20.0, process=task_backend)
             self.tasks.append((task_backend.name, task_backend.port))
