@@ -166,7 +166,7 @@ _ROUTING_HEADERS = {"mcp-name": "Mcp-Name", "mcp-method": "Mcp-Method"}
 
 def _mcp_sticky_warnings(read: Read, ctx: Context, store: str | None, several: bool) -> None:
     """What is valid but wrong for MCP 2026-07-28 routing: hashing a routing header, and task
-    bindings that a signed store cannot carry across workers."""
+    bindings that a signed store cannot carry across replicas."""
     values = read.values
     header = values["header"]
     if read.valid("header") and header in _ROUTING_HEADERS:
@@ -181,10 +181,11 @@ def _mcp_sticky_warnings(read: Read, ctx: Context, store: str | None, several: b
         message = (
             "task bindings (mcp_tasks) cannot be carried by store: signed: a task id is minted "
             "by the backend inside an answer body and sent back in request bodies and "
-            "Mcp-Name, so sealing it would mean rewriting bodies of every tasks/* call; they "
-            "live in each worker's memory instead, and a tasks/* request reaching another "
-            "worker or replica goes to the strategy's pick. Use store: redis to route tasks "
-            "across workers and replicas (or mcp_tasks: false to silence this)"
+            "Mcp-Name, so sealing it would mean rewriting bodies of every tasks/* call; the "
+            "workers of one host share them (files in the supervisor's state directory), "
+            "but a tasks/* request reaching another replica goes to the strategy's pick. "
+            "Behind several replicas, use store: redis to route tasks across them (or "
+            "mcp_tasks: false to silence this)"
         )
         line = read.line("mcp_tasks") if "mcp_tasks" in read.given else read.line("store")
         if line is None:

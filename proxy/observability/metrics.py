@@ -265,4 +265,13 @@ def _sessions(stats: dict[str, Any], views: list[dict[str, Any]]) -> Iterable[Me
         "404s for unknown or invalid session ids.",
         stats["session_not_found"],
     )
-    return [active, created, ended, not_found]
+    refused = CounterMetricFamily(
+        "mcplb_binding_refused",
+        "Edge auth on: signed session ids (and ids without a principal) answered as unknown,"
+        " by kind and reason.",
+        labels=["kind", "reason"],
+    )
+    for key, count in sorted(stats.get("binding_refused", {}).items()):
+        kind, _, reason = key.partition(" ")
+        refused.add_metric([kind, reason], count)
+    return [active, created, ended, not_found, refused]

@@ -146,6 +146,9 @@ class Stats:
         self.backends: dict[str, BackendStats] = {name: BackendStats() for name in backend_names}
         self.proxy_errors: Counter[str] = Counter()  # status code -> answers made by the proxy
         self.session_not_found = 0
+        # edge auth on: session/task ids refused as another principal's, by "kind reason"
+        # (relay/affinity.py; kinds session, task; reasons principal, unbound, anonymous)
+        self.binding_refused: Counter[str] = Counter()
         self.mcp: Counter[tuple[str, str]] = Counter()  # (method, tool)
         self.mcp_names: Counter[str] = Counter()  # method -> names counted under their own
         # refused MCP requests whose routing headers did not match their body, by reason
@@ -184,6 +187,7 @@ class Stats:
             "backends": {name: b.snapshot() for name, b in self.backends.items()},
             "proxy_errors": dict(self.proxy_errors),
             "session_not_found": self.session_not_found,
+            "binding_refused": dict(self.binding_refused),
             "mcp": [[m, t, n] for (m, t), n in self.mcp.items()],
             "mcp_header_mismatches": dict(self.mcp_header_mismatches),
             "loop_lag": self.loop_lag,
@@ -203,6 +207,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "backends": {},
         "proxy_errors": Counter(),
         "session_not_found": 0,
+        "binding_refused": Counter(),
         "mcp": Counter(),
         "mcp_header_mismatches": Counter(),
         "loop_lag": 0.0,
@@ -228,6 +233,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
                 into[key] += backend[key]
         total["proxy_errors"].update(snap["proxy_errors"])
         total["session_not_found"] += snap["session_not_found"]
+        total["binding_refused"].update(snap.get("binding_refused", {}))
         for method, tool, count in snap["mcp"]:
             total["mcp"][(method, tool)] += count
         total["mcp_header_mismatches"].update(snap.get("mcp_header_mismatches", {}))

@@ -25,6 +25,22 @@ checked against ``Mcp-Name`` before routing: route.read_before_routing) and retu
 ``guessed`` key (an unknown task, or one whose holder is down, routes as any other request);
 ``on_head`` returns a ``Learner`` for a tools/call's JSON or SSE answer, whose ``flush``
 binds a created task to its backend with the TTL from its ``ttlMs``.
+
+Bound to the principal
+----------------------
+With edge auth on (``auth:``), every session and task binding belongs to the principal
+(``request.principal``, the token's "iss sub") whose request made it: the stores key it by
+a digest of the principal (``PrincipalScope``: ``<digest>:<id>``, the spec's
+``<user_id>:<session_id>``), signed ids carry the digest in their signed payload. An id
+presented with another principal's token is then answered exactly as an unknown one: 404
+Session not found for a session; for a task, the JSON-RPC error SEP-2663 gives a
+nonexistent task (-32602), which the proxy answers itself for every task id this principal
+has not bound (with auth on a task key is strict: a guess could reach the holder, which
+knows no principal). Signed ids that open but belong to no one or to another are counted
+by reason (``Stats.binding_refused``); a store cannot tell a foreign id from an unknown one,
+by design. A request without a principal (a CORS preflight passes auth without a token)
+uses no binding: it is routed as any other. With auth off the kinds hold no scope and
+nothing changes.
 """
 
 from __future__ import annotations
@@ -36,13 +52,15 @@ from functools import partial
 from typing import Any, Protocol
 
 from mcplb.proxy.cluster.cluster import Cluster
-from mcplb.proxy.config.schema import CookieConfig, StickyConfig
+from mcplb.proxy.config.schema import AuthConfig, CookieConfig, StickyConfig
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay import answers
 from mcplb.proxy.relay.framing import SESSION_HEADER, ResponseHead
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.routing import mcp_tasks
 from mcplb.proxy.sessions import affinity as sans_io
+from mcplb.proxy.sessions import principal as principals
+from mcplb.proxy.sessions.principal import PrincipalScope
 from mcplb.proxy.sessions.store import SessionStore
 from mcplb.proxy.sessions.tokens import PURPOSE_COOKIE, PURPOSE_SESSION, TokenCodec
 
@@ -104,8 +122,9 @@ class KeyKind(Protocol):
     def not_a_key(self, request: Request) -> None:
         """A guessed key (``KeyFound.guessed``) turned out to be none: forget it."""
 
-    def not_found(self, close: bool) -> bytes:
-        """The whole answer for a strict key whose backend is unknown or cannot serve it."""
+    def not_found(self, request: Request, close: bool) -> tuple[int, bytes]:
+        """The status and whole answer for a strict key whose backend is unknown or cannot
+        serve it."""
 
     def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
         """The backend the key routed to could not be reached: its keys died with it."""
@@ -235,20 +254,32 @@ def build_affinity(
     store: SessionStore,
     counts: SessionCounts,
     tasks: SessionStore | None = None,
+    auth: AuthConfig | None = None,
 ) -> Affinity:
     """The kinds the config asks for, each in its variant: chosen here, once. ``tasks``:
-    where MCP task bindings live (sticky.mcp_tasks)."""
+    where MCP task bindings live (sticky.mcp_tasks); ``auth``: with edge auth on, bindings
+    belong to the principal that made them."""
     kinds: list[KeyKind] = []
+    # The stores' scope with auth on: a memory store is this process's alone (its own
+    # key); Redis, and the task bindings of store: signed (the workers of a host share
+    # them), are shared (a key from sticky.keys).
+    scope: PrincipalScope | None = None
+    if auth is not None:
+        shared = sticky.store != "memory"
+        scope = PrincipalScope(
+            principals.shared_key(sticky.keys) if shared else principals.PROCESS_KEY
+        )
     if sticky.mcp_sessions:
         if sticky.store == "signed":
             # Signed ids name their backend: no table to consult.
-            kinds.append(SignedSessions(TokenCodec(sticky.keys, PURPOSE_SESSION), counts))
+            codec = TokenCodec(sticky.keys, PURPOSE_SESSION)
+            kinds.append(SignedSessions(codec, counts, bound=auth is not None))
         else:
-            kinds.append(StoredSessions(store, counts))
+            kinds.append(StoredSessions(store, counts, scope))
     if tasks is not None:
         # Before the cookie (a must, not a preference); a tasks/* request is a 2026-07-28
         # one, which the session kinds pass by.
-        kinds.append(McpTasks(tasks, sticky.task_ttl_max))
+        kinds.append(McpTasks(tasks, sticky.task_ttl_max, scope, counts.stats))
     if sticky.cookie is not None:
         kinds.append(CookiePin(TokenCodec(sticky.keys, PURPOSE_COOKIE), sticky.cookie))
     header_hash = sans_io.HeaderAffinity(sticky.header) if sticky.header else None
@@ -287,6 +318,16 @@ class _Learners:
         return _either(self.first.end(), self.second.end())
 
 
+def found_in(store: SessionStore, key: str, kind: KeyKind, *, guessed: bool) -> KeyFound:
+    """``key`` looked up in ``store`` (sessions and tasks alike): a binding this process
+    holds routes at once, as nearly every MCP request's; else the store's lookup (Redis, a
+    host's shared file) is the pending answer."""
+    name = store.known(key)
+    if name is not None:
+        return KeyFound(kind, name, guessed=guessed)
+    return KeyFound(kind, pending=store.get(key), guessed=guessed)
+
+
 def _either(one: Job | None, two: Job | None) -> Job | None:
     if one is None:
         return two
@@ -323,12 +364,27 @@ class _Sessions:
     def _lookup(self, request: Request, session_id: str, guessed: bool) -> KeyFound | None:
         raise NotImplementedError
 
+    def _unknown(self, request: Request, guessed: bool, reason: str) -> KeyFound | None:
+        """An id this request's principal may not use (auth on), counted by ``reason``:
+        answered as an unknown one (a guessed key: none at all). A request without a
+        principal (only a CORS preflight passes auth without a token; a browser sends
+        the legacy transport's ``?session_id=`` in its URL) uses no key: routed as any
+        other, it can neither reach nor learn a binding."""
+        self.counts.stats.binding_refused["session " + reason] += 1
+        if guessed or reason == "anonymous":
+            self.not_a_key(request)
+            return None
+        return KeyFound(self)
+
     def not_a_key(self, request: Request) -> None:
         request.session_id = None
         request.session_in_query = False
 
-    def not_found(self, close: bool) -> bytes:
-        return answers.session_not_found(close=close)
+    def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
+        raise NotImplementedError
+
+    def not_found(self, request: Request, close: bool) -> tuple[int, bytes]:
+        return 404, answers.session_not_found(close=close)
 
     def on_head(
         self,
@@ -352,10 +408,10 @@ class _Sessions:
                 and request.method == b"GET"
                 and head.content_type.startswith(b"text/event-stream")
             ):
-                return wire, job, self._endpoint_learner(backend)
+                return wire, job, self._endpoint_learner(request, backend)
         elif status == 404 or (request.method == b"DELETE" and 200 <= status < 300):
             # The backend ended (DELETE) or does not know (404) the session.
-            ended = self._ended(request.session_id, found)
+            ended = self._ended(request, found)
             job = ended if job is None else _both(job, ended) if ended is not None else job
         return wire, job, None
 
@@ -370,30 +426,40 @@ class _Sessions:
     ) -> tuple[list[bytes] | None, Job | None]:
         raise NotImplementedError
 
-    def _ended(self, session_id: str, found: KeyFound | None) -> Job | None:
+    def _ended(self, request: Request, found: KeyFound | None) -> Job | None:
         raise NotImplementedError
 
-    def _endpoint_learner(self, backend: str) -> Learner:
+    def _endpoint_learner(self, request: Request, backend: str) -> Learner | None:
         raise NotImplementedError
 
 
 class StoredSessions(_Sessions):
-    """Session ids as the backends mint them, bound in a store (memory or Redis)."""
+    """Session ids as the backends mint them, bound in a store (memory or Redis); with
+    ``scope`` (edge auth on), under a key of the principal's (``PrincipalScope``)."""
 
-    def __init__(self, store: SessionStore, counts: SessionCounts) -> None:
+    def __init__(
+        self, store: SessionStore, counts: SessionCounts, scope: PrincipalScope | None = None
+    ) -> None:
         self.store = store
         self.counts = counts
+        self.scope = scope
+
+    def _key(self, request: Request, session_id: str) -> str | None:
+        """The store key of ``session_id`` for this request (None: auth on, no principal)."""
+        scope = self.scope
+        return session_id if scope is None else scope.key(request.principal, session_id)
 
     def _lookup(self, request: Request, session_id: str, guessed: bool) -> KeyFound | None:
-        # A binding this process holds routes at once, as nearly every MCP request's.
-        name = self.store.known(session_id)
-        if name is not None:
-            return KeyFound(self, name, guessed=guessed)
-        return KeyFound(self, pending=self.store.get(session_id), guessed=guessed)
+        scope = self.scope
+        key = session_id if scope is None else scope.key(request.principal, session_id)
+        if key is None:
+            return self._unknown(request, guessed, "anonymous")
+        return found_in(self.store, key, self, guessed=guessed)
 
     def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
         # Its sessions died with it; the client must initialize elsewhere.
-        return None if request.session_id is None else self.forget(request.session_id)
+        key = None if request.session_id is None else self._key(request, request.session_id)
+        return None if key is None else self.forget(key)
 
     def _session_header(
         self,
@@ -407,40 +473,52 @@ class StoredSessions(_Sessions):
         """The backend's own id goes to the client; a new one is bound first."""
         if not 200 <= status < 300:
             return wire, None
-        if request.session_id is None:
-            return wire, self.bind(session_id, backend)
-        if session_id != request.session_id and request.method != b"DELETE":
-            # The backend replaced the session with a new one: bind that one too.
-            return wire, self.bind(session_id, backend)
+        if request.session_id is None or (
+            session_id != request.session_id and request.method != b"DELETE"
+        ):
+            # New, or the backend replaced the session with a new one: bind that one too.
+            key = self._key(request, session_id)
+            return wire, None if key is None else self.bind(key, backend)
         return wire, None
 
-    def _ended(self, session_id: str, found: KeyFound | None) -> Job | None:
-        return self.forget(session_id)
+    def _ended(self, request: Request, found: KeyFound | None) -> Job | None:
+        assert request.session_id is not None
+        key = self._key(request, request.session_id)
+        return None if key is None else self.forget(key)
 
-    def _endpoint_learner(self, backend: str) -> Learner:
-        return EndpointLearner(sans_io.EndpointScanner(None), self, backend)
+    def _endpoint_learner(self, request: Request, backend: str) -> Learner | None:
+        scope = self.scope
+        prefix = "" if scope is None else None
+        if scope is not None and request.principal is not None:
+            prefix = scope.prefix(request.principal)
+        if prefix is None:
+            return None  # auth on, no principal: nothing is bound for it
+        return EndpointLearner(sans_io.EndpointScanner(None), self, backend, prefix)
 
-    def legacy_learned(self, session_id: str, backend: str) -> Job | None:
-        return self.bind(session_id, backend)
+    def legacy_learned(self, key: str, backend: str) -> Job | None:
+        return self.bind(key, backend)
 
-    async def bind(self, session_id: str, backend: str) -> None:
-        previous = await self.store.bind(session_id, backend)
+    async def bind(self, key: str, backend: str) -> None:
+        previous = await self.store.bind(key, backend)
         if previous is not None:
             self.counts.ended(previous)
         self.counts.bound(backend)
 
-    async def forget(self, session_id: str) -> None:
-        name = await self.store.forget(session_id)
+    async def forget(self, key: str) -> None:
+        name = await self.store.forget(key)
         if name is not None:
             self.counts.ended(name)
 
 
 class SignedSessions(_Sessions):
-    """Session ids signed with the backend's name in them: no table, the id routes itself."""
+    """Session ids signed with the backend's name in them: no table, the id routes itself.
+    ``bound`` (edge auth on): each id is sealed with its principal's digest, and opens only
+    for that principal."""
 
-    def __init__(self, codec: TokenCodec, counts: SessionCounts) -> None:
+    def __init__(self, codec: TokenCodec, counts: SessionCounts, *, bound: bool = False) -> None:
         self.codec = codec
         self.counts = counts
+        self.bound = bound
 
     def _lookup(self, request: Request, session_id: str, guessed: bool) -> KeyFound | None:
         # Tampered or foreign ids open to None.
@@ -450,6 +528,10 @@ class SignedSessions(_Sessions):
                 self.not_a_key(request)
                 return None
             return KeyFound(self)
+        if self.bound:
+            refused = self.codec.belongs(session_id, request.principal)
+            if refused is not None:
+                return self._unknown(request, guessed, refused)
         request.upstream_session_id = opened[1]
         return KeyFound(self, opened[0])
 
@@ -468,45 +550,46 @@ class SignedSessions(_Sessions):
         """Never the backend's raw id, on every response (TypeScript clients adopt the id
         of every response, and TypeScript servers repeat it on every response)."""
         ok = 200 <= status < 300
+        principal = request.principal if self.bound else None
         if request.session_id is None:
             if ok:
                 try:
-                    token = self.codec.seal(backend, session_id)
+                    token = self.codec.seal(backend, session_id, principal)
                 except ValueError:  # not visible ASCII, or too long to carry: 404s follow
                     log.warning("backend %s minted a session id that cannot be signed", backend)
                     return wire, None
                 self.counts.bound(backend)
             else:
                 # The SDK's quirk: a fresh, unused id on a 400. Sealed all the same.
-                token = self.seal_or_keep(backend, session_id)
+                token = self.seal_or_keep(backend, principal, session_id)
         elif session_id == request.upstream_session_id:
             token = request.session_id  # the same session: the client's own token, no HMAC
         else:
-            token = self.seal_or_keep(backend, session_id)  # minted anew: seal it
+            token = self.seal_or_keep(backend, principal, session_id)  # minted anew: seal it
             if ok:
                 self.counts.bound(backend)
         return with_session_id(head.wire if wire is None else wire, token), None
 
-    def _ended(self, session_id: str, found: KeyFound | None) -> Job | None:
+    def _ended(self, request: Request, found: KeyFound | None) -> Job | None:
         if found is not None and found.name is not None:
             self.counts.ended(found.name)
         return None
 
-    def _endpoint_learner(self, backend: str) -> Learner:
-        return EndpointLearner(
-            sans_io.EndpointScanner(partial(self.seal_or_keep, backend)), self, backend
-        )
+    def _endpoint_learner(self, request: Request, backend: str) -> Learner | None:
+        principal = request.principal if self.bound else None
+        seal = partial(self.seal_or_keep, backend, principal)
+        return EndpointLearner(sans_io.EndpointScanner(seal), self, backend, "")
 
-    def legacy_learned(self, session_id: str, backend: str) -> Job | None:
+    def legacy_learned(self, key: str, backend: str) -> Job | None:
         # Already sealed in the event.
         self.counts.bound(backend)
         return None
 
-    def seal_or_keep(self, backend: str, session_id: str) -> str:
-        """The signed id, or the backend's own when it cannot be signed (the client will
-        get 404 for it and start over)."""
+    def seal_or_keep(self, backend: str, principal: str | None, session_id: str) -> str:
+        """The signed id (bound to ``principal`` when given), or the backend's own when it
+        cannot be signed (the client will get 404 for it and start over)."""
         try:
-            return self.codec.seal(backend, session_id)
+            return self.codec.seal(backend, session_id, principal)
         except ValueError:
             log.warning("backend %s minted a session id that cannot be signed", backend)
             return session_id
@@ -514,18 +597,24 @@ class SignedSessions(_Sessions):
 
 class EndpointLearner:
     """A legacy SSE stream's first event: the endpoint URL naming its session (rewritten
-    when ids are signed). With a store, the session lives as long as its stream."""
+    when ids are signed). With a store, the session lives as long as its stream; its key
+    there is ``prefix`` (the principal's, with auth on) and the id."""
 
-    __slots__ = ("backend", "done", "kind", "scanner", "session_id")
+    __slots__ = ("backend", "done", "key", "kind", "prefix", "scanner")
 
     def __init__(
-        self, scanner: sans_io.EndpointScanner, kind: StoredSessions | SignedSessions, backend: str
+        self,
+        scanner: sans_io.EndpointScanner,
+        kind: StoredSessions | SignedSessions,
+        backend: str,
+        prefix: str,
     ) -> None:
         self.scanner = scanner
         self.kind = kind
         self.backend = backend
+        self.prefix = prefix
         self.done = False
-        self.session_id: str | None = None  # bound in the store for this stream's life
+        self.key: str | None = None  # bound in the store for this stream's life
 
     def feed(self, data: bytes) -> tuple[bytes, Job | None]:
         scanner = self.scanner
@@ -534,9 +623,12 @@ class EndpointLearner:
             return data, None
         self.done = True
         found = scanner.session_id
-        job = None if found is None else self.kind.legacy_learned(found, self.backend)
+        if found is None:
+            return data, None
+        key = self.prefix + found
+        job = self.kind.legacy_learned(key, self.backend)
         if job is not None:
-            self.session_id = found
+            self.key = key
         return data, job
 
     def flush(self) -> tuple[bytes, Job | None]:
@@ -544,11 +636,11 @@ class EndpointLearner:
         return self.scanner.flush(), None
 
     def end(self) -> Job | None:
-        session_id = self.session_id
-        if session_id is None or not isinstance(self.kind, StoredSessions):
+        key = self.key
+        if key is None or not isinstance(self.kind, StoredSessions):
             return None
-        self.session_id = None
-        return self.kind.forget(session_id)
+        self.key = None
+        return self.kind.forget(key)
 
 
 def with_session_id(wire: list[bytes], token: str) -> list[bytes]:
@@ -586,7 +678,7 @@ class CookiePin:
     def not_a_key(self, request: Request) -> None:
         return None
 
-    def not_found(self, close: bool) -> bytes:
+    def not_found(self, request: Request, close: bool) -> tuple[int, bytes]:
         raise AssertionError("a cookie is never strict")
 
     def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
@@ -629,27 +721,51 @@ class McpTasks:
     that server answers): the key is ``guessed``. So does a task whose holder is down or
     past its drain (route.py): never an error made up here, and the binding is kept, so
     that requests go back to the holder when it returns. A draining holder still gets its
-    tasks' requests, as a session's."""
+    tasks' requests, as a session's.
 
-    def __init__(self, store: SessionStore, ttl_max: float) -> None:
+    With ``scope`` (edge auth on) a task is bound under its principal's key, and the key is
+    strict: a task id this principal has not bound (unknown, expired, or another's), or
+    whose holder is down, gets the proxy's own answer, the error SEP-2663 gives a
+    nonexistent task (``not_found``), identical in every case. A guess could reach the
+    holder, which does not know whose task it is."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        ttl_max: float,
+        scope: PrincipalScope | None = None,
+        stats: Stats | None = None,
+    ) -> None:
         self.store = store
         self.ttl_max = ttl_max
+        self.scope = scope
+        self.stats = stats
 
     def route_key(self, request: Request) -> KeyFound | None:
         verdict = request.verdict
         if verdict is None or not verdict.task_ids:
             return None
         task_id = verdict.task_ids[0]
-        name = self.store.known(task_id)
-        if name is not None:
-            return KeyFound(self, name, guessed=True)
-        return KeyFound(self, pending=self.store.get(task_id), guessed=True)
+        scope = self.scope
+        if scope is None:
+            return found_in(self.store, task_id, self, guessed=True)
+        key = scope.key(request.principal, task_id)
+        if key is None:  # no principal: uses no binding (as _Sessions._unknown says)
+            if self.stats is not None:
+                self.stats.binding_refused["task anonymous"] += 1
+            return None
+        return found_in(self.store, key, self, guessed=False)
 
     def not_a_key(self, request: Request) -> None:
         return None
 
-    def not_found(self, close: bool) -> bytes:
-        raise AssertionError("a task id is guessed: a miss routes as any other request")
+    def not_found(self, request: Request, close: bool) -> tuple[int, bytes]:
+        """Auth on: the error a server gives a nonexistent task (SEP-2663: "Invalid or
+        nonexistent ``taskId``: ``-32602`` (Invalid params)"), with the request's id, and
+        400 as the SDKs' servers answer it."""
+        verdict = request.verdict
+        rpc_id = None if verdict is None else verdict.message_id
+        return 400, answers.task_not_found(rpc_id, close=close)
 
     def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
         return None  # the holder may come back with its tasks: the binding stays
@@ -666,20 +782,29 @@ class McpTasks:
         verdict = request.verdict
         if verdict is None or verdict.method != "tools/call" or not 200 <= status < 300:
             return wire, None, None
+        prefix = ""
+        scope = self.scope
+        if scope is not None:
+            if request.principal is None:
+                return wire, None, None  # auth on, no principal: nothing is bound for it
+            prefix = scope.prefix(request.principal)
         content_type = head.content_type
         if content_type.startswith(b"application/json"):
-            return wire, None, JsonTaskLearner(self, backend, verdict.message_id)
+            return wire, None, JsonTaskLearner(self, backend, verdict.message_id, prefix)
         if content_type.startswith(b"text/event-stream"):
-            return wire, None, SseTaskLearner(self, backend, verdict.message_id)
+            return wire, None, SseTaskLearner(self, backend, verdict.message_id, prefix)
         return wire, None, None
 
-    def learned(self, created: mcp_tasks.CreatedTask | None, backend: str) -> Job | None:
+    def learned(
+        self, created: mcp_tasks.CreatedTask | None, backend: str, prefix: str
+    ) -> Job | None:
+        """Bind a created task (under ``prefix``: the principal's with auth on)."""
         if created is None:
             return None
         ttl = self.ttl_max
         if created.ttl_ms is not None:
             ttl = min(ttl, created.ttl_ms / 1000)
-        return self._bind(created.task_id, backend, ttl)
+        return self._bind(prefix + created.task_id, backend, ttl)
 
     async def _bind(self, task_id: str, backend: str, ttl: float) -> None:
         await self.store.bind(task_id, backend, ttl)
@@ -689,12 +814,13 @@ class JsonTaskLearner:
     """A JSON answer to a tools/call, held (up to ``mcp_tasks.MAX_EVENT``) until it is
     complete: if it creates a task, the binding lands before the client can poll it."""
 
-    __slots__ = ("backend", "done", "held", "kind", "message_id", "size")
+    __slots__ = ("backend", "done", "held", "kind", "message_id", "prefix", "size")
 
-    def __init__(self, kind: McpTasks, backend: str, message_id: Any) -> None:
+    def __init__(self, kind: McpTasks, backend: str, message_id: Any, prefix: str) -> None:
         self.kind = kind
         self.backend = backend
         self.message_id = message_id
+        self.prefix = prefix
         self.held: list[bytes] = []
         self.size = 0
         self.done = False
@@ -712,7 +838,7 @@ class JsonTaskLearner:
         self.done = True
         body, self.held = b"".join(self.held), []
         found = mcp_tasks.task_from_json(body, self.message_id)
-        return body, self.kind.learned(found, self.backend)
+        return body, self.kind.learned(found, self.backend, self.prefix)
 
     def end(self) -> Job | None:
         return None
@@ -722,12 +848,13 @@ class SseTaskLearner:
     """An SSE answer to a tools/call, passed on as it comes; its final event, read at the
     end, may create a task (bound before the end of the answer goes out)."""
 
-    __slots__ = ("backend", "done", "kind", "message_id", "reader")
+    __slots__ = ("backend", "done", "kind", "message_id", "prefix", "reader")
 
-    def __init__(self, kind: McpTasks, backend: str, message_id: Any) -> None:
+    def __init__(self, kind: McpTasks, backend: str, message_id: Any, prefix: str) -> None:
         self.kind = kind
         self.backend = backend
         self.message_id = message_id
+        self.prefix = prefix
         self.reader = mcp_tasks.SseLastEvent()
         self.done = False
 
@@ -738,7 +865,7 @@ class SseTaskLearner:
     def flush(self) -> tuple[bytes, Job | None]:
         self.done = True
         found = mcp_tasks.task_from_sse(self.reader.last, self.message_id)
-        return b"", self.kind.learned(found, self.backend)
+        return b"", self.kind.learned(found, self.backend, self.prefix)
 
     def end(self) -> Job | None:
         return None

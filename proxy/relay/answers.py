@@ -140,6 +140,27 @@ def session_not_found(*, close: bool) -> bytes:
     return http11.json_response(404, http11.SESSION_NOT_FOUND, close=close)
 
 
+# SEP-2663's example of the error for a nonexistent task.
+TASK_NOT_FOUND = "Failed to retrieve task: Task not found"
+JSONRPC_INVALID_PARAMS = -32602
+
+
+def task_not_found(rpc_id: object, *, close: bool) -> bytes:
+    """400 with the JSON-RPC error a server gives a nonexistent task (SEP-2663: "Invalid or
+    nonexistent ``taskId``: ``-32602`` (Invalid params)"; 400 as the SDKs' servers answer
+    it), for the request whose id is ``rpc_id``: with edge auth on, the proxy's answer to
+    a task id the principal has not bound (``affinity.McpTasks``)."""
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": rpc_id,
+            "error": {"code": JSONRPC_INVALID_PARAMS, "message": TASK_NOT_FOUND},
+        },
+        separators=(",", ":"),
+    ).encode()
+    return http11.json_response(400, body, close=close)
+
+
 def auth_refusal(refusal: Refusal) -> tuple[Answer, list[tuple[bytes, bytes]]]:
     """401 / 403 / 400 from edge authentication, with its WWW-Authenticate challenge
     (RFC 6750 section 3, RFC 9728 section 5.1); 503 when no signing key could be fetched."""

@@ -91,12 +91,16 @@ class Reply:
         self.client.close(linger=lingering)
 
     def answer_key_not_found(self, found: KeyFound) -> None:
-        """404 for a key (a session id) whose backend is unknown or cannot serve it."""
-        self.runtime.stats.session_not_found += 1
-        self.status = 404
+        """The answer of a key's kind for a key whose backend is unknown or cannot serve it
+        (404 for a session id; a task's not-found error with edge auth on)."""
         request = self.request
-        keep = request is not None and request.complete and request.keep_alive
-        self._write_answer(found.kind.not_found(close=not keep), keep)
+        if request is None:
+            return
+        keep = request.complete and request.keep_alive
+        self.status, data = found.kind.not_found(request, close=not keep)
+        if self.status == 404:
+            self.runtime.stats.session_not_found += 1
+        self._write_answer(data, keep)
 
     def _write_answer(self, data: bytes, keep_alive: bool) -> None:
         request = self.request

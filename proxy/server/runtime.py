@@ -16,6 +16,7 @@ from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.affinity import SessionCounts, build_affinity
 from mcplb.proxy.routing.frontend import Frontend
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
+from mcplb.proxy.sessions.host_share import HostSharedStore
 from mcplb.proxy.sessions.outage_share import OutageShare
 from mcplb.proxy.sessions.redis_store import RedisSessionStore
 from mcplb.proxy.sessions.store import MemorySessionStore, SessionStore
@@ -71,23 +72,32 @@ class Runtime:
             )
         )
         # MCP task bindings (task id -> backend), apart from the sessions: no session count.
-        # store: signed cannot carry them (see sticky.mcp_tasks): they live in memory then.
-        self.tasks: SessionStore = (
-            RedisSessionStore(
+        # store: signed cannot carry them (see sticky.mcp_tasks): they live in memory then,
+        # shared by the workers of this host (state_dir: several workers) through files.
+        self.tasks: SessionStore
+        if sticky.store == "redis":
+            self.tasks = RedisSessionStore(
                 dataclasses.replace(sticky.redis, prefix=sticky.redis.prefix + "task:"),
                 ttl=sticky.task_ttl_max,
                 max_local=sticky.max_sessions,
             )
-            if sticky.store == "redis"
-            else MemorySessionStore(sticky.task_ttl_max, sticky.max_sessions)
-        )
+        elif sticky.store == "signed" and state_dir is not None:
+            self.tasks = HostSharedStore(
+                state_dir / "tasks", sticky.task_ttl_max, sticky.max_sessions
+            )
+        else:
+            self.tasks = MemorySessionStore(sticky.task_ttl_max, sticky.max_sessions)
         self._set_affinity(config)
 
     def _set_affinity(self, config: Config) -> None:
         sticky = config.sticky
         # The affinity key kinds, each in the variant the config asks for: chosen once.
         self.affinity = build_affinity(
-            sticky, self.sessions, self.session_counts, self.tasks if sticky.mcp_tasks else None
+            sticky,
+            self.sessions,
+            self.session_counts,
+            self.tasks if sticky.mcp_tasks else None,
+            config.auth,
         )
 
     async def reload(self, config: Config, *, counted: bool = True) -> list[str]:

@@ -15,7 +15,15 @@ Token format (every character is one of ``A-Z a-z 0-9 - _ .``)::
     v1.<base64url(payload)>.<base64url(tag)>          (base64url without "=" padding)
 
     payload = len(backend) (1 byte) || backend || len(value) (2 bytes, big-endian) || value
+              [ || principal digest (16 bytes) ]
     tag     = HMAC-SHA256(key, 0x01 || len(purpose) (1 byte) || purpose || payload)
+
+The principal digest is there when edge auth is on (``seal(..., principal=...)``): a keyed
+digest of the token's "iss sub" (``principal.digest``, HMAC-SHA256 under the same key,
+domain-separated from tags, truncated to 16 bytes), never the principal itself. It is inside
+the MAC'd payload: no client can add, strip or change it without the key. ``belongs`` says
+whether an opened token was sealed for a principal (``proxy/sessions/principal.py``: a
+session id used with another principal's token is answered as an unknown one).
 
 Every field is length-prefixed, so no two (purpose, backend, value) triples give the same
 MAC input. The version byte is covered by the tag, and so is the purpose, which is not in
@@ -62,6 +70,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from mcplb.proxy.config.checks import MIN_KEY_LENGTH
+from mcplb.proxy.sessions import principal as principals
 
 VERIFIED_CACHE: Final = 4096  # verified tokens remembered per codec
 MAX_TOKEN: Final = 1024  # characters; longer strings never open, and seal never makes one
@@ -108,7 +117,15 @@ class TokenCodec:
     PURPOSE_COOKIE); a token sealed for one purpose never opens for another.
     """
 
-    __slots__ = ("_signer", "_verified", "_verifiers")
+    __slots__ = (
+        "_confirmed",
+        "_digests",
+        "_owners",
+        "_principal_macs",
+        "_signer",
+        "_verified",
+        "_verifiers",
+    )
 
     def __init__(self, keys: Sequence[str | bytes], purpose: str) -> None:
         if isinstance(keys, str | bytes):
@@ -120,6 +137,7 @@ class TokenCodec:
             raise ValueError("purpose must be 1 to 255 bytes long")
         prefix = _VERSION + bytes((len(purpose_bytes),)) + purpose_bytes
         verifiers = []
+        principal_macs = []
         for index, key in enumerate(keys):
             if isinstance(key, str):
                 secret = key.encode("utf-8")
@@ -132,16 +150,26 @@ class TokenCodec:
             if length < MIN_KEY_LENGTH:
                 raise ValueError(f"keys[{index}] is shorter than {MIN_KEY_LENGTH}")
             verifiers.append(hmac.new(secret, prefix, hashlib.sha256))
+            principal_macs.append(principals.labelled(secret))
         self._verifiers: tuple[hmac.HMAC, ...] = tuple(verifiers)
         self._signer = verifiers[0]
         # Tokens already verified: a session sends the same token on every request, and
         # a verified token stays valid for this codec's lifetime (its keys do not change).
         self._verified: dict[str, tuple[str, str]] = {}
+        # The principal digest of each verified token that carries one (evicted with it).
+        self._digests: dict[str, bytes] = {}
+        # The principal each of those was last confirmed for: a session's next requests
+        # cost a dict lookup and a compare (evicted with it too).
+        self._confirmed: dict[str, str] = {}
+        # Principals' digests under each key (the first seals, all are accepted), cached.
+        self._principal_macs: tuple[hmac.HMAC, ...] = tuple(principal_macs)
+        self._owners: dict[str, tuple[bytes, ...]] = {}
 
-    def seal(self, backend: str, value: str) -> str:
+    def seal(self, backend: str, value: str, principal: str | None = None) -> str:
         """A token for ``backend`` (1-255 visible ASCII characters) and ``value`` (visible
-        ASCII, may be empty). Raises ValueError for other input, or if the token would be
-        longer than MAX_TOKEN (backend and value of about 730 characters together)."""
+        ASCII, may be empty), bound to ``principal`` when given (its digest sealed in).
+        Raises ValueError for other input, or if the token would be longer than MAX_TOKEN
+        (backend and value of about 730 characters together)."""
         if not backend or not _VISIBLE_RE.fullmatch(backend) or len(backend) > _MAX_BACKEND:
             raise ValueError("backend must be 1 to 255 visible ASCII characters")
         if not _VISIBLE_RE.fullmatch(value):
@@ -150,6 +178,8 @@ class TokenCodec:
         if len(data) > 0xFFFF:
             raise ValueError(f"value too long to seal into {MAX_TOKEN} characters")
         payload = bytes((len(name),)) + name + len(data).to_bytes(2, "big") + data
+        if principal is not None:
+            payload += self._digests_of(principal)[0]
         mac = self._signer.copy()
         mac.update(payload)
         token = f"v1.{_encode(payload)}.{_encode(mac.digest())}"
@@ -177,17 +207,58 @@ class TokenCodec:
             mac = verifier.copy()
             mac.update(payload)
             if hmac.compare_digest(mac.digest(), tag):
-                opened = _unpack(payload)
-                if opened is not None:
-                    if len(self._verified) >= VERIFIED_CACHE:
-                        self._verified.pop(next(iter(self._verified)))  # oldest first
-                    self._verified[token] = opened
+                unpacked = _unpack(payload)
+                if unpacked is None:
+                    return None
+                opened = unpacked[0], unpacked[1]
+                if len(self._verified) >= VERIFIED_CACHE:
+                    oldest = next(iter(self._verified))  # oldest first
+                    del self._verified[oldest]
+                    self._digests.pop(oldest, None)
+                    self._confirmed.pop(oldest, None)
+                self._verified[token] = opened
+                if unpacked[2]:
+                    self._digests[token] = unpacked[2]
                 return opened
         return None
 
+    def belongs(self, token: str, principal: str | None) -> str | None:
+        """None when ``token`` (opened by ``open``) was sealed for ``principal``;
+        else why not, a metric's reason: "anonymous" (no principal: a request auth let
+        through without a token), "unbound" (sealed without one: auth was off), or
+        "principal" (sealed for another)."""
+        if principal is None:
+            return "anonymous"
+        if self._confirmed.get(token) == principal:
+            return None
+        sealed = self._digests.get(token)
+        if sealed is None:
+            if token not in self._verified and self.open(token) is not None:
+                sealed = self._digests.get(token)  # not opened yet: now it is
+            if sealed is None:
+                return "unbound"
+        for digest in self._digests_of(principal):
+            if hmac.compare_digest(digest, sealed):
+                if token in self._verified:
+                    self._confirmed[token] = principal
+                return None
+        return "principal"
 
-def _unpack(payload: bytes) -> tuple[str, str] | None:
-    """(backend, value) from an authenticated payload; None if its layout is off.
+    def _digests_of(self, principal: str) -> tuple[bytes, ...]:
+        """``principal``'s digest under each key, the sealing key's first (cached)."""
+        owners = self._owners
+        found = owners.get(principal)
+        if found is None:
+            found = tuple(principals.digest(mac, principal) for mac in self._principal_macs)
+            if len(owners) >= principals.CACHED_PRINCIPALS:
+                del owners[next(iter(owners))]
+            owners[principal] = found
+        return found
+
+
+def _unpack(payload: bytes) -> tuple[str, str, bytes] | None:
+    """(backend, value, principal digest or b"") from an authenticated payload; None if its
+    layout is off.
 
     Only seal, which checks its input, makes payloads that authenticate, so this checks the
     layout (a cheap guard) but not the characters again.
@@ -198,9 +269,10 @@ def _unpack(payload: bytes) -> tuple[str, str] | None:
     value_start = name_end + 2
     if name_end == 1 or len(payload) < value_start:
         return None
-    if int.from_bytes(payload[name_end:value_start], "big") != len(payload) - value_start:
+    value_end = value_start + int.from_bytes(payload[name_end:value_start], "big")
+    if len(payload) - value_end not in (0, principals.DIGEST_BYTES):
         return None
-    name, value = payload[1:name_end], payload[value_start:]
+    name, value = payload[1:name_end], payload[value_start:value_end]
     if not (name.isascii() and value.isascii()):
         return None
-    return name.decode("ascii"), value.decode("ascii")
+    return name.decode("ascii"), value.decode("ascii"), payload[value_end:]
