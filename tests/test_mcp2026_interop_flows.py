@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from mcp import Client
 from mcp.client.context import ClientRequestContext
@@ -41,8 +42,8 @@ from mcp_types import ElicitRequestParams, ElicitResult, TextContent
 from tests.interop import INTEROP, MISSING, NODE
 from tests.support.peers import LOOPBACK, Peers, _logs, _ManagedProcess, free_port, wait_for_port
 
-QUIET = 3.0  # seconds a listen stream stays quiet: past upstream_header and mcp_call (2 s)
-PROXY_TIMEOUTS = "timeouts: {upstream_header: 2s, mcp_call: 2s, sse_keepalive: 0.5s}\n"
+QUIET = 6.0  # seconds a listen stream stays quiet: past upstream_header and mcp_call (5 s)
+PROXY_TIMEOUTS = "timeouts: {upstream_header: 5s, mcp_call: 5s, sse_keepalive: 0.5s}\n"
 ASKS = 3
 PROGRESS = [1.0, 2.0, 3.0, 4.0, 5.0]
 
@@ -223,3 +224,56 @@ async def test_flows_through_mcplb(
             # Round robin sent retries to other backends than their first legs, and the
             # retry was served there from what it carried.
             assert any(asker != answerer for asker, answerer in legs), legs
+
+
+async def test_listen_stream_carries_keepalives_between_events(
+    fleet_of: Any, proxies: Peers, tmp_path: Path
+) -> None:
+    """The bytes of a listen stream through mcplb: the acknowledgment first, the proxy's SSE
+    comments while it is quiet (only between events), then the change notification."""
+    servers = await fleet_of("py")
+    url = await through_mcplb(proxies, tmp_path, servers, 1)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "mcplb-test", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+
+    def post(rid: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": method,
+        }
+        if method == "tools/call":
+            headers["mcp-name"] = params["name"]
+        body = {"jsonrpc": "2.0", "id": rid, "method": method, "params": {**params, "_meta": meta}}
+        return {"data": json.dumps(body), "headers": headers}
+
+    seen = bytearray()
+    listen = post(1, "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+    async with (
+        aiohttp.ClientSession() as http,
+        asyncio.timeout(30),
+        http.post(url, **listen) as stream,
+    ):
+        assert stream.status == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        while b"notifications/subscriptions/acknowledged" not in seen:
+            seen += await stream.content.readany()
+        while seen.count(b": keep-alive") < 2:  # 0.5 s each
+            seen += await stream.content.readany()
+        change = post(2, "tools/call", {"name": "change_tools", "arguments": {}})
+        async with http.post(url, **change) as call:
+            assert call.status == 200
+            await call.read()
+        while b"notifications/tools/list_changed" not in seen:
+            seen += await stream.content.readany()
+    raw = bytes(seen).replace(b"\r\n", b"\n")
+    ack = raw.index(b"notifications/subscriptions/acknowledged")
+    keepalive = raw.index(b": keep-alive\n\n")
+    assert ack < keepalive < raw.index(b"notifications/tools/list_changed")
+    for block in raw.split(b"\n\n"):  # every comment is a block of its own, never in an event
+        if b": keep-alive" in block:
+            assert block.strip() == b": keep-alive", block
