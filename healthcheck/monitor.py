@@ -303,12 +303,13 @@ class HealthMonitor:
     def adopt(self, verdicts: Mapping[str, list[Any]]) -> None:
         """Take the verdicts of the probing worker (see ``verdicts``)."""
         now = self._clock()
-        for name, (healthy, successes, detail, *rest) in verdicts.items():
+        for name, verdict in verdicts.items():
+            healthy, successes, detail = verdict[0], verdict[1], verdict[2]
             state = self._active.get(name)
             backend = self._by_name.get(name)
             if state is None or backend is None:
                 continue
-            era = rest[0] if rest else None
+            era = verdict[3] if len(verdict) > 3 else None  # (none from an older worker)
             self._learn_era(name, era if isinstance(era, str) else None)
             state.successes = successes  # a recovering backend's sessions are tried
             if healthy is not None and healthy != state.healthy:
