@@ -29,7 +29,7 @@ from typing import Any, Final
 import aiohttp
 
 from mcplb.healthcheck.config import ActiveHealthConfig, HealthConfig
-from mcplb.healthcheck.probes import http_probe, mcp_probe, probe_url
+from mcplb.healthcheck.probes import BOTH, http_probe, mcp_probe, probe_url, spoken
 from mcplb.healthcheck.state import (
     DOWN_STATES,
     EJECTED,
@@ -85,6 +85,12 @@ class HealthMonitor:
         self._on_5xx = config.passive.on_5xx
         self._slow = SlowStart(config.slow_start)
         self._last_probe: dict[str, tuple[bool, str, float]] = {}  # name -> (ok, detail, when)
+        # The backends the MCP probe found to speak one era only: name -> "legacy" or
+        # "modern" (dual-era and unknown ones have no entry). Routing keeps a request of
+        # one era off the backends of the other (proxy/routing/steps.py); a new dict
+        # whenever it changes, so that what is derived from it can be cached by identity.
+        self.mcp_eras: dict[str, str] = {}
+        self._spoken: dict[str, str] = {}  # name -> legacy, modern or both (for /status)
         self._counts: Counter[tuple[str, str, str]] = Counter()  # (kind, backend, label)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -159,6 +165,11 @@ class HealthMonitor:
         self._slow.carry_over(old_slow)
         names = set(self._by_name)
         self._last_probe = {k: v for k, v in self._last_probe.items() if k in names}
+        if active.enabled and active.type == "mcp":
+            self.mcp_eras = {k: v for k, v in self.mcp_eras.items() if k in names}
+            self._spoken = {k: v for k, v in self._spoken.items() if k in names}
+        else:
+            self.mcp_eras, self._spoken = {}, {}  # nothing probes MCP any more
         self._logged = {n: self._logged.get(n) or self.routing_state(n) for n in names}
         now = self._clock()
         for backend in self.backends:
@@ -191,6 +202,8 @@ class HealthMonitor:
                 logger.exception("health probe of %s crashed", backend.name)
                 ok, detail = False, f"probe error: {type(exc).__name__}"
             self.record_probe(backend, ok, detail)
+            if cfg.type == "mcp":
+                self._learn_era(backend.name, spoken(backend, cfg))
             if not await self._sleep(state.next_interval(self._rng) - (loop.time() - started)):
                 return
 
@@ -260,22 +273,44 @@ class HealthMonitor:
         if changed:
             self._on_change()
 
+    def _learn_era(self, name: str, era: str | None) -> None:
+        """Record what the MCP probe found ``name`` to speak (see ``mcp_eras``)."""
+        if era is None:
+            self._spoken.pop(name, None)
+        else:
+            self._spoken[name] = era
+        single = None if era is None or era == BOTH else era
+        if self.mcp_eras.get(name) != single:
+            eras = {k: v for k, v in self.mcp_eras.items() if k != name}
+            if single is not None:
+                eras[name] = single
+            self.mcp_eras = eras
+
     def verdicts(self) -> dict[str, list[Any]]:
         """The active checks' state per backend, for workers that do not probe:
-        name -> [healthy (None until known), consecutive successes, last probe detail]."""
+        name -> [healthy (None until known), consecutive successes, last probe detail,
+        the eras the MCP probe found it to speak (legacy, modern, both) or None]."""
         return {
-            name: [state.healthy, state.successes, self._last_probe.get(name, (0, ""))[1]]
+            name: [
+                state.healthy,
+                state.successes,
+                self._last_probe.get(name, (0, ""))[1],
+                self._spoken.get(name),
+            ]
             for name, state in self._active.items()
         }
 
     def adopt(self, verdicts: Mapping[str, list[Any]]) -> None:
         """Take the verdicts of the probing worker (see ``verdicts``)."""
         now = self._clock()
-        for name, (healthy, successes, detail) in verdicts.items():
+        for name, verdict in verdicts.items():
+            healthy, successes, detail = verdict[0], verdict[1], verdict[2]
             state = self._active.get(name)
             backend = self._by_name.get(name)
             if state is None or backend is None:
                 continue
+            era = verdict[3] if len(verdict) > 3 else None  # (none from an older worker)
+            self._learn_era(name, era if isinstance(era, str) else None)
             state.successes = successes  # a recovering backend's sessions are tried
             if healthy is not None and healthy != state.healthy:
                 # The probing worker logged this change: here it is a debug line.
@@ -351,6 +386,10 @@ class HealthMonitor:
                 "weight": backend.weight,
                 "slow_start_factor": round(self._slow.factor(backend.name, now), 3),
             }
+            spoken_eras = self._spoken.get(backend.name)
+            if spoken_eras is not None:
+                # What the MCP probe found it to speak: legacy, modern or both.
+                result[backend.name]["mcp_eras"] = spoken_eras
         return result
 
     # --- applying state ---------------------------------------------------------------

@@ -13,6 +13,14 @@ UnsupportedProtocolVersionError, -32022, that lists a revision the server suppor
 too: a live modern server that speaks another revision), then
 ``tools/list`` for ``expect_tools``; legacy is ``initialize``, ``ping``, ``tools/list``,
 and the DELETE of the probe's session.
+
+It also learns which eras a backend speaks (``spoken``), for routing: a modern request
+sent to a 2025-only server fails in a way its client cannot recover from, and so does a
+2025 ``initialize`` sent to a 2026-only one (basic/versioning.mdx, "Compatibility Matrix":
+Modern client, Legacy server: "Fails"; Legacy client, Modern server: "Fails ... Legacy
+clients have no fall-forward mechanism"). A backend whose initialize was refused speaks
+modern only; a legacy probe that succeeded sends one ``server/discover`` the first time
+(and again after the backend changed era) to learn whether the server is dual-era.
 """
 
 from __future__ import annotations
@@ -64,6 +72,18 @@ class Unsupported(ProbeFailed):
 
 # The era that last worked, per backend (by its probe URL): the configured backends only.
 _ERAS: dict[str, str] = {}
+# The one era a backend speaks, per probe URL ("legacy" or "modern"), when it speaks only
+# one; "both" for a dual-era server (see the module's docstring).
+_SPOKEN: dict[str, str] = {}
+LEGACY: Final = "legacy"
+MODERN: Final = "modern"
+BOTH: Final = "both"
+
+
+def spoken(backend: HealthTarget, cfg: ActiveHealthConfig) -> str | None:
+    """The eras the MCP probe found ``backend`` to speak: "legacy", "modern", "both", or
+    None when not known (not probed yet, or by HTTP probes only)."""
+    return _SPOKEN.get(str(probe_url(backend, cfg.path)))
 
 
 def probe_url(backend: HealthTarget, path: str) -> URL:
@@ -346,15 +366,46 @@ async def mcp_probe(
     refuses initialize with 400)."""
     key = str(probe_url(backend, cfg.path))
     first = _ERAS.get(key, "legacy")
+    era = first
     ok, detail, wrong_era = await _probe_era(session, backend, cfg, first)
     if wrong_era:
         other = "legacy" if first == "modern" else "modern"
+        _SPOKEN.pop(key, None)  # not what it was: learn again what it speaks
         ok, other_detail, other_wrong = await _probe_era(session, backend, cfg, other)
         if ok or not other_wrong:
-            _ERAS[key] = other
+            _ERAS[key] = era = other
             detail = other_detail
         # else: neither era's answer (a wrong path, a Host refused): the first one's detail
+    if ok:
+        await _learn_spoken(session, backend, cfg, key, era)
     return ok, detail
+
+
+async def _learn_spoken(
+    session: aiohttp.ClientSession,
+    backend: HealthTarget,
+    cfg: ActiveHealthConfig,
+    key: str,
+    era: str,
+) -> None:
+    """After a successful probe in ``era``: what the backend speaks (``_SPOKEN``). A modern
+    probe has learned it already (``_modern_probe``); a legacy one asks ``server/discover``
+    once: a modern answer makes the server dual-era, an answer that is not a modern
+    server's (a 2025 server's 4xx or JSON-RPC error) makes it legacy only. A failure that
+    says neither (a timeout, a refused connection) leaves it unknown, asked again next time."""
+    if era != "legacy" or key in _SPOKEN:
+        return
+    client = _McpClient(session, backend, cfg)
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            await client.request("server/discover", modern=MODERN_VERSION)
+        _SPOKEN[key] = BOTH
+    except Unsupported:
+        _SPOKEN[key] = BOTH  # a modern server that prefers another modern revision
+    except WrongEra:
+        _SPOKEN[key] = LEGACY
+    except Exception:  # unknown for now; cancellation still propagates
+        return
 
 
 async def _probe_era(
@@ -387,6 +438,9 @@ async def _modern_probe(
                 if not modern:
                     raise WrongEra(f"server/discover: no 2026-era revision in {supported}")
                 version = modern[-1]
+            # Modern only: this probe runs first once initialize was refused (the era
+            # cached), whatever revisions the server lists.
+            _SPOKEN[str(client.url)] = MODERN
             if cfg.expect_tools:
                 names = await _list_tools(client, version)
                 missing = [tool for tool in cfg.expect_tools if tool not in names]

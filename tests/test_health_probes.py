@@ -296,6 +296,8 @@ async def test_mcp_probe_headers_and_sse_parsing(
         ("POST", "notifications/initialized"),
         ("POST", "ping"),
         ("DELETE", None),
+        # Once per backend: does it speak 2026-07-28 too (probes._learn_spoken)?
+        ("POST", "server/discover"),
     ]
     init_headers = fake.requests[0][2]
     assert init_headers["Host"] == f"127.0.0.1:{port}"
@@ -303,9 +305,11 @@ async def test_mcp_probe_headers_and_sse_parsing(
     assert init_headers["Content-Type"] == "application/json"
     assert "Mcp-Session-Id" not in init_headers
     assert "MCP-Protocol-Version" not in init_headers
-    for _, _, headers in fake.requests[1:]:
+    for _, _, headers in fake.requests[1:4]:
         assert headers["Mcp-Session-Id"] == "sess-1"
         assert headers["MCP-Protocol-Version"] == "2025-06-18"  # the negotiated version
+    discover = fake.requests[4][2]
+    assert "Mcp-Session-Id" not in discover and discover["MCP-Protocol-Version"] == "2026-07-28"
 
 
 async def test_mcp_probe_jsonrpc_error_is_a_failure(

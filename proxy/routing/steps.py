@@ -5,7 +5,9 @@
    says so.
 2. Else a sticky cookie may name a backend (``preferred_backend``: if it is available).
 3. Else the strategy picks among the backends that can take the request (``pick``), and
-   with ``panic: fail_open`` an all-down pool is used anyway.
+   with ``panic: fail_open`` an all-down pool is used anyway. An MCP request that opens
+   no session is kept off the backends the MCP probe found to speak only the other era
+   (``era_candidates``).
 
 Before them, the rate limit counts the request in its client's bucket (``rate_key``).
 
@@ -19,10 +21,12 @@ from __future__ import annotations
 from collections.abc import Set
 from typing import Protocol
 
+from mcplb.healthcheck.probes import LEGACY, MODERN
 from mcplb.proxy.cluster.backends import Backend
 from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.checks import RATE_KEY_PRINCIPAL
 from mcplb.proxy.routing.frontend import Frontend
+from mcplb.proxy.routing.mcp_era import Verdict
 from mcplb.proxy.sessions.affinity import HeaderAffinity
 from mcplb.strategies.base import NO_FACTS, RequestFacts
 
@@ -36,6 +40,7 @@ class RoutedRequest(Protocol):
     session_id: str | None
     wants_stream: bool
     principal: str | None  # auth: the token's "iss sub", once verified
+    verdict: Verdict | None  # a 2026-07-28 request's, once its body was judged
 
 
 def session_backend(cluster: Cluster, name: str | None) -> Backend | None:
@@ -63,6 +68,11 @@ def pick(
     """The strategy's pick among the backends that can take ``request`` and were not
     ``attempted`` already; with panic fail_open, the least busy of all when none is up."""
     candidates = cluster.candidates
+    known = cluster.health.mcp_eras
+    if known:
+        era = request_era(request)
+        if era is not None:
+            candidates = _ERA_LISTS.of(candidates, known, era)
     admission = cluster.admission
     if attempted or admission.per_backend:
         # A request for a stream takes a request slot until its answer is a stream, and
@@ -90,6 +100,54 @@ def pick(
     )
     backend = strategy.pick(candidates, facts)
     return backend if backend is not None else panic_pick(cluster, candidates)
+
+
+def request_era(request: RoutedRequest) -> str | None:
+    """The era a request that names no backend speaks, for ``era_candidates``: modern for a
+    2026-07-28 request (judged by its body: ``verdict``); legacy for a POST, or a GET for
+    a stream, with no session id (a 2025 ``initialize``, a stateless 2025 call, an HTTP+SSE
+    stream); None for the rest (a request of a session goes where the session is)."""
+    verdict = request.verdict
+    if verdict is not None:
+        return MODERN if verdict.modern else None
+    if request.session_id is None and (request.method == b"POST" or request.wants_stream):
+        return LEGACY
+    return None
+
+
+class _EraLists:
+    """The candidates fit for each era (``era_candidates``), kept while the candidate list
+    and the era map are the objects they were made from: a strategy that keeps an index
+    for a list it gets again (round_robin) keeps it, and a pick costs no scan."""
+
+    __slots__ = ("known", "lists", "source")
+
+    def __init__(self) -> None:
+        self.source: list[Backend] | None = None
+        self.known: dict[str, str] | None = None
+        self.lists: dict[str, list[Backend]] = {}
+
+    def of(self, candidates: list[Backend], known: dict[str, str], era: str) -> list[Backend]:
+        if candidates is not self.source or known is not self.known:
+            self.source, self.known, self.lists = candidates, known, {}
+        found = self.lists.get(era)
+        if found is None:
+            found = self.lists[era] = era_candidates(candidates, known, era)
+        return found
+
+
+_ERA_LISTS = _EraLists()
+
+
+def era_candidates(candidates: list[Backend], known: dict[str, str], era: str) -> list[Backend]:
+    """The candidates that may serve a request of ``era``: all but those ``known`` to speak
+    only the other era (a modern request on a 2025-only server, or a 2025 ``initialize``
+    on a 2026-only one, fails in a way the client cannot recover from: basic/versioning.mdx,
+    "Compatibility Matrix"). When none is left, all of them: the request goes where it
+    would have gone, and the client sees the server's own answer (a dual-era client falls
+    back to the other era on it)."""
+    fit = [b for b in candidates if known.get(b.name, era) == era]
+    return fit if fit else candidates
 
 
 def panic_pick(cluster: Cluster, candidates: list[Backend]) -> Backend | None:
