@@ -62,6 +62,7 @@ COMPILED = [
         "proxy/sessions/affinity",
         "proxy/observability/stats",
         "proxy/observability/access_log",
+        "proxy/observability/tracing",
         "proxy/server/runtime",
         "healthcheck/state",
         "healthcheck/monitor",

@@ -5,6 +5,7 @@ Usage (from the repository root; ``make compiled`` first for the compiled build)
 
     .venv/bin/python bench/cpu_budget.py [--rounds 5] [--requests 20000] [--connections 20]
         [--builds pure,compiled] [--pure DIR] [--compiled DIR] [--json out.json]
+        [--tracing 0.01,1]
 
 The requests (each a closed-loop run of ``bench/loadgen.py``, as ``bench/cpu_gate.py``):
 
@@ -24,6 +25,11 @@ is the median CPU µs per request (user + system from /proc), and its ratio to t
 relay's in the same rounds, and the difference (what mcplb adds to the relaying itself).
 The requests run one after the other: compare the kinds of request by those two columns,
 which the load of the moment moves less than the absolute figures.
+
+``--tracing RATIOS``: beside each build, one more mcplb of that build per ratio with tracing
+on (``tracing.sample_ratio`` RATIO; the spans exported over OTLP/HTTP to the backend, which
+answers 200 to anything as a collector would), and a column of what it adds to the same
+build with tracing off, in the same rounds.
 
 The budget (docs/benchmarks.md): each per-request feature to come (header validation against
 the body, task routing, JWT checks, tracing) adds at most 1.5 µs per request to the compiled
@@ -145,7 +151,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mcplb-budget-") as tmpdir:
         tmp = Path(tmpdir)
         try:
-            backend, relay, *ports = free_ports(2 + len(args.builds))
+            variants = [(name, ratio) for name in args.builds for ratio in (None, *args.tracing)]
+            backend, relay, *ports = free_ports(2 + len(variants))
             python = mcplb_python()
             backend_proc = spawn([python, MINIMAL, "backend", str(backend)], tmp / "b.log", procs)
             wait_http(backend_proc, backend, "/", START_TIMEOUT, tmp / "b.log")
@@ -157,14 +164,17 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             wait_http(reference, relay, "/", START_TIMEOUT, tmp / "relay.log")
             targets = {"reference": (reference.pid, relay)}
             sessions = {"reference": "bench-session-0"}
-            for name, port in zip(args.builds, ports, strict=True):
-                log = tmp / f"mcplb-{name}.log"
+            for (name, ratio), port in zip(variants, ports, strict=True):
+                target = target_name(name, ratio)
+                log = tmp / f"{target.replace(' ', '-')}.log"
                 tree = Path(getattr(args, name))
-                proc = start_mcplb(gate_config(tmp, port, backend), log, procs, tree_env(tree))
+                settings = [] if ratio is None else [tracing_setting(backend, ratio)]
+                config = gate_config(tmp, port, backend, *settings)
+                proc = start_mcplb(config, log, procs, tree_env(tree))
                 wait_http(proc, port, "/", START_TIMEOUT, log)
-                builds[name] = checked(name, logged_version(log))
-                targets[f"mcplb {name}"] = (proc.pid, port)
-                sessions[f"mcplb {name}"] = open_session(port)
+                builds[target] = checked(name, logged_version(log))
+                targets[target] = (proc.pid, port)
+                sessions[target] = open_session(port)
             pin_proxies([pid for pid, _ in targets.values()], [backend_proc.pid])
             for scenario in SCENARIOS:
                 sent = {
@@ -187,11 +197,23 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {"builds": builds, "found": found}
 
 
+def target_name(build: str, ratio: float | None) -> str:
+    return f"mcplb {build}" if ratio is None else f"mcplb {build} tracing {ratio:g}"
+
+
+def tracing_setting(collector: int, ratio: float) -> str:
+    """The config line that turns tracing on, exporting to ``collector`` (a port)."""
+    endpoint = f"http://{HOST}:{collector}/v1/traces"
+    return f"tracing: {{endpoint: '{endpoint}', sample_ratio: {ratio}, export_interval: 1s}}"
+
+
 def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
     found: dict[str, dict[str, list[float]]] = data["found"]
     head = ["request", "reference µs"]
     for name in args.builds:
         head += [f"mcplb {name} µs", "/reference", "added µs"]
+        for ratio in args.tracing:
+            head += [f"{name} tracing {ratio:g} µs", "tracing adds µs"]
     rows = []
     medians: dict[str, dict[str, float]] = {}
     for scenario, runs in found.items():
@@ -202,6 +224,9 @@ def report(args: argparse.Namespace, data: dict[str, Any]) -> str:
             mcplb = us[f"mcplb {name}"]
             added = mcplb - us["reference"]
             row += [f"{mcplb:.1f}", f"{mcplb / us['reference']:.2f}x", f"{added:.1f}"]
+            for ratio in args.tracing:
+                traced = us[target_name(name, ratio)]
+                row += [f"{traced:.1f}", f"{traced - mcplb:+.1f}"]
         rows.append(row)
     data["median_us"] = medians
     lines = [
@@ -230,7 +255,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pure", type=Path, default=REPO_ROOT, help="the pure tree (a checkout)")
     p.add_argument("--compiled", type=Path, default=compiled, help="the tree `make compiled` made")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    p.add_argument(
+        "--tracing",
+        default="",
+        help="comma-separated sample ratios: one more mcplb per build and ratio, tracing on",
+    )
     args = p.parse_args(argv)
+    try:
+        args.tracing = [float(r) for r in args.tracing.split(",") if r.strip()]
+    except ValueError:
+        p.error("--tracing: comma-separated numbers from 0 to 1, e.g. 0.01,1")
+    if any(not 0 <= r <= 1 for r in args.tracing):
+        p.error("--tracing: ratios from 0 to 1")
     args.builds = [b.strip() for b in args.builds.split(",") if b.strip()]
     if not args.builds or set(args.builds) - set(BUILDS):
         p.error(f"--builds: choose from {','.join(BUILDS)}")

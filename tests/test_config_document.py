@@ -321,7 +321,8 @@ def test_unknown_top_level_key_without_close_match() -> None:
     assert error(with_top("zzz: 1")) == (
         "zzz: unknown key (expected one of: listen, workers, strategy, strategy_options, "
         "preserve_host, allowed_hosts, backends, sticky, timeouts, limits, health, admin, log, "
-        "retries, rate_limit, auth, listen_tls, backend_tls, watch_config, discovery) (line 1)"
+        "retries, rate_limit, auth, listen_tls, backend_tls, watch_config, discovery, tracing) "
+        "(line 1)"
     )
 
 

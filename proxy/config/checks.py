@@ -838,3 +838,57 @@ def check_identity_header(value: object) -> str:
     if name in ("authorization", "host", "content-length", "transfer-encoding", "connection"):
         raise ValueError(f'cannot be "{name}": the proxy and the backend read it')
     return name
+
+
+# ---------------------------------------------------------------------------
+# Tracing
+
+
+@accepts({"type": "string", "pattern": "^https?://"})
+def check_otlp_endpoint(value: object) -> str:
+    """The collector's OTLP/HTTP traces URL: http or https (a collector in the cluster
+    often has no TLS; ``tracing.headers`` are refused over plain http to a non-loopback
+    host, rules.py), with a host, no user info, no fragment."""
+    if not isinstance(value, str) or not value:
+        raise ValueError('must be a URL, e.g. "http://127.0.0.1:4318/v1/traces"')
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError("must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        _ = parts.port  # a port out of range raises here
+    except ValueError as exc:
+        raise ValueError(f"cannot be parsed ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(
+            'must be an http:// or https:// URL, e.g. "http://127.0.0.1:4318/v1/traces"'
+        )
+    if "@" in parts.netloc:
+        raise ValueError("must not contain user info (user:password@): use tracing.headers")
+    if "#" in value:
+        raise ValueError("must not have a fragment")
+    return value
+
+
+_SERVICE_NAME_MAX = 255
+
+
+@accepts({"type": "string", "minLength": 1, "maxLength": _SERVICE_NAME_MAX})
+def check_service_name(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > _SERVICE_NAME_MAX
+        or not value.isprintable()
+    ):
+        raise ValueError(
+            f"must be a name of 1 to {_SERVICE_NAME_MAX} printable characters, e.g. mcplb"
+        )
+    return value
+
+
+@accepts({"type": "number", "minimum": 0, "maximum": 1})
+def check_ratio(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError("must be a number from 0 to 1, e.g. 0.01 for 1%")
+    return float(value)

@@ -8,9 +8,17 @@ compare only valid values (or defaults): a bad value is reported already.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
-from mcplb.proxy.config.checks import KEYS_EXAMPLE, Url, format_seconds, is_loopback
+from mcplb.proxy.config.checks import (
+    KEYS_EXAMPLE,
+    Url,
+    check_header_name,
+    format_seconds,
+    is_loopback,
+)
 from mcplb.proxy.config.errors import ConfigIssue, ConfigWarning
 from mcplb.proxy.config.fields import Context, ListRule, Read, Rule, keys_of
 from mcplb.proxy.config.schema import (
@@ -30,6 +38,7 @@ from mcplb.proxy.config.schema import (
     RedisConfig,
     StickyConfig,
     ToolRateConfig,
+    TracingConfig,
 )
 from mcplb.proxy.config.yaml_tree import join
 
@@ -419,6 +428,57 @@ def _dns(read: Read, ctx: Context) -> DnsDiscoveryConfig | None:
     return DnsDiscoveryConfig(**read.values) if "name" in read.given else None
 
 
+# --- tracing ----------------------------------------------------------------------------
+
+_FIELD_VALUE = re.compile(r"[\x20-\x7e\t]*")  # RFC 9110 field-value, no obs-text
+
+
+def _tracing(read: Read, ctx: Context) -> TracingConfig:
+    values = read.values
+    values["headers"] = _export_headers(read, ctx)
+    both = read.valid("batch_size") and read.valid("max_queue")
+    if both and values["batch_size"] > values["max_queue"]:
+        _issue(ctx, read, "batch_size", f"must not exceed max_queue ({values['max_queue']})")
+    endpoint = urlsplit(values["endpoint"])
+    if (
+        values["headers"]
+        and read.valid("endpoint")
+        and endpoint.scheme == "http"
+        and not is_loopback(endpoint.hostname or "")
+    ):
+        message = (
+            "would be sent in clear text: the endpoint must use https:// (plain http only "
+            "to a loopback collector)"
+        )
+        _issue(ctx, read, "headers", message)
+    return TracingConfig(**values)
+
+
+def _export_headers(read: Read, ctx: Context) -> dict[str, str]:
+    """``tracing.headers``: header names (lower-cased) to values, both checked; the values
+    are secrets, never repeated in a message."""
+    val = read.value("headers")
+    headers: dict[str, str] = {}
+    if val is None or not isinstance(val.value, dict):
+        return headers  # absent, or not a mapping (said by its reader)
+    for name, entry in val.value.items():
+        if not isinstance(name, str):
+            continue  # said by its reader
+        path = join(join(read.path, "headers"), name)
+        try:
+            header = check_header_name(name)
+        except ValueError as exc:
+            ctx.issues.append(ConfigIssue(path, str(exc), entry.line))
+            continue
+        value = entry.val.value
+        if not isinstance(value, str) or not _FIELD_VALUE.fullmatch(value):
+            message = "must be a string of printable ASCII (no line breaks or controls)"
+            ctx.issues.append(ConfigIssue(path, message, entry.line))
+            continue
+        headers[header] = value
+    return headers
+
+
 RULES: Mapping[type, Rule] = {
     StickyConfig: _sticky,
     CookieConfig: _cookie,
@@ -434,6 +494,7 @@ RULES: Mapping[type, Rule] = {
     PassiveHealthConfig: _passive_health,
     DiscoveryConfig: _discovery,
     DnsDiscoveryConfig: _dns,
+    TracingConfig: _tracing,
 }
 LIST_RULES: Mapping[type, ListRule] = {
     BackendConfig: _backends,

@@ -495,6 +495,32 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``tracing``: an OpenTelemetry span per request, exported over OTLP/HTTP (protobuf);
+    needs the ``otel`` extra (proxy/observability/tracing.py, otlp_export.py)."""
+
+    # off by default; "tracing:" given: on unless false
+    enabled: bool = field(default=False, metadata=key(c.check_bool, default=True))
+    # the collector's OTLP/HTTP traces URL
+    endpoint: str = field(
+        default="http://127.0.0.1:4318/v1/traces", metadata=key(c.check_otlp_endpoint)
+    )
+    service_name: str = field(default="mcplb", metadata=key(c.check_service_name))
+    # share of the requests without a (valid) client trace context that start a recorded
+    # trace; a client's context is followed (parent-based sampling)
+    sample_ratio: float = field(default=1.0, metadata=key(c.check_ratio))
+    # sent with every export (e.g. authorization); secrets
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False, metadata=free_mapping())
+    # finished spans waiting for export per worker; past it they are dropped (counted)
+    max_queue: int = field(default=2048, metadata=key(_AT_LEAST_ONE))
+    batch_size: int = field(default=512, metadata=key(_AT_LEAST_ONE))  # spans per export
+    # how often queued spans are sent (and whenever a batch is full)
+    export_interval: float = field(default=5.0, metadata=key(c.check_positive_duration))
+    # one export, the exporter's retries included
+    export_timeout: float = field(default=10.0, metadata=key(c.check_positive_duration))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen_host: str = field(
         default="127.0.0.1",
@@ -556,6 +582,8 @@ class Config:
     watch_config: bool = field(default=False, metadata=key(c.check_bool))
     # None = the static backends only
     discovery: DiscoveryConfig | None = field(default=None, metadata=section(DiscoveryConfig))
+    # off unless "tracing:" is given
+    tracing: TracingConfig = field(default_factory=TracingConfig, metadata=section(TracingConfig))
     # Not YAML keys: where the config came from.
     source: str | None = None  # path of the file it was loaded from
     lines: Mapping[str, int] = field(default_factory=dict)  # "backends[1].url" -> 12

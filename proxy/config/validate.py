@@ -8,6 +8,7 @@ Loading (proxy/config/loader.py) is pure; everything that looks at the machine i
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from collections.abc import Sequence
 
@@ -89,10 +90,38 @@ def named_files(config: Config) -> list[tuple[str, str]]:
     return named
 
 
+# What tracing imports (proxy/observability/otlp_export.py): the ``otel`` extra.
+OTEL_MODULES = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+)
+OTEL_EXTRA = "pip install 'mcplb[otel]'"
+
+
+def missing_otel() -> str | None:
+    """The first module of the ``otel`` extra that cannot be imported, if any."""
+    for module in OTEL_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
 def runtime_issues(config: Config, found: Sequence[ConfigIssue] = ()) -> list[ConfigIssue]:
-    """Whether the strategy plugin and the TLS certificates load. ``found``: the issues so
-    far; an invalid setting holds its default in ``config``, so its checks are skipped."""
+    """Whether the strategy plugin, the TLS certificates and tracing's packages load.
+    ``found``: the issues so far; an invalid setting holds its default in ``config``, so
+    its checks are skipped."""
     issues = []
+    if config.tracing.enabled:
+        missing = missing_otel()
+        if missing is not None:
+            message = (
+                f"tracing needs the OpenTelemetry packages ({missing} is not installed): "
+                f"{OTEL_EXTRA}, or set tracing.enabled: false"
+            )
+            where = "tracing.enabled" if "tracing.enabled" in config.lines else "tracing"
+            issues.append(ConfigIssue(where, message, config.lines.get(where)))
     paths = {issue.path for issue in found}
     if not any(path == "strategy" or path.startswith("strategy_options") for path in paths):
         try:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring_ascii as _json_str
 
 from mcplb.proxy.config.schema import LogConfig
+from mcplb.proxy.observability import tracing
 
 log = logging.getLogger("mcplb")
 logger = logging.getLogger("mcplb.access")
@@ -174,13 +175,21 @@ atexit.register(flush)
 
 
 class AccessLog:
-    """Formats one request's line in the configured format and hands it on."""
+    """What is recorded of each request when it ends: its line, formatted in the configured
+    format and handed to ``out`` (None: access lines off), and, with ``tracer``, its span
+    (``tracing.Trace.end``, called by the relay's ``Peer.log`` beside the line)."""
 
-    __slots__ = ("json", "out")
+    __slots__ = ("json", "out", "tracer")
 
-    def __init__(self, json_format: bool, out: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        json_format: bool,
+        out: Callable[[str], None] | None,
+        tracer: tracing.Tracer | None = None,
+    ) -> None:
         self.json = json_format
         self.out = out
+        self.tracer = tracer
 
     def request(
         self,
@@ -201,6 +210,9 @@ class AccessLog:
         ``client_left``: it left before the answer was complete (any status). The
         duration is written in seconds with six decimals (a float's shortest repr after
         rounding cost three times as much, and gave 1e-05)."""
+        out = self.out
+        if out is None:
+            return
         _clock.tick()
         # Formatted on its own: an f-string with a format spec is compiled (mypyc) into a
         # str.format call that parses the whole template on every line.
@@ -225,19 +237,23 @@ class AccessLog:
             )
             if client_left:
                 line += " client_left=1"
-        self.out(line)
+        out(line)
 
 
 def for_config(config: LogConfig) -> AccessLog | None:
-    """Where this connection's access lines go (None: the access log is off)."""
-    if not config.access:
-        return None
+    """What this connection records of its requests: where its access lines go, and this
+    process's tracer (``tracing.install``); None when neither is on."""
+    tracer = tracing.current()
     json_format = config.format == "json"
-    if _writer is not None:
-        return AccessLog(json_format, _writer.append)
-    if not logger.isEnabledFor(logging.INFO):
+    out: Callable[[str], None] | None = None
+    if config.access:
+        if _writer is not None:
+            out = _writer.append
+        elif logger.isEnabledFor(logging.INFO):
+            out = logger.info
+    if out is None and tracer is None:
         return None
-    return AccessLog(json_format, logger.info)
+    return AccessLog(json_format, out, tracer)
 
 
 def close() -> None:

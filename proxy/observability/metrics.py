@@ -49,6 +49,7 @@ class _SnapshotCollector:
         yield from _admission(stats, self.snapshots)
         yield from _rate_limiting(self.snapshots)
         yield from _config_changes(stats, self.snapshots)
+        yield from _tracing(stats)
 
 
 def _admission(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> Iterable[Metric]:
@@ -121,6 +122,27 @@ def _config_changes(stats: dict[str, Any], snapshots: list[dict[str, Any]]) -> I
     for result, count in sorted(stats["discovery"].items()):
         discovery.add_metric([result], count)
     return [reloads, generation, discovery]
+
+
+_SPAN_OUTCOMES = ("exported", "failed", "dropped")
+
+
+def _tracing(stats: dict[str, Any]) -> Iterable[Metric]:
+    """Spans by outcome (tracing on; all 0 when off), and client trace contexts refused."""
+    spans = CounterMetricFamily(
+        "mcplb_trace_spans",
+        "Request spans by outcome: exported to the collector, failed (the collector refused "
+        "them or was unreachable), dropped (the export queue was full).",
+        labels=["outcome"],
+    )
+    for outcome in _SPAN_OUTCOMES:
+        spans.add_metric([outcome], stats["tracing"].get(outcome, 0))
+    refused = CounterMetricFamily(
+        "mcplb_trace_context_refused",
+        "Malformed client traceparent headers, ignored (a new trace was started).",
+        stats["tracing"].get("context_refused", 0),
+    )
+    return [spans, refused]
 
 
 # Per-backend counters exposed as they are: (snapshot key, metric name, help).

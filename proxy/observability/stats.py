@@ -78,7 +78,7 @@ KNOWN_MCP_METHODS = frozenset(
 )
 MCP_NAMED = frozenset({"tools/call"})  # the methods whose name is a label (`tool`)
 MCP_TOOL_CAP = 50  # distinct names per named method and worker
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # the spec's tool name characters
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # the spec's tool name characters
 
 
 class Histogram:
@@ -164,6 +164,9 @@ class Stats:
         self.reloads: Counter[str] = Counter()  # "success" / "failure"
         # DNS discovery lookups (worker 0's): changed, unchanged, empty, failed
         self.discovery: Counter[str] = Counter()
+        # tracing (observability/tracing.py): spans exported, failed, dropped; client trace
+        # contexts refused as malformed. Written by the exporter's thread too (its own keys).
+        self.tracing: Counter[str] = Counter()
 
     def add_backend(self, name: str) -> None:
         """Count a backend added by a reload (a re-added name keeps its counters)."""
@@ -176,7 +179,7 @@ class Stats:
         elif method not in MCP_NAMED:
             tool = ""
         elif tool and (method, tool) not in self.mcp:
-            if self.mcp_names[method] >= MCP_TOOL_CAP or not _TOOL_NAME.fullmatch(tool):
+            if self.mcp_names[method] >= MCP_TOOL_CAP or not TOOL_NAME.fullmatch(tool):
                 tool = "other"
             else:
                 self.mcp_names[method] += 1
@@ -198,6 +201,7 @@ class Stats:
             "retry_budget_exhausted": self.retry_budget_exhausted,
             "reloads": dict(self.reloads),
             "discovery": dict(self.discovery),
+            "tracing": dict(self.tracing),
         }
 
 
@@ -218,6 +222,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         "retry_budget_exhausted": 0,
         "reloads": Counter(),
         "discovery": Counter(),
+        "tracing": Counter(),
     }
     for snap in snapshots:
         for name, backend in snap["backends"].items():
@@ -242,6 +247,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         total["tool_rate_limited"].update(snap.get("tool_rate_limited", {}))
         total["reloads"].update(snap["reloads"])
         total["discovery"].update(snap.get("discovery", {}))
+        total["tracing"].update(snap.get("tracing", {}))
         total["queued"] += snap["queued"]
         total["retry_budget_exhausted"] += snap["retry_budget_exhausted"]
         for i, count in enumerate(snap["queue_wait"]["counts"]):

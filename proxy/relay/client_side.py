@@ -43,10 +43,16 @@ class Peer:
         bytes_out: int,
         client_left: bool,
     ) -> None:
-        """The access-log line of one of this client's requests (``backend`` "": none)."""
+        """The access-log line of one of this client's requests (``backend`` "": none), and
+        the end of its span."""
         access_log = self.access_log
         assert access_log is not None
         request.logged = True
+        trace = request.trace
+        if trace is not None:  # its span ends here (observability/tracing.py)
+            trace.end(request, self.ip, self.proto, status, backend, bytes_out, client_left)
+        if access_log.out is None:
+            return  # tracing on, access lines off
         session = request.session_id
         # Never the raw id: it is a bearer credential for the session.
         hashed = hashlib.sha256(session.encode()).hexdigest()[:12] if session else "-"

@@ -80,6 +80,7 @@ def count_body(stats: Stats, request: Request) -> None:
             stats.count_mcp(verdict.method, verdict.name)
         request.mcp_call = True
         request.rpc_id = verdict.message_id
+        request.rpc_method, request.rpc_name = verdict.method, verdict.name
         if verdict.method == "tools/call":
             request.tool = verdict.name if verdict.has_name else UNKNOWN_TOOL
         elif verdict.method:
@@ -91,6 +92,7 @@ def count_body(stats: Stats, request: Request) -> None:
         method, tool = message_method(message)
         if method:
             stats.count_mcp(method, tool)
+            request.rpc_method, request.rpc_name = method, tool
             if isinstance(message, dict) and "id" in message:
                 request.mcp_call = True
                 rpc_id = message["id"]

@@ -6,6 +6,7 @@ the pure functions of ``framing``; it holds no I/O.
 
 from __future__ import annotations
 
+from mcplb.proxy.observability.tracing import Trace
 from mcplb.proxy.relay.http11 import Headers
 from mcplb.proxy.routing.body_pace import BodyPace
 from mcplb.proxy.routing.mcp_era import Head, Verdict
@@ -41,11 +42,14 @@ class Request:
         "replay",
         "request_id",
         "rpc_id",
+        "rpc_method",
+        "rpc_name",
         "session_id",
         "session_in_query",
         "sniff",
         "target",
         "tool",
+        "trace",
         "upgrade",
         "upstream_session_id",
         "verdict",
@@ -83,6 +87,10 @@ class Request:
         self.tool: str | None = None
         self.mcp_call = False
         self.rpc_id: object = None
+        # Its body's method and name (tools/call: the tool), once read: for its span.
+        self.rpc_method = ""
+        self.rpc_name = ""
+        self.trace: Trace | None = None  # its span, when tracing records it (tracing.py)
         self.logged = False
         self.content_length: int | None = None
         self.chunked = False

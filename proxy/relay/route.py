@@ -55,6 +55,9 @@ def start(ex: Exchange, request: Request) -> None:
     ex.started = ex.loop.time()
     runtime = ex.runtime
     runtime.cluster.retry_budget.record_request(ex.started)
+    recorded = ex.peer.access_log
+    if recorded is not None and recorded.tracer is not None:  # tracing on (tracing.py)
+        request.trace = recorded.tracer.begin(request.headers, ex)
     frontend = runtime.frontend
     max_body = frontend.limits.max_body_bytes
     if request.refusal is not None:

@@ -28,6 +28,7 @@ RESTART_ONLY = (
     "workers",
     "admin",
     "log",
+    "tracing",
     ("sticky", "store"),
     ("sticky", "redis"),
     ("sticky", "max_sessions"),

@@ -31,7 +31,7 @@ from mcplb.proxy.config.errors import ConfigError
 from mcplb.proxy.config.schema import BackendConfig, Config
 from mcplb.proxy.config.tls import TlsError, reload_server_context, server_context
 from mcplb.proxy.config.validate import validated, watched_state
-from mcplb.proxy.observability import access_log
+from mcplb.proxy.observability import access_log, tracing
 from mcplb.proxy.relay.connection import ClientConnection
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
 from mcplb.proxy.server.runtime import Runtime
@@ -377,11 +377,42 @@ async def run_until_signalled(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_now)
-    if not await _start(server, config):
-        return 1
-    await stop.wait()
-    await _stop(server, stop)
+    start_tracing(server)
+    try:
+        if not await _start(server, config):
+            return 1
+        await stop.wait()
+        await _stop(server, stop)
+    finally:
+        await stop_tracing()
     return 0
+
+
+def start_tracing(server: ProxyServer) -> None:
+    """With ``tracing`` on: this worker's tracer and its exporter's thread (the ``otel``
+    extra, which ``validated`` checked; imported only then)."""
+    config = server.config.tracing
+    if not config.enabled:
+        return
+    from mcplb.proxy.observability import otlp_export
+
+    runtime = server.runtime
+
+    def address_of(name: str) -> tuple[str, int] | None:
+        backend = runtime.cluster.backends.get(name)
+        return None if backend is None else (backend.host, backend.port)
+
+    otlp_export.start(config, runtime.stats.tracing, address_of, server.worker)
+    log.info("tracing: spans to %s (sample ratio %g)", config.endpoint, config.sample_ratio)
+
+
+async def stop_tracing() -> None:
+    """Export the spans still queued (bounded: otlp_export.SHUTDOWN_WAIT), then stop."""
+    if tracing.current() is None:
+        return
+    from mcplb.proxy.observability import otlp_export
+
+    await asyncio.to_thread(otlp_export.stop)
 
 
 async def _start(server: ProxyServer, config: Config) -> bool:
