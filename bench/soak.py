@@ -127,7 +127,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -1301,6 +1301,27 @@ class Soak:
             failed = failed or error is not None
             cur[0] = None
 
+        http_errors: list[str] = []
+
+        async def on_response(response: httpx2.Response) -> None:
+            # The SDK logs a refused POST and lets its request time out: keep the status.
+            if response.request.method == "POST" and response.status_code >= 400:
+                who = origin_of(response.headers.get("server"))
+                http_errors.append(f"HTTP {response.status_code} ({who})")
+
+        def client_factory(
+            headers: dict[str, str] | None = None,
+            timeout: httpx2.Timeout | None = None,
+            auth: httpx2.Auth | None = None,
+        ) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(
+                headers=headers,
+                timeout=timeout or httpx2.Timeout(REQUEST_TIMEOUT, read=300.0),
+                auth=auth,
+                trust_env=False,
+                event_hooks={"response": [on_response]},
+            )
+
         t_session = self.now()
         try:
             with anyio.fail_after(SHORT_SESSION_LIMIT):
@@ -1310,6 +1331,7 @@ class Soak:
                         headers=self.auth_headers,
                         timeout=REQUEST_TIMEOUT,
                         sse_read_timeout=SHORT_SESSION_LIMIT,
+                        httpx_client_factory=client_factory,
                     ) as (read, write),
                     ClientSession(read, write, read_timeout_seconds=REQUEST_TIMEOUT) as session,
                 ):
@@ -1323,8 +1345,10 @@ class Soak:
                         begin("call countdown")
                         seen: list[float] = []
 
-                        async def on_progress(p: float, total: float | None, m: str | None) -> None:
-                            seen.append(p)
+                        async def on_progress(
+                            progress: float, total: float | None, message: str | None
+                        ) -> None:
+                            seen.append(progress)
 
                         args = {"n": 3, "delay": 0.1}
                         result = await session.call_tool(
@@ -1339,6 +1363,8 @@ class Soak:
                         done(error)
         except Exception as exc:
             reason = describe_exc(exc)
+            if http_errors:
+                reason += f" [{http_errors[-1]}]"
             if cur[0] is not None:
                 done(reason)
             else:
@@ -1865,7 +1891,7 @@ class Soak:
         ):
             self.origin = time.perf_counter()
             self.tl.origin_wall = time.time()
-            workers: dict[str, Callable[[], Awaitable[None]]] = {
+            workers: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
                 "short": lambda: self.sdk_worker(False),
                 "long": lambda: self.sdk_worker(True),
                 "sse": lambda: self.sse_worker(http),
@@ -1877,7 +1903,7 @@ class Soak:
                 "auth": lambda: self.auth_worker(control),
                 "admin": lambda: self.admin_worker(control),
             }
-            tasks = []
+            tasks: list[asyncio.Task[None]] = []
             spread = 0  # the load tasks take the replicas in turn
             for kind, count in self.mix.items():
                 for _ in range(count):
@@ -2011,6 +2037,10 @@ def classify_mixed(op: Op, soak: Soak, sess: SessionRec | None, backend: str | N
             return "sent to replica 1 while it drained, was down or restarted (SIGTERM)"
         if op.start < mx.replica_term and op.end >= mx.replica_term + GRACE - DRAIN_SLACK:
             return f"held on replica 1 past its {GRACE:g} s drain (SIGTERM): cut at the deadline"
+        if op.kind.endswith(".session") and op.start < mx.replica_term:
+            # One op for a whole session (the TypeScript client's): a request of it sent
+            # after the SIGTERM found the listener closed; the drain keeps in-flight ones.
+            return "a session in progress at replica 1's SIGTERM: its next request refused"
         if sess is not None and sess.kind == "legacy-sse" and sess.start < mx.replica_term:
             return "legacy SSE session whose GET stream was on replica 1 when it drained"
     return None

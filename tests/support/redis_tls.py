@@ -189,7 +189,7 @@ async def start_tls_sentinel_group(files: TlsFiles) -> SentinelGroup:
         )
         started.append(replica)
         await replica.start()
-        sentinels = []
+        sentinels: list[SentinelProcess] = []
         for _ in range(3):
             sentinel = TlsSentinelProcess(sentinel_command, free_port(), master.port, files)
             started.append(sentinel)
