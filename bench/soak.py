@@ -2305,6 +2305,10 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
         "unexpected_failures": reasons(unexpected, False),
         "findings": [asdict(f) for f in soak.findings],
         "unexpected_examples": [example(op, soak) for op in unexpected[:EXAMPLES]],
+        "expected_examples": [
+            {**example(op, soak), "why": op.expected, "replica": op.replica}
+            for op in expected[:EXAMPLES]
+        ],
         "phases": phase_rows,
         "reloads": [asdict(r) for r in soak.reloads],
         "victim_readmitted_s": {str(p): round(t, 3) for p, t in soak.readmitted.items()},
