@@ -1401,7 +1401,7 @@ class Soak:
                 if answer.get("name"):
                     error = self.set_backend(sess, str(answer["name"]))
                 if not answer.get("ok"):
-                    error = "TS SDK: " + str(answer.get("error"))[:100]
+                    error = "TS SDK: " + str(answer.get("error"))[:300]
                 elif answer.get("sum") != "5":
                     error = f"TS SDK: add answered {answer.get('sum')!r}"
             except TimeoutError:
