@@ -2825,6 +2825,11 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{v} {k}" for k, v in soak.mix.items())
             + f"), {args.duration:g} s; faults at"
             f" {F_KILL:.2f}/{F_RELOAD_ADD:.2f}/{F_RELOAD_REMOVE:.2f}/{F_REDIS:.2f} of it"
+            + (
+                f" (--mixed also worker {F_WORKER:.2f}, DNS {F_DNS:.2f}, replica {F_REPLICA:.2f})"
+                if args.mixed
+                else ""
+            )
         )
     if conf_text:
         print("initial config:\n" + "\n".join(f"  {line}" for line in conf_text.splitlines()))
