@@ -244,6 +244,8 @@ FD_SETTLE = 15.0  # seconds the end count waits for idle connections to close (b
 RSS_GROWTH_MAX_MIB = 64.0  # mcplb's RSS (all replicas) may grow this much, warm-up to end
 RSS_PID_GROWTH_MAX_MIB = 40.0  # ... and one process that lived through the run this much
 LOST = "lost listen event"  # an op error that no fault excuses
+KEEPALIVE_RACE = 1.0  # seconds after a SIGTERM in which the keep-alive race shows
+CONNECTION_CLOSED = ("ReadError", "RemoteProtocolError", "ServerDisconnected", "ClientOSError")
 
 REPLICA: contextvars.ContextVar[int] = contextvars.ContextVar("replica", default=0)
 
@@ -2037,6 +2039,16 @@ def classify_mixed(op: Op, soak: Soak, sess: SessionRec | None, backend: str | N
             return "sent to replica 1 while it drained, was down or restarted (SIGTERM)"
         if op.start < mx.replica_term and op.end >= mx.replica_term + GRACE - DRAIN_SLACK:
             return f"held on replica 1 past its {GRACE:g} s drain (SIGTERM): cut at the deadline"
+        if (
+            mx.replica_term - IN_FLIGHT <= op.start < mx.replica_term <= op.end
+            and op.end <= mx.replica_term + KEEPALIVE_RACE
+            and op.error is not None
+            and any(word in op.error for word in CONNECTION_CLOSED)
+        ):
+            # HTTP/1.1's keep-alive race: the drain closes the connections it sees idle,
+            # and a request whose bytes it has not read yet goes with them (clients retry
+            # only idempotent ones). A request the drain had read is answered.
+            return "sent on a kept-alive connection just as replica 1's drain closed it"
         if op.kind.endswith(".session") and op.start < mx.replica_term:
             # One op for a whole session (the TypeScript client's): a request of it sent
             # after the SIGTERM found the listener closed; the drain keeps in-flight ones.
@@ -2164,6 +2176,7 @@ def example(op: Op, soak: Soak) -> dict[str, Any]:
         "end_s": round(op.end, 3),
         "error": op.error,
         "backend": op.backend,
+        "replica": op.replica,
     }
     if op.session is not None:
         rec = soak.sessions[op.session]
@@ -2306,8 +2319,7 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
         "findings": [asdict(f) for f in soak.findings],
         "unexpected_examples": [example(op, soak) for op in unexpected[:EXAMPLES]],
         "expected_examples": [
-            {**example(op, soak), "why": op.expected, "replica": op.replica}
-            for op in expected[:EXAMPLES]
+            {**example(op, soak), "why": op.expected} for op in expected[:EXAMPLES]
         ],
         "phases": phase_rows,
         "reloads": [asdict(r) for r in soak.reloads],
