@@ -245,6 +245,7 @@ RSS_GROWTH_MAX_MIB = 64.0  # mcplb's RSS (all replicas) may grow this much, warm
 RSS_PID_GROWTH_MAX_MIB = 40.0  # ... and one process that lived through the run this much
 LOST = "lost listen event"  # an op error that no fault excuses
 KEEPALIVE_RACE = 1.0  # seconds after a SIGTERM in which the keep-alive race shows
+CONNECT_REFUSED = ("ConnectError", "Connect call failed")  # refused: no request was sent
 CONNECTION_CLOSED = ("ReadError", "RemoteProtocolError", "ServerDisconnected", "ClientOSError")
 
 REPLICA: contextvars.ContextVar[int] = contextvars.ContextVar("replica", default=0)
@@ -1385,9 +1386,14 @@ class Soak:
             t = self.now()
             argv = [str(NODE), str(INTEROP / "ts_auth_client.mjs"), "--url", self.url]
             argv += ["--token", self.setup.token]
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
+            except OSError as exc:  # Node gone (its node_modules replaced meanwhile)
+                self.record("ts-sdk.session", t, f"could not start Node: {exc}", sess)
+                await asyncio.sleep(ERROR_BACKOFF)
+                continue
             error: str | None = None
             try:
                 out, err = await asyncio.wait_for(proc.communicate(), TS_TIMEOUT)
@@ -2049,6 +2055,14 @@ def classify_mixed(op: Op, soak: Soak, sess: SessionRec | None, backend: str | N
             # and a request whose bytes it has not read yet goes with them (clients retry
             # only idempotent ones). A request the drain had read is answered.
             return "sent on a kept-alive connection just as replica 1's drain closed it"
+        if (
+            op.end <= back + IN_FLIGHT
+            and op.error is not None
+            and any(word in op.error for word in CONNECT_REFUSED)
+        ):
+            # A refused connect loses no request: a later request of an op that began
+            # before the SIGTERM (a task's polls, a session's next call) found it closed.
+            return "connect refused: replica 1's listener closed at its SIGTERM"
         if op.kind.endswith(".session") and op.start < mx.replica_term:
             # One op for a whole session (the TypeScript client's): a request of it sent
             # after the SIGTERM found the listener closed; the drain keeps in-flight ones.
