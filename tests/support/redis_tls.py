@@ -15,7 +15,6 @@ tests/support/redis_sentinel.py's group methods work unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +126,9 @@ class TlsRedisServer(RedisServer):
         except (OSError, TimeoutError):
             return False
         finally:
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+            # No TLS close_notify exchange: a server being killed or failed over may never
+            # answer it, and a test must not wait for it.
+            writer.transport.abort()
 
     async def command(self, *args: str) -> Reply:
         reader, writer = await self._open()
@@ -142,9 +141,9 @@ class TlsRedisServer(RedisServer):
             writer.write(_encode(*args))
             return await asyncio.wait_for(_read_reply(reader, args[0]), START_TIMEOUT)
         finally:
-            writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+            # No TLS close_notify exchange: a server being killed or failed over may never
+            # answer it, and a test must not wait for it.
+            writer.transport.abort()
 
 
 class TlsSentinelProcess(SentinelProcess, TlsRedisServer):
