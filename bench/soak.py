@@ -3,8 +3,41 @@
 Usage (from the repository root)::
 
     .venv/bin/python bench/soak.py [--duration 150] [--clients 16] [--down 10]
-        [--workers 2] [--seed 1] [--redis-outage-expected] [--sentinel] [--json out.json]
-        [--keep-tmp]
+        [--workers 2] [--seed 1] [--redis-outage-expected] [--sentinel] [--mixed]
+        [--json out.json] [--keep-tmp]
+
+``make soak`` runs ``--mixed --duration 600``; ``tests/test_soak_mixed.py`` runs it for 30 s.
+
+--mixed, the mixed-era soak (implies --sentinel and --redis-outage-expected): everything
+below, and
+  - two mcplb replicas (each ``workers: 2``, its own port and admin port, the same store);
+    each load task uses one of them, in turn;
+  - the backends are tests/support/soak_backend.py (the demo tools, dual-era: 2025 sessions
+    and sessionless 2026-07-28 requests, the tasks extension, ``subscriptions/listen``
+    with an event every 0.25 s, the 2024-11-05 HTTP+SSE transport at /sse);
+  - edge auth: the soak writes a JWKS (one RSA key) served by ``python -m http.server`` on
+    loopback and signs the token every load request carries;
+  - DNS discovery: dnsmasq names two more backends (127.0.0.5 and 127.0.0.6, one port);
+  - more load: ``modern`` (tools/call whoami sessionless, then a task: slow_task, tasks/get
+    until completed, every tasks/get must reach the backend holding the task), ``listen``
+    (subscriptions/listen held 4-8 s: every event in order; a gap is a LOST EVENT, never
+    expected), ``legacy-sse`` (Python SDK over HTTP+SSE: initialize, whoami, countdown),
+    ``ts-sdk`` (tests/interop/ts_auth_client.mjs, the TypeScript SDK 1.32, one Node process
+    per session), ``auth`` (no token, a bad signature, another audience: each must get 401
+    with a Bearer challenge);
+  - more faults: 0.35 D a worker of replica 0 SIGKILLed (its supervisor must replace it
+    within 15 s); 0.52 D DNS drops 127.0.0.6 (every replica's /status must stop listing
+    it); 0.86 D replica 1 SIGTERMed (it must drain and exit 0 within grace + 10 s), then
+    started again;
+  - expected failures also: requests in flight at the worker kill (or of a legacy SSE
+    session whose stream it may have held), sessions on the address DNS removed, requests
+    sent to replica 1 from its SIGTERM until it serves again, and those held on it past its
+    drain; a "Unknown task" while Redis switches is like a session's 404;
+  - at the end, with the load stopped: each worker's open descriptors (/proc/PID/fd)
+    against the start (FD_SLACK more at most) and mcplb's RSS against the warm-up
+    (RSS_GROWTH_MAX_MIB in all, RSS_PID_GROWTH_MAX_MIB per process): beyond, a finding;
+    the summary: each fault and the failures it explains, the Redis switch time (the
+    sentinels' and mcplb's), RSS and descriptors.
 
 Started here, all on 127.0.0.1 free ports, logs in a temp dir:
   - ``redis-server`` (no persistence; found as tests/support/redis_server.py does,
@@ -79,6 +112,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
+import functools
+import http.client
 import json
 import logging
 import os
@@ -91,7 +127,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -105,6 +141,7 @@ import aiohttp  # noqa: E402
 import anyio  # noqa: E402
 import httpx2  # noqa: E402
 from mcp import ClientSession  # noqa: E402
+from mcp.client.sse import sse_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from mcp.shared.exceptions import MCPError  # noqa: E402
 
@@ -129,9 +166,12 @@ from bench.common import (  # noqa: E402
     table,
     tail,
     wait_http,
+    wait_until,
 )
+from tests.support.dns_server import DnsServer  # noqa: E402
 from tests.support.redis_sentinel import SERVICE, SentinelGroup, start_sentinel_group  # noqa: E402
 from tests.support.redis_server import RedisServer, RedisServerMissing, start_redis  # noqa: E402
+from tests.support.soak_backend import TICK, TICK_MOD, tick_uri  # noqa: E402
 
 BACKENDS = ("mcp-a", "mcp-b", "mcp-c")
 VICTIM = "mcp-b"  # SIGKILLed and restarted
@@ -179,6 +219,37 @@ EXAMPLES = 200  # unexpected failures listed one by one in the JSON report
 STORE_LOG_PREFIX = "Redis session store: "  # proxy/sessions/redis_store.py's warnings
 STORE_BACK = "Redis answers again"
 BACKOFF_MIN = 0.5  # proxy/redisconn/health.py: the first backoff after a Redis failure
+# --mixed: the mixed-era soak (see the module's docstring)
+BACKEND_MODULE = ["-m", "mcplb.proxy.demo.backend"]  # tests.support.soak_backend with --mixed
+F_WORKER = 0.35  # a worker of replica 0 SIGKILLed (its supervisor starts another)
+F_DNS = 0.52  # the DNS discovery name loses one of its two addresses
+F_REPLICA = 0.86  # replica 1 SIGTERMed (graceful drain), then started again
+DNS_NAME = "mcp.soak.test"
+DNS_ADDRESSES = ("127.0.0.5", "127.0.0.6")  # the second one is removed by the DNS change
+REPLICAS = 2
+MODERN_VERSION = "2026-07-28"
+TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
+IN_FLIGHT = 0.5  # an op that started this long before a kill may have been queued in it
+WORKER_BACK = 15.0  # seconds the supervisor gets to replace a SIGKILLed worker
+REPLICA_EXIT = GRACE + 10.0  # seconds a SIGTERMed replica gets to drain and exit
+LISTEN_HOLD = (4.0, 8.0)  # seconds a listen stream is held
+LISTEN_SILENCE = TICK * TICK_MOD * 0.75  # no event for this long on a live stream: lost ones
+TASK_DELAY = 0.2  # slow_task's run time
+TASK_POLLS = 100  # tasks/get polls of a task at most (every 50 ms)
+AUTH_PAUSE = 0.5  # seconds between two refused-token probes
+TS_TIMEOUT = 40.0  # one TypeScript SDK session, Node's start included
+UPSTREAM_KEEPALIVE = 4.0  # timeouts.upstream_keepalive's default: idle pooled upstream conns
+FD_SLACK = 24  # descriptors a worker may hold at the end beyond its start (pools, probes)
+FD_SETTLE = 15.0  # seconds the end count waits for idle connections to close (bounded)
+RSS_GROWTH_MAX_MIB = 64.0  # mcplb's RSS (all replicas) may grow this much, warm-up to end
+RSS_PID_GROWTH_MAX_MIB = 40.0  # ... and one process that lived through the run this much
+LOST = "lost listen event"  # an op error that no fault excuses
+KEEPALIVE_RACE = 1.0  # seconds after a SIGTERM in which the keep-alive race shows
+CONNECT_REFUSED = ("ConnectError", "Connect call failed")  # refused: no request was sent
+CONNECTION_CLOSED = ("ReadError", "RemoteProtocolError", "ServerDisconnected", "ClientOSError")
+
+REPLICA: contextvars.ContextVar[int] = contextvars.ContextVar("replica", default=0)
+
 LOG_LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>[A-Z]+) (?P<logger>\S+)"
     r"\[(?P<pid>\d+)\]: (?P<msg>.*)$"
@@ -199,6 +270,7 @@ class Op:
     session: int | None  # index into Soak.sessions
     backend: str | None  # the session's backend when the op ended (whoami), if known
     expected: str | None = None  # set by classify() for failures
+    replica: int = 0  # the mcplb replica it was sent to
 
 
 @dataclass(slots=True)
@@ -208,6 +280,46 @@ class SessionRec:
     backend: str | None = None
     lost: bool = False  # a request got 404 (the session is gone: no DELETE)
     sid: str | None = None  # the Mcp-Session-Id (with the redis store: the backend's own)
+
+
+@dataclass
+class Replica:
+    """One mcplb (master and workers) of the run, its config file and logs."""
+
+    index: int
+    port: int
+    admin_port: int
+    conf: Path
+    cmd: list[str]
+    proc: subprocess.Popen[bytes]
+    logs: list[Path]  # one per start: a restarted replica logs to a new file
+
+    @property
+    def log(self) -> Path:
+        return self.logs[-1]
+
+    def workers(self) -> list[int]:
+        return [p for p in group_pids(self.proc.pid) if p != self.proc.pid]
+
+
+@dataclass
+class MixedTimeline:
+    """The --mixed faults' times (seconds since the load started) and what they cost."""
+
+    worker_kill: float | None = None
+    worker_pid: int | None = None
+    worker_back: float | None = None
+    dns_change: float | None = None
+    dns_removed: str | None = None
+    dns_applied: float | None = None
+    replica_term: float | None = None
+    replica_exit: float | None = None
+    replica_ready: float | None = None
+    sentinel_switch_s: float | None = None  # kill -> the sentinels name a new master
+    listen_events: int = 0  # received on listen streams
+    lost_events: int = 0  # gaps in live listen streams
+    fds_start: dict[int, tuple[int, int]] = field(default_factory=dict)  # pid -> (replica, n)
+    fds_end: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -346,8 +458,10 @@ def soak_config(
     ports: dict[str, int],
     names: tuple[str, ...],
     weights: dict[str, int],
+    extra: list[str] | None = None,
 ) -> str:
-    """``redis``: the lines of sticky.redis (redis_lines)."""
+    """``redis``: the lines of sticky.redis (redis_lines); ``extra``: more top-level lines
+    (mixed_lines)."""
     settings = [
         "sticky:",
         "  mcp_sessions: true",
@@ -370,6 +484,7 @@ def soak_config(
         f'  listen: "{HOST}:{admin_port}"',
         "log:",
         "  access: false",
+        *(extra or []),
     ]
     head = [f"workers: {workers}", "strategy: round_robin"]
     backends = {n: ports[n] for n in names}
@@ -390,6 +505,87 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class MixedSetup:
+    """What --mixed starts beyond the single-replica soak."""
+
+    dns: DnsServer  # dnsmasq: DNS_NAME -> DNS_ADDRESSES
+    discovery_port: int  # the discovered backends' port (A records carry none)
+    discovered: list[str]  # their names as mcplb gives them: "ADDRESS-PORT"
+    jwks_port: int  # the JWKS the soak serves (python -m http.server)
+    token: str  # a valid access token: every load request carries it
+    forged: str  # same kid, another key: the signature does not verify
+    wrong_audience: str  # valid signature, "aud" of another resource
+
+
+def mixed_lines(setup: MixedSetup | None, first_port: int) -> list[str]:
+    """auth (the soak's JWKS; the resource is the first replica's URL, as behind one
+    Service name) and discovery (dnsmasq) for the mixed soak."""
+    if setup is None:
+        return []
+    issuer = f"http://{HOST}:{setup.jwks_port}"
+    return [
+        "auth:",
+        f'  resource: "http://{HOST}:{first_port}{MCP_PATH}"',
+        "  jwt:",
+        f'    issuer: "{issuer}"',
+        f'    jwks_url: "{issuer}/jwks.json"',
+        "discovery:",
+        "  dns:",
+        f"    name: {DNS_NAME}",
+        f"    port: {setup.discovery_port}",
+        "    interval: 0.5s",
+        f'    resolvers: ["{setup.dns.address}"]',
+        "    allow_networks: [127.0.0.0/8]",
+    ]
+
+
+def make_tokens(directory: Path, issuer: str, resource: str) -> tuple[str, str, str]:
+    """Write a JWKS (one RSA key) to ``directory``/jwks.json; a valid token, a forged one
+    (same kid, another key) and one for another audience."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def key() -> Any:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    private, other = key(), key()
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    jwks = {"keys": [{**public, "kid": "soak-1", "use": "sig", "alg": "RS256"}]}
+    (directory / "jwks.json").write_text(json.dumps(jwks))
+    now = int(time.time())
+    claims = {"iss": issuer, "sub": "soak", "aud": resource, "iat": now, "exp": now + 6 * 3600}
+
+    def sign(signer: Any, **changes: Any) -> str:
+        return jwt.encode(
+            {**claims, **changes}, signer, algorithm="RS256", headers={"kid": "soak-1"}
+        )
+
+    return sign(private), sign(other), sign(private, aud=f"http://{HOST}:1/other")
+
+
+def http_probe(host: str, port: int, path: str, headers: dict[str, str]) -> str | None:
+    """None when ``GET path`` answers 200, else what it did."""
+    conn = http.client.HTTPConnection(host, port, timeout=1.0)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        return None if resp.status == 200 else f"GET {path} answered {resp.status}: {body[:100]!r}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"GET {path} failed: {exc!r}"
+    finally:
+        conn.close()
+
+
+def wait_proxy(
+    proc: subprocess.Popen[bytes], port: int, headers: dict[str, str], timeout: float, log: Path
+) -> None:
+    """Bounded wait until mcplb answers 200 through to a backend (with the token, if any)."""
+    wait_until(proc, lambda: http_probe(HOST, port, PLAIN_PATH, headers), timeout, log)
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -401,27 +597,22 @@ class Soak:
         procs: list[subprocess.Popen[bytes]],
         backend_procs: dict[str, subprocess.Popen[bytes]],
         ports: dict[str, int],
-        proxy_port: int,
-        admin_port: int,
-        mcplb: subprocess.Popen[bytes],
+        replicas: list[Replica],
         redis: RedisServer,
-        conf_path: Path,
         group: SentinelGroup | None = None,
+        mixed: MixedSetup | None = None,
     ) -> None:
         self.args = args
         self.tmp = tmp
         self.procs = procs
         self.backend_procs = backend_procs
         self.ports = ports
-        self.proxy_port = proxy_port
-        self.admin_port = admin_port
-        self.mcplb = mcplb
+        self.replicas = replicas
         self.redis = redis  # with a Sentinel group: its first master
         self.group = group
-        self.conf_path = conf_path
-        self.mcplb_log = tmp / "mcplb.log"
-        self.url = f"http://{HOST}:{proxy_port}{MCP_PATH}"
-        self.admin_url = f"http://{HOST}:{admin_port}"
+        self.setup = mixed  # --mixed: the DNS server, the token, the discovered backends
+        self.mx = MixedTimeline()
+        self.auth_headers = {"authorization": f"Bearer {mixed.token}"} if mixed else {}
         self.rng = random.Random(args.seed)
         self.ops: list[Op] = []
         self.sessions: list[SessionRec] = []
@@ -441,6 +632,39 @@ class Soak:
 
     # ----------------------------------------------------------------- bookkeeping
 
+    # The first replica: the one the single-replica soak has (reloads, /status, RSS of old).
+    @property
+    def mcplb(self) -> subprocess.Popen[bytes]:
+        return self.replicas[0].proc
+
+    @property
+    def mcplb_log(self) -> Path:
+        return self.replicas[0].log
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{HOST}:{self.replicas[0].admin_port}"
+
+    @property
+    def url(self) -> str:
+        """The /mcp URL of the replica this load task uses (REPLICA, set per task)."""
+        return f"http://{HOST}:{self.replicas[REPLICA.get()].port}{MCP_PATH}"
+
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.replicas[REPLICA.get()].port}"
+
+    def config_text(self, rep: Replica, names: tuple[str, ...], weights: dict[str, int]) -> str:
+        return soak_config(
+            self.args.workers,
+            rep.port,
+            rep.admin_port,
+            redis_lines(self.redis, self.group),
+            self.ports,
+            names,
+            weights,
+            mixed_lines(self.setup, self.replicas[0].port),
+        )
+
     def now(self) -> float:
         return time.perf_counter() - self.origin
 
@@ -453,9 +677,17 @@ class Soak:
         self.sessions.append(SessionRec(kind, self.now()))
         return len(self.sessions) - 1
 
-    def record(self, kind: str, start: float, error: str | None, sess: int | None) -> None:
-        backend = self.sessions[sess].backend if sess is not None else None
-        self.ops.append(Op(kind, start, self.now(), error, sess, backend))
+    def record(
+        self,
+        kind: str,
+        start: float,
+        error: str | None,
+        sess: int | None,
+        backend: str | None = None,
+    ) -> None:
+        if sess is not None:
+            backend = self.sessions[sess].backend
+        self.ops.append(Op(kind, start, self.now(), error, sess, backend, None, REPLICA.get()))
         if error and sess is not None and ("404" in error or SESSION_NOT_FOUND in error):
             self.sessions[sess].lost = True  # the client must re-initialize
 
@@ -473,7 +705,9 @@ class Soak:
         return bool(group_pids(self.mcplb.pid))
 
     def sample_rss(self) -> tuple[float, int, dict[int, int]]:
-        sizes = group_rss(self.mcplb.pid)
+        sizes: dict[int, int] = {}
+        for rep in self.replicas:
+            sizes.update(group_rss(rep.proc.pid))
         sample = (self.now(), sum(sizes.values()), sizes)
         self.rss.append(sample)
         return sample
@@ -523,6 +757,7 @@ class Soak:
         async with httpx2.AsyncClient(
             timeout=timeout,
             trust_env=False,
+            headers=self.auth_headers,
             event_hooks={"request": [on_request], "response": [on_response]},
         ) as client:
             while not self.stop.is_set():
@@ -807,7 +1042,7 @@ class Soak:
     # ----------------------------------------------------------------- plain HTTP, admin
 
     async def http_worker(self, http: aiohttp.ClientSession) -> None:
-        url = f"http://{HOST}:{self.proxy_port}{PLAIN_PATH}"
+        url = self.base_url() + PLAIN_PATH
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         while not self.stop.is_set():
             t = self.now()
@@ -825,9 +1060,12 @@ class Soak:
             self.record(f"http.GET {PLAIN_PATH}", t, error, None)
             await asyncio.sleep(ERROR_BACKOFF if error else HTTP_PAUSE)
 
-    async def admin_status(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+    async def admin_status(
+        self, http: aiohttp.ClientSession, admin_port: int | None = None
+    ) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        async with http.get(f"{self.admin_url}/status", timeout=timeout) as resp:
+        port = self.replicas[0].admin_port if admin_port is None else admin_port
+        async with http.get(f"http://{HOST}:{port}/status", timeout=timeout) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}")
             data: dict[str, Any] = await resp.json()
@@ -848,6 +1086,554 @@ class Soak:
                 next_rss = self.now() + RSS_EVERY
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 1.0)
+
+    # ----------------------------------------------------------------- --mixed: 2026 traffic
+
+    def backend_names(self) -> list[str]:
+        discovered = self.setup.discovered if self.setup is not None else []
+        return [*ALL_BACKENDS, *discovered]
+
+    def modern_headers(self, method: str, name: str | None = None) -> dict[str, str]:
+        """A 2026-07-28 request's headers (sessionless: the routing headers mirror the body)."""
+        out = {
+            "accept": MCP_ACCEPT,
+            "content-type": "application/json",
+            "mcp-protocol-version": MODERN_VERSION,
+            "mcp-method": method,
+        }
+        if name is not None:
+            out["mcp-name"] = name
+        return out
+
+    @staticmethod
+    def modern_body(rid: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+            "io.modelcontextprotocol/clientInfo": {"name": "mcplb-soak", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS_EXTENSION: {}}},
+        }
+        return {"jsonrpc": "2.0", "id": rid, "method": method, "params": {**params, "_meta": meta}}
+
+    async def modern_post(
+        self, http: aiohttp.ClientSession, body: dict[str, Any], headers: dict[str, str]
+    ) -> str | dict[str, Any]:
+        """The JSON-RPC result of one 2026 request, or why there is none."""
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        what = f"{body['method']} {body['params'].get('name') or ''}".strip()
+        async with http.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+            text = await resp.text()
+            who = origin_of(resp.headers.get("server"))
+            if resp.content_type == "text/event-stream":
+                messages = parse_sse_json(text)
+            else:
+                try:
+                    messages = [json.loads(text)] if text.strip() else []
+                except ValueError:
+                    messages = []
+            reply = next((m for m in messages if m.get("id") == body["id"]), None)
+            if reply is not None and "error" in reply:
+                error = reply["error"]
+                return (
+                    f"JSON-RPC error {error.get('code')} on {what} (HTTP {resp.status}, {who}):"
+                    f" {str(error.get('message'))[:60]}"
+                )
+            if resp.status != 200 or reply is None or not isinstance(reply.get("result"), dict):
+                return f"HTTP {resp.status} on {what} ({who}): {text.strip()[:60]}"
+            result: dict[str, Any] = reply["result"]
+            return result
+
+    async def modern_worker(self, http: aiohttp.ClientSession) -> None:
+        """Sessionless 2026-07-28 requests: tools/call whoami, then a task (created with
+        tools/call slow_task, polled with tasks/get until completed: every tasks/get must
+        reach the backend holding the task)."""
+        rid = 0
+        while not self.stop.is_set():
+            rid += 2
+            t = self.now()
+            error: str | None = None
+            backend: str | None = None
+            try:
+                body = self.modern_body(rid, "tools/call", {"name": "whoami", "arguments": {}})
+                got = await self.modern_post(
+                    http, body, self.modern_headers("tools/call", "whoami")
+                )
+                if isinstance(got, str):
+                    error = got
+                else:
+                    backend = "".join(c.get("text", "") for c in got.get("content", []))
+                    if backend not in self.backend_names():
+                        error, backend = f"whoami answered {backend[:40]!r}", None
+            except Exception as exc:
+                error = describe_exc(exc)
+            self.record("modern.tools/call whoami", t, error, None, backend)
+            if error is None:
+                error = await self.modern_task(http, rid + 1)
+            await asyncio.sleep(ERROR_BACKOFF if error else HTTP_PAUSE)
+
+    async def modern_task(self, http: aiohttp.ClientSession, rid: int) -> str | None:
+        t = self.now()
+        error: str | None = None
+        holder: str | None = None
+        try:
+            args = {"name": "slow_task", "arguments": {"delay": TASK_DELAY}}
+            body = self.modern_body(rid, "tools/call", args)
+            got = await self.modern_post(http, body, self.modern_headers("tools/call", "slow_task"))
+            if isinstance(got, str):
+                error = got
+            elif got.get("resultType") != "task":
+                error = f"slow_task answered no task: {str(got)[:60]}"
+            else:
+                task_id = str(got["taskId"])
+                holder = task_id[: -len("-00000000-0000-0000-0000-000000000000")] or None
+                error = f"task not completed after {TASK_POLLS} polls"
+                for poll in range(TASK_POLLS):
+                    await asyncio.sleep(0.05)
+                    body = self.modern_body(10_000 + poll, "tasks/get", {"taskId": task_id})
+                    got = await self.modern_post(
+                        http, body, self.modern_headers("tasks/get", task_id)
+                    )
+                    if isinstance(got, str):
+                        error = got
+                        break
+                    if got.get("servedBy") != holder:
+                        error = (
+                            f"tasks/get served by {got.get('servedBy')}, the task is on {holder}"
+                        )
+                        break
+                    if got.get("status") == "completed":
+                        error = None
+                        break
+        except Exception as exc:
+            error = describe_exc(exc)
+        self.record("modern.task", t, error, None, holder)
+        return error
+
+    async def listen_worker(self, http: aiohttp.ClientSession) -> None:
+        """``subscriptions/listen`` streams held LISTEN_HOLD s: every tick the backend
+        publishes must arrive, in order (a gap is a lost event: never expected)."""
+        uris = [tick_uri(name, k) for name in self.backend_names() for k in range(TICK_MOD)]
+        rid = 0
+        while not self.stop.is_set():
+            rid += 1
+            t = self.now()
+            found: list[str | None] = [None]
+            try:
+                error = await self.listen_once(http, rid, uris, found)
+            except Exception as exc:
+                error = "listen stream: " + describe_exc(exc)
+            self.record("modern.listen stream", t, error, None, found[0])
+            if error:
+                await asyncio.sleep(ERROR_BACKOFF)
+
+    async def listen_once(
+        self,
+        http: aiohttp.ClientSession,
+        rid: int,
+        uris: list[str],
+        found: list[str | None],
+    ) -> str | None:
+        params = {"notifications": {"resourceSubscriptions": uris}}
+        body = self.modern_body(rid, "subscriptions/listen", params)
+        headers = self.modern_headers("subscriptions/listen")
+        hold = self.rng.uniform(*LISTEN_HOLD)
+        timeout = aiohttp.ClientTimeout(total=None, connect=REQUEST_TIMEOUT, sock_read=None)
+        acked = False
+        last: tuple[int, float] | None = None  # the last tick K and when it arrived
+        async with http.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+            if resp.status != 200 or resp.content_type != "text/event-stream":
+                who = origin_of(resp.headers.get("server"))
+                return f"HTTP {resp.status} {resp.content_type} on listen ({who})"
+            opened = self.now()
+            until = opened + hold
+            buffer = ""
+            while (left := until - self.now()) > 0 and not self.stop.is_set():
+                try:
+                    chunk = await asyncio.wait_for(resp.content.readany(), min(0.5, left))
+                except TimeoutError:
+                    chunk = None
+                except (aiohttp.ClientError, OSError) as exc:
+                    return "listen stream cut: " + describe_exc(exc)
+                if chunk == b"":
+                    return "listen stream ended before the hold was over (EOF)"
+                if chunk:
+                    buffer += chunk.decode(errors="replace")
+                    *blocks, buffer = re.split(r"\r?\n\r?\n", buffer)
+                    for message in parse_sse_json("\n\n".join(blocks) + "\n\n"):
+                        method = message.get("method")
+                        if method == "notifications/subscriptions/acknowledged":
+                            acked = True
+                            continue
+                        if method != "notifications/resources/updated":
+                            continue
+                        name, _, k_text = str(message["params"]["uri"])[7:].rpartition("/tick/")
+                        if found[0] is None:
+                            found[0] = name
+                        elif name != found[0]:
+                            return f"listen events from {name} on a stream of {found[0]}"
+                        k, now = int(k_text), self.now()
+                        if last is not None and (missed := (k - last[0] - 1) % TICK_MOD):
+                            self.mx.lost_events += missed
+                            return f"{LOST}: {missed} between ticks {last[0]} and {k}"
+                        last = (k, now)
+                        self.mx.listen_events += 1
+                silent = self.now() - (last[1] if last is not None else opened)
+                if silent > LISTEN_SILENCE + 1.0:
+                    return f"listen stream silent for {silent:.1f} s (ticks every {TICK:g} s)"
+        if not acked:
+            return "no notifications/subscriptions/acknowledged on the listen stream"
+        return None
+
+    async def legacy_sse_worker(self) -> None:
+        """The 2024-11-05 HTTP+SSE transport with the Python SDK client (GET /sse, POST
+        /messages/?session_id=...): initialize, whoami, countdown with its progress."""
+        while not self.stop.is_set():
+            sess = self.new_session("legacy-sse")
+            if not await self.legacy_sse_session(sess):
+                await asyncio.sleep(ERROR_BACKOFF)
+
+    async def legacy_sse_session(self, sess: int) -> bool:
+        cur: list[Any] = [None, 0.0]
+        failed = False
+
+        def begin(kind: str) -> None:
+            cur[0], cur[1] = f"legacy-sse.{kind}", self.now()
+
+        def done(error: str | None = None) -> None:
+            nonlocal failed
+            self.record(cur[0], cur[1], error, sess)
+            failed = failed or error is not None
+            cur[0] = None
+
+        http_errors: list[str] = []
+
+        async def on_response(response: httpx2.Response) -> None:
+            # The SDK logs a refused POST and lets its request time out: keep the status.
+            if response.request.method == "POST" and response.status_code >= 400:
+                who = origin_of(response.headers.get("server"))
+                http_errors.append(f"HTTP {response.status_code} ({who})")
+
+        def client_factory(
+            headers: dict[str, str] | None = None,
+            timeout: httpx2.Timeout | None = None,
+            auth: httpx2.Auth | None = None,
+        ) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(
+                headers=headers,
+                timeout=timeout or httpx2.Timeout(REQUEST_TIMEOUT, read=300.0),
+                auth=auth,
+                trust_env=False,
+                event_hooks={"response": [on_response]},
+            )
+
+        t_session = self.now()
+        try:
+            with anyio.fail_after(SHORT_SESSION_LIMIT):
+                async with (
+                    sse_client(
+                        self.base_url() + "/sse",
+                        headers=self.auth_headers,
+                        timeout=REQUEST_TIMEOUT,
+                        sse_read_timeout=SHORT_SESSION_LIMIT,
+                        httpx_client_factory=client_factory,
+                    ) as (read, write),
+                    ClientSession(read, write, read_timeout_seconds=REQUEST_TIMEOUT) as session,
+                ):
+                    begin("initialize")
+                    await session.initialize()
+                    done()
+                    begin("call whoami")
+                    result = await session.call_tool("whoami", {})
+                    done(self.set_backend(sess, result_text(result)))
+                    if not failed:
+                        begin("call countdown")
+                        seen: list[float] = []
+
+                        async def on_progress(
+                            progress: float, total: float | None, message: str | None
+                        ) -> None:
+                            seen.append(progress)
+
+                        args = {"n": 3, "delay": 0.1}
+                        result = await session.call_tool(
+                            "countdown", args, progress_callback=on_progress
+                        )
+                        text = result_text(result)
+                        error = None
+                        if text != "liftoff":
+                            error = f"countdown answered {text[:40]!r}"
+                        elif len(seen) != 3:
+                            error = f"countdown: {len(seen)} of 3 progress notifications"
+                        done(error)
+        except Exception as exc:
+            reason = describe_exc(exc)
+            if http_errors:
+                reason += f" [{http_errors[-1]}]"
+            if cur[0] is not None:
+                done(reason)
+            else:
+                self.record("legacy-sse.session", t_session, reason, sess)
+                failed = True
+        return not failed
+
+    async def ts_worker(self) -> None:
+        """TypeScript SDK 1.32 sessions (tests/interop/ts_auth_client.mjs, a Node process
+        each, with the token): initialize, tools/list, whoami, add, DELETE."""
+        from tests.interop import INTEROP, NODE
+
+        assert self.setup is not None
+        while not self.stop.is_set():
+            sess = self.new_session("ts-sdk")
+            t = self.now()
+            argv = [str(NODE), str(INTEROP / "ts_auth_client.mjs"), "--url", self.url]
+            argv += ["--token", self.setup.token]
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
+            except OSError as exc:  # Node gone (its node_modules replaced meanwhile)
+                self.record("ts-sdk.session", t, f"could not start Node: {exc}", sess)
+                await asyncio.sleep(ERROR_BACKOFF)
+                continue
+            error: str | None = None
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), TS_TIMEOUT)
+                lines = out.decode(errors="replace").strip().splitlines()
+                try:
+                    answer = json.loads(lines[-1])
+                except (ValueError, IndexError):
+                    answer = {
+                        "ok": False,
+                        "error": f"no JSON (exit {proc.returncode}): "
+                        + err.decode(errors="replace")[-120:],
+                    }
+                if answer.get("name"):
+                    error = self.set_backend(sess, str(answer["name"]))
+                if not answer.get("ok"):
+                    error = "TS SDK: " + str(answer.get("error"))[:300]
+                elif answer.get("sum") != "5":
+                    error = f"TS SDK: add answered {answer.get('sum')!r}"
+            except TimeoutError:
+                error = f"TS SDK session: no answer within {TS_TIMEOUT:g} s"
+            finally:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+            self.record("ts-sdk.session", t, error, sess)
+            if error:
+                await asyncio.sleep(ERROR_BACKOFF)
+
+    async def auth_worker(self, http: aiohttp.ClientSession) -> None:
+        """Requests mcplb must refuse (401 with a Bearer challenge): no token, a token whose
+        signature does not verify, a token for another audience. ``http`` sends no token."""
+        assert self.setup is not None
+        cases = [
+            ("no token", {}),
+            ("bad signature", {"authorization": f"Bearer {self.setup.forged}"}),
+            ("wrong audience", {"authorization": f"Bearer {self.setup.wrong_audience}"}),
+        ]
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "soak-auth", "version": "0"},
+            },
+        }
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        i = 0
+        while not self.stop.is_set():
+            what, extra = cases[i % len(cases)]
+            i += 1
+            t = self.now()
+            error: str | None = None
+            headers = {"accept": MCP_ACCEPT, **extra}
+            try:
+                async with http.post(self.url, json=body, headers=headers, timeout=timeout) as resp:
+                    await resp.read()
+                    challenge = resp.headers.get("www-authenticate", "")
+                    if resp.status != 401 or not challenge.lower().startswith("bearer"):
+                        who = origin_of(resp.headers.get("server"))
+                        error = f"HTTP {resp.status} ({who}) with {what}: want 401 Bearer"
+            except Exception as exc:
+                error = describe_exc(exc)
+            self.record(f"auth.refused ({what})", t, error, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), AUTH_PAUSE)
+
+    # ----------------------------------------------------------------- --mixed: faults
+
+    async def mixed_faults(self, http: aiohttp.ClientSession) -> None:
+        """The faults only the mixed soak has, on their own schedule beside controller()."""
+        d = self.args.duration
+        await self.sleep_until(F_WORKER * d)
+        await self.kill_worker()
+        await self.sleep_until(F_DNS * d)
+        await self.dns_change(http)
+        await self.sleep_until(F_REPLICA * d)
+        await self.restart_replica(http)
+
+    async def kill_worker(self) -> None:
+        rep = self.replicas[0]
+        workers = rep.workers()
+        if not workers:
+            self.findings.append(Finding(self.now(), "replica 0 has no worker to kill"))
+            return
+        victim = workers[-1]
+        self.mx.worker_kill = self.now()
+        self.mx.worker_pid = victim
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+        self.event(f"SIGKILL worker {victim} of replica 0 (workers {workers})")
+        deadline = self.now() + WORKER_BACK
+        while self.now() < deadline:
+            await asyncio.sleep(CONTROL_STEP)
+            now_workers = rep.workers()
+            if victim not in now_workers and len(now_workers) >= len(workers):
+                self.mx.worker_back = self.now()
+                self.event(f"replica 0's supervisor replaced it: workers {now_workers}")
+                return
+        self.findings.append(
+            Finding(self.now(), f"replica 0 did not replace worker {victim} in {WORKER_BACK:g} s")
+        )
+
+    async def dns_change(self, http: aiohttp.ClientSession) -> None:
+        assert self.setup is not None
+        removed = self.setup.discovered[-1]
+        self.mx.dns_change = self.now()
+        self.mx.dns_removed = removed
+        await asyncio.to_thread(self.setup.dns.set_hosts, {DNS_NAME: [DNS_ADDRESSES[0]]})
+        self.event(f"DNS: {DNS_NAME} now names {DNS_ADDRESSES[0]} only ({removed} goes)")
+        pending = {rep.index for rep in self.replicas}
+        deadline = self.now() + RELOAD_CHECK + GRACE
+        while pending and self.now() < deadline:
+            await asyncio.sleep(0.25)
+            for rep in self.replicas:
+                if rep.index not in pending:
+                    continue
+                with contextlib.suppress(Exception):
+                    status = await self.admin_status(http, rep.admin_port)
+                    if removed not in {b["name"] for b in status.get("backends", [])}:
+                        pending.discard(rep.index)
+        if pending:
+            self.findings.append(
+                Finding(self.mx.dns_change, f"replicas {sorted(pending)} still list {removed}")
+            )
+        else:
+            self.mx.dns_applied = self.now()
+            self.event(f"{removed} gone from every replica's /status")
+
+    async def restart_replica(self, http: aiohttp.ClientSession) -> None:
+        rep = self.replicas[1]
+        self.mx.replica_term = self.now()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rep.proc.pid, signal.SIGTERM)
+        self.event(f"SIGTERM replica 1 (master {rep.proc.pid}): graceful drain")
+        try:
+            rc = await asyncio.to_thread(rep.proc.wait, REPLICA_EXIT)
+        except subprocess.TimeoutExpired:
+            rc = None
+            self.findings.append(
+                Finding(self.now(), f"replica 1 still running {REPLICA_EXIT:g} s after SIGTERM")
+            )
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(rep.proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(rep.proc.wait, 5)
+        self.mx.replica_exit = self.now()
+        left = group_pids(rep.proc.pid)
+        if left:
+            self.findings.append(Finding(self.now(), f"replica 1's processes {left} outlived it"))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(rep.proc.pid, signal.SIGKILL)
+        if rc not in (0, None):
+            self.findings.append(
+                Finding(self.now(), f"replica 1 exited with {describe_rc(rc)} on SIGTERM")
+            )
+        self.event(
+            f"replica 1 exited ({describe_rc(rc)}) after"
+            f" {self.mx.replica_exit - self.mx.replica_term:.2f} s; starting it again"
+        )
+        log = self.tmp / f"mcplb-{rep.index}-restarted.log"
+        rep.logs.append(log)
+        rep.proc = spawn(rep.cmd, log, self.procs, cwd=REPO_ROOT)
+        try:
+            await asyncio.to_thread(
+                wait_proxy, rep.proc, rep.port, self.auth_headers, START_TIMEOUT, log
+            )
+            self.mx.replica_ready = self.now()
+            self.event(f"replica 1 serving again (master {rep.proc.pid})")
+        except NotReady as exc:
+            self.findings.append(Finding(self.now(), f"replica 1 did not come back: {exc}"))
+
+    # ----------------------------------------------------------------- descriptors
+
+    def fd_counts(self) -> dict[int, tuple[int, int]]:
+        """Worker pid -> (replica, open descriptors): /proc/PID/fd."""
+        out: dict[int, tuple[int, int]] = {}
+        for rep in self.replicas:
+            for pid in rep.workers() if self.args.workers > 1 else [rep.proc.pid]:
+                with contextlib.suppress(OSError):
+                    out[pid] = (rep.index, len(os.listdir(f"/proc/{pid}/fd")))
+        return out
+
+    async def settled_fd_counts(self) -> dict[int, tuple[int, int]]:
+        """The counts once the load's connections are gone: mcplb closes idle pooled
+        upstream connections after timeouts.upstream_keepalive (4 s), which no event
+        announces, so wait that long, then until two samples agree (bounded)."""
+        start = self.now()
+        await asyncio.sleep(UPSTREAM_KEEPALIVE + 1.0)
+        previous = self.fd_counts()
+        while self.now() - start < FD_SETTLE:
+            await asyncio.sleep(0.5)
+            current = self.fd_counts()
+            if current == previous:
+                break
+            previous = current
+        return previous
+
+    def check_resources(self) -> None:
+        """Findings: a worker holding FD_SLACK more descriptors at the end than at the start
+        (a worker started during the run: than the most any worker of its replica held at
+        the start), mcplb's RSS grown beyond its bounds."""
+        start, end = self.mx.fds_start, self.mx.fds_end
+        for pid, (replica, n) in sorted(end.items()):
+            if pid in start:
+                base, what = start[pid][1], "its start"
+            else:
+                peers = [m for r, m in start.values() if r == replica]
+                if not peers:
+                    continue
+                base, what = max(peers), "replica's workers at the start (it is new)"
+            if n > base + FD_SLACK:
+                self.findings.append(
+                    Finding(
+                        None,
+                        f"descriptor leak? worker {pid} (replica {replica}) holds {n} fds at the"
+                        f" end, {base} at {what}: more than {FD_SLACK} more",
+                    )
+                )
+        if self.rss_start is not None and self.rss_end is not None:
+            growth = (self.rss_end[1] - self.rss_start[1]) / 1024
+            if growth > RSS_GROWTH_MAX_MIB:
+                self.findings.append(
+                    Finding(
+                        None,
+                        f"mcplb RSS grew {growth:.1f} MiB (warm-up to end, all replicas):"
+                        f" more than {RSS_GROWTH_MAX_MIB:g}",
+                    )
+                )
+            for pid, kib in self.rss_end[2].items():
+                before = self.rss_start[2].get(pid)
+                if before is not None and (kib - before) / 1024 > RSS_PID_GROWTH_MAX_MIB:
+                    self.findings.append(
+                        Finding(
+                            None,
+                            f"mcplb process {pid} RSS grew {(kib - before) / 1024:.1f} MiB:"
+                            f" more than {RSS_PID_GROWTH_MAX_MIB:g}",
+                        )
+                    )
 
     # ----------------------------------------------------------------- faults
 
@@ -940,7 +1726,11 @@ class Soak:
         if self.group is not None:
             try:
                 new = await self.group.wait_for_new_master(self.redis.port)
-                self.event(f"the sentinels promoted the replica (port {new})")
+                self.mx.sentinel_switch_s = self.now() - self.tl.redis_kill
+                self.event(
+                    f"the sentinels promoted the replica (port {new}) after"
+                    f" {self.mx.sentinel_switch_s:.2f} s"
+                )
             except TimeoutError as exc:
                 self.findings.append(Finding(self.now(), f"no Sentinel failover: {exc}"))
         await self.sleep_until(self.tl.redis_kill + REDIS_DOWN)
@@ -964,58 +1754,70 @@ class Soak:
         names: tuple[str, ...],
         weights: dict[str, int],
     ) -> None:
-        """Rewrite the config, SIGHUP the master, check /status and the workers' log lines."""
+        """Every replica: rewrite its config, SIGHUP its master, check /status and the
+        workers' log lines (the replicas at once)."""
+        if name == "reload 1":
+            self.tl.reload_add = self.now()
+        else:
+            self.tl.reload_remove = self.now()
+        await asyncio.gather(
+            *(self.reload_one(http, rep, name, change, names, weights) for rep in self.replicas)
+        )
+
+    async def reload_one(
+        self,
+        http: aiohttp.ClientSession,
+        rep: Replica,
+        name: str,
+        change: str,
+        names: tuple[str, ...],
+        weights: dict[str, int],
+    ) -> None:
+        if len(self.replicas) > 1:
+            name = f"{name} (replica {rep.index})"
         rec = Reload(name, self.now(), change)
         self.reloads.append(rec)
-        if name == "reload 1":
-            self.tl.reload_add = rec.t
-        else:
-            self.tl.reload_remove = rec.t
         self.watch_mcplb()
-        if self.mcplb.poll() is not None:
+        if rep.proc.poll() is not None:
             rec.note = "skipped: the mcplb master is gone"
             self.event(f"{name} skipped: the mcplb master is gone")
             return
-        text = soak_config(
-            self.args.workers,
-            self.proxy_port,
-            self.admin_port,
-            redis_lines(self.redis, self.group),
-            self.ports,
-            names,
-            weights,
-        )
-        write_atomic(self.conf_path, text)
-        log_offset = self.mcplb_log.stat().st_size
+        write_atomic(rep.conf, self.config_text(rep, names, weights))
+        log = rep.log
+        log_offset = log.stat().st_size
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.mcplb.pid, signal.SIGHUP)
+            os.kill(rep.proc.pid, signal.SIGHUP)
             rec.sighup_sent = True
-        self.event(f"{name}: config rewritten ({change}); SIGHUP to the master {self.mcplb.pid}")
+        self.event(f"{name}: config rewritten ({change}); SIGHUP to the master {rep.proc.pid}")
         want = {n: weights.get(n, 1) for n in names}
-        workers = set(self.workers_seen)
+        workers = set(rep.workers()) if self.args.workers > 1 else {rep.proc.pid}
         deadline = self.now() + RELOAD_CHECK
         seen: dict[str, int] = {}
         while self.now() < deadline:
             await asyncio.sleep(0.25)
             self.watch_mcplb()
-            self.read_reload_log(rec, log_offset)
+            self.read_reload_log(rec, log_offset, log)
             if rec.rejected:
                 break
             try:
-                status = await self.admin_status(http)
+                status = await self.admin_status(http, rep.admin_port)
             except Exception:
                 continue
-            seen = {b["name"]: b["weight"] for b in status.get("backends", [])}
+            seen = {
+                b["name"]: b["weight"]
+                for b in status.get("backends", [])
+                if b["name"] in ALL_BACKENDS  # not the ones DNS discovery found
+            }
             if seen == want and not rec.applied:
                 rec.applied = True
                 rec.applied_after_s = self.now() - rec.t
             if rec.applied and workers <= set(rec.reloaded_pids):
                 break
         await self.sleep_until(rec.t + 1.0)
-        self.read_reload_log(rec, log_offset)
-        rec.master_alive_after = self.mcplb.poll() is None
-        rec.master_rc = self.mcplb.returncode
-        rec.workers_after = len([p for p in group_pids(self.mcplb.pid) if p != self.mcplb.pid])
+        self.read_reload_log(rec, log_offset, log)
+        rec.master_alive_after = rep.proc.poll() is None
+        rec.master_rc = rep.proc.returncode
+        rec.workers_after = len(rep.workers())
         if not rec.master_alive_after:
             self.findings.append(
                 Finding(
@@ -1042,10 +1844,10 @@ class Soak:
             self.findings.append(Finding(rec.t, f"{name} not applied: {rec.note}, want {want}"))
             self.event(f"{name} NOT applied: {rec.note}")
 
-    def read_reload_log(self, rec: Reload, offset: int) -> None:
+    def read_reload_log(self, rec: Reload, offset: int, log: Path) -> None:
         """The "config reloaded" / "reload rejected" lines mcplb logged since ``offset``."""
         try:
-            with open(self.mcplb_log, "rb") as f:
+            with open(log, "rb") as f:
                 f.seek(offset)
                 text = f.read().decode(errors="replace")
         except OSError:
@@ -1061,31 +1863,74 @@ class Soak:
 
     # ----------------------------------------------------------------- all of it
 
-    async def run(self) -> None:
+    def load_mix(self) -> dict[str, int]:
+        """Load tasks of each kind for --clients N."""
         n = self.args.clients
-        n_long = max(1, n // 8)
-        n_sse = max(1, 3 * n // 16)
-        n_http = max(1, n // 4)
-        n_short = max(1, n - 1 - n_long - n_sse - n_http)
-        self.mix = {"short": n_short, "long": n_long, "sse": n_sse, "http": n_http, "admin": 1}
+        if self.setup is None:
+            n_long = max(1, n // 8)
+            n_sse = max(1, 3 * n // 16)
+            n_http = max(1, n // 4)
+            n_short = max(1, n - 1 - n_long - n_sse - n_http)
+            return {"short": n_short, "long": n_long, "sse": n_sse, "http": n_http, "admin": 1}
+        each = max(1, n // 8)
+        return {
+            "short": each,
+            "long": each,
+            "sse": each,
+            "http": each,
+            "modern": each,
+            "listen": each,
+            "legacy-sse": max(1, n // 16),
+            "ts-sdk": 1,
+            "auth": 1,
+            "admin": 1,
+        }
+
+    async def run(self) -> None:
+        self.mix = self.load_mix()
         log_step("soak", "load: " + ", ".join(f"{v} {k}" for k, v in self.mix.items()))
+        self.mx.fds_start = self.fd_counts()
         connector = aiohttp.TCPConnector(limit=0)
         async with (
-            aiohttp.ClientSession(connector=connector, trust_env=False) as http,
+            aiohttp.ClientSession(
+                connector=connector, trust_env=False, headers=self.auth_headers
+            ) as http,
             aiohttp.ClientSession(trust_env=False) as control,
         ):
             self.origin = time.perf_counter()
             self.tl.origin_wall = time.time()
-            tasks = [
-                *(asyncio.create_task(self.sdk_worker(False)) for _ in range(n_short)),
-                *(asyncio.create_task(self.sdk_worker(True)) for _ in range(n_long)),
-                *(asyncio.create_task(self.sse_worker(http)) for _ in range(n_sse)),
-                *(asyncio.create_task(self.http_worker(http)) for _ in range(n_http)),
-                asyncio.create_task(self.admin_worker(control)),
-            ]
+            workers: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+                "short": lambda: self.sdk_worker(False),
+                "long": lambda: self.sdk_worker(True),
+                "sse": lambda: self.sse_worker(http),
+                "http": lambda: self.http_worker(http),
+                "modern": lambda: self.modern_worker(http),
+                "listen": lambda: self.listen_worker(http),
+                "legacy-sse": self.legacy_sse_worker,
+                "ts-sdk": self.ts_worker,
+                "auth": lambda: self.auth_worker(control),
+                "admin": lambda: self.admin_worker(control),
+            }
+            tasks: list[asyncio.Task[None]] = []
+            spread = 0  # the load tasks take the replicas in turn
+            for kind, count in self.mix.items():
+                for _ in range(count):
+                    REPLICA.set(spread % len(self.replicas) if kind != "admin" else 0)
+                    spread += kind != "admin"
+                    tasks.append(asyncio.create_task(workers[kind]()))  # copies REPLICA
+            REPLICA.set(0)
+            faults = [asyncio.create_task(self.controller(control))]
+            if self.setup is not None:
+                faults.append(asyncio.create_task(self.mixed_faults(control)))
             try:
                 try:
-                    await self.controller(control)
+                    try:
+                        await asyncio.gather(*faults)
+                    finally:
+                        for task in faults:
+                            task.cancel()
+                        await asyncio.gather(*faults, return_exceptions=True)
+                    self.tl.end = self.now()
                     self.watch_mcplb()
                 except McplbGone:
                     self.tl.end = self.now()
@@ -1110,6 +1955,9 @@ class Soak:
                     self.findings.append(
                         Finding(None, f"{len(pending)} load task(s) did not stop in time")
                     )
+        if self.tl.end_reason != "no mcplb process left":
+            self.mx.fds_end = await self.settled_fd_counts()
+            self.check_resources()
 
     async def leftovers(self, http: aiohttp.ClientSession) -> dict[str, int | None]:
         """Live MCP sessions on each backend after the load (asked directly)."""
@@ -1133,15 +1981,16 @@ def describe_rc(rc: int | None) -> str:
     return f"status {rc}"
 
 
-def backend_cmd(name: str, port: int) -> list[str]:
+def backend_cmd(name: str, port: int, host: str = HOST) -> list[str]:
     return [
         mcplb_python(),
-        "-m",
-        "mcplb.proxy.demo.backend",
+        *BACKEND_MODULE,
         "--name",
         name,
         "--port",
         str(port),
+        "--host",
+        host,
         "--parent-pid",
         str(os.getpid()),
     ]
@@ -1155,25 +2004,79 @@ def classify(op: Op, soak: Soak) -> str | None:
     tl = soak.tl
     sess = soak.sessions[op.session] if op.session is not None else None
     backend = sess.backend if sess is not None else op.backend
+    if op.error is not None and op.error.startswith(LOST):
+        return None  # a live stream lost an event: no fault excuses that
     if tl.kill is not None and op.end >= tl.kill:
         ready = tl.restart_ready if tl.restart_ready is not None else float("inf")
         if backend == VICTIM and sess is not None and sess.start < ready:
             return f"session lived on {VICTIM}, which was killed"
         if backend is None and op.start <= tl.kill + 0.5 and op.end >= tl.kill:
             return "in flight at the backend kill (backend unknown)"
+        if backend == VICTIM and sess is None and op.start <= tl.kill + IN_FLIGHT:
+            return f"sessionless request, task or listen stream on {VICTIM} at its SIGKILL"
     if (
         tl.reload_remove is not None
         and backend == EXTRA
         and op.end >= tl.reload_remove + GRACE - DRAIN_SLACK
     ):
         return f"session lived on {EXTRA}: removed by reload 2, its {GRACE:g} s drain over"
+    if soak.setup is not None:
+        why = classify_mixed(op, soak, sess, backend)
+        if why is not None:
+            return why
     if soak.args.redis_outage_expected and redis_outage_404(op, soak):
         return "unknown to the worker asked while Redis was down (--redis-outage-expected)"
     return None
 
 
+def classify_mixed(op: Op, soak: Soak, sess: SessionRec | None, backend: str | None) -> str | None:
+    """The --mixed faults: a worker SIGKILL, the DNS change, a replica's drain and restart."""
+    mx = soak.mx
+    if mx.worker_kill is not None and op.replica == 0 and op.end >= mx.worker_kill:
+        if op.start <= mx.worker_kill + IN_FLIGHT:
+            return "in flight at the SIGKILL of a replica-0 worker"
+        if sess is not None and sess.kind == "legacy-sse" and sess.start <= mx.worker_kill:
+            return "legacy SSE session whose GET stream was on replica 0 at its worker's SIGKILL"
+    if mx.dns_change is not None and backend == mx.dns_removed and op.end >= mx.dns_change:
+        return f"lived on {mx.dns_removed}, which the DNS change removed"
+    if mx.replica_term is not None and op.replica == 1 and op.end >= mx.replica_term:
+        back = mx.replica_ready if mx.replica_ready is not None else float("inf")
+        if mx.replica_term <= op.start <= back + IN_FLIGHT:
+            return "sent to replica 1 while it drained, was down or restarted (SIGTERM)"
+        if op.start < mx.replica_term and op.end >= mx.replica_term + GRACE - DRAIN_SLACK:
+            return f"held on replica 1 past its {GRACE:g} s drain (SIGTERM): cut at the deadline"
+        if (
+            mx.replica_term - IN_FLIGHT <= op.start < mx.replica_term <= op.end
+            and op.end <= mx.replica_term + KEEPALIVE_RACE
+            and op.error is not None
+            and any(word in op.error for word in CONNECTION_CLOSED)
+        ):
+            # HTTP/1.1's keep-alive race: the drain closes the connections it sees idle,
+            # and a request whose bytes it has not read yet goes with them (clients retry
+            # only idempotent ones). A request the drain had read is answered.
+            return "sent on a kept-alive connection just as replica 1's drain closed it"
+        if (
+            op.end <= back + IN_FLIGHT
+            and op.error is not None
+            and any(word in op.error for word in CONNECT_REFUSED)
+        ):
+            # A refused connect loses no request: a later request of an op that began
+            # before the SIGTERM (a task's polls, a session's next call) found it closed.
+            return "connect refused: replica 1's listener closed at its SIGTERM"
+        if op.kind.endswith(".session") and op.start < mx.replica_term:
+            # One op for a whole session (the TypeScript client's): a request of it sent
+            # after the SIGTERM found the listener closed; the drain keeps in-flight ones.
+            return "a session in progress at replica 1's SIGTERM: its next request refused"
+        if sess is not None and sess.kind == "legacy-sse" and sess.start < mx.replica_term:
+            return "legacy SSE session whose GET stream was on replica 1 when it drained"
+    return None
+
+
 def is_404(op: Op) -> bool:
-    return op.error is not None and ("404" in op.error or SESSION_NOT_FOUND in op.error)
+    """The session (or, in 2026, the task) is unknown where the request landed."""
+    return op.error is not None and (
+        "404" in op.error or SESSION_NOT_FOUND in op.error or "Unknown task" in op.error
+    )
 
 
 def redis_outage_404(op: Op, soak: Soak) -> bool:
@@ -1287,6 +2190,7 @@ def example(op: Op, soak: Soak) -> dict[str, Any]:
         "end_s": round(op.end, 3),
         "error": op.error,
         "backend": op.backend,
+        "replica": op.replica,
     }
     if op.session is not None:
         rec = soak.sessions[op.session]
@@ -1316,8 +2220,14 @@ def phases(tl: Timeline) -> list[tuple[str, float, float]]:
 
 def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> dict[str, Any]:
     ops = soak.ops
-    soak.store_windows = parse_store_windows(mcplb_log, soak.tl.origin_wall)
-    soak.readmitted = parse_readmissions(mcplb_log, soak.tl.origin_wall, soak.tl.restart)
+    logs = [log for rep in soak.replicas for log in rep.logs] or [mcplb_log]
+    soak.store_windows = sorted(
+        (w for log in logs for w in parse_store_windows(log, soak.tl.origin_wall)),
+        key=lambda w: w.start,
+    )
+    soak.readmitted = {}
+    for log in logs:
+        soak.readmitted.update(parse_readmissions(log, soak.tl.origin_wall, soak.tl.restart))
     for op in ops:
         if op.error is not None:
             op.expected = classify(op, soak)
@@ -1384,8 +2294,11 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
     log_levels: Counter[str] = Counter()
     log_messages: Counter[str] = Counter()
     tracebacks = 0
-    with contextlib.suppress(OSError):
-        for line in mcplb_log.read_text(errors="replace").splitlines():
+    for log in logs:
+        lines: list[str] = []
+        with contextlib.suppress(OSError):
+            lines = log.read_text(errors="replace").splitlines()
+        for line in lines:
             m = LOG_LINE.match(line)
             if m is None:
                 tracebacks += line.startswith("Traceback")
@@ -1419,6 +2332,9 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
         "unexpected_failures": reasons(unexpected, False),
         "findings": [asdict(f) for f in soak.findings],
         "unexpected_examples": [example(op, soak) for op in unexpected[:EXAMPLES]],
+        "expected_examples": [
+            {**example(op, soak), "why": op.expected} for op in expected[:EXAMPLES]
+        ],
         "phases": phase_rows,
         "reloads": [asdict(r) for r in soak.reloads],
         "victim_readmitted_s": {str(p): round(t, 3) for p, t in soak.readmitted.items()},
@@ -1448,7 +2364,58 @@ def analyse(soak: Soak, leftovers: dict[str, int | None], mcplb_log: Path) -> di
             "warnings_and_errors": dict(log_messages.most_common(15)),
         },
         "client_library_log": dict(SDK_LOG.counts.most_common(10)),
+        "faults": fault_costs(soak, expected),
+        "mcplb_switch_s": mcplb_switch(soak),
+        "mixed": {
+            **{k: v for k, v in asdict(soak.mx).items() if not k.startswith("fds_")},
+            "fds": [
+                {
+                    "pid": pid,
+                    "replica": replica,
+                    "start": soak.mx.fds_start.get(pid, (replica, None))[1],
+                    "end": soak.mx.fds_end.get(pid, (replica, None))[1],
+                }
+                for pid, replica in sorted(
+                    {
+                        p: r for p, (r, _) in [*soak.mx.fds_start.items(), *soak.mx.fds_end.items()]
+                    }.items()
+                )
+            ],
+            "bounds": {
+                "fd_slack": FD_SLACK,
+                "rss_growth_max_mib": RSS_GROWTH_MAX_MIB,
+                "rss_pid_growth_max_mib": RSS_PID_GROWTH_MAX_MIB,
+            },
+        },
     }
+
+
+def mcplb_switch(soak: Soak) -> float | None:
+    """From the Redis master's kill until the last worker's store used Redis again (its log)."""
+    if soak.tl.redis_kill is None:
+        return None
+    back = redis_reconnected(soak)
+    return None if back == float("inf") else round(back - soak.tl.redis_kill, 3)
+
+
+def fault_costs(soak: Soak, expected: list[Op]) -> list[dict[str, Any]]:
+    """Each fault: when, and the failures it explains (by the classification's reason)."""
+    tl, mx = soak.tl, soak.mx
+    rows = [
+        (f"SIGKILL {VICTIM}, restarted", tl.kill, tl.restart_ready, (VICTIM, "backend kill")),
+        ("reload 1 (+mcp-d) / reload 2 (-mcp-d)", tl.reload_add, tl.reload_remove, (EXTRA,)),
+        ("Redis master SIGKILL (Sentinel failover)", tl.redis_kill, tl.redis_up, ("Redis",)),
+        ("SIGKILL a worker of replica 0", mx.worker_kill, mx.worker_back, ("worker",)),
+        ("DNS change (one address goes)", mx.dns_change, mx.dns_applied, ("DNS",)),
+        ("SIGTERM replica 1, restarted", mx.replica_term, mx.replica_ready, ("replica 1",)),
+    ]
+    out = []
+    for name, start, end, words in rows:
+        if start is None:
+            continue
+        cost = sum(1 for op in expected if op.expected and any(w in op.expected for w in words))
+        out.append({"fault": name, "at_s": start, "over_s": end, "expected_failures": cost})
+    return out
 
 
 def print_report(soak: Soak, r: dict[str, Any]) -> None:
@@ -1590,9 +2557,126 @@ def print_report(soak: Soak, r: dict[str, Any]) -> None:
         print("client libraries' warnings (mcp SDK / httpx2), counted, not printed:")
         for msg, n in r["client_library_log"].items():
             print(f"  {n:>5}  {msg}")
+    print_summary(r)
+
+
+def print_summary(r: dict[str, Any]) -> None:
+    """The faults and their cost, the switch time, RSS and descriptors."""
+    mixed = r["mixed"]
+    print()
+    print("faults (t in s since the load started; cost: the failures each one explains):")
+    rows = [
+        [
+            f["fault"],
+            f"{f['at_s']:.1f}",
+            "-" if f["over_s"] is None else f"{f['over_s']:.1f}",
+            f"{f['expected_failures']:,}",
+        ]
+        for f in r["faults"]
+    ]
+    print(table(["fault", "at", "recovered at", "expected failures"], rows))
+    switch = mixed["sentinel_switch_s"]
+    print(
+        "Redis switch: sentinels promoted the replica after "
+        + ("n/a" if switch is None else f"{switch:.2f} s")
+        + "; every mcplb worker's store back on Redis after "
+        + ("n/a" if r["mcplb_switch_s"] is None else f"{r['mcplb_switch_s']:.2f} s")
+    )
+    if mixed["listen_events"] or mixed["lost_events"]:
+        print(
+            f"listen streams: {mixed['listen_events']:,} events received,"
+            f" {mixed['lost_events']} lost on live streams"
+        )
+    rss = r["rss"]
+    if rss["start"] and rss["end"]:
+        print(
+            f"mcplb RSS (all replicas): {mib(rss['start']['kib'])} after warm-up,"
+            f" {mib(rss['end']['kib'])} at the end (bound: +{RSS_GROWTH_MAX_MIB:g} MiB in all,"
+            f" +{RSS_PID_GROWTH_MAX_MIB:g} MiB per process)"
+        )
+    rows = [
+        [
+            str(f["pid"]),
+            str(f["replica"]),
+            "new" if f["start"] is None else str(f["start"]),
+            "gone" if f["end"] is None else str(f["end"]),
+        ]
+        for f in mixed["fds"]
+    ]
+    print(
+        f"open descriptors of each worker, load stopped (bound: +{FD_SLACK}; a new worker"
+        " against its replica's at the start; gone: killed or restarted):"
+    )
+    print(table(["worker pid", "replica", "fds start", "fds end"], rows))
 
 
 # --------------------------------------------------------------------------- main
+
+
+def start_mixed(
+    tmp: Path,
+    procs: list[subprocess.Popen[bytes]],
+    backend_procs: dict[str, subprocess.Popen[bytes]],
+    first_port: int,
+    jwks_port: int,
+    discovery_port: int,
+) -> MixedSetup:
+    """dnsmasq, the JWKS server and the two discovered backends of the mixed soak."""
+    from tests.interop import MISSING, NODE
+
+    if not NODE.exists():
+        raise NotReady(f"the TypeScript SDK client needs Node: {MISSING}")
+    (tmp / "dns").mkdir()
+    dns = DnsServer(tmp / "dns", {DNS_NAME: list(DNS_ADDRESSES)})
+    dns.start()
+    setup = MixedSetup(dns, discovery_port, [], jwks_port, "", "", "")
+    try:
+        issuer = f"http://{HOST}:{jwks_port}"
+        resource = f"http://{HOST}:{first_port}{MCP_PATH}"
+        setup.token, setup.forged, setup.wrong_audience = make_tokens(
+            tmp / "jwks", issuer, resource
+        )
+        argv = [mcplb_python(), "-m", "http.server", str(jwks_port), "--bind", HOST]
+        jwks_log = tmp / "jwks-server.log"
+        jwks = spawn([*argv, "--directory", str(tmp / "jwks")], jwks_log, procs)
+        wait_until(
+            jwks, lambda: http_probe(HOST, jwks_port, "/jwks.json", {}), START_TIMEOUT, jwks_log
+        )
+        for address in DNS_ADDRESSES:
+            name = f"{address}-{discovery_port}"
+            log = tmp / f"{name}.log"
+            backend_procs[name] = spawn(
+                backend_cmd(name, discovery_port, address), log, procs, cwd=REPO_ROOT
+            )
+            setup.discovered.append(name)
+        for address, name in zip(DNS_ADDRESSES, setup.discovered, strict=True):
+            probe = functools.partial(http_probe, address, discovery_port, PLAIN_PATH, {})
+            wait_until(backend_procs[name], probe, START_TIMEOUT, tmp / f"{name}.log")
+        log_step("mixed", f"dnsmasq {dns.address}, JWKS :{jwks_port}, {setup.discovered}")
+        return setup
+    except BaseException:
+        dns.stop()
+        raise
+
+
+def wait_discovered(replicas: list[Replica], setup: MixedSetup) -> None:
+    """Until every replica's /status lists both discovered backends (bounded)."""
+    for rep in replicas:
+
+        def probe(rep: Replica = rep) -> str | None:
+            conn = http.client.HTTPConnection(HOST, rep.admin_port, timeout=1.0)
+            try:
+                conn.request("GET", "/status")
+                names = {b["name"] for b in json.loads(conn.getresponse().read())["backends"]}
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                return f"GET /status failed: {exc!r}"
+            finally:
+                conn.close()
+            missing = set(setup.discovered) - names
+            return f"/status lists {sorted(names)}, not {sorted(missing)}" if missing else None
+
+        wait_until(rep.proc, probe, START_TIMEOUT, rep.log)
+
 
 SDK_LOG = SdkLogCounter()
 
@@ -1618,6 +2702,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Redis with Sentinel (master, replica, three sentinels); the master is killed",
     )
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="the mixed-era soak: 2 replicas, 2025 and 2026 traffic, auth, all the faults"
+        " (implies --sentinel and --redis-outage-expected)",
+    )
     add_run_options(p, start_timeout=False)
     args = p.parse_args(argv)
     if args.duration < 30:
@@ -1628,6 +2718,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--workers must be between 1 and 8")
     if args.down <= 0:
         p.error("--down must be > 0")
+    if args.mixed:
+        if args.clients < 8:
+            p.error("--mixed needs --clients 8 at least (one task of each kind)")
+        args.sentinel = args.redis_outage_expected = True
     return args
 
 
@@ -1652,6 +2746,10 @@ def main(argv: list[str] | None = None) -> int:
     conf_text = ""
     commands: dict[str, list[str]] = {}
     mcplb_log = tmp / "mcplb.log"
+    setup: MixedSetup | None = None
+    global BACKEND_MODULE
+    if args.mixed:
+        BACKEND_MODULE = ["-m", "tests.support.soak_backend"]
     try:
         if args.sentinel:
             group = asyncio.run(start_sentinel_group())
@@ -1660,41 +2758,56 @@ def main(argv: list[str] | None = None) -> int:
         else:
             redis = asyncio.run(start_redis())
             log_step("redis", f"redis-server on port {redis.port}")
-        ports_list = free_ports(len(ALL_BACKENDS) + 2)
+        n_replicas = REPLICAS if args.mixed else 1
+        ports_list = free_ports(len(ALL_BACKENDS) + 2 * n_replicas + 2)
         ports = dict(zip(ALL_BACKENDS, ports_list, strict=False))
-        proxy_port, admin_port = ports_list[-2:]
+        rest = ports_list[len(ALL_BACKENDS) :]  # replica i: rest[2i], its admin rest[2i + 1]
         backend_procs: dict[str, subprocess.Popen[bytes]] = {}
         for name in ALL_BACKENDS:
             commands[name] = backend_cmd(name, ports[name])
             backend_procs[name] = spawn(commands[name], tmp / f"{name}.log", procs, cwd=REPO_ROOT)
+        if args.mixed:
+            setup = start_mixed(tmp, procs, backend_procs, rest[0], rest[-2], rest[-1])
         for name in ALL_BACKENDS:
             wait_http(
                 backend_procs[name], ports[name], PLAIN_PATH, START_TIMEOUT, tmp / f"{name}.log"
             )
         log_step("backends", ", ".join(f"{n} :{ports[n]}" for n in ALL_BACKENDS))
-        conf = tmp / "mcplb.yaml"
-        conf_text = soak_config(
-            args.workers, proxy_port, admin_port, redis_lines(redis, group), ports, BACKENDS, {}
-        )
-        conf.write_text(conf_text)
-        commands["mcplb"] = mcplb_cmd(conf, "--log-level", "info")
-        mcplb = spawn(commands["mcplb"], mcplb_log, procs, cwd=REPO_ROOT)
-        wait_http(mcplb, proxy_port, PLAIN_PATH, START_TIMEOUT, mcplb_log)
-        wait_http(mcplb, admin_port, "/status", START_TIMEOUT, mcplb_log)
-        log_step("mcplb", f"pid {mcplb.pid}, port {proxy_port}, admin {admin_port}")
-        soak = Soak(
-            args,
-            tmp,
-            procs,
-            backend_procs,
-            ports,
-            proxy_port,
-            admin_port,
-            mcplb,
-            redis,
-            conf,
-            group,
-        )
+        replicas: list[Replica] = []
+        for i in range(n_replicas):
+            port, admin_port = rest[2 * i], rest[2 * i + 1]
+            conf = tmp / ("mcplb.yaml" if i == 0 else f"mcplb-{i}.yaml")
+            text = soak_config(
+                args.workers,
+                port,
+                admin_port,
+                redis_lines(redis, group),
+                ports,
+                BACKENDS,
+                {},
+                mixed_lines(setup, rest[0]),
+            )
+            conf.write_text(text)
+            cmd = mcplb_cmd(conf, "--log-level", "info")
+            log = mcplb_log if i == 0 else tmp / f"mcplb-{i}.log"
+            replicas.append(
+                Replica(
+                    i, port, admin_port, conf, cmd, spawn(cmd, log, procs, cwd=REPO_ROOT), [log]
+                )
+            )
+            if i == 0:
+                conf_text, commands["mcplb"] = text, cmd
+        headers = {"authorization": f"Bearer {setup.token}"} if setup is not None else {}
+        for rep in replicas:
+            wait_proxy(rep.proc, rep.port, headers, START_TIMEOUT, rep.log)
+            wait_http(rep.proc, rep.admin_port, "/status", START_TIMEOUT, rep.log)
+            log_step(
+                "mcplb",
+                f"replica {rep.index}: pid {rep.proc.pid}, port {rep.port}, admin {rep.admin_port}",
+            )
+        if setup is not None:
+            wait_discovered(replicas, setup)
+        soak = Soak(args, tmp, procs, backend_procs, ports, replicas, redis, group, setup)
         interrupted = asyncio.run(interruptible(soak.run(), restore=raise_interrupt))
 
         async def after() -> dict[str, int | None]:
@@ -1718,6 +2831,8 @@ def main(argv: list[str] | None = None) -> int:
             left = group_pids(soak.mcplb.pid)
             if left:
                 print(f"cleanup: mcplb processes still alive: {left}", file=sys.stderr)
+        if setup is not None:
+            setup.dns.stop()
         if group is not None:
             asyncio.run(group.stop())
         elif redis is not None:
@@ -1736,6 +2851,11 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{v} {k}" for k, v in soak.mix.items())
             + f"), {args.duration:g} s; faults at"
             f" {F_KILL:.2f}/{F_RELOAD_ADD:.2f}/{F_RELOAD_REMOVE:.2f}/{F_REDIS:.2f} of it"
+            + (
+                f" (--mixed also worker {F_WORKER:.2f}, DNS {F_DNS:.2f}, replica {F_REPLICA:.2f})"
+                if args.mixed
+                else ""
+            )
         )
     if conf_text:
         print("initial config:\n" + "\n".join(f"  {line}" for line in conf_text.splitlines()))

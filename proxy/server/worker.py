@@ -122,6 +122,12 @@ class ProxyServer:
         if self._sock is None:
             self._sock = bind_socket(self.config.listen_host, self.config.listen_port, False)
         self.port = self._sock.getsockname()[1]
+        # A worker started while the others serve (the supervisor replaced one that died):
+        # take the backends worker 0 found before the first connection, or the sessions
+        # bound to them would get 404 here until the first sweep adopts them.
+        found = self._shared_discovered(at_start=True)
+        if found is not None:
+            await self.apply_discovered(found)
         self._server = await loop.create_server(
             lambda: ClientConnection(self.runtime, self.connections),
             sock=self._sock,
@@ -252,19 +258,25 @@ class ProxyServer:
 
     def _adopt_discovered(self) -> None:
         """Workers other than 0: take the backend set worker 0 found, when it changes."""
+        found = self._shared_discovered()
+        if found is not None:
+            asyncio.get_running_loop().create_task(self.apply_discovered(found))
+
+    def _shared_discovered(self, at_start: bool = False) -> tuple[BackendConfig, ...] | None:
+        """The backend set worker 0 shared, if not yet adopted; ``at_start``: worker 0 too
+        (restarted, it serves the last set found until its own first answer)."""
         directory = self.state.directory
         discovery = self.runtime.config.discovery
-        if directory is None or discovery is None or self.worker == 0:
-            return
+        if directory is None or discovery is None or (self.worker == 0 and not at_start):
+            return None
         mtime = shared_mtime(directory)
         if mtime is None or mtime == self._discovery_seen:
-            return
+            return None
         addresses = read_shared(directory)
         if addresses is None:
-            return
+            return None
         self._discovery_seen = mtime
-        found = backend_configs(discovery.dns, addresses)
-        asyncio.get_running_loop().create_task(self.apply_discovered(found))
+        return backend_configs(discovery.dns, addresses)
 
     async def apply_discovered(self, found: tuple[BackendConfig, ...]) -> None:
         """Serve the static backends plus ``found``, applied the way a reload applies a
