@@ -127,7 +127,7 @@ check: $(STAMP)
 test-fast: test-fast-1 test-fast-2
 
 test-fast-%: $(STAMP)
-	MCPLB_TEST_TIER=check $(PYTEST) -p no:xdist -m "not process and not bench" --shard $*/2
+	MCPLB_TEST_TIER=check $(PYTEST) -m "not process and not bench" --shard $*/2
 
 test: $(STAMP) system-deps node-deps bench-tools
 	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target \
@@ -143,7 +143,7 @@ test-pure-parallel: $(STAMP) system-deps node-deps bench-tools
 	$(PYTEST) $(XDIST) -m "$(PURE_TESTS) and not timing"
 
 test-pure-timing: $(STAMP) system-deps node-deps bench-tools
-	$(PYTEST) -p no:xdist -m "$(PURE_TESTS) and timing"
+	$(PYTEST) -m "$(PURE_TESTS) and timing"
 
 # The compiled build: a copy of the tree whose request-path modules are compiled with mypyc
 # (setup.py) next to their sources, first on PYTHONPATH, so that the tests and every process
@@ -176,10 +176,10 @@ RUN_COMPILED := cd $(COMPILED) && MCPLB_BUILD=compiled PYTHONPATH=$(CURDIR)/$(CO
 
 test-compiled: compiled-tree system-deps node-deps bench-tools
 	$(RUN_COMPILED) $(XDIST) -m "$(COMPILED_TESTS) and not timing" --ignore=tests/test_deploy.py
-	$(RUN_COMPILED) -p no:xdist -m "$(COMPILED_TESTS) and timing" --ignore=tests/test_deploy.py
+	$(RUN_COMPILED) -m "$(COMPILED_TESTS) and timing" --ignore=tests/test_deploy.py
 
 test-bench: compiled-tree bench-tools
-	$(RUN_COMPILED) -p no:xdist -m bench
+	$(RUN_COMPILED) -m bench
 
 # Load generator and reference proxies for the benchmark (Debian packages).
 bench-tools:

@@ -216,8 +216,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects, and before xdist reads xdist_group
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    grouped = config.getoption("dist", "no") == "loadgroup"  # pytest-xdist's --dist
     for item in items:
         for name in tiers.markers(item):
             item.add_marker(name)
-        if group := tiers.xdist_group(item):
+        if grouped and (group := tiers.xdist_group(item)):
             item.add_marker(pytest.mark.xdist_group(group))

@@ -309,14 +309,19 @@ class Reach:
     attribute once some reached code uses its name (``peers.backend(...)`` reaches
     ``Peers.backend``, not ``Peers.proxy``)."""
 
-    def __init__(self, roots: Iterable[object], home: str = "") -> None:
-        self.modules: set[str] = set()
-        self.strings: set[str] = set()
-        self.names: set[str] = set()
+    def __init__(self, roots: Iterable[object], home: str = "", base: Reach | None = None) -> None:
+        """``base``: a Reach already walked from other roots, taken as the start (the
+        answer is the same as from all the roots at once: the walk is a closure)."""
+        self.modules: set[str] = set(base.modules) if base else set()
+        self.strings: set[str] = set(base.strings) if base else set()
+        self.names: set[str] = set(base.names) if base else set()
         self.home = home  # the test's module: the clocks its own code reads, in home_names
         self.home_names: set[str] = set()
-        self._waiting: dict[str, list[object]] = {}  # attributes of reached classes, by name
-        self._seen: set[int] = set()
+        # attributes of reached classes, by name
+        self._waiting: dict[str, list[object]] = (
+            {name: list(values) for name, values in base._waiting.items()} if base else {}
+        )
+        self._seen: set[int] = set(base._seen) if base else set()
         self._services: set[str] | None = None
         self._todo = list(roots)
         while self._todo:
@@ -500,8 +505,15 @@ def _fixture_functions(item: pytest.Item) -> tuple[tuple[object, ...], tuple[obj
 
 
 @functools.cache
+def _shared_reach(shared: tuple[object, ...]) -> Reach:
+    """What the fixtures of conftest.py a test uses reach: walked once per set of them,
+    then each test's own roots are walked from there."""
+    return Reach(shared)
+
+
+@functools.cache
 def _tiers(module: str, roots: tuple[object, ...], shared: tuple[object, ...]) -> frozenset[str]:
-    reach = Reach([*roots, *shared], home=module)
+    reach = Reach(roots, home=module, base=_shared_reach(shared))
     found = set()
     if reach.services():
         found.add("service")
