@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo check test test-fast test-pure test-compiled test-bench compiled-tree lint typecheck compiled bench bench-tools bench-latency bench-scale soak system-deps node-deps clean
+.PHONY: demo check test test-fast test-pure test-pure-parallel test-pure-timing test-compiled test-bench compiled-tree lint typecheck compiled bench bench-tools bench-latency bench-scale soak system-deps node-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,21 +76,49 @@ $(NODE_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-# The suite in tiers. tests/support/tiers.py marks every test from what it reaches (its
-# function, fixtures and parameters, followed through tests/; its module's imports), never
-# from a list: "process" (it starts a process: a proxy, a backend, redis-server, Node...),
-# "service" (a program the machine may lack), "bench" (bench/: the benchmarks and the perf
-# gate), "compiled" (it reaches a module setup.py compiles, or starts a proxy).
+# The suite in tiers (docs/testing.md). tests/support/tiers.py marks every test from what it
+# reaches (its function, class, fixtures and parameters, followed through tests/; its
+# module's imports), never from a list: "process" (it starts a process: a proxy, a backend,
+# redis-server, Node...), "service" (a program the machine may lack), "bench" (bench/: the
+# benchmarks and the perf gate), "compiled" (it runs compiled code in-process: its module
+# imports a compiled module, or a fixture or helper it reaches is defined in one, other than
+# through the config loader; or it starts a proxy process), "interop" (its subject is a
+# peer's protocol and it is heavy: the Node/TypeScript SDKs, the conformance suite, the
+# OpenID provider, Redis Sentinel, the soak), "timing" (its own code reads the clock to
+# assert how long something took, or it fails a Redis master over).
+#
+# Decisions (issue 23, item 5):
+# - The compiled pass proves that the mypyc-compiled modules behave as the pure ones: it
+#   runs the tests that call compiled code in-process and those that start an mcplb
+#   process. A test that reaches compiled code only through the config loader (which
+#   imports the strategy registry) runs in the pure pass only: config, schema, docs.
+# - The "interop" tests run once, in the compiled pass (the build the image and the wheel
+#   ship), and not in the pure pass.
+# - Both passes run under pytest-xdist (TEST_WORKERS workers; the tests mostly wait on
+#   sockets and subprocesses; every port is picked by the kernel, every file is under the
+#   test's tmp_path). The "timing" tests then run alone, one after the other, so that no
+#   other test shares the machine with them; the benchmarks and the perf gate run last,
+#   alone, once (make test-bench).
+# - Every test runs at least once: pure = not bench, not interop; compiled = (compiled or
+#   interop), not bench; bench = bench.
 #
 #   make check   ruff, mypy and the tests that start no process: the inner loop, no
 #                service, no Node, no compiled build, in two shards (MCPLB_TEST_TIER=check
 #                makes a test that starts a process anyway fail, naming itself)
-#   make test    what .ci/run runs: lint and types, every test but the benchmarks on pure
-#                Python, the "compiled" ones on the mypyc build (the two passes side by
-#                side; TEST_JOBS=1 runs them one after the other), then the benchmarks and
-#                the perf gate once, alone, on the compiled build
+#   make test    what .ci/run runs: side by side lint, mypy, the pure pass and the mypyc
+#                build (TEST_JOBS at once); then the pure pass's "timing" tests alone; the
+#                compiled pass (parallel, then its "timing" tests alone); then the
+#                benchmarks and the perf gate once, alone, on the compiled build
 PYTEST := $(PY) -m pytest -q
-TEST_JOBS ?= 3
+TEST_JOBS ?= 4
+TEST_WORKERS ?= 4
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+PURE_TESTS := not bench and not interop
+COMPILED_TESTS := (compiled or interop) and not bench
+
+# Python writes its bytecode caches: every proxy and backend a test starts imports the tree
+# again, and pytest keeps its rewritten test modules (some environments turn this off).
+unexport PYTHONDONTWRITEBYTECODE
 
 check: $(STAMP)
 	@$(MAKE) --no-print-directory -j4 --output-sync=target lint typecheck test-fast
@@ -103,11 +131,19 @@ test-fast-%: $(STAMP)
 
 test: $(STAMP) system-deps node-deps bench-tools
 	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target \
-		lint typecheck test-pure test-compiled
+		lint typecheck test-pure-parallel compiled
+	@$(MAKE) --no-print-directory test-pure-timing
+	@$(MAKE) --no-print-directory test-compiled
 	@$(MAKE) --no-print-directory test-bench
 
-test-pure: $(STAMP) system-deps node-deps bench-tools
-	$(PYTEST) -m "not bench"
+test-pure: test-pure-parallel
+	@$(MAKE) --no-print-directory test-pure-timing
+
+test-pure-parallel: $(STAMP) system-deps node-deps bench-tools
+	$(PYTEST) $(XDIST) -m "$(PURE_TESTS) and not timing"
+
+test-pure-timing: $(STAMP) system-deps node-deps bench-tools
+	$(PYTEST) -m "$(PURE_TESTS) and timing"
 
 # The compiled build: a copy of the tree whose request-path modules are compiled with mypyc
 # (setup.py) next to their sources, first on PYTHONPATH, so that the tests and every process
@@ -139,7 +175,8 @@ RUN_COMPILED := cd $(COMPILED) && MCPLB_BUILD=compiled PYTHONPATH=$(CURDIR)/$(CO
 	$(CURDIR)/$(PYTEST)
 
 test-compiled: compiled-tree system-deps node-deps bench-tools
-	$(RUN_COMPILED) -m "compiled and not bench" --ignore=tests/test_deploy.py
+	$(RUN_COMPILED) $(XDIST) -m "$(COMPILED_TESTS) and not timing" --ignore=tests/test_deploy.py
+	$(RUN_COMPILED) -m "$(COMPILED_TESTS) and timing" --ignore=tests/test_deploy.py
 
 test-bench: compiled-tree bench-tools
 	$(RUN_COMPILED) -m bench

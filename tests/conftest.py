@@ -195,7 +195,9 @@ def pytest_configure(config: pytest.Config) -> None:
         ("service", "needs a program the machine may lack: Redis, Prometheus, dnsmasq, Node"),
         ("process", "starts a process (a service, a proxy, a backend): not in `make check`"),
         ("bench", "runs a benchmark or the perf gate (`make test-bench`, once)"),
-        ("compiled", "can tell the compiled build from the pure one (the compiled pass)"),
+        ("compiled", "runs compiled code in-process or starts a proxy (the compiled pass)"),
+        ("interop", "a peer's protocol, heavy: Node, conformance, Sentinel (compiled pass only)"),
+        ("timing", "reads the clock to assert a duration, or fails Redis over: runs alone"),
     ):
         config.addinivalue_line("markers", f"{name}: {meaning}; set by tests/support/tiers.py")
     if os.environ.get(tiers.TIER_VARIABLE) == "check":
@@ -212,7 +214,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)  # before -m selects, and before xdist reads xdist_group
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    grouped = config.getoption("dist", "no") == "loadgroup"  # pytest-xdist's --dist
     for item in items:
         for name in tiers.markers(item):
             item.add_marker(name)
+        if grouped and (group := tiers.xdist_group(item)):
+            item.add_marker(pytest.mark.xdist_group(group))

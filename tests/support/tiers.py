@@ -1,6 +1,7 @@
 """The suite's tiers, derived from what each test reaches: never a hand-kept list.
 
-tests/conftest.py puts these markers on every collected test:
+tests/conftest.py puts these markers on every collected test (docs/testing.md says which
+pass runs what, and why):
 
 ``process``   the test starts a process: a proxy or a backend as a subprocess, any program
               (git, pip, promtool...), or a service below. `make check` runs the tests
@@ -10,19 +11,31 @@ tests/conftest.py puts these markers on every collected test:
               Node), or bench/ (wrk, HAProxy, nginx).
 ``bench``     the test runs a benchmark or the performance gate: it reaches bench/. They run
               once, in `make test-bench`, not in each build's pass.
-``compiled``  the test can tell the compiled build from the pure one: its module imports,
-              directly or not, a module that setup.py compiles or one that starts a proxy
-              process (``python -m`` the CLI), or a fixture it uses does. The compiled pass
-              (`make test-compiled`) runs only these.
+``compiled``  the test runs compiled code, so the compiled pass (`make test-compiled`) runs
+              it to prove the mypyc build behaves as the pure one: (a) in-process, its module
+              imports a module that setup.py compiles (directly or through other modules, but
+              not through the config loader: see LOADER_ONLY), or a fixture or helper it
+              reaches is defined in such a module (the sans-IO harness, an in-process proxy);
+              or (b) it starts a proxy process (``python -m`` the CLI, the console script),
+              itself or through a script of bench/ or tests/ it runs by path.
+``interop``   the test's subject is a peer's protocol and it is heavy: it reaches a helper in
+              ONCE_HELPERS (the Node/TypeScript SDKs, the conformance suite, the OpenID
+              provider: tests/interop; Redis Sentinel), or runs a script that imports one (the
+              soak). It runs once, in the compiled pass (the build the image and the wheel
+              ship), and not in the pure pass.
+``timing``    the test's own code (its function, class, and the fixtures and helpers of its
+              module it reaches) reads the monotonic clock to assert how long something took,
+              or it fails a Redis master over (TIMING_HELPERS). Under pytest-xdist the
+              passes run these alone, one after the other, after the others.
 
 What a test *reaches* is found by following names, not by running it: the global names,
-attribute names and string constants of its function, of every fixture it requests
-(directly or not) and of its parameters' values, followed through the functions and classes
-of tests/ they name and through the values of module-level constants. A class of tests/
-contributes its special methods, and each other attribute once reached code uses its name.
-A name is followed wherever it is used, as a global or as an attribute: the answer may be
-too large, not too small. A module's imports are read from its source with ``ast``
-(importing a module imports its packages' ``__init__`` too).
+attribute names and string constants of its function, of its class, of every fixture it
+requests (directly or not) and of its parameters' values, followed through the functions
+and classes of tests/ they name and through the values of module-level constants. A class
+of tests/ contributes its special methods, and each other attribute once reached code uses
+its name. A name is followed wherever it is used, as a global or as an attribute: the
+answer may be too large, not too small. A module's imports are read from its source with
+``ast`` (importing a module imports its packages' ``__init__`` too).
 
 A test that a mistake here would let into `make check` while it starts a process fails
 there instead of passing by luck: under ``MCPLB_TEST_TIER=check`` the support modules'
@@ -33,6 +46,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dis
 import functools
 import os
 import re
@@ -50,6 +64,24 @@ TIER_VARIABLE = "MCPLB_TEST_TIER"  # "check": `make check`, where no service may
 OWN_PACKAGES = ("mcplb", "tests", "bench")
 # What starts a proxy process: the module ``mcplb run`` is, and the console script.
 STARTS_PROXY = re.compile(r"\bmcplb\.proxy\.cli\b|\bbin/mcplb\b")
+# The config loader: it imports the strategy registry (to check a strategy's name and
+# options), and through it the compiled strategies. A test that reaches compiled code only
+# through these modules tests the loader (config, schema, docs, the example file), which is
+# the same pure Python in both builds: it runs in the pure pass only. Imports are not
+# followed out of them.
+LOADER_ONLY = ("mcplb.proxy.config",)
+# Helpers whose subject is a peer's protocol, heavy to run (Node, the conformance suite, an
+# OpenID provider, three sentinels and two Redis servers): a test that reaches one runs once,
+# in the compiled pass.
+ONCE_HELPERS = ("tests.interop", "tests.support.redis_sentinel")
+# A Redis master failover: the sentinels' timing (down-after 400 ms) and the windows the
+# tests measure around it. With CLOCKS, what makes a test "timing": it runs alone.
+TIMING_HELPERS = ("tests.support.redis_sentinel",)
+# The clocks a test reads to assert how long something took, as attributes
+# (time.monotonic(), loop.time(), time.perf_counter()...).
+CLOCKS = frozenset({"monotonic", "perf_counter", "monotonic_ns", "perf_counter_ns", "time"})
+# Where a script run by path (``ROOT / "bench" / "soak.py"``) is looked for.
+SCRIPT_FOLDERS = ("", "bench", "tests", "tests/interop", "tests/support")
 
 
 class NotInThisTier(AssertionError):
@@ -156,10 +188,52 @@ def import_closure(module: str) -> frozenset[str]:
     return frozenset(seen)
 
 
+def _within(module: str, packages: Iterable[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+@functools.cache
+def runtime_closure(module: str) -> frozenset[str]:
+    """Like import_closure, but imports are not followed out of the config loader
+    (LOADER_ONLY): the modules whose code a test importing ``module`` may run."""
+    seen: set[str] = set()
+    todo = [name for name in _with_parents(module) if source_of(name) is not None]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            if not _within(name, LOADER_ONLY):
+                todo.extend(imports_of(name) - seen)
+    return frozenset(seen)
+
+
 @functools.cache
 def module_reaches_compiled(module: str) -> bool:
-    """Importing ``module`` loads a compiled module, or a module that starts a proxy."""
-    return any(name in compiled_modules() or _starts_proxy(name) for name in import_closure(module))
+    """Importing ``module`` loads a compiled module other than through the config loader."""
+    return not compiled_modules().isdisjoint(runtime_closure(module))
+
+
+@functools.cache
+def script_module(text: str) -> str | None:
+    """The module of ours a string names as a script run by path ("soak.py" of bench/,
+    "bench/cpu_gate.py"...), or None."""
+    if not text.endswith(".py") or len(text) > 200:
+        return None
+    for folder in SCRIPT_FOLDERS:
+        path = ROOT / folder / text
+        if path.is_file() and path.resolve().is_relative_to(ROOT):
+            parts = path.resolve().relative_to(ROOT).with_suffix("").parts
+            module = ".".join(parts)
+            return module if source_of(module) is not None else None
+    return None
+
+
+@functools.cache
+def script_starts_proxy(module: str) -> bool:
+    """Running ``module`` as a script starts a proxy, or runs compiled code."""
+    return module_reaches_compiled(module) or any(
+        _starts_proxy(name) for name in import_closure(module)
+    )
 
 
 @functools.cache
@@ -217,18 +291,37 @@ def _edges(function: types.FunctionType) -> tuple[list[object], frozenset[str], 
     return objects, frozenset(strings), frozenset(names)
 
 
+@functools.cache
+def _clocks_read(function: types.FunctionType) -> frozenset[str]:
+    """The clocks of CLOCKS that ``function`` reads as an attribute (``loop.time()``; the
+    module ``time`` itself, a global, is not a clock)."""
+    return frozenset(
+        instruction.argval
+        for code in _codes(function.__code__)
+        for instruction in dis.get_instructions(code)
+        if instruction.opname in ("LOAD_ATTR", "LOAD_METHOD") and instruction.argval in CLOCKS
+    )
+
+
 class Reach:
     """The modules, strings and names reachable from some roots (functions, classes,
     values). A class of tests/ contributes its special methods at once and each other
     attribute once some reached code uses its name (``peers.backend(...)`` reaches
     ``Peers.backend``, not ``Peers.proxy``)."""
 
-    def __init__(self, roots: Iterable[object]) -> None:
-        self.modules: set[str] = set()
-        self.strings: set[str] = set()
-        self.names: set[str] = set()
-        self._waiting: dict[str, list[object]] = {}  # attributes of reached classes, by name
-        self._seen: set[int] = set()
+    def __init__(self, roots: Iterable[object], home: str = "", base: Reach | None = None) -> None:
+        """``base``: a Reach already walked from other roots, taken as the start (the
+        answer is the same as from all the roots at once: the walk is a closure)."""
+        self.modules: set[str] = set(base.modules) if base else set()
+        self.strings: set[str] = set(base.strings) if base else set()
+        self.names: set[str] = set(base.names) if base else set()
+        self.home = home  # the test's module: the clocks its own code reads, in home_names
+        self.home_names: set[str] = set()
+        # attributes of reached classes, by name
+        self._waiting: dict[str, list[object]] = (
+            {name: list(values) for name, values in base._waiting.items()} if base else {}
+        )
+        self._seen: set[int] = set(base._seen) if base else set()
         self._services: set[str] | None = None
         self._todo = list(roots)
         while self._todo:
@@ -266,6 +359,8 @@ class Reach:
                 self._todo.extend(objects)
                 self.strings.update(strings)
                 self._use(names)
+                if obj.__module__ == self.home:
+                    self.home_names.update(_clocks_read(obj))
         elif isinstance(obj, type):
             self.modules.add(obj.__module__)
             if _is_ours(obj.__module__):
@@ -306,11 +401,46 @@ class Reach:
             "bench/" in text for text in self.strings
         )
 
+    def scripts(self) -> set[str]:
+        """The modules of ours that reached strings name as scripts run by path."""
+        return {module for text in self.strings if (module := script_module(text))}
+
     def compiled(self) -> bool:
-        """A proxy process is started, or an object of ours outside tests/ is used whose
-        module loads a compiled one (tests/ functions were followed, not their modules)."""
-        return any(STARTS_PROXY.search(text) for text in self.strings) or any(
-            module_reaches_compiled(name) for name in self.modules if not _is_ours(name)
+        """A proxy process is started (a reached string names the CLI, or a script run by
+        path starts one), or an object of ours outside tests/ is used whose module loads a
+        compiled one other than through the config loader (tests/ functions were followed,
+        not their modules)."""
+        return (
+            any(STARTS_PROXY.search(text) for text in self.strings)
+            or any(module_reaches_compiled(name) for name in self.modules if not _is_ours(name))
+            or any(script_starts_proxy(name) for name in self.scripts())
+        )
+
+    def timing(self) -> bool:
+        """The test's own code (its function, class, and the fixtures and helpers of its
+        module that it reaches) reads a clock to see how long something took, or it reaches
+        a helper of TIMING_HELPERS (a failover), itself or through a script run by path."""
+        return (
+            bool(self.home_names)
+            or any(_within(name, TIMING_HELPERS) for name in self.modules)
+            or any(
+                _within(name, TIMING_HELPERS)
+                for script in self.scripts()
+                for name in import_closure(script)
+            )
+        )
+
+    def interop(self) -> bool:
+        """A helper of ONCE_HELPERS is reached (a function, a class or a module-level value
+        of it), or a script run by path imports one."""
+        return (
+            any(_within(name, ONCE_HELPERS) for name in self.modules)
+            or not _once_values().isdisjoint(self._seen)
+            or any(
+                _within(name, ONCE_HELPERS)
+                for script in self.scripts()
+                for name in import_closure(script)
+            )
         )
 
 
@@ -319,28 +449,44 @@ def _service_of(module: str) -> str | None:
     return service if isinstance(service, str) else None
 
 
+def _top_level_values(name: str) -> Iterator[int]:
+    """The ids of the values module ``name`` assigns at top level (not the names it
+    imports), None, booleans, numbers and identifier-like strings aside."""
+    module, path = sys.modules.get(name), source_of(name)
+    if module is None or path is None:
+        return
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        for target in targets:
+            value = getattr(module, target.id, None) if isinstance(target, ast.Name) else None
+            if isinstance(value, bool | int | float | type(None)):
+                continue
+            if isinstance(value, str) and value.isidentifier():
+                continue  # interned: the same object as the same word anywhere
+            yield id(value)
+
+
 @functools.cache
 def _service_values() -> dict[int, str]:
-    """id -> SERVICE for the values that modules declaring SERVICE assign at top level
-    (not the names they import), None, booleans and numbers aside."""
+    """id -> SERVICE for the values that modules declaring SERVICE assign at top level."""
     found: dict[int, str] = {}
-    for name, module in list(sys.modules.items()):
-        service = _service_of(name)
-        path = source_of(name)
-        if service is None or path is None:
-            continue
-        for node in ast.parse(path.read_text()).body:
-            targets = node.targets if isinstance(node, ast.Assign) else []
-            if isinstance(node, ast.AnnAssign):
-                targets = [node.target]
-            for target in targets:
-                value = getattr(module, target.id, None) if isinstance(target, ast.Name) else None
-                if isinstance(value, bool | int | float | type(None)):
-                    continue
-                if isinstance(value, str) and value.isidentifier():
-                    continue  # interned: the same object as the same word anywhere
-                found[id(value)] = service
+    for name in list(sys.modules):
+        if (service := _service_of(name)) is not None:
+            found.update(dict.fromkeys(_top_level_values(name), service))
     return found
+
+
+@functools.cache
+def _once_values() -> frozenset[int]:
+    """The ids of the values that the modules of ONCE_HELPERS assign at top level."""
+    return frozenset(
+        value
+        for name in list(sys.modules)
+        if _within(name, ONCE_HELPERS)
+        for value in _top_level_values(name)
+    )
 
 
 def _fixture_functions(item: pytest.Item) -> tuple[tuple[object, ...], tuple[object, ...]]:
@@ -359,10 +505,15 @@ def _fixture_functions(item: pytest.Item) -> tuple[tuple[object, ...], tuple[obj
 
 
 @functools.cache
-def _tiers(
-    module: str, function: object, own: tuple[object, ...], shared: tuple[object, ...]
-) -> frozenset[str]:
-    reach = Reach([function, *own, *shared])
+def _shared_reach(shared: tuple[object, ...]) -> Reach:
+    """What the fixtures of conftest.py a test uses reach: walked once per set of them,
+    then each test's own roots are walked from there."""
+    return Reach(shared)
+
+
+@functools.cache
+def _tiers(module: str, roots: tuple[object, ...], shared: tuple[object, ...]) -> frozenset[str]:
+    reach = Reach(roots, home=module, base=_shared_reach(shared))
     found = set()
     if reach.services():
         found.add("service")
@@ -370,17 +521,24 @@ def _tiers(
         found.add("process")
     if reach.bench():
         found.add("bench")
-    if module_reaches_compiled(module) or Reach(shared).compiled():
+    if module_reaches_compiled(module) or reach.compiled():
         found.add("compiled")
+    if reach.interop():
+        found.add("interop")
+    if reach.timing():
+        found.add("timing")
     return frozenset(found)
 
 
 def markers(item: pytest.Item) -> list[str]:
-    """The tier markers of ``item`` ("bench", "compiled", "process", "service"), from its
-    function, its fixtures and its parameters' values."""
+    """The tier markers of ``item`` ("bench", "compiled", "interop", "process", "service",
+    "timing"),
+    from its function, its class, its fixtures and its parameters' values."""
     function = getattr(item, "function", None)
     module = getattr(function, "__module__", "")
-    found = set(_tiers(module, function, *_fixture_functions(item)))
+    own, shared = _fixture_functions(item)
+    cls = getattr(item, "cls", None)
+    found = set(_tiers(module, (function, *own, *([cls] if cls else [])), shared))
     callspec = getattr(item, "callspec", None)
     if callspec is not None:  # a parameter may be a function or a class of tests/
         reach = Reach(callspec.params.values())
@@ -388,7 +546,24 @@ def markers(item: pytest.Item) -> list[str]:
         found.update(["process"] if reach.process() else [])
         found.update(["bench"] if reach.bench() else [])
         found.update(["compiled"] if reach.compiled() else [])
+        found.update(["interop"] if reach.interop() else [])
     return sorted(found)
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """Under pytest-xdist (``--dist loadgroup``), the tests that share a fixture of ours
+    wider than one test (scope "module" or "class": servers started once, a summary written
+    at teardown) run on one worker, in one group per file: the fixture is set up once, and
+    its teardown sees all of them."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in info.name2fixturedefs.get(name, ()):
+            func = getattr(fixturedef, "func", None)
+            if fixturedef.scope != "function" and _is_ours(getattr(func, "__module__", None)):
+                return item.nodeid.split("::")[0]
+    return None
 
 
 class Shard:
