@@ -23,12 +23,13 @@ from tests.support.rawhttp import request
 
 ROOT = Path(__file__).resolve().parent.parent
 FALLBACK = "building the pure-Python modules instead (mcplb --version says so)"
+BUILD_SWITCH = "MCPLB_MYPYC"  # setup.py's mypyc switch: these tests make their own builds
 
 
 def clean_environ() -> dict[str, str]:
     """This environment without what points at a build: the compiled pass sets PYTHONPATH,
     and pip in a fresh venv would find mcplb there, call it installed and install nothing."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MCPLB_MYPYC")}
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", BUILD_SWITCH)}
 
 
 def make_wheel(src: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -74,6 +74,11 @@ LOADER_ONLY = ("mcplb.proxy.config",)
 # OpenID provider, three sentinels and two Redis servers): a test that reaches one runs once,
 # in the compiled pass.
 ONCE_HELPERS = ("tests.interop", "tests.support.redis_sentinel")
+# The switch of setup.py's mypyc build: a test that names it builds mcplb itself (a wheel,
+# the Dockerfile's stages) and runs what it built, whatever the pass's build is. Running it
+# in the compiled pass too would prove nothing more and cost another mypyc build (about 3
+# core-minutes): it runs in the pure pass only.
+BUILDS_ITSELF = "MCPLB_MYPYC"
 # A Redis master failover: the sentinels' timing (down-after 400 ms) and the windows the
 # tests measure around it. With CLOCKS, what makes a test "timing": it runs alone.
 TIMING_HELPERS = ("tests.support.redis_sentinel",)
@@ -409,7 +414,9 @@ class Reach:
         """A proxy process is started (a reached string names the CLI, or a script run by
         path starts one), or an object of ours outside tests/ is used whose module loads a
         compiled one other than through the config loader (tests/ functions were followed,
-        not their modules)."""
+        not their modules); and the test does not build mcplb itself (BUILDS_ITSELF)."""
+        if any(BUILDS_ITSELF in text for text in self.strings):
+            return False
         return (
             any(STARTS_PROXY.search(text) for text in self.strings)
             or any(module_reaches_compiled(name) for name in self.modules if not _is_ours(name))
@@ -521,7 +528,8 @@ def _tiers(module: str, roots: tuple[object, ...], shared: tuple[object, ...]) -
         found.add("process")
     if reach.bench():
         found.add("bench")
-    if module_reaches_compiled(module) or reach.compiled():
+    builds_itself = any(BUILDS_ITSELF in text for text in reach.strings)
+    if (module_reaches_compiled(module) and not builds_itself) or reach.compiled():
         found.add("compiled")
     if reach.interop():
         found.add("interop")
