@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from mcplb.proxy.config.schema import Config, RateLimitConfig
+from mcplb.proxy.config.schema import AdminConfig, Config, RateLimitConfig
 from mcplb.proxy.relay import framing
 from mcplb.proxy.relay.request import Request
 from mcplb.proxy.server.worker import ProxyServer
@@ -77,6 +77,8 @@ async def test_a_proxy_whose_backend_is_itself_answers_at_once() -> None:
         listen_port=port,
         allowed_hosts=("*",),
         backends=(backend_config("self", port),),
+        # No admin listener: its default port (9901) would be taken by a test beside it.
+        admin=AdminConfig(enabled=False),
     )
     proxy = ProxyServer(config)
     await proxy.start()
