@@ -110,10 +110,13 @@ class Head:
     """What a request's head says about its era and its routing claims: filled field by
     field by ``see`` while the head is parsed (header names already lowercased)."""
 
-    __slots__ = ("method", "name", "repeated", "version")
+    __slots__ = ("method", "modern", "name", "repeated", "version")
 
     def __init__(self) -> None:
         self.version: bytes | None = None  # MCP-Protocol-Version, trimmed
+        # Whether the head alone names a modern revision: decided once, when the version
+        # is seen (the relay asks twice a request; each answer was a decode and a regex).
+        self.modern = False
         self.method: bytes | None = None  # Mcp-Method, as sent
         self.name: bytes | None = None  # Mcp-Name, as sent
         self.repeated: bytes | None = None  # a routing header that came twice
@@ -124,9 +127,10 @@ class Head:
             value = value.strip(_OWS)
             if self.version is not None and value != self.version:
                 self.repeated = name
-                if is_modern_version(self.version.decode("latin-1")):
+                if self.modern:
                     return  # two versions, one modern: modern (and refused as repeated)
             self.version = value
+            self.modern = is_modern_version(value.decode("latin-1"))
         elif name == METHOD_HEADER:
             if self.method is not None:
                 self.repeated = name
@@ -140,12 +144,6 @@ class Head:
     def claims(self) -> bool:
         """Whether the head carries routing headers (Mcp-Method or Mcp-Name)."""
         return self.method is not None or self.name is not None
-
-    @property
-    def modern(self) -> bool:
-        """Whether the head alone names a modern revision."""
-        version = self.version
-        return version is not None and is_modern_version(version.decode("latin-1"))
 
 
 def read_head(headers: list[tuple[bytes, bytes]]) -> Head:
@@ -201,7 +199,17 @@ def decode_name(raw: bytes) -> str | None:
     decoded; None when malformed (bad base64, not UTF-8, characters a field value may not
     carry, longer than MAX_VALUE)."""
     value = raw.strip(_OWS)
-    if len(value) > 4 * MAX_VALUE or not _FIELD_VALUE.fullmatch(value):
+    if len(value) > 4 * MAX_VALUE:
+        return None
+    if not value.startswith(_B64_OPEN):  # the plain form, the common one: no regex
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None  # obs-text: not a field value here
+        if not text.isprintable() and not _FIELD_VALUE.fullmatch(value):
+            return None  # a control character (HTAB, which isprintable refuses, passes)
+        return text if len(text) <= MAX_VALUE else None
+    if not _FIELD_VALUE.fullmatch(value):
         return None
     if (
         value.startswith(_B64_OPEN)
