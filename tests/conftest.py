@@ -198,6 +198,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ("compiled", "runs compiled code in-process or starts a proxy (the compiled pass)"),
         ("interop", "a peer's protocol, heavy: Node, conformance, Sentinel (compiled pass only)"),
         ("timing", "reads the clock to assert a duration, or fails Redis over: runs alone"),
+        ("builds", "builds mcplb itself (mypyc): pure pass only, first in its pass"),
     ):
         config.addinivalue_line("markers", f"{name}: {meaning}; set by tests/support/tiers.py")
     if os.environ.get(tiers.TIER_VARIABLE) == "check":
@@ -222,3 +223,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(name)
         if grouped and (group := tiers.xdist_group(item)):
             item.add_marker(pytest.mark.xdist_group(group))
+    # The tests that build mcplb themselves (a mypyc build each: minutes of CPU) first, so
+    # that under xdist they run beside the rest instead of making the pass's tail.
+    items.sort(key=lambda item: item.get_closest_marker("builds") is None)

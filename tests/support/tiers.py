@@ -23,6 +23,8 @@ pass runs what, and why):
               provider: tests/interop; Redis Sentinel), or runs a script that imports one (the
               soak). It runs once, in the compiled pass (the build the image and the wheel
               ship), and not in the pure pass.
+``builds``    the test builds mcplb itself (it names BUILDS_ITSELF: a wheel, the Dockerfile's
+              stages): not in the compiled pass, and first in its pass's order.
 ``timing``    the test's own code (its function, class, and the fixtures and helpers of its
               module it reaches) reads the monotonic clock to assert how long something took,
               or it fails a Redis master over (TIMING_HELPERS). Under pytest-xdist the
@@ -533,6 +535,8 @@ def _tiers(module: str, roots: tuple[object, ...], shared: tuple[object, ...]) -
         found.add("compiled")
     if reach.interop():
         found.add("interop")
+    if builds_itself:
+        found.add("builds")
     if reach.timing():
         found.add("timing")
     return frozenset(found)
