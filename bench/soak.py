@@ -2073,9 +2073,16 @@ def classify_mixed(op: Op, soak: Soak, sess: SessionRec | None, backend: str | N
 
 
 def is_404(op: Op) -> bool:
-    """The session (or, in 2026, the task) is unknown where the request landed."""
+    """The session (or, in 2026, the task) is unknown where the request landed: a 404, the
+    backend's "Unknown task", mcplb's own task not-found (with auth on, an unknown task id
+    is answered by mcplb: proxy/relay/affinity.py), the TypeScript SDK's DELETE answered 404
+    ("Failed to terminate session: Not Found")."""
     return op.error is not None and (
-        "404" in op.error or SESSION_NOT_FOUND in op.error or "Unknown task" in op.error
+        "404" in op.error
+        or SESSION_NOT_FOUND in op.error
+        or "Unknown task" in op.error
+        or "Task not found" in op.error
+        or "terminate session: Not Found" in op.error
     )
 
 
@@ -2676,6 +2683,27 @@ def wait_discovered(replicas: list[Replica], setup: MixedSetup) -> None:
             return f"/status lists {sorted(names)}, not {sorted(missing)}" if missing else None
 
         wait_until(rep.proc, probe, START_TIMEOUT, rep.log)
+
+        # /status is worker 0's, which runs the lookups; the other workers adopt what it
+        # found on their next sweep. Until then a binding to a discovered backend made by
+        # worker 0 (or the other replica) is unknown there: wait until every worker logged
+        # "discovery applied" naming both as added.
+        def adopted(rep: Replica = rep) -> str | None:
+            try:
+                text = rep.log.read_text(errors="replace")
+            except OSError as exc:
+                return f"log unreadable: {exc!r}"
+            seen: dict[int, set[str]] = defaultdict(set)
+            for line in text.splitlines():
+                m = LOG_LINE.match(line)
+                if m is not None and m["msg"].startswith("discovery applied"):
+                    seen[int(m["pid"])].update(
+                        name for name in setup.discovered if f"backend {name} added" in m["msg"]
+                    )
+            waiting = [p for p in rep.workers() if seen[p] != set(setup.discovered)]
+            return f"workers {waiting} have not adopted {setup.discovered}" if waiting else None
+
+        wait_until(rep.proc, adopted, START_TIMEOUT, rep.log)
 
 
 SDK_LOG = SdkLogCounter()
