@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -33,26 +33,39 @@ Headers = list[tuple[bytes, bytes]]
 MAX_IDLE_PER_BACKEND: Final = 512
 
 
-class ResponseSink(Protocol):
-    """Receives what an upstream connection reads (the client side of a relay)."""
+class ResponseSink:
+    """Receives what an upstream connection reads (the client side of a relay:
+    ``relay.reply.Reply`` subclasses it, ``relay.response.Response`` implements it).
+
+    A base class and not a ``Protocol``: compiled (setup.py), each call on the sink is a
+    native call, where through a protocol it was a method lookup by name (issue 27)."""
+
+    __slots__ = ()
 
     def upstream_head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
         """A response head arrived (also 1xx interim ones)."""
+        raise NotImplementedError
 
-    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    def upstream_complete(self) -> None: ...
+    def upstream_complete(self) -> None:
+        raise NotImplementedError
 
     def upstream_tunnel(self, data: bytes) -> None:
         """The backend switched protocols; ``data`` are the first tunnelled bytes."""
+        raise NotImplementedError
 
     def upstream_lost(self, error: BaseException | None) -> None:
         """The connection closed or sent garbage before the response completed."""
+        raise NotImplementedError
 
-    def upstream_write_paused(self, paused: bool) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None:
+        raise NotImplementedError
 
     def flush(self) -> None:
         """Write out what the last read produced."""
+        raise NotImplementedError
 
 
 class UpstreamConnection(asyncio.Protocol):
