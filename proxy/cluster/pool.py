@@ -68,8 +68,12 @@ class ResponseSink:
         raise NotImplementedError
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to a backend; parses responses and hands them to its sink."""
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a backend; parses responses and hands them to its sink.
+
+    An asyncio protocol by its methods (asyncio and uvloop ask no base class), not a
+    subclass of ``asyncio.Protocol``: a class with a Python base is not a native class
+    once compiled, and every attribute read on it was a dictionary lookup (issue 27)."""
 
     __slots__ = (
         "_headers",
@@ -136,6 +140,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._stale_parser:
             self._stale_parser = False
             self.parser = httptools.HttpResponseParser(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # as asyncio.Protocol's: the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.forget(self)
