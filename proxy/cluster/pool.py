@@ -256,9 +256,10 @@ class UpstreamPool:
         backend = self.backend
         # The backend's one context, which its health probes use too (and a reload renews).
         context = backend.tls_context()
-        _, conn = await asyncio.wait_for(
+        # (An asyncio protocol by its methods, not by its base class: see UpstreamConnection.)
+        _, protocol = await asyncio.wait_for(
             loop.create_connection(
-                lambda: UpstreamConnection(self),
+                lambda: cast(asyncio.Protocol, UpstreamConnection(self)),
                 backend.host,
                 backend.port,
                 ssl=context,
@@ -266,6 +267,7 @@ class UpstreamPool:
             ),
             self.connect_timeout,
         )
+        conn = cast(UpstreamConnection, protocol)
         if conn.transport is None or conn.transport.is_closing():
             # Accepted, then closed before we could write (the backend is going away).
             raise ConnectionResetError("connection closed by the backend right after connect")
