@@ -62,7 +62,7 @@ class Admission:
         return self.max_in_flight is not None and self.requests >= self.max_in_flight
 
     def streams_full(self, backend: Backend) -> bool:
-        limit = backend.config.max_streams
+        limit = backend.max_streams
         return (limit is not None and backend.streams >= limit) or (
             self.max_streams is not None and self.streams >= self.max_streams
         )

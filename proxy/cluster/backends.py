@@ -27,6 +27,7 @@ class Backend:
         "host_header",
         "in_flight",
         "max_sessions",
+        "max_streams",
         "name",
         "path_prefix",
         "port",
@@ -44,6 +45,9 @@ class Backend:
         self.base_weight = config.weight * WEIGHT_SCALE
         self.weight = self.base_weight
         self.max_sessions = config.max_sessions
+        # config.max_streams, read on every response (Admission.streams_full): a field
+        # here, where the config dataclass (not compiled) is a dictionary lookup.
+        self.max_streams = config.max_streams
         default_port = 443 if config.scheme == "https" else 80
         host = f"[{config.host}]" if ":" in config.host else config.host
         authority = host if config.port == default_port else f"{host}:{config.port}"
@@ -78,6 +82,7 @@ class Backend:
         self.config = config
         self.base_weight = config.weight * WEIGHT_SCALE
         self.max_sessions = config.max_sessions
+        self.max_streams = config.max_streams
 
     def drain_over(self) -> bool:
         """Draining, and its deadline for existing sessions has passed."""

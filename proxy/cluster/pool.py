@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -33,30 +33,47 @@ Headers = list[tuple[bytes, bytes]]
 MAX_IDLE_PER_BACKEND: Final = 512
 
 
-class ResponseSink(Protocol):
-    """Receives what an upstream connection reads (the client side of a relay)."""
+class ResponseSink:
+    """Receives what an upstream connection reads (the client side of a relay:
+    ``relay.reply.Reply`` subclasses it, ``relay.response.Response`` implements it).
+
+    A base class and not a ``Protocol``: compiled (setup.py), each call on the sink is a
+    native call, where through a protocol it was a method lookup by name (issue 27)."""
+
+    __slots__ = ()
 
     def upstream_head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
         """A response head arrived (also 1xx interim ones)."""
+        raise NotImplementedError
 
-    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
 
-    def upstream_complete(self) -> None: ...
+    def upstream_complete(self) -> None:
+        raise NotImplementedError
 
     def upstream_tunnel(self, data: bytes) -> None:
         """The backend switched protocols; ``data`` are the first tunnelled bytes."""
+        raise NotImplementedError
 
     def upstream_lost(self, error: BaseException | None) -> None:
         """The connection closed or sent garbage before the response completed."""
+        raise NotImplementedError
 
-    def upstream_write_paused(self, paused: bool) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None:
+        raise NotImplementedError
 
     def flush(self) -> None:
         """Write out what the last read produced."""
+        raise NotImplementedError
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """One HTTP/1.1 connection to a backend; parses responses and hands them to its sink."""
+class UpstreamConnection:
+    """One HTTP/1.1 connection to a backend; parses responses and hands them to its sink.
+
+    An asyncio protocol by its methods (asyncio and uvloop ask no base class), not a
+    subclass of ``asyncio.Protocol``: a class with a Python base is not a native class
+    once compiled, and every attribute read on it was a dictionary lookup (issue 27)."""
 
     __slots__ = (
         "_headers",
@@ -123,6 +140,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._stale_parser:
             self._stale_parser = False
             self.parser = httptools.HttpResponseParser(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # as asyncio.Protocol's: the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.forget(self)
@@ -236,9 +256,10 @@ class UpstreamPool:
         backend = self.backend
         # The backend's one context, which its health probes use too (and a reload renews).
         context = backend.tls_context()
-        _, conn = await asyncio.wait_for(
+        # (An asyncio protocol by its methods, not by its base class: see UpstreamConnection.)
+        _, protocol = await asyncio.wait_for(
             loop.create_connection(
-                lambda: UpstreamConnection(self),
+                lambda: cast(asyncio.Protocol, UpstreamConnection(self)),
                 backend.host,
                 backend.port,
                 ssl=context,
@@ -246,6 +267,7 @@ class UpstreamPool:
             ),
             self.connect_timeout,
         )
+        conn = cast(UpstreamConnection, protocol)
         if conn.transport is None or conn.transport.is_closing():
             # Accepted, then closed before we could write (the backend is going away).
             raise ConnectionResetError("connection closed by the backend right after connect")

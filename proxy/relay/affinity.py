@@ -18,7 +18,7 @@ a job has landed, so that a client never uses a key the store does not know yet.
 
 Adding a key kind
 -----------------
-Write a class with the methods of ``KeyKind`` and add an instance to the tuple
+Write a subclass of ``KeyKind`` (its methods) and add an instance to the tuple
 ``build_affinity`` returns; the relay needs no new branch. ``McpTasks`` (MCP 2026-07-28 task
 ids, SEP-2663) is one: ``route_key`` reads the task id of the request's verdict (its body's,
 checked against ``Mcp-Name`` before routing: route.read_before_routing) and returns a
@@ -111,23 +111,31 @@ class Learner(Protocol):
         """The exchange ended (the body's end, or cut short): what that changes."""
 
 
-class KeyKind(Protocol):
+class KeyKind:
     """One kind of affinity key: what the proxy reads of it in requests and learns of it
     from responses. Methods run on every request and response: the common case (no key of
-    this kind) must return at once."""
+    this kind) must return at once.
+
+    A base class the kinds subclass, not a ``Protocol``: compiled (setup.py), the relay's
+    calls on a kind are native calls, where through a protocol each was a method lookup
+    by name (issue 27)."""
 
     def route_key(self, request: Request) -> KeyFound | None:
         """Where ``request``'s key of this kind says it must go; None: it has none."""
+        raise NotImplementedError
 
     def not_a_key(self, request: Request) -> None:
         """A guessed key (``KeyFound.guessed``) turned out to be none: forget it."""
+        raise NotImplementedError
 
     def not_found(self, request: Request, close: bool) -> tuple[int, bytes]:
         """The status and whole answer for a strict key whose backend is unknown or cannot
         serve it."""
+        raise NotImplementedError
 
     def backend_lost(self, request: Request, found: KeyFound) -> Job | None:
         """The backend the key routed to could not be reached: its keys died with it."""
+        raise NotImplementedError
 
     def on_head(
         self,
@@ -141,6 +149,7 @@ class KeyKind(Protocol):
         """A final response head from ``backend``: its fields in wire form as the client
         must see them (``wire``: as earlier kinds left them, None: the backend's; return
         None to leave them), a store update to hold the answer for, and a body learner."""
+        raise NotImplementedError
 
 
 class SessionCounts:
@@ -337,7 +346,7 @@ def _either(one: Job | None, two: Job | None) -> Job | None:
 # -- MCP session ids ----------------------------------------------------------------------
 
 
-class _Sessions:
+class _Sessions(KeyKind):
     """What both variants of session ids share: where a request names its session (the
     Mcp-Session-Id header, or a legacy SSE query parameter), and when a response ends one."""
 
@@ -657,7 +666,7 @@ def with_session_id(wire: list[bytes], token: str) -> list[bytes]:
 # -- the sticky cookie --------------------------------------------------------------------
 
 
-class CookiePin:
+class CookiePin(KeyKind):
     """``sticky.cookie``: a signed cookie naming the backend that served the client; a
     preference, not a must (a pinned backend that is down gives way to the strategy)."""
 
@@ -709,7 +718,7 @@ class CookiePin:
 # -- MCP 2026-07-28 tasks (SEP-2663) ------------------------------------------------------
 
 
-class McpTasks:
+class McpTasks(KeyKind):
     """Task ids: learned from the answer that creates a task (``resultType: "task"`` in a
     JSON body or in the final event of an SSE answer), bound to the backend that gave it
     for the task's ``ttlMs`` (at most ``sticky.task_ttl_max``), and routed by the task id

@@ -200,20 +200,23 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading(PAUSE_PIPELINE)
 
     def on_url(self, url: bytes) -> None:
-        assert self.reading is not None
-        self.head_room -= len(url)
-        if self.head_room < 0:
+        # (Attributes read once, into locals: on this class each read is a dictionary
+        # lookup, compiled or not.)
+        request = self.reading
+        assert request is not None
+        self.head_room = room = self.head_room - len(url)
+        if room < 0:
             self.ex.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
-        self.reading.target += url
+        request.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self.reading
         assert request is not None
         if request.method:
             return  # a trailer field of a chunked body: never a header of the request
-        self.head_room -= len(name) + len(value) + 4
-        if self.head_room < 0:
+        self.head_room = room = self.head_room - (len(name) + len(value) + 4)
+        if room < 0:
             self.ex.reject(answers.HEADERS_TOO_LARGE)
             raise _RequestRejected
         name = name.lower()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from mcplb.proxy.cluster.pool import ResponseSink
 from mcplb.proxy.relay import answers, http11
 from mcplb.proxy.relay.affinity import KeyFound
 from mcplb.proxy.relay.answers import Answer
@@ -24,8 +25,9 @@ from mcplb.proxy.relay.shared import Shared
 log = logging.getLogger("mcplb.relay")
 
 
-class Reply:
-    """What the client of one request is answered, and the proxy's own answers."""
+class Reply(ResponseSink):
+    """What the client of one request is answered, and the proxy's own answers. (The
+    backend connection's ``ResponseSink``: ``Response`` implements what it receives.)"""
 
     __slots__ = ("client", "done", "request", "response_started", "runtime", "status")
 

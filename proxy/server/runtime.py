@@ -14,6 +14,7 @@ from mcplb.proxy.cluster.cluster import Cluster
 from mcplb.proxy.config.schema import Config
 from mcplb.proxy.observability.stats import Stats
 from mcplb.proxy.relay.affinity import SessionCounts, build_affinity
+from mcplb.proxy.relay.shared import Shared
 from mcplb.proxy.routing.frontend import Frontend
 from mcplb.proxy.routing.rate_limit import RedisRateLimiter
 from mcplb.proxy.sessions.host_share import HostSharedStore
@@ -37,7 +38,7 @@ RESTART_ONLY = (
 log = logging.getLogger("mcplb")
 
 
-class Runtime:
+class Runtime(Shared):
     """Built once from a Config; the relay reads it, nothing here reads the relay."""
 
     def __init__(
