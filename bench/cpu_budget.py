@@ -172,7 +172,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 config = gate_config(tmp, port, backend, *settings)
                 proc = start_mcplb(config, log, procs, tree_env(tree))
                 wait_http(proc, port, "/", START_TIMEOUT, log)
-                builds[target] = checked(name, logged_version(log))
+                # Keyed by build (pure, compiled); a tracing variant by its target name.
+                builds[name if ratio is None else target] = checked(name, logged_version(log))
                 targets[target] = (proc.pid, port)
                 sessions[target] = open_session(port)
             pin_proxies([pid for pid, _ in targets.values()], [backend_proc.pid])
